@@ -1,0 +1,54 @@
+"""emd_lib: EM Distillation (Xie et al., NeurIPS 2024) in a compact PyTorch library.
+
+The modules follow the book's chapters:
+
+* :mod:`emd_lib.schedules`  noise schedules in log-SNR (VP and EDM), noise-level draws, weightings
+* :mod:`emd_lib.teachers`   the teacher interface and the exact Gaussian-mixture teacher
+* :mod:`emd_lib.sampling`   probability-flow ODE (Heun) and SDE samplers with NFE counts
+* :mod:`emd_lib.nets`       generator and student-score networks for low-dimensional data
+* :mod:`emd_lib.em`         exact EM for a linear-Gaussian generator (the E-step's reference)
+* :mod:`emd_lib.langevin`   the E-step: Langevin on (eps, z) or (x, z), noise cancellation
+* :mod:`emd_lib.distill`    one loop for EMD-K and Diff-Instruct / VSD
+* :mod:`emd_lib.metrics`    mode masses, coverage, MMD, k-NN precision and recall
+* :mod:`emd_lib.exercises`  checks for the chapters' exercises
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__version__ = "0.1.0"
+
+#: Root of the repository (the folder holding ``data/`` and ``chapters/``).
+ROOT = Path(__file__).resolve().parent.parent
+#: Where shipped artefacts live; override with the ``EMD_DATA`` environment variable.
+DATA_DIR = Path(os.environ.get("EMD_DATA", ROOT / "data"))
+
+
+def is_fast() -> bool:
+    """True when ``EMD_FAST=1``: chapters shrink step counts and sample sizes."""
+    return os.environ.get("EMD_FAST", "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def fast_or(full, fast):
+    """Return ``fast`` under ``EMD_FAST=1`` and ``full`` otherwise, so readers see both values."""
+    return fast if is_fast() else full
+
+
+def device() -> torch.device:
+    """The one place that picks the device: ``EMD_DEVICE`` if set, else CUDA when present, else CPU."""
+    name = os.environ.get("EMD_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_all(seed: int) -> torch.Generator:
+    """Seed torch's global generator (and numpy's) and return a fresh ``torch.Generator``."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)

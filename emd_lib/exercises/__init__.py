@@ -1,0 +1,75 @@
+"""Checks for the chapters' exercises.
+
+In a chapter::
+
+    from emd_lib.exercises import check
+    def my_score(x, lam):
+        ### BEGIN SOLUTION
+        ...
+        ### END SOLUTION
+    check("1.2", my_score)
+
+``check`` returns ``True`` and prints a line when the answer is right, and raises
+:class:`ExerciseFailed` (an ``AssertionError``) with a hint when it is not, or when the
+solution is still the student edition's stub.
+
+Each chapter's checks live in ``emd_lib/exercises/chNN.py`` and are registered with
+:func:`register`, together with wrong answers the tests use to prove the check can fail.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["check", "register", "ExerciseFailed", "registry"]
+
+
+class ExerciseFailed(AssertionError):
+    """The answer to an exercise is not right yet; the message says what to look at."""
+
+
+@dataclass
+class Exercise:
+    id: str
+    fn: Callable              # fn(answer) -> None; raises ExerciseFailed with a hint
+    title: str = ""
+    wrong: list = field(default_factory=list)   # answers that must fail (used by the tests)
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def register(id: str, title: str = "", wrong: list | None = None):
+    """Decorator: register ``fn(answer)`` as the check of exercise ``id``."""
+    def deco(fn):
+        _REGISTRY[id] = Exercise(id, fn, title, list(wrong or []))
+        return fn
+    return deco
+
+
+def registry() -> dict[str, Exercise]:
+    """All registered exercises (imports every ``chNN`` module)."""
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name.startswith("ch"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    return dict(_REGISTRY)
+
+
+def check(id: str, answer) -> bool:
+    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`."""
+    ex = registry().get(id)
+    if ex is None:
+        raise KeyError(f"no exercise {id!r}; known: {sorted(registry())}")
+    try:
+        ex.fn(answer)
+    except NotImplementedError:
+        raise ExerciseFailed(f"Exercise {id}: not answered yet; replace the `raise NotImplementedError` "
+                             "with your solution") from None
+    except ExerciseFailed as e:
+        raise ExerciseFailed(f"Exercise {id}: {e}") from None
+    except Exception as e:  # the student's code crashed inside the check
+        raise ExerciseFailed(f"Exercise {id}: your answer raised {type(e).__name__}: {e}") from None
+    print(f"Exercise {id}: correct.")
+    return True

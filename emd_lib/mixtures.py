@@ -1,0 +1,55 @@
+"""The 2D targets of the book, as exact Gaussian-mixture teachers.
+
+* ``ring8``: 8 modes on a circle of radius 2, unequal weights (1:2:1:3:1:2:1:4), std 0.15
+* ``irregular``: 7 modes at irregular places with unequal weights and widths
+* ``grid25``: a 5 x 5 grid of narrow modes (std 0.05), equal weights: a much harder target
+* ``bimodal``: two modes, weights 0.7 / 0.3, for the forward- vs reverse-KL picture
+
+Each is also shipped as JSON in ``data/mixtures/`` for the command line (``emd_lib.toy``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .schedules import VP, Schedule
+from .teachers import GaussianMixture
+
+__all__ = ["ring8", "irregular", "grid25", "bimodal", "get_mixture", "MIXTURES"]
+
+
+def _normalise(w):
+    w = torch.tensor(w, dtype=torch.float64)
+    return (w / w.sum()).tolist()
+
+
+def ring8(schedule: Schedule = VP) -> GaussianMixture:
+    ang = [2 * math.pi * k / 8 for k in range(8)]
+    means = [[2 * math.cos(a), 2 * math.sin(a)] for a in ang]
+    return GaussianMixture(_normalise([1, 2, 1, 3, 1, 2, 1, 4]), means, [0.15] * 8, schedule=schedule)
+
+
+def irregular(schedule: Schedule = VP) -> GaussianMixture:
+    means = [[-2.0, 1.6], [-0.6, 2.2], [1.5, 1.4], [2.2, -0.4], [0.6, -1.9], [-1.4, -1.5], [0.0, 0.2]]
+    stds = [0.20, 0.12, 0.25, 0.10, 0.18, 0.30, 0.15]
+    weights = _normalise([0.22, 0.06, 0.18, 0.10, 0.20, 0.16, 0.08])
+    return GaussianMixture(weights, means, stds, schedule=schedule)
+
+
+def grid25(schedule: Schedule = VP) -> GaussianMixture:
+    means = [[float(i), float(j)] for i in (-2, -1, 0, 1, 2) for j in (-2, -1, 0, 1, 2)]
+    return GaussianMixture([1 / 25] * 25, means, [0.05] * 25, schedule=schedule)
+
+
+def bimodal(schedule: Schedule = VP) -> GaussianMixture:
+    return GaussianMixture([0.7, 0.3], [[-1.5, 0.0], [1.5, 0.0]], [0.4, 0.4], schedule=schedule)
+
+
+MIXTURES = {"ring8": ring8, "irregular": irregular, "grid25": grid25, "bimodal": bimodal}
+
+
+def get_mixture(name: str, schedule: Schedule = VP) -> GaussianMixture:
+    if name not in MIXTURES:
+        raise KeyError(f"unknown mixture {name!r}; known: {sorted(MIXTURES)}")
+    return MIXTURES[name](schedule)

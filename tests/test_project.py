@@ -1,0 +1,36 @@
+"""The project's own rules: requirements agree, CI runs the README's test command, no notebooks in git."""
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_the_same_requirements_as_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    text = (ROOT / "environment.yml").read_text()
+    pip_block = re.findall(r"^\s+- ([a-zA-Z][^\s#]*)\s*$", text.split("- pip:")[1], re.M)
+    env = {r for r in pip_block if not r.startswith("-e")}
+    assert {_name(d): d for d in deps} == {_name(e): e for e in env}
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make book" in readme
+
+
+def test_torch_is_pinned_in_the_install_step_only():
+    assert 'torch==2.13.0' in (ROOT / "Makefile").read_text()
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any("==" in d for d in deps), "dependencies must be lower bounds"
+
+
+def test_no_notebooks_are_tracked():
+    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 or out.stdout.strip() == ""

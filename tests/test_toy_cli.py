@@ -1,0 +1,58 @@
+"""The command line: a short run writes (M, d) samples; bad files get one line, not a traceback."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from emd_lib import ROOT
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "emd_lib.toy", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_short_run_writes_samples(tmp_path):
+    out, rep = tmp_path / "s.npy", tmp_path / "r.json"
+    r = run("--mixture", str(ROOT / "data/mixtures/ring8.json"), "--steps", "20", "--n-samples", "500",
+            "--samples", str(out), "--report", str(rep), "--quiet", "-K", "2")
+    assert r.returncode == 0, r.stderr
+    x = np.load(out)
+    assert x.shape == (500, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert "modes covered" in r.stdout
+    assert json.loads(rep.read_text())["n_modes"] == 8
+
+
+def test_far_away_mixture_is_standardised(tmp_path):
+    spec = {"weights": [0.5, 0.5], "means": [[1000.0, 0.0, 5.0], [1010.0, 0.0, 5.0]], "stds": [1.0, 1.0]}
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(spec))
+    r = run("--mixture", str(f), "--steps", "30", "--n-samples", "300", "--samples", str(tmp_path / "s.npy"),
+            "--quiet", "--method", "di")
+    assert r.returncode == 0, r.stderr
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (300, 3) and abs(x[:, 0].mean() - 1005) < 5
+
+
+@pytest.mark.parametrize("content, field", [
+    ("{not json", "not valid JSON"),
+    ('{"weights": [0.5, 0.6], "means": [[0, 0], [1, 1]], "stds": [1, 1]}', "weights"),
+    ('{"weights": [0.5, 0.5], "means": [[0, 0], [1, 1]], "stds": [1, 0]}', "stds"),
+    ('{"weights": [0.5, 0.5], "means": [[0, 0]], "stds": [1, 1]}', "means"),
+    ('[1, 2, 3]', "JSON object"),
+])
+def test_bad_mixture_file_gets_one_line(tmp_path, content, field):
+    f = tmp_path / "bad.json"
+    f.write_text(content)
+    r = run("--mixture", str(f), "--samples", str(tmp_path / "s.npy"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], r.stderr
+
+
+def test_missing_file(tmp_path):
+    r = run("--mixture", str(tmp_path / "nope.json"), "--samples", str(tmp_path / "s.npy"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="output .npy file, an (M, d) float32 array")
     p.add_argument("--report", help="also write the final metrics as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init-steps", type=int, default=DistillConfig.init_steps,
+                   help="regression steps of the generator onto the teacher at lam* (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=DistillConfig.student_warmup,
+                   help="student-score updates before the first generator update (default %(default)s)")
     return p
 
 
@@ -87,7 +91,10 @@ def main(argv=None) -> int:
         return _fail(f"--langevin-steps must be >= 0, got {args.langevin_steps}")
     if not args.samples.endswith(".npy"):
         return _fail(f"--samples must name a .npy file, got {args.samples!r}")
-    cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed,
+    if args.init_steps < 0 or args.warmup < 0:
+        return _fail("--init-steps and --warmup must be >= 0")
+    cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
+                        student_warmup=args.warmup,
                         langevin=LangevinConfig(K=args.langevin_steps))
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ def run(*args):
 
 def test_short_run_writes_samples(tmp_path):
     out, rep = tmp_path / "s.npy", tmp_path / "r.json"
-    r = run("--mixture", str(ROOT / "data/mixtures/ring8.json"), "--steps", "20", "--n-samples", "500",
+    r = run("--mixture", str(ROOT / "data/mixtures/ring8.json"), "--steps", "20", "--n-samples", "500", "--init-steps", "20", "--warmup", "10",
             "--samples", str(out), "--report", str(rep), "--quiet", "-K", "2")
     assert r.returncode == 0, r.stderr
     x = np.load(out)
@@ -29,7 +29,7 @@ def test_far_away_mixture_is_standardised(tmp_path):
     spec = {"weights": [0.5, 0.5], "means": [[1000.0, 0.0, 5.0], [1010.0, 0.0, 5.0]], "stds": [1.0, 1.0]}
     f = tmp_path / "m.json"
     f.write_text(json.dumps(spec))
-    r = run("--mixture", str(f), "--steps", "30", "--n-samples", "300", "--samples", str(tmp_path / "s.npy"),
+    r = run("--mixture", str(f), "--steps", "30", "--n-samples", "300", "--init-steps", "20", "--warmup", "10", "--samples", str(tmp_path / "s.npy"),
             "--quiet", "--method", "di")
     assert r.returncode == 0, r.stderr
     x = np.load(tmp_path / "s.npy")

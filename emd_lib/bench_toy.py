@@ -1,0 +1,107 @@
+"""Seconds per training step of Diff-Instruct and EMD-K on the 2D toy, with the ratio that
+counting network evaluations predicts.
+
+    python -m emd_lib.bench_toy [--steps 60] [--batch 256] [--ks 1,2,4,8,16] [--move-z]
+
+One training step = ``student_updates`` student-score updates + one generator update. The
+prediction times each piece alone (a generator forward+backward, a student update, one
+teacher and one student evaluation) and adds them up as the method uses them:
+
+    DI    = S + G + (T + s)
+    EMD-K = S + G + K (T + s)   (+ K generator forwards and VJPs when z moves)
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from .distill import DistillConfig, Distiller
+from .langevin import LangevinConfig
+from .mixtures import ring8
+
+
+def _time(fn, reps):
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool = False, threads: int | None = None):
+    if threads:
+        torch.set_num_threads(threads)
+    teacher = ring8()
+    rows = []
+
+    def make(method, K=1):
+        cfg = DistillConfig(method=method, batch=batch, steps=10_000, student_warmup=0, init_steps=0,
+                            langevin=LangevinConfig(K=K, move_z=move_z))
+        return Distiller(teacher, cfg)
+
+    def step(d):
+        for _ in range(d.cfg.student_updates):
+            d.student_step()
+        d.generator_step()
+
+    # pieces, for the prediction
+    d = make("di")
+    z, eps, lam = d._draw(batch)
+    a, s = teacher.schedule.alpha_sigma(lam)
+    x_t = a[:, None] * d.generator(z).detach() + s[:, None] * eps
+
+    def gen_fb():
+        d.generator(z).sum().backward()
+
+    def eval_pair():
+        with torch.no_grad():
+            d.student.eps(x_t, lam) - teacher.eps(x_t, lam)
+
+    def gen_vjp():
+        zz = z.clone().requires_grad_(True)
+        torch.autograd.grad(d.generator(zz), zz, eps)
+
+    reps = max(steps, 20)
+    S = _time(lambda: [d.student_step() for _ in range(d.cfg.student_updates)], reps)
+    G = _time(gen_fb, reps)
+    P = _time(eval_pair, reps)
+    V = _time(gen_vjp, reps) if move_z else 0.0
+
+    di = make("di")
+    t_di = _time(lambda: step(di), steps)
+    rows.append(("Diff-Instruct", t_di, 1.0, 1.0))
+    base = S + G + P
+    for K in ks:
+        e = make("emd", K)
+        t = _time(lambda: step(e), steps)
+        pred = (S + G + K * (P + V)) / base
+        rows.append((f"EMD-{K}", t, t / t_di, pred))
+    return rows, {"student updates S": S, "generator fwd+bwd G": G, "teacher+student eval T+s": P,
+                  "generator fwd+VJP": V}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m emd_lib.bench_toy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--ks", default="1,2,4,8,16")
+    ap.add_argument("--move-z", action="store_true", help="E-step moves z too (eps, z)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    rows, parts = bench(args.steps, args.batch, tuple(int(k) for k in args.ks.split(",")), args.move_z, args.threads)
+    print(f"# 2D toy (ring8), batch {args.batch}, {'(eps, z)' if args.move_z else '(eps, -)'} E-step, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print("| method | ms / step | ratio to DI | predicted ratio |")
+    print("|---|---:|---:|---:|")
+    for name, t, r, p in rows:
+        print(f"| {name} | {1000 * t:.1f} | {r:.2f} | {p:.2f} |")
+    print("\npieces (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in parts.items()))
+
+
+if __name__ == "__main__":
+    main()

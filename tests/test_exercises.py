@@ -1,0 +1,72 @@
+"""Every exercise: the reference solution passes its check, the stub and the known wrong answers fail."""
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from emd_lib.exercises import ExerciseFailed, check, registry
+from emd_lib.student import BEGIN, solution_text, strip_solutions
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+
+
+def exercise_cells():
+    for path in CHAPTERS:
+        nb = jupytext.read(path)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "code" and BEGIN in cell.source:
+                ids = re.findall(r'check\(\s*"([\d.]+)"', cell.source)
+                yield pytest.param(cell.source, id=f"{path.stem}-{ids[0] if ids else i}")
+
+
+CELLS = list(exercise_cells())
+
+
+@pytest.mark.parametrize("source", CELLS)
+def test_reference_passes_and_stub_fails(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT / "chapters")
+    assert re.search(r'check\(\s*"[\d.]+"', source), "an exercise cell must end with check(\"N.k\", answer)"
+    exec(compile(source, "<exercise>", "exec"), {"__name__": "__exercise__"})
+    with pytest.raises(ExerciseFailed):
+        exec(compile(strip_solutions(source), "<stub>", "exec"), {"__name__": "__exercise__"})
+
+
+def _registered():
+    return sorted(registry().items())
+
+
+@pytest.mark.parametrize("ex_id, ex", _registered(), ids=[k for k, _ in _registered()])
+def test_wrong_answers_fail(ex_id, ex):
+    assert ex.wrong, f"exercise {ex_id} registers no wrong answer to prove its check can fail"
+    for wrong in ex.wrong:
+        with pytest.raises(ExerciseFailed):
+            check(ex_id, wrong)
+
+
+def test_every_check_in_the_chapters_is_registered_and_vice_versa():
+    used = set()
+    for path in CHAPTERS:
+        used |= set(re.findall(r'check\(\s*"([\d.]+)"', path.read_text()))
+    assert used == set(registry()), (used, set(registry()))
+
+
+def test_student_edition_leaks_no_solution():
+    for path in CHAPTERS:
+        text = path.read_text()
+        stripped = strip_solutions(text)
+        assert BEGIN not in stripped
+        for sol in solution_text(text):
+            for line in sol.splitlines():
+                line = line.strip()
+                if len(line) > 25:  # a distinctive line of the solution must not survive
+                    assert line not in stripped, f"{path.name}: solution line leaks: {line}"
+
+
+def test_strip_solutions_keeps_indentation():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\ncheck('0.0', f)\n"
+    out = strip_solutions(src)
+    assert "return x + 1" not in out and "    raise NotImplementedError" in out
+    with pytest.raises(ValueError):
+        strip_solutions("    ### BEGIN SOLUTION\n x\n")

@@ -66,7 +66,7 @@ def test_frozen_z_target_is_stationary_for_the_x_chain(lam):
     x_mode = (mean[:2] + z @ L.T).float()
     gx, _ = log_rho_grads(LinearGenerator(A, B), gaussian_teacher(M, C), exact_student(A, B), z.float(),
                           torch.full((5,), lam), x_t=x_mode)
-    assert gx.abs().max() < 2e-3 / s**2 * 1e-2 + 1e-3
+    assert gx.abs().max() < 1e-4 / s**2          # float32 rounding of terms of size 1 / sigma^2
     torch.testing.assert_close(cov[2:, 2:], torch.eye(2, dtype=torch.float64))
 
 
@@ -84,7 +84,16 @@ def test_exact_em_reaches_the_fit_and_is_fastest_mid_range():
     assert errs[0][9] < errs[-4][9] and errs[0][9] < errs[4][9]
 
 
-def test_langevin_em_decreases_the_error():
+@pytest.fixture
+def one_thread():
+    """Small tensors run faster on one thread, and far faster on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_langevin_em_decreases_the_error(one_thread):
     cfg = LangevinConfig(K=4, move_z=True, gamma_z=0.3, z_precondition="none", cancel="none")
     h = langevin_em(0.3 * torch.eye(2), torch.zeros(2), M, C, 0.0, cfg, iters=40, batch=256, seed=0)
     assert h["errors"][-1] < 0.3 * fit_error(0.3 * torch.eye(2), torch.zeros(2), M, C)

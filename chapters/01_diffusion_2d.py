@@ -1,0 +1,545 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 1: Diffusion in 2D
+#
+# A diffusion model is the teacher that EM Distillation compresses into a one-step
+# generator. Before distilling anything we need a teacher we can trust completely. In two
+# dimensions there is one: a Gaussian mixture, whose noisy densities, scores and denoisers
+# are closed-form at every noise level. This chapter builds that teacher from scratch and
+# samples from it the way a diffusion model is sampled, by integrating from noise to data.
+#
+# **What you will learn**
+#
+# * how data are noised, with the noise level named by its log signal-to-noise ratio
+#   $\lambda$, and how the VP and EDM schedules meet in that one coordinate;
+# * what the noisy marginals of a mixture look like as $\lambda$ falls;
+# * how to derive the exact score and denoiser of a noisy mixture, and Tweedie's formula
+#   that links them;
+# * how the probability-flow ODE (Heun) and the reverse SDE turn noise into samples;
+# * how sample quality depends on the number of function evaluations (NFE): it collapses
+#   at few NFE, and that collapse is why a one-step generator is the prize.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+import emd_lib
+from emd_lib import fast_or, is_fast
+from emd_lib.metrics import mixture_report
+from emd_lib.mixtures import irregular, ring8
+from emd_lib.plotting import COLORS, density2d, scatter2d, use_style
+from emd_lib.sampling import sample_ode, sample_sde, sigma_grid
+from emd_lib.schedules import EDM, VP
+from emd_lib.teachers import GaussianMixture
+
+torch.set_num_threads(1)
+use_style()
+emd_lib.seed_all(0)
+N = fast_or(4000, 1500)          # samples per evaluation
+print(f"fast mode: {is_fast()}, samples per evaluation: {N}")
+
+# %% [markdown]
+# ## 1.1 Noising in log-SNR
+#
+# A clean sample $x$ is noised as $x_t = \alpha x + \sigma \epsilon$ with
+# $\epsilon \sim \mathcal N(0, I)$. Rather than a time $t$, we name the noise level by its
+# log signal-to-noise ratio
+#
+# $$\lambda = \log \frac{\alpha^2}{\sigma^2}.$$
+#
+# Large $\lambda$ is almost clean data, very negative $\lambda$ is almost pure noise. Two
+# schedules fix $\alpha$ and $\sigma$ from $\lambda$:
+#
+# * **VP** (variance preserving): $\alpha^2 = \mathrm{sigmoid}(\lambda)$,
+#   $\sigma^2 = \mathrm{sigmoid}(-\lambda)$, so $\alpha^2 + \sigma^2 = 1$;
+# * **EDM** (variance exploding): $\alpha = 1$, $\sigma = e^{-\lambda/2}$
+#   ($\lambda = -8.76$ is EDM's $\sigma_{\max} = 80$).
+#
+# Both give the same ratio $\sigma/\alpha = e^{-\lambda/2}$: the two schedules differ only
+# by the overall scale $\alpha$ of $x_t$. Written from scratch and checked against the library:
+
+# %%
+def vp_alpha_sigma(lam):
+    # alpha^2 = sigmoid(lam), sigma^2 = sigmoid(-lam)
+    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+
+def edm_alpha_sigma(lam):
+    # alpha = 1, sigma = exp(-lam / 2)
+    return torch.ones_like(lam), torch.exp(-lam / 2)
+
+
+lam = torch.linspace(-10, 10, 201)
+for mine, lib in ((vp_alpha_sigma, VP), (edm_alpha_sigma, EDM)):
+    for a, b in zip(mine(lam), lib.alpha_sigma(lam)):
+        torch.testing.assert_close(a, b)
+a_vp, s_vp = vp_alpha_sigma(lam)
+a_edm, s_edm = edm_alpha_sigma(lam)
+torch.testing.assert_close(s_vp / a_vp, s_edm / a_edm)          # same sigma / alpha
+torch.testing.assert_close(2 * torch.log(a_vp / s_vp), lam)      # lam = log(alpha^2 / sigma^2)
+print(f"EDM's sigma_max = 80 is lam = {float(EDM.lam(1.0, 80.0)):.2f}; "
+      f"VP at that lam has alpha = {float(VP.alpha_sigma(torch.tensor(-8.76))[0]):.4f}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.0))
+axes[0].plot(lam, a_vp, label=r"VP $\alpha$", color="C0")
+axes[0].plot(lam, s_vp, label=r"VP $\sigma$", color="C1")
+axes[0].set_xlabel(r"log-SNR $\lambda$"), axes[0].set_title("VP schedule"), axes[0].legend()
+axes[1].semilogy(lam, s_edm / a_edm, color="C2", label=r"$\sigma/\alpha$ (both schedules)")
+axes[1].set_xlabel(r"log-SNR $\lambda$"), axes[1].set_title(r"EDM: $\alpha = 1$, $\sigma = e^{-\lambda/2}$")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 1.2 The noisy marginals of a mixture
+#
+# Our first target is `ring8`: eight Gaussian modes on a circle of radius 2, standard
+# deviation 0.15, with unequal weights. If $x \sim \sum_k w_k \mathcal N(\mu_k, C_k)$, then
+# each component stays Gaussian under noising:
+#
+# $$p_\lambda(x_t) = \sum_k w_k\, \mathcal N\big(x_t;\ \alpha \mu_k,\ S_k\big),
+# \qquad S_k = \alpha^2 C_k + \sigma^2 I .$$
+#
+# First a sanity check against samples: the noised samples must have mean
+# $\alpha\,\mathbb E[x]$ and covariance $\alpha^2 \mathrm{Cov}[x] + \sigma^2 I$.
+
+# %%
+mix = ring8()                                      # VP schedule
+print("weights:", [round(w, 3) for w in mix.weights.tolist()])
+x0 = mix.sample(20000, generator=torch.Generator().manual_seed(0))
+m_x = (mix.weights[:, None] * mix.means).sum(0)
+second = (mix.weights[:, None, None] * (mix.covs + mix.means[:, :, None] * mix.means[:, None, :])).sum(0)
+C_x = second - torch.outer(m_x, m_x)              # exact covariance of the clean mixture
+for lam_i in (2.0, -2.0):
+    alpha, sigma = VP.alpha_sigma(torch.tensor(lam_i))
+    x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    cov_emp = torch.cov(x_t.T)
+    cov_exact = alpha**2 * C_x + sigma**2 * torch.eye(2)
+    err = (cov_emp - cov_exact).abs().max().item()
+    print(f"lam={lam_i:+.0f}: empirical mean {x_t.mean(0).numpy().round(3)}, exact {(alpha * m_x).numpy().round(3)}; "
+          f"max covariance error {err:.3f}")
+    assert err < 0.06 and (x_t.mean(0) - alpha * m_x).abs().max() < 0.03
+
+# %% [markdown]
+# The densities themselves, as images (the library's `density2d` evaluates
+# `mix.log_prob(x_t, lam)`). As $\lambda$ falls the modes widen, merge into a ring, then
+# into a single blob that approaches $\mathcal N(0, I)$; the heaviest mode (weight 4/15,
+# at angle 315°) is the last one you can still pick out.
+
+# %%
+lams_show = [6.0, 2.0, 0.0, -2.0, -6.0]
+fig, axes = plt.subplots(1, len(lams_show), figsize=(12, 2.7))
+for ax, l in zip(axes, lams_show):
+    density2d(ax, mix, lam=l, lim=3.0, n=160, title=rf"$\lambda = {l:+.0f}$")
+    ax.set_xticks([]), ax.set_yticks([])
+plt.suptitle("VP-noised ring8, density of $x_t$", y=1.02)
+plt.tight_layout()
+plt.show()
+
+# where is the noisy density highest? (the heaviest mode sits at 315 degrees)
+gl = torch.linspace(-3, 3, 241)
+gxx, gyy = torch.meshgrid(gl, gl, indexing="xy")
+pts = torch.stack([gxx.flatten(), gyy.flatten()], 1)
+for l in (2.0, 0.0):
+    top = pts[mix.log_prob(pts, torch.full((len(pts),), l)).argmax()]
+    angle = math.degrees(math.atan2(top[1], top[0])) % 360
+    print(f"lam={l:+.0f}: the density peaks at {top.numpy().round(2)}, angle {angle:.0f} degrees")
+    assert abs(angle - 315) < 10
+
+# %% [markdown]
+# ## 1.3 The exact teacher: score and denoiser of a noisy mixture
+#
+# A diffusion model is a **denoiser** $D(x_t, \lambda) \approx \mathbb E[x \mid x_t]$, or
+# equivalently a **score** $\nabla_{x_t} \log p_\lambda(x_t)$. For the mixture both are exact.
+#
+# *Score.* Differentiate the log of the mixture density. With the responsibilities
+# $r_k(x_t) = w_k \mathcal N(x_t; \alpha\mu_k, S_k) / p_\lambda(x_t)$,
+#
+# $$\nabla \log p_\lambda(x_t) = -\sum_k r_k(x_t)\, S_k^{-1}(x_t - \alpha \mu_k).$$
+#
+# *Denoiser.* Given the component $k$, $(x, x_t)$ is jointly Gaussian with
+# $\mathrm{Cov}(x, x_t) = \alpha C_k$, so $\mathbb E[x \mid x_t, k] = \mu_k + \alpha C_k S_k^{-1}(x_t - \alpha\mu_k)$;
+# averaging over $k$ with $r_k$:
+#
+# $$D(x_t) = \mathbb E[x \mid x_t] = \sum_k r_k(x_t)\big(\mu_k + \alpha C_k S_k^{-1}(x_t - \alpha \mu_k)\big).$$
+#
+# *Tweedie's formula* links them: $\alpha D(x_t) = x_t + \sigma^2 \nabla \log p_\lambda(x_t)$,
+# i.e. $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$, and the noise prediction is
+# $\hat\epsilon = (x_t - \alpha D)/\sigma = -\sigma \nabla \log p_\lambda$.
+#
+# From scratch, for isotropic components ($C_k = s_k^2 I$, so $S_k = (\alpha^2 s_k^2 + \sigma^2) I$):
+
+# %%
+def mixture_from_scratch(x_t, lam, weights, means, stds, schedule=VP):
+    """log p, score and denoiser of an isotropic Gaussian mixture noised at log-SNR lam (a scalar)."""
+    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(lam))
+    d = x_t.shape[1]
+    # S_k = (alpha^2 s_k^2 + sigma^2) I
+    var = alpha**2 * stds**2 + sigma**2                                   # (K,)
+    diff = x_t[:, None, :] - alpha * means[None]                          # (B, K, d)
+    # log N(x_t; alpha mu_k, S_k)
+    logn = -0.5 * (diff**2).sum(-1) / var - 0.5 * d * torch.log(2 * math.pi * var)   # (B, K)
+    logp = torch.logsumexp(torch.log(weights) + logn, dim=-1)            # (B,)
+    r = torch.softmax(torch.log(weights) + logn, dim=-1)                  # responsibilities (B, K)
+    # score = -sum_k r_k S_k^{-1} (x_t - alpha mu_k)
+    score = -(r[..., None] * diff / var[None, :, None]).sum(1)
+    # D = sum_k r_k (mu_k + alpha C_k S_k^{-1} (x_t - alpha mu_k))
+    denoised = (r[..., None] * (means[None] + alpha * (stds**2 / var)[None, :, None] * diff)).sum(1)
+    return logp, score, denoised
+
+
+stds = mix.var[:, 0].sqrt()
+g = torch.Generator().manual_seed(2)
+for lam_i in (4.0, 0.0, -3.0):
+    x_t = 2.0 * torch.randn(512, 2, generator=g)
+    lam_b = torch.full((512,), lam_i)
+    logp, score, den = mixture_from_scratch(x_t, lam_i, mix.weights, mix.means, stds)
+    torch.testing.assert_close(logp, mix.log_prob(x_t, lam_b))
+    torch.testing.assert_close(score, mix.score(x_t, lam_b), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(den, mix.denoise(x_t, lam_b), rtol=1e-4, atol=1e-4)
+    # the score is the gradient of log p (autograd agrees)
+    xg = x_t.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(mix.log_prob(xg, lam_b).sum(), xg)
+    torch.testing.assert_close(score, auto, rtol=1e-4, atol=1e-4)
+    # Tweedie: score = (alpha D - x_t) / sigma^2
+    alpha, sigma = VP.alpha_sigma(torch.tensor(lam_i))
+    torch.testing.assert_close(score, (alpha * den - x_t) / sigma**2, rtol=1e-4, atol=1e-3)
+print("from-scratch log p, score and denoiser match GaussianMixture; autograd and Tweedie agree")
+
+# %% [markdown]
+# The same holds for the EDM schedule, and for full covariances the library solves with
+# Cholesky factors instead of dividing by a variance. One more check of what "denoiser"
+# means: $D$ is the *best* estimate of $x$ from $x_t$ in mean squared error, so any
+# perturbation of it does worse. This is why a network trained to regress $x$ on $x_t$
+# (denoising score matching) learns the score: its optimum is $D$.
+
+# %%
+lam_i = 0.0
+alpha, sigma = VP.alpha_sigma(torch.tensor(lam_i))
+x_clean = mix.sample(N, generator=torch.Generator().manual_seed(4))
+x_t = alpha * x_clean + sigma * torch.randn(x_clean.shape, generator=torch.Generator().manual_seed(5))
+D = mix.denoise(x_t, torch.full((N,), lam_i))
+mse = lambda est: ((est - x_clean) ** 2).sum(1).mean().item()  # noqa: E731
+candidates = {"D(x_t)": D, "x_t / alpha": x_t / alpha, "1.1 D(x_t)": 1.1 * D, "D(x_t) + 0.1": D + 0.1,
+              "nearest mode mean": mix.means[mix.responsibilities(x_t, torch.full((N,), lam_i)).argmax(1)]}
+for name, est in candidates.items():
+    print(f"  MSE of {name:>18}: {mse(est):.4f}")
+assert all(mse(D) < mse(est) for name, est in candidates.items() if name != "D(x_t)")
+
+# %% [markdown]
+# Pictured: the score field at two noise levels. At $\lambda = 2$ it points into the
+# nearest mode; at $\lambda = -2$ every arrow points, roughly, at the centre of the blurred
+# ring, with a bias towards the heavy modes.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+grid1 = torch.linspace(-2.8, 2.8, 17)
+gx, gy = torch.meshgrid(grid1, grid1, indexing="xy")
+pts = torch.stack([gx.flatten(), gy.flatten()], 1)
+for ax, l in zip(axes, (2.0, -2.0)):
+    density2d(ax, mix, lam=l, lim=3.0, n=160, title=rf"score field, $\lambda = {l:+.0f}$")
+    sc = mix.score(pts, torch.full((len(pts),), l))
+    sc = sc / sc.norm(dim=1, keepdim=True).clamp_min(1e-8)            # directions only
+    ax.quiver(pts[:, 0], pts[:, 1], sc[:, 0], sc[:, 1], color="C1", scale=28, width=0.004)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 1.4 Sampling: the probability-flow ODE and the reverse SDE
+#
+# Write $y = x_t/\alpha$ and $s = \sigma/\alpha = e^{-\lambda/2}$. Then $y = x + s\,\epsilon$
+# for *every* schedule, and the probability-flow ODE, whose solution has the noisy marginal
+# at every $s$, is EDM's
+#
+# $$\frac{dy}{ds} = \frac{y - D(y, s)}{s}.$$
+#
+# Start from $y \sim \mathcal N(0, s_{\max}^2 I)$ and integrate down to $s = 0$ on EDM's
+# grid $s_i = \big(s_{\max}^{1/\rho} + \tfrac{i}{n-1}(s_{\min}^{1/\rho} - s_{\max}^{1/\rho})\big)^\rho$,
+# $\rho = 7$, then $0$. Heun's method averages the slope at both ends of each step: two
+# denoiser calls per step, one on the last (Euler) step into $s=0$, so NFE $= 2n - 1$.
+# The reverse SDE (Euler-Maruyama) takes one call per step:
+# $y \leftarrow y + \frac{s^2 - s'^2}{s^2}(D(y) - y) + \sqrt{s^2 - s'^2}\,n$.
+#
+# From scratch, then checked against `emd_lib.sampling` from the same starting noise:
+
+# %%
+def denoise_ys(teacher, y, s):
+    """D at y = x_t / alpha and noise s = sigma / alpha (the lam the teacher expects is -2 log s)."""
+    lam_b = torch.full((y.shape[0],), -2 * math.log(s))
+    alpha, _ = teacher.schedule.alpha_sigma(lam_b)
+    return teacher.denoise(alpha[:, None] * y, lam_b)
+
+
+def heun_from_scratch(teacher, y, grid):
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        d = (y - denoise_ys(teacher, y, s)) / s                          # dy/ds at s
+        y_next = y + (s_next - s) * d                                     # Euler step
+        if s_next > 0:                                                    # Heun correction
+            d2 = (y_next - denoise_ys(teacher, y_next, s_next)) / s_next
+            y_next = y + (s_next - s) * 0.5 * (d + d2)
+        y = y_next
+    return y
+
+
+def sde_from_scratch(teacher, y, grid, gen):
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        D = denoise_ys(teacher, y, s)
+        if s_next == 0:
+            return D
+        ds2 = s**2 - s_next**2
+        y = y + ds2 / s**2 * (D - y) + math.sqrt(ds2) * torch.randn(y.shape, generator=gen)
+    return y
+
+
+s_min, s_max = math.exp(-10 / 2), math.exp(10 / 2)        # VP's lam range [-10, 10], capped at lam = 10
+n_steps = 18
+grid = sigma_grid(n_steps, s_min, s_max).tolist()
+y0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(6)) * grid[0]
+x_ode, nfe = sample_ode(mix, n_steps=n_steps, y=y0.clone(), s_min=s_min, s_max=s_max)
+torch.testing.assert_close(heun_from_scratch(mix, y0.clone(), grid), x_ode, rtol=1e-4, atol=1e-4)
+assert nfe == 2 * n_steps - 1
+
+# the SDE: the library draws y0 and then one noise per step from the same generator
+x_sde, nfe_sde = sample_sde(mix, 256, n_steps=50, s_min=s_min, s_max=s_max, generator=torch.Generator().manual_seed(7))
+gen = torch.Generator().manual_seed(7)
+grid50 = sigma_grid(50, s_min, s_max).tolist()
+y_start = torch.randn(256, 2, generator=gen) * grid50[0]
+torch.testing.assert_close(sde_from_scratch(mix, y_start, grid50, gen), x_sde, rtol=1e-4, atol=1e-4)
+print(f"Heun: {n_steps} steps = {nfe} NFE; SDE: 50 steps = {nfe_sde} NFE; both match the library")
+
+# %% [markdown]
+# Because the ODE lives in $(y, s)$, a VP teacher and an EDM teacher of the same data give
+# **the same trajectory** on the same $s$-grid: the denoiser is a function of $(y, s)$ only.
+# A check (EDM's range is $s \in [0.002, 80]$, so we use it for both):
+
+# %%
+mix_edm = ring8(EDM)
+y0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(8)) * 80.0
+x_vp, _ = sample_ode(mix, n_steps=18, y=y0.clone(), s_min=0.002, s_max=80.0)
+x_edm, _ = sample_ode(mix_edm, n_steps=18, y=y0.clone(), s_min=0.002, s_max=80.0)
+torch.testing.assert_close(x_vp, x_edm, rtol=1e-3, atol=1e-3)
+print(f"VP and EDM teachers, same ODE: max difference {(x_vp - x_edm).abs().max():.2e}")
+
+# %% [markdown]
+# ## 1.5 Sample quality against the number of function evaluations
+#
+# Now the question that motivates the whole book: how good are the samples as we cut the
+# number of denoiser calls? We measure, against exact samples of the mixture
+# (`emd_lib.metrics.mixture_report`):
+#
+# * **TV**: total variation between the fraction of samples in each mode and the true weights;
+# * **MMD**: squared maximum mean discrepancy (RBF kernels), zero only for equal distributions;
+# * **precision / recall** (k-NN manifolds): are the samples on the data, and is the data covered?
+#
+# Fresh exact samples give the floor that sampling noise alone allows. We run both samplers on
+# two targets, `ring8` and `irregular` (seven modes of unequal weights and widths), with the
+# default range of the VP teacher, $s \in [e^{-5}, e^{5}] \approx [0.0067, 148]$.
+
+# %%
+ode_steps = [1, 2, 3, 4, 6, 9, 13, 18, 25]
+sde_steps = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+targets = {"ring8": ring8(), "irregular": irregular()}
+results = {}
+for tname, teacher in targets.items():
+    floor = mixture_report(teacher, teacher.sample(N, generator=torch.Generator().manual_seed(100)))
+    rows = {"ode": [], "sde": []}
+    for kind, steps_list in (("ode", ode_steps), ("sde", sde_steps)):
+        for n_st in steps_list:
+            gen = torch.Generator().manual_seed(11)
+            sampler = sample_ode if kind == "ode" else sample_sde
+            x, nfe = sampler(teacher, N, n_steps=n_st, generator=gen)
+            rep = mixture_report(teacher, x)
+            far = float((x.abs() > 3).any(1).float().mean())          # fraction outside the [-3, 3]^2 box
+            rows[kind].append({"nfe": nfe, "far": far, "x": x,
+                               **{k: rep[k] for k in ("tv", "mmd", "precision", "recall", "modes_covered")}})
+    results[tname] = {"floor": floor, **rows}
+    print(f"{tname}: exact samples give TV {floor['tv']:.3f}, MMD {floor['mmd']:.4f}, "
+          f"precision {floor['precision']:.2f}, recall {floor['recall']:.2f}")
+    for kind in ("ode", "sde"):
+        print(f"  {kind.upper()}")
+        for r in rows[kind]:
+            print(f"    NFE {r['nfe']:>3}: TV {r['tv']:.3f}  MMD {r['mmd']:.4f}  precision {r['precision']:.2f}  "
+                  f"recall {r['recall']:.2f}  outside the box {r['far']:.2f}")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+styles = {"ring8": "-", "irregular": "--"}
+colors = {"ode": "C0", "sde": "C1"}
+for tname, res in results.items():
+    for kind in ("ode", "sde"):
+        nf = [r["nfe"] for r in res[kind]]
+        lab = f"{kind.upper()}, {tname}"
+        axes[0].plot(nf, [r["tv"] for r in res[kind]], styles[tname], color=colors[kind], marker="o", ms=3, label=lab)
+        axes[1].plot(nf, [max(r["mmd"], 1e-5) for r in res[kind]], styles[tname], color=colors[kind], marker="o", ms=3)
+        axes[2].plot(nf, [r["precision"] for r in res[kind]], styles[tname], color=colors[kind], marker="o", ms=3)
+    axes[0].axhline(res["floor"]["tv"], color=COLORS["teacher"], ls=styles[tname], lw=0.8)
+    axes[1].axhline(max(res["floor"]["mmd"], 1e-5), color=COLORS["teacher"], ls=styles[tname], lw=0.8)
+    axes[2].axhline(res["floor"]["precision"], color=COLORS["teacher"], ls=styles[tname], lw=0.8)
+for ax, t in zip(axes, ("TV of mode masses", "MMD (log scale)", "precision")):
+    ax.set_xscale("log"), ax.set_xlabel("NFE (denoiser calls)"), ax.set_title(t)
+axes[1].set_yscale("log")
+axes[0].legend(fontsize=8)
+plt.suptitle("grey lines: exact samples (the floor set by sampling noise)", y=1.02, fontsize=9)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What the samples look like on the irregular target, at a few budgets (a panel can be
+# nearly empty: those samples landed outside the box):
+
+# %%
+res = results["irregular"]
+show = [("ode", 0), ("ode", 2), ("ode", 4), ("ode", len(ode_steps) - 1),
+        ("sde", 0), ("sde", 3), ("sde", 5), ("sde", len(sde_steps) - 1)]
+fig, axes = plt.subplots(2, 4, figsize=(11, 5.6))
+for ax, (kind, i) in zip(axes.flatten(), show):
+    r = res[kind][i]
+    scatter2d(ax, r["x"], title=f"{kind.upper()}, NFE {r['nfe']} (TV {r['tv']:.2f})",
+              color=colors[kind], lim=3.0, s=1.5)
+    ax.set_xticks([]), ax.set_yticks([])
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Reading the numbers.
+#
+# * With **one** denoiser call both samplers return $D(y, s_{\max})$, which at
+#   $s_{\max} \approx 148$ is the mean of the whole mixture: every sample lands in one
+#   place, the mode nearest the mean takes all the mass, and only one mode is covered.
+# * With a few Heun steps the ODE is *worse than useless*: its corrector evaluates the slope
+#   $(y - D)/s$ at a small $s$ from a point that is still far from the data, and the
+#   averaged step overshoots, flinging most samples far outside the plot (see the
+#   "outside the box" column). Recall can look fine there only because the k-NN balls
+#   around scattered samples are huge; precision tells the truth.
+# * The SDE fails the same way at 2 calls: its first step injects noise of size about
+#   $s_{\max}$, and the one call left cannot remove it (our sampler is a plain
+#   Euler-Maruyama discretisation, not an ancestral one). From about 8 calls on it keeps the
+#   samples in place, but it needs many calls to remove the noise it injects. Which sampler
+#   reaches the floor first, and at what NFE, is printed below.
+
+# %%
+def nfe_to_reach(rows, floor_tv, factor=2.0, slack=0.02):
+    """Smallest NFE from which on the TV stays within factor x floor + slack."""
+    ok = [r["tv"] <= factor * floor_tv + slack for r in rows]
+    for i in range(len(rows)):
+        if all(ok[i:]):
+            return rows[i]["nfe"]
+    return None
+
+
+for tname, res in results.items():
+    o1, s1 = res["ode"][0], res["sde"][0]
+    ob, sb = res["ode"][-1], res["sde"][-1]
+    n_ode, n_sde = nfe_to_reach(res["ode"], res["floor"]["tv"]), nfe_to_reach(res["sde"], res["floor"]["tv"])
+    print(f"{tname}: NFE 1 -> TV {o1['tv']:.2f}, precision {o1['precision']:.2f}, modes covered {o1['modes_covered']}"
+          f"/{res['floor']['n_modes']};  ODE NFE {ob['nfe']} -> TV {ob['tv']:.3f};  SDE NFE {sb['nfe']} -> TV {sb['tv']:.3f}")
+    print(f"    NFE from which TV stays within 2x the exact-sample floor + 0.02: ODE {n_ode}, SDE {n_sde}")
+    worst_ode = max(res["ode"][1:4], key=lambda r: r["far"])
+    print(f"    the few-step ODE flings samples away: {worst_ode['far']:.0%} outside the box at NFE {worst_ode['nfe']}")
+    # the qualitative claims of the text, as checks
+    assert o1["tv"] > 5 * max(ob["tv"], 0.01) and o1["modes_covered"] == 1
+    assert ob["mmd"] < 0.1 * o1["mmd"] and sb["mmd"] < 0.1 * s1["mmd"]
+    assert worst_ode["far"] > 0.5 and ob["far"] < 0.01
+    assert res["sde"][1]["far"] > 0.5 and res["sde"][3]["far"] < 0.1 < res["ode"][3]["far"]   # NFE 2, 8 and 7
+    assert n_ode is not None and n_sde is not None
+
+# %% [markdown]
+# A diffusion model is excellent at its full budget and useless at one step. Every
+# one-step distillation method, EMD included, tries to learn a generator $g_\theta(z)$ that
+# matches the many-step sampler's output distribution in a single call. The next chapter asks
+# *which* distance to the teacher such a generator should minimise, and why the answer
+# decides whether modes survive.
+#
+# ## Summary
+#
+# * Noise levels are named by the log-SNR $\lambda = \log(\alpha^2/\sigma^2)$; VP and EDM
+#   share $\sigma/\alpha = e^{-\lambda/2}$, and in $y = x_t/\alpha$ they are the same process.
+# * A Gaussian mixture stays a mixture under noising: $\mathcal N(\alpha\mu_k, \alpha^2 C_k + \sigma^2 I)$.
+#   Its score and denoiser are exact, related by Tweedie's formula
+#   $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$: the exact teacher of the 2D chapters.
+# * The probability-flow ODE $dy/ds = (y - D)/s$ (Heun, NFE $= 2n-1$) and the reverse SDE
+#   turn noise into samples; a VP and an EDM teacher give the same ODE trajectories.
+# * Quality collapses at few NFE: at one call every sample is the mixture mean, and a few
+#   large Heun steps overshoot; tens of calls are needed to reach the exact-sample floor.
+#   That cost is what one-step distillation removes.
+#
+# ## Exercise 1.1: VP alpha and sigma
+#
+# Write `vp_alpha_sigma(lam)` returning the pair `(alpha, sigma)` of the VP schedule for a
+# tensor of log-SNRs `lam`. Use $\alpha^2 = \mathrm{sigmoid}(\lambda)$ and
+# $\sigma^2 = \mathrm{sigmoid}(-\lambda)$.
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def vp_alpha_sigma(lam):
+    lam = torch.as_tensor(lam, dtype=torch.float32)
+    ### BEGIN SOLUTION
+    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    ### END SOLUTION
+
+
+check("1.1", vp_alpha_sigma)
+
+# %% [markdown]
+# ## Exercise 1.2: the score of a noisy mixture
+#
+# Write `mixture_score(x_t, lam, weights, means, stds)`: the score
+# $\nabla \log p_\lambda(x_t)$ of the isotropic mixture
+# $\sum_k w_k \mathcal N(\mu_k, s_k^2 I)$ noised with the VP schedule at the scalar log-SNR
+# `lam`. Shapes: `x_t` $(B, d)$, `weights` $(K,)$, `means` $(K, d)$, `stds` $(K,)$; return
+# $(B, d)$. Hint: compute the responsibilities with `torch.softmax` of log-weights plus
+# component log-densities; the dimension-dependent constant matters when the variances differ.
+
+# %%
+import math
+
+import torch
+from emd_lib.exercises import check
+
+
+def mixture_score(x_t, lam, weights, means, stds):
+    ### BEGIN SOLUTION
+    alpha2, sigma2 = torch.sigmoid(lam), torch.sigmoid(-lam)
+    var = alpha2 * stds**2 + sigma2                                   # (K,)
+    diff = x_t[:, None, :] - alpha2.sqrt() * means[None]              # (B, K, d)
+    logn = -0.5 * (diff**2).sum(-1) / var - 0.5 * x_t.shape[1] * torch.log(2 * math.pi * var)
+    r = torch.softmax(torch.log(weights) + logn, dim=-1)              # (B, K)
+    return -(r[..., None] * diff / var[None, :, None]).sum(1)
+    ### END SOLUTION
+
+
+check("1.2", mixture_score)
+
+# %% [markdown]
+# ## Exercise 1.3: one Euler step of the probability-flow ODE
+#
+# Write `euler_step(denoise, y, s, s_next)`: one Euler step of $dy/ds = (y - D(y, s))/s$ from
+# noise level `s` down to `s_next` (with `s_next < s`). `denoise(y, s)` returns $D(y, s)$.
+
+# %%
+from emd_lib.exercises import check
+
+
+def euler_step(denoise, y, s, s_next):
+    ### BEGIN SOLUTION
+    slope = (y - denoise(y, s)) / s
+    return y + (s_next - s) * slope
+    ### END SOLUTION
+
+
+check("1.3", euler_step)

@@ -1,0 +1,511 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 3: The EM derivation
+#
+# A one-step generator $x = g_\theta(z)$, $z \sim \mathcal N(0, I)$, is a latent-variable
+# model. This chapter derives EM Distillation from that single observation: maximum likelihood
+# on the teacher's noisy samples is the forward KL, its gradient is an expectation under the
+# posterior of the latent (Fisher's identity), and EM turns it into two alternating steps:
+# sample a teacher point together with the latent that most plausibly produced it (E-step),
+# then regress the generator onto those pairs (M-step).
+#
+# **What you will learn**
+#
+# * the noisy student marginal $q_\theta^t(x_t)$ as an integral over the latent, and why
+#   maximum likelihood is the forward KL $\mathrm{KL}(p_t \,\|\, q_\theta^t)$;
+# * Fisher's identity, checked numerically on a linear generator;
+# * the E-step target $\rho(x_t, z)$ and the M-step regression, and that their combination
+#   has exactly the gradient of the forward KL;
+# * why EMD needs a student score network: $\nabla \log q_\theta^t$ has no usable estimate
+#   for a neural generator;
+# * exact EM on a linear-Gaussian generator against EM with the Langevin E-step and a
+#   stochastic M-step: both reach $A A^\top = C$, $b = m$.
+#
+# Everything here is exact or Monte Carlo with a known answer: the generator is linear,
+# $g(z) = A z + b$, and the teacher is a Gaussian $p_0 = \mathcal N(m, C)$.
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import emd_lib
+from emd_lib import fast_or
+from emd_lib.em import (LinearGenerator, exact_em, exact_em_step, exact_student, fisher_grad, fit_error,
+                        gaussian_kl, gaussian_teacher, langevin_em, latent_posterior, marginal_log_prob,
+                        rho_moments)
+from emd_lib.langevin import LangevinConfig
+from emd_lib.plotting import COLORS, use_style
+from emd_lib.schedules import VP
+
+torch.set_num_threads(1)
+use_style()
+t_start = time.perf_counter()
+
+# the teacher p_0 = N(m, C) and a linear generator g(z) = A z + b that does not fit it yet
+m = torch.tensor([1.0, -0.5])
+C = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
+A = torch.tensor([[0.5, 0.0], [0.2, 0.4]])
+b = torch.tensor([0.3, 0.2])
+teacher = gaussian_teacher(m, C)          # exact teacher, VP schedule
+gen = LinearGenerator(A, b)
+
+
+def level(lam):
+    """(alpha, sigma) of the VP schedule at log-SNR lam, as floats."""
+    a, s = VP.alpha_sigma(torch.tensor(float(lam)))
+    return float(a), float(s)
+
+
+# %% [markdown]
+# ## 1. The latent-variable view
+#
+# Noise the generator's output like a diffusion model does, $x_t = \alpha\, g(z) + \sigma \epsilon$.
+# The noisy student is a continuous mixture of Gaussians, one per latent:
+#
+# $$q_\theta^t(x_t) = \int \mathcal N\big(x_t;\, \alpha g_\theta(z),\, \sigma^2 I\big)\, \mathcal N(z; 0, I)\, dz .$$
+#
+# For a neural $g$ this integral has no closed form. For $g(z) = A z + b$ it does:
+# $q_\theta^t = \mathcal N(\alpha b,\ \alpha^2 A A^\top + \sigma^2 I)$. We estimate the integral
+# by plain Monte Carlo over $z$ and compare with the closed form (and with the library's
+# `exact_student`, which is this Gaussian with the teacher interface).
+
+# %%
+lam0 = 0.0
+alpha, sigma = level(lam0)
+g = torch.Generator().manual_seed(0)
+x_t = torch.tensor([[0.9, -0.2], [-0.5, 0.7], [1.5, 0.3]])           # three query points
+
+# from scratch: q_t(x_t) ~ mean_i N(x_t; alpha g(z_i), sigma^2 I),  z_i ~ N(0, I)
+n_mc = fast_or(400_000, 100_000)
+z = torch.randn(n_mc, 2, generator=g)
+with torch.no_grad():
+    mu = alpha * gen(z)                                                 # (n, 2)
+    log_kernel = (-((x_t[:, None, :] - mu[None]) ** 2).sum(-1) / (2 * sigma**2)
+                  - math.log(2 * math.pi * sigma**2))                   # (3, n)
+    log_q_mc = torch.logsumexp(log_kernel, dim=1) - math.log(n_mc)
+    log_q_exact = marginal_log_prob(gen, x_t, alpha, sigma)
+    log_q_lib = exact_student(A, b).log_prob(x_t, torch.full((3,), lam0))
+print("log q_t by Monte Carlo :", [f"{v:.4f}" for v in log_q_mc.tolist()])
+print("log q_t closed form    :", [f"{v:.4f}" for v in log_q_exact.tolist()])
+torch.testing.assert_close(log_q_exact, log_q_lib, rtol=1e-5, atol=1e-5)
+torch.testing.assert_close(log_q_mc, log_q_exact, rtol=0, atol=0.02)
+
+# %% [markdown]
+# ## 2. Maximum likelihood is the forward KL
+#
+# Fit the generator to the teacher's noisy samples by maximum likelihood:
+#
+# $$\mathbb E_{x_t \sim p_t}\big[\log q_\theta^t(x_t)\big] = -\mathrm{KL}(p_t \,\|\, q_\theta^t) - H(p_t).$$
+#
+# The entropy $H(p_t)$ does not depend on $\theta$, so maximising the expected log-likelihood
+# *is* minimising the forward KL: the student pays for every region where the teacher has
+# mass and it has little (mode covering, chapter 2). EMD minimises
+# $\mathbb E_t\, w(t)\, \mathrm{KL}(p_t \,\|\, q_\theta^t)$ over noise levels. We check the identity at
+# one level with teacher samples.
+
+# %%
+n_p = fast_or(200_000, 50_000)
+p_t = torch.distributions.MultivariateNormal(alpha * m, alpha**2 * C + sigma**2 * torch.eye(2))
+with torch.no_grad():
+    xs = p_t.sample((n_p,))
+    avg_loglik = marginal_log_prob(gen, xs, alpha, sigma).mean().item()
+kl_pq = gaussian_kl(p_t.mean, p_t.covariance_matrix, alpha * b, alpha**2 * A @ A.T + sigma**2 * torch.eye(2))
+H_p = p_t.entropy().item()
+print(f"E_p[log q_t] (Monte Carlo) = {avg_loglik:.4f}")
+print(f"-KL(p_t||q_t) - H(p_t)     = {-kl_pq - H_p:.4f}   (KL = {kl_pq:.4f}, H = {H_p:.4f})")
+assert abs(avg_loglik - (-kl_pq - H_p)) < 0.02
+
+# %% [markdown]
+# ## 3. Fisher's identity
+#
+# The gradient of the log-likelihood needs $\nabla_\theta \log q_\theta^t(x_t)$, the gradient of
+# the log of an integral. Differentiate under the integral and divide by $q$:
+#
+# $$\nabla_\theta \log q_\theta^t(x_t)
+#   = \frac{\int \nabla_\theta \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\, \mathcal N(z)\, dz}{q_\theta^t(x_t)}
+#   = \mathbb E_{z \sim q_\theta(z \mid x_t)}\Big[\nabla_\theta \log \mathcal N\big(x_t;\, \alpha g_\theta(z),\, \sigma^2 I\big)\Big],$$
+#
+# with the posterior $q_\theta(z \mid x_t) \propto \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z)$.
+# The gradient of the marginal is the *average complete-data gradient*, with the latent filled in
+# by its posterior. For the linear generator the posterior is Gaussian,
+# $\mathcal N\big(M(x_t - \alpha b),\, S_z\big)$ with $S_z = (I + \tfrac{\alpha^2}{\sigma^2} A^\top A)^{-1}$
+# and $M = \tfrac{\alpha}{\sigma^2} S_z A^\top$.
+#
+# Three ways to compute the same gradient, for one point $x_t$:
+# autograd of the closed-form $\log q_\theta^t$; the posterior expectation in closed form
+# (`emd_lib.em.fisher_grad`); and Monte Carlo: draw $z$ from the posterior and average
+# autograd of $\log \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)$.
+
+# %%
+x1 = x_t[:1]                                                            # (1, 2)
+# (a) autograd of the closed-form marginal log density
+gA_auto, gb_auto = torch.autograd.grad(marginal_log_prob(gen, x1, alpha, sigma).sum(), (gen.A, gen.b))
+
+# (b) the posterior expectation, closed form
+gA_post, gb_post = fisher_grad(A, b, x1, alpha, sigma)
+
+# (c) Monte Carlo over the posterior, with autograd of the complete-data log likelihood
+n_post = fast_or(200_000, 50_000)
+mu_z, S_z = latent_posterior(A, b, x1, alpha, sigma)
+z_post = torch.distributions.MultivariateNormal(mu_z[0], S_z).sample((n_post,)).float()
+log_lik = -((x1 - alpha * gen(z_post)) ** 2).sum(-1) / (2 * sigma**2)  # log N(x_t; alpha g(z), sigma^2 I) + const
+gA_mc, gb_mc = torch.autograd.grad(log_lik.mean(), (gen.A, gen.b))
+
+print("grad_A log q_t, autograd :", gA_auto.flatten().numpy().round(4))
+print("  posterior mean (exact) :", gA_post[0].flatten().numpy().round(4))
+print("  posterior Monte Carlo  :", gA_mc.flatten().numpy().round(4))
+print("grad_b log q_t, autograd :", gb_auto.numpy().round(4))
+print("  posterior mean (exact) :", gb_post[0].numpy().round(4))
+print("  posterior Monte Carlo  :", gb_mc.numpy().round(4))
+torch.testing.assert_close(gA_post[0].float(), gA_auto, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(gb_post[0].float(), gb_auto, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(gA_mc, gA_auto, rtol=0, atol=0.03)
+torch.testing.assert_close(gb_mc, gb_auto, rtol=0, atol=0.03)
+
+# %% [markdown]
+# ## 4. The E-step target $\rho$ and the M-step
+#
+# Average Fisher's identity over teacher samples $x_t \sim p_t$. The pairs $(x_t, z)$ are then
+# drawn from
+#
+# $$\rho(x_t, z) = p_t(x_t)\, q_\theta(z \mid x_t)
+#   = \frac{p_t(x_t)\; \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\; \mathcal N(z; 0, I)}{q_\theta^t(x_t)}:$$
+#
+# a teacher sample together with the latent that most plausibly produced it. With
+# $\rho$ frozen at the current $\theta$ (the **E-step**), the gradient of the forward KL is
+#
+# $$\nabla_\theta\, \mathrm{KL}(p_t \,\|\, q_\theta^t)
+#   = -\mathbb E_{\rho}\big[\nabla_\theta \log \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\big]
+#   = \nabla_\theta\, \mathbb E_{\rho}\Big[\frac{\| x_t - \alpha g_\theta(z) \|^2}{2 \sigma^2}\Big],$$
+#
+# the gradient of a **regression** of the generator onto the E-step's pairs (the **M-step**).
+# EM alternates the two; each full M-step cannot decrease the likelihood.
+#
+# For the linear generator $\rho$ is a Gaussian over $(x_t, z)$ with closed-form moments
+# (`emd_lib.em.rho_moments`). We check the gradient identity with exact samples of $\rho$ and
+# autograd of the closed-form KL, then do one exact EM step from scratch (least squares on
+# samples of $\rho$) and compare with `emd_lib.em.exact_em_step`.
+
+# %%
+n_rho = fast_or(400_000, 100_000)
+mean_rho, cov_rho = rho_moments(A, b, m, C, alpha, sigma)
+pairs = torch.distributions.MultivariateNormal(mean_rho, cov_rho).sample((n_rho,)).float()
+xr, zr = pairs[:, :2], pairs[:, 2:]                                      # x_t ~ p_t, z ~ q(z | x_t)
+
+# the M-step regression at the current theta, gradient by autograd
+reg = ((xr - alpha * gen(zr)) ** 2).sum(-1).mean() / (2 * sigma**2)
+gA_reg, gb_reg = torch.autograd.grad(reg, (gen.A, gen.b))
+# the forward KL in closed form, gradient by autograd
+q_t = torch.distributions.MultivariateNormal(alpha * gen.b, alpha**2 * gen.A @ gen.A.T + sigma**2 * torch.eye(2))
+kl = torch.distributions.kl_divergence(p_t, q_t)
+gA_kl, gb_kl = torch.autograd.grad(kl, (gen.A, gen.b))
+print("grad_A KL(p_t||q_t), closed form :", gA_kl.flatten().numpy().round(4))
+print("grad_A of the M-step regression  :", gA_reg.flatten().numpy().round(4))
+print("grad_b KL(p_t||q_t), closed form :", gb_kl.numpy().round(4))
+print("grad_b of the M-step regression  :", gb_reg.numpy().round(4))
+torch.testing.assert_close(gA_reg, gA_kl, rtol=0, atol=0.03)
+torch.testing.assert_close(gb_reg, gb_kl, rtol=0, atol=0.03)
+
+# one exact EM step from scratch: least squares of x_t / alpha on [z, 1] over samples of rho
+design = torch.cat([zr, torch.ones(n_rho, 1)], 1).double()               # (n, 3)
+W = torch.linalg.lstsq(design, (xr / alpha).double()).solution.T          # (2, 3) = [A_new | b_new]
+A_new_lib, b_new_lib = exact_em_step(A, b, m, C, alpha, sigma)
+print("A after one EM step, least squares on samples:", W[:, :2].flatten().numpy().round(3),
+      " exact:", A_new_lib.flatten().numpy().round(3))
+print("b after one EM step, least squares on samples:", W[:, 2].numpy().round(3), " exact:", b_new_lib.numpy().round(3))
+torch.testing.assert_close(W[:, :2], A_new_lib, rtol=0, atol=0.03)
+torch.testing.assert_close(W[:, 2], b_new_lib, rtol=0, atol=0.03)
+print(f"fit error ||AA^T - C|| + ||b - m||: before {fit_error(A, b, m, C):.3f}, "
+      f"after one EM step {fit_error(A_new_lib, b_new_lib, m, C):.3f}")
+assert fit_error(A_new_lib, b_new_lib, m, C) < fit_error(A, b, m, C)
+
+# %% [markdown]
+# ## 5. Why EMD needs a student score
+#
+# Exact samples of $\rho$ are out of reach for a real teacher, so EMD runs Langevin dynamics on
+# $\rho$ (chapter 4). Its gradient in $x_t$ is
+#
+# $$\nabla_{x_t} \log \rho = \underbrace{\nabla \log p_t(x_t)}_{\text{teacher score}}
+#    - \underbrace{\nabla \log q_\theta^t(x_t)}_{\text{student score}}
+#    - \frac{x_t - \alpha g(z)}{\sigma^2}.$$
+#
+# The teacher's score is what a diffusion model provides. The student's is the score of the
+# integral in section 1, and for a neural generator there is no closed form. Could Monte Carlo
+# do? By Fisher's identity once more, $\nabla \log q_\theta^t(x_t)$ is a posterior average,
+# which self-normalised importance sampling from the prior estimates with weights
+# $w_i \propto \mathcal N(x_t; \alpha g(z_i), \sigma^2 I)$. When $\sigma$ is small, almost every
+# $z_i$ lands far from $x_t$, and one weight takes all: the effective sample size
+# $(\sum_i w_i)^2 / \sum_i w_i^2$ collapses. We measure it for the linear generator, where the
+# exact score is known, at points $x_t$ drawn from $p_t$, where the E-step needs it.
+
+# %%
+def mc_student_score(gen, x_t, alpha, sigma, n, generator=None):
+    """Self-normalised importance sampling of grad log q_t(x_t) with z ~ N(0, I); returns (score, ESS)."""
+    z = torch.randn(n, gen.dim, generator=generator)
+    with torch.no_grad():
+        mu = alpha * gen(z)                                               # (n, d)
+    diff = x_t[:, None, :] - mu[None]                                     # (B, n, d)
+    logw = -(diff**2).sum(-1) / (2 * sigma**2)                            # (B, n)
+    w = torch.softmax(logw, dim=1)
+    # grad_x log N(x_t; alpha g(z), sigma^2 I) = -(x_t - alpha g(z)) / sigma^2, averaged with weights w
+    score = -(w[..., None] * diff).sum(1) / sigma**2
+    ess = 1.0 / (w**2).sum(1)
+    return score, ess
+
+
+n_is = fast_or(4000, 1000)
+lams_is = [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
+ess_frac, rel_err = [], []
+g = torch.Generator().manual_seed(1)
+student = exact_student(A, b)
+for lam in lams_is:
+    a_, s_ = level(lam)
+    pt = torch.distributions.MultivariateNormal(a_ * m, a_**2 * C + s_**2 * torch.eye(2))
+    xq = pt.sample((200,))
+    sc, ess = mc_student_score(gen, xq, a_, s_, n_is, generator=g)
+    exact = student.score(xq, torch.full((200,), lam))
+    ess_frac.append(float(ess.median()) / n_is)
+    rel_err.append(float(((sc - exact).norm(dim=1) / exact.norm(dim=1)).median()))
+
+# the estimator is right where it has samples: check it at the noisiest level
+assert rel_err[0] < 0.05
+for lam, e, r in zip(lams_is, ess_frac, rel_err):
+    print(f"lam = {lam:+.0f}: median ESS = {100 * e:6.2f}% of {n_is} draws, median relative error of the score = {r:.3f}")
+
+fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+ax[0].semilogy(lams_is, ess_frac, "o-", color=COLORS["emd"])
+ax[0].set_xlabel("log-SNR $\\lambda$"), ax[0].set_ylabel("ESS / draws"), ax[0].set_title("importance weights collapse")
+ax[1].semilogy(lams_is, rel_err, "o-", color=COLORS["di"])
+ax[1].set_xlabel("log-SNR $\\lambda$"), ax[1].set_ylabel("relative error"),
+ax[1].set_title(f"Monte Carlo student score ({n_is} draws)")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# At high noise the prior is a fine proposal; at low noise the estimate rests on a handful of
+# draws, and that is for a 2D linear generator, the easiest case there is. So EMD learns
+# the student score $s_\psi \approx \nabla \log q_\theta^t$ the way a diffusion model is trained:
+# denoising score matching on the generator's own (detached) samples, updated as the generator
+# moves (`emd_lib.distill.student_loss`). In the rest of this chapter the generator is linear
+# and we use the exact student `exact_student(A, b)`, so that any error is the E-step's own.
+
+# %%
+ess_drop = ess_frac[0] / ess_frac[-1]
+print(f"the effective sample size falls {ess_drop:.0f}-fold from lam = {lams_is[0]:+.0f} to lam = {lams_is[-1]:+.0f}")
+assert ess_frac[-1] < 0.1 * ess_frac[0]
+
+# %% [markdown]
+# ## 6. Exact EM against the Langevin E-step
+#
+# **Exact EM.** `exact_em_step` does one E-step and one full M-step in closed form at a single
+# noise level. Its fixed point is the maximum-likelihood fit $A A^\top = C$, $b = m$ at every
+# level (with $A$ determined up to a rotation), but the speed is not: at high noise the
+# posterior of $z$ is nearly the prior and says little about $A$; at low noise $z$ is
+# almost a function of $x_t$ and the M-step hands back the $A$ it was given (the well-known
+# slowness of EM when the latent is nearly determined).
+
+# %%
+A_init, b_init = 0.3 * torch.eye(2), torch.zeros(2)
+em_iters = fast_or(300, 80)
+em_curves = {}
+for lam in (-4.0, -2.0, 0.0, 2.0, 4.0):
+    em_curves[lam] = exact_em(A_init, b_init, m, C, *level(lam), iters=em_iters)[2]
+for lam, e in em_curves.items():
+    hit = next((i + 1 for i, v in enumerate(e) if v < 1e-3), None)
+    print(f"exact EM at lam = {lam:+.0f}: error after 10 steps {e[9]:.2e}, after {em_iters}: {e[-1]:.2e}; "
+          f"steps to error < 1e-3: {hit if hit else f'> {em_iters}'}")
+assert min(em_curves, key=lambda l: em_curves[l][9]) not in (-4.0, 4.0)   # fastest in the middle
+
+# %% [markdown]
+# **EM with the Langevin E-step.** Now the E-step is what EMD does: start from the generator's
+# own joint sample $(z, \epsilon)$, run $K$ Langevin steps on $\rho$ in the $(\epsilon, z)$
+# coordinates (chapter 4) with the exact student score, and hand the final pairs to an M-step
+# that takes *one* SGD step on the regression loss. The learning rate is scaled by the
+# regression's curvature, $\eta\, \sigma^2 / \alpha^2$, and decays as $t_0 / (t_0 + t)$ to average
+# out the Monte Carlo noise. The noise in the chain is not cancelled here
+# (`cancel="none"`; chapter 4 is about cancelling it).
+#
+# One iteration from scratch, then the library's `langevin_em_step` with the same random numbers:
+
+# %%
+from emd_lib.langevin import estep
+from emd_lib.em import langevin_em_step
+
+lcfg = LangevinConfig(K=8, space="eps", move_z=True, gamma_eps=0.3, gamma_z=0.3, z_precondition="none",
+                      cancel="none")
+lam_em = 0.0
+a_em, s_em = level(lam_em)
+batch = fast_or(1024, 256)
+
+# from scratch
+g1 = LinearGenerator(A_init, b_init)
+opt1 = torch.optim.SGD(g1.parameters(), lr=0.5 * s_em**2 / a_em**2)
+rng = torch.Generator().manual_seed(7)
+z0, eps0 = torch.randn(batch, 2, generator=rng), torch.randn(batch, 2, generator=rng)
+res = estep(g1, teacher, exact_student(g1.A.detach(), g1.b.detach()), z0, eps0,
+            torch.full((batch,), lam_em), lcfg, rng=rng)                 # E-step: K Langevin steps on rho
+with torch.no_grad():
+    x_target = a_em * g1(res.z) + s_em * res.eps                          # x_t^K, held fixed
+loss1 = ((x_target - a_em * g1(res.z)) ** 2).sum(1).mean() / (2 * s_em**2)   # M-step regression
+opt1.zero_grad(), loss1.backward(), opt1.step()
+
+# the library
+g2 = LinearGenerator(A_init, b_init)
+opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * s_em**2 / a_em**2)
+loss2 = langevin_em_step(g2, teacher, lam_em, lcfg, opt2, batch=batch, rng=torch.Generator().manual_seed(7))
+torch.testing.assert_close(torch.tensor(loss1.item()), torch.tensor(loss2))
+torch.testing.assert_close(g1.A, g2.A)
+torch.testing.assert_close(g1.b, g2.b)
+print(f"one Langevin-EM iteration: loss {loss2:.4f}; scratch and library agree")
+
+# %% [markdown]
+# Now the whole run at $\lambda = 0$, against exact EM at the same level. We run the Langevin
+# E-step with $z$ moving, $(\epsilon, z)$, and with $z$ frozen, $(\epsilon, -)$.
+
+# %%
+iters = fast_or(300, 60)
+runs = {
+    "Langevin E-step, (eps, z), K=8": lcfg,
+    "Langevin E-step, (eps, -), K=8": LangevinConfig(K=8, space="eps", move_z=False, gamma_eps=0.3, cancel="none"),
+}
+hist = {}
+t0 = time.perf_counter()
+for name, cfg in runs.items():
+    hist[name] = langevin_em(A_init, b_init, m, C, lam_em, cfg, iters=iters, batch=batch, seed=0)
+print(f"{len(runs)} Langevin-EM runs of {iters} iterations in {time.perf_counter() - t0:.1f} s")
+exact_curve = em_curves[lam_em][:iters]
+
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+for lam, e in em_curves.items():
+    ax[0].semilogy(range(1, em_iters + 1), e, label=rf"$\lambda = {lam:+.0f}$")
+ax[0].set_xlabel("EM iteration"), ax[0].set_ylabel(r"$\|AA^\top - C\|_F + \|b - m\|$")
+ax[0].set_title("exact EM: one fixed point, speeds that depend on the noise level")
+ax[0].set_ylim(1e-6, 5), ax[0].legend()
+ax[1].semilogy(range(1, iters + 1), exact_curve, color=COLORS["teacher"], label="exact EM")
+for (name, h), c in zip(hist.items(), (COLORS["emd"], COLORS["init"])):
+    ax[1].semilogy(range(1, iters + 1), h["errors"], color=c, alpha=0.8, label=name)
+ax[1].set_xlabel("EM iteration"), ax[1].set_ylim(1e-3, 5)
+ax[1].set_title(r"exact against Langevin E-step at $\lambda = 0$")
+ax[1].legend()
+fig.tight_layout()
+plt.show()
+
+for name, h in hist.items():
+    AA = h["A"] @ h["A"].T
+    tail = sum(h["errors"][-10:]) / 10
+    print(f"{name}: final error {h['errors'][-1]:.3f} (mean of last 10: {tail:.3f}); "
+          f"AA^T = {AA.flatten().numpy().round(3)}, b = {h['b'].numpy().round(3)}")
+print(f"exact EM: error {exact_curve[-1]:.1e};  target C = {C.flatten().numpy()}, m = {m.numpy()}")
+for h in hist.values():
+    assert sum(h["errors"][-10:]) / 10 < 0.2 * h["errors"][0]
+
+# %% [markdown]
+# Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
+# Exact EM gets there in a few dozen iterations with no noise at all; the Langevin version
+# stalls at a Monte Carlo floor set by the batch and the decaying learning rate (the printed
+# final errors). Even the chain that never moves $z$ converges to the same place: at the fixed
+# point $q_\theta^t = p_t$ the score gap is zero and the generator's own joint sample already
+# *is* a sample of $\rho$, so any $K$ and either set of moving coordinates leave it there. Away
+# from the fixed point the chains differ (a frozen $z$ samples a different joint than $\rho$,
+# chapter 4), and that changes the path, not the destination.
+
+# %%
+print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
+
+# %% [markdown]
+# ## Summary
+#
+# * A one-step generator is a latent-variable model; its noisy marginal
+#   $q_\theta^t(x_t) = \int \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z)\, dz$ is an
+#   integral with no closed form unless $g$ is linear.
+# * Maximum likelihood on teacher samples is the forward KL, $\mathbb E_{p_t} \log q_\theta^t = -\mathrm{KL}(p_t\|q_\theta^t) - H(p_t)$.
+# * Fisher's identity: $\nabla_\theta \log q_\theta^t(x_t)$ is the posterior average of the
+#   complete-data gradient; we checked it three ways.
+# * Averaged over the teacher, the pairs come from $\rho(x_t, z) = p_t(x_t)\, q_\theta(z \mid x_t)$
+#   (E-step), and the forward-KL gradient is the gradient of the regression
+#   $\mathbb E_\rho \|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$ (M-step).
+# * Sampling $\rho$ needs the student score $\nabla \log q_\theta^t$, which importance sampling
+#   cannot supply at low noise; EMD learns it with denoising score matching.
+# * On a linear-Gaussian generator, exact EM and EM with a Langevin E-step and an SGD M-step
+#   both converge to $A A^\top = C$, $b = m$.
+#
+# ## Exercise 3.1: the latent posterior
+#
+# Write `posterior(A, b, x_t, alpha, sigma)` returning the mean `(B, d)` and covariance `(d, d)` of
+# $q(z \mid x_t)$ for the linear generator $g(z) = Az + b$: complete the square in
+# $\log \mathcal N(x_t; \alpha(Az + b), \sigma^2 I) + \log \mathcal N(z; 0, I)$.
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def posterior(A, b, x_t, alpha, sigma):
+    ### BEGIN SOLUTION
+    d = A.shape[1]
+    cov = torch.linalg.inv(torch.eye(d, dtype=A.dtype) + alpha**2 / sigma**2 * A.T @ A)
+    mean = (x_t - alpha * b) @ (alpha / sigma**2 * cov @ A.T).T
+    return mean, cov
+    ### END SOLUTION
+
+
+check("3.1", posterior)
+
+# %% [markdown]
+# ## Exercise 3.2: Fisher's identity for the offset
+#
+# Write `grad_b(A, b, x_t, alpha, sigma)` returning, per sample `(B, d)`, the posterior average
+# $\mathbb E_{q(z|x_t)}\big[\nabla_b \log \mathcal N(x_t; \alpha(Az + b), \sigma^2 I)\big]$. Use
+# `emd_lib.em.latent_posterior` for the posterior mean. The check compares it with autograd
+# of $\log q_\theta^t(x_t)$.
+
+# %%
+import torch
+from emd_lib.em import latent_posterior
+from emd_lib.exercises import check
+
+
+def grad_b(A, b, x_t, alpha, sigma):
+    ### BEGIN SOLUTION
+    mu, _ = latent_posterior(A, b, x_t, alpha, sigma)
+    return alpha / sigma**2 * (x_t - alpha * mu @ A.T - alpha * b)
+    ### END SOLUTION
+
+
+check("3.2", grad_b)
+
+# %% [markdown]
+# ## Exercise 3.3: the M-step as least squares
+#
+# Given E-step pairs `x_t` `(n, d)` and `z` `(n, d)` at one noise level, write
+# `m_step(x_t, z, alpha)` returning the `(A, b)` that minimise
+# $\sum_i \|x_{t,i} - \alpha (A z_i + b)\|^2$ (a full M-step). Mind the intercept and the $\alpha$.
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def m_step(x_t, z, alpha):
+    ### BEGIN SOLUTION
+    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+    W = torch.linalg.lstsq(design, x_t / alpha).solution.T
+    return W[:, :-1], W[:, -1]
+    ### END SOLUTION
+
+
+check("3.3", m_step)

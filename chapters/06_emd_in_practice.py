@@ -1,0 +1,617 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 6: EMD in practice
+#
+# Chapters 3 to 5 derived the pieces of EM distillation one at a time: the student score, the
+# E-step's Langevin chain with noise cancellation, the M-step's regression, and the link to
+# Diff-Instruct. This chapter puts them together into the training loop that the library runs,
+# and then looks at the choices that decide whether it works in practice.
+#
+# **What you will learn**
+#
+# * the full loop, in about 30 lines of torch, reproducing `emd_lib.distill.Distiller` step for step;
+# * how the generator is initialised from the teacher's denoiser at a log-SNR $\lambda^*$, what it
+#   looks like at step 0 for several $\lambda^*$, and how much the start matters at the end;
+# * the weighting $w(t)$ of the noise levels;
+# * test-time MCMC correction: many Langevin steps from the generator's samples that remove the
+#   bridges a continuous generator draws between separated modes;
+# * what a step costs, EMD-$K$ against Diff-Instruct, counted in network evaluations and measured;
+# * our hyperparameters, and the small sweeps behind them.
+
+# %%
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+import emd_lib
+from emd_lib import DATA_DIR, fast_or
+from emd_lib.distill import DistillConfig, Distiller
+from emd_lib.experiments import ch05 as sweep5
+from emd_lib.experiments import ch06 as sweep6
+from emd_lib.langevin import LangevinConfig, mcmc_correct
+from emd_lib.metrics import mixture_report
+from emd_lib.mixtures import grid25, ring8
+from emd_lib.plotting import COLORS, density2d, scatter2d, use_style
+from emd_lib.schedules import VP
+
+torch.set_num_threads(1)
+use_style()
+t_start = time.perf_counter()
+RESULTS = DATA_DIR / "results"
+
+
+def load(name):
+    """A results file of this chapter's sweeps (data/results/ch06_<name>.json)."""
+    return json.loads((RESULTS / f"ch06_{name}.json").read_text())
+
+
+def pm(s, k, fmt=".3f"):
+    """'mean ± std' of metric k in a summary entry."""
+    return f"{s[k]['mean']:{fmt}} ± {s[k]['std']:{fmt}}"
+
+
+# %% [markdown]
+# ## 1. The loop, assembled
+#
+# One iteration of `Distiller.train` does three things.
+#
+# 1. **Student score** (`student_updates` times, `emd_lib.distill.student_loss`): denoising score
+#    matching on detached generator samples, $\|\hat\epsilon_\psi(\alpha g(z) + \sigma\epsilon, \lambda) - \epsilon\|^2$,
+#    so that $s_\psi$ tracks the score of the generator's noisy marginal $q_\theta^t$.
+# 2. **Generator** (`Distiller.generator_step`): draw $(z, \epsilon, \lambda)$, run the E-step
+#    (`emd_lib.langevin.estep`: $K$ Langevin steps on $\epsilon$ driven by the score gap
+#    $\sigma\, ds = \hat\epsilon_\psi - \hat\epsilon_\phi$, with the noise record $\eta$ of chapter 4), then the
+#    M-step regression $w \|x_t^K - \alpha g_\theta(z)\|^2 / (2\sigma^2)$ with $x_t^K$ held fixed
+#    (`emd_lib.distill.emd_generator_loss`); clip the gradient norm, take an Adam step with a
+#    cosine-decayed learning rate.
+# 3. **EMA** of the generator's weights (`emd_lib.nets.ema_update`); samples come from the EMA.
+#
+# Before the first iteration the generator is initialised from the teacher (section 2) and the
+# student is warmed up on it (`student_warmup` updates). Here is the generator step as the library
+# writes it:
+
+# %%
+print(inspect.getsource(Distiller.generator_step))
+
+# %% [markdown]
+# Now the whole iteration from scratch, in plain torch, for the default chain ($\epsilon$ only, full
+# noise cancellation). We start from a `Distiller`'s state after its initialisation and warm-up,
+# copy its networks, optimiser state and random-number generator, run three iterations both ways,
+# and compare the weights.
+
+# %%
+teacher = ring8()
+cfg_demo = DistillConfig(steps=100, batch=128, init_steps=fast_or(400, 50), student_warmup=fast_or(300, 20),
+                         langevin=LangevinConfig(K=4))
+d = Distiller(teacher, cfg_demo)
+d.warmup()
+gen, student, ema = copy.deepcopy(d.generator), copy.deepcopy(d.student), copy.deepcopy(d.ema)
+opt_g = torch.optim.Adam(gen.parameters(), lr=cfg_demo.lr_g, betas=cfg_demo.betas)
+opt_s = torch.optim.Adam(student.parameters(), lr=cfg_demo.lr_s, betas=cfg_demo.betas)
+opt_s.load_state_dict(copy.deepcopy(d.opt_s.state_dict()))    # deepcopy: the state's tensors must not be shared
+rng = torch.Generator()
+rng.set_state(d.rng.get_state())
+
+
+def draw(cfg):
+    z = torch.randn(cfg.batch, 2, generator=rng)                                     # (B, d)
+    eps = torch.randn(cfg.batch, 2, generator=rng)                                   # (B, d)
+    lam = cfg.lam_min + (cfg.lam_max - cfg.lam_min) * torch.rand(cfg.batch, generator=rng)   # lam ~ U[-6, 6]
+    a, s = VP.alpha_sigma(lam)
+    return z, eps, lam, a[:, None], s[:, None]
+
+
+def emd_iteration(cfg, step):
+    # 1. student: denoising score matching on detached generator samples
+    for _ in range(cfg.student_updates):
+        z, eps, lam, a, s = draw(cfg)
+        with torch.no_grad():
+            x = gen(z)
+        loss_s = ((student.eps(a * x + s * eps, lam) - eps) ** 2).sum(1).mean()
+        opt_s.zero_grad()
+        loss_s.backward()
+        opt_s.step()
+    # 2a. E-step: K Langevin steps on eps from the generator's joint sample; eta records the noise
+    z, eps, lam, a, s = draw(cfg)
+    x = gen(z)
+    gam = cfg.langevin.gamma_eps
+    e, eta = eps.clone(), eps.clone()                      # eta_0 = eps_0: full cancellation
+    with torch.no_grad():
+        for _ in range(cfg.langevin.K):
+            x_t = a * x + s * e
+            sds = student.eps(x_t, lam) - teacher.eps(x_t, lam)          # sigma ds
+            n = torch.randn(e.shape, generator=rng)
+            e = e + gam * (sds - e) + math.sqrt(2 * gam) * n              # eps <- eps + g (sigma ds - eps) + sqrt(2g) n
+            eta = (1 - gam) * eta + math.sqrt(2 * gam) * n
+    # 2b. M-step: w ||x_t^K - alpha g(z)||^2 / (2 sigma^2), w = sigma^2, target held fixed
+    x_target = (a * x + s * (e - eta)).detach()
+    loss_g = (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean()
+    opt_g.zero_grad()
+    loss_g.backward()
+    torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip)
+    frac = step / cfg.steps                                # cosine decay of the learning rate
+    for group in opt_g.param_groups:
+        group["lr"] = cfg.lr_g * (cfg.lr_decay + (1 - cfg.lr_decay) * 0.5 * (1 + math.cos(math.pi * frac)))
+    opt_g.step()
+    # 3. EMA of the generator
+    with torch.no_grad():
+        for pe, pm_ in zip(ema.parameters(), gen.parameters()):
+            pe.lerp_(pm_, 1 - cfg.ema)
+
+
+for step in range(3):
+    emd_iteration(cfg_demo, step)
+d.train(3, progress=False)
+flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+for name, mine, lib in (("generator", gen, d.generator), ("EMA", ema, d.ema), ("student", student, d.student)):
+    torch.testing.assert_close(flat(mine), flat(lib), rtol=1e-5, atol=1e-6)
+    print(f"{name:>9}: scratch and library weights differ by at most {float((flat(mine) - flat(lib)).abs().max()):.1e}")
+
+# %% [markdown]
+# The thirty lines above are the whole method; the library adds the other chain variants of
+# chapter 4 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
+# loop (`method="di"`), and bookkeeping.
+#
+# ## 2. Where the generator starts: $\lambda^*$
+#
+# A one-step generator $g(z)$ and a denoiser $D_\phi(x_t, \lambda)$ have the same input and output
+# shapes, so EMD starts the generator *as the teacher's denoiser read at one fixed log-SNR* $\lambda^*$:
+# $g(z) = D_\phi(z, \lambda^*)$ under VP (under EDM, $D_\phi(\sigma^* z, \lambda^*)$, so that the input has
+# the scale the denoiser expects). For a network teacher one copies the weights; our MLP
+# generator facing the exact mixture teacher learns the same map by regression
+# (`emd_lib.nets.init_generator_from_teacher`, `init_steps` Adam steps).
+#
+# What does the start look like? $D_\phi(z, \lambda^*)$ is the posterior mean $\mathbb E[x \mid x_t = z]$. At
+# high noise (small $\lambda^*$) every input looks alike to the teacher and the posterior mean is
+# close to the data mean: the start is *collapsed*. At $\lambda^* = 0$ the input is taken seriously
+# and the start already has the rough shape of the data. `DistillConfig.lam_star` must lie in the
+# teacher schedule's range $[\lambda_{\min}, \lambda_{\max}]$: for our VP schedule that is
+# $[{-10}, 10]$, so all four values below are allowed ($-10$ at the very edge).
+
+# %%
+lam_stars = [0.0, -2.0, -6.0, -10.0]
+print(f"VP schedule range: [{VP.lam_min}, {VP.lam_max}]")
+try:
+    Distiller(teacher, DistillConfig(lam_star=-12.0, init_steps=0, student_warmup=0))
+except ValueError as e:
+    print("lam* = -12:", e)
+
+n_cloud = fast_or(3000, 1000)
+z_cloud = torch.randn(n_cloud, 2, generator=torch.Generator().manual_seed(0))
+starts = {ls: sweep6.init_target(teacher, ls, z_cloud) for ls in lam_stars}
+start_reports = {ls: mixture_report(teacher, x, n_ref=n_cloud) for ls, x in starts.items()}
+for ls in lam_stars:
+    r, x = start_reports[ls], starts[ls]
+    print(f"lam* = {ls:>5g}: spread (std) {float(x.std(0).mean()):.3f}, mode-mass TV {r['tv']:.3f}, MMD {r['mmd']:.3f}, "
+          f"recall {r['recall']:.2f}")
+spreads = [float(starts[ls].std(0).mean()) for ls in lam_stars]
+assert all(a > b for a, b in zip(spreads, spreads[1:])), "the start should collapse as lam* decreases"
+
+# the MLP generator learns that map by regression: check it on one lam*
+g_init = emd_lib.nets.MLPGenerator(2)
+init_losses = emd_lib.nets.init_generator_from_teacher(g_init, teacher, -2.0, steps=fast_or(400, 150),
+                                                       generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    init_err = float((g_init(z_cloud) - starts[-2.0]).norm(dim=1).mean())
+print(f"MLP generator after {len(init_losses)} regression steps onto D(z, -2): mean distance to the target {init_err:.3f} "
+      f"(target spread {spreads[1]:.3f})")
+
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.9))
+density2d(axes[0], teacher, title="teacher")
+for ax, ls in zip(axes[1:], lam_stars):
+    scatter2d(ax, starts[ls], title=f"step 0, $\\lambda^*$ = {ls:g}", color=COLORS["init"], s=3)
+for ax in axes:
+    ax.set_xticks([]), ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# In 2D the picture is the reverse of the paper's images (where $\lambda^* = 0$ looks like noise and
+# lower values show more structure): here lower $\lambda^*$ means a tighter clump at the data mean,
+# because a 2D denoiser at high noise has nothing to go on but the mean. Does the start matter at
+# the end? The sweep below trains EMD (the defaults otherwise) from each start on the ring, three
+# seeds each, and reports the EMA generator after the same number of steps.
+
+# %%
+lamstar = load("lamstar")
+print("reproduce with:", lamstar["command"], f"({lamstar['wall_s'] / 60:.0f} min on {lamstar['machine']['cpus']} shared CPUs)")
+print(f"{lamstar['mixture']}, {lamstar['steps']} generator steps, seeds {lamstar['seeds']}")
+print(f"{'start':>12} {'TV at step 0':>14} {'TV':>16} {'MMD':>18} {'recall':>14}")
+for lab, s in lamstar["summary"].items():
+    print(f"{lab:>12} {s['init_tv']['mean']:>14.3f} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14}")
+
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
+cmap = plt.get_cmap("viridis")
+for i, (lab, rs) in enumerate(lamstar["runs"].items()):
+    steps_ = rs[0]["curves"]["step"]
+    tv = np.array([r["curves"]["tv"] for r in rs])
+    c = cmap(i / max(len(lamstar["runs"]) - 1, 1))
+    ax.plot(steps_, tv.mean(0), "o-", color=c, label=lab)
+    ax.fill_between(steps_, tv.min(0), tv.max(0), color=c, alpha=0.15, linewidth=0)
+ax.set_xlabel("generator step"), ax.set_ylabel("mode-mass TV"), ax.set_yscale("log")
+ax.set_title(f"EMD-8 on {lamstar['mixture']} from different starts (band: min-max over seeds)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# LAMSTAR_TEXT
+#
+# ## 3. The weighting $w(t)$
+#
+# The loss averages over noise levels $\lambda \sim U[-6, 6]$ with a weight $w(\lambda)$. Since Adam
+# normalises the overall scale of the gradient, only the *shape* of $w$ matters: how the levels are
+# weighted against each other. The M-step gradient at one level is
+# $-(w\alpha/\sigma)\,\tilde\epsilon^\top \partial g/\partial\theta$ with $\tilde\epsilon \approx \gamma\,\sigma\, ds$ for a short chain,
+# so its size is about $w\,\alpha\,\|ds\|$. The score gap $ds$ grows like $1/\sigma^2$ at low noise (a
+# displacement $\delta$ between the two distributions gives $ds \approx \delta/\sigma^2$), so $w = 1$
+# lets the least noisy levels dominate, $w = \sigma^2$ (our default) balances them, and
+# $w = \alpha^2/\sigma^2$ (the SNR) tilts everything further towards low noise.
+
+# %%
+lam_grid = torch.linspace(-6, 6, 121)
+a_g, s_g = VP.alpha_sigma(lam_grid)
+fig, ax = plt.subplots(figsize=(5.5, 3.0))
+for kind, ls in (("sigma2", "-"), ("one", "--"), ("snr", ":")):
+    w = emd_lib.schedules.weight(lam_grid, VP, kind)
+    # the size of the per-level gradient for a fixed displacement delta: w alpha |ds| ~ w alpha delta / sigma^2
+    eff = w * a_g / s_g**2
+    ax.plot(lam_grid, eff / eff.mean(), ls, label=f"w = {kind}")
+ax.set_yscale("log"), ax.set_xlabel(r"log-SNR $\lambda$"), ax.set_ylabel("relative gradient size")
+ax.set_title(r"$w\,\alpha/\sigma^2$: how much each noise level pushes (normalised)")
+ax.legend()
+plt.show()
+
+weighting = load("weighting")
+print("reproduce with:", weighting["command"], f"({weighting['wall_s'] / 60:.0f} min)")
+print(f"{weighting['mixture']}, {weighting['steps']} generator steps, seeds {weighting['seeds']}")
+print(f"{'weighting':>12} {'TV':>16} {'MMD':>18} {'recall':>14} {'within 3 sd':>14}")
+for lab, s in weighting["summary"].items():
+    print(f"{lab:>12} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14} "
+          f"{pm(s, 'within_3sd', '.3f'):>14}" + (f"  ({s['diverged']} of {s['n']} diverged)" if s["diverged"] else ""))
+
+# %% [markdown]
+# WEIGHTING_TEXT
+#
+# ## 4. Test-time MCMC correction
+#
+# A one-step generator is a continuous map from $\mathcal N(0, I)$. When the target has separated
+# modes, the map has to cross the empty space between them somewhere, and the samples it puts
+# there form thin *bridges*. The paper's Figure 1 shows the remedy on images: after training,
+# run many Langevin steps on $\rho(x_t, z)$, the E-step's target, starting from the generator's
+# samples, and read out the result with the teacher's denoiser. The student score is still
+# needed (it is $\nabla \log q_\theta^t$ inside $\rho$), so we use the raw generator that the student
+# has been tracking, not its EMA.
+#
+# `emd_lib.langevin.mcmc_correct(generator, teacher, student, z, lam, steps=300, gamma_eps=0.1, gamma_z=0.05)`
+# runs the joint $(\epsilon, z)$ chain at one fixed log-SNR $\lambda$ and returns $D_\phi(x_t^K, \lambda)$.
+# Two choices matter:
+#
+# * $\lambda$ must lie in the range the student was trained on (`DistillConfig`'s
+#   $[\lambda_{\min}, \lambda_{\max}] = [-6, 6]$), not only in the teacher's: outside it the student's
+#   score is an extrapolation;
+# * the final denoising by itself already snaps samples towards the nearest mode at high $\lambda$
+#   (it is a posterior mean), so the fair baseline is the denoiser applied to $\alpha g(z) + \sigma\epsilon$
+#   *without* any Langevin steps.
+#
+# We train EMD briefly on the $5 \times 5$ grid of narrow modes and correct its samples.
+
+# %%
+mix = grid25()
+cfg_grid = DistillConfig(steps=fast_or(400, 60), batch=fast_or(256, 128), init_steps=fast_or(400, 150),
+                         student_warmup=fast_or(300, 100), seed=0)
+d_grid = Distiller(mix, cfg_grid)
+d_grid.train(progress=False)
+n_mc = fast_or(2000, 600)
+z_mc = torch.randn(n_mc, 2, generator=torch.Generator().manual_seed(1))
+lam_mc, steps_mc = 6.0, 300
+t0 = time.perf_counter()
+base_mc = sweep6.correct(d_grid.generator, mix, d_grid.student, z_mc, lam=lam_mc, steps=0)
+corr_mc = sweep6.correct(d_grid.generator, mix, d_grid.student, z_mc, lam=lam_mc, steps=steps_mc)
+t_mc = time.perf_counter() - t0
+# the library call the helper wraps, checked on the same random numbers
+x_lib, _, _ = mcmc_correct(d_grid.generator, mix, d_grid.student, z_mc, lam_mc, steps=steps_mc,
+                           rng=torch.Generator().manual_seed(0))
+torch.testing.assert_close(x_lib, corr_mc["denoised"])
+
+rep = {"generator": mixture_report(mix, base_mc["generator"], n_ref=n_mc),
+       "denoise only": mixture_report(mix, base_mc["denoised"], n_ref=n_mc),
+       f"MCMC, {steps_mc} steps": mixture_report(mix, corr_mc["denoised"], n_ref=n_mc),
+       f"MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
+print(f"grid25 after {cfg_grid.steps} EMD steps; correction at lam = {lam_mc:g} on {n_mc} samples took {t_mc:.1f} s")
+print(f"{'':>18} {'within 3 sd':>12} {'TV':>7} {'MMD':>8} {'precision':>10} {'recall':>7}")
+for k, r in rep.items():
+    print(f"{k:>18} {r['within_3sd']:>12.3f} {r['tv']:>7.3f} {r['mmd']:>8.4f} {r['precision']:>10.2f} {r['recall']:>7.2f}")
+w_gen, w_den, w_mc = (rep[k]["within_3sd"] for k in ("generator", "denoise only", f"MCMC, {steps_mc} steps"))
+assert w_mc > w_gen and w_mc > w_den, "the chain should put more samples on the modes than either baseline"
+
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.5))
+for ax, (x, title, c) in zip(axes, ((base_mc["generator"], "generator g(z)", COLORS["emd"]),
+                                    (base_mc["denoised"], f"denoised at $\\lambda$ = {lam_mc:g}, no MCMC", COLORS["init"]),
+                                    (corr_mc["denoised"], f"after {steps_mc} Langevin steps", COLORS["corrected"]))):
+    ax.scatter(mix.means[:, 0], mix.means[:, 1], s=40, marker="+", color=COLORS["teacher"], linewidths=1)
+    scatter2d(ax, x, title=title, color=c, s=3, alpha=0.5)
+    ax.set_xticks([]), ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# MCMC_LIVE_TEXT
+#
+# Which $\lambda$, how many steps, which step sizes? The sweep below trains EMD on the grid (two
+# seeds, the full number of steps) and runs every setting on the same latents. "denoised" is the
+# library's output; "$g(z_K)$" shows how far the latent moved by itself.
+
+# %%
+mc = load("mcmc")
+print("reproduce with:", mc["command"], f"({mc['wall_s'] / 60:.0f} min)")
+labels_mc = list(mc["runs"][0]["settings"])
+
+
+def mc_mean(lab, out, k):
+    v = [r["settings"][lab][out][k] for r in mc["runs"]]
+    return float(np.mean(v)), float(np.std(v))
+
+
+gen_w3 = np.mean([r["generator"]["within_3sd"] for r in mc["runs"]])
+gen_mmd = np.mean([r["generator"]["mmd"] for r in mc["runs"]])
+print(f"{mc['mixture']}, EMD {mc['steps']} steps, seeds {mc['seeds']}: generator within 3 sd {gen_w3:.3f}, "
+      f"MMD {gen_mmd:.4f}")
+print(f"{'setting':>32} {'denoised: w3sd':>15} {'MMD':>8} {'recall':>7} {'TV':>6} | {'g(z_K): w3sd':>13} {'s':>6}")
+for lab in labels_mc:
+    w3, _ = mc_mean(lab, "denoised", "within_3sd")
+    mm, _ = mc_mean(lab, "denoised", "mmd")
+    rc, _ = mc_mean(lab, "denoised", "recall")
+    tv, _ = mc_mean(lab, "denoised", "tv")
+    wg, _ = mc_mean(lab, "generator", "within_3sd")
+    sec = np.mean([r["settings"][lab]["seconds"] for r in mc["runs"]])
+    print(f"{lab:>32} {w3:>15.3f} {mm:>8.4f} {rc:>7.2f} {tv:>6.3f} | {wg:>13.3f} {sec:>6.1f}")
+
+# %% [markdown]
+# MCMC_SWEEP_TEXT
+
+# %%
+cl = mc["clouds"]
+fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6))
+for ax, (k, title, c) in zip(axes, (("before", "generator (sweep, seed 0)", COLORS["emd"]),
+                                    ("after", "after 300 steps at $\\lambda$ = 6", COLORS["corrected"]))):
+    ax.scatter(mix.means[:, 0], mix.means[:, 1], s=40, marker="+", color=COLORS["teacher"], linewidths=1)
+    scatter2d(ax, torch.tensor(cl[k]), title=title, color=c, s=3, alpha=0.5)
+    ax.set_xticks([]), ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. What a step costs
+#
+# Each Langevin step of the E-step evaluates the teacher and the student once; when $z$ moves, it
+# also runs the generator forward and takes one vector-Jacobian product. Diff-Instruct evaluates
+# the teacher and the student once per generator step. We count the calls in one generator step
+# by wrapping the networks, compare with `emd_lib.experiments.ch06.evals_per_step`, and then time
+# a few generator steps of each method, round-robin so that the load of a shared machine hits all
+# alike (`emd_lib.experiments.ch05.time_per_step`). The student's own updates (two per iteration
+# in our defaults) cost the same for every method and are left out.
+
+# %%
+class CountEps:
+    """Counts calls of .eps (the only way the chains use a teacher or a student)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def eps(self, *args, **kw):
+        self.calls += 1
+        return self.inner.eps(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+cost_cfgs = {"DI": DistillConfig(method="di"),
+             **{f"EMD-{K}": DistillConfig(langevin=LangevinConfig(K=K)) for K in (1, 2, 4, 8, 16)},
+             "EMD-8 (eps, z)": DistillConfig(langevin=LangevinConfig(K=8, move_z=True))}
+print(f"{'method':>15} {'teacher':>8} {'student':>8} {'generator fwd':>14}")
+for lab, c in cost_cfgs.items():
+    dd = Distiller(teacher, dataclasses.replace(c, init_steps=0, student_warmup=0, batch=64))
+    dd.teacher, dd.student = CountEps(dd.teacher), CountEps(dd.student)
+    fwd = []
+    hook = dd.generator.register_forward_hook(lambda *a: fwd.append(1))
+    dd.generator_step()
+    hook.remove()
+    want = sweep6.evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
+    assert (dd.teacher.calls, dd.student.calls, len(fwd)) == (want["teacher"], want["student"], want["generator_fwd"])
+    print(f"{lab:>15} {dd.teacher.calls:>8} {dd.student.calls:>8} {len(fwd):>14}")
+
+timing = sweep5.time_per_step(teacher, ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"],
+                              steps=fast_or(10, 3), reps=fast_or(5, 2),
+                              configs={"EMD-8 (eps, z)": cost_cfgs["EMD-8 (eps, z)"]})
+t_di = timing["DI"]["median"]
+print(f"\nseconds per generator step (batch 256, MLP 2-256-256-256-2, one CPU thread, median of "
+      f"{len(timing['DI']['all'])} rounds):")
+for lab, t in timing.items():
+    print(f"{lab:>15}: {1e3 * t['median']:7.1f} ms   ({t['median'] / t_di:4.1f} x DI)")
+assert timing["EMD-16"]["median"] > timing["EMD-2"]["median"]
+
+fig, ax = plt.subplots(figsize=(6, 2.8))
+labs = list(timing)
+ax.bar(labs, [1e3 * timing[k]["median"] for k in labs],
+       color=[COLORS["di"] if k == "DI" else COLORS["emd"] for k in labs])
+ax.set_ylabel("ms per generator step"), ax.set_title("cost of one generator step (CPU, this run)")
+ax.tick_params(axis="x", rotation=30)
+plt.show()
+
+# %% [markdown]
+# COST_TEXT
+#
+# ## 6. Our hyperparameters and how we chose them
+#
+# The paper's hyperparameters are not known to us, so every value below is our own choice for
+# the 2D toys. The table prints `DistillConfig`'s and `LangevinConfig`'s defaults with where each
+# came from; "sweep" rows are backed by the small sweep that follows.
+
+# %%
+why = {
+    "method": "EMD; 'di' runs Diff-Instruct on the same loop",
+    "steps": "long enough for the ring and the irregular mixture to settle (chapters 4, 5)",
+    "batch": "256: small enough for a CPU, large enough for a stable student",
+    "lr_g": "sweep below (5e-4 and 5e-3 around it)",
+    "lr_s": "the student must track the generator: 1e-3 kept its loss flat",
+    "betas": "beta1 = 0 (as in many distillation codes): sweep below against (0.9, 0.999)",
+    "lr_decay": "a cosine decay to 5% of lr_g: the last steps refine instead of jitter",
+    "student_updates": "sweep below (1 against 2)",
+    "student_warmup": "the student first learns the initial generator",
+    "ema": "sweep below (no EMA against 0.995)",
+    "lam_dist": "uniform in log-SNR",
+    "lam_min": "-6: sigma^2 = 0.998, nearly pure noise",
+    "lam_max": "6: sigma = 0.05, about the narrowest mode's width (grid25)",
+    "weighting": "section 3",
+    "lam_star": "section 2",
+    "init_steps": "enough regression steps to match D(z, lam*) closely",
+    "width": "256: an expressive generator (chapter 2 shows what a weak one does)",
+    "depth": "3 hidden layers",
+    "grad_clip": "10: a guard against rare spikes; it rarely acts",
+    "seed": "",
+    "langevin.K": "chapter 5 (K as the knob) and section 5 (cost)",
+    "langevin.space": "chapter 4: one step size works at every noise level in eps",
+    "langevin.move_data": "",
+    "langevin.move_z": "chapter 4: moving z was not worth its cost on the toys",
+    "langevin.gamma_eps": "sweep below (0.1, 0.6 around 0.3)",
+    "langevin.gamma_x": "only for space = 'x'",
+    "langevin.gamma_z": "chapter 4 (with the SNR preconditioning)",
+    "langevin.z_precondition": "chapter 4",
+    "langevin.cancel": "chapter 4: 'full' removes the zero-mean noise term",
+    "langevin.cancel_z": "chapter 4",
+}
+defaults = DistillConfig()
+print(f"{'setting':>26} {'default':>14}   how we chose it")
+for f in dataclasses.fields(DistillConfig):
+    if f.name == "langevin":
+        for g in dataclasses.fields(LangevinConfig):
+            key = f"langevin.{g.name}"
+            print(f"{key:>26} {str(getattr(defaults.langevin, g.name)):>14}   {why.get(key, '')}")
+    else:
+        print(f"{f.name:>26} {str(getattr(defaults, f.name)):>14}   {why.get(f.name, '')}")
+missing = {f.name for f in dataclasses.fields(DistillConfig)} - set(why) - {"langevin"}
+assert not missing, f"document every setting: {missing}"
+
+hp = load("hparams")
+print("\nreproduce with:", hp["command"], f"({hp['wall_s'] / 60:.0f} min)")
+print(f"{hp['mixture']}, {hp['steps']} generator steps, seeds {hp['seeds']}, one change at a time from the defaults")
+print(f"{'variant':>26} {'TV':>16} {'MMD':>18} {'recall':>14}")
+for lab, s in hp["summary"].items():
+    print(f"{lab:>26} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14}"
+          + (f"  ({s['diverged']} of {s['n']} diverged)" if s["diverged"] else ""))
+
+# %% [markdown]
+# HPARAMS_TEXT
+#
+# ## Summary
+#
+# SUMMARY_TEXT
+
+# %% [markdown]
+# ## Exercise 6.1: the generator's starting map
+#
+# Write `init_map(teacher, lam_star, z)`: the map $g(z) = D_\phi(z_{\rm in}(z), \lambda^*)$ the generator is
+# initialised to, for a VP teacher ($z_{\rm in} = z$) and an EDM teacher ($z_{\rm in} = \sigma^* z$ with
+# $\sigma^* = e^{-\lambda^*/2}$). `teacher.schedule.kind` is `"vp"` or `"edm"`, and
+# `teacher.denoise(x_t, lam)` takes `lam` of shape `(B,)`.
+
+# %%
+import torch
+
+from emd_lib.exercises import check
+
+
+def init_map(teacher, lam_star, z):
+    ### BEGIN SOLUTION
+    lam = torch.full((z.shape[0],), float(lam_star))
+    _, sigma = teacher.schedule.alpha_sigma(lam)
+    z_in = z if teacher.schedule.kind == "vp" else sigma[:, None] * z
+    with torch.no_grad():
+        return teacher.denoise(z_in, lam)
+    ### END SOLUTION
+
+
+check("6.1", init_map)
+
+# %% [markdown]
+# ## Exercise 6.2: one step of the correction chain
+#
+# Write one step of the test-time correction on $(\epsilon, z)$ at log-SNR `lam` (shape `(B,)`):
+# evaluate $\sigma\,ds = \hat\epsilon_\psi - \hat\epsilon_\phi$ at $x_t = \alpha g(z) + \sigma\epsilon$ once, then move
+# both coordinates *simultaneously* with $u \leftarrow u + \gamma \nabla_u \log\rho + \sqrt{2\gamma}\, n$, where
+# $\nabla_\epsilon \log\rho = \sigma\, ds - \epsilon$ and $\nabla_z \log \rho = \alpha J^\top ds - z$ (one vector-Jacobian
+# product through the generator), and $z$'s step is preconditioned: $\gamma_z / (1 + \alpha^2/\sigma^2)$.
+# Use the given noises `n_eps` and `n_z`. Return `(z_new, eps_new)`; the check compares with
+# `emd_lib.langevin.estep`.
+
+# %%
+import math
+
+import torch
+
+from emd_lib.exercises import check
+
+
+def correction_step(generator, teacher, student, z, eps, lam, gamma_eps, gamma_z, n_eps, n_z):
+    ### BEGIN SOLUTION
+    a, s = teacher.schedule.alpha_sigma(lam)
+    a, s = a[:, None], s[:, None]
+    z = z.detach().requires_grad_(True)
+    x = generator(z)
+    x_t = a * x.detach() + s * eps
+    with torch.no_grad():
+        sds = student.eps(x_t, lam) - teacher.eps(x_t, lam)                  # sigma ds
+    grad_z = torch.autograd.grad(x, z, grad_outputs=a / s * sds)[0] - z.detach()
+    grad_eps = sds - eps
+    g_z = gamma_z / (1 + a**2 / s**2)
+    eps_new = eps + gamma_eps * grad_eps + math.sqrt(2 * gamma_eps) * n_eps
+    z_new = z.detach() + g_z * grad_z + torch.sqrt(2 * g_z) * n_z
+    return z_new, eps_new
+    ### END SOLUTION
+
+
+check("6.2", correction_step)
+
+# %% [markdown]
+# ## Exercise 6.3: the weightings
+#
+# Write `w(lam, kind)` for the VP schedule: `"sigma2"` ($\sigma^2$), `"one"` ($1$) and `"snr"`
+# ($\alpha^2/\sigma^2$), for a tensor of log-SNRs `lam`.
+
+# %%
+import torch
+
+from emd_lib.exercises import check
+
+
+def w(lam, kind):
+    ### BEGIN SOLUTION
+    sigma2 = torch.sigmoid(-lam)
+    alpha2 = torch.sigmoid(lam)
+    return {"sigma2": sigma2, "one": torch.ones_like(lam), "snr": alpha2 / sigma2}[kind]
+    ### END SOLUTION
+
+
+check("6.3", w)
+
+# %%
+print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

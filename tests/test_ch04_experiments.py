@@ -1,0 +1,118 @@
+"""Chapter 4: the sweep module (configs, curvature, one tiny run, the CLI) and the exercise checks."""
+import json
+import math
+
+import pytest
+import torch
+
+from emd_lib import DATA_DIR
+from emd_lib.distill import DistillConfig
+from emd_lib.em import LinearGenerator, exact_student, gaussian_teacher
+from emd_lib.exercises import ExerciseFailed, registry
+from emd_lib.experiments import ch04
+from emd_lib.mixtures import irregular
+from emd_lib.schedules import VP
+
+M = torch.tensor([1.0, -0.5])
+C = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
+A = torch.tensor([[0.5, 0.0], [0.2, 0.4]])
+B = torch.tensor([0.3, 0.2])
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_fixed_x_step_is_stable_at_the_least_noisy_level():
+    gx = ch04.gamma_x_fixed(0.3, 6.0)
+    sigma2 = float(torch.sigmoid(torch.tensor(-6.0)))
+    assert math.isclose(gx, 0.3 * sigma2, rel_tol=1e-6)
+    assert abs(1 - gx / sigma2) < 1                    # the x-chain's linear part contracts
+
+
+def test_every_variant_builds_a_config():
+    for name, spec in ch04.SWEEPS.items():
+        assert name in ch04.DEFAULT_STEPS
+        for label, ov in spec.items():
+            cfg = ch04.variant_config(ov, seed=1, steps=10)
+            assert isinstance(cfg, DistillConfig) and cfg.seed == 1 and cfg.steps == 10
+            if cfg.method == "emd" and cfg.langevin.space == "x" and "sigma^2" not in label:
+                assert cfg.langevin.gamma_x == pytest.approx(ch04.GX)
+            if label.startswith("(eps, z)") or label.startswith("(x, z)"):
+                assert cfg.langevin.move_z
+    lc = ch04.variant_config(ch04.SWEEPS["cancel"]["(eps, z) full + z"]).langevin
+    assert lc.cancel == "full" and lc.cancel_z and lc.move_z
+
+
+@pytest.mark.parametrize("lam", [-4.0, 0.0, 3.0])
+def test_z_curvature_matches_the_linear_closed_form(lam):
+    a, s = (float(v) for v in VP.alpha_sigma(torch.tensor(lam)))
+    got = ch04.z_curvature(LinearGenerator(A, B), gaussian_teacher(M, C), exact_student(A, B), lam, n=6)
+    Pp = torch.linalg.inv(a**2 * C + s**2 * torch.eye(2))
+    Pq = torch.linalg.inv(a**2 * A @ A.T + s**2 * torch.eye(2))
+    want = torch.linalg.eigvalsh(torch.eye(2) - a**2 * A.T @ (Pq - Pp) @ A)[-1]
+    torch.testing.assert_close(got, want.expand(6), rtol=1e-4, atol=1e-5)
+
+
+TINY = dict(width=16, batch=32, init_steps=5, student_warmup=5, K=2)
+
+
+def test_run_variant_and_summary(one_thread):
+    res = ch04.run_sweep("cancel", seeds=(0, 1), steps=4, variants=["(eps, -) none", "(eps, z) full + z"],
+                         n_eval=300, progress=False, **TINY)
+    for runs in res["runs"].values():
+        assert len(runs) == 2
+        for r in runs:
+            assert not r["diverged"] and r["steps_done"] == 4
+            assert 0 <= r["metrics"]["tv"] <= 1 and len(r["grad_norm"]) == 1
+    assert res["runs"]["(eps, z) full + z"][0]["mean_moved_z"] > 0
+    table = ch04.summarize(res)
+    mean, std = table["(eps, -) none"]["tv"]
+    assert 0 <= mean <= 1 and std >= 0 and table["(eps, -) none"]["n"] == 2
+
+
+def test_a_diverging_run_is_reported_not_raised(monkeypatch, one_thread):
+    def boom(self, *a, **k):
+        raise FloatingPointError("non-finite generator loss")
+    monkeypatch.setattr(ch04.Distiller, "train", boom)
+    cfg = ch04.variant_config(ch04.SWEEPS["space"]["(eps, -)"], steps=3, **{k: v for k, v in TINY.items() if k != "K"})
+    r = ch04.run_variant(irregular(), cfg, n_eval=300)
+    assert r["diverged"] and "non-finite" in r["error"] and r["steps_done"] == 0
+
+
+def test_cli_writes_json(tmp_path, one_thread):
+    out = tmp_path / "sweep.json"
+    ch04.main(["--sweep", "gamma_z", "--seeds", "1", "--steps", "2", "--width", "16", "--K", "2", "--batch", "32",
+               "--init-steps", "3", "--student-warmup", "3", "--variants", "snr 0.1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["meta"]["command"].startswith("python -m emd_lib.experiments.ch04 --sweep gamma_z")
+    assert res["meta"]["wall_seconds"] > 0 and "machine" in res["meta"] and "date" in res["meta"]
+    assert list(res["summary"]) == ["snr 0.1"]
+
+
+@pytest.mark.parametrize("name", ["space", "space_x", "gamma_z", "cancel"])
+def test_shipped_results_have_what_the_chapter_reads(name):
+    res = json.loads((DATA_DIR / "results" / f"ch04_{name}.json").read_text())
+    assert set(res["runs"]) == set(ch04.SWEEPS[name])
+    assert len(res["seeds"]) >= 3
+    for runs in res["runs"].values():
+        assert len(runs) == len(res["seeds"])
+        for r in runs:
+            assert {"tv", "mmd", "precision", "recall", "modes_covered", "within_3sd"} <= set(r["metrics"])
+            assert r["grad_norm"] and r["grad_norm_every"] > 0
+    for key in ("command", "date", "machine", "wall_seconds"):
+        assert key in res["meta"]
+
+
+def test_ch04_exercise_checks_reject_their_wrong_answers():
+    reg = registry()
+    for ex_id in ("4.1", "4.2", "4.3"):
+        ex = reg[ex_id]
+        assert ex.wrong, ex_id
+        for wrong in ex.wrong:
+            with pytest.raises(ExerciseFailed):
+                ex.fn(wrong)

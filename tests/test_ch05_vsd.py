@@ -1,0 +1,85 @@
+"""Chapter 5's library code: the K = 1 identity and the K-sweep helpers (emd_lib.experiments.ch05)."""
+import json
+
+import pytest
+import torch
+
+from emd_lib.distill import DistillConfig
+from emd_lib.experiments import ch05
+from emd_lib.mixtures import grid25, ring8
+
+TINY = dict(batch=32, init_steps=5, student_warmup=3, width=32, depth=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("weighting", ["sigma2", "one"])
+def test_k1_identity_gamma_one_full_cancel(seed, weighting):
+    g = ch05.k1_gradients(ring8(), gamma=1.0, cancel="full", weighting=weighting, seed=seed, batch=64)
+    scale = float(g["di"].abs().max())
+    assert scale > 0
+    assert float((g["emd"] - g["di"]).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.3, 0.7])
+def test_other_gamma_scale_and_zero_mean_term(gamma):
+    g = ch05.k1_gradients(ring8(), gamma=gamma, cancel="full", seed=3)
+    assert torch.allclose(g["emd"], gamma * g["di"], atol=1e-6 * float(g["di"].abs().max()) + 1e-8)
+    gi = ch05.k1_gradients(ring8(), gamma=gamma, cancel="injected", seed=3)
+    pred = gamma * gi["di"] + (1 - gamma) * gi["eps0"]
+    assert torch.allclose(gi["emd"], pred, atol=1e-5 * float(pred.abs().max()))
+    # the eps0 term is really there (the identity is not trivially satisfied)
+    assert float((gi["emd"] - gamma * gi["di"]).norm()) > 1e-3 * float(gi["emd"].norm())
+
+
+def test_identity_fails_without_cancellation():
+    g = ch05.k1_gradients(ring8(), gamma=1.0, cancel="none", seed=0)
+    # with gamma = 1 and no cancellation the injected noise sqrt(2) n reaches the gradient
+    assert float((g["emd"] - g["di"]).norm()) > 0.1 * float(g["di"].norm())
+
+
+def test_eps0_term_has_zero_mean():
+    gen, student = ch05.random_pair(ring8(), seed=0)
+    single = ch05.k1_gradients(ring8(), gen, student, batch=64, seed=0)["eps0"]
+    mean = torch.stack([ch05.k1_gradients(ring8(), gen, student, batch=64, seed=s)["eps0"] for s in range(20)]).mean(0)
+    assert float(mean.norm()) < 0.5 * float(single.norm())
+
+
+def test_label_config():
+    assert ch05.label_config("DI").method == "di"
+    c = ch05.label_config("EMD-16", seed=3, steps=7, batch=8)
+    assert (c.method, c.langevin.K, c.seed, c.steps, c.batch) == ("emd", 16, 3, 7, 8)
+    with pytest.raises(ValueError):
+        ch05.label_config("VSD")
+
+
+def test_run_one_paired_start_is_deterministic():
+    mix = ring8()
+    cfg = ch05.label_config("EMD-2", seed=0, steps=3, **TINY)
+    start = ch05.prepare(mix, cfg)
+    r1 = ch05.run_one(mix, cfg, n_eval=100, eval_every=2, start=start)
+    r2 = ch05.run_one(mix, cfg, n_eval=100, eval_every=2, start=start)
+    assert r1["metrics"]["tv"] == r2["metrics"]["tv"]
+    assert r1["curves"]["step"] == [2, 3]
+    assert set(r1["curves"]) >= {"tv", "mmd", "recall"}
+    s = ch05.summarise({"EMD-2": [r1, r2]})
+    assert s["EMD-2"]["tv"]["std"] == 0.0 and len(s["EMD-2"]["masses"]["mean"]) == mix.n_components
+
+
+def test_time_per_step_orders_k():
+    t = ch05.time_per_step(ring8(), ["DI", "EMD-8"], steps=2, reps=2, batch=64, width=32, depth=2,
+                           configs={"EMD-2 z": DistillConfig(width=32, depth=2)})
+    assert set(t) == {"DI", "EMD-8", "EMD-2 z"}
+    assert all(v["median"] > 0 for v in t.values())
+    assert t["EMD-8"]["median"] > t["DI"]["median"]
+
+
+def test_cli_writes_json(tmp_path):
+    out = tmp_path / "k.json"
+    ch05.main(["--mixture", "grid25", "--labels", "DI", "EMD-1", "--seeds", "0", "--steps", "2", "--eval-every", "1",
+               "--n-eval", "60", "--timing-reps", "1", "--batch", "16", "--init-steps", "2", "--student-warmup", "1",
+               "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert {"command", "date", "machine", "wall_s", "summary", "timing", "runs"} <= set(d)
+    assert d["command"].startswith("python -m emd_lib.experiments.ch05")
+    assert set(d["summary"]) == {"DI", "EMD-1"} and d["mixture"] == "grid25"
+    assert len(d["summary"]["DI"]["masses"]["mean"]) == grid25().n_components

@@ -36,7 +36,7 @@ import torch
 
 import emd_lib
 from emd_lib import fast_or, is_fast
-from emd_lib.metrics import mixture_report
+from emd_lib.metrics import knn_precision_recall, mmd, mode_masses, total_variation
 from emd_lib.mixtures import irregular, ring8
 from emd_lib.plotting import COLORS, density2d, scatter2d, use_style
 from emd_lib.sampling import sample_ode, sample_sde, sigma_grid
@@ -46,7 +46,7 @@ from emd_lib.teachers import GaussianMixture
 torch.set_num_threads(1)
 use_style()
 emd_lib.seed_all(0)
-N = fast_or(4000, 1500)          # samples per evaluation
+N = fast_or(4000, 1000)          # samples per evaluation
 print(f"fast mode: {is_fast()}, samples per evaluation: {N}")
 
 # %% [markdown]
@@ -216,11 +216,19 @@ for lam_i in (4.0, 0.0, -3.0):
     # Tweedie: score = (alpha D - x_t) / sigma^2
     alpha, sigma = VP.alpha_sigma(torch.tensor(lam_i))
     torch.testing.assert_close(score, (alpha * den - x_t) / sigma**2, rtol=1e-4, atol=1e-3)
-print("from-scratch log p, score and denoiser match GaussianMixture; autograd and Tweedie agree")
+# the same code with the EDM schedule
+mix_edm_chk = ring8(EDM)
+x_t = 5.0 * torch.randn(256, 2, generator=g)
+for lam_i in (2.0, -4.0):
+    lam_b = torch.full((256,), lam_i)
+    logp, score, den = mixture_from_scratch(x_t, lam_i, mix.weights, mix.means, stds, schedule=EDM)
+    torch.testing.assert_close(score, mix_edm_chk.score(x_t, lam_b), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(den, mix_edm_chk.denoise(x_t, lam_b), rtol=1e-4, atol=1e-4)
+print("from-scratch log p, score and denoiser match GaussianMixture (VP and EDM); autograd and Tweedie agree")
 
 # %% [markdown]
-# The same holds for the EDM schedule, and for full covariances the library solves with
-# Cholesky factors instead of dividing by a variance. One more check of what "denoiser"
+# The EDM schedule gives the same check (above), and for full covariances the library solves
+# with Cholesky factors instead of dividing by a variance. One more check of what "denoiser"
 # means: $D$ is the *best* estimate of $x$ from $x_t$ in mean squared error, so any
 # perturbation of it does worse. This is why a network trained to regress $x$ on $x_t$
 # (denoising score matching) learns the score: its optimum is $D$.
@@ -337,30 +345,44 @@ print(f"VP and EDM teachers, same ODE: max difference {(x_vp - x_edm).abs().max(
 #
 # Now the question that motivates the whole book: how good are the samples as we cut the
 # number of denoiser calls? We measure, against exact samples of the mixture
-# (`emd_lib.metrics.mixture_report`):
+# (`emd_lib.metrics`):
 #
 # * **TV**: total variation between the fraction of samples in each mode and the true weights;
 # * **MMD**: squared maximum mean discrepancy (RBF kernels), zero only for equal distributions;
 # * **precision / recall** (k-NN manifolds): are the samples on the data, and is the data covered?
 #
-# Fresh exact samples give the floor that sampling noise alone allows. We run both samplers on
-# two targets, `ring8` and `irregular` (seven modes of unequal weights and widths), with the
-# default range of the VP teacher, $s \in [e^{-5}, e^{5}] \approx [0.0067, 148]$.
+# These are the pieces of `emd_lib.metrics.mixture_report`, called one by one so that the MMD
+# (the expensive part) can use a smaller subsample. Fresh exact samples give the floor that
+# sampling noise alone allows. We run both samplers on two targets, `ring8` and `irregular`
+# (seven modes of unequal weights and widths), with the default range of the VP teacher,
+# $s \in [e^{-5}, e^{5}] \approx [0.0067, 148]$.
 
 # %%
+N_MMD = fast_or(2000, 600)
+
+
+def quality(teacher, ref, x):
+    """TV of mode masses, modes covered, MMD, precision and recall of samples x against exact samples ref."""
+    masses, _ = mode_masses(teacher, x)
+    prec, rec = knn_precision_recall(ref, x)
+    return {"tv": total_variation(masses, teacher.weights), "modes_covered": int((masses >= 0.2 * teacher.weights).sum()),
+            "n_modes": teacher.n_components, "mmd": mmd(x[:N_MMD], ref[:N_MMD]), "precision": prec, "recall": rec}
+
+
 ode_steps = [1, 2, 3, 4, 6, 9, 13, 18, 25]
 sde_steps = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 targets = {"ring8": ring8(), "irregular": irregular()}
 results = {}
 for tname, teacher in targets.items():
-    floor = mixture_report(teacher, teacher.sample(N, generator=torch.Generator().manual_seed(100)))
+    ref = teacher.sample(N, generator=torch.Generator().manual_seed(99))
+    floor = quality(teacher, ref, teacher.sample(N, generator=torch.Generator().manual_seed(100)))
     rows = {"ode": [], "sde": []}
     for kind, steps_list in (("ode", ode_steps), ("sde", sde_steps)):
         for n_st in steps_list:
             gen = torch.Generator().manual_seed(11)
             sampler = sample_ode if kind == "ode" else sample_sde
             x, nfe = sampler(teacher, N, n_steps=n_st, generator=gen)
-            rep = mixture_report(teacher, x)
+            rep = quality(teacher, ref, x)
             far = float((x.abs() > 3).any(1).float().mean())          # fraction outside the [-3, 3]^2 box
             rows[kind].append({"nfe": nfe, "far": far, "x": x,
                                **{k: rep[k] for k in ("tv", "mmd", "precision", "recall", "modes_covered")}})
@@ -475,25 +497,29 @@ for tname, res in results.items():
 #   large Heun steps overshoot; tens of calls are needed to reach the exact-sample floor.
 #   That cost is what one-step distillation removes.
 #
-# ## Exercise 1.1: VP alpha and sigma
+# ## Exercise 1.1: the log-SNR of the cosine schedule
 #
-# Write `vp_alpha_sigma(lam)` returning the pair `(alpha, sigma)` of the VP schedule for a
-# tensor of log-SNRs `lam`. Use $\alpha^2 = \mathrm{sigmoid}(\lambda)$ and
-# $\sigma^2 = \mathrm{sigmoid}(-\lambda)$.
+# The cosine schedule of improved DDPM is a VP schedule written in a time $t \in (0, 1)$:
+# $\alpha_t = \cos(\pi t/2)$, $\sigma_t = \sin(\pi t/2)$. Write `cosine_lam(t)` returning its
+# log-SNR $\lambda(t)$ for a tensor of times. The check feeds your $\lambda$ to
+# `emd_lib.schedules.VP.alpha_sigma` and expects $\cos$ and $\sin$ back.
 
 # %%
+import math
+
 import torch
 from emd_lib.exercises import check
 
 
-def vp_alpha_sigma(lam):
-    lam = torch.as_tensor(lam, dtype=torch.float32)
+def cosine_lam(t):
+    t = torch.as_tensor(t, dtype=torch.float32)
     ### BEGIN SOLUTION
-    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    # lam = log(alpha^2 / sigma^2) = -2 log tan(pi t / 2)
+    return -2.0 * torch.log(torch.tan(math.pi * t / 2))
     ### END SOLUTION
 
 
-check("1.1", vp_alpha_sigma)
+check("1.1", cosine_lam)
 
 # %% [markdown]
 # ## Exercise 1.2: the score of a noisy mixture

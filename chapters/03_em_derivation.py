@@ -415,13 +415,15 @@ for h in hist.values():
 
 # %% [markdown]
 # Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
-# Exact EM gets there in a few dozen iterations with no noise at all; the Langevin version
+# Exact EM gets there quickly (the iteration counts printed earlier) with no noise at all; the Langevin version
 # stalls at a Monte Carlo floor set by the batch and the decaying learning rate (the printed
-# final errors). Even the chain that never moves $z$ converges to the same place: at the fixed
-# point $q_\theta^t = p_t$ the score gap is zero and the generator's own joint sample already
-# *is* a sample of $\rho$, so any $K$ and either set of moving coordinates leave it there. Away
-# from the fixed point the chains differ (a frozen $z$ samples a different joint than $\rho$,
-# chapter 4), and that changes the path, not the destination.
+# final errors; chapter 4 removes that floor by cancelling the chain's noise). Even the chain
+# that never moves $z$ converges to the same place: at the fixed point $q_\theta^t = p_t$ the score
+# gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
+# $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point
+# the chains differ (a frozen $z$ samples a different joint than $\rho$), and that changes the
+# path, not the destination. Chapter 4 shows a choice of coordinates for which the destination
+# does change.
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
@@ -442,7 +444,8 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 #   cannot supply at low noise; EMD learns it with denoising score matching.
 # * On a linear-Gaussian generator, exact EM and EM with a Langevin E-step and an SGD M-step
 #   both converge to $A A^\top = C$, $b = m$.
-#
+
+# %% [markdown]
 # ## Exercise 3.1: the latent posterior
 #
 # Write `posterior(A, b, x_t, alpha, sigma)` returning the mean `(B, d)` and covariance `(d, d)` of

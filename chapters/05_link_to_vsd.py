@@ -28,7 +28,9 @@
 #   rounding on random networks;
 # * what other step sizes give: $\gamma$ times the DI gradient, plus a zero-mean noise term
 #   unless the initial noise is cancelled, and why Adam does not see the factor $\gamma$;
-# * what $K$ does in practice on a 2D mixture with 25 narrow modes: quality and recall for
+# * how far $K$ moves the fit from DI towards maximum likelihood when nothing else differs (a
+#   Gaussian generator with an exact student), with $\epsilon$ alone and with $(\epsilon, z)$;
+# * what $K$ does with networks on a 2D mixture with 25 narrow modes: quality and recall for
 #   $K = 1, 2, 4, 8, 16$ and DI over several seeds at equal generator steps, and what each
 #   step costs.
 
@@ -41,11 +43,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import emd_lib
 from emd_lib import DATA_DIR, fast_or
-from emd_lib.distill import DistillConfig, Distiller, di_generator_loss, emd_generator_loss
+from emd_lib.distill import di_generator_loss, emd_generator_loss
 from emd_lib.experiments import ch05 as sweep
-from emd_lib.langevin import LangevinConfig, score_gap_eps
+from emd_lib.langevin import LangevinConfig
 from emd_lib.mixtures import grid25, ring8
 from emd_lib.nets import MLPGenerator, MLPScore
 from emd_lib.plotting import COLORS, use_style
@@ -274,3 +275,297 @@ assert tau9[3] > tau9[1]                # and on one batch it dominates near the
 # proportional to the score gap): near the fit, a batch gradient is mostly noise. Its average
 # over batches shrinks roughly like $1/\sqrt{R}$, as a zero-mean term should. This is why the
 # library cancels the initial noise as well (`cancel="full"`, chapter 4).
+
+# %% [markdown]
+# ## 4. $K$ as the knob: a picture with an exact student
+#
+# With more Langevin steps, full cancellation hands the M-step the accumulated drift
+# $\tilde\epsilon = \sum_{k=0}^{K-1} (1-\gamma)^{K-1-k}\, \gamma\, \sigma\, ds(x_t^k)$: score gaps evaluated at points
+# that have moved towards where the teacher puts more mass than the generator. As $K \to \infty$
+# the chain samples $\rho$ and the M-step follows the forward KL (maximum likelihood); at $K = 1$
+# it is the reverse KL of DI. How far along that path do practical $K$ get?
+#
+# A clean way to see it: a **linear** generator $g(z) = Az + b$ (a Gaussian family) fitted to the
+# two-mode mixture of chapter 2, with the **exact** student $q_\theta^t = \mathcal N(\alpha b, \alpha^2 AA^\top + \sigma^2 I)$
+# rebuilt at every step, so that the E-step is the only difference between the methods. The
+# forward-KL answer is known in closed form: moment matching (the mixture's mean and covariance,
+# `emd_lib.experiments.ch05.moment_match`). `linear_knob` runs one fit; the sweep runs DI and
+# EMD-$K$ for several $K$ and seeds. First a short live run, then the sweep's results.
+
+# %%
+from emd_lib.mixtures import bimodal
+
+bi = bimodal()
+m_fwd, C_fwd = sweep.moment_match(bi)
+# check moment_match against samples of the mixture
+xs = bi.sample(200_000, generator=torch.Generator().manual_seed(0)).double()
+torch.testing.assert_close(xs.mean(0), m_fwd, atol=0.01, rtol=0)
+torch.testing.assert_close(torch.cov(xs.T), C_fwd, atol=0.02, rtol=0)
+print(f"forward-KL Gaussian fit (moment matching): mean {m_fwd[0]:+.3f}, std along the modes' axis "
+      f"{C_fwd[0, 0].sqrt():.3f}; one mode alone has std {bi.var[0, 0].sqrt():.2f}")
+
+steps_live = fast_or(600, 80)
+live = {lab: sweep.linear_knob(bi, lab, steps=steps_live, seed=0) for lab in ("DI", "EMD-4", "EMD-4 (eps, z)")}
+for lab, r in live.items():
+    print(f"live, {steps_live} steps, {lab:>14}: b = {r['b'][0]:+.3f}, std along the axis {r['std'][0]:.3f}")
+
+# %%
+lin = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal.json").read_text())
+lin_z = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal_z.json").read_text())
+for res in (lin, lin_z):
+    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+print(f"{lin['steps']} steps, batch 256, seeds {lin['seeds']}, lambda ~ U[-6, 6], w = sigma^2, gamma_eps = 0.3, "
+      f"full cancellation")
+summ = {**lin["summary"], **lin_z["summary"]}
+print(f"{'method':>16} {'mean b_x':>16} {'std along the axis':>20}")
+for lab, s in summ.items():
+    print(f"{lab:>16} {s['b_mean'][0]:>+9.3f} ± {s['b_std'][0]:.3f} {s['std_mean'][0]:>12.3f} ± {s['std_std'][0]:.3f}")
+fwd_std = lin["forward_kl_fit"]["std"][0]
+di_std = summ["DI"]["std_mean"][0]
+print(f"{'forward-KL fit':>16} {lin['forward_kl_fit']['mean'][0]:>+9.3f} {fwd_std:>20.3f}")
+
+
+def ks_and_std(summary, suffix=""):
+    labs = [k for k in summary if k != "DI"]
+    return ([int(k.split("-")[1].split()[0]) for k in labs], [summary[k]["std_mean"][0] for k in labs],
+            [summary[k]["std_std"][0] for k in labs])
+
+
+K_e, std_e, err_e = ks_and_std(lin["summary"])
+K_z, std_z, err_z = ks_and_std(lin_z["summary"])
+way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)          # noqa: E731  percent of the way DI -> forward KL
+print(f"eps only: best EMD-K reaches {way(max(std_e)):.0f}% of the way from DI to the forward-KL fit "
+      f"(EMD-{K_e[-1]}: {way(std_e[-1]):.0f}%)")
+print(f"(eps, z): EMD-{K_z[-1]} reaches {way(std_z[-1]):.0f}%; EMD-8 (eps, z) {way(summ['EMD-8 (eps, z)']['std_mean'][0]):.0f}%")
+assert max(std_e) > di_std and way(max(std_e)) < 50          # eps only: towards covering, but not far
+assert way(summ["EMD-8 (eps, z)"]["std_mean"][0]) > 75        # the joint chain gets (nearly) there
+assert abs(std_e[-1] - std_e[-2]) < 0.02                        # eps only: the last doubling of K adds ~nothing
+assert summ["EMD-16 (eps, z)"]["std_mean"][0] > fwd_std         # the joint chain overshoots at K = 16
+m_fwd0 = lin["forward_kl_fit"]["mean"][0]
+assert abs(summ["EMD-8 (eps, z)"]["b_mean"][0] - m_fwd0) > abs(summ["DI"]["b_mean"][0] - m_fwd0)
+
+fig, ax = plt.subplots(figsize=(5.8, 3.3))
+ax.errorbar(K_e, std_e, yerr=err_e, fmt="o-", color=COLORS["emd"], capsize=3, label=r"EMD-K, $\epsilon$ only")
+ax.errorbar(K_z, std_z, yerr=err_z, fmt="s-", color=COLORS["corrected"], capsize=3, label=r"EMD-K, $(\epsilon, z)$")
+ax.axhline(di_std, color=COLORS["di"], ls="--", label="DI")
+ax.axhline(fwd_std, color=COLORS["teacher"], ls=":", label="forward-KL fit")
+ax.set_xscale("log", base=2), ax.set_xlabel("Langevin steps K"), ax.set_ylabel("fitted std along the modes' axis")
+ax.set_title("linear generator, exact student, two modes")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# Three things show.
+#
+# * With $z$ frozen (the library's default chain), more Langevin steps do move the fit towards
+#   covering, but only part of the way (the percentages above), and the curve flattens: the last
+#   doubling of $K$ adds next to nothing. This is not a shortage of steps. A chain that moves only
+#   $\epsilon$ has its own stationary law, $\rho(x_t \mid z)$ with $z$ held at its prior draw (chapter 4),
+#   which is not $\rho$; its drift converges to that law's, not to the forward-KL gradient.
+# * When $z$ moves too, the chain targets $\rho$ itself and the fit travels much further: $K = 8$ lands
+#   close to the forward-KL spread.
+# * It is not exact. At $K = 16$ the joint chain overshoots the spread, and its mean stays further
+#   from the mixture's mean than DI's does (table above): a short unadjusted Langevin chain with
+#   $\gamma_\epsilon = 0.3$ has biases of its own.
+#
+# So $K$ is the knob from mode seeking towards mode covering, but with $\epsilon$ alone it saturates
+# early; it turns fully only when the chain moves $z$ as well.
+#
+# ## 5. $K$ with networks on 25 narrow modes
+#
+# Now the real setting: MLP generator and student, the $5 \times 5$ grid of narrow modes (equal
+# weights, standard deviation 0.05: many narrow modes is where mode seeking should show), DI and
+# EMD-$K$ for $K = 1, 2, 4, 8, 16$ at an equal number of generator steps, three seeds. Within a seed
+# every method starts from the same initialised generator and warmed-up student
+# (`emd_lib.experiments.ch05.prepare`). First a tiny live version of a run, to show the code path:
+
+# %%
+mini = {}
+for lab in ("DI", "EMD-4"):
+    cfg_mini = sweep.label_config(lab, seed=0, steps=fast_or(200, 20), batch=fast_or(256, 128),
+                                  init_steps=fast_or(400, 60), student_warmup=fast_or(300, 40))
+    mini[lab] = sweep.run_one(grid25(), cfg_mini, n_eval=fast_or(2000, 500), eval_every=fast_or(100, 10))
+    r = mini[lab]["metrics"]
+    print(f"live, {cfg_mini.steps} steps, {lab:>6}: TV {r['tv']:.3f}, MMD {r['mmd']:.4f}, recall {r['recall']:.2f}, "
+          f"{r['modes_covered']}/25 modes ({mini[lab]['seconds']:.0f} s)")
+
+# %%
+ks = json.loads((DATA_DIR / "results" / "ch05_ksweep_grid25.json").read_text())
+ks_z = json.loads((DATA_DIR / "results" / "ch05_ksweep_grid25_z.json").read_text())
+for res in (ks, ks_z):
+    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+assert ks_z["seeds"] == ks["seeds"] and ks_z["steps"] == ks["steps"]   # same starts: the runs are paired
+S = {**ks["summary"], **ks_z["summary"]}
+# each file times its methods round-robin with DI; rescale the second file's times by the two DI times
+T = dict(ks["timing"])
+for lab in ks_z["labels"]:
+    T[lab] = {"median": ks_z["timing"][lab]["median"] * ks["timing"]["DI"]["median"] / ks_z["timing"]["DI"]["median"]}
+ks["labels"] = ks["labels"] + ks_z["labels"]
+ks["runs"] = {**ks["runs"], **ks_z["runs"]}
+print(f"{ks['mixture']}, {ks['steps']} generator steps, seeds {ks['seeds']} (mean ± std over seeds)")
+print(f"{'method':>14} {'TV':>15} {'MMD':>17} {'recall':>13} {'precision':>13} {'modes':>6} {'ms/step':>8}")
+for lab in ks["labels"]:
+    s = S[lab]
+    print(f"{lab:>14} {s['tv']['mean']:>7.3f} ± {s['tv']['std']:.3f} {s['mmd']['mean']:>8.4f} ± {s['mmd']['std']:.4f} "
+          f"{s['recall']['mean']:>5.2f} ± {s['recall']['std']:.2f} {s['precision']['mean']:>5.2f} ± {s['precision']['std']:.2f} "
+          f"{s['modes_covered']['mean']:>6.1f} {1e3 * T[lab]['median']:>8.1f}")
+clip = max(r["clipped_frac"] for rs in ks["runs"].values() for r in rs)
+print(f"largest fraction of steps where the gradient clip acted: {clip:.3f}")
+
+tv_mean = {lab: S[lab]["tv"]["mean"] for lab in ks["labels"]}
+tv_std = {lab: S[lab]["tv"]["std"] for lab in ks["labels"]}
+best = min(tv_mean, key=tv_mean.get)
+worst = max(tv_mean, key=tv_mean.get)
+gap = tv_mean[worst] - tv_mean[best]
+spread = float(np.mean(list(tv_std.values())))
+print(f"best mean TV {best} ({tv_mean[best]:.3f}), worst {worst} ({tv_mean[worst]:.3f}): a gap of {gap:.3f} "
+      f"against a typical seed-to-seed std of {spread:.3f}")
+cost_16 = T["EMD-16"]["median"] / T["DI"]["median"]
+cost_z = T["EMD-8 (eps, z)"]["median"] / T["EMD-8"]["median"]
+print(f"EMD-16 costs {cost_16:.1f} x DI per generator step; EMD-1 {T['EMD-1']['median'] / T['DI']['median']:.1f} x; "
+      f"EMD-8 (eps, z) {cost_z:.1f} x EMD-8")
+# the claims of the text below
+assert all(S[lab]["modes_covered"]["mean"] == 25 for lab in ks["labels"])
+assert clip == 0
+within = {lab: abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
+          for lab in ks["labels"]}
+print("mean TV within two seed-stds of DI's:", within)
+assert all(within.values())
+assert cost_16 > 2.5 and cost_z > 1.3
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
+Ks = [int(lab.split("-")[1]) for lab in ks["labels"] if lab != "DI" and "z" not in lab]
+for ax, key, name in ((axes[0], "tv", "mode-mass TV"), (axes[1], "recall", "recall")):
+    y = [S[f"EMD-{k}"][key]["mean"] for k in Ks]
+    e = [S[f"EMD-{k}"][key]["std"] for k in Ks]
+    ax.errorbar(Ks, y, yerr=e, fmt="o-", color=COLORS["emd"], capsize=3, label="EMD-K")
+    for r in S["DI"][key]["values"]:
+        ax.axhline(r, color=COLORS["di"], alpha=0.25, lw=1)
+    ax.axhline(S["DI"][key]["mean"], color=COLORS["di"], ls="--", label="DI (mean; thin: seeds)")
+    zl = "EMD-8 (eps, z)"
+    ax.errorbar([8], [S[zl][key]["mean"]], yerr=[S[zl][key]["std"]], fmt="s", color=COLORS["corrected"], capsize=3,
+                label=zl)
+    ax.set_xscale("log", base=2), ax.set_xlabel("Langevin steps K"), ax.set_title(f"{name} after {ks['steps']} steps")
+    ax.legend()
+# quality against wall time: the training curves, with the x axis scaled by each method's cost per step
+cmap = plt.get_cmap("Blues")
+for i, lab in enumerate(ks["labels"]):
+    rs = ks["runs"][lab]
+    steps_ = np.array(rs[0]["curves"]["step"])
+    tv = np.array([r["curves"]["tv"] for r in rs]).mean(0)
+    c = COLORS["di"] if lab == "DI" else COLORS["corrected"] if "z" in lab else cmap(0.35 + 0.65 * i / len(ks["labels"]))
+    axes[2].plot(steps_ * T[lab]["median"], tv, "o-", color=c, label=lab, ms=3)
+axes[2].set_yscale("log")
+axes[2].set_xlabel("generator-step seconds (measured cost x steps)"), axes[2].set_ylabel("mode-mass TV (mean of seeds)")
+axes[2].set_title("quality against time")
+axes[2].legend(ncol=2, fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# At equal generator steps the methods are hard to tell apart on this target. Every one covers all
+# 25 modes, and every EMD variant's mean TV lies within two seed-standard-deviations of DI's: the
+# seeds' spread is as large as the differences between methods. The gradient clip never acted, so EMD-1 and
+# DI differ only in their random draws, as section 3 predicts: after the shared start, EMD-1's
+# chain consumes random numbers, so the two runs see different batches. The joint chain,
+# EMD-8 $(\epsilon, z)$, is no different in quality either, at a higher cost per step.
+#
+# What $K$ certainly changes is the cost (printed above, measured round-robin against DI): on the
+# time axis (right panel) DI and small $K$ reach a given TV sooner. With an expressive generator and
+# noise levels spread over $[-6, 6]$, the reverse KL's mode seeking hardly bites on these toys
+# (chapter 2 looks for where it does), so the knob of section 4 has little to fix here.
+#
+# ## Summary
+#
+# * With one Langevin step on $\epsilon$, $\gamma_\epsilon = 1$ and full noise cancellation, EMD's generator
+#   gradient *is* the Diff-Instruct / VSD gradient $-w\alpha\, ds^\top \partial g/\partial\theta$, sample by sample; the
+#   two agree to float rounding on random networks.
+# * Other step sizes give $\gamma$ times that gradient, which Adam does not notice, so EMD-1 trains
+#   like DI. Cancelling only the injected noise leaves a zero-mean term $(1-\gamma)\epsilon_0$ that
+#   dominates single batches near the fit: cancel the initial noise too.
+# * $K$ moves EMD from the reverse KL towards maximum likelihood, but with a chain on $\epsilon$
+#   alone it saturates part of the way; a chain that also moves $z$ gets close to the forward-KL
+#   fit within a few steps (and, being a short unadjusted chain, not exactly onto it).
+# * With networks on 25 narrow modes, at equal generator steps, DI and EMD-$K$ were within the
+#   seeds' spread of each other, while a step of EMD-$K$ costs roughly $K$ teacher and student
+#   evaluations. The choice of $K$ is a trade of time for how far the E-step can travel.
+
+# %% [markdown]
+# ## Exercise 5.1: EMD-1's M-step target
+#
+# Given the starting noise `eps0`, the scaled score gap `sds` $= \sigma\, ds(x_t^0)$ at the start, the
+# injected noise `n` and the step size `gamma`, run one Langevin step on $\epsilon$, keep the noise
+# record with $\eta_0 = \epsilon_0$ (full cancellation), and return $\tilde\epsilon = \epsilon_1 - \eta_1$, the $\epsilon$ the M-step sees.
+
+# %%
+import math
+
+import torch
+
+from emd_lib.exercises import check
+
+
+def k1_eps_tilde(eps0, sds, n, gamma):
+    ### BEGIN SOLUTION
+    eps1 = eps0 + gamma * (sds - eps0) + math.sqrt(2 * gamma) * n
+    eta1 = (1 - gamma) * eps0 + math.sqrt(2 * gamma) * n
+    return eps1 - eta1
+    ### END SOLUTION
+
+
+check("5.1", k1_eps_tilde)
+
+# %% [markdown]
+# ## Exercise 5.2: the drift of $K$ steps
+#
+# With full cancellation the M-step receives the pure drift of the chain. Given the list
+# `sds_list` of scaled score gaps $\sigma\, ds(x_t^k)$ met at steps $k = 0, \dots, K-1$ and the step size
+# `gamma`, return $\sum_k (1-\gamma)^{K-1-k}\, \gamma\, \sigma\, ds(x_t^k)$. (Hint: it obeys a one-line recursion.)
+# For a constant gap, what total weight do the $K$ steps give it?
+
+# %%
+import torch
+
+from emd_lib.exercises import check
+
+
+def drift(sds_list, gamma):
+    ### BEGIN SOLUTION
+    d = torch.zeros_like(sds_list[0])
+    for sds in sds_list:
+        d = (1 - gamma) * d + gamma * sds
+    return d
+    ### END SOLUTION
+
+
+check("5.2", drift)
+
+# %% [markdown]
+# ## Exercise 5.3: the zero-mean term
+#
+# With only the injected noise cancelled, EMD-1's M-step sees $\tilde\epsilon = (1-\gamma)\epsilon_0 + \gamma\sigma\, ds$.
+# Return the flat gradient, with respect to `gen`'s parameters, of the part that comes from
+# $\epsilon_0$ alone (without the factor $1-\gamma$), averaged over the batch, with $w = \sigma^2$: start from
+# the M-step loss $w\|x_t - \alpha g_\theta(z)\|^2/(2\sigma^2)$ with $x_t - \alpha g = \sigma\tilde\epsilon$ held fixed. `lam` has
+# shape `(B,)`; `teacher.schedule.alpha_sigma(lam)` gives $(\alpha, \sigma)$.
+
+# %%
+import torch
+
+from emd_lib.exercises import check
+
+
+def eps0_term(gen, teacher, z, eps0, lam):
+    ### BEGIN SOLUTION
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    coef = (sigma**2 * alpha / sigma)[:, None]                     # w alpha / sigma with w = sigma^2
+    surrogate = -(coef * eps0 * gen(z)).sum(dim=1).mean()
+    grads = torch.autograd.grad(surrogate, list(gen.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads])
+    ### END SOLUTION
+
+
+check("5.3", eps0_term)
+
+# %%
+print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

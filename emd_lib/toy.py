@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="output .npy file, an (M, d) float32 array")
     p.add_argument("--report", help="also write the final metrics as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--init-steps", type=int, default=DistillConfig.init_steps,
                    help="regression steps of the generator onto the teacher at lam* (default %(default)s)")
     p.add_argument("--warmup", type=int, default=DistillConfig.student_warmup,
@@ -96,13 +97,15 @@ def main(argv=None) -> int:
     cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
                         student_warmup=args.warmup,
                         langevin=LangevinConfig(K=args.langevin_steps))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         x, report, _ = distil_mixture(mix, cfg, args.n_samples, progress=not args.quiet)
     except FloatingPointError as e:
         return _fail(str(e))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     try:
         np.save(args.samples, x.numpy().astype(np.float32))
     except OSError as e:
@@ -116,7 +119,10 @@ def main(argv=None) -> int:
     print(f"  precision/recall  {report['precision']:.3f} / {report['recall']:.3f}")
     if args.report:
         with open(args.report, "w") as f:
-            json.dump({"method": name, "steps": args.steps, "seed": args.seed, "seconds": wall, **report}, f, indent=1)
+            json.dump({"command": "python -m emd_lib.toy " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "date": time.strftime("%Y-%m-%d"), "method": name, "steps": args.steps, "seed": args.seed,
+                       "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
+                       **report}, f, indent=1)
     return 0
 
 

@@ -92,6 +92,12 @@ def test_cli_writes_json(tmp_path, one_thread):
     assert res["meta"]["command"].startswith("python -m emd_lib.experiments.ch04 --sweep gamma_z")
     assert res["meta"]["wall_seconds"] > 0 and "machine" in res["meta"] and "date" in res["meta"]
     assert list(res["summary"]) == ["snr 0.1"]
+    # --merge adds a variant and keeps both commands
+    ch04.main(["--sweep", "gamma_z", "--seeds", "1", "--steps", "2", "--width", "16", "--K", "2", "--batch", "32",
+               "--init-steps", "3", "--student-warmup", "3", "--variants", "none 0.01", "--out", str(out), "--merge"])
+    res = json.loads(out.read_text())
+    assert list(res["runs"]) == ["snr 0.1", "none 0.01"] and set(res["summary"]) == {"snr 0.1", "none 0.01"}
+    assert res["meta"]["command"].count("--sweep gamma_z") == 2 and len(res["meta"]["parts"]) == 2
 
 
 @pytest.mark.parametrize("name", ["space", "space_x", "gamma_z", "cancel"])

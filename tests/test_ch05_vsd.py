@@ -48,6 +48,8 @@ def test_label_config():
     assert ch05.label_config("DI").method == "di"
     c = ch05.label_config("EMD-16", seed=3, steps=7, batch=8)
     assert (c.method, c.langevin.K, c.seed, c.steps, c.batch) == ("emd", 16, 3, 7, 8)
+    cz = ch05.label_config("EMD-4 (eps, z)")
+    assert cz.langevin.move_z and cz.langevin.K == 4 and not ch05.label_config("EMD-4").langevin.move_z
     with pytest.raises(ValueError):
         ch05.label_config("VSD")
 
@@ -63,6 +65,18 @@ def test_run_one_paired_start_is_deterministic():
     assert set(r1["curves"]) >= {"tv", "mmd", "recall"}
     s = ch05.summarise({"EMD-2": [r1, r2]})
     assert s["EMD-2"]["tv"]["std"] == 0.0 and len(s["EMD-2"]["masses"]["mean"]) == mix.n_components
+
+
+def test_linear_knob_and_moment_match():
+    from emd_lib.mixtures import bimodal
+
+    m, C = ch05.moment_match(bimodal())
+    # weights 0.7 / 0.3 at -1.5 / +1.5, std 0.4: mean -0.6, variance 0.16 + 0.7 * 0.9^2 + 0.3 * 2.1^2
+    assert abs(float(m[0]) + 0.6) < 1e-6 and abs(float(C[0, 0]) - (0.16 + 0.7 * 0.81 + 0.3 * 4.41)) < 1e-5
+    r = ch05.linear_knob(bimodal(), "DI", steps=60, batch=128, lr=3e-2)
+    assert r["b"][0] < -0.2 and r["std"][0] > 0.6          # moved from b = 0, std 0.5 towards the mixture
+    rz = ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32)
+    assert len(rz["std"]) == 2 and all(v > 0 for v in rz["std"])
 
 
 def test_time_per_step_orders_k():

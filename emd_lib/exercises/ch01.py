@@ -15,33 +15,30 @@ def _close(a, b, atol=1e-5, rtol=1e-4):
     return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
 
 
-# ---- 1.1: VP alpha and sigma from the log-SNR ------------------------------------------------
-def _wrong_vp_no_sqrt(lam):
-    lam = torch.as_tensor(lam)
-    return torch.sigmoid(lam), torch.sigmoid(-lam)          # forgot the square roots
+# ---- 1.1: the log-SNR of the cosine schedule ----------------------------------------------------
+def _wrong_cosine_no_two(t):
+    return -torch.log(torch.tan(math.pi * torch.as_tensor(t) / 2))       # log(alpha / sigma), not its square
 
 
-def _wrong_vp_swapped(lam):
-    lam = torch.as_tensor(lam)
-    return torch.sigmoid(-lam).sqrt(), torch.sigmoid(lam).sqrt()   # alpha and sigma swapped
+def _wrong_cosine_sign(t):
+    return 2 * torch.log(torch.tan(math.pi * torch.as_tensor(t) / 2))    # sign flipped: noise grows with lam
 
 
-@register("1.1", title="VP alpha and sigma from lam", wrong=[_wrong_vp_no_sqrt, _wrong_vp_swapped])
-def check_vp_alpha_sigma(fn):
-    lam = torch.linspace(-10, 10, 41)
-    out = fn(lam)
-    if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise ExerciseFailed("return a pair (alpha, sigma)")
-    alpha, sigma = (torch.as_tensor(t, dtype=torch.float64) for t in out)
-    if alpha.shape != lam.shape or sigma.shape != lam.shape:
-        raise ExerciseFailed(f"alpha and sigma must have the shape of lam {tuple(lam.shape)}")
-    if not torch.allclose(alpha**2 + sigma**2, torch.ones_like(alpha), atol=1e-5):
-        raise ExerciseFailed("a VP schedule keeps alpha^2 + sigma^2 = 1; check for missing square roots")
-    if not torch.allclose(2 * (alpha.log() - sigma.log()), lam.double(), atol=1e-4):
-        raise ExerciseFailed("log(alpha^2 / sigma^2) must equal lam; is alpha the one that grows with lam?")
-    ref_a, ref_s = VP.alpha_sigma(lam)
-    if not (_close(alpha, ref_a) and _close(sigma, ref_s)):
-        raise ExerciseFailed("alpha and sigma differ from emd_lib.schedules.VP.alpha_sigma")
+@register("1.1", title="the log-SNR of the cosine schedule", wrong=[_wrong_cosine_no_two, _wrong_cosine_sign])
+def check_cosine_lam(fn):
+    t = torch.linspace(0.02, 0.98, 49)
+    lam = torch.as_tensor(fn(t.clone()), dtype=torch.float64)
+    if lam.shape != t.shape:
+        raise ExerciseFailed(f"return one log-SNR per time, shape {tuple(t.shape)}")
+    if not torch.isfinite(lam).all():
+        raise ExerciseFailed("the log-SNR must be finite for 0 < t < 1")
+    if not (lam[:-1] > lam[1:]).all():
+        raise ExerciseFailed("the log-SNR must fall as t grows (t = 0 is clean data, t = 1 is pure noise)")
+    alpha, sigma = VP.alpha_sigma(lam.float())
+    ref_a, ref_s = torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
+    if not (_close(alpha, ref_a, atol=1e-4) and _close(sigma, ref_s, atol=1e-4)):
+        raise ExerciseFailed("VP.alpha_sigma(lam) must give back alpha = cos(pi t / 2) and sigma = sin(pi t / 2); "
+                             "lam is the log of alpha^2 / sigma^2 (mind the square)")
 
 
 # ---- 1.2: the score of a noisy mixture ---------------------------------------------------------

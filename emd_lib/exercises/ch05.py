@@ -81,63 +81,57 @@ def _check_5_2(drift):
     _close("drift of a constant gap", drift(ones, 0.3), torch.full((1, 1), 1 - 0.7**6))
 
 
-# ---- 5.3 the Diff-Instruct gradient from scratch -----------------------------------------------------
+# ---- 5.3 the zero-mean term of injected-only cancellation --------------------------------------------
 
 def _setup_5_3():
     from ..mixtures import ring8
-    from ..nets import MLPGenerator, MLPScore
+    from ..nets import MLPGenerator
     from ..schedules import sample_lam
-    from ..teachers import NetworkTeacher
 
     teacher = ring8()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(53)
         gen = MLPGenerator(2, 32, 2)
-        student = NetworkTeacher(MLPScore(2, 32, 2, schedule=teacher.schedule), teacher.schedule, predicts="eps")
     g = torch.Generator().manual_seed(530)
-    z, eps = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+    z, eps0 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     lam = sample_lam(64, "uniform", -6.0, 6.0, generator=g)
-    return gen, teacher, student, z, eps, lam
+    return gen, teacher, z, eps0, lam
 
 
-def _di_ref(gen, teacher, student, z, eps, lam):
-    from ..distill import di_generator_loss
-
-    loss, _ = di_generator_loss(gen, teacher, student, z, eps, lam, "sigma2")
+def _flat(loss, gen):
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(gen.parameters()))])
 
 
-def _di_sign(gen, teacher, student, z, eps, lam):        # descends the wrong way (student minus teacher)
-    return -_di_ref(gen, teacher, student, z, eps, lam)
+def _eps0_ref(gen, teacher, z, eps0, lam):
+    from ..experiments.ch05 import eps0_gradient
+
+    return _flat(eps0_gradient(gen, teacher, z, eps0, lam, "sigma2"), gen)
 
 
-def _di_no_alpha(gen, teacher, student, z, eps, lam):    # forgets d x_t / d g = alpha
+def _eps0_sign(gen, teacher, z, eps0, lam):              # the regression pulls g towards the target, not away
+    return -_eps0_ref(gen, teacher, z, eps0, lam)
+
+
+def _eps0_no_sigma(gen, teacher, z, eps0, lam):          # forgets the 1 / sigma of the M-step
     a, s = teacher.schedule.alpha_sigma(lam)
-    a, s = a[:, None], s[:, None]
-    x = gen(z)
-    x_t = a * x.detach() + s * eps
-    with torch.no_grad():
-        ds = teacher.score(x_t, lam) - student.score(x_t, lam)
-    loss = -(s**2 * ds * x).sum(1).mean()
-    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(gen.parameters()))])
+    return _flat(-((s**2 * a)[:, None] * eps0 * gen(z)).sum(1).mean(), gen)
 
 
-@register("5.3", title="the Diff-Instruct / VSD generator gradient from scratch", wrong=[_di_sign, _di_no_alpha])
-def _check_5_3(di_gradient):
-    gen, teacher, student, z, eps, lam = _setup_5_3()
-    want = _di_ref(gen, teacher, student, z, eps, lam)
-    got = di_gradient(gen, teacher, student, z, eps, lam)
-    got = torch.as_tensor(got).detach().flatten()
+@register("5.3", title="the zero-mean eps_0 term of injected-only cancellation", wrong=[_eps0_sign, _eps0_no_sigma])
+def _check_5_3(eps0_term):
+    gen, teacher, z, eps0, lam = _setup_5_3()
+    want = _eps0_ref(gen, teacher, z, eps0, lam)
+    got = torch.as_tensor(eps0_term(gen, teacher, z, eps0, lam)).detach().flatten()
     if got.shape != want.shape:
         raise ExerciseFailed(f"return one flat vector of {want.numel()} numbers (every generator parameter), "
                              f"got {got.numel()}")
     cos = float(torch.nn.functional.cosine_similarity(got[None].double(), want[None].double()))
     if cos < -0.99:
-        raise ExerciseFailed("your gradient points the opposite way: the gradient is -w alpha ds^T dg/dtheta with "
-                             "ds = s_teacher - s_student (descending it moves samples up the teacher's score)")
+        raise ExerciseFailed("your gradient points the opposite way: the M-step loss w ||x_t - alpha g||^2 / "
+                             "(2 sigma^2) has gradient -(w alpha / sigma^2) (x_t - alpha g)^T dg/dtheta")
     try:
         _close("the gradient", got, want, tol=1e-4)
     except ExerciseFailed as e:
-        raise ExerciseFailed(f"{e} (cosine with the right answer {cos:.3f}). Use x_t = alpha g(z) + sigma eps with "
-                             "g detached inside x_t, the weight w = sigma^2, and the factor alpha from "
-                             "d x_t / d g") from None
+        raise ExerciseFailed(f"{e} (cosine with the right answer {cos:.3f}). The M-step sees x_t - alpha g = "
+                             "sigma eps_tilde, so the eps_0 part enters as -(w alpha / sigma) eps_0^T dg/dtheta "
+                             "with w = sigma^2, averaged over the batch") from None

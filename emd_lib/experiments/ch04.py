@@ -11,7 +11,8 @@ Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
     python -m emd_lib.experiments.ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
     python -m emd_lib.experiments.ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
 
-``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep; the JSON records
+``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of
+its variants and ``--merge`` adds them to an existing JSON; the JSON records
 the command, the date, the machine and the wall time. Runs are single-threaded
 (``torch.set_num_threads(1)``) unless ``--threads`` says otherwise.
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -245,7 +247,7 @@ def main(argv=None):
     res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
                     mixture=args.mixture, K=args.K, variants=args.variants, **extra)
     meta = {
-        "command": "python -m emd_lib.experiments.ch04 " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m emd_lib.experiments.ch04 " + shlex.join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
                    f"torch {torch.__version__}, {args.threads} thread(s)",

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -43,7 +44,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "linear_knob", "moment_match", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -105,13 +106,18 @@ def k1_gradients(teacher, generator=None, student=None, *, batch: int = 128, gam
 # ---- the K sweep ---------------------------------------------------------------------------------------
 
 def label_config(label: str, seed: int = 0, steps: int = 400, **overrides) -> DistillConfig:
-    """``"DI"`` or ``"EMD-K"`` as a :class:`DistillConfig` with the book's defaults (and ``overrides``)."""
+    """``"DI"``, ``"EMD-K"`` (eps-only chain) or ``"EMD-K (eps, z)"`` (z moves too) as a
+    :class:`DistillConfig` with the book's defaults (and ``overrides``)."""
     lang = dict(overrides.pop("langevin", {}))
     if label.upper() == "DI":
         return DistillConfig(method="di", steps=steps, seed=seed, langevin=LangevinConfig(**lang), **overrides)
     if not label.upper().startswith("EMD-"):
-        raise ValueError(f"label must be 'DI' or 'EMD-K', got {label!r}")
-    K = int(label.split("-", 1)[1])
+        raise ValueError(f"label must be 'DI', 'EMD-K' or 'EMD-K (eps, z)', got {label!r}")
+    body = label.split("-", 1)[1].strip()
+    if body.endswith("(eps, z)"):                          # the joint chain: z moves too
+        lang.setdefault("move_z", True)
+        body = body[: -len("(eps, z)")].strip()
+    K = int(body)
     return DistillConfig(method="emd", steps=steps, seed=seed, langevin=LangevinConfig(K=K, **lang), **overrides)
 
 
@@ -217,12 +223,61 @@ def summarise(runs: dict) -> dict:
     return out
 
 
+# ---- the knob with an exact student: a linear generator -----------------------------------------------
+
+def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: float = 1e-2, seed: int = 0,
+                lam_min: float = -6.0, lam_max: float = 6.0, gamma_eps: float = 0.3, A0=None, b0=None) -> dict:
+    """Fit a linear generator ``g(z) = A z + b`` to ``teacher`` by DI or EMD-K with the *exact* student.
+
+    The student is the closed-form noisy marginal ``q_t = N(alpha b, alpha^2 A A^T + sigma^2 I)``
+    (:func:`emd_lib.em.exact_student`), rebuilt at every step, so that the only difference between
+    methods is the E-step. Adam (betas (0, 0.999)) with a linearly decaying learning rate,
+    ``lam ~ U[lam_min, lam_max]``, ``w = sigma^2``, eps-only chain with full cancellation.
+    Returns the fitted ``b``, ``C = A A^T`` and the loss-free summary ``std`` (sqrt of diag C).
+    """
+    from ..em import LinearGenerator, exact_student
+
+    d = teacher.dim
+    A0 = 0.5 * torch.eye(d) if A0 is None else torch.as_tensor(A0, dtype=torch.float32)
+    b0 = torch.zeros(d) if b0 is None else torch.as_tensor(b0, dtype=torch.float32)
+    gen = LinearGenerator(A0, b0)
+    opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.999))
+    g = torch.Generator().manual_seed(seed)
+    cfg = label_config(label, langevin={"gamma_eps": gamma_eps})
+    for i in range(steps):
+        student = exact_student(gen.A.detach(), gen.b.detach(), teacher.schedule)
+        z = torch.randn(batch, d, generator=g)
+        eps = torch.randn(batch, d, generator=g)
+        lam = sample_lam(batch, "uniform", lam_min, lam_max, generator=g)
+        if cfg.method == "di":
+            loss, _ = di_generator_loss(gen, teacher, student, z, eps, lam, "sigma2")
+        else:
+            loss, _ = emd_generator_loss(gen, teacher, student, z, eps, lam, cfg.langevin, "sigma2", rng=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:                      # linear decay to 1% of lr
+            group["lr"] = lr * (1 - 0.99 * i / max(steps - 1, 1))
+        opt.step()
+    A, b = gen.A.detach().double(), gen.b.detach().double()
+    C = A @ A.T
+    return {"label": label, "seed": seed, "b": b.tolist(), "C": C.tolist(), "std": C.diag().sqrt().tolist()}
+
+
+def moment_match(teacher) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of a Gaussian mixture: the forward-KL (maximum-likelihood) Gaussian fit."""
+    w, mu, C = teacher.weights.double(), teacher.means.double(), teacher.covs.double()
+    m = (w[:, None] * mu).sum(0)
+    dm = mu - m
+    cov = (w[:, None, None] * (C + dm[:, :, None] * dm[:, None, :])).sum(0)
+    return m, cov
+
+
 # ---- bookkeeping shared with chapter 6's sweeps --------------------------------------------------------
 
 def run_info(t0: float, module: str, argv) -> dict:
     """The command, date, machine and wall time recorded in every results JSON."""
     return {
-        "command": " ".join(["python -m", module] + [str(a) for a in argv]),
+        "command": "python -m " + shlex.join([module] + [str(a) for a in argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "torch": torch.__version__,
@@ -244,10 +299,14 @@ def write_json(path, payload: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mixture", default="grid25", help="ring8, irregular, grid25 or bimodal")
+    p.add_argument("--sweep", default="networks", choices=["networks", "linear"],
+                   help="networks: MLP generator and student (default); linear: linear generator, exact student")
+    p.add_argument("--mixture", default=None, help="ring8, irregular, grid25 or bimodal (default grid25; "
+                                                    "bimodal for --sweep linear)")
     p.add_argument("--labels", nargs="+", default=LABELS, help="DI and/or EMD-K labels")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=400, help="generator steps per run (equal for every method)")
+    p.add_argument("--steps", type=int, default=None, help="generator steps per run, equal for every method "
+                                                             "(default 400; 1000 for --sweep linear)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--timing-reps", type=int, default=5)
@@ -259,9 +318,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    if args.sweep == "linear":
+        return _main_linear(args, t0, argv)
+    args.mixture = args.mixture or "grid25"
+    args.steps = args.steps or 400
     mixture = get_mixture(args.mixture)
     out = args.out or str(DATA_DIR / "results" / f"ch05_ksweep_{args.mixture}.json")
-    from tqdm.auto import tqdm
 
     ov = {"batch": args.batch, "init_steps": args.init_steps, "student_warmup": args.student_warmup}
     runs = {lab: [] for lab in args.labels}
@@ -275,7 +339,9 @@ def main(argv=None):
                                      args.eval_every, start=start))
             bar.update()
     bar.close()
-    timing = time_per_step(mixture, args.labels, steps=5, reps=args.timing_reps, batch=args.batch)
+    # DI is always timed too, as the reference that makes separate sweeps' timings comparable
+    timing = time_per_step(mixture, list(dict.fromkeys(["DI"] + args.labels)), steps=5, reps=args.timing_reps,
+                           batch=args.batch)
     payload = {"mixture": args.mixture, "labels": args.labels, "seeds": args.seeds, "steps": args.steps,
                "config": label_config("EMD-8", steps=args.steps, **ov).to_dict(),
                "summary": summarise(runs), "timing": timing, "runs": runs}
@@ -287,6 +353,39 @@ def main(argv=None):
         s = payload["summary"][lab]
         print(f"{lab:>7}: TV {s['tv']['mean']:.3f} ± {s['tv']['std']:.3f}  MMD {s['mmd']['mean']:.4f}  "
               f"recall {s['recall']['mean']:.2f}  {1e3 * timing[lab]['median']:.1f} ms/step")
+
+
+def _main_linear(args, t0, argv):
+    from tqdm.auto import tqdm
+
+    name = args.mixture or "bimodal"
+    steps = args.steps or 1000
+    mixture = get_mixture(name)
+    out = args.out or str(DATA_DIR / "results" / f"ch05_linear_{name}.json")
+    runs = {lab: [] for lab in args.labels}
+    bar = tqdm(total=len(args.seeds) * len(args.labels), desc="linear knob")
+    for seed in args.seeds:
+        for lab in args.labels:
+            bar.set_postfix_str(f"{lab} seed {seed}")
+            runs[lab].append(linear_knob(mixture, lab, steps=steps, seed=seed))
+            bar.update()
+    bar.close()
+    m, cov = moment_match(mixture)
+    summary = {}
+    for lab, rs in runs.items():
+        sd = torch.tensor([r["std"] for r in rs], dtype=torch.float64)
+        b = torch.tensor([r["b"] for r in rs], dtype=torch.float64)
+        summary[lab] = {"std_mean": sd.mean(0).tolist(), "std_std": sd.std(0).tolist() if len(rs) > 1 else [0.0] * sd.shape[1],
+                        "b_mean": b.mean(0).tolist(), "b_std": b.std(0).tolist() if len(rs) > 1 else [0.0] * b.shape[1]}
+    payload = {"sweep": "linear", "mixture": name, "labels": args.labels, "seeds": args.seeds, "steps": steps,
+               "forward_kl_fit": {"mean": m.tolist(), "cov": cov.tolist(), "std": cov.diag().sqrt().tolist()},
+               "summary": summary, "runs": runs}
+    payload.update(run_info(t0, "emd_lib.experiments.ch05", sys.argv[1:] if argv is None else argv))
+    write_json(out, payload)
+    print(f"wrote {out} in {payload['wall_s']:.0f} s")
+    for lab, s_ in summary.items():
+        print(f"{lab:>7}: b {s_['b_mean'][0]:+.3f}  std {s_['std_mean'][0]:.3f} ± {s_['std_std'][0]:.3f}")
+    print(f"forward-KL (moment-matching) fit: mean {m[0]:+.3f}, std {cov.diag().sqrt()[0]:.3f}")
 
 
 if __name__ == "__main__":

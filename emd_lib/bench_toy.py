@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -23,12 +24,20 @@ from .langevin import LangevinConfig
 from .mixtures import ring8
 
 
-def _time(fn, reps):
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
+def _time_many(fns: dict, reps: int, rounds: int = 5) -> dict:
+    """Median over ``rounds`` interleaved rounds of each function's mean time over ``reps``
+    calls: interleaving and the median keep a busy machine from biasing one method."""
+    for fn in fns.values():  # warm-up
         fn()
-    return (time.perf_counter() - t0) / reps
+    per = {k: [] for k in fns}
+    n = max(1, reps // rounds)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            per[k].append((time.perf_counter() - t0) / n)
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
 def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool = False, threads: int | None = None):
@@ -64,19 +73,19 @@ def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool =
         zz = z.clone().requires_grad_(True)
         torch.autograd.grad(d.generator(zz), zz, eps)
 
-    reps = max(steps, 20)
-    S = _time(lambda: [d.student_step() for _ in range(d.cfg.student_updates)], reps)
-    G = _time(gen_fb, reps)
-    P = _time(eval_pair, reps)
-    V = _time(gen_vjp, reps) if move_z else 0.0
+    pieces = _time_many({"S": lambda: [d.student_step() for _ in range(d.cfg.student_updates)],
+                         "G": gen_fb, "P": eval_pair, "V": gen_vjp}, max(steps, 20))
+    S, G, P = pieces["S"], pieces["G"], pieces["P"]
+    V = pieces["V"] if move_z else 0.0
 
-    di = make("di")
-    t_di = _time(lambda: step(di), steps)
+    runs = {"Diff-Instruct": make("di")}
+    runs.update({f"EMD-{K}": make("emd", K) for K in ks})
+    times = _time_many({name: (lambda r=r: step(r)) for name, r in runs.items()}, steps)
+    t_di = times["Diff-Instruct"]
     rows.append(("Diff-Instruct", t_di, 1.0, 1.0))
     base = S + G + P
     for K in ks:
-        e = make("emd", K)
-        t = _time(lambda: step(e), steps)
+        t = times[f"EMD-{K}"]
         pred = (S + G + K * (P + V)) / base
         rows.append((f"EMD-{K}", t, t / t_di, pred))
     return rows, {"student updates S": S, "generator fwd+bwd G": G, "teacher+student eval T+s": P,

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .langevin import LangevinConfig, estep, score_gap_eps
+from .langevin import LangevinConfig, call_generator, estep, score_gap_eps
 from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teacher
 from .schedules import bcast, sample_lam, weight
 
@@ -65,14 +66,39 @@ class DistillConfig:
             raise ValueError(f"method must be 'emd' or 'di', got {self.method!r}")
         if isinstance(self.langevin, dict):
             self.langevin = LangevinConfig(**self.langevin)
-        for name in ("steps", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.langevin, LangevinConfig):
+            raise TypeError(f"langevin must be a LangevinConfig (or a dict of its fields), got {type(self.langevin).__name__}")
+
+        def whole(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and int(v) == v
+
+        for name in ("steps", "batch", "width", "depth"):
+            v = getattr(self, name)
+            if not whole(v) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        for name in ("student_updates", "student_warmup", "init_steps"):
+            v = getattr(self, name)
+            if not whole(v) or v < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
         for name in ("lr_g", "lr_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} (a learning rate) must be > 0, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} (a learning rate) must be a finite number > 0, got {v}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay (final fraction of lr_g) must be in [0, 1], got {self.lr_decay}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (inf disables clipping), got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas (Adam's) must be two numbers in [0, 1), got {self.betas}")
+        if self.lam_dist not in ("uniform", "cosine", "edm"):
+            raise ValueError(f"lam_dist must be 'uniform', 'cosine' or 'edm', got {self.lam_dist!r}")
+        if self.weighting not in ("sigma2", "one", "snr", "edm"):
+            raise ValueError(f"weighting must be 'sigma2', 'one', 'snr' or 'edm', got {self.weighting!r}")
+        if not (math.isfinite(self.lam_min) and math.isfinite(self.lam_max) and self.lam_min < self.lam_max):
+            raise ValueError(f"need finite lam_min < lam_max, got {self.lam_min} and {self.lam_max}; the teacher's "
+                             "schedule range is checked when the Distiller is built")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +107,7 @@ class DistillConfig:
 def student_loss(student, generator, schedule, z, eps, lam, cond=None):
     """Denoising score matching on detached generator samples (eps-prediction, unit weight)."""
     with torch.no_grad():
-        x = generator(z)
+        x = call_generator(generator, z, cond)
     alpha, sigma = schedule.alpha_sigma(lam)
     x_t = bcast(alpha, x) * x + bcast(sigma, x) * eps
     pred = student.eps(x_t, lam, cond)
@@ -90,7 +116,7 @@ def student_loss(student, generator, schedule, z, eps, lam, cond=None):
 
 def di_generator_loss(generator, teacher, student, z, eps, lam, weighting="sigma2", cond=None):
     """Diff-Instruct / VSD surrogate whose gradient is ``-w alpha ds^T dg/dtheta`` (mean over the batch)."""
-    x = generator(z)
+    x = call_generator(generator, z, cond)
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
     a, s = bcast(alpha, x), bcast(sigma, x)
     w = bcast(weight(lam, teacher.schedule, weighting), x)
@@ -104,10 +130,10 @@ def emd_generator_loss(generator, teacher, student, z, eps, lam, lcfg: LangevinC
                        cond=None, rng=None):
     """E-step then the M-step regression ``w ||x_t^K - alpha g(z^K)||^2 / (2 sigma^2)`` (mean over the batch)."""
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
-    x0 = generator(z)
+    x0 = call_generator(generator, z, cond)
     res = estep(generator, teacher, student, z, eps, lam, lcfg, cond=cond, rng=rng, x0=x0.detach())
     # when z did not move (or came back unchanged), reuse the forward pass
-    x = x0 if not (lcfg.move_z and lcfg.K > 0) else generator(res.z)
+    x = x0 if not (lcfg.move_z and lcfg.K > 0) else call_generator(generator, res.z, cond)
     a, s = bcast(alpha, x), bcast(sigma, x)
     w = bcast(weight(lam, teacher.schedule, weighting), x)
     x_target = (a * x.detach() + s * res.eps).detach()                   # x_t^K, held fixed
@@ -124,19 +150,28 @@ class Distiller:
     """
 
     def __init__(self, teacher, cfg: DistillConfig | None = None, generator: nn.Module | None = None,
-                 student: nn.Module | None = None, device=None):
+                 student: nn.Module | None = None, device=None, shape: tuple | None = None, n_classes: int = 0):
         from .teachers import NetworkTeacher
 
         self.cfg = cfg = cfg or DistillConfig()
         self.teacher = teacher
         self.device = device or torch.device("cpu")
+        # the shape of one sample: (d,) for the toys, (C, H, W) for images; n_classes > 0 draws a
+        # class label per sample and passes it as ``cond`` to the generator, teacher and student
+        self.shape = tuple(shape) if shape is not None else (teacher.dim,)
+        self.n_classes = int(n_classes)
         sch = teacher.schedule
         for name in ("lam_min", "lam_max", "lam_star"):
             sch.check_lam(getattr(cfg, name), name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.generator = generator if generator is not None else MLPGenerator(teacher.dim, cfg.width, cfg.depth)
-            score_net = MLPScore(teacher.dim, cfg.width, cfg.depth, schedule=sch)
+        if generator is None or student is None:
+            if len(self.shape) != 1:
+                raise ValueError(f"for data of shape {self.shape} pass the generator and the student score "
+                                 "(e.g. emd_lib.unet.TeacherInitGenerator and a copy of the teacher)")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                gen_mlp = MLPGenerator(teacher.dim, cfg.width, cfg.depth)
+                score_net = MLPScore(teacher.dim, cfg.width, cfg.depth, schedule=sch)
+        self.generator = generator if generator is not None else gen_mlp
         self.student = student if student is not None else NetworkTeacher(score_net, sch, predicts="eps")
         self.rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.history: dict[str, list] = {}
@@ -152,14 +187,21 @@ class Distiller:
     # ---- random draws, all from one seeded generator -------------------------------------------
     def _draw(self, n):
         cfg = self.cfg
-        z = torch.randn(n, self.teacher.dim, generator=self.rng)
-        eps = torch.randn(n, self.teacher.dim, generator=self.rng)
+        z = torch.randn(n, *self.shape, generator=self.rng)
+        eps = torch.randn(n, *self.shape, generator=self.rng)
         lam = sample_lam(n, cfg.lam_dist, cfg.lam_min, cfg.lam_max, generator=self.rng)
-        return z, eps, lam
+        return z.to(self.device), eps.to(self.device), lam.to(self.device)
+
+    def _draw_cond(self, n):
+        """Class labels ``(n,)`` for a class-conditional teacher, else ``None``."""
+        if not self.n_classes:
+            return None
+        return torch.randint(0, self.n_classes, (n,), generator=self.rng).to(self.device)
 
     def student_step(self) -> float:
         z, eps, lam = self._draw(self.cfg.batch)
-        loss = student_loss(self.student, self.generator, self.teacher.schedule, z, eps, lam)
+        cond = self._draw_cond(self.cfg.batch)
+        loss = student_loss(self.student, self.generator, self.teacher.schedule, z, eps, lam, cond)
         self.opt_s.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_s.step()
@@ -168,11 +210,14 @@ class Distiller:
     def generator_step(self) -> tuple[float, float, dict]:
         cfg = self.cfg
         z, eps, lam = self._draw(cfg.batch)
+        cond = self._draw_cond(cfg.batch)
         if cfg.method == "di":
-            loss, diag = di_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.weighting)
+            loss, diag = di_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.weighting,
+                                           cond=cond)
         else:
             loss, diag = emd_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.langevin,
-                                            cfg.weighting, rng=self.rng)
+                                            cfg.weighting, cond=cond,
+                                            rng=self.rng if self.device.type == "cpu" else None)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.grad_clip).item()
@@ -228,8 +273,9 @@ class Distiller:
         return self.history
 
     @torch.no_grad()
-    def sample(self, n: int, ema: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` one-step samples ``g(z)`` (the EMA generator by default), ``(n, d)``."""
+    def sample(self, n: int, ema: bool = True, generator: torch.Generator | None = None, cond=None) -> torch.Tensor:
+        """``n`` one-step samples ``g(z)`` (the EMA generator by default), ``(n, *shape)``; ``cond``:
+        class labels ``(n,)`` for a class-conditional generator."""
         g = self.ema if ema else self.generator
-        z = torch.randn(n, self.teacher.dim, generator=generator)
-        return g(z)
+        z = torch.randn(n, *self.shape, generator=generator).to(self.device)
+        return call_generator(g, z, cond)

@@ -30,13 +30,14 @@ initial noise, leaving the pure drift ``sum_k (1-gamma)^(K-1-k) gamma sigma ds_k
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 from .schedules import bcast
 
-__all__ = ["LangevinConfig", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct"]
+__all__ = ["LangevinConfig", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
 
 
 @dataclass
@@ -68,8 +69,9 @@ class LangevinConfig:
     cancel_z: bool = False
 
     def __post_init__(self):
-        if int(self.K) != self.K or self.K < 0:
-            raise ValueError(f"K (Langevin steps) must be a whole number >= 0, got {self.K}")
+        if isinstance(self.K, bool) or not isinstance(self.K, numbers.Real) or not math.isfinite(self.K) \
+                or int(self.K) != self.K or self.K < 0:
+            raise ValueError(f"K (Langevin steps) must be a whole number >= 0, got {self.K!r}")
         if self.space not in ("eps", "x"):
             raise ValueError(f"space must be 'eps' or 'x', got {self.space!r}")
         if self.cancel not in ("none", "injected", "full"):
@@ -78,8 +80,8 @@ class LangevinConfig:
             raise ValueError(f"z_precondition must be 'none' or 'snr', got {self.z_precondition!r}")
         for name in ("gamma_eps", "gamma_z") + (("gamma_x",) if self.gamma_x is not None else ()):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} (a Langevin step size) must be > 0, got {v}")
+            if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} (a Langevin step size) must be a finite number > 0, got {v!r}")
 
 
 @dataclass
@@ -104,6 +106,20 @@ def _vjp(x, z, v):
     return g
 
 
+def _randn(like, rng):
+    """Standard normal noise shaped like ``like``; ``rng`` is a ``torch.Generator`` (or None), or a
+    function ``rng(like)`` that returns the noise (data-parallel training draws the global batch's
+    noise on every process and keeps its own rows, so the result does not depend on the split)."""
+    if callable(rng) and not isinstance(rng, torch.Generator):
+        return rng(like)
+    return torch.randn(like.shape, generator=rng, dtype=like.dtype, device=like.device)
+
+
+def call_generator(generator, z, cond=None):
+    """``g(z)``, or ``g(z, c)`` for a class-conditional generator (images)."""
+    return generator(z) if cond is None else generator(z, cond)
+
+
 def _norm(t):  # mean over the batch of per-sample L2 norms
     return t.flatten(1).norm(dim=1).mean().item()
 
@@ -117,7 +133,7 @@ def log_rho_grads(generator, teacher, student, z, lam, *, x_t=None, eps=None, co
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        x = generator(z)
+        x = call_generator(generator, z, cond)
         a, s = bcast(alpha, x), bcast(sigma, x)
         if eps is not None:
             x_t = a * x.detach() + s * eps
@@ -139,7 +155,7 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
     if x0 is None:
         with torch.no_grad():
-            x0 = generator(z0)
+            x0 = call_generator(generator, z0, cond)
     a, s = bcast(alpha, x0), bcast(sigma, x0)
     x = x0.detach()
     z, eps = z0.detach(), eps0.detach()
@@ -173,7 +189,7 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
         if cfg.move_z:
             z = z.detach().requires_grad_(True)
             with torch.enable_grad():
-                xg = generator(z)
+                xg = call_generator(generator, z, cond)
             x = xg.detach()
         x_t = u if in_x else a * x + s * u
         with torch.no_grad():
@@ -192,16 +208,16 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
             grad_z_norms.append(_norm(grad_z))
             z = z.detach()
         if cfg.move_data:
-            n = torch.randn(u.shape, generator=rng, dtype=u.dtype, device=u.device)
+            n = _randn(u, rng)
             u = u + g_data * grad_u + torch.sqrt(2 * g_data) * n
             eta = decay * eta + torch.sqrt(2 * g_data) * n
         if cfg.move_z:
-            nz = torch.randn(z.shape, generator=rng, dtype=z.dtype, device=z.device)
+            nz = _randn(z, rng)
             z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
             eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
 
     with torch.no_grad():
-        x_final = generator(z) if cfg.move_z and K > 0 else x
+        x_final = call_generator(generator, z, cond) if cfg.move_z and K > 0 else x
     if in_x:
         eps_chain = (u - a * x_final) / s
         # eta is in x units and tracks x_t - alpha g; hand it over in eps units
@@ -234,6 +250,6 @@ def mcmc_correct(generator, teacher, student, z, lam: float, steps: int = 300, g
                          cancel="none")
     res = estep(generator, teacher, student, z, eps0, lam_b, cfg, cond=cond, rng=rng)
     alpha, sigma = teacher.schedule.alpha_sigma(lam_b)
-    x = generator(res.z_chain)
+    x = call_generator(generator, res.z_chain, cond)
     x_t = bcast(alpha, x) * x + bcast(sigma, x) * res.eps_chain
     return teacher.denoise(x_t, lam_b, cond), res.z_chain, res.eps_chain

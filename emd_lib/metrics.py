@@ -17,8 +17,17 @@ __all__ = ["mode_masses", "mixture_report", "mmd", "knn_precision_recall", "tota
 def mode_masses(mixture, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(masses (K,), mahalanobis (n,))`` of samples ``x`` ``(n, d)`` by most likely component."""
     x = torch.as_tensor(x, dtype=mixture.means.dtype)
+    _check_samples(x, mixture.dim)
     k, maha = mixture.assign(x)
     return torch.bincount(k, minlength=mixture.n_components).to(x.dtype) / len(x), maha
+
+
+def _check_samples(x: torch.Tensor, dim: int | None = None, name: str = "samples", least: int = 1) -> None:
+    """One clear message for an empty or misshapen set of samples, before any metric is computed."""
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"{name} must have shape (n, {dim if dim is not None else 'd'}), got {tuple(x.shape)}")
+    if len(x) < least:
+        raise ValueError(f"{name}: need at least {least} sample(s), got {len(x)}")
 
 
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
@@ -33,6 +42,8 @@ def _sqdist(a, b):
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.05, 0.2, 1.0)) -> float:
     """Biased estimate of squared MMD between samples ``x`` and ``y`` with summed RBF kernels."""
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    _check_samples(x, name="mmd: x")
+    _check_samples(y, x.shape[1], name="mmd: y")
     dxx, dyy, dxy = _sqdist(x, x), _sqdist(y, y), _sqdist(x, y)
     out = 0.0
     for h in bandwidths:
@@ -71,8 +82,8 @@ def mixture_report(mixture, x: torch.Tensor, n_ref: int = 4000, cover_frac: floa
     against ``n_ref`` exact samples of the mixture.
     """
     x = torch.as_tensor(x, dtype=mixture.means.dtype)
-    if x.ndim != 2 or x.shape[1] != mixture.dim:
-        raise ValueError(f"samples must have shape (n, {mixture.dim}), got {tuple(x.shape)}")
+    # the k-NN precision and recall (k = 5) need more than 5 samples
+    _check_samples(x, mixture.dim, name="mixture_report: samples", least=6)
     if not torch.isfinite(x).all():
         return {"tv": 1.0, "modes_covered": 0, "n_modes": mixture.n_components, "within_3sd": 0.0,
                 "mmd": float("inf"), "precision": 0.0, "recall": 0.0, "masses": [float("nan")] * mixture.n_components}

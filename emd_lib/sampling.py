@@ -39,7 +39,18 @@ def _range(teacher, s_min, s_max):
         s_max = math.exp(-sch.lam_min / 2)
     if s_min is None:
         s_min = math.exp(-min(sch.lam_max, 12.0) / 2)
+    if not (0 < s_min <= s_max < math.inf):
+        raise ValueError(f"need 0 < s_min <= s_max (noise levels sigma/alpha), got s_min={s_min}, s_max={s_max}")
     return s_min, s_max
+
+
+def _check_args(n, n_steps, y):
+    """The samplers' arguments, checked once before the loop."""
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps must be a whole number >= 1, got {n_steps}")
+    if y is None and (n is None or int(n) != n or n < 1):
+        raise ValueError(f"n (number of samples) must be a whole number >= 1 when no starting point y is given, "
+                         f"got {n}")
 
 
 def _denoise(teacher, y, s, cond):
@@ -54,6 +65,7 @@ def sample_ode(teacher, n: int | None = None, n_steps: int = 18, shape=None, con
                s_min: float | None = None, s_max: float | None = None,
                generator: torch.Generator | None = None, y=None, device=None):
     """Heun sampler of the probability-flow ODE. Returns ``(x, nfe)``; NFE = 2 n_steps - 1."""
+    _check_args(n, n_steps, y)
     s_min, s_max = _range(teacher, s_min, s_max)
     grid = sigma_grid(n_steps, s_min, s_max).tolist()
     if y is None:
@@ -78,6 +90,7 @@ def sample_sde(teacher, n: int | None = None, n_steps: int = 100, shape=None, co
                s_min: float | None = None, s_max: float | None = None,
                generator: torch.Generator | None = None, y=None, device=None):
     """Euler-Maruyama sampler of the reverse SDE; the last step is a plain denoise. Returns ``(x, nfe)``."""
+    _check_args(n, n_steps, y)
     s_min, s_max = _range(teacher, s_min, s_max)
     grid = sigma_grid(n_steps, s_min, s_max).tolist()
     if y is None:

@@ -80,13 +80,32 @@ class NetworkTeacher(Teacher):
         return -self.eps(x_t, lam, cond) / bcast(sigma, x_t)
 
 
+def _check_numbers(name, value):
+    """Reject what JSON can hold but a mixture cannot: strings, objects, null, true/false."""
+    if isinstance(value, torch.Tensor):
+        return
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            if hasattr(v, "__array__") or hasattr(v, "tolist"):   # numpy arrays and scalars
+                continue
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise MixtureError(f"'{name}' must hold only numbers (in nested lists), found {shown} "
+                               f"of type {type(v).__name__}")
+
+
 def _as_tensor(name, value, dtype):
+    _check_numbers(name, value)
     try:
         t = torch.as_tensor(value, dtype=dtype)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
         raise MixtureError(f"'{name}' must be numbers of a regular shape ({e})") from None
     if not torch.isfinite(t).all():
-        raise MixtureError(f"'{name}' contains NaN or infinite values; give finite numbers")
+        raise MixtureError(f"'{name}' contains NaN, infinite, or too large values (beyond {dtype} range); "
+                           "give finite numbers of moderate size")
     return t
 
 
@@ -115,6 +134,8 @@ class GaussianMixture(Teacher):
         if mu.ndim != 2 or mu.shape[0] != len(w):
             raise MixtureError(f"'means' must be a list of {len(w)} points (one per weight), got shape {tuple(mu.shape)}")
         K, d = mu.shape
+        if d == 0:
+            raise MixtureError("'means' must be points of dimension >= 1, got empty lists")
         if (stds is None) == (covs is None):
             raise MixtureError("give exactly one of 'stds' (one per component) or 'covs'")
         if stds is not None:
@@ -125,7 +146,9 @@ class GaussianMixture(Teacher):
                 raise MixtureError(f"'stds' must hold {K} numbers (one per component) or {K} lists of {d}, "
                                    f"got shape {tuple(sd.shape)}")
             if (sd <= 0).any():
-                raise MixtureError("'stds' must be positive")
+                raise MixtureError(f"'stds' must be positive (and not so small that they round to 0 in {dtype})")
+            if not torch.isfinite(sd**2).all():
+                raise MixtureError(f"'stds' are too large: their squares overflow {dtype}; rescale the mixture")
             self.diagonal = True
             self.register_buffer("var", sd.clone() ** 2)  # (K, d)
             cov = torch.diag_embed(self.var)
@@ -135,8 +158,9 @@ class GaussianMixture(Teacher):
                 raise MixtureError(f"'covs' must be {K} matrices of size {d}x{d}, got shape {tuple(cov.shape)}")
             if not torch.allclose(cov, cov.transpose(-1, -2), atol=1e-6):
                 raise MixtureError("'covs' must be symmetric matrices")
-            if (torch.linalg.eigvalsh(cov) <= 0).any():
-                raise MixtureError("'covs' must be positive definite (every eigenvalue > 0)")
+            if (torch.linalg.eigvalsh(cov) <= 0).any() or (torch.linalg.cholesky_ex(cov).info != 0).any():
+                raise MixtureError("'covs' must be positive definite (every eigenvalue > 0, and not so "
+                                   f"ill-conditioned that a Cholesky factorisation fails in {dtype})")
             self.diagonal = False
         self.register_buffer("weights", w.clone())
         self.register_buffer("means", mu.clone())
@@ -154,6 +178,11 @@ class GaussianMixture(Teacher):
         unknown = set(spec) - {"weights", "means", "stds", "covs", "name"}
         if unknown:
             raise MixtureError(f"unknown field(s) {sorted(unknown)}; allowed: weights, means, stds, covs, name")
+        if "name" in spec and not isinstance(spec["name"], str):
+            raise MixtureError(f"'name' must be a string, got {type(spec['name']).__name__}")
+        for key in ("stds", "covs"):
+            if key in spec and spec[key] is None:
+                raise MixtureError(f"'{key}' is null; give numbers or leave the field out")
         return cls(spec["weights"], spec["means"], spec.get("stds"), spec.get("covs"), schedule=schedule)
 
     @classmethod
@@ -163,8 +192,16 @@ class GaussianMixture(Teacher):
             spec = json.loads(path.read_text())
         except FileNotFoundError:
             raise MixtureError(f"mixture file {path} does not exist") from None
+        except IsADirectoryError:
+            raise MixtureError(f"{path} is a folder; give the path of a .json mixture file") from None
+        except OSError as e:
+            raise MixtureError(f"cannot read {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise MixtureError(f"{path} is not a text file; a mixture file is UTF-8 JSON") from None
         except json.JSONDecodeError as e:
             raise MixtureError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise MixtureError(f"{path} nests lists too deeply to be a mixture") from None
         return cls.from_dict(spec, schedule)
 
     def to_dict(self) -> dict:
@@ -186,6 +223,9 @@ class GaussianMixture(Teacher):
     # ---- the exact noisy marginal ---------------------------------------------------------
     def _components(self, x_t, lam):
         """Per-component pieces at log-SNR ``lam``: log N(x_t; alpha mu_k, S_k), S_k^{-1}(x_t - alpha mu_k)."""
+        if x_t.ndim != 2 or x_t.shape[1] != self.dim:
+            raise ValueError(f"expected points of shape (batch, {self.dim}) for this {self.dim}-D mixture, "
+                             f"got {tuple(x_t.shape)}")
         lam = torch.as_tensor(lam, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
         alpha, sigma = self.schedule.alpha_sigma(lam)
         a, s2 = alpha[:, None, None], (sigma**2)[:, None, None]          # (B, 1, 1)
@@ -240,6 +280,11 @@ class GaussianMixture(Teacher):
     # ---- sampling and assignment ------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False):
         """Exact samples of the clean mixture, ``(n, d)``."""
+        if int(n) != n or n < 0:
+            raise ValueError(f"n (number of samples) must be a whole number >= 0, got {n}")
+        if n == 0:
+            x, k = torch.empty(0, self.dim, dtype=self.means.dtype), torch.empty(0, dtype=torch.long)
+            return (x, k) if return_labels else x
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         L = torch.linalg.cholesky(self.covs)                                  # (K, d, d)
         e = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -53,9 +55,16 @@ def distil_mixture(mix: GaussianMixture, cfg: DistillConfig, n_samples: int = 10
     return x, mixture_report(mix, x), d
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gets one line (and exit status 2), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python -m emd_lib.toy --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m emd_lib.toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m emd_lib.toy", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mixture", required=True, help="JSON file with weights, means, and stds or covs")
     p.add_argument("--method", choices=["emd", "di"], default="emd", help="EMD (forward KL) or Diff-Instruct (reverse KL)")
     p.add_argument("--langevin-steps", "-K", type=int, default=8, help="E-step Langevin steps K (EMD only; default 8)")
@@ -70,30 +79,72 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regression steps of the generator onto the teacher at lam* (default %(default)s)")
     p.add_argument("--warmup", type=int, default=DistillConfig.student_warmup,
                    help="student-score updates before the first generator update (default %(default)s)")
+    p.add_argument("--check", action="store_true",
+                   help="only check the mixture file and the arguments, print a summary and exit")
     return p
 
 
 def _fail(msg: str) -> int:
+    msg = " ".join(msg.split("\n"))  # always one line
     print(f"error: {msg}", file=sys.stderr)
     return 2
 
 
+def _writable_file(path: str, option: str) -> str | None:
+    """Why ``path`` cannot be written, or None when it can (checked before any training)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        return f"{option} {path} is a folder; give a file name"
+    if not folder.is_dir():
+        return f"{option}: the folder {folder} does not exist; create it first"
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        return f"{option}: cannot write to {path} (permission denied); pick a writable place"
+    return None
+
+
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # arguments first (cheap), then the file, then the output paths: all before any training
+    if args.steps < 1:
+        return _fail(f"--steps must be >= 1, got {args.steps}")
+    if args.n_samples < 6:
+        return _fail(f"--n-samples must be >= 6 (the report's k-NN precision and recall need more "
+                     f"than 5 samples), got {args.n_samples}")
+    if args.langevin_steps < 0:
+        return _fail(f"--langevin-steps must be >= 0, got {args.langevin_steps}")
+    if args.init_steps < 0 or args.warmup < 0:
+        return _fail("--init-steps and --warmup must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        return _fail(f"--threads must be >= 1, got {args.threads}")
+    if not -(2**63) <= args.seed <= 2**63 - 2:
+        return _fail(f"--seed must fit in a signed 64-bit integer, got {args.seed}")
     try:
         mix = GaussianMixture.from_json(args.mixture)
     except MixtureError as e:
         return _fail(f"{args.mixture}: {e}")
-    if args.steps < 1:
-        return _fail(f"--steps must be >= 1, got {args.steps}")
-    if args.n_samples < 1:
-        return _fail(f"--n-samples must be >= 1, got {args.n_samples}")
-    if args.langevin_steps < 0:
-        return _fail(f"--langevin-steps must be >= 0, got {args.langevin_steps}")
+    try:
+        standardise(mix)
+    except ValueError as e:  # scales so far apart that the standardised mixture leaves float32
+        return _fail(f"{args.mixture}: its scales are too far apart to standardise in float32 ({e}); "
+                     "rescale the means or the stds")
     if not args.samples.endswith(".npy"):
         return _fail(f"--samples must name a .npy file, got {args.samples!r}")
-    if args.init_steps < 0 or args.warmup < 0:
-        return _fail("--init-steps and --warmup must be >= 0")
+    for path, option in ((args.samples, "--samples"), (args.report, "--report")):
+        if path is not None and (why := _writable_file(path, option)):
+            return _fail(why)
+    if args.check:
+        print(f"ok: {args.mixture}: {mix.n_components} components in {mix.dim} dimensions "
+              f"({'diagonal' if mix.diagonal else 'full'} covariances)")
+        return 0
     cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
                         student_warmup=args.warmup,
                         langevin=LangevinConfig(K=args.langevin_steps))
@@ -103,7 +154,7 @@ def main(argv=None) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         x, report, _ = distil_mixture(mix, cfg, args.n_samples, progress=not args.quiet)
-    except FloatingPointError as e:
+    except (FloatingPointError, ValueError) as e:
         return _fail(str(e))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     try:
@@ -118,7 +169,11 @@ def main(argv=None) -> int:
     print(f"  MMD^2             {report['mmd']:.5f}")
     print(f"  precision/recall  {report['precision']:.3f} / {report['recall']:.3f}")
     if args.report:
-        with open(args.report, "w") as f:
+        try:
+            f = open(args.report, "w")
+        except OSError as e:
+            return _fail(f"cannot write {args.report}: {e.strerror}")
+        with f:
             json.dump({"command": "python -m emd_lib.toy " + " ".join(sys.argv[1:] if argv is None else argv),
                        "date": time.strftime("%Y-%m-%d"), "method": name, "steps": args.steps, "seed": args.seed,
                        "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),

@@ -1,0 +1,640 @@
+"""Teachers at scale, behind the one teacher interface ``denoise(x_t, lam, cond)``.
+
+Every adapter turns a published network into a :class:`~emd_lib.teachers.Teacher`, so the
+E-step, the losses and the samplers of the 2D chapters run on it unchanged:
+
+* :class:`EDMTeacher`: NVlabs' EDM networks ``D(x; sigma, class_labels)`` (the paper's
+  ImageNet 64x64 teacher is ``edm-imagenet-64x64-cond-adm.pkl``). EDM speaks sigma with
+  ``alpha = 1``, so ``sigma = exp(-lam / 2)``. :func:`load_edm_pickle` reads NVlabs' pickles;
+  unpickling runs code, so it needs ``trust_pickle=True``, and the classes inside need
+  ``torch_utils`` and ``dnnlib`` from a clone of https://github.com/NVlabs/edm.
+* :class:`DiscreteVPTeacher`: eps- (or v-) prediction networks trained on a discrete VP
+  schedule of ``T`` steps, ``net(x_t, t, cond)`` with ``alpha_bar_t`` given. A log-SNR maps to
+  a (fractional) timestep by interpolating ``lam_t = log(alpha_bar_t / (1 - alpha_bar_t))``.
+  OpenAI's class-conditional ADM 128x128 (guided-diffusion, :func:`load_adm`) is the public
+  stand-in for the paper's ImageNet-128 teacher, VDM++, whose weights are not public.
+* :class:`StableDiffusionTeacher`: Stable Diffusion v1.5 through diffusers (eps-prediction
+  in the VAE's 4-channel latent space, CLIP text conditioning). Classifier-free guidance is a
+  setting of the *teacher*; the student score and the generator read the text without it.
+  :func:`load_sd` reads a local folder or, for users with the network, a hub id.
+
+The random-weight builders (:func:`edm_unet`, :func:`adm_unet`, :func:`tiny_sd_folder`) give
+the same architectures with random weights: tiny ones for the tests and the book, full-size
+ones for the benchmark.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from .schedules import EDM, Schedule, bcast
+from .teachers import Teacher
+
+__all__ = ["AdapterError", "EDMTeacher", "EDMPrecond", "load_edm_pickle", "DiscreteVPTeacher", "load_adm",
+           "ADM128_FLAGS", "StableDiffusionTeacher", "load_sd", "linear_alphas_cumprod", "edm_unet", "adm_unet",
+           "sd_unet_config", "tiny_sd_folder", "random_sd", "TeacherGenerator", "network_copy"]
+
+
+class AdapterError(RuntimeError):
+    """A teacher cannot be loaded; the message says what is missing and what to do."""
+
+
+def _lam_batch(lam, x):
+    return torch.as_tensor(lam, dtype=torch.float32, device=x.device).expand(x.shape[0])
+
+
+# ============================================================================================
+# EDM (NVlabs): D(x; sigma, class_labels), alpha = 1, sigma = exp(-lam / 2)
+# ============================================================================================
+
+class EDMTeacher(Teacher):
+    """An EDM network ``net(x, sigma, class_labels)`` as a teacher.
+
+    ``cond`` is ``None``, integer class labels ``(B,)`` (turned into the one-hot vectors EDM
+    expects) or one-hot rows ``(B, label_dim)``.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.label_dim = int(getattr(net, "label_dim", 0) or 0)
+        smin, smax = float(getattr(net, "sigma_min", 0.002)), float(getattr(net, "sigma_max", 80.0))
+        smin = max(smin, 0.002) if math.isfinite(smin) and smin > 0 else 0.002
+        smax = min(smax, 80.0) if math.isfinite(smax) else 80.0
+        self.schedule = Schedule("edm", -2 * math.log(smax), -2 * math.log(smin)) if (smin, smax) != (0.002, 80.0) \
+            else EDM
+        self.shape = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_dim
+
+    def replace_net(self, net):
+        return EDMTeacher(net)
+
+    def class_labels(self, cond, x):
+        if cond is None or self.label_dim == 0:
+            return None
+        if cond.ndim == 1:                                      # integer labels -> one-hot (B, label_dim)
+            return nn.functional.one_hot(cond.long(), self.label_dim).to(x.dtype)
+        return cond
+
+    def denoise(self, x_t, lam, cond=None):
+        # EDM: alpha = 1, sigma = exp(-lam / 2); the network is the denoiser D(x; sigma)
+        sigma = torch.exp(-0.5 * _lam_batch(lam, x_t))
+        return self.net(x_t, sigma, self.class_labels(cond, x_t)).to(x_t.dtype)
+
+
+class EDMPrecond(nn.Module):
+    """EDM's preconditioning (Karras et al. 2022) around a diffusers ``UNet2DModel``:
+
+        D(x; sigma) = c_skip x + c_out F(c_in x; c_noise, class),
+        c_skip = s_d^2 / (sigma^2 + s_d^2),  c_out = sigma s_d / sqrt(sigma^2 + s_d^2),
+        c_in = 1 / sqrt(sigma^2 + s_d^2),    c_noise = log(sigma) / 4.
+
+    It has the call signature and attributes of NVlabs' ``EDMPrecond``, so
+    :class:`EDMTeacher` wraps both alike. The tests and the benchmark build it with random
+    weights (:func:`edm_unet`).
+    """
+
+    def __init__(self, unet: nn.Module, img_resolution: int, img_channels: int, label_dim: int = 0,
+                 sigma_data: float = 0.5):
+        super().__init__()
+        self.model = unet
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, 0.002, 80.0
+
+    def forward(self, x, sigma, class_labels=None):
+        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_noise = sigma.log().flatten() / 4
+        labels = None
+        if self.label_dim:
+            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if class_labels is None \
+                else class_labels.argmax(-1)
+        F = self.model((c_in * x).to(x.dtype), c_noise, class_labels=labels).sample
+        return c_skip * x + c_out * F.to(torch.float32)
+
+
+def edm_unet(size: str = "tiny", resolution: int | None = None, channels: int = 3, num_classes: int = 10,
+             seed: int | None = 0) -> EDMPrecond:
+    """An EDM-preconditioned diffusers ``UNet2DModel`` with random weights.
+
+    ``size="adm64"`` follows EDM's ADM ImageNet-64 network (channels 192 x (1, 2, 3, 4), three
+    residual blocks per resolution, attention at 32, 16 and 8, 1000 classes; about 270M
+    parameters with diffusers' blocks); ``"tiny"`` is a few-thousand-parameter version for tests.
+    """
+    from diffusers import UNet2DModel
+
+    if size == "adm64":
+        resolution, num_classes = resolution or 64, num_classes if num_classes != 10 else 1000
+        kw = dict(block_out_channels=(192, 384, 576, 768), layers_per_block=3,
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                  attention_head_dim=64, resnet_time_scale_shift="scale_shift", dropout=0.0,
+                  time_embedding_type="positional", norm_num_groups=32)
+    elif size == "tiny":
+        resolution = resolution or 8
+        kw = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8,
+                  resnet_time_scale_shift="scale_shift")
+    else:
+        raise ValueError(f"unknown EDM network size {size!r}; use 'tiny' or 'adm64'")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels,
+                           num_class_embeds=num_classes or None, **kw)
+    return EDMPrecond(unet, resolution, channels, num_classes)
+
+
+def _edm_root(edm_root):
+    root = edm_root or os.environ.get("EMD_EDM_ROOT")
+    if root:
+        root = Path(root).expanduser()
+        if not (root / "torch_utils").is_dir() or not (root / "dnnlib").is_dir():
+            raise AdapterError(f"{root} is not a clone of NVlabs/edm (no torch_utils/ and dnnlib/ in it); "
+                               "run `git clone https://github.com/NVlabs/edm` and pass its path as edm_root "
+                               "(config: teacher.code_root=PATH)")
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+
+
+_EDM_HELP = ("EDM pickles need the modules torch_utils and dnnlib from NVlabs' EDM code. Run "
+             "`git clone https://github.com/NVlabs/edm` and pass the clone's path as edm_root "
+             "(config: teacher.code_root=PATH, or set EMD_EDM_ROOT=PATH)")
+
+
+def load_edm_pickle(path, *, trust_pickle: bool = False, edm_root=None, key: str = "ema") -> nn.Module:
+    """Read an EDM network from NVlabs' pickle (``{"ema": net, ...}``); returns it frozen, in eval mode.
+
+    Unpickling runs code from the file, so this refuses unless ``trust_pickle=True``: pass it
+    only for a file from a source you trust (NVIDIA's published EDM checkpoints, or your own).
+    """
+    if not trust_pickle:
+        raise AdapterError(f"refusing to unpickle {path}: loading a pickle runs code from the file. Pass "
+                           "trust_pickle=True (config: teacher.trust_pickle=true) only for a file from a source "
+                           "you trust, such as NVIDIA's EDM checkpoints")
+    _edm_root(edm_root)
+    try:
+        import dnnlib  # noqa: F401
+        import torch_utils  # noqa: F401
+    except ImportError:
+        raise AdapterError(_EDM_HELP) from None
+    path = str(path)
+    try:
+        if path.startswith(("http://", "https://")):
+            import dnnlib.util
+            f = dnnlib.util.open_url(path)
+        else:
+            if not Path(path).exists():
+                raise AdapterError(f"EDM pickle {path} does not exist; download it (for ImageNet 64: "
+                                   "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl) "
+                                   "and pass its path")
+            f = open(path, "rb")
+        with f:
+            obj = pickle.load(f)
+    except ModuleNotFoundError as e:
+        raise AdapterError(f"{_EDM_HELP} (missing module {e.name!r})") from None
+    net = obj[key] if isinstance(obj, dict) else obj
+    if not isinstance(net, nn.Module):
+        raise AdapterError(f"{path} holds a {type(net).__name__} under {key!r}, not a network")
+    return net.eval().requires_grad_(False)
+
+
+# ============================================================================================
+# Discrete-time VP teachers (ADM / guided-diffusion, Stable Diffusion's UNet)
+# ============================================================================================
+
+def linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, scaled: bool = False):
+    """``alpha_bar_t`` of DDPM's linear schedule (``scaled=True``: SD's "scaled_linear", linear in sqrt(beta))."""
+    if scaled:
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    else:
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+class DiscreteVPTeacher(Teacher):
+    """A network ``net(x_t, t, cond)`` trained on a discrete VP schedule ``alpha_bar_t`` (``t = 0..T-1``).
+
+    ``lam_t = log(alpha_bar_t / (1 - alpha_bar_t))`` falls with ``t``; a log-SNR in between is
+    read at the fractional timestep found by linear interpolation. ``predicts`` is ``"eps"`` or
+    ``"v"``; ``eps_channels`` keeps the first channels of the output (ADM with learned variances
+    returns eps and the variance interpolation stacked).
+    """
+
+    def __init__(self, net: nn.Module, alphas_cumprod, shape, num_classes: int = 0, predicts: str = "eps",
+                 eps_channels: int | None = None):
+        super().__init__()
+        if predicts not in ("eps", "v"):
+            raise ValueError(f"predicts must be 'eps' or 'v', got {predicts!r}")
+        self.net, self.predicts, self.shape = net, predicts, tuple(shape)
+        self.num_classes, self.eps_channels = num_classes, eps_channels
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.register_buffer("lam_table", torch.log(ac / (1 - ac)).float().flip(0), persistent=False)  # increasing
+        self.T = len(ac)
+        # the range where the network was trained (VP: alpha^2 = sigmoid(lam) = alpha_bar)
+        self.schedule = Schedule("vp", float(self.lam_table[0]), float(self.lam_table[-1]))
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def _init_args(self):
+        return dict(alphas_cumprod=torch.sigmoid(self.lam_table.double().flip(0)), shape=self.shape,
+                    num_classes=self.num_classes, predicts=self.predicts, eps_channels=self.eps_channels)
+
+    def replace_net(self, net):
+        return type(self)(net, **self._init_args())
+
+    def t_of_lam(self, lam: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep whose log-SNR is ``lam`` (clamped to the trained range)."""
+        table = self.lam_table.to(lam.device)
+        lam = lam.float().clamp(table[0], table[-1])
+        i = torch.searchsorted(table, lam).clamp(1, len(table) - 1)
+        lo, hi = table[i - 1], table[i]
+        j = (i - 1) + (lam - lo) / (hi - lo)                           # index in the increasing table
+        return (self.T - 1) - j                                        # t = T - 1 - j
+
+    def call_net(self, x_t, t, cond):
+        return self.net(x_t, t, cond)
+
+    def eps(self, x_t, lam, cond=None):
+        lam = _lam_batch(lam, x_t)
+        out = self.call_net(x_t, self.t_of_lam(lam), cond).to(x_t.dtype)
+        if self.eps_channels:
+            out = out[:, : self.eps_channels]
+        if self.predicts == "v":
+            # v = alpha eps - sigma x0 and x_t = alpha x0 + sigma eps  =>  eps = sigma x_t + alpha v
+            alpha, sigma = self.schedule.alpha_sigma(lam)
+            out = bcast(sigma, x_t) * x_t + bcast(alpha, x_t) * out
+        return out
+
+    def denoise(self, x_t, lam, cond=None):
+        # D = (x_t - sigma eps) / alpha
+        lam = _lam_batch(lam, x_t)
+        alpha, sigma = self.schedule.alpha_sigma(lam)
+        return (x_t - bcast(sigma, x_t) * self.eps(x_t, lam, cond)) / bcast(alpha, x_t)
+
+    def score(self, x_t, lam, cond=None):
+        _, sigma = self.schedule.alpha_sigma(_lam_batch(lam, x_t))
+        return -self.eps(x_t, lam, cond) / bcast(sigma, x_t)
+
+
+class DiffusersClassUNet(nn.Module):
+    """``(x, t, y) -> eps`` for a class-conditional diffusers ``UNet2DModel`` (the ADM layout)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, y=None):
+        if y is None and self.unet.config.num_class_embeds:
+            y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.unet(x, t, class_labels=y).sample
+
+
+def adm_unet(size: str = "tiny", resolution: int | None = None, num_classes: int = 10, seed: int | None = 0):
+    """A class-conditional ``UNet2DModel`` with random weights, as ``(x, t, y) -> eps`` with learned-variance
+    channels like ADM's: ``"adm128"`` follows guided-diffusion's 128x128 model (256 channels x (1, 1, 2, 3, 4),
+    two blocks, attention at 32, 16, 8), ``"tiny"`` is for tests."""
+    from diffusers import UNet2DModel
+
+    if size == "adm128":
+        resolution, num_classes = resolution or 128, num_classes if num_classes != 10 else 1000
+        kw = dict(block_out_channels=(256, 256, 512, 768, 1024), layers_per_block=2,
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D",
+                                    "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                  attention_head_dim=64, resnet_time_scale_shift="scale_shift", norm_num_groups=32)
+    elif size == "tiny":
+        resolution = resolution or 8
+        kw = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8)
+    else:
+        raise ValueError(f"unknown ADM network size {size!r}; use 'tiny' or 'adm128'")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=resolution, in_channels=3, out_channels=6, num_class_embeds=num_classes, **kw)
+    return DiffusersClassUNet(unet)
+
+
+#: guided-diffusion's flags of its class-conditional 128x128 ImageNet model (``128x128_diffusion.pt``).
+ADM128_FLAGS = dict(image_size=128, num_channels=256, num_res_blocks=2, learn_sigma=True, class_cond=True,
+                    attention_resolutions="32,16,8", num_heads=4, num_head_channels=-1, num_heads_upsample=-1,
+                    use_scale_shift_norm=True, resblock_updown=True, use_fp16=False, channel_mult="",
+                    dropout=0.0, use_checkpoint=False, use_new_attention_order=False)
+
+
+def load_adm(path, *, code_root=None, flags: dict | None = None, num_classes: int = 1000) -> DiscreteVPTeacher:
+    """OpenAI's class-conditional ADM (guided-diffusion) as a teacher: ``path`` is the ``.pt`` state dict
+    (``128x128_diffusion.pt`` for ImageNet 128), ``code_root`` a clone of
+    https://github.com/openai/guided-diffusion. The weights load with ``torch.load(weights_only=True)``:
+    no code runs. Linear schedule of 1000 steps, eps and learned variances (the first 3 channels are eps)."""
+    root = code_root or os.environ.get("EMD_GUIDED_DIFFUSION_ROOT")
+    if root:
+        if not (Path(root) / "guided_diffusion").is_dir():
+            raise AdapterError(f"{root} is not a clone of openai/guided-diffusion (no guided_diffusion/ in it)")
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    try:
+        from guided_diffusion.script_util import create_model
+    except ImportError:
+        raise AdapterError("the ADM teacher needs OpenAI's guided_diffusion package: run `git clone "
+                           "https://github.com/openai/guided-diffusion` and pass its path as code_root "
+                           "(config: teacher.code_root=PATH)") from None
+    if not Path(path).exists():
+        raise AdapterError(f"ADM checkpoint {path} does not exist; download 128x128_diffusion.pt from "
+                           "https://github.com/openai/guided-diffusion (its README links the weights)")
+    flags = dict(ADM128_FLAGS if flags is None else flags)
+    net = create_model(**flags)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.eval().requires_grad_(False)
+    size = flags["image_size"]
+    return DiscreteVPTeacher(net, linear_alphas_cumprod(1000), (3, size, size), num_classes=num_classes,
+                             eps_channels=3 if flags.get("learn_sigma") else None)
+
+
+# ============================================================================================
+# Stable Diffusion (diffusers): eps-prediction in latent space, CLIP text, CFG on the teacher
+# ============================================================================================
+
+class StableDiffusionTeacher(DiscreteVPTeacher):
+    """Stable Diffusion's UNet as a teacher on 4-channel latents; ``cond`` is the CLIP text
+    embedding ``(B, L, D)`` from :meth:`encode_prompts`.
+
+    Classifier-free guidance with weight ``guidance_scale`` (1 = none):
+    ``eps = eps(x_t, empty) + w (eps(x_t, text) - eps(x_t, empty))``. The text encoder,
+    tokenizer and VAE are kept beside the network (``self.parts``), not inside it, so the
+    generator and student made from this teacher's UNet do not copy them.
+    """
+
+    def __init__(self, net, alphas_cumprod, shape, predicts="eps", guidance_scale: float = 1.0, parts=None,
+                 uncond=None, num_classes: int = 0, eps_channels=None):
+        super().__init__(net, alphas_cumprod, shape, predicts=predicts)
+        self.guidance_scale = float(guidance_scale)
+        self.parts = parts or SimpleNamespace(text_encoder=None, tokenizer=None, vae=None, scaling_factor=0.18215)
+        self._uncond = uncond
+
+    def _init_args(self):
+        a = super()._init_args()
+        a.update(guidance_scale=self.guidance_scale, parts=self.parts, uncond=self._uncond)
+        return a
+
+    def replace_net(self, net, guidance_scale: float | None = None):
+        t = type(self)(net, **self._init_args())
+        if guidance_scale is not None:
+            t.guidance_scale = float(guidance_scale)
+        return t
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], device=None) -> torch.Tensor:
+        """CLIP text embeddings ``(B, L, D)`` of a list of prompts."""
+        tok, enc = self.parts.tokenizer, self.parts.text_encoder
+        if tok is None or enc is None:
+            raise AdapterError("this Stable Diffusion teacher was built without its text encoder and tokenizer")
+        dev = device or next(enc.parameters()).device
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(dev)
+        return enc(ids)[0]
+
+    def uncond(self, like: torch.Tensor) -> torch.Tensor:
+        if self._uncond is None:
+            self._uncond = self.encode_prompts([""], device=like.device)
+        return self._uncond.to(device=like.device, dtype=like.dtype).expand(like.shape[0], -1, -1)
+
+    def call_net(self, x_t, t, cond):
+        if cond is None:
+            raise AdapterError("Stable Diffusion needs text: pass cond = teacher.encode_prompts(prompts)")
+        w = self.guidance_scale
+        if w == 1.0:
+            return self.net(x_t, t, encoder_hidden_states=cond).sample
+        # classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch
+        out = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                       encoder_hidden_states=torch.cat([self.uncond(cond), cond])).sample
+        e_u, e_c = out.chunk(2)
+        return e_u + w * (e_c - e_u)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in ``[0, 1]`` through the VAE, for viewing and evaluation."""
+        vae = self.parts.vae
+        if vae is None:
+            raise AdapterError("this Stable Diffusion teacher was built without its VAE")
+        img = vae.decode(latents.to(next(vae.parameters()).dtype) / self.parts.scaling_factor).sample
+        return ((img.float() + 1) / 2).clamp(0, 1)
+
+
+def load_sd(path_or_id: str = "runwayml/stable-diffusion-v1-5", *, guidance_scale: float = 1.75,
+            dtype=torch.float32, device=None, local_files_only: bool | None = None) -> StableDiffusionTeacher:
+    """Stable Diffusion (v1.5 layout: ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) from a local
+    folder or a hub id. A hub id downloads only when ``local_files_only`` is False (default: False for
+    a hub id, True for a folder)."""
+    local = Path(path_or_id).expanduser().exists()
+    if local_files_only is None:
+        local_files_only = local
+    kw = dict(local_files_only=local_files_only)
+    src = str(Path(path_or_id).expanduser()) if local else path_or_id
+    with _quiet():
+        parts = _load_sd_parts(src, dtype, kw, path_or_id)
+    unet, vae, text_encoder, tokenizer, sched = parts
+    return _sd_from_parts(unet, vae, text_encoder, tokenizer, sched, guidance_scale, device)
+
+
+class _quiet:
+    """Silence diffusers' and transformers' loading chatter (warnings, progress bars) for a moment."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        self.levels = dl.get_verbosity(), tl.get_verbosity()
+        dl.set_verbosity_error(), tl.set_verbosity_error()
+        dl.disable_progress_bar(), tl.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        dl.set_verbosity(self.levels[0]), tl.set_verbosity(self.levels[1])
+        dl.enable_progress_bar(), tl.enable_progress_bar()
+
+
+def _load_sd_parts(src, dtype, kw, path_or_id):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)
+        sched = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"cannot load Stable Diffusion from {path_or_id!r} ({str(e).splitlines()[0]}); give a "
+                           "local folder in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, "
+                           "scheduler/) or a hub id with the network available") from None
+    return unet, vae, text_encoder, tokenizer, sched
+
+
+def _sd_from_parts(unet, vae, text_encoder, tokenizer, sched, guidance_scale, device):
+    for m in (unet, vae, text_encoder):
+        if m is None:
+            continue
+        m.eval().requires_grad_(False)
+        if device is not None:
+            m.to(device)
+    pred = {"epsilon": "eps", "v_prediction": "v"}.get(sched.config.prediction_type)
+    if pred is None:
+        raise AdapterError(f"unsupported prediction type {sched.config.prediction_type!r}; use an eps- or "
+                           "v-prediction model")
+    c, s = unet.config.in_channels, unet.config.sample_size
+    parts = SimpleNamespace(text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
+                            scaling_factor=float(getattr(vae.config, "scaling_factor", 0.18215)) if vae is not None else 0.18215)
+    return StableDiffusionTeacher(unet, sched.alphas_cumprod, (c, s, s), predicts=pred,
+                                  guidance_scale=guidance_scale, parts=parts)
+
+
+def sd_unet_config(size: str = "tiny") -> dict:
+    """``UNet2DConditionModel`` settings: ``"sd15"`` is Stable Diffusion v1.5's UNet (about 860M
+    parameters), ``"tiny"`` a test-sized one."""
+    if size == "sd15":
+        return dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    if size == "tiny":
+        return dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    raise ValueError(f"unknown Stable Diffusion UNet size {size!r}; use 'tiny' or 'sd15'")
+
+
+def _byte_level_tokenizer_files(folder: Path, max_length: int = 16):
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols (no merges): no download needed."""
+    import json
+
+    # GPT-2's byte-to-symbol table (printable bytes map to themselves, the rest above 255)
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    syms = [chr(c) for c in cs]
+    vocab = {s: i for i, s in enumerate(syms)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(syms)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length,
+                                                              "tokenizer_class": "CLIPTokenizer"}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|startoftext|>",
+                                                                "eos_token": "<|endoftext|>",
+                                                                "unk_token": "<|endoftext|>",
+                                                                "pad_token": "<|endoftext|>"}))
+
+
+def _random_sd_parts(size: str = "tiny", seed: int = 0):
+    """UNet, VAE (tiny only), CLIP text encoder, tokenizer and scheduler with random weights."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    ucfg = sd_unet_config(size)
+    L = 77 if size == "sd15" else 16
+    with torch.random.fork_rng(devices=[]), _quiet():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**ucfg)
+        vae = None
+        if size == "tiny":
+            vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                layers_per_block=1, norm_num_groups=8, sample_size=16)
+        width = ucfg["cross_attention_dim"]
+        heads = 12 if size == "sd15" else 4
+        tcfg = CLIPTextConfig(vocab_size=514, hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=12 if size == "sd15" else 1, num_attention_heads=heads,
+                              max_position_embeddings=L, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+        text_encoder = CLIPTextModel(tcfg)
+        with tempfile.TemporaryDirectory() as d:
+            _byte_level_tokenizer_files(Path(d), L)
+            tokenizer = CLIPTokenizer.from_pretrained(d)
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                          prediction_type="epsilon")
+    return unet, vae, text_encoder, tokenizer, sched
+
+
+def random_sd(size: str = "tiny", guidance_scale: float = 1.75, seed: int = 0, device=None) -> StableDiffusionTeacher:
+    """A Stable Diffusion teacher with random weights: ``"tiny"`` for tests (with a tiny VAE), ``"sd15"``
+    with SD v1.5's UNet and a ViT-L-sized text encoder (no VAE) for the benchmark. Nothing downloads."""
+    unet, vae, text_encoder, tokenizer, sched = _random_sd_parts(size, seed)
+    return _sd_from_parts(unet, vae, text_encoder, tokenizer, sched, guidance_scale, device)
+
+
+def tiny_sd_folder(folder, seed: int = 0) -> Path:
+    """Write a Stable Diffusion folder in the diffusers layout (``unet/ vae/ text_encoder/ tokenizer/
+    scheduler/``) with tiny random networks and a byte-level tokenizer: everything :func:`load_sd`
+    reads, built offline."""
+    folder = Path(folder)
+    unet, vae, text_encoder, tokenizer, sched = _random_sd_parts("tiny", seed)
+    with _quiet():
+        unet.save_pretrained(folder / "unet")
+        vae.save_pretrained(folder / "vae")
+        text_encoder.save_pretrained(folder / "text_encoder")
+        tokenizer.save_pretrained(folder / "tokenizer")
+        sched.save_pretrained(folder / "scheduler")
+    return folder
+
+
+# ============================================================================================
+# The generator and the student score made from the teacher (the paper's initialisation)
+# ============================================================================================
+
+def network_copy(teacher: Teacher, trainable: bool = True, **kw) -> Teacher:
+    """A copy of a network teacher with its own weights (the student score starts here)."""
+    import copy
+
+    if not hasattr(teacher, "replace_net"):                     # e.g. a NetworkTeacher: copy it whole
+        return copy.deepcopy(teacher).eval().requires_grad_(trainable)
+    # eval mode: no dropout in the copies (our convention; it also keeps resumed runs exact)
+    net = copy.deepcopy(teacher.net).eval().requires_grad_(trainable)
+    return teacher.replace_net(net, **kw)
+
+
+class TeacherGenerator(nn.Module):
+    """The one-step generator initialised from the teacher: ``g(z, c) = D(z_in(z), lam*, c)``, with the
+    teacher's weights copied and trained (VP: ``z_in = z``; EDM: ``z_in = sigma* z``)."""
+
+    def __init__(self, teacher: Teacher, lam_star: float, **kw):
+        super().__init__()
+        teacher.schedule.check_lam(lam_star, "lam_star")
+        self.copy = network_copy(teacher, **kw)
+        self.lam_star = float(lam_star)
+        _, sigma = teacher.schedule.alpha_sigma(torch.tensor(self.lam_star))
+        self.z_scale = 1.0 if teacher.schedule.kind == "vp" else float(sigma)
+
+    def forward(self, z, cond=None):  # (B, C, H, W) -> (B, C, H, W)
+        lam = torch.full((z.shape[0],), self.lam_star, device=z.device)
+        return self.copy.denoise(self.z_scale * z, lam, cond)

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test book bench clean
+.PHONY: venv test book bench bench-gpu lab notebooks student clean
 
 venv: $(STAMP)
 
@@ -21,11 +21,31 @@ test: $(STAMP)
 	EMD_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests chapters --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Execute every chapter (full mode unless EMD_FAST=1 is set) and render the book to _build/html.
+# `make book ONLY=01,03` rebuilds those chapters only (the contents keep the others).
 book: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m emd_lib.book
+	$(BIN)/python -m emd_lib.book $(if $(ONLY),--only $(ONLY))
+
+# JupyterLab on the repository; a double click opens a chapter as a notebook (jupytext).
+lab: $(STAMP)
+	$(BIN)/python -m emd_lib.lab
+
+# The chapters as .ipynb for Colab in _build/ipynb (first cell installs emd_lib; REPO=git URL).
+notebooks: $(STAMP)
+	$(BIN)/python -m emd_lib.notebooks $(if $(REPO),--repo $(REPO))
+
+# The student edition (solutions replaced by a stub) in _build/student, as .py and .ipynb.
+student: $(STAMP)
+	$(BIN)/python -m emd_lib.student
 
 bench: $(STAMP)
 	$(BIN)/python -m emd_lib.bench_toy
+
+# Chapter 8's GPU benchmark (random weights of the full-size networks; needs a CUDA GPU).
+bench-gpu: $(STAMP)
+	$(BIN)/python -m emd_lib.bench --config imagenet64 --json data/results/bench_gpu_imagenet64.json
+	$(BIN)/python -m emd_lib.bench --config imagenet64 --compile --json data/results/bench_gpu_imagenet64_compile.json
+	$(BIN)/python -m emd_lib.bench --config imagenet64 --cuda-graphs --json data/results/bench_gpu_imagenet64_graphs.json
+	$(BIN)/python -m emd_lib.bench --config sd15 --batch 8 --json data/results/bench_gpu_sd15.json
 
 clean:
 	rm -rf _build

@@ -73,8 +73,8 @@ print("bimodal target: weights", p.weights.tolist(), "means", p.means.tolist(), 
 #
 # ## 2.2 The forward-KL fit: moment matching
 #
-# $-\mathbb E_p \log \mathcal N(x; m, S) = \tfrac12\big(\log\det S + \mathrm{tr}(S^{-1}\mathrm{Cov}_p)
-# + (m - \mathbb E_p x)^\top S^{-1}(m - \mathbb E_p x)\big) + \text{const}$ is minimised by
+# $-\mathbb E_p \log \mathcal N(x; m, S) = \tfrac12\big(\log\det S + \mathrm{tr}(S^{-1}\mathrm{Cov}_p) +
+# (m - \mathbb E_p x)^\top S^{-1}(m - \mathbb E_p x)\big) + \text{const}$ is minimised by
 # $m = \mathbb E_p[x]$ and $S = \mathrm{Cov}_p[x]$. For a mixture, by the law of total variance,
 #
 # $$m = \sum_k w_k \mu_k, \qquad S = \sum_k w_k \big(C_k + \mu_k\mu_k^\top\big) - m m^\top .$$

@@ -10,6 +10,14 @@ The modules follow the book's chapters:
 * :mod:`emd_lib.langevin`   the E-step: Langevin on (eps, z) or (x, z), noise cancellation
 * :mod:`emd_lib.distill`    one loop for EMD-K and Diff-Instruct / VSD
 * :mod:`emd_lib.metrics`    mode masses, coverage, MMD, k-NN precision and recall
+* :mod:`emd_lib.data`       5,000 real MNIST digits (sha256-checked cache) and the 8x8 digits
+* :mod:`emd_lib.unet`       a class-conditional UNet denoiser and the generator read at lam*
+* :mod:`emd_lib.image_metrics`  classifier Fréchet distance (not FID), precision/recall, class accuracy
+* :mod:`emd_lib.distill_images` / :mod:`emd_lib.sample`  distil and sample the MNIST models
+* :mod:`emd_lib.adapters`   teachers at scale: EDM pickles, ADM, Stable Diffusion (diffusers)
+* :mod:`emd_lib.train`      the training command for every scale (checkpoints, resume, DDP)
+* :mod:`emd_lib.bench`      seconds, memory and TFLOP/s per step; one-step vs many-step sampling
+* :mod:`emd_lib.evaluate`   FID, Inception Score, precision/recall, CLIP score at scale
 * :mod:`emd_lib.exercises`  checks for the chapters' exercises
 """
 from __future__ import annotations

@@ -441,12 +441,15 @@ class StableDiffusionTeacher(DiscreteVPTeacher):
         return ((img.float() + 1) / 2).clamp(0, 1)
 
 
-def load_sd(path_or_id: str = "runwayml/stable-diffusion-v1-5", *, guidance_scale: float = 1.75,
+def load_sd(path_or_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", *, guidance_scale: float = 1.75,
             dtype=torch.float32, device=None, local_files_only: bool | None = None) -> StableDiffusionTeacher:
     """Stable Diffusion (v1.5 layout: ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) from a local
     folder or a hub id. A hub id downloads only when ``local_files_only`` is False (default: False for
     a hub id, True for a folder)."""
     local = Path(path_or_id).expanduser().exists()
+    if not local and str(path_or_id).startswith(("/", ".", "~")):
+        raise AdapterError(f"cannot load Stable Diffusion from {path_or_id!r}: the folder does not exist; give a "
+                           "local folder in the diffusers layout or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
     if local_files_only is None:
         local_files_only = local
     kw = dict(local_files_only=local_files_only)

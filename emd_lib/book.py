@@ -30,16 +30,9 @@ from . import ROOT, is_fast
 
 BOOK_TITLE = "EM Distillation, a runnable textbook"
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours in tracebacks
 
-# The book's nbconvert template: JupyterLab's, less everything it loads from the network
-# (require.js, widget manager, mermaid), with MathJax from _static/ and a navigation bar.
-TEMPLATE = r"""
-{%- extends 'index.html.j2' -%}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
-{% block jupyter_widgets %}{% endblock jupyter_widgets %}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block html_head_js_mathjax -%}
-<script type="text/x-mathjax-config">
+MATHJAX_HEAD = r"""<script type="text/x-mathjax-config">
 MathJax.Hub.Config({
   tex2jax: {inlineMath: [["$", "$"], ["\\(", "\\)"]], displayMath: [["$$", "$$"], ["\\[", "\\]"]],
             processEscapes: true, processEnvironments: true},
@@ -49,7 +42,24 @@ MathJax.Hub.Config({
   displayAlign: "center", messageStyle: "none", showMathMenu: false
 });
 </script>
-<script src="{{ resources.mathjax_url }}"></script>
+<script src="{url}"></script>
+"""
+
+
+def mathjax_head(static: str = "_static") -> str:
+    """The MathJax 2 configuration and loader, from the copy under ``static``."""
+    return MATHJAX_HEAD.replace("{url}", f"{static}/mathjax/MathJax.js?config={MATHJAX_CONFIG}")
+
+
+# The book's nbconvert template: JupyterLab's, less everything it loads from the network
+# (require.js, widget manager, mermaid), with MathJax from _static/ and a navigation bar.
+TEMPLATE = r"""
+{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+{{ resources.book_mathjax }}
 {%- endblock html_head_js_mathjax -%}
 {% block extra_css %}<link rel="stylesheet" href="{{ resources.book_static }}/book.css">{% endblock extra_css %}
 {%- block body_header -%}
@@ -64,15 +74,17 @@ MathJax.Hub.Config({
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-main, body.book-page { max-width: 60em; margin: 0 auto; padding: 0 1.5em; }
+main, body.book-page { max-width: 64em; margin: 0 auto; padding: 0 1.5em; }
+body .jp-InputArea, body .jp-InputArea-editor { overflow-x: auto; }  /* long code lines scroll */
 body.book-page { line-height: 1.5; color: #222; }
 nav.book-nav { display: flex; flex-wrap: wrap; gap: 1.2em; align-items: baseline;
   margin: 1em 0; padding: .5em 0; border-bottom: 1px solid #ddd; font-size: 95%; }
 nav.book-nav.bottom { border-top: 1px solid #ddd; border-bottom: 0; margin-top: 2em; }
 nav.book-nav .run-time { margin-left: auto; color: #666; }
 table.toc { border-collapse: collapse; width: 100%; }
+table.toc th { text-align: left; }
 table.toc td, table.toc th { padding: .35em .8em; border-bottom: 1px solid #eee; vertical-align: top; }
-table.toc td.t { text-align: right; white-space: nowrap; color: #444; }
+table.toc .t { text-align: right; white-space: nowrap; color: #444; }
 table.toc ul { margin: .2em 0 0 0; padding-left: 1.2em; font-size: 90%; }
 pre.example { background: #f6f8fa; padding: 1em; overflow-x: auto; border-radius: 4px; }
 """
@@ -149,8 +161,7 @@ def exporter():
     from nbconvert import HTMLExporter
 
     return HTMLExporter(template_name="lab", template_file="emd_book.html.j2",
-                        extra_loaders=[DictLoader({"emd_book.html.j2": TEMPLATE})],
-                        mathjax_url=f"_static/mathjax/MathJax.js?config={MATHJAX_CONFIG}")
+                        extra_loaders=[DictLoader({"emd_book.html.j2": TEMPLATE})])
 
 
 def nav(links: list[tuple[str, str]], note: str = "", bottom: bool = False) -> str:
@@ -162,7 +173,7 @@ def nav(links: list[tuple[str, str]], note: str = "", bottom: bool = False) -> s
 def render_notebook(nb, out: Path, title: str, links: list[tuple[str, str]], note: str = "") -> str:
     """Write ``nb`` as a page of the book; returns the HTML."""
     body, _ = exporter().from_notebook_node(nb, resources={
-        "metadata": {"name": title}, "book_static": "_static",
+        "metadata": {"name": title}, "book_static": "_static", "book_mathjax": mathjax_head(),
         "book_nav": nav(links, note), "book_nav_bottom": nav(links, bottom=True)})
     out.write_text(body)
     return body
@@ -179,7 +190,7 @@ def sections(page: str) -> list[tuple[str, str]]:
     """``(anchor, text)`` of the ``<h2>`` headings of a rendered page."""
     out = []
     for anchor, inner in re.findall(r'<h2 id="([^"]+)"[^>]*>(.*?)</h2>', page, re.S):
-        text = re.sub(r"<[^>]+>", "", inner).replace("\u00b6", "").strip()
+        text = html.unescape(re.sub(r"<[^>]+>", "", inner)).replace("\u00b6", "").strip()
         if text:
             out.append((anchor, text))
     return out
@@ -228,6 +239,10 @@ def api_pages(html_dir: Path, modules: list[str], links) -> bool:
     pdoc.pdoc(*modules, output_directory=api)
     rows = []
     for page in sorted(api.rglob("*.html")):
+        up = "../" * (len(page.relative_to(html_dir).parts) - 1)
+        text = page.read_text()  # a way back to the book from every pdoc page
+        page.write_text(text.replace('<nav class="pdoc">', f'<nav class="pdoc"><p><a href="{up}api.html">'
+                                     f'\u2190 {BOOK_TITLE}</a></p>', 1))
         if page.name == "index.html":
             continue
         name = ".".join(page.relative_to(api).with_suffix("").parts)
@@ -235,7 +250,7 @@ def api_pages(html_dir: Path, modules: list[str], links) -> bool:
             doc = (importlib.import_module(name).__doc__ or "").strip()
         except Exception:  # a module pdoc could not import is listed without a summary
             doc = ""
-        summary = doc.split("\n\n")[0].replace("\n", " ")
+        summary = doc.split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
         rows.append(f"| [`{name}`](api/{page.relative_to(api).as_posix()}) | {summary} |")
     example = EXAMPLE.read_text() if EXAMPLE.exists() else ""
     text = (f"# Library reference\n\n"
@@ -263,12 +278,12 @@ def index_page(html_dir: Path, rows: list[dict], extras: list[tuple[str, str, st
     (html_dir / "index.html").write_text(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1.0'>"
-        f"<title>{BOOK_TITLE}</title><link rel='stylesheet' href='_static/book.css'></head>"
+        f"<title>{BOOK_TITLE}</title><link rel='stylesheet' href='_static/book.css'>{mathjax_head()}</head>"
         f"<body class='book-page'><h1>{BOOK_TITLE}</h1>"
         "<p>EM Distillation (Xie et al., NeurIPS 2024) built in stages on problems whose "
         "teachers are exact, with the compact PyTorch library <code>emd_lib</code>. Every page "
         "was produced by running its chapter; the run time is that of this build.</p>"
-        "<h2>Contents</h2><table class='toc'><tr><th>chapter</th><th>run time</th></tr>"
+        "<h2>Contents</h2><table class='toc'><tr><th>chapter</th><th class='t'>run time</th></tr>"
         f"{''.join(toc)}<tr><td>all chapters</td><td class='t'>{total:.0f} s</td></tr></table>"
         f"{f'<h2>More</h2><ul>{more}</ul>' if more else ''}</body></html>")
 
@@ -315,29 +330,27 @@ def main(argv=None) -> int:
     stems = [p.stem for p in everything]
     done = {p.stem for p in paths}
     rows = {r["file"]: r for r in _previous_rows(html_dir, set(stems) - done)}
-    executed = {}
+    order = [s for s in stems if s in done or s in rows]
     for p in paths:
         print(f"executing {p.name} ...", flush=True)
         try:
             nb, sec = execute(p, timeout=args.timeout)
         except CellExecutionError as e:
-            print(f"\nchapter {p.name} failed:\n{str(e)[-3000:]}", file=sys.stderr)
+            print(f"\nchapter {p.name} failed:\n{ANSI.sub('', str(e))[-3000:]}", file=sys.stderr)
+            return 1
+        except Exception as e:  # a timeout, a dead kernel: the chapter did not finish
+            print(f"\nchapter {p.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         nbformat.write(nb, out / "executed" / (p.stem + ".ipynb"))
-        executed[p.stem] = (nb, sec)
-        rows[p.stem] = {"file": p.stem, "title": title_of(nb), "seconds": round(sec, 1),
-                        "fast": is_fast()}
-        print(f"  {rows[p.stem]['title']}: {sec:.1f} s", flush=True)
-    order = [s for s in stems if s in rows]
-    for i, stem in enumerate(order):
-        if stem not in executed:
-            continue
-        nb, sec = executed[stem]
+        row = rows[p.stem] = {"file": p.stem, "title": title_of(nb), "seconds": round(sec, 1),
+                              "fast": is_fast()}
+        i = order.index(p.stem)
         links = [("Contents", "index.html"),
                  ("\u2190 previous", f"{order[i - 1]}.html" if i else ""),
                  ("next \u2192", f"{order[i + 1]}.html" if i + 1 < len(order) else "")]
-        page = render(nb, html_dir / f"{stem}.html", sec, rows[stem]["title"], links)
-        rows[stem]["sections"] = [list(s) for s in sections(page)]
+        page = render(nb, html_dir / f"{p.stem}.html", sec, row["title"], links)
+        row["sections"] = [list(s) for s in sections(page)]
+        print(f"  {row['title']}: {sec:.1f} s", flush=True)
     rows = [rows[s] for s in order]
 
     links = [("Contents", "index.html")]

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import DATA_DIR
+
 import torch
 
 __all__ = ["MNIST_SHA256", "mnist5k", "split", "digits8", "to_model", "to_unit", "MNIST_PATH"]
 
 #: Where the cached digits live (relative to the repository, not the working directory).
-MNIST_PATH = Path(__file__).resolve().parent.parent / "data" / "mnist5k"
+MNIST_PATH = DATA_DIR / "mnist5k"
 #: sha256 of ``data/mnist5k.safetensors`` (uint8 images (5000, 28, 28), int64 labels (5000,)).
 MNIST_SHA256 = "6a8598d2b8c4d5652a9a75efa65f8f328cd9c4ab8154aa39df382a8b7be2bb1d"
 

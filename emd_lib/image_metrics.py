@@ -26,13 +26,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import DATA_DIR
 from .metrics import knn_precision_recall
 
 __all__ = ["DigitClassifier", "frechet_distance", "gaussian_stats", "classifier_frechet_distance",
            "class_accuracy", "class_coverage", "image_report", "load_classifier", "inception_fid",
            "inception_extractor", "CLASSIFIER_PATH"]
 
-CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "data" / "mnist_classifier"
+CLASSIFIER_PATH = DATA_DIR / "mnist_classifier"
 
 
 class DigitClassifier(nn.Module):

@@ -197,8 +197,8 @@ def _build(cls, data: dict, prefix: str = ""):
         full = prefix + str(key)
         if key not in fields:
             known = sorted(prefix + k for k in fields)
-            close = difflib.get_close_matches(full, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = difflib.get_close_matches(full, known, n=2)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
             raise ConfigError(f"unknown key {full!r}; {hint}known keys: {', '.join(known)}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
@@ -575,7 +575,10 @@ class Trainer:
     def state(self) -> tuple[dict, dict]:
         p = self.prob
         t = {}
-        for prefix, m in (("generator", p.generator), ("ema", self.ema), ("student", _unwrap(p.student.net))):
+        nets = [("generator", p.generator), ("student", _unwrap(p.student.net))]
+        if self.cfg.ema > 0:
+            nets.append(("ema", self.ema))
+        for prefix, m in nets:
             t.update({f"{prefix}.{k}": v for k, v in m.state_dict().items()})
         og, mg = _opt_flat("opt_g", self.opt_g)
         os_, ms = _opt_flat("opt_s", self.opt_s)
@@ -606,7 +609,8 @@ class Trainer:
     def load(self, tensors, card):
         p = self.prob
         p.generator.load_state_dict(_sub(tensors, "generator"))
-        self.ema.load_state_dict(_sub(tensors, "ema"))
+        if self.cfg.ema > 0:
+            self.ema.load_state_dict(_sub(tensors, "ema"))
         _unwrap(p.student.net).load_state_dict(_sub(tensors, "student"))
         _opt_load(self.opt_g, "opt_g", tensors, card["opt_g"])
         _opt_load(self.opt_s, "opt_s", tensors, card["opt_s"])
@@ -631,9 +635,25 @@ class Trainer:
                                   "it with its own settings, or start a new run with out=ANOTHER_FOLDER")
             self.load(tensors, card)
             self.last_good = c.with_suffix("")
+            self._trim_log()
             self._say(f"resumed from {self.last_good} (step {self.step})")
             return True
         return False
+
+    def _trim_log(self):
+        """Drop log records of steps after the checkpoint (they will be run again)."""
+        log = self.out / "log.jsonl"
+        if self.rank != 0 or not log.exists():
+            return
+        keep = []
+        for line in log.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    keep.append(line)
+            except json.JSONDecodeError:                 # a line cut short by a kill
+                pass
+        from .checkpoint import atomic_write_bytes
+        atomic_write_bytes(log, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _say(self, msg):
@@ -661,6 +681,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume and self.step == 0:
             self.try_resume()
+        elif not cfg.resume and self.step == 0 and any(self.ckpt_dir.glob("step_*.json")):
+            raise ConfigError(f"{self.ckpt_dir} already holds checkpoints and resume=false; resume them "
+                              "(resume=true), or start the new run in another folder (out=...)")
         if not self.warm:
             self.warmup()
         end = cfg.steps if until is None else min(until, cfg.steps)
@@ -785,6 +808,9 @@ def main(argv=None) -> int:
         return 0
     except _Interrupted as e:
         return 128 + int(e.sig)
+    except KeyboardInterrupt:                      # before the training loop: nothing to save yet
+        print("interrupted before the first step; nothing was saved", file=sys.stderr)
+        return 130
     except (ConfigError, AdapterError, CheckpointError, TrainingFault) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TrainingFault) else 2

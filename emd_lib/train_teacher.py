@@ -1,7 +1,7 @@
 """Train the class-conditional image teacher: ``python -m emd_lib.train_teacher``.
 
     python -m emd_lib.train_teacher --out data/mnist_teacher --steps 3000 --minutes 38 --threads 1  # CPU
-    python -m emd_lib.train_teacher --out runs/mnist_teacher --steps 40000 --batch 256 --channels 64 128 128  # GPU
+    python -m emd_lib.train_teacher --out runs/mnist_teacher --steps 40000 --batch 256 --channels 64 128 128  # GPU-sized (not run here)
 
 Denoising score matching with EDM's preconditioning (:class:`emd_lib.unet.UNet`) on the
 training part of the 5,000 MNIST digits (the held-out 500 are never seen), log-SNR drawn

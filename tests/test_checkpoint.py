@@ -150,12 +150,28 @@ def test_load_pickle_trusted_files(tmp_path):
         load_pickle(tmp_path / "nope.pkl", trust=True)
 
 
+TRUST_ARGS = ("trust", "trust_pickle")
+
+
+def _trust_gated(f: ast.FunctionDef) -> bool:
+    """A function with a ``trust``/``trust_pickle`` argument that raises when it is false, as in
+    ``if not trust: raise ...``: only such a function may unpickle."""
+    args = {a.arg for a in f.args.args + f.args.kwonlyargs}
+    for node in ast.walk(f):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.UnaryOp) and isinstance(node.test.op, ast.Not) \
+                and isinstance(node.test.operand, ast.Name) and node.test.operand.id in args & set(TRUST_ARGS) \
+                and any(isinstance(b, ast.Raise) for b in node.body):
+            return True
+    return False
+
+
 def unsafe_loads(source: str, filename: str = "<src>") -> list[str]:
-    """Calls that unpickle without ``weights_only=True`` (outside ``load_pickle``): ``torch.load``
-    under any spelling, ``pickle.load(s)``, ``import ... load`` aliases."""
+    """Calls that unpickle without ``weights_only=True`` outside a trust-gated function
+    (``load_pickle(path, trust=False)`` and the like): ``torch.load`` under any spelling,
+    ``pickle.load(s)``, ``from pickle import load``."""
     tree = ast.parse(source, filename)
-    allowed = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "load_pickle"
-               for n in ast.walk(f)}
+    allowed = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and _trust_gated(f) for n in ast.walk(f)}
     bad = []
     for node in ast.walk(tree):
         if id(node) in allowed:
@@ -188,7 +204,12 @@ def test_the_scanner_catches_unsafe_loads():
     assert unsafe_loads("import pickle\npickle.loads(b'')\n")
     assert unsafe_loads("from torch import load\n")
     assert not unsafe_loads("import torch\ntorch.load('x', map_location='cpu', weights_only=True)\n")
-    assert not unsafe_loads("def load_pickle(p, trust=False):\n    import pickle\n    return pickle.load(p)\n")
+    assert unsafe_loads("def load_pickle(p, trust=False):\n    import pickle\n    return pickle.load(p)\n")
+    gated = "def load_pickle(p, trust=False):\n    if not trust:\n        raise ValueError('no')\n" \
+            "    import pickle\n    return pickle.load(p)\n"
+    assert not unsafe_loads(gated)
+    assert not unsafe_loads(gated.replace("trust", "trust_pickle"))
+    assert unsafe_loads(gated.replace("if not trust", "if trust"))
 
 
 def test_no_unsafe_loads_in_the_library():
@@ -197,13 +218,20 @@ def test_no_unsafe_loads_in_the_library():
     bad = [b for f in files for b in unsafe_loads(f.read_text(), str(f.relative_to(ROOT)))]
     assert bad == [], "unpickling without weights_only=True (use safetensors or load_pickle(..., trust=True)):\n" \
         + "\n".join(bad)
-    # and the plain-text view agrees: every torch.load( in the source passes weights_only=True
+    # and the plain-text view agrees: every torch.load( passes weights_only=True or sits in a gated function
     for f in files:
         text = f.read_text()
+        gated = [(fn.lineno, fn.end_lineno) for fn in ast.walk(ast.parse(text))
+                 if isinstance(fn, ast.FunctionDef) and _trust_gated(fn)]
         for m in re.finditer(r"torch\.load\(", text):
-            call = text[m.start(): text.find(")", m.start()) + 1]
-            inside_load_pickle = "def load_pickle" in text[: m.start()] and f.name == "checkpoint.py"
-            assert "weights_only=True" in call or inside_load_pickle, f"{f}: {call}"
+            line = text.count("\n", 0, m.start()) + 1
+            depth, end = 0, m.end() - 1
+            for end in range(m.end() - 1, len(text)):          # to the matching parenthesis
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            call = text[m.start(): end + 1]
+            assert "weights_only=True" in call or any(a <= line <= b for a, b in gated), f"{f}:{line}: {call}"
 
 
 # ---- shipped files ----------------------------------------------------------------------------------
@@ -213,9 +241,12 @@ def test_shipped_files_match_their_sha256():
     assert sorted(checked) == sorted(recorded)
     for path, digest in recorded.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
-    # every checkpoint card under data/ is among them
-    cards = [c for c in DATA_DIR.rglob("*.json") if '"sha256"' in c.read_text()]
-    assert len(recorded) >= len(cards)
+    # every checkpoint card under data/ records a sha256, so every shipped checkpoint is among them
+    for c in DATA_DIR.rglob("*.json"):
+        card = json.loads(c.read_text())
+        if isinstance(card, dict) and str(card.get("weights", "")).endswith(".safetensors"):
+            assert isinstance(card.get("sha256"), str), f"{c} names weights but records no sha256"
+            assert c.parent / card["weights"] in recorded
 
 
 def test_shipped_check_catches_a_changed_file(tmp_path):

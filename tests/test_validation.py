@@ -366,3 +366,21 @@ def test_cli_interrupt_is_one_line(tmp_path, monkeypatch):
     rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--quiet")
     assert rc == 130 and err.strip() == "error: interrupted"
     assert not (tmp_path / "s.npy").exists()
+
+
+# ---- the reliability table names real tests ------------------------------------------------------------
+def test_reliability_table_names_existing_tests():
+    import re
+
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(test_\w+)::(test_\w+)(?:\[[^\]`]*\])?`", doc))
+    assert len(named) > 40
+    for module, name in sorted(named):
+        src = (ROOT / "tests" / f"{module}.py").read_text()
+        assert re.search(rf"^def {name}\(", src, re.M), f"docs/reliability.md names {module}::{name}, which does not exist"
+    # parametrised cases named in brackets exist too
+    for case in re.findall(r"`test_validation::test_bad_mixture_spec_is_refused_with_its_field\[(\w+)\]`", doc):
+        assert case in {c[0] for c in BAD_MIXTURES}, case
+    assert re.search(r"…\[(\w+)\]", doc)
+    for case in re.findall(r"`…\[(\w+)\]`", doc):
+        assert case in {c[0] for c in BAD_MIXTURES}, case

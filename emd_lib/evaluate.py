@@ -1,0 +1,307 @@
+"""Evaluation at scale, for users who have the data and the weights.
+
+* ImageNet (class-conditional): FID on 50,000 samples against reference statistics (EDM's
+  ``imagenet-64x64.npz`` holds ``mu`` and ``sigma`` of Inception pool features), Inception
+  Score, and precision/recall (Kynkäänniemi et al. 2019, k = 3) against real features.
+* Text to image: zero-shot COCO-30k FID (30,000 captions of the 2014 validation set,
+  generated at 512 px and resized to 256, clean-fid features against reference statistics
+  of the matching real images) and CLIP score (``100 max(cos(image, text), 0)`` with a CLIP
+  model from transformers).
+
+The Inception network comes from ``torch-fidelity`` (or ``clean-fid`` for COCO's features);
+neither is a dependency of this project (they pull torchvision, whose wheels pin another
+torch build): install one to evaluate for real. Every function also takes features or an
+``extractor`` you supply, which is how the tests run on tiny stand-ins without a download.
+
+    python -m emd_lib.evaluate --run runs/imagenet64 --task imagenet --ref imagenet-64x64.npz \\
+        [--real-features imagenet64-train-feats.npz] [--n 50000]
+    python -m emd_lib.evaluate --run runs/sd15 --task coco --captions coco30k.txt \\
+        --ref coco30k-clean-stats.npz [--clip openai/clip-vit-large-patch14]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .image_metrics import frechet_distance, gaussian_stats
+
+__all__ = ["inception_score", "precision_recall", "load_reference_stats", "fid_from_features",
+           "clip_score", "inception_extractor", "imagenet_eval", "coco_eval", "main"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """``exp(E_x KL(p(y|x) || p(y)))`` over ``splits`` equal parts; returns (mean, std)."""
+    logp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)
+    scores = []
+    for part in logp.chunk(splits):
+        p_y = torch.logsumexp(part, 0) - math.log(len(part))            # log of the marginal p(y)
+        kl = (part.exp() * (part - p_y)).sum(1).mean()
+        scores.append(float(kl.exp()))
+    s = np.array(scores)
+    return float(s.mean()), float(s.std())
+
+
+def _kth_radii(a: torch.Tensor, k: int, batch: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(a), batch):
+        d = torch.cdist(a[i:i + batch], a)
+        out.append(d.kthvalue(k + 1, dim=1).values)                     # +1 skips the point itself
+    return torch.cat(out)
+
+
+def _inside(points, centres, radii, batch):
+    hit = []
+    for i in range(0, len(points), batch):
+        d = torch.cdist(points[i:i + batch], centres)
+        hit.append((d <= radii[None]).any(1))
+    return float(torch.cat(hit).float().mean())
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: int = 5000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) in any feature space, batched so that
+    50,000 x 50,000 distances never sit in memory at once. Precision: fake samples inside the union
+    of balls around real ones (radius: distance to the k-th neighbour); recall: the reverse."""
+    real = torch.as_tensor(real, dtype=torch.float32).flatten(1)
+    fake = torch.as_tensor(fake, dtype=torch.float32).flatten(1)
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"need more than k={k} samples in each set, got {len(real)} real and {len(fake)} fake")
+    r_real, r_fake = _kth_radii(real, k, batch), _kth_radii(fake, k, batch)
+    return _inside(fake, real, r_real, batch), _inside(real, fake, r_fake, batch)
+
+
+def load_reference_stats(path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` from an ``.npz`` with keys ``mu`` and ``sigma`` (EDM's and clean-fid's format)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"reference statistics {p} not found; for ImageNet 64 EDM publishes "
+                                "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz")
+    with np.load(p) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise ValueError(f"{p} must hold arrays 'mu' and 'sigma', it holds {sorted(f.keys())}")
+        return f["mu"], f["sigma"]
+
+
+def fid_from_features(feats, mu_ref, sigma_ref) -> float:
+    """FID of features ``(n, d)`` against reference statistics (the Fréchet distance of two Gaussians)."""
+    mu, sigma = gaussian_stats(torch.as_tensor(np.asarray(feats)))
+    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+# ---- CLIP score -----------------------------------------------------------------------------------
+
+def _clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    x = F.interpolate(images.float().clamp(0, 1), size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device)[None, :, None, None]
+    std = torch.tensor(CLIP_STD, device=x.device)[None, :, None, None]
+    return (x.clamp(0, 1) - mean) / std
+
+
+@torch.no_grad()
+def clip_score(images: torch.Tensor, texts: list[str], model, tokenizer, batch: int = 64) -> float:
+    """Mean ``100 max(cos(E_img(x), E_txt(c)), 0)`` over image-caption pairs; images in ``[0, 1]``,
+    ``(n, 3, H, W)``. ``model`` is a transformers ``CLIPModel`` (e.g. openai/clip-vit-large-patch14),
+    ``tokenizer`` its tokenizer."""
+    if len(images) != len(texts):
+        raise ValueError(f"{len(images)} images but {len(texts)} captions")
+    dev = next(model.parameters()).device
+    size = model.config.vision_config.image_size
+    scores = []
+    for i in range(0, len(images), batch):
+        px = _clip_pixels(images[i:i + batch].to(dev), size)
+        tok = tokenizer(list(texts[i:i + batch]), padding=True, truncation=True,
+                        max_length=tokenizer.model_max_length, return_tensors="pt").to(dev)
+        fi = _features(model.get_image_features(pixel_values=px))
+        ft = _features(model.get_text_features(**tok))
+        cos = F.cosine_similarity(fi.float(), ft.float(), dim=-1)
+        scores.append(100 * cos.clamp_min(0))
+    return float(torch.cat(scores).mean())
+
+
+def _features(out):
+    """transformers returns a tensor (v4) or an output object holding the projected embeddings (v5)."""
+    if torch.is_tensor(out):
+        return out
+    for name in ("pooler_output", "image_embeds", "text_embeds"):
+        v = getattr(out, name, None)
+        if v is not None:
+            return v
+    return out[0]
+
+
+# ---- Inception features (torch-fidelity), optional -------------------------------------------------
+
+def inception_extractor(device="cpu", logits: bool = True):
+    """``images in [0, 1] (n, 3, H, W) -> (pool features (n, 2048), logits (n, 1008))`` through
+    torch-fidelity's Inception-v3 (the network of the standard FID). Not a dependency: raises
+    ``ImportError`` saying what to install."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise ImportError("ImageNet FID and Inception Score need torch-fidelity: `pip install torch-fidelity` "
+                          "(with a torchvision that matches your torch); its Inception weights download on first "
+                          "use. Or pass extractor=your_function") from None
+    names = ["2048", "logits_unbiased"] if logits else ["2048"]
+    fe = FeatureExtractorInceptionV3("inception-v3-compat", names).to(device).eval()
+
+    @torch.no_grad()
+    def extract(x):
+        x = (x.clamp(0, 1) * 255).round().to(torch.uint8).to(device)
+        out = fe(x)
+        return (out[0].double().cpu(), out[1].double().cpu()) if logits else (out[0].double().cpu(), None)
+    return extract
+
+
+@torch.no_grad()
+def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor=None, num_classes: int = 1000,
+                  real_features=None, k: int = 3, progress: bool = True) -> dict:
+    """FID, Inception Score and (with ``real_features``) precision/recall of a class-conditional sampler.
+
+    ``sample(labels) -> images in [0, 1]`` generates one image per label; labels cycle through the
+    classes so every class gets ``n / num_classes`` samples. ``ref``: reference statistics
+    (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)``.
+    """
+    extractor = extractor or inception_extractor()
+    feats, logits = [], []
+    it = range(0, n, batch)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="samples", total=math.ceil(n / batch))
+    for i in it:
+        labels = torch.arange(i, min(i + batch, n)) % num_classes
+        f, lg = extractor(sample(labels))
+        feats.append(torch.as_tensor(f))
+        if lg is not None:
+            logits.append(torch.as_tensor(lg))
+    feats = torch.cat(feats)
+    out = {"n": n}
+    if ref is not None:
+        mu, sigma = load_reference_stats(ref) if isinstance(ref, (str, Path)) else ref
+        out["fid"] = fid_from_features(feats, mu, sigma)
+    if logits:
+        out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(logits))
+    if real_features is not None:
+        rf = np.load(real_features)["features"] if isinstance(real_features, (str, Path)) else real_features
+        rf = torch.as_tensor(np.asarray(rf))
+        m = min(len(rf), len(feats))
+        out["precision"], out["recall"] = precision_recall(rf[:m], feats[:m], k=k)
+    return out
+
+
+@torch.no_grad()
+def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, batch: int = 50,
+              size: int = 256, progress: bool = True) -> dict:
+    """Zero-shot text-to-image evaluation: FID against reference statistics of the real images
+    (features by ``extractor``, by default clean-fid's) and CLIP score with ``clip = (model, tokenizer)``.
+
+    ``sample(captions) -> images in [0, 1]`` (SD decodes 512 px); images are resized to ``size``
+    (256 for COCO-30k) before the feature network."""
+    if extractor is None:
+        extractor = _cleanfid_extractor()
+    feats, clip_scores = [], []
+    it = range(0, len(captions), batch)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="captions", total=math.ceil(len(captions) / batch))
+    for i in it:
+        caps = captions[i:i + batch]
+        img = sample(caps).float()
+        if img.shape[-1] != size:
+            img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        f = extractor(img)
+        feats.append(torch.as_tensor(f[0] if isinstance(f, tuple) else f))
+        if clip is not None:
+            clip_scores.append(clip_score(img, caps, *clip) * len(caps))
+    out = {"n": len(captions)}
+    if ref is not None:
+        mu, sigma = load_reference_stats(ref) if isinstance(ref, (str, Path)) else ref
+        out["fid"] = fid_from_features(torch.cat(feats), mu, sigma)
+    if clip is not None:
+        out["clip_score"] = sum(clip_scores) / len(captions)
+    return out
+
+
+def _cleanfid_extractor(device=None):
+    try:
+        from cleanfid.features import build_feature_extractor
+    except ImportError:
+        raise ImportError("COCO FID uses clean-fid's features: `pip install clean-fid` (its Inception weights "
+                          "download on first use); or pass extractor=your_function") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_feature_extractor("clean", torch.device(device))
+
+    def extract(x):
+        x = F.interpolate(x.clamp(0, 1), size=(299, 299), mode="bicubic", align_corners=False)
+        return torch.as_tensor(model((x.clamp(0, 1) * 255).to(device))).double().cpu()
+    return extract
+
+
+# ---- command line: a trained run's EMA generator -----------------------------------------------------
+
+def _load_run(run, device=None):
+    from .checkpoint import load_checkpoint
+    from .train import Trainer, TrainConfig, _build
+
+    cards = sorted((Path(run) / "checkpoints").glob("step_*.json"))
+    if not cards:
+        raise FileNotFoundError(f"no checkpoint in {run}/checkpoints; train first (python -m emd_lib.train)")
+    tensors, card = load_checkpoint(cards[-1].with_suffix(""))
+    cfg_d = card["config"]
+    cfg_d.update(resume=False, progress=False, tensorboard=False, out=str(Path(run) / "eval"))
+    tr = Trainer(_build(TrainConfig, cfg_d), device=device, quiet=True)
+    tr.load(tensors, card)
+    return tr
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emd_lib.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a training run's folder (OUT of python -m emd_lib.train)")
+    ap.add_argument("--task", choices=["imagenet", "coco"], required=True)
+    ap.add_argument("--ref", help="reference statistics .npz (mu, sigma)")
+    ap.add_argument("--real-features", help="imagenet: .npz with 'features' of real images, for precision/recall")
+    ap.add_argument("--captions", help="coco: a text file, one caption a line (30,000 for COCO-30k)")
+    ap.add_argument("--clip", default="openai/clip-vit-large-patch14", help="coco: CLIP model (folder or hub id)")
+    ap.add_argument("--n", type=int, default=50_000, help="imagenet: number of samples")
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--json", help="write the metrics to this file")
+    args = ap.parse_args(argv)
+    try:
+        tr = _load_run(args.run)
+        if args.task == "imagenet":
+            def sample(labels):
+                x = tr.sample(len(labels), labels.to(tr.device) if tr.prob.cond == "class" else None)
+                return ((x.float() + 1) / 2).clamp(0, 1)                  # model pixels [-1, 1] -> [0, 1]
+            res = imagenet_eval(sample, args.n, args.batch, args.ref, num_classes=tr.prob.num_classes or 1000,
+                                real_features=args.real_features)
+        else:
+            from transformers import CLIPModel, CLIPTokenizer
+
+            if not args.captions:
+                raise ValueError("--captions is required for --task coco")
+            caps = [ln.strip() for ln in Path(args.captions).read_text().splitlines() if ln.strip()]
+            model = CLIPModel.from_pretrained(args.clip).to(tr.device).eval()
+            tok = CLIPTokenizer.from_pretrained(args.clip)
+
+            def sample(c):
+                return tr.prob.teacher.decode(tr.sample(len(c), tr.prob.teacher.encode_prompts(c, tr.device)))
+            res = coco_eval(sample, caps, args.ref, clip=(model, tok), batch=min(args.batch, 50))
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

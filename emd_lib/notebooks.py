@@ -1,0 +1,106 @@
+"""The chapters as ``.ipynb`` notebooks for Colab or any Jupyter (``make notebooks``).
+
+    python -m emd_lib.notebooks [--out _build/ipynb] [--repo URL] [--student]
+
+Each ``chapters/NN_*.py`` becomes ``NN_*.ipynb`` without outputs, with a first cell that
+installs the library where it is missing (on Colab: clone the book's repository and
+``pip install`` it; where ``emd_lib`` is already importable the cell does nothing). The
+repository is ``--repo``, else ``EMD_REPO_URL``, else the clone's ``origin`` remote.
+``--student`` converts the student edition instead (solutions replaced by a stub).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import ROOT
+
+PLACEHOLDER = "https://github.com/OWNER/REPOSITORY.git"
+INSTALL_TAG = "emd-install"
+
+INSTALL_CELL = '''\
+# Colab or a fresh Jupyter: install emd_lib, the book's library (does nothing where it is installed).
+REPO = "{repo}"
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("emd_lib") is None:
+    if not os.path.isdir("emd-book"):
+        subprocess.run(["git", "clone", "--depth=1", REPO, "emd-book"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", "emd-book"], check=True)
+    sys.path.insert(0, os.path.abspath("emd-book"))
+    importlib.invalidate_caches()
+'''
+
+
+def default_repo() -> str:
+    """``EMD_REPO_URL``, else the ``origin`` remote as an https URL, else a placeholder."""
+    url = os.environ.get("EMD_REPO_URL", "").strip()
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    if url.startswith("git@") and ":" in url:  # git@host:owner/repo.git -> https://host/owner/repo.git
+        host, path = url[4:].split(":", 1)
+        url = f"https://{host}/{path}"
+    return url or PLACEHOLDER
+
+
+def to_notebook(text: str, repo: str):
+    """A chapter's py:percent source as a notebook with the install cell first."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.reads(text, fmt="py:percent")
+    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(repo=repo).rstrip("\n"))
+    cell.metadata["tags"] = [INSTALL_TAG]
+    nb.cells.insert(0, cell)
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+        "colab": {"provenance": []},
+    }
+    nbformat.validate(nb)
+    return nb
+
+
+def write_notebooks(out: Path, repo: str | None = None, student: bool = False,
+                    src: Path | None = None) -> list[Path]:
+    import nbformat
+
+    from .student import strip_solutions
+
+    repo = repo or default_repo()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in sorted((src or ROOT / "chapters").glob("[0-9][0-9]_*.py")):
+        text = p.read_text()
+        if student:
+            text = strip_solutions(text)
+        dest = out / (p.stem + ".ipynb")
+        nbformat.write(to_notebook(text, repo), dest)
+        written.append(dest)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emd_lib.notebooks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "_build" / "ipynb"))
+    ap.add_argument("--repo", default=None, help="git URL the install cell clones on Colab")
+    ap.add_argument("--student", action="store_true", help="the student edition (solutions stubbed)")
+    args = ap.parse_args(argv)
+    repo = args.repo or default_repo()
+    if repo == PLACEHOLDER:
+        print(f"note: no repository URL known; the install cell clones {PLACEHOLDER}: pass --repo "
+              "URL (or set EMD_REPO_URL) to point it at the book's repository", file=sys.stderr)
+    for path in write_notebooks(Path(args.out), repo, student=args.student):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Evaluation at scale, on features and tiny models the tests supply (no download)."""
+import numpy as np
+import pytest
+import torch
+
+from emd_lib import evaluate as E
+from emd_lib.metrics import knn_precision_recall
+
+
+def test_inception_score_bounds():
+    # uninformative predictions: IS = 1; confident and balanced over 10 classes: IS = 10
+    assert E.inception_score(torch.zeros(1000, 10))[0] == pytest.approx(1.0)
+    logits = 50 * torch.nn.functional.one_hot(torch.arange(1000) % 10, 10).float()
+    assert E.inception_score(logits, splits=4)[0] == pytest.approx(10.0, rel=1e-6)
+    # confident but all one class: 1 again
+    assert E.inception_score(50 * torch.nn.functional.one_hot(torch.zeros(500, dtype=torch.long), 10).float())[0] \
+        == pytest.approx(1.0)
+
+
+def test_fid_from_supplied_features_matches_the_gaussian_formula(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    d, n = 6, 200_000
+    s1, s2 = torch.linspace(0.5, 2.0, d), torch.linspace(1.5, 0.7, d)
+    mu2 = torch.full((d,), 0.3)
+    f = torch.randn(n, d, generator=g, dtype=torch.float64) * s1
+    np.savez(tmp_path / "ref.npz", mu=mu2.numpy(), sigma=torch.diag(s2**2).numpy())
+    # diagonal covariances: |mu1 - mu2|^2 + sum (s1 - s2)^2
+    want = float((mu2**2).sum() + ((s1 - s2) ** 2).sum())
+    got = E.fid_from_features(f, *E.load_reference_stats(tmp_path / "ref.npz"))
+    assert got == pytest.approx(want, rel=2e-2)
+    with pytest.raises(FileNotFoundError, match="imagenet-64x64.npz"):
+        E.load_reference_stats(tmp_path / "missing.npz")
+
+
+def test_batched_precision_recall_equals_the_dense_one():
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(300, 5, generator=g)
+    fake = 1.3 * torch.randn(250, 5, generator=g) + 0.4
+    assert E.precision_recall(real, fake, k=3, batch=64) == pytest.approx(knn_precision_recall(real, fake, k=3))
+
+
+def test_imagenet_eval_with_a_supplied_extractor():
+    torch.manual_seed(0)
+    W = torch.randn(3 * 8 * 8, 16)
+    H = torch.randn(16, 10)
+
+    def extractor(x):
+        f = x.flatten(1) @ W
+        return f, f @ H
+
+    def sample(labels):                     # a "generator" whose images depend on the class
+        return torch.sigmoid(torch.randn(len(labels), 3, 8, 8) + labels[:, None, None, None] / 5)
+
+    real = extractor(sample(torch.arange(400) % 10))[0]
+    mu, sigma = real.double().mean(0), torch.cov(real.double().T)
+    res = E.imagenet_eval(sample, n=400, batch=100, ref=(mu, sigma), extractor=extractor, num_classes=10,
+                          real_features=real, progress=False)
+    assert set(res) == {"n", "fid", "inception_score", "inception_score_std", "precision", "recall"}
+    assert 0 <= res["fid"] < 50 and res["inception_score"] >= 1 and 0 < res["precision"] <= 1
+
+
+def test_missing_inception_packages_say_what_to_install():
+    try:
+        import torch_fidelity  # noqa: F401
+        pytest.skip("torch-fidelity is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="pip install torch-fidelity"):
+        E.inception_extractor()
+
+
+def test_clip_score_with_a_tiny_random_clip(tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from emd_lib.adapters import _byte_level_tokenizer_files
+
+    _byte_level_tokenizer_files(tmp_path / "tok", 16)
+    tok = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=16, bos_token_id=512,
+                                      eos_token_id=513, pad_token_id=513),
+                     vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37,
+                                        num_hidden_layers=1, num_attention_heads=4), projection_dim=16)
+    model = CLIPModel(cfg).eval()
+    images = torch.rand(5, 3, 40, 40)
+    texts = ["a cat", "a dog on a sofa", "red", "two birds", "a house"]
+    got = E.clip_score(images, texts, model, tok, batch=2)
+    # from scratch: resize to 16 px, CLIP's normalisation, cosine of the projected embeddings
+    px = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", align_corners=False).clamp(0, 1)
+    px = (px - torch.tensor(E.CLIP_MEAN)[:, None, None]) / torch.tensor(E.CLIP_STD)[:, None, None]
+    with torch.no_grad():
+        fi = E._features(model.get_image_features(pixel_values=px))
+        scores = []
+        for t, f in zip(texts, fi):
+            ft = E._features(model.get_text_features(**tok([t], return_tensors="pt")))
+            scores.append(100 * max(float(torch.nn.functional.cosine_similarity(f[None], ft)), 0.0))
+    assert got == pytest.approx(sum(scores) / len(scores), abs=1e-3)
+    assert 0 <= got <= 100
+
+
+def test_a_training_run_loads_for_evaluation(tmp_path):
+    from emd_lib.train import Trainer, load_config
+
+    over = ["batch=16", "width=16", "depth=2", "init_steps=5", "student_warmup=2", "steps=3", "langevin.K=2",
+            "progress=false", "tensorboard=false", f"out={tmp_path}"]
+    tr = Trainer(load_config("toy", over))
+    tr.run()
+    back = E._load_run(tmp_path)
+    assert back.step == 3
+    for (k, v), (k2, v2) in zip(tr.ema.state_dict().items(), back.ema.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert back.sample(5).shape == (5, 2)

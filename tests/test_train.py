@@ -1,0 +1,205 @@
+"""The training entry point: configs, exact resume, faults, signals (CPU, tiny settings, no download)."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emd_lib import train as T
+from emd_lib.train import ConfigError, Trainer, TrainingFault, load_config, main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["batch=32", "width=32", "depth=2", "init_steps=10", "student_warmup=5", "langevin.K=2",
+        "progress=false", "tensorboard=false", "log_every=1"]
+
+
+def toy(out, *extra):
+    return load_config("toy", TINY + [f"out={out}", *extra])
+
+
+def final_tensors(out):
+    cards = sorted((Path(out) / "checkpoints").glob("step_*.json"))
+    return load_file(str(cards[-1].with_suffix(".safetensors"))), json.loads(cards[-1].read_text())
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def env1():
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+def test_every_config_loads_and_names_its_teacher():
+    names = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+    assert names == ["imagenet128", "imagenet64", "mnist", "sd15", "toy"]
+    kinds = {n: load_config(n).teacher.kind for n in names}
+    assert kinds == {"imagenet128": "adm", "imagenet64": "edm", "mnist": "checkpoint", "sd15": "sd", "toy": "mixture"}
+
+
+def test_resume_is_bitwise_exact_and_skips_a_torn_checkpoint(tmp_path):
+    Trainer(toy(tmp_path / "a", "steps=12", "ckpt_every=4")).run()
+    ref, card = final_tensors(tmp_path / "a")
+    assert card["step"] == 12
+
+    cfg = toy(tmp_path / "b", "steps=12", "ckpt_every=4")
+    Trainer(cfg).run(until=6)                       # "interrupted" after step 6 (checkpoints at 4 and 6)
+    ck = tmp_path / "b" / "checkpoints"
+    assert sorted(p.stem for p in ck.glob("*.json")) == ["step_00000004", "step_00000006"]
+    # a run killed while writing step 8: weights cut short, card from another write
+    good = (ck / "step_00000006.safetensors").read_bytes()
+    (ck / "step_00000008.safetensors").write_bytes(good[: len(good) // 2])
+    (ck / "step_00000008.json").write_text((ck / "step_00000006.json").read_text().replace('"step": 6', '"step": 8'))
+    tr = Trainer(cfg)
+    tr.run()
+    assert tr.step == 12
+    out, _ = final_tensors(tmp_path / "b")
+    assert_same_state(out, ref)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+    with pytest.raises(ConfigError, match="resume=false"):
+        Trainer(toy(tmp_path / "b", "steps=12", "resume=false")).run()
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
+    """SIGKILL at an arbitrary moment (possibly mid-write); the resumed run matches an uninterrupted one."""
+    args = TINY + ["steps=3000", "ckpt_every=7", f"out={tmp_path / 'k'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.train", "--config", "toy", *args], env=env1(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "k" / "checkpoints"
+    t0 = time.time()
+    while not any(int(p.stem[5:]) >= 21 for p in ck.glob("step_*.json")) and time.time() - t0 < 60:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cfg = load_config("toy", args)
+    tr = Trainer(cfg)
+    assert tr.try_resume() and tr.step >= 21
+    stop = tr.step + 9
+    tr.run(until=stop)
+    ref_cfg = load_config("toy", TINY + ["steps=3000", "ckpt_every=7", f"out={tmp_path / 'ref'}"])
+    Trainer(ref_cfg).run(until=stop)
+    a, _ = final_tensors(tmp_path / "k")
+    b, _ = final_tensors(tmp_path / "ref")
+    assert_same_state(a, b)
+
+
+def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
+    args = TINY + ["steps=100000", "ckpt_every=1000", f"out={tmp_path / 's'}", "log_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.train", "--config", "toy", *args], env=env1(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "s" / "log.jsonl"
+    t0 = time.time()
+    while not (log.exists() and log.read_text().count("\n") >= 5) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "SIGINT: stopped at step" in err and "Traceback" not in err
+    _, card = final_tensors(tmp_path / "s")
+    assert card["step"] >= 5
+    assert f"step_{card['step']:08d}" in err
+
+
+def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real, calls = T.emd_generator_loss, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss, diag = real(*a, **k)
+        return (loss * float("nan") if calls["n"] == 5 else loss), diag
+
+    monkeypatch.setattr(T, "emd_generator_loss", flaky)
+    cfg = toy(tmp_path / "f", "steps=10", "ckpt_every=2")
+    with pytest.raises(TrainingFault) as e:
+        Trainer(cfg).run()
+    msg = str(e.value)
+    assert "step 5" in msg and "step_00000004" in msg
+    ck = tmp_path / "f" / "checkpoints"
+    assert sorted(p.stem for p in ck.glob("*.json")) == ["step_00000002", "step_00000004"]
+    # the command line: one message, exit status 1, no traceback
+    calls["n"] = 0
+    rc = main(["--config", "toy", *TINY, "steps=10", "ckpt_every=2", f"out={tmp_path / 'g'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: training stopped at step 5" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, words", [
+    ("lr=3", ["unknown key 'lr'", "did you mean", "'lr_g'"]),
+    ("langevin.gama_eps=0.1", ["unknown key 'langevin.gama_eps'", "'langevin.gamma_eps'"]),
+    ("batch=abc", ["'batch'", "whole number"]),
+    ("lr_g=-1", ["lr_g", "> 0"]),
+    ("teacher.kind=edmm", ["teacher.kind", "edm"]),
+    ("langevin.K=-2", ["K (Langevin steps)", ">= 0"]),
+    ("progress=maybe", ["'progress'", "true or false"]),
+    ("steps", ["not key=value"]),
+])
+def test_config_errors_get_one_clear_message(override, words, capsys):
+    rc = main(["--config", "toy", override])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_config_error_from_the_shell_has_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "emd_lib.train", "--config", "toy", "lr=3"], env=env1(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown key 'lr'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_teachers_fail_clearly(tmp_path, capsys):
+    assert main(["--config", "mnist", f"teacher.path={tmp_path / 'none'}", f"out={tmp_path}"]) == 2
+    assert "Chapter 7 trains it" in capsys.readouterr().err
+    assert main(["--config", "imagenet64", f"out={tmp_path}"]) == 2
+    assert "trust_pickle" in capsys.readouterr().err
+    assert main(["--config", "sd15", f"teacher.path={tmp_path / 'nothing'}", "teacher.kind=sd", f"out={tmp_path}"]) == 2
+    assert "cannot load Stable Diffusion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, arch", [("imagenet64", "tiny-edm"), ("imagenet128", "tiny-adm"), ("sd15", "tiny-sd")])
+def test_the_large_configs_train_on_tiny_random_stand_ins(name, arch, tmp_path):
+    cfg = load_config(name, ["teacher.kind=random", f"teacher.arch={arch}", "steps=2", "batch=4",
+                             f"out={tmp_path}", "progress=false", "tensorboard=false", "lam_min=-5", "lam_max=5",
+                             "lam_star=-4", "langevin.K=2", "lam_dist=uniform"])
+    tr = Trainer(cfg)
+    hist = tr.run()
+    assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["loss_g"])) for h in hist)
+    x = tr.sample(3, cond=tr.prob.make_cond(torch.tensor([0, 1, 2]), tr.device))
+    assert x.shape == (3, *tr.prob.shape)
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 2
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    Trainer(toy(tmp_path, "steps=2", "ckpt_every=1")).run()
+    with pytest.raises(ConfigError, match="lr_g"):
+        Trainer(toy(tmp_path, "steps=4", "lr_g=1e-4")).run()
+    tr = Trainer(toy(tmp_path, "steps=4"))            # steps may change
+    tr.run()
+    assert tr.step == 4
+
+
+def test_mnist_config_trains_on_a_chapter7_style_teacher_checkpoint(tmp_path):
+    from emd_lib.checkpoint import save_checkpoint
+    from emd_lib.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(in_ch=1, channels=(8, 16, 16))
+    save_checkpoint(tmp_path / "teacher", net.state_dict(),
+                    {"arch": net.config, "schedule": "vp", "predicts": "x0", "data": "mnist"})
+    cfg = load_config("mnist", [f"teacher.path={tmp_path / 'teacher'}", "steps=2", "batch=4", "langevin.K=2",
+                                f"out={tmp_path / 'run'}", "progress=false", "tensorboard=false"])
+    tr = Trainer(cfg)
+    assert tr.prob.shape == (1, 28, 28) and tr.prob.cond == "class" and tr.prob.num_classes == 10
+    hist = tr.run()
+    assert len(hist) == 2 and all(math.isfinite(h["loss_g"]) for h in hist)

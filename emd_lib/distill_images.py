@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     cfg = config_from_args(args)
     d = make_distiller(teacher, cfg, device=dev)
     name = "EMD-%d" % args.K if args.method == "emd" else "Diff-Instruct"
-    base = run_card(argv, what=f"{name} one-step generator distilled from {Path(args.teacher).name} "
+    base = run_card(argv, module=__spec__.name, what=f"{name} one-step generator distilled from {Path(args.teacher).name} "
                     "(EMA generator and student score)", method=args.method, arch=teacher.net.config,
                     lam_star=args.lam_star, teacher=Path(args.teacher).name, data=teacher.card.get("data", "mnist"),
                     teacher_sha256=read_card(args.teacher).get("sha256"), config=cfg.to_dict(), machine=machine(dev))

@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam)
-    out = run_card(argv, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
+    out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
                    reference="the 500 held-out MNIST digits (50 a class)", rows=rows)
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
     print(f"wrote {args.out}")

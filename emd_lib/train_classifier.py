@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             acc = float((clf(x_ev.to(dev)).argmax(1).cpu() == y_ev).float().mean())
         print(f"epoch {ep + 1}: loss {loss.item():.4f}, held-out accuracy {acc:.4f}")
-    card = run_card(argv, what="MNIST digit classifier for the image metrics (features: 128-d penultimate layer)",
+    card = run_card(argv, module=__spec__.name, what="MNIST digit classifier for the image metrics (features: 128-d penultimate layer)",
                     arch=clf.config, steps=steps, epochs=args.epochs, wall_time_s=round(time.perf_counter() - t0, 1),
                     machine=machine(dev), metrics={"heldout_accuracy": acc, "n_heldout": len(y_ev)},
                     settings=vars(args))

@@ -40,11 +40,10 @@ def machine(dev=None) -> str:
     return f"{os.cpu_count()}-core CPU ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
 
 
-def run_card(argv=None, **extra) -> dict:
-    """The common part of every card: the exact command, the date (UTC) and the machine."""
+def run_card(argv=None, module: str | None = None, **extra) -> dict:
+    """The common part of every card: the exact command (``python -m module args``) and the date (UTC)."""
     argv = sys.argv[1:] if argv is None else argv
-    mod = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else None
-    cmd = f"python -m {mod} " if mod else "python " + (sys.argv[0] + " " if sys.argv else "")
+    cmd = f"python -m {module} " if module else "python " + (sys.argv[0] + " " if sys.argv else "")
     return {"command": (cmd + shlex.join(argv)).strip(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **extra}
 
@@ -117,7 +116,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     n_params = sum(p.numel() for p in net.parameters())
-    base = run_card(argv if argv is not None else None, what=f"class-conditional UNet denoiser ({args.data}), EMA weights",
+    base = run_card(argv, module=__spec__.name, what=f"class-conditional UNet denoiser ({args.data}), EMA weights",
                     arch=net.config, schedule="vp", predicts="x0", n_params=n_params, data=args.data,
                     n_train=len(x_tr), n_heldout=len(x_ev), machine=machine(dev), settings=vars(args))
 

@@ -115,6 +115,23 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
     return rows
 
 
+def annotate_cards(table: dict, data_dir=None) -> None:
+    """Copy each model's measured row into its checkpoint card under ``"eval"`` (the weights, and so
+    the card's sha256, are unchanged)."""
+    from .checkpoint import read_card
+
+    data_dir = Path(data_dir or _DATA)
+    picks = {"mnist_teacher": "teacher, Heun ODE 18", "mnist_emd": "EMD-", "mnist_di": "Diff-Instruct, one step"}
+    for name, prefix in picks.items():
+        row = next((r for r in table["rows"] if r["model"].startswith(prefix) and "+" not in r["model"]), None)
+        path = data_dir / f"{name}.json"
+        if row is None or not path.exists():
+            continue
+        card = read_card(data_dir / name)
+        card["eval"] = {**row, "measured_by": table["command"], "date": table["date"], "reference": table["reference"]}
+        atomic_write_bytes(path, (json.dumps(card, indent=2, default=str) + "\n").encode())
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m emd_lib.eval_images", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=500)
@@ -133,6 +150,7 @@ def main(argv=None) -> dict:
     out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
                    reference="the 500 held-out MNIST digits (50 a class)", rows=rows)
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
+    annotate_cards(out)
     print(f"wrote {args.out}")
     return out
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The command's networks have one hidden layer more than the library default (3): on the
 #: book's mixtures a 4-layer generator draws thinner bridges between modes (ring8, K = 8:
-#: 91.7% of samples within 3 sd against 88.2%) for about 1.4x the time per step.
+#: 91.7% of samples within 3 sd against 88.2%) for about 1.3x the time per step.
 TOY_DEPTH = 4
 
 

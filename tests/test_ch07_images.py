@@ -69,6 +69,8 @@ def test_shipped_files_have_cards_with_commands_and_data_is_small():
         assert len(card["sha256"]) == 64 and card["command"].startswith("python")
         if name != "mnist5k":
             assert card["machine"] and card["date"] and card["wall_time_s"] > 0 and card.get("complete", True)
+        if name in ("mnist_teacher", "mnist_emd", "mnist_di"):
+            assert 0 < card["eval"]["classifier_frechet"] < 200 and card["eval"]["classes_covered"] == 10
     total = sum(f.stat().st_size for f in DATA.rglob("*") if f.is_file())
     assert total < 30e6, f"data/ holds {total / 1e6:.1f} MB"
 
@@ -253,5 +255,6 @@ def test_train_teacher_cli_tiny_run_writes_a_card(tmp_path):
 
     card = main(["--data", "digits8", "--channels", "8", "16", "--emb-dim", "16", "--steps", "3", "--batch", "8",
                  "--out", str(tmp_path / "t"), "--quiet"])
-    assert card["steps"] == 3 and card["complete"] and "digits8" in card["command"]
+    assert card["steps"] == 3 and card["complete"]
+    assert card["command"].startswith("python -m emd_lib.train_teacher --data digits8")
     assert all(np.isfinite(v) for v in card["metrics"].values())

@@ -135,7 +135,12 @@ def annotate_cards(table: dict, data_dir=None) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m emd_lib.eval_images", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--teacher-steps", type=int, nargs="+", default=[18, 4])
+    p.add_argument("--teacher-steps", type=int, nargs="*", default=[18, 4], help="Heun steps of each teacher row "
+                   "(none: no teacher rows)")
+    p.add_argument("--teacher", default=str(_DATA / "mnist_teacher"))
+    p.add_argument("--emd", default=str(_DATA / "mnist_emd"), help="EMD student checkpoint")
+    p.add_argument("--di", default=str(_DATA / "mnist_di"), help="Diff-Instruct student checkpoint")
+    p.add_argument("--no-annotate", action="store_true", help="do not copy the rows into the checkpoints' cards")
     p.add_argument("--correction-steps", type=int, default=20)
     p.add_argument("--correction-lam", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=0)
@@ -146,11 +151,13 @@ def main(argv=None) -> dict:
     from .train_teacher import machine, run_card
 
     t0 = time.perf_counter()
-    rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam)
+    rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam,
+                         paths={"teacher": Path(args.teacher), "emd": Path(args.emd), "di": Path(args.di)})
     out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
                    reference="the 500 held-out MNIST digits (50 a class)", rows=rows)
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
-    annotate_cards(out)
+    if not args.no_annotate:
+        annotate_cards(out)
     print(f"wrote {args.out}")
     return out
 

@@ -11,14 +11,6 @@ from emd_lib.schedules import VP
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and much faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 def _kl_gauss(m0, C0, m1, C1):
     """Closed-form KL(N(m0, C0) || N(m1, C1))."""
     d = len(m0)

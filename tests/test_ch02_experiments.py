@@ -8,14 +8,6 @@ from emd_lib.experiments.ch02 import _linear_generator, run_one
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and much faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 def test_run_one_linear_is_json_ready():
     r = run_one("bimodal", "di", seed=0, steps=4, generator="linear", eval_every=2, n_eval=200, n_final=300,
                 keep_samples=10, student_warmup=2, width=16)

@@ -84,13 +84,6 @@ def test_exact_em_reaches_the_fit_and_is_fastest_mid_range():
     assert errs[0][9] < errs[-4][9] and errs[0][9] < errs[4][9]
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors run faster on one thread, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_langevin_em_decreases_the_error(one_thread):

@@ -19,12 +19,6 @@ A = torch.tensor([[0.5, 0.0], [0.2, 0.4]])
 B = torch.tensor([0.3, 0.2])
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_fixed_x_step_is_stable_at_the_least_noisy_level():

@@ -23,7 +23,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["check", "register", "ExerciseFailed", "registry"]
+__all__ = ["check", "register", "ExerciseFailed", "registry", "expect_close"]
 
 
 class ExerciseFailed(AssertionError):
@@ -39,6 +39,21 @@ class Exercise:
 
 
 _REGISTRY: dict[str, Exercise] = {}
+
+
+def expect_close(name: str, got, want, tol: float = 1e-5, relative: bool = True) -> None:
+    """Raise :class:`ExerciseFailed` unless ``got`` has ``want``'s shape and matches it to ``tol``
+    (relative to ``max(|want|, 1)`` when ``relative``, else absolute), naming ``name``."""
+    import torch
+
+    got = torch.as_tensor(got, dtype=torch.float64)
+    want = torch.as_tensor(want, dtype=torch.float64)
+    if got.shape != want.shape:
+        raise ExerciseFailed(f"{name} should have shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    err = float((got - want).abs().max())
+    bound = tol * max(float(want.abs().max()), 1.0) if relative else tol
+    if not err <= bound:
+        raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
 
 
 def register(id: str, title: str = "", wrong: list | None = None):

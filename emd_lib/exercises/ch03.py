@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseFailed, register
+from . import ExerciseFailed, expect_close, register
 from ..em import LinearGenerator, latent_posterior, marginal_log_prob
 
 
@@ -16,12 +16,7 @@ def _case(seed=0, n=6):
 
 
 def _close(name, got, want, tol=1e-5):
-    got = torch.as_tensor(got, dtype=torch.float64)
-    if got.shape != want.shape:
-        raise ExerciseFailed(f"{name} should have shape {tuple(want.shape)}, got {tuple(got.shape)}")
-    err = float((got - want).abs().max())
-    if not err < tol:
-        raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
+    expect_close(name, got, want, tol, relative=False)
 
 
 # ---- 3.1 the latent posterior -------------------------------------------------------------------

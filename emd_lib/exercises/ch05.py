@@ -5,18 +5,11 @@ import math
 
 import torch
 
-from . import ExerciseFailed, register
+from . import ExerciseFailed, expect_close, register
 
 
 def _close(name, got, want, tol=1e-5):
-    got = torch.as_tensor(got, dtype=torch.float64)
-    want = torch.as_tensor(want, dtype=torch.float64)
-    if got.shape != want.shape:
-        raise ExerciseFailed(f"{name} should have shape {tuple(want.shape)}, got {tuple(got.shape)}")
-    err = float((got - want).abs().max())
-    scale = float(want.abs().max()) + 1e-12
-    if not err <= tol * max(scale, 1.0):
-        raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
+    expect_close(name, got, want, tol, relative=True)
 
 
 # ---- 5.1 the M-step's eps after one Langevin step ---------------------------------------------------

@@ -1,4 +1,5 @@
-"""Chapter 2's exercises: the reference solutions pass, the student stubs and the wrong answers fail."""
+"""Chapters 1 and 2, exercise by exercise: each chapter has exactly its exercises, the reference
+solutions pass, the student stubs fail with the "not answered yet" hint, the wrong answers fail."""
 import re
 from pathlib import Path
 
@@ -43,34 +44,28 @@ def student_edition(code: str) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and much faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+EXERCISES = {"01_diffusion_2d.py": ["1.1", "1.2", "1.3"],
+             "02_mode_seeking_vs_covering.py": ["2.1", "2.2", "2.3"]}
+CASES = [(chapter, ex_id) for chapter, ids in EXERCISES.items() for ex_id in ids]
+IDS = [ex_id for _, ex_id in CASES]
 
 
-CHAPTER = "02_mode_seeking_vs_covering.py"
-IDS = ["2.1", "2.2", "2.3"]
-
-
-def test_chapter_has_the_exercises():
-    cells = exercise_cells(CHAPTER)
-    assert sorted(cells) == IDS
+@pytest.mark.parametrize("chapter", list(EXERCISES))
+def test_chapter_has_the_exercises(chapter):
+    cells = exercise_cells(chapter)
+    assert sorted(cells) == EXERCISES[chapter]
     for code in cells.values():
         assert "### BEGIN SOLUTION" in code and "### END SOLUTION" in code and "check(" in code
 
 
-@pytest.mark.parametrize("ex_id", IDS)
-def test_reference_solution_passes(ex_id):
-    exec(compile(exercise_cells(CHAPTER)[ex_id], f"exercise {ex_id}", "exec"), {"__name__": "__ex__"})
+@pytest.mark.parametrize("chapter, ex_id", CASES, ids=IDS)
+def test_reference_solution_passes(chapter, ex_id):
+    exec(compile(exercise_cells(chapter)[ex_id], f"exercise {ex_id}", "exec"), {"__name__": "__ex__"})
 
 
-@pytest.mark.parametrize("ex_id", IDS)
-def test_student_stub_fails(ex_id):
-    code = student_edition(exercise_cells(CHAPTER)[ex_id])
+@pytest.mark.parametrize("chapter, ex_id", CASES, ids=IDS)
+def test_student_stub_fails(chapter, ex_id):
+    code = student_edition(exercise_cells(chapter)[ex_id])
     with pytest.raises(ExerciseFailed, match="not answered yet"):
         exec(compile(code, f"stub {ex_id}", "exec"), {"__name__": "__ex__"})
 

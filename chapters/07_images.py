@@ -229,7 +229,7 @@ print(f"classifier Fréchet distance, 500 real training digits vs the 500 held-o
 z_show = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(2))
 c_show = torch.arange(20) % 10
 lam_stars = [0.0, -2.0, -6.0, -10.0]
-fig, axes = plt.subplots(len(lam_stars), 1, figsize=(8, 1.9 * len(lam_stars)))
+fig, axes = plt.subplots(len(lam_stars), 1, figsize=(8, 1.1 * len(lam_stars)))
 init_rows = []
 for ax, ls in zip(axes, lam_stars):
     gen0 = TeacherInitGenerator(net, ls, copy_weights=False)

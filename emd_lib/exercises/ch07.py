@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseFailed, register
+from . import ExerciseFailed, expect_close, register
 
 
 def _close(name, got, want, tol=1e-5):
-    got = torch.as_tensor(got, dtype=torch.float64)
-    want = torch.as_tensor(want, dtype=torch.float64)
-    if got.shape != want.shape:
-        raise ExerciseFailed(f"{name} should have shape {tuple(want.shape)}, got {tuple(got.shape)}")
-    err = float((got - want).abs().max())
-    if not err <= tol * max(float(want.abs().max()), 1.0):
-        raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
+    expect_close(name, got, want, tol)
 
 
 # ---- 7.1 the teacher's training loss ------------------------------------------------------------------

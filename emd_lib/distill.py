@@ -35,6 +35,15 @@ from .schedules import bcast, sample_lam, weight
 __all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss"]
 
 
+def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
+    """Cosine decay from ``lr`` at ``frac = 0`` to ``lr * decay`` at ``frac >= 1``; sets and returns it."""
+    frac = min(frac, 1.0)
+    value = lr * (decay + (1 - decay) * 0.5 * (1 + math.cos(math.pi * frac)))
+    for group in opt.param_groups:
+        group["lr"] = value
+    return value
+
+
 @dataclass
 class DistillConfig:
     """Every setting of a distillation run, with the defaults that work on the 2D toys."""
@@ -221,10 +230,7 @@ class Distiller:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.grad_clip).item()
-        # cosine decay of the generator learning rate
-        frac = min(self.step_count / max(cfg.steps, 1), 1.0)
-        for group in self.opt_g.param_groups:
-            group["lr"] = cfg.lr_g * (cfg.lr_decay + (1 - cfg.lr_decay) * 0.5 * (1 + math.cos(math.pi * frac)))
+        set_cosine_lr(self.opt_g, cfg.lr_g, cfg.lr_decay, self.step_count / max(cfg.steps, 1))
         self.opt_g.step()
         if cfg.ema > 0:
             ema_update(self.ema, self.generator, cfg.ema)

@@ -46,7 +46,7 @@ from torch import nn
 
 from . import ROOT
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .distill import DistillConfig, di_generator_loss, emd_generator_loss, student_loss
+from .distill import DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss
 from .nets import ema_update
 from .schedules import sample_lam
 
@@ -556,10 +556,7 @@ class Trainer:
         if not (math.isfinite(val) and math.isfinite(gnorm)):
             self._fault(f"non-finite generator {'loss' if not math.isfinite(val) else 'gradient'} "
                         f"(loss {val}, gradient norm {gnorm})")
-        # cosine decay of the generator learning rate
-        frac = min(self.step / max(cfg.steps, 1), 1.0)
-        for group in self.opt_g.param_groups:
-            group["lr"] = cfg.lr_g * (cfg.lr_decay + (1 - cfg.lr_decay) * 0.5 * (1 + math.cos(math.pi * frac)))
+        set_cosine_lr(self.opt_g, cfg.lr_g, cfg.lr_decay, self.step / max(cfg.steps, 1))
         self.opt_g.step()
         if cfg.ema > 0:
             ema_update(self.ema, p.generator, cfg.ema)

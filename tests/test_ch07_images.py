@@ -47,13 +47,18 @@ def test_mnist_cache_is_checked_balanced_and_split():
     torch.testing.assert_close(D.to_unit(x), images[:3, None].float() / 255)
 
 
-def test_corrupted_mnist_cache_is_refused(tmp_path):
+def _tampered_copy(name, dst, offset):
+    """Copy a shipped checkpoint (weights and card) to ``dst`` and flip one byte of its weights."""
     for ext in (".safetensors", ".json"):
-        shutil.copy(DATA / f"mnist5k{ext}", tmp_path / f"mnist5k{ext}")
-    p = tmp_path / "mnist5k.safetensors"
+        shutil.copy(DATA / f"{name}{ext}", dst.with_suffix(ext))
+    p = dst.with_suffix(".safetensors")
     raw = bytearray(p.read_bytes())
-    raw[-10] ^= 0xFF
+    raw[offset] ^= 0xFF
     p.write_bytes(bytes(raw))
+
+
+def test_corrupted_mnist_cache_is_refused(tmp_path):
+    _tampered_copy("mnist5k", tmp_path / "mnist5k", offset=-10)
     with pytest.raises(CheckpointError, match="does not match"):
         D.mnist5k(tmp_path / "mnist5k")
 
@@ -242,12 +247,7 @@ def test_sample_cli_writes_unit_range_digits_of_the_asked_class(tmp_path):
 
 
 def test_sample_cli_refuses_a_tampered_checkpoint(tmp_path):
-    for ext in (".safetensors", ".json"):
-        shutil.copy(DATA / f"mnist_di{ext}", tmp_path / f"di{ext}")
-    p = tmp_path / "di.safetensors"
-    raw = bytearray(p.read_bytes())
-    raw[-3] ^= 0xFF
-    p.write_bytes(bytes(raw))
+    _tampered_copy("mnist_di", tmp_path / "di", offset=-3)
     r = subprocess.run([sys.executable, "-m", "emd_lib.sample", "--checkpoint", str(tmp_path / "di"), "--n", "2",
                         "--out", str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert r.returncode == 2 and "does not match" in r.stderr and not (tmp_path / "x.npy").exists()

@@ -48,7 +48,8 @@ import torch
 from emd_lib import DATA_DIR, ROOT, fast_or
 from emd_lib import adapters as A
 from emd_lib.bench import bench, format_table
-from emd_lib.evaluate import fid_from_features, inception_score, precision_recall
+from emd_lib.evaluate import fid_from_features, inception_score
+from emd_lib.metrics import knn_precision_recall
 from emd_lib.train import Trainer, load_config
 
 torch.set_num_threads(1)
@@ -308,7 +309,7 @@ feats_fake = 1.2 * torch.randn(2000, 16, generator=gf, dtype=torch.float64) + 0.
 mu_r, cov_r = feats_real.mean(0), torch.cov(feats_real.T)
 print(f"Fréchet distance {fid_from_features(feats_fake, mu_r, cov_r):.3f} "
       f"(two Gaussians: 16 (0.1^2 + (1.2 - 1)^2) = {16 * (0.01 + 0.04):.3f}, plus sampling error)")
-p, r = precision_recall(feats_real, feats_fake, k=3)
+p, r = knn_precision_recall(feats_real, feats_fake, k=3)
 print(f"precision {p:.3f}, recall {r:.3f}")
 conf = 30 * torch.nn.functional.one_hot(torch.arange(1000) % 100, 100).double()
 print(f"Inception Score: confident and balanced over 100 classes {inception_score(conf)[0]:.1f}, "

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .image_metrics import frechet_distance, gaussian_stats
+from .image_metrics import frechet_distance, gaussian_stats, inception_extractor
+from .metrics import knn_precision_recall
 
-__all__ = ["inception_score", "precision_recall", "load_reference_stats", "fid_from_features",
+__all__ = ["inception_score", "load_reference_stats", "fid_from_features",
            "clip_score", "inception_extractor", "imagenet_eval", "coco_eval", "main"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -49,34 +50,6 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
         scores.append(float(kl.exp()))
     s = np.array(scores)
     return float(s.mean()), float(s.std())
-
-
-def _kth_radii(a: torch.Tensor, k: int, batch: int) -> torch.Tensor:
-    out = []
-    for i in range(0, len(a), batch):
-        d = torch.cdist(a[i:i + batch], a)
-        out.append(d.kthvalue(k + 1, dim=1).values)                     # +1 skips the point itself
-    return torch.cat(out)
-
-
-def _inside(points, centres, radii, batch):
-    hit = []
-    for i in range(0, len(points), batch):
-        d = torch.cdist(points[i:i + batch], centres)
-        hit.append((d <= radii[None]).any(1))
-    return float(torch.cat(hit).float().mean())
-
-
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: int = 5000) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) in any feature space, batched so that
-    50,000 x 50,000 distances never sit in memory at once. Precision: fake samples inside the union
-    of balls around real ones (radius: distance to the k-th neighbour); recall: the reverse."""
-    real = torch.as_tensor(real, dtype=torch.float32).flatten(1)
-    fake = torch.as_tensor(fake, dtype=torch.float32).flatten(1)
-    if len(real) <= k or len(fake) <= k:
-        raise ValueError(f"need more than k={k} samples in each set, got {len(real)} real and {len(fake)} fake")
-    r_real, r_fake = _kth_radii(real, k, batch), _kth_radii(fake, k, batch)
-    return _inside(fake, real, r_real, batch), _inside(real, fake, r_fake, batch)
 
 
 def load_reference_stats(path) -> tuple[np.ndarray, np.ndarray]:
@@ -138,29 +111,6 @@ def _features(out):
     return out[0]
 
 
-# ---- Inception features (torch-fidelity), optional -------------------------------------------------
-
-def inception_extractor(device="cpu", logits: bool = True):
-    """``images in [0, 1] (n, 3, H, W) -> (pool features (n, 2048), logits (n, 1008))`` through
-    torch-fidelity's Inception-v3 (the network of the standard FID). Not a dependency: raises
-    ``ImportError`` saying what to install."""
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        raise ImportError("ImageNet FID and Inception Score need torch-fidelity: `pip install torch-fidelity` "
-                          "(with a torchvision that matches your torch); its Inception weights download on first "
-                          "use. Or pass extractor=your_function") from None
-    names = ["2048", "logits_unbiased"] if logits else ["2048"]
-    fe = FeatureExtractorInceptionV3("inception-v3-compat", names).to(device).eval()
-
-    @torch.no_grad()
-    def extract(x):
-        x = (x.clamp(0, 1) * 255).round().to(torch.uint8).to(device)
-        out = fe(x)
-        return (out[0].double().cpu(), out[1].double().cpu()) if logits else (out[0].double().cpu(), None)
-    return extract
-
-
 @torch.no_grad()
 def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor=None, num_classes: int = 1000,
                   real_features=None, k: int = 3, progress: bool = True) -> dict:
@@ -170,7 +120,7 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
     classes so every class gets ``n / num_classes`` samples. ``ref``: reference statistics
     (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)``.
     """
-    extractor = extractor or inception_extractor()
+    extractor = extractor or inception_extractor(logits=True)
     feats, logits = [], []
     it = range(0, n, batch)
     if progress:
@@ -193,7 +143,7 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
         rf = np.load(real_features)["features"] if isinstance(real_features, (str, Path)) else real_features
         rf = torch.as_tensor(np.asarray(rf))
         m = min(len(rf), len(feats))
-        out["precision"], out["recall"] = precision_recall(rf[:m], feats[:m], k=k)
+        out["precision"], out["recall"] = knn_precision_recall(rf[:m], feats[:m], k=k)
     return out
 
 
@@ -206,7 +156,7 @@ def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, 
     ``sample(captions) -> images in [0, 1]`` (SD decodes 512 px); images are resized to ``size``
     (256 for COCO-30k) before the feature network."""
     if extractor is None:
-        extractor = _cleanfid_extractor()
+        extractor = inception_extractor(backend="clean-fid")
     feats, clip_scores = [], []
     it = range(0, len(captions), batch)
     if progress:
@@ -228,21 +178,6 @@ def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, 
     if clip is not None:
         out["clip_score"] = sum(clip_scores) / len(captions)
     return out
-
-
-def _cleanfid_extractor(device=None):
-    try:
-        from cleanfid.features import build_feature_extractor
-    except ImportError:
-        raise ImportError("COCO FID uses clean-fid's features: `pip install clean-fid` (its Inception weights "
-                          "download on first use); or pass extractor=your_function") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_feature_extractor("clean", torch.device(device))
-
-    def extract(x):
-        x = F.interpolate(x.clamp(0, 1), size=(299, 299), mode="bicubic", align_corners=False)
-        return torch.as_tensor(model((x.clamp(0, 1) * 255).to(device))).double().cpu()
-    return extract
 
 
 # ---- command line: a trained run's EMA generator -----------------------------------------------------

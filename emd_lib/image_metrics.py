@@ -137,28 +137,45 @@ def image_report(fake: torch.Tensor, labels: torch.Tensor | None, real: torch.Te
 
 # ---- real FID, when an Inception implementation is installed ---------------------------------------
 
-def inception_extractor(device="cpu"):
-    """A callable ``(n, 1|3, H, W)`` pixels in [0, 1] -> Inception pool features ``(n, 2048)``, from
-    torch-fidelity or clean-fid. Raises ``ImportError`` saying how to get one when neither is
-    installed (their weights are a download, done by those packages, never by this project)."""
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        FeatureExtractorInceptionV3 = None
-    if FeatureExtractorInceptionV3 is not None:
-        fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
+def inception_extractor(device="cpu", logits: bool = False, backend: str | None = None):
+    """A callable: pixels in [0, 1] ``(n, 1|3, H, W)`` -> Inception pool features ``(n, 2048)``
+    (float64, CPU), or ``(features, logits (n, 1008))`` with ``logits=True`` (for the Inception
+    Score; torch-fidelity only).
 
+    ``backend``: ``"torch-fidelity"`` or ``"clean-fid"`` (COCO's convention); by default the
+    first installed. Neither is a dependency of this project (they pull a torchvision that pins
+    another torch); a missing one raises ``ImportError`` saying what to install. Their weights
+    are a download, done by those packages, never by this project.
+    """
+    if backend not in (None, "torch-fidelity", "clean-fid"):
+        raise ValueError(f"backend must be 'torch-fidelity' or 'clean-fid', got {backend!r}")
+    fe = None
+    if backend in (None, "torch-fidelity"):
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            names = ["2048", "logits_unbiased"] if logits else ["2048"]
+            fe = FeatureExtractorInceptionV3("inception-v3-compat", names).to(device).eval()
+        except ImportError:
+            if backend or logits:
+                raise ImportError("Inception features with logits need torch-fidelity: `pip install torch-fidelity` "
+                                  "(with a torchvision that matches your torch); or pass extractor=your_function"
+                                  if logits else "`pip install torch-fidelity`, or pass extractor=your_function") from None
+    if fe is not None:
+        @torch.no_grad()
         def extract(x):  # torch-fidelity takes uint8 (n, 3, H, W) and resizes to 299 itself
-            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-            return fe(x.expand(-1, 3, -1, -1).to(device))[0].double().cpu()
+            x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).to(device)
+            out = fe(x)
+            feats = out[0].double().cpu()
+            return (feats, out[1].double().cpu()) if logits else feats
         return extract
     try:
         from cleanfid.features import build_feature_extractor
     except ImportError:
         raise ImportError("real FID needs torch-fidelity or clean-fid (`pip install torch-fidelity` or "
                           "`pip install clean-fid`), plus their Inception weights; or pass extractor=") from None
-    model = build_feature_extractor("clean", device)
+    model = build_feature_extractor("clean", torch.device(device))
 
+    @torch.no_grad()
     def extract(x):  # clean-fid's network takes 0..255 floats at 299x299 (its own resize is PIL bicubic)
         x = F.interpolate(x.clamp(0, 1).expand(-1, 3, -1, -1), size=(299, 299), mode="bicubic", align_corners=False)
         return torch.as_tensor(model((x.clamp(0, 1) * 255).to(device))).double().cpu()

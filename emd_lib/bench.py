@@ -1,13 +1,15 @@
 """Benchmark a training step and one-step sampling at any scale.
 
-    python -m emd_lib.bench --config imagenet64 [--method emd|di] [--langevin-steps K] [--batch B]
-                            [--steps N] [--compile] [--cuda-graphs] [--tiny] [--json OUT.json]
+    python -m emd_lib.bench --config imagenet64 [--method emd|di] [--langevin-steps K[,K...]] [--batch B]
+                            [--steps N] [--compile] [--cuda-graphs] [--passes] [--tiny] [--json OUT.json]
 
 For each method (Diff-Instruct and EMD-1/2/4/8/16 unless ``--method`` picks one) it times
 full training steps (student-score updates + generator update, exactly as
 :mod:`emd_lib.train` runs them) and prints seconds per step, images per second, peak memory,
-the FLOPs of one step (counted by ``torch.utils.flop_counter``) and the achieved TFLOP/s.
-Then it compares sampling: the one-step generator against the teacher's Heun sampler.
+the FLOPs of one step (counted by ``torch.utils.flop_counter``) and the achieved TFLOP/s, also
+as a share of the card's measured dense matrix rate. ``--passes`` times one forward pass, one
+forward-and-VJP to the input (the E-step's pass) and one training pass of the network, and sets
+each step beside the sum of the passes it makes. Then it compares sampling: the one-step generator against the teacher's Heun sampler.
 
 The teacher has random weights of the config's architecture (``teacher.arch``): for
 ``imagenet64`` a diffusers ``UNet2DModel`` laid out like EDM's ADM ImageNet-64 network (about
@@ -31,7 +33,7 @@ import torch
 
 from .train import ConfigError, Trainer, load_config
 
-__all__ = ["bench", "main", "TINY_ARCH"]
+__all__ = ["bench", "main", "matmul_peak", "pass_counts", "pass_flops", "passes", "TINY_ARCH"]
 
 TINY_ARCH = {"adm64": "tiny-edm", "adm128": "tiny-adm", "sd15": "tiny-sd", "tiny-edm": "tiny-edm",
              "tiny-adm": "tiny-adm", "tiny-sd": "tiny-sd"}
@@ -89,6 +91,103 @@ class FlopCount:
         return self._mode.__exit__(*exc)
 
 
+def matmul_peak(device=None, n: int | None = None, iters: int = 10) -> dict:
+    """The card's measured dense matrix rate: an ``n x n x n`` product (bf16 on CUDA, fp32 on the
+    CPU), mean of ``iters`` timed products after three warm-ups. Returns ``{"dtype", "n", "tflops"}``."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    n = n or (8192 if cuda else 1024)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
+    for _ in range(3):
+        a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(dev)
+    sec = (time.perf_counter() - t0) / iters
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "tflops": 2 * n**3 / sec / 1e12}
+
+
+def _timed(fn, dev, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t0) / steps
+
+
+# network passes of one step, in units of the three kinds timed by ``passes``
+def pass_counts(method: str, K: int = 0, move_z: bool = True) -> dict:
+    """How many passes of each kind one training step makes (the student-score update included):
+
+    ``forward`` (no graph kept), ``vjp`` (forward, then the backward to the network's input only)
+    and ``train`` (forward, then the backward to the weights)."""
+    c = {"forward": 1, "vjp": 0, "train": 1}                  # student update: g(z) without grad, then DSM
+    if method == "di":
+        c["train"] += 1                                       # g(z) with its backward
+        c["forward"] += 2                                     # teacher and student at x_t
+    else:
+        c["forward"] += 2 * K                                 # teacher and student at every Langevin step
+        if move_z and K > 0:
+            c["vjp"] += K                                     # g(z_k) and J^T v to z_k
+        c["train"] += 1                                       # the M-step regression (with z fixed, its
+    return c                                                  # forward pass is the chain's g(z) too)
+
+
+def _pass_fns(tr):
+    from .langevin import call_generator, frozen_params
+
+    G = tr.prob.generator
+    z, _, _, cond = tr._draw()
+
+    def forward():
+        with torch.no_grad():
+            call_generator(G, z, cond)
+
+    def vjp():
+        zz = z.detach().requires_grad_(True)
+        with frozen_params(G):
+            x = call_generator(G, zz, cond)
+            torch.autograd.grad(x, zz, grad_outputs=torch.ones_like(x))
+
+    def train():
+        call_generator(G, z, cond).square().mean().backward()
+
+    return {"forward": forward, "vjp": vjp, "train": train}
+
+
+def pass_flops(tr) -> dict:
+    """FLOPs of one pass of each kind (count them before compiling: the counter runs eagerly)."""
+    out = {}
+    with tr._autocast():
+        for name, fn in _pass_fns(tr).items():
+            with FlopCount() as fc:
+                fn()
+            out[name] = fc.total
+    tr.prob.generator.zero_grad(set_to_none=True)
+    return out
+
+
+def passes(tr, steps: int = 5, warmup: int = 2, flops: dict | None = None) -> dict:
+    """Time the three kinds of network pass (:func:`pass_counts`) on the generator's network at the
+    step's batch; ``flops`` from :func:`pass_flops` (counted now when not given)."""
+    flops = flops or pass_flops(tr)
+    out = {}
+    with tr._autocast():
+        for name, fn in _pass_fns(tr).items():
+            sec = _timed(fn, tr.device, steps, warmup)
+            out[name] = {"sec": sec, "tflop": flops[name] / 1e12, "tflops": flops[name] / sec / 1e12}
+    tr.prob.generator.zero_grad(set_to_none=True)
+    return out
+
+
 def _one_step(tr):
     for _ in range(tr.cfg.student_updates):
         tr.student_step()
@@ -106,8 +205,14 @@ def _cond(tr, n):
 
 def bench(config: str = "imagenet64", methods=None, batch: int | None = None, steps: int = 10, warmup: int = 2,
           tiny: bool = False, compile: bool = False, cuda_graphs: bool = False, sampler_steps: int = 40,
-          n_sample: int | None = None, overrides=(), device=None, quiet: bool = False) -> dict:
-    """Time training steps for each ``(method, K)`` in ``methods`` and one-step vs many-step sampling."""
+          n_sample: int | None = None, overrides=(), device=None, quiet: bool = False, peak: bool = True,
+          time_passes: bool = False, on_row=None) -> dict:
+    """Time training steps for each ``(method, K)`` in ``methods`` and one-step vs many-step sampling.
+
+    ``peak`` also measures the card's dense matrix rate (:func:`matmul_peak`) and reports each step's
+    TFLOP/s as a share of it; ``time_passes`` times the three kinds of network pass (:func:`passes`)
+    and predicts each step as the sum of its passes (:func:`pass_counts`). ``on_row(info)`` is called
+    after each method is timed (the command uses it to write partial results)."""
     methods = methods or [("di", 1)] + [("emd", k) for k in (1, 2, 4, 8, 16)]
     base = load_config(config)
     over = list(overrides)
@@ -135,6 +240,9 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             "threads": torch.get_num_threads(), "compile": compile, "cuda_graphs": cuda_graphs,
             "torch": torch.__version__, "steps_timed": steps, "rows": []}
 
+    if peak:
+        info["peak"] = matmul_peak(dev, n=None if dev.type == "cuda" else 512)
+
     def use(method, K):
         cfg.method = method
         cfg.langevin.K = int(K)
@@ -146,10 +254,14 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
         with FlopCount() as fc:
             _one_step(tr)
         flops[method, K] = fc.total
+    pflops = pass_flops(tr) if time_passes else None
     if compile or cuda_graphs:
         _compile(tr, "reduce-overhead" if cuda_graphs else "default")
     for method, K in methods:
         use(method, K)
+        if not quiet:
+            print(f"  {'Diff-Instruct' if method == 'di' else f'EMD-{K}':>14}: warming up"
+                  + (" (compiling)" if compile or cuda_graphs else ""), file=sys.stderr, flush=True)
         for _ in range(warmup):
             _one_step(tr)
         _sync(dev)
@@ -160,12 +272,28 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             _one_step(tr)
         _sync(dev)
         sec = (time.perf_counter() - t0) / steps
-        row = {"method": "Diff-Instruct" if method == "di" else f"EMD-{K}", "sec_per_step": sec,
-               "img_per_s": batch / sec, "peak_mb": _peak_mb(dev), "tflop_per_step": flops[method, K] / 1e12,
-               "tflops": flops[method, K] / sec / 1e12}
+        row = {"method": "Diff-Instruct" if method == "di" else f"EMD-{K}", "K": int(K) if method == "emd" else 0,
+               "sec_per_step": sec, "img_per_s": batch / sec, "peak_mb": _peak_mb(dev),
+               "tflop_per_step": flops[method, K] / 1e12, "tflops": flops[method, K] / sec / 1e12,
+               "passes": pass_counts(method, K, cfg.langevin.move_z)}
+        if peak:
+            row["pct_peak"] = 100 * row["tflops"] / info["peak"]["tflops"]
         info["rows"].append(row)
         if not quiet:
             print(f"  {row['method']:>14}: {sec:.4g} s/step", file=sys.stderr, flush=True)
+        if on_row is not None:
+            on_row(info)
+    di = [r for r in info["rows"] if r["method"] == "Diff-Instruct"]
+    for r in info["rows"]:
+        if di:
+            r["ratio_to_di"] = r["sec_per_step"] / di[0]["sec_per_step"]
+    if time_passes:
+        info["pass_times"] = pt = passes(tr, steps=max(steps, 3), warmup=max(warmup, 1), flops=pflops)
+        for r in info["rows"]:
+            r["predicted_sec"] = sum(n * pt[k]["sec"] for k, n in r["passes"].items())
+        if peak:
+            for v in pt.values():
+                v["pct_peak"] = 100 * v["tflops"] / info["peak"]["tflops"]
 
     # sampling: one generator pass against the teacher's Heun sampler (2 n - 1 network evaluations)
     from .sampling import sample_ode
@@ -190,14 +318,26 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     return info
 
 
+def _opt(row, key, fmt):
+    return format(row[key], fmt) if key in row else "-"
+
+
 def format_table(info: dict) -> str:
     lines = [f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
              f"{info['device_name']} [{info['device']}], batch {info['batch']}, {info['precision']}"
              + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else ""),
-             f"{'method':>14} {'s/step':>10} {'img/s':>10} {'peak MB':>10} {'TFLOP/step':>11} {'TFLOP/s':>9}"]
+             f"{'method':>14} {'s/step':>10} {'x DI':>6} {'img/s':>10} {'peak MB':>10} {'TFLOP/step':>11} "
+             f"{'TFLOP/s':>9} {'% peak':>7} {'sum of passes':>14}"]
+    pk = info.get("peak")
+    if pk:
+        lines.insert(1, f"measured {pk['dtype']} matrix rate ({pk['n']}^3 product): {pk['tflops']:.4g} TFLOP/s")
     for r in info["rows"]:
-        lines.append(f"{r['method']:>14} {r['sec_per_step']:>10.4g} {r['img_per_s']:>10.4g} {r['peak_mb']:>10.0f} "
-                     f"{r['tflop_per_step']:>11.4g} {r['tflops']:>9.3g}")
+        lines.append(f"{r['method']:>14} {r['sec_per_step']:>10.4g} {_opt(r, 'ratio_to_di', '.2f'):>6} "
+                     f"{r['img_per_s']:>10.4g} {r['peak_mb']:>10.0f} {r['tflop_per_step']:>11.4g} {r['tflops']:>9.3g} "
+                     f"{_opt(r, 'pct_peak', '.1f'):>7} {_opt(r, 'predicted_sec', '.4g'):>14}")
+    for name, v in info.get("pass_times", {}).items():
+        lines.append(f"  one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
+                     + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else ""))
     s = info.get("sampling")
     if s:
         lines.append(f"sampling {s['n']} images: one-step generator {s['generator_img_per_s']:.4g} img/s; teacher "
@@ -205,11 +345,22 @@ def format_table(info: dict) -> str:
     return "\n".join(lines)
 
 
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or a list such as 1,2,4,8, got {text!r}") from None
+    if any(k < 0 for k in ks):
+        raise argparse.ArgumentTypeError(f"Langevin steps must be >= 0, got {text!r}")
+    return ks
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emd_lib.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="toy, mnist, imagenet64, imagenet128, sd15 or a YAML file")
     ap.add_argument("--method", choices=["emd", "di"], help="one method (default: DI and EMD-1/2/4/8/16)")
-    ap.add_argument("--langevin-steps", type=int, help="K for --method emd (default: the config's)")
+    ap.add_argument("--langevin-steps", type=_ks, help="K for --method emd (default: the config's); a list such "
+                    "as 1,2,4,8 times each of them (and Diff-Instruct, unless --method emd)")
     ap.add_argument("--batch", type=int, help="batch per step (default: 32 for the image configs)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
@@ -217,34 +368,44 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random stand-ins (CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks")
     ap.add_argument("--cuda-graphs", action="store_true", help="torch.compile mode='reduce-overhead' (CUDA graphs)")
+    ap.add_argument("--passes", action="store_true",
+                    help="also time one forward, input-VJP and training pass, and sum them per step")
+    ap.add_argument("--no-peak", action="store_true", help="skip measuring the matrix rate")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. precision=fp32")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ks = args.langevin_steps
     methods = None
     if args.method == "di":
         methods = [("di", 1)]
     elif args.method == "emd":
-        k = args.langevin_steps if args.langevin_steps is not None else load_config(args.config).langevin.K
-        methods = [("emd", k)]
-    elif args.langevin_steps is not None:
-        methods = [("emd", args.langevin_steps)]
+        methods = [("emd", k) for k in (ks or [load_config(args.config).langevin.K])]
+    elif ks is not None:
+        methods = ([("di", 1)] if len(ks) > 1 else []) + [("emd", k) for k in ks]
+    command = "python -m emd_lib.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def write(info):
+        if args.json:
+            from pathlib import Path
+
+            info = dict(info, command=command, date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(args.json).with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+            tmp.replace(args.json)
+
     try:
         info = bench(args.config, methods, args.batch, args.steps, args.warmup, args.tiny, args.compile,
-                     args.cuda_graphs, args.sampler_steps, overrides=args.overrides)
+                     args.cuda_graphs, args.sampler_steps, overrides=args.overrides, peak=not args.no_peak,
+                     time_passes=args.passes, on_row=write)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(info))
-    if args.json:
-        from pathlib import Path
-
-        info["command"] = "python -m emd_lib.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-        info["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+    write(info)
     return 0
 
 

@@ -139,10 +139,12 @@ def emd_generator_loss(generator, teacher, student, z, eps, lam, lcfg: LangevinC
                        cond=None, rng=None):
     """E-step then the M-step regression ``w ||x_t^K - alpha g(z^K)||^2 / (2 sigma^2)`` (mean over the batch)."""
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
-    x0 = call_generator(generator, z, cond)
-    res = estep(generator, teacher, student, z, eps, lam, lcfg, cond=cond, rng=rng, x0=x0.detach())
-    # when z did not move (or came back unchanged), reuse the forward pass
-    x = x0 if not (lcfg.move_z and lcfg.K > 0) else call_generator(generator, res.z, cond)
+    z_moves = lcfg.move_z and lcfg.K > 0
+    # with z fixed the M-step reuses this forward pass; with z moving the E-step makes its own
+    x0 = None if z_moves else call_generator(generator, z, cond)
+    res = estep(generator, teacher, student, z, eps, lam, lcfg, cond=cond, rng=rng,
+                x0=None if x0 is None else x0.detach())
+    x = x0 if not z_moves else call_generator(generator, res.z, cond)
     a, s = bcast(alpha, x), bcast(sigma, x)
     w = bcast(weight(lam, teacher.schedule, weighting), x)
     x_target = (a * x.detach() + s * res.eps).detach()                   # x_t^K, held fixed

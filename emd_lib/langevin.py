@@ -29,6 +29,7 @@ initial noise, leaving the pure drift ``sum_k (1-gamma)^(K-1-k) gamma sigma ds_k
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -124,6 +125,32 @@ def _norm(t):  # mean over the batch of per-sample L2 norms
     return t.flatten(1).norm(dim=1).mean().item()
 
 
+def _norm_t(t):  # the same, left on the device (no synchronisation inside the chain)
+    return t.detach().flatten(1).float().norm(dim=1).mean()
+
+
+def _mean_t(ts) -> float:
+    return float(torch.stack(ts).mean()) if ts else 0.0
+
+
+@contextlib.contextmanager
+def frozen_params(module):
+    """Within the block, ``module``'s trainable parameters do not require grad (restored after).
+
+    The E-step differentiates the generator with respect to ``z`` only. Eager autograd already
+    skips the weight gradients there, but a compiled network's backward computes the gradients
+    of every input that required grad when it was traced; freezing the weights halves that VJP.
+    """
+    ps = [p for p in module.parameters() if p.requires_grad] if isinstance(module, torch.nn.Module) else []
+    for p in ps:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in ps:
+            p.requires_grad_(True)
+
+
 def log_rho_grads(generator, teacher, student, z, lam, *, x_t=None, eps=None, cond=None):
     """Gradients of log rho in (x, z) when ``x_t`` is given, or in (eps, z) when ``eps`` is.
 
@@ -153,19 +180,20 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     only vector-Jacobian products with respect to ``z`` are taken.
     """
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
-    if x0 is None:
-        with torch.no_grad():
-            x0 = call_generator(generator, z0, cond)
-    a, s = bcast(alpha, x0), bcast(sigma, x0)
-    x = x0.detach()
-    z, eps = z0.detach(), eps0.detach()
     K = int(cfg.K)
     in_x = cfg.space == "x"
+    if x0 is None and (in_x or not cfg.move_z or K == 0):
+        # (eps, z) with z moving never needs g(z0) outside the loop, whose first step computes it
+        with torch.no_grad():
+            x0 = call_generator(generator, z0, cond)
+    x = x0.detach() if x0 is not None else None
+    a, s = bcast(alpha, z0), bcast(sigma, z0)
+    z, eps = z0.detach(), eps0.detach()
 
     # step sizes, per sample where they depend on the noise level
-    g_eps = torch.as_tensor(cfg.gamma_eps, dtype=x.dtype)
+    g_eps = torch.as_tensor(cfg.gamma_eps, dtype=z.dtype)
     if in_x:
-        g_data = bcast(torch.as_tensor(cfg.gamma_x, dtype=x.dtype).expand_as(sigma), x) if cfg.gamma_x is not None \
+        g_data = bcast(torch.as_tensor(cfg.gamma_x, dtype=z.dtype).expand_as(sigma), z) if cfg.gamma_x is not None \
             else g_eps * s**2
         decay = 1 - g_data / s**2          # linear part of the x-chain acting on x_t - alpha g
     else:
@@ -174,9 +202,9 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     if (decay.abs() > 1).any() if torch.is_tensor(decay) else abs(decay) > 1:
         raise ValueError("the Langevin step is too large for this noise level (|1 - gamma/sigma^2| > 1); "
                          "use a smaller gamma_x or gamma_eps")
-    g_z = torch.as_tensor(cfg.gamma_z, dtype=x.dtype)
+    g_z = torch.as_tensor(cfg.gamma_z, dtype=z.dtype)
     if cfg.z_precondition == "snr":
-        g_z = g_z / (1 + bcast(alpha**2 / sigma**2, x))
+        g_z = g_z / (1 + bcast(alpha**2 / sigma**2, z))
 
     # the data coordinate in its own units: eps, or x_t
     u = a * x + s * eps if in_x else eps
@@ -188,13 +216,13 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     for _ in range(K):
         if cfg.move_z:
             z = z.detach().requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), frozen_params(generator):
                 xg = call_generator(generator, z, cond)
             x = xg.detach()
         x_t = u if in_x else a * x + s * u
         with torch.no_grad():
             sds = score_gap_eps(teacher, student, x_t, lam, cond)            # sigma * ds
-        gap_norms.append(_norm(sds))
+        gap_norms.append(_norm_t(sds))
         if in_x:
             r = x_t - a * x
             grad_u = sds / s - r / s**2                                       # ds - r / sigma^2
@@ -202,10 +230,10 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
         else:
             grad_u = sds - u                                                  # sigma ds - eps
             vz = a / s * sds                                                  # alpha ds (J^T applied below)
-        grad_data_norms.append(_norm(grad_u))
+        grad_data_norms.append(_norm_t(grad_u))
         if cfg.move_z:
             grad_z = _vjp(xg, z, vz).detach() - z.detach()
-            grad_z_norms.append(_norm(grad_z))
+            grad_z_norms.append(_norm_t(grad_z))
             z = z.detach()
         if cfg.move_data:
             n = _randn(u, rng)
@@ -216,9 +244,9 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
             z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
             eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
 
-    with torch.no_grad():
-        x_final = call_generator(generator, z, cond) if cfg.move_z and K > 0 else x
     if in_x:
+        with torch.no_grad():
+            x_final = call_generator(generator, z, cond) if cfg.move_z and K > 0 else x
         eps_chain = (u - a * x_final) / s
         # eta is in x units and tracks x_t - alpha g; hand it over in eps units
         eps_used = eps_chain - eta / s if cfg.cancel != "none" else eps_chain
@@ -228,9 +256,9 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     # cancel_z: the M-step evaluates the generator at the latent the drift alone reached
     z_used = z - eta_z if (cfg.cancel_z and cfg.move_z) else z
     diag = {
-        "grad_data_norm": sum(grad_data_norms) / max(K, 1),
-        "grad_z_norm": sum(grad_z_norms) / max(len(grad_z_norms), 1),
-        "score_gap_norm": sum(gap_norms) / max(K, 1),
+        "grad_data_norm": _mean_t(grad_data_norms),
+        "grad_z_norm": _mean_t(grad_z_norms),
+        "score_gap_norm": _mean_t(gap_norms),
         "moved_data": _norm(u - u0) / (1.0 if not in_x else float(s.mean())),
         "moved_z": _norm(z - z0),
     }

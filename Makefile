@@ -40,12 +40,19 @@ student: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m emd_lib.bench_toy
 
-# Chapter 8's GPU benchmark (random weights of the full-size networks; needs a CUDA GPU).
-bench-gpu: $(STAMP)
-	$(BIN)/python -m emd_lib.bench --config imagenet64 --json data/results/bench_gpu_imagenet64.json
-	$(BIN)/python -m emd_lib.bench --config imagenet64 --compile --json data/results/bench_gpu_imagenet64_compile.json
-	$(BIN)/python -m emd_lib.bench --config imagenet64 --cuda-graphs --json data/results/bench_gpu_imagenet64_graphs.json
-	$(BIN)/python -m emd_lib.bench --config sd15 --batch 8 --json data/results/bench_gpu_sd15.json
+# Chapter 8's GPU benchmark (random weights of the full-size networks; needs a CUDA GPU and a CUDA
+# build of torch, so it runs GPU_PY, a Python that has one with emd_lib's requirements and diffusers).
+GPU_PY ?= python3
+GPU_BENCH := $(GPU_PY) -m emd_lib.bench --config imagenet64 --batch 64 --langevin-steps 1,2,4,8 --passes
+bench-gpu:
+	$(GPU_BENCH) --steps 2 --warmup 1 --json data/results/bench_gpu_imagenet64.json
+	$(GPU_BENCH) --steps 3 --warmup 1 --compile --json data/results/bench_gpu_imagenet64_compile.json
+	$(GPU_BENCH) --steps 3 --warmup 2 --cuda-graphs --json data/results/bench_gpu_imagenet64_graphs.json
+	$(GPU_PY) -m emd_lib.bench --config imagenet64 --tiny --batch 16 --langevin-steps 1,4 --no-peak --sampler-steps 2 \
+		--steps 5 --warmup 2 --json data/results/bench_gpu_tiny.json
+	$(GPU_PY) -m emd_lib.bench --config imagenet64 --tiny --batch 16 --langevin-steps 1,4 --no-peak --sampler-steps 2 \
+		--steps 5 --warmup 2 --cuda-graphs --json data/results/bench_gpu_tiny_graphs.json
+	$(GPU_PY) -m emd_lib.bench --config sd15 --batch 8 --json data/results/bench_gpu_sd15.json
 
 clean:
 	rm -rf _build

@@ -278,15 +278,14 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
                "passes": pass_counts(method, K, cfg.langevin.move_z)}
         if peak:
             row["pct_peak"] = 100 * row["tflops"] / info["peak"]["tflops"]
+        di = [r for r in info["rows"] if r["method"] == "Diff-Instruct"]
+        if di or method == "di":
+            row["ratio_to_di"] = sec / (di[0]["sec_per_step"] if di else sec)
         info["rows"].append(row)
         if not quiet:
             print(f"  {row['method']:>14}: {sec:.4g} s/step", file=sys.stderr, flush=True)
         if on_row is not None:
             on_row(info)
-    di = [r for r in info["rows"] if r["method"] == "Diff-Instruct"]
-    for r in info["rows"]:
-        if di:
-            r["ratio_to_di"] = r["sec_per_step"] / di[0]["sec_per_step"]
     if time_passes:
         info["pass_times"] = pt = passes(tr, steps=max(steps, 3), warmup=max(warmup, 1), flops=pflops)
         for r in info["rows"]:
@@ -338,6 +337,8 @@ def format_table(info: dict) -> str:
     for name, v in info.get("pass_times", {}).items():
         lines.append(f"  one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
                      + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else ""))
+    if info.get("note"):
+        lines.append(f"note: {info['note']}")
     s = info.get("sampling")
     if s:
         lines.append(f"sampling {s['n']} images: one-step generator {s['generator_img_per_s']:.4g} img/s; teacher "

@@ -4,7 +4,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from emd_lib.bench import FlopCount, bench, format_table, main
+from emd_lib.bench import FlopCount, bench, format_table, main, matmul_peak, pass_counts
 
 
 def test_flop_count_matches_torch_flop_counter():
@@ -40,3 +40,46 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert [r["method"] for r in info["rows"]] == ["EMD-2"] and "command" in info
     assert "EMD-2" in capsys.readouterr().out
     assert main(["--config", "toy", "--steps", "1", "bogus=1"]) == 2
+
+
+def test_pass_counts_account_for_every_flop_of_a_step():
+    # a step's counted FLOPs are exactly its passes' FLOPs: the E-step makes no pass it does not need
+    for over, methods in (((), [("di", 1), ("emd", 1), ("emd", 3)]), (("langevin.move_z=false",), [("emd", 2)])):
+        info = bench("imagenet64", methods=methods, tiny=True, steps=1, warmup=0, sampler_steps=2, quiet=True,
+                     time_passes=True, overrides=over, peak=False)
+        pt = info["pass_times"]
+        assert pt["vjp"]["tflop"] > pt["forward"]["tflop"] > 0 and pt["train"]["tflop"] > pt["vjp"]["tflop"]
+        for r in info["rows"]:
+            from_passes = sum(n * pt[k]["tflop"] for k, n in r["passes"].items())
+            assert abs(from_passes / r["tflop_per_step"] - 1) < 1e-9, (over, r["method"])
+            assert r["predicted_sec"] > 0
+    assert pass_counts("emd", 8) == {"forward": 17, "vjp": 8, "train": 2}
+    assert pass_counts("di") == {"forward": 3, "vjp": 0, "train": 2}
+    assert pass_counts("emd", 2, move_z=False) == {"forward": 5, "vjp": 0, "train": 2}
+
+
+def test_matmul_peak_and_table_extras():
+    pk = matmul_peak("cpu", n=64, iters=2)
+    assert pk["dtype"] == "float32" and pk["n"] == 64 and pk["tflops"] > 0
+    info = {"config": "c", "arch": "a", "params_per_network": 1e6, "device_name": "d", "device": "cpu", "batch": 2,
+            "precision": "fp32", "compile": False, "cuda_graphs": False, "peak": pk, "note": "stopped early",
+            "rows": [{"method": "EMD-1", "sec_per_step": 1.0, "img_per_s": 2.0, "peak_mb": 3.0, "tflop_per_step": 1.0,
+                      "tflops": 1.0}]}
+    table = format_table(info)
+    assert "note: stopped early" in table and "matrix rate" in table
+    assert table.splitlines()[3].split()[2] == "-"           # no Diff-Instruct row: no ratio
+
+
+def test_bench_command_takes_a_list_of_k_and_rejects_a_bad_one(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--config", "toy", "--langevin-steps", "1,2", "--batch", "32", "--steps", "1", "--warmup", "0",
+                 "--sampler-steps", "2", "--no-peak", "--json", str(out), "width=16", "depth=2"]) == 0
+    info = json.loads(out.read_text())
+    assert [r["method"] for r in info["rows"]] == ["Diff-Instruct", "EMD-1", "EMD-2"]
+    assert info["rows"][0]["ratio_to_di"] == 1.0 and info["rows"][2]["ratio_to_di"] > 0
+    import pytest
+
+    for bad in ("1,x", "-1"):
+        with pytest.raises(SystemExit):
+            main(["--config", "toy", "--langevin-steps", bad])
+        assert "--langevin-steps" in capsys.readouterr().err

@@ -103,3 +103,32 @@ def test_bad_langevin_settings_are_rejected():
         LangevinConfig(gamma_eps=0.0)
     with pytest.raises(ValueError, match="cancel"):
         LangevinConfig(cancel="some")
+
+
+def test_estep_calls_the_generator_once_per_step_with_its_weights_frozen():
+    """(eps, z): one generator pass per Langevin step and none besides (the M-step makes its own);
+    during the chain the weights do not require grad, afterwards they do again, and they get no grad."""
+    from emd_lib.distill import emd_generator_loss
+    from emd_lib.langevin import frozen_params
+
+    gen, teacher, student, lam_b = setup(0.5, n=6)
+    seen = []
+
+    def spy(module, args):
+        seen.append(all(p.requires_grad for p in module.parameters()))
+
+    h = gen.register_forward_pre_hook(spy)
+    g = torch.Generator().manual_seed(3)
+    z, eps = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    cfg = LangevinConfig(K=3, move_z=True, gamma_z=0.05)
+    loss, diag = emd_generator_loss(gen, teacher, student, z, eps, lam_b, cfg, rng=g)
+    h.remove()
+    assert seen == [False, False, False, True]               # three chain steps, then the M-step's pass
+    assert all(p.requires_grad and p.grad is None for p in gen.parameters())
+    assert all(isinstance(v, float) and math.isfinite(v) for v in diag.values())
+    loss.backward()
+    assert all(p.grad is not None for p in gen.parameters())
+    with pytest.raises(RuntimeError), frozen_params(gen):
+        assert not any(p.requires_grad for p in gen.parameters())
+        raise RuntimeError("restored even when the block fails")
+    assert all(p.requires_grad for p in gen.parameters())

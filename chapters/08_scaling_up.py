@@ -337,9 +337,10 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 #   its gain comes from. CUDA graphs remove launch overhead: on the tiny network, which is bound by
 #   launches, they make every step 5-9x faster; on the full-size network a forward pass already keeps
 #   the GPU busy for about 80 ms (eager), so we expect little from them there, but that run did not
-#   finish within our time on the card and is not measured. The E-step's chain now makes no host
-#   synchronisation and no pass it does not need, and freezes the generator's weights for its VJPs (a
-#   compiled backward otherwise computes their gradients too).
+#   finish within our time on the card and is not measured. The E-step's chain makes no host
+#   synchronisation and no pass it does not need (the FLOPs of a step are exactly those of its passes,
+#   a test checks), and freezes the generator's weights for its VJPs, so that a compiled backward,
+#   traced for every input that requires grad, has no weight gradients to compute.
 
 # %% [markdown]
 # **What the paper's runs cost.** The paper's checklist states its compute: 300k steps in about 8 days on

@@ -51,11 +51,10 @@ def _peak_mb(dev):
 
 
 def _compile(tr, mode):
-    p = tr.prob
-    for m in (p.teacher, p.student, getattr(p.generator, "copy", p.generator)):
-        net = getattr(m, "net", None)
-        if net is not None:
-            net.compile(mode=mode)
+    from .train import _networks
+
+    for net in _networks(tr.prob):
+        net.compile(mode=mode)
 
 
 class FlopCount:
@@ -238,6 +237,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "precision": "bf16 autocast" if tr.amp else "fp32", "params_per_network": n_params,
             "threads": torch.get_num_threads(), "compile": compile, "cuda_graphs": cuda_graphs,
+            "channels_last": cfg.channels_last,
             "torch": torch.__version__, "steps_timed": steps, "rows": []}
 
     if peak:
@@ -324,7 +324,8 @@ def _opt(row, key, fmt):
 def format_table(info: dict) -> str:
     lines = [f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
              f"{info['device_name']} [{info['device']}], batch {info['batch']}, {info['precision']}"
-             + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else ""),
+             + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else "")
+             + (", channels-last" if info.get("channels_last") else ""),
              f"{'method':>14} {'s/step':>10} {'x DI':>6} {'img/s':>10} {'peak MB':>10} {'TFLOP/step':>11} "
              f"{'TFLOP/s':>9} {'% peak':>7} {'sum of passes':>14}"]
     pk = info.get("peak")
@@ -369,6 +370,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random stand-ins (CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks")
     ap.add_argument("--cuda-graphs", action="store_true", help="torch.compile mode='reduce-overhead' (CUDA graphs)")
+    ap.add_argument("--channels-last", action="store_true", help="networks in NHWC memory (channels_last=true)")
     ap.add_argument("--passes", action="store_true",
                     help="also time one forward, input-VJP and training pass, and sum them per step")
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matrix rate")
@@ -399,8 +401,9 @@ def main(argv=None) -> int:
             tmp.replace(args.json)
 
     try:
+        over = list(args.overrides) + (["channels_last=true"] if args.channels_last else [])
         info = bench(args.config, methods, args.batch, args.steps, args.warmup, args.tiny, args.compile,
-                     args.cuda_graphs, args.sampler_steps, overrides=args.overrides, peak=not args.no_peak,
+                     args.cuda_graphs, args.sampler_steps, overrides=over, peak=not args.no_peak,
                      time_passes=args.passes, on_row=write)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

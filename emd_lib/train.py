@@ -119,6 +119,7 @@ class TrainConfig(DistillConfig):
     log_every: int = 10
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 on the CPU
     compile: bool = False
+    channels_last: bool = False         # image networks in NHWC memory (cuDNN's fast convolution layout)
     progress: bool = True
     resume: bool = True
     device: str = ""                    # default: emd_lib.device()
@@ -142,7 +143,7 @@ class TrainConfig(DistillConfig):
 
 # settings that may change between a run and its resumption
 RESUMABLE_CHANGES = {"steps", "out", "ckpt_every", "keep", "log_every", "progress", "resume", "device",
-                     "tensorboard", "compile"}
+                     "tensorboard", "compile", "channels_last"}
 
 
 def _fields(cls):
@@ -437,6 +438,16 @@ def _sub(tensors, prefix):
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def _networks(p) -> list[nn.Module]:
+    """The teacher's, generator's and student's networks (what compiling and memory layout apply to)."""
+    nets = []
+    for m in (p.teacher, p.generator, p.student):
+        net = getattr(m, "net", None) or getattr(getattr(m, "copy", None), "net", None)
+        if isinstance(net, nn.Module):
+            nets.append(net)
+    return nets
+
+
 def _unwrap(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
@@ -468,6 +479,9 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.prob = build_problem(cfg, self.device)
         p = self.prob
+        if cfg.channels_last:
+            for net in _networks(p):
+                net.to(memory_format=torch.channels_last)
         self.ema = _copy_frozen(p.generator) if cfg.ema > 0 else p.generator
         self.opt_g = torch.optim.Adam(p.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_s = torch.optim.Adam(p.student.net.parameters(), lr=cfg.lr_s, betas=cfg.betas)
@@ -478,10 +492,8 @@ class Trainer:
         self.history: list[dict] = []
         self._stop = 0
         if cfg.compile:
-            for m in (p.teacher, p.generator, p.student):
-                net = getattr(m, "net", None) or getattr(getattr(m, "copy", None), "net", None)
-                if net is not None:
-                    net.compile()
+            for net in _networks(p):
+                net.compile()
         # several processes: DistributedDataParallel around what trains
         self.G = p.generator
         if self.dist:

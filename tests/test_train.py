@@ -203,3 +203,24 @@ def test_mnist_config_trains_on_a_chapter7_style_teacher_checkpoint(tmp_path):
     assert tr.prob.shape == (1, 28, 28) and tr.prob.cond == "class" and tr.prob.num_classes == 10
     hist = tr.run()
     assert len(hist) == 2 and all(math.isfinite(h["loss_g"]) for h in hist)
+
+
+def test_channels_last_runs_the_same_steps_and_checkpoints(tmp_path):
+    """NHWC memory changes the layout of the image networks, not what a step computes."""
+    base = ["teacher.kind=random", "teacher.arch=tiny-edm", "steps=2", "batch=4", "progress=false",
+            "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "lam_dist=uniform",
+            "ckpt_every=1"]
+    runs = {}
+    for cl in ("false", "true"):
+        tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / cl}", f"channels_last={cl}"]))
+        runs[cl] = [h["loss_g"] for h in tr.run()]
+        convs = [m.weight for net in T._networks(tr.prob) for m in net.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]      # (a 1x1 kernel is both)
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == (cl == "true") for w in convs)
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
+    a, _ = final_tensors(tmp_path / "false")
+    b, _ = final_tensors(tmp_path / "true")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4) for k in a)
+    # resuming the NHWC run (checkpoints are saved contiguous) continues it
+    tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / 'true'}", "channels_last=true", "steps=3"]))
+    assert tr.try_resume() and tr.step == 2

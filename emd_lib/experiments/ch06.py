@@ -144,15 +144,15 @@ def evals_per_step(method: str, K: int = 8, move_z: bool = False) -> dict:
 
     DI: one teacher and one student forward at ``x_t``, one generator forward and backward.
     EMD-K: ``K`` teacher and ``K`` student forwards (one per Langevin step), plus, when ``z`` moves,
-    ``K`` generator forwards and ``K`` vector-Jacobian products; then the M-step's generator
-    forward and backward (one more forward when ``z`` moved, for ``g(z^K)``; the chain's final
-    ``x`` costs one forward too).
+    ``K`` generator forwards and ``K`` vector-Jacobian products (the first at ``z_0``); then the
+    M-step's generator forward and backward (at ``z^K``; with ``z`` fixed this forward is also the
+    chain's ``g(z)``).
     """
     if method == "di":
         return {"teacher": 1, "student": 1, "generator_fwd": 1, "generator_bwd": 1}
     K = int(K)
-    extra = (K + 2) if (move_z and K > 0) else 0
-    return {"teacher": K, "student": K, "generator_fwd": 1 + extra, "generator_bwd": 1 + (K if move_z else 0)}
+    moves = move_z and K > 0
+    return {"teacher": K, "student": K, "generator_fwd": 1 + (K if moves else 0), "generator_bwd": 1 + (K if moves else 0)}
 
 
 @torch.no_grad()

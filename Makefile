@@ -48,6 +48,7 @@ bench-gpu:
 	$(GPU_BENCH) --steps 2 --warmup 1 --json data/results/bench_gpu_imagenet64.json
 	$(GPU_BENCH) --steps 3 --warmup 1 --compile --json data/results/bench_gpu_imagenet64_compile.json
 	$(GPU_BENCH) --steps 3 --warmup 2 --cuda-graphs --json data/results/bench_gpu_imagenet64_graphs.json
+	$(GPU_BENCH) --steps 2 --warmup 1 --channels-last --json data/results/bench_gpu_imagenet64_nhwc.json
 	$(GPU_PY) -m emd_lib.bench --config imagenet64 --tiny --batch 16 --langevin-steps 1,4 --no-peak --sampler-steps 2 \
 		--steps 5 --warmup 2 --json data/results/bench_gpu_tiny.json
 	$(GPU_PY) -m emd_lib.bench --config imagenet64 --tiny --batch 16 --langevin-steps 1,4 --no-peak --sampler-steps 2 \

@@ -47,6 +47,7 @@ from torch import nn
 from . import ROOT
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distill import DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss
+from .langevin import LangevinConfig  # noqa: F401  (TrainConfig inherits annotations that name it)
 from .nets import ema_update
 from .schedules import sample_lam
 

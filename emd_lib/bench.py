@@ -232,6 +232,9 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
                                       f"steps={10**9}", f"ckpt_every={10**9}"])
     tr = Trainer(cfg, device=device, quiet=True)
     dev = tr.device
+    if cuda_graphs and dev.type != "cuda":
+        raise ConfigError(f"--cuda-graphs replays CUDA graphs and needs a CUDA device, not {dev.type}; "
+                          "use --compile on this device")
     n_params = sum(p.numel() for p in tr.prob.generator.parameters())
     info = {"config": config, "arch": cfg.teacher.arch or cfg.teacher.kind, "batch": batch, "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",

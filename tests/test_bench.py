@@ -1,6 +1,7 @@
 """The benchmark command on tiny stand-ins (CPU)."""
 import json
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -77,9 +78,13 @@ def test_bench_command_takes_a_list_of_k_and_rejects_a_bad_one(tmp_path, capsys)
     info = json.loads(out.read_text())
     assert [r["method"] for r in info["rows"]] == ["Diff-Instruct", "EMD-1", "EMD-2"]
     assert info["rows"][0]["ratio_to_di"] == 1.0 and info["rows"][2]["ratio_to_di"] > 0
-    import pytest
-
     for bad in ("1,x", "-1"):
         with pytest.raises(SystemExit):
             main(["--config", "toy", "--langevin-steps", bad])
         assert "--langevin-steps" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_graphs_without_a_cuda_device_is_refused(capsys):
+    assert main(["--config", "toy", "--cuda-graphs", "--steps", "1", "width=16", "depth=2"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err

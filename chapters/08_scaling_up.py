@@ -322,8 +322,9 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 # * **EMD-$K$ against Diff-Instruct.** Eager, EMD-8 costs about 4.4 Diff-Instruct steps, as counting its
 #   passes predicts: 17 forward passes (the student update's generator pass, a teacher and a student
 #   evaluation per Langevin step), 8 forward-and-VJP passes of the generator and 2 training passes,
-#   against Diff-Instruct's 3 and 2 training passes. The sum of the separately timed passes matches the
-#   measured step within a few per cent, so the step adds no cost of its own beyond its passes.
+#   against Diff-Instruct's 3 forward and 2 training passes. The sum of the separately timed passes
+#   matches the measured step within a few per cent, so what a step does outside the networks (noise,
+#   schedules, optimiser updates) costs little.
 # * **Compiling** raises every step from about 21% to 36-38% of the card's measured bf16 matrix rate
 #   and cuts peak memory from 38 to 22 GiB. The marginal Langevin step runs at about 40%; the fixed part
 #   of a step (the student update and the M-step's training pass, where the backward to the weights
@@ -333,11 +334,12 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 # * **What is left of the gap.** Even the network's own passes leave most of the rate unused: eager,
 #   one forward pass reaches 20% and a training pass 24%. The matrix products of an ADM-64 network are
 #   small (192 to 768 channels, down to 8x8 pixels) and between them sit group norms, SiLUs and
-#   attention softmaxes that move data rather than multiply it; compiling fuses those, which is where
-#   its gain comes from. CUDA graphs remove launch overhead: on the tiny network, which is bound by
-#   launches, they make every step 5-9x faster; on the full-size network a forward pass already keeps
-#   the GPU busy for about 80 ms (eager), so we expect little from them there, but that run did not
-#   finish within our time on the card and is not measured. The E-step's chain makes no host
+#   attention softmaxes that move data rather than multiply it; compiling fuses those, the likely
+#   source of its gain (we did not profile the kernels). CUDA graphs remove launch overhead: on the
+#   tiny network, which is bound by launches, they make every step 5-9x faster; on the full-size
+#   network a forward pass already keeps the GPU busy for about 80 ms (eager), so we expect little
+#   from them there, but that run did not finish within our time on the card and is not measured;
+#   nor is the channels-last layout (`--channels-last`). The E-step's chain makes no host
 #   synchronisation and no pass it does not need (the FLOPs of a step are exactly those of its passes,
 #   a test checks), and freezes the generator's weights for its VJPs, so that a compiled backward,
 #   traced for every input that requires grad, has no weight gradients to compute.

@@ -122,22 +122,17 @@ def _timed(fn, dev, steps, warmup):
     return (time.perf_counter() - t0) / steps
 
 
-# network passes of one step, in units of the three kinds timed by ``passes``
 def pass_counts(method: str, K: int = 0, move_z: bool = True) -> dict:
-    """How many passes of each kind one training step makes (the student-score update included):
-
+    """How many passes of each kind one training step makes, the student-score update included:
     ``forward`` (no graph kept), ``vjp`` (forward, then the backward to the network's input only)
-    and ``train`` (forward, then the backward to the weights)."""
-    c = {"forward": 1, "vjp": 0, "train": 1}                  # student update: g(z) without grad, then DSM
-    if method == "di":
-        c["train"] += 1                                       # g(z) with its backward
-        c["forward"] += 2                                     # teacher and student at x_t
-    else:
-        c["forward"] += 2 * K                                 # teacher and student at every Langevin step
-        if move_z and K > 0:
-            c["vjp"] += K                                     # g(z_k) and J^T v to z_k
-        c["train"] += 1                                       # the M-step regression (with z fixed, its
-    return c                                                  # forward pass is the chain's g(z) too)
+    and ``train`` (forward, then the backward to the weights). From
+    :func:`emd_lib.distill.evals_per_step`, which counts the generator update's evaluations."""
+    from .distill import evals_per_step
+
+    e = evals_per_step(method, K, move_z)
+    return {"forward": 1 + e["teacher"] + e["student"],     # + the student update's g(z) without grad
+            "vjp": e["generator_bwd"] - 1,                  # g(z_k) and J^T v to z_k, per Langevin step
+            "train": 2}                                     # the student's DSM and the generator's update
 
 
 def _pass_fns(tr):

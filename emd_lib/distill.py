@@ -32,7 +32,7 @@ from .langevin import LangevinConfig, call_generator, estep, score_gap_eps
 from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teacher
 from .schedules import bcast, sample_lam, weight
 
-__all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss"]
+__all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step"]
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
@@ -150,6 +150,22 @@ def emd_generator_loss(generator, teacher, student, z, eps, lam, lcfg: LangevinC
     x_target = (a * x.detach() + s * res.eps).detach()                   # x_t^K, held fixed
     loss = (w * (x_target - a * x) ** 2 / (2 * s**2)).flatten(1).sum(1).mean()
     return loss, res.diagnostics
+
+
+def evals_per_step(method: str, K: int = 8, move_z: bool = False) -> dict:
+    """Network evaluations in one generator step (the student updates, equal for all methods, excluded).
+
+    DI: one teacher and one student forward at ``x_t``, one generator forward and backward.
+    EMD-K: ``K`` teacher and ``K`` student forwards (one per Langevin step), plus, when ``z`` moves,
+    ``K`` generator forwards and ``K`` vector-Jacobian products (the first at ``z_0``); then the
+    M-step's generator forward and backward (at ``z^K``; with ``z`` fixed this forward is also the
+    chain's ``g(z)``).
+    """
+    if method == "di":
+        return {"teacher": 1, "student": 1, "generator_fwd": 1, "generator_bwd": 1}
+    K = int(K)
+    moves = move_z and K > 0
+    return {"teacher": K, "student": K, "generator_fwd": 1 + (K if moves else 0), "generator_bwd": 1 + (K if moves else 0)}
 
 
 class Distiller:

@@ -121,11 +121,7 @@ def call_generator(generator, z, cond=None):
     return generator(z) if cond is None else generator(z, cond)
 
 
-def _norm(t):  # mean over the batch of per-sample L2 norms
-    return t.flatten(1).norm(dim=1).mean().item()
-
-
-def _norm_t(t):  # the same, left on the device (no synchronisation inside the chain)
+def _norm_t(t):  # mean over the batch of per-sample L2 norms, left on the device (no synchronisation)
     return t.detach().flatten(1).float().norm(dim=1).mean()
 
 
@@ -259,8 +255,8 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
         "grad_data_norm": _mean_t(grad_data_norms),
         "grad_z_norm": _mean_t(grad_z_norms),
         "score_gap_norm": _mean_t(gap_norms),
-        "moved_data": _norm(u - u0) / (1.0 if not in_x else float(s.mean())),
-        "moved_z": _norm(z - z0),
+        "moved_data": float(_norm_t(u - u0)) / (1.0 if not in_x else float(s.mean())),
+        "moved_z": float(_norm_t(z - z0)),
     }
     return EStepResult(z=z_used.detach(), eps=eps_used.detach(), z_chain=z.detach(),
                        eps_chain=eps_chain.detach(), diagnostics=diag)

@@ -25,7 +25,7 @@ import time
 import torch
 
 from .. import DATA_DIR
-from ..distill import DistillConfig, Distiller
+from ..distill import DistillConfig, Distiller, evals_per_step
 from ..langevin import LangevinConfig, mcmc_correct
 from ..metrics import mixture_report
 from ..mixtures import get_mixture
@@ -138,22 +138,6 @@ def summarise(runs: dict) -> dict:
 
 
 # ---- small helpers the chapter uses ---------------------------------------------------------------------
-
-def evals_per_step(method: str, K: int = 8, move_z: bool = False) -> dict:
-    """Network evaluations in one generator step (the student updates, equal for all methods, excluded).
-
-    DI: one teacher and one student forward at ``x_t``, one generator forward and backward.
-    EMD-K: ``K`` teacher and ``K`` student forwards (one per Langevin step), plus, when ``z`` moves,
-    ``K`` generator forwards and ``K`` vector-Jacobian products (the first at ``z_0``); then the
-    M-step's generator forward and backward (at ``z^K``; with ``z`` fixed this forward is also the
-    chain's ``g(z)``).
-    """
-    if method == "di":
-        return {"teacher": 1, "student": 1, "generator_fwd": 1, "generator_bwd": 1}
-    K = int(K)
-    moves = move_z and K > 0
-    return {"teacher": K, "student": K, "generator_fwd": 1 + (K if moves else 0), "generator_bwd": 1 + (K if moves else 0)}
-
 
 @torch.no_grad()
 def init_target(teacher, lam_star: float, z: torch.Tensor) -> torch.Tensor:

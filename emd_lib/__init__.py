@@ -53,6 +53,15 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def randn(shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``device``, drawn from ``generator`` on the generator's own
+    device (a CPU generator can seed a GPU run: the draw is made on the CPU and moved)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if generator is None or generator.device == dev:
+        return torch.randn(shape, generator=generator, device=dev, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(dev)
+
+
 def seed_all(seed: int) -> torch.Generator:
     """Seed torch's global generator (and numpy's) and return a fresh ``torch.Generator``."""
     import numpy as np

@@ -243,8 +243,7 @@ class Distiller:
                                            cond=cond)
         else:
             loss, diag = emd_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.langevin,
-                                            cfg.weighting, cond=cond,
-                                            rng=self.rng if self.device.type == "cpu" else None)
+                                            cfg.weighting, cond=cond, rng=self.rng)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.grad_clip).item()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import randn
 from .schedules import bcast
 
 __all__ = ["LangevinConfig", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
@@ -113,7 +114,7 @@ def _randn(like, rng):
     noise on every process and keeps its own rows, so the result does not depend on the split)."""
     if callable(rng) and not isinstance(rng, torch.Generator):
         return rng(like)
-    return torch.randn(like.shape, generator=rng, dtype=like.dtype, device=like.device)
+    return randn(like.shape, rng, like.device, like.dtype)
 
 
 def call_generator(generator, z, cond=None):

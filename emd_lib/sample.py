@@ -47,9 +47,8 @@ def generate(checkpoint, n: int, cls: int | None = None, steps: int = 18, sde: b
         shape = SHAPES[teacher.card.get("data", "mnist")]
         for i in range(0, n, batch):
             c = labels[i:i + batch]
-            y = torch.randn(len(c), *shape, generator=g) * torch.exp(torch.tensor(-teacher.schedule.lam_min / 2))
             sampler = sample_sde if sde else sample_ode
-            x, nfe = sampler(teacher, y=y.to(device), n_steps=steps, cond=c.to(device), generator=None)
+            x, nfe = sampler(teacher, len(c), n_steps=steps, shape=shape, cond=c.to(device), generator=g, device=device)
             out.append(x.cpu())
     return to_unit(torch.cat(out)).float(), nfe
 

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from . import randn
 from .schedules import bcast
 
 __all__ = ["sigma_grid", "sample_ode", "sample_sde"]
@@ -70,7 +71,7 @@ def sample_ode(teacher, n: int | None = None, n_steps: int = 18, shape=None, con
     grid = sigma_grid(n_steps, s_min, s_max).tolist()
     if y is None:
         shape = shape or (teacher.dim,)
-        y = torch.randn(n, *shape, generator=generator, device=device) * grid[0]
+        y = randn((n, *shape), generator, device) * grid[0]
     nfe = 0
     for s, s_next in zip(grid[:-1], grid[1:]):
         d = (y - _denoise(teacher, y, s, cond)) / s            # dy/ds
@@ -95,7 +96,7 @@ def sample_sde(teacher, n: int | None = None, n_steps: int = 100, shape=None, co
     grid = sigma_grid(n_steps, s_min, s_max).tolist()
     if y is None:
         shape = shape or (teacher.dim,)
-        y = torch.randn(n, *shape, generator=generator, device=device) * grid[0]
+        y = randn((n, *shape), generator, device) * grid[0]
     nfe = 0
     for s, s_next in zip(grid[:-1], grid[1:]):
         D = _denoise(teacher, y, s, cond)
@@ -104,6 +105,6 @@ def sample_sde(teacher, n: int | None = None, n_steps: int = 100, shape=None, co
             y = D
             break
         ds2 = s**2 - s_next**2
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn(y.shape, generator, y.device, y.dtype)
         y = y + ds2 / s**2 * (D - y) + math.sqrt(ds2) * noise
     return y, nfe

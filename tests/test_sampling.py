@@ -39,3 +39,21 @@ def test_metrics_on_exact_samples():
     assert mmd(a, shifted) > 20 * mmd(a, b)
     p2, r2 = knn_precision_recall(a, b[b[:, 0] > 0])   # half the modes only: recall drops
     assert r2 < 0.7 and p2 > 0.85
+
+
+def test_both_samplers_follow_their_generator():
+    """The SDE's per-step noise comes from the caller's generator too, so a seed fixes the whole run."""
+    t = irregular(VP)
+    for sampler in (sample_ode, sample_sde):
+        runs = [sampler(t, 64, n_steps=5, generator=torch.Generator().manual_seed(s))[0] for s in (1, 1, 2)]
+        assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_randn_draws_on_the_generators_device():
+    from emd_lib import randn
+
+    g = torch.Generator().manual_seed(0)
+    a = randn((3, 2), g, "cpu")
+    b = randn((3, 2), torch.Generator().manual_seed(0), torch.device("meta"))   # drawn on the CPU, then moved
+    assert b.device.type == "meta" and b.shape == a.shape
+    assert torch.equal(a, torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))

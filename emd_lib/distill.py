@@ -81,14 +81,13 @@ class DistillConfig:
         def whole(v):
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and int(v) == v
 
-        for name in ("steps", "batch", "width", "depth"):
-            v = getattr(self, name)
-            if not whole(v) or v < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        for name in ("student_updates", "student_warmup", "init_steps"):
-            v = getattr(self, name)
-            if not whole(v) or v < 0:
-                raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+        for names, low in ((("steps", "batch", "width", "depth"), 1),
+                           (("student_updates", "student_warmup", "init_steps"), 0)):
+            for name in names:
+                v = getattr(self, name)
+                if not whole(v) or v < low:
+                    raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
+                setattr(self, name, int(v))                 # 2.0 is accepted and used as 2
         for name in ("lr_g", "lr_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -247,11 +246,16 @@ class Distiller:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.grad_clip).item()
+        lval = loss.item()
+        if not (math.isfinite(lval) and math.isfinite(gnorm)):      # before the step: the weights stay good
+            raise FloatingPointError(f"non-finite generator loss or gradient at step {self.step_count + 1} "
+                                     f"(loss {lval}, gradient norm {gnorm}); lower the learning rate or the "
+                                     "Langevin step size")
         set_cosine_lr(self.opt_g, cfg.lr_g, cfg.lr_decay, self.step_count / max(cfg.steps, 1))
         self.opt_g.step()
         if cfg.ema > 0:
             ema_update(self.ema, self.generator, cfg.ema)
-        return loss.item(), gnorm, diag
+        return lval, gnorm, diag
 
     def warmup(self):
         """Fit the student score to the initial generator (the teacher has no weights to copy)."""
@@ -284,9 +288,6 @@ class Distiller:
             ls = sum(self.student_step() for _ in range(cfg.student_updates)) / max(cfg.student_updates, 1)
             lg, gn, diag = self.generator_step()
             self.step_count += 1
-            if not (math.isfinite(lg) and math.isfinite(gn)):
-                raise FloatingPointError(f"non-finite generator loss or gradient at step {self.step_count}; "
-                                         "lower the learning rate or the Langevin step size")
             self._log(step=self.step_count, loss_g=lg, loss_s=ls, grad_norm=gn, seconds=time.perf_counter() - t0,
                       **{f"estep_{k}": v for k, v in diag.items()})
             if eval_fn is not None and ((eval_every and self.step_count % eval_every == 0) or i == steps - 1):

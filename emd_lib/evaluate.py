@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from .image_metrics import frechet_distance, gaussian_stats, inception_extractor
-from .metrics import knn_precision_recall
+from .metrics import equal_random_subsets, knn_precision_recall
 
 __all__ = ["inception_score", "load_reference_stats", "fid_from_features",
            "clip_score", "inception_extractor", "imagenet_eval", "coco_eval", "main"]
@@ -142,8 +142,7 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
     if real_features is not None:
         rf = np.load(real_features)["features"] if isinstance(real_features, (str, Path)) else real_features
         rf = torch.as_tensor(np.asarray(rf))
-        m = min(len(rf), len(feats))
-        out["precision"], out["recall"] = knn_precision_recall(rf[:m], feats[:m], k=k)
+        out["precision"], out["recall"] = knn_precision_recall(*equal_random_subsets(rf, feats), k=k)
     return out
 
 

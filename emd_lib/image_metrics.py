@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import DATA_DIR
-from .metrics import knn_precision_recall
+from .metrics import equal_random_subsets, knn_precision_recall
 
 __all__ = ["DigitClassifier", "frechet_distance", "gaussian_stats", "classifier_frechet_distance",
            "class_accuracy", "class_coverage", "image_report", "load_classifier", "inception_fid",
@@ -121,12 +121,7 @@ def image_report(fake: torch.Tensor, labels: torch.Tensor | None, real: torch.Te
     if not torch.isfinite(fake).all():
         raise ValueError("generated images contain NaN or inf")
     fr, ff = _batched(classifier.features, real), _batched(classifier.features, fake)
-    # equal-sized sets for precision and recall, drawn at random (a data set sorted by class must
-    # not be cut to its first classes)
-    m = min(len(fr), len(ff))
-    g = torch.Generator().manual_seed(0)
-    ir, i_f = torch.randperm(len(fr), generator=g)[:m], torch.randperm(len(ff), generator=g)[:m]
-    prec, rec = knn_precision_recall(fr[ir.to(fr.device)], ff[i_f.to(ff.device)], k=k)
+    prec, rec = knn_precision_recall(*equal_random_subsets(fr, ff), k=k)
     covered, shares = class_coverage(fake, classifier)
     out = {"classifier_frechet": frechet_distance(*gaussian_stats(fr), *gaussian_stats(ff)),
            "precision": prec, "recall": rec, "classes_covered": covered, "class_shares": shares}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mode_masses", "mixture_report", "mmd", "knn_precision_recall", "total_variation"]
+__all__ = ["mode_masses", "mixture_report", "mmd", "knn_precision_recall", "equal_random_subsets", "total_variation"]
 
 
 def mode_masses(mixture, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +50,15 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.05, 0.2, 1.0)) -> float:
         k = lambda d: torch.exp(-d / (2 * h * h))  # noqa: E731
         out += float(k(dxx).mean() + k(dyy).mean() - 2 * k(dxy).mean())
     return out
+
+
+def equal_random_subsets(real: torch.Tensor, fake: torch.Tensor, seed: int = 0):
+    """Equal-sized random subsets of both sets (for precision and recall): a data set sorted by class
+    must not be cut to its first classes."""
+    m = min(len(real), len(fake))
+    g = torch.Generator().manual_seed(seed)
+    ir, i_f = torch.randperm(len(real), generator=g)[:m], torch.randperm(len(fake), generator=g)[:m]
+    return real[ir.to(real.device)], fake[i_f.to(fake.device)]
 
 
 def knn_precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 5,

@@ -34,6 +34,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -142,7 +143,8 @@ class TrainConfig(DistillConfig):
         return p if p.is_absolute() else Path.cwd() / p
 
 
-# settings that may change between a run and its resumption
+# settings that may change between a run and its resumption (the device within its type: the random
+# stream is tied to it; a changed ``steps`` stretches the cosine learning-rate schedule from that step on)
 RESUMABLE_CHANGES = {"steps", "out", "ckpt_every", "keep", "log_every", "progress", "resume", "device",
                      "tensorboard", "compile", "channels_last"}
 
@@ -487,6 +489,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(p.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_s = torch.optim.Adam(p.student.net.parameters(), lr=cfg.lr_s, betas=cfg.betas)
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.command = ""                   # the command line, recorded in checkpoints (set by main)
         self.step = 0
         self.warm = False
         self.last_good: Path | None = None
@@ -598,8 +601,8 @@ class Trainer:
         t["torch_rng"] = torch.get_rng_state()
         card = {"what": "emd_lib training state (generator, EMA, student score, optimisers, random generators)",
                 "step": self.step, "warm": self.warm, "config": config_dict(self.cfg), "opt_g": mg, "opt_s": ms,
-                "world_size": self.world, "command": " ".join(["python -m emd_lib.train"] + sys.argv[1:]),
-                "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "world_size": self.world, "command": self.command, "rng_device": self.rng.device.type,
+                "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         return t, card
 
     def save(self) -> Path | None:
@@ -617,6 +620,11 @@ class Trainer:
         return path
 
     def load(self, tensors, card):
+        saved = card.get("rng_device", "cpu")
+        if saved != self.rng.device.type:
+            raise ConfigError(f"this run's random stream was saved on a {saved} device and cannot continue on "
+                              f"{self.rng.device.type}; resume it with device={saved}, or start a new run with "
+                              "out=ANOTHER_FOLDER")
         p = self.prob
         p.generator.load_state_dict(_sub(tensors, "generator"))
         if self.cfg.ema > 0:
@@ -812,6 +820,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         started = _init_distributed()
         tr = Trainer(cfg)
+        tr.command = shlex.join(["python", "-m", "emd_lib.train", *(sys.argv[1:] if argv is None else argv)])
         tr.run()
         if tr.rank == 0 and not tr.quiet:
             print(f"done: {tr.step} steps; checkpoint {tr.last_good}; log {tr.out / 'log.jsonl'}", file=sys.stderr)

@@ -25,7 +25,9 @@ import time
 import torch
 
 from . import device as pick_device
+from . import seed_all
 from .checkpoint import save_checkpoint
+from .distill import set_cosine_lr
 from .nets import ema_update
 from .schedules import sample_lam
 
@@ -103,18 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch", "warmup"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.minutes < 0 or args.save_every <= 0 or not 0 <= args.label_dropout < 1 or not 0 <= args.ema < 1:
+        parser.error("--minutes must be >= 0, --save-every > 0, --label-dropout and --ema in [0, 1)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from .unet import UNet
 
-    torch.manual_seed(args.seed)
+    g = seed_all(args.seed)                 # the global seed sets the initial weights, g the batches
     dev = pick_device()
     x_tr, y_tr, x_ev, y_ev = (t.to(dev) for t in load_images(args.data))
     net = UNet(in_ch=x_tr.shape[1], channels=tuple(args.channels), emb_dim=args.emb_dim).to(dev)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
     n_params = sum(p.numel() for p in net.parameters())
     base = run_card(argv, module=__spec__.name, what=f"class-conditional UNet denoiser ({args.data}), EMA weights",
                     arch=net.config, schedule="vp", predicts="x0", n_params=n_params, data=args.data,
@@ -148,9 +155,7 @@ def main(argv=None) -> dict:
         eps = torch.randn(x.shape, generator=g).to(dev)
         loss = net.loss(x, y, lam, eps)
         # warm-up, then cosine decay to 5% of the learning rate
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_cosine_lr(opt, args.lr * min(1.0, (step + 1) / args.warmup), 0.05, frac)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

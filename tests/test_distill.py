@@ -75,3 +75,23 @@ def test_bad_config_is_rejected():
         Distiller(ring8(), DistillConfig(lam_star=-40.0))
     with pytest.raises(ValueError, match="lr_g"):
         DistillConfig(lr_g=0)
+
+
+def test_a_nonfinite_generator_loss_stops_before_the_weights_change(monkeypatch):
+    import emd_lib.distill as D
+    from emd_lib.mixtures import ring8
+
+    d = D.Distiller(ring8(), D.DistillConfig(steps=3, batch=64, width=16, depth=2, init_steps=0, student_warmup=0,
+                                             ema=0.9, langevin=LangevinConfig(K=1)))
+    before = [p.detach().clone() for p in list(d.generator.parameters()) + list(d.ema.parameters())]
+    real = D.emd_generator_loss
+    monkeypatch.setattr(D, "emd_generator_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    with pytest.raises(FloatingPointError, match="non-finite generator loss"):
+        d.train(progress=False)
+    after = list(d.generator.parameters()) + list(d.ema.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_whole_number_floats_are_used_as_ints():
+    c = DistillConfig(steps=2.0, batch=8.0)
+    assert c.steps == 2 and isinstance(c.steps, int) and isinstance(c.batch, int)

@@ -224,3 +224,14 @@ def test_channels_last_runs_the_same_steps_and_checkpoints(tmp_path):
     # resuming the NHWC run (checkpoints are saved contiguous) continues it
     tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / 'true'}", "channels_last=true", "steps=3"]))
     assert tr.try_resume() and tr.step == 2
+
+
+def test_checkpoints_record_the_command_and_refuse_another_device_type(tmp_path):
+    out = tmp_path / "r"
+    assert main(["--config", "toy", *TINY, "steps=2", "ckpt_every=1", f"out={out}"]) == 0
+    tensors, card = final_tensors(out)
+    assert card["command"].startswith("python -m emd_lib.train --config toy") and card["rng_device"] == "cpu"
+    card["rng_device"] = "cuda"                       # as if saved on a GPU
+    tr = Trainer(toy(out, "steps=3"))
+    with pytest.raises(ConfigError, match="saved on a cuda device"):
+        tr.load(tensors, card)

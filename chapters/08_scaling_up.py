@@ -233,11 +233,22 @@ print("stopped at 4 and resumed == uninterrupted, bitwise, over", len(a), "tenso
 # global batch; the tests check it with two CPU processes (gloo).
 
 # %%
-B, world = 8, 2
-noise = torch.randn(B, 3, generator=torch.Generator().manual_seed(5))          # the global batch's draw
-rows = [noise[r * B // world:(r + 1) * B // world] for r in range(world)]     # what each process keeps
-torch.testing.assert_close(torch.cat(rows), noise)
-print("each of", world, "processes keeps", B // world, "rows of the same global draw")
+# the trainer's own draws as one process and as each of two (without starting processes: we set the
+# rank and the number of processes that torchrun would give it)
+tr = Trainer(load_config("toy", toy + [f"out={TMP / 'draws'}"]))
+
+
+def draws(world, rank):
+    tr.world, tr.rank = world, rank
+    tr.rng.manual_seed(5)
+    return tr._draw()[:3]                                                     # z, eps, lam
+
+
+whole, parts = draws(1, 0), [draws(2, r) for r in range(2)]
+for w, p0, p1 in zip(whole, *parts):
+    torch.testing.assert_close(torch.cat([p0, p1]), w)
+print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows of the same global draw of z, eps "
+      "and lam")
 
 # %% [markdown]
 # ## 5. What a step costs
@@ -310,7 +321,7 @@ if {"imagenet64", "imagenet64_compile"} <= set(gpu):
           f"{max(r['peak_mb'] for r in comp.values()) / 1024:.0f} GiB compiled")
     assert 4.0 < e8["ratio_to_di"] < 5.0 and abs(e8["predicted_sec"] / e8["sec_per_step"] - 1) < 0.05
     assert all(c["pct_peak"] > 1.6 * eager[m]["pct_peak"] for m, c in comp.items())
-    assert max(r["pct_peak"] for r in comp.values()) < 40 and 1.5 < emd8_c < 1.8
+    assert max(r["pct_peak"] for r in comp.values()) < 40 and 1.7 < e8["sec_per_step"] / emd8_c < 1.9
 if {"tiny", "tiny_graphs"} <= set(gpu):
     t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
     t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
@@ -328,9 +339,8 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 # * **Compiling** raises every step from about 21% to 36-38% of the card's measured bf16 matrix rate
 #   and cuts peak memory from 38 to 22 GiB. The marginal Langevin step runs at about 40%; the fixed part
 #   of a step (the student update and the M-step's training pass, where the backward to the weights
-#   dominates) runs lower. So the whole step stays under the 40% we aimed for, and the extrapolated
-#   compiled EMD-8 step (about 1.67 s) is no faster than the sum of separately compiled passes that
-#   was our yardstick (about 1.7 s on an H100).
+#   dominates) runs lower, so no whole step reaches 40%. The compiled EMD-8 step, extrapolated from
+#   EMD-4 and not measured, comes to about 1.67 s, 1.8 times faster than eager.
 # * **What is left of the gap.** Even the network's own passes leave most of the rate unused: eager,
 #   one forward pass reaches 20% and a training pass 24%. The matrix products of an ADM-64 network are
 #   small (192 to 768 channels, down to 8x8 pixels) and between them sit group norms, SiLUs and

@@ -39,6 +39,15 @@ TINY_ARCH = {"adm64": "tiny-edm", "adm128": "tiny-adm", "sd15": "tiny-sd", "tiny
              "tiny-adm": "tiny-adm", "tiny-sd": "tiny-sd"}
 
 
+def _version(package):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -236,7 +245,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             "precision": "bf16 autocast" if tr.amp else "fp32", "params_per_network": n_params,
             "threads": torch.get_num_threads(), "compile": compile, "cuda_graphs": cuda_graphs,
             "channels_last": cfg.channels_last,
-            "torch": torch.__version__, "steps_timed": steps, "rows": []}
+            "torch": torch.__version__, "diffusers": _version("diffusers"), "steps_timed": steps, "rows": []}
 
     if peak:
         info["peak"] = matmul_peak(dev, n=None if dev.type == "cuda" else 512)

@@ -22,7 +22,6 @@ so nothing needs downloading. ``--tiny`` swaps in the tiny stand-ins (a CPU run 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -31,6 +30,7 @@ import time
 
 import torch
 
+from .checkpoint import write_json
 from .train import ConfigError, Trainer, load_config
 
 __all__ = ["bench", "main", "matmul_peak", "pass_counts", "pass_flops", "passes", "TINY_ARCH"]
@@ -399,13 +399,8 @@ def main(argv=None) -> int:
 
     def write(info):
         if args.json:
-            from pathlib import Path
-
-            info = dict(info, command=command, date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(args.json).with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(info, indent=2) + "\n")
-            tmp.replace(args.json)
+            write_json(args.json, dict(info, command=command, date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())),
+                       indent=2)
 
     try:
         over = list(args.overrides) + (["channels_last=true"] if args.channels_last else [])

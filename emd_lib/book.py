@@ -253,7 +253,7 @@ def api_pages(html_dir: Path, modules: list[str], links) -> bool:
         summary = doc.split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
         rows.append(f"| [`{name}`](api/{page.relative_to(api).as_posix()}) | {summary} |")
     example = EXAMPLE.read_text() if EXAMPLE.exists() else ""
-    text = (f"# Library reference\n\n"
+    text = ("# Library reference\n\n"
             "`emd_lib` is the library the chapters import; scripts use the same code. "
             "Each module's page below is generated from its docstrings.\n\n"
             "| module | what it holds |\n|---|---|\n" + "\n".join(rows) + "\n")

@@ -65,6 +65,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
+def write_json(path, payload: dict, indent: int = 1) -> None:
+    """Write ``payload`` as indented JSON, atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=indent) + "\n").encode())
+
+
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], card: dict | None = None) -> dict:
     """Save ``tensors`` to ``path.safetensors`` and ``card`` (plus its sha256) to ``path.json``.
 

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from dataclasses import replace
 
 import numpy as np
 import torch

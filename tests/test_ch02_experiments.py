@@ -1,9 +1,6 @@
 """emd_lib.experiments.ch02: one tiny run end to end, JSON-ready output."""
 import json
 
-import pytest
-import torch
-
 from emd_lib.experiments.ch02 import _linear_generator, run_one
 
 

@@ -6,7 +6,6 @@ import torch
 
 from emd_lib.distill import Distiller
 from emd_lib.experiments import ch06
-from emd_lib.langevin import LangevinConfig
 from emd_lib.mixtures import grid25, ring8
 from emd_lib.schedules import EDM, VP
 

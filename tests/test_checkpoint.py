@@ -4,7 +4,6 @@ import hashlib
 import json
 import pickle
 import re
-from pathlib import Path
 
 import pytest
 import torch

@@ -29,8 +29,21 @@ def test_reference_passes_and_stub_fails(source, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT / "chapters")
     assert re.search(r'check\(\s*"[\d.]+"', source), "an exercise cell must end with check(\"N.k\", answer)"
     exec(compile(source, "<exercise>", "exec"), {"__name__": "__exercise__"})
-    with pytest.raises(ExerciseFailed):
+    with pytest.raises(ExerciseFailed, match="not answered yet"):
         exec(compile(strip_solutions(source), "<stub>", "exec"), {"__name__": "__exercise__"})
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_each_exercise_heading_is_followed_by_its_own_cell(path):
+    """``## Exercise N.k`` is followed by one code cell that holds a solution and calls check("N.k", ...)."""
+    cells = jupytext.read(path).cells
+    heads = [(i, m.group(1)) for i, c in enumerate(cells) if c.cell_type == "markdown"
+             for m in re.finditer(r"^## Exercise (\d+\.\d+):", c.source, re.M)]
+    assert heads, f"{path.name} has no exercise"
+    for i, ex_id in heads:
+        nxt = cells[i + 1] if i + 1 < len(cells) else None
+        assert nxt is not None and nxt.cell_type == "code" and BEGIN in nxt.source, f"exercise {ex_id} has no cell"
+        assert re.findall(r'check\(\s*"([\d.]+)"', nxt.source) == [ex_id], f"exercise {ex_id}: the cell checks another"
 
 
 def _registered():

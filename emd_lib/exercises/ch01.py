@@ -44,7 +44,7 @@ def check_cosine_lam(fn):
 # ---- 1.2: the score of a noisy mixture ---------------------------------------------------------
 def _wrong_score_no_alpha(x_t, lam, weights, means, stds):
     # forgets that noising scales the means and the variances by alpha
-    a2, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)
+    s2 = torch.sigmoid(-lam)
     var = stds**2 + s2                                         # (K,)
     diff = x_t[:, None, :] - means[None]                       # (B, K, d)
     logn = -0.5 * (diff**2).sum(-1) / var - 0.5 * x_t.shape[1] * torch.log(2 * math.pi * var)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import platform
 import shlex
@@ -35,6 +34,7 @@ from datetime import datetime, timezone
 import torch
 
 from .. import DATA_DIR
+from ..checkpoint import write_json  # noqa: F401  (re-exported: the experiments write with it)
 from ..distill import DistillConfig, Distiller, di_generator_loss, emd_generator_loss
 from ..langevin import LangevinConfig
 from ..metrics import mixture_report
@@ -284,16 +284,6 @@ def run_info(t0: float, module: str, argv) -> dict:
                     "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-
-
-def write_json(path, payload: dict) -> None:
-    """Write ``payload`` as indented JSON, atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None):

@@ -24,20 +24,21 @@ from .langevin import LangevinConfig
 from .mixtures import ring8
 
 
-def _time_many(fns: dict, reps: int, rounds: int = 5) -> dict:
-    """Median over ``rounds`` interleaved rounds of each function's mean time over ``reps``
-    calls: interleaving and the median keep a busy machine from biasing one method."""
-    for fn in fns.values():  # warm-up
-        fn()
+def time_round_robin(fns: dict, calls: int, rounds: int = 5, warmup: int = 1) -> dict:
+    """Seconds per call of each function, timed round-robin: ``rounds`` rounds of ``calls`` calls
+    each, so that a change of load on a shared machine hits them all alike. Returns
+    ``{name: {"median": s, "all": [per-round means]}}``."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     per = {k: [] for k in fns}
-    n = max(1, reps // rounds)
     for _ in range(rounds):
         for k, fn in fns.items():
             t0 = time.perf_counter()
-            for _ in range(n):
+            for _ in range(calls):
                 fn()
-            per[k].append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in per.items()}
+            per[k].append((time.perf_counter() - t0) / calls)
+    return {k: {"median": statistics.median(v), "all": v} for k, v in per.items()}
 
 
 def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool = False, threads: int | None = None):
@@ -73,14 +74,16 @@ def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool =
         zz = z.clone().requires_grad_(True)
         torch.autograd.grad(d.generator(zz), zz, eps)
 
-    pieces = _time_many({"S": lambda: [d.student_step() for _ in range(d.cfg.student_updates)],
-                         "G": gen_fb, "P": eval_pair, "V": gen_vjp}, max(steps, 20))
-    S, G, P = pieces["S"], pieces["G"], pieces["P"]
-    V = pieces["V"] if move_z else 0.0
+    pieces = {"S": lambda: [d.student_step() for _ in range(d.cfg.student_updates)], "G": gen_fb, "P": eval_pair}
+    if move_z:
+        pieces["V"] = gen_vjp
+    pieces = {k: v["median"] for k, v in time_round_robin(pieces, max(steps, 20) // 5).items()}
+    S, G, P, V = pieces["S"], pieces["G"], pieces["P"], pieces.get("V", 0.0)
 
     runs = {"Diff-Instruct": make("di")}
     runs.update({f"EMD-{K}": make("emd", K) for K in ks})
-    times = _time_many({name: (lambda r=r: step(r)) for name, r in runs.items()}, steps)
+    times = {k: v["median"] for k, v in
+             time_round_robin({name: (lambda r=r: step(r)) for name, r in runs.items()}, max(1, steps // 5)).items()}
     t_di = times["Diff-Instruct"]
     rows.append(("Diff-Instruct", t_di, 1.0, 1.0))
     base = S + G + P
@@ -100,8 +103,16 @@ def main(argv=None):
     ap.add_argument("--ks", default="1,2,4,8,16")
     ap.add_argument("--move-z", action="store_true", help="E-step moves z too (eps, z)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", help="also write the table to this JSON file")
     args = ap.parse_args(argv)
     rows, parts = bench(args.steps, args.batch, tuple(int(k) for k in args.ks.split(",")), args.move_z, args.threads)
+    if args.json:
+        from .checkpoint import machine, run_card, write_json
+
+        write_json(args.json, run_card(argv, module="emd_lib.bench_toy", machine=machine(), batch=args.batch,
+                                       move_z=args.move_z, seconds_per_step={n: t for n, t, _, _ in rows},
+                                       ratio_to_di={n: r for n, _, r, _ in rows},
+                                       predicted_ratio={n: p for n, _, _, p in rows}, pieces_s=parts))
     print(f"# 2D toy (ring8), batch {args.batch}, {'(eps, z)' if args.move_z else '(eps, -)'} E-step, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}")

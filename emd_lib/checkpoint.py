@@ -19,9 +19,12 @@ Example::
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -244,3 +247,19 @@ def verify_shipped(data_dir=None) -> list[Path]:
     for path, digest in shipped_checksums(data_dir).items():
         checked.append(verify_file(path, digest))
     return checked
+
+
+def machine(dev=None) -> str:
+    """``"2-core CPU, torch 2.13.0"`` or the GPU's name."""
+    dev = torch.device(dev or "cpu")
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    return f"{os.cpu_count()}-core CPU ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
+
+
+def run_card(argv=None, module: str | None = None, **extra) -> dict:
+    """The common part of every card: the exact command (``python -m module args``) and the date (UTC)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cmd = f"python -m {module} " if module else "python " + (sys.argv[0] + " " if sys.argv else "")
+    return {"command": (cmd + shlex.join(argv)).strip(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **extra}

@@ -19,7 +19,7 @@ from . import DATA_DIR
 
 import torch
 
-__all__ = ["MNIST_SHA256", "mnist5k", "split", "digits8", "to_model", "to_unit", "MNIST_PATH"]
+__all__ = ["MNIST_SHA256", "mnist5k", "split", "digits8", "to_model", "to_unit", "load_images", "MNIST_PATH"]
 
 #: Where the cached digits live (relative to the repository, not the working directory).
 MNIST_PATH = DATA_DIR / "mnist5k"
@@ -93,3 +93,18 @@ def to_model(images: torch.Tensor) -> torch.Tensor:
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """Model space [-1, 1] to pixels in [0, 1] (clipped)."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def load_images(name: str):
+    """``(x_train, y_train, x_eval, y_eval)`` in model space [-1, 1], ``(n, 1, H, W)``."""
+    if name == "mnist":
+        images, labels = mnist5k()
+        tr, ev = split(labels)
+        x = to_model(images)
+        return x[tr], labels[tr], x[ev], labels[ev]
+    if name == "digits8":
+        images, labels = digits8()
+        tr, ev = split(labels, n_eval_per_class=17)
+        x = images * 2 - 1
+        return x[tr], labels[tr], x[ev], labels[ev]
+    raise ValueError(f"unknown data set {name!r}; use 'mnist' or 'digits8'")

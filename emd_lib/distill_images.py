@@ -29,7 +29,7 @@ from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .schedules import VP
 from .teachers import NetworkTeacher
-from .train_teacher import machine, run_card
+from .checkpoint import machine, run_card
 from .unet import TeacherInitGenerator, UNet
 
 __all__ = ["TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "save_student", "main"]

@@ -60,7 +60,7 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
     from .data import to_unit
     from .distill_images import load_student, load_teacher
     from .sample import generate
-    from .train_teacher import load_images
+    from .data import load_images
     from .unet import TeacherInitGenerator
 
     paths = {"teacher": _DATA / "mnist_teacher", "emd": _DATA / "mnist_emd", "di": _DATA / "mnist_di",
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from .train_teacher import machine, run_card
+    from .checkpoint import machine, run_card
 
     t0 = time.perf_counter()
     rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam,

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 from . import device as pick_device
 from .checkpoint import save_checkpoint
 from .image_metrics import DigitClassifier
-from .train_teacher import load_images, machine, run_card
+from .checkpoint import machine, run_card
+from .data import load_images
 
 
 def shift(x, max_shift: int, g: torch.Generator):

@@ -15,56 +15,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import math
-import os
-import shlex
-import sys
 import time
 
 import torch
 
 from . import device as pick_device
 from . import seed_all
-from .checkpoint import save_checkpoint
+from .checkpoint import machine, run_card, save_checkpoint
+from .data import load_images
 from .distill import set_cosine_lr
 from .nets import ema_update
 from .schedules import sample_lam
 
-__all__ = ["main", "machine", "run_card", "load_images"]
-
-
-def machine(dev=None) -> str:
-    """``"2-core CPU, torch 2.13.0"`` or the GPU's name."""
-    dev = torch.device(dev or "cpu")
-    if dev.type == "cuda":
-        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
-    return f"{os.cpu_count()}-core CPU ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
-
-
-def run_card(argv=None, module: str | None = None, **extra) -> dict:
-    """The common part of every card: the exact command (``python -m module args``) and the date (UTC)."""
-    argv = sys.argv[1:] if argv is None else argv
-    cmd = f"python -m {module} " if module else "python " + (sys.argv[0] + " " if sys.argv else "")
-    return {"command": (cmd + shlex.join(argv)).strip(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **extra}
-
-
-def load_images(name: str):
-    """``(x_train, y_train, x_eval, y_eval)`` in model space [-1, 1], ``(n, 1, H, W)``."""
-    from . import data
-
-    if name == "mnist":
-        images, labels = data.mnist5k()
-        tr, ev = data.split(labels)
-        x = data.to_model(images)
-        return x[tr], labels[tr], x[ev], labels[ev]
-    if name == "digits8":
-        images, labels = data.digits8()
-        tr, ev = data.split(labels, n_eval_per_class=17)
-        x = images * 2 - 1
-        return x[tr], labels[tr], x[ev], labels[ev]
-    raise ValueError(f"unknown data set {name!r}; use 'mnist' or 'digits8'")
+__all__ = ["main"]
 
 
 @torch.no_grad()

@@ -88,3 +88,18 @@ def test_bench_command_takes_a_list_of_k_and_rejects_a_bad_one(tmp_path, capsys)
 def test_cuda_graphs_without_a_cuda_device_is_refused(capsys):
     assert main(["--config", "toy", "--cuda-graphs", "--steps", "1", "width=16", "depth=2"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_toy_cost_table_and_round_robin_timer(tmp_path):
+    from emd_lib import bench_toy
+
+    t = bench_toy.time_round_robin({"a": lambda: None, "b": lambda: sum(range(2000))}, calls=3, rounds=3)
+    assert len(t["a"]["all"]) == 3 and t["b"]["median"] > 0
+    for move_z in (False, True):
+        out = tmp_path / f"t{move_z}.json"
+        bench_toy.main(["--steps", "5", "--batch", "32", "--ks", "1,2", "--threads", "1", "--json", str(out)]
+                       + (["--move-z"] if move_z else []))
+        d = json.loads(out.read_text())
+        assert list(d["ratio_to_di"]) == ["Diff-Instruct", "EMD-1", "EMD-2"] and d["ratio_to_di"]["Diff-Instruct"] == 1
+        assert d["predicted_ratio"]["EMD-2"] > d["predicted_ratio"]["EMD-1"] >= 1
+        assert (d["pieces_s"]["generator fwd+VJP"] > 0) == move_z and d["command"].endswith(str(out) + (" --move-z" if move_z else ""))

@@ -208,7 +208,7 @@ def test_class_metrics_with_a_known_classifier():
 
 def test_shipped_classifier_reads_held_out_digits():
     from emd_lib.image_metrics import load_classifier
-    from emd_lib.train_teacher import load_images
+    from emd_lib.data import load_images
 
     clf = load_classifier()
     _, _, x_ev, y_ev = load_images("mnist")

@@ -194,18 +194,10 @@ def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: 
                               **copy.deepcopy(overrides)) for lab in labels}
     for lab, c in (configs or {}).items():
         cfgs[lab] = dataclasses.replace(c, batch=batch, init_steps=0, student_warmup=0, steps=steps * reps)
-    ds = {}
-    for lab, c in cfgs.items():
-        ds[lab] = Distiller(teacher, c)
-        ds[lab].generator_step()                                   # warm up allocations
-    times = {lab: [] for lab in cfgs}
-    for _ in range(reps):
-        for lab in cfgs:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                ds[lab].generator_step()
-            times[lab].append((time.perf_counter() - t0) / steps)
-    return {lab: {"median": float(torch.tensor(v).median()), "all": v} for lab, v in times.items()}
+    from ..bench_toy import time_round_robin
+
+    ds = {lab: Distiller(teacher, c) for lab, c in cfgs.items()}
+    return time_round_robin({lab: d.generator_step for lab, d in ds.items()}, steps, rounds=reps)
 
 
 def summarise(runs: dict) -> dict:

@@ -271,13 +271,19 @@ class Problem:
     num_classes: int = 0
     prompts: list = field(default_factory=list)
 
+    _prompt_emb: dict = field(default_factory=dict, repr=False)     # device -> (P, L, D), encoded once
+
     def make_cond(self, idx, device):
         """Turn drawn indices (class labels or prompt numbers) into the networks' conditioning."""
         if self.cond == "none":
             return None
         if self.cond == "class":
             return idx
-        return self.teacher.encode_prompts([self.prompts[int(i)] for i in idx.tolist()], device=device)
+        key = str(device)
+        if key not in self._prompt_emb:
+            self._prompt_emb[key] = self.teacher.encode_prompts(self.prompts, device=device)
+        emb = self._prompt_emb[key]
+        return emb[idx.to(emb.device)]
 
 
 def _read_prompts(path):

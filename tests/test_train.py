@@ -235,3 +235,17 @@ def test_checkpoints_record_the_command_and_refuse_another_device_type(tmp_path)
     tr = Trainer(toy(out, "steps=3"))
     with pytest.raises(ConfigError, match="saved on a cuda device"):
         tr.load(tensors, card)
+
+
+def test_prompts_are_encoded_once_and_indexed(tmp_path):
+    cfg = load_config("sd15", ["teacher.kind=random", "teacher.arch=tiny-sd", "batch=4", f"out={tmp_path}",
+                               "progress=false", "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4",
+                               "lam_dist=uniform"])
+    p = Trainer(cfg).prob
+    calls = []
+    encode = p.teacher.encode_prompts
+    p.teacher.encode_prompts = lambda prompts, device=None: calls.append(len(prompts)) or encode(prompts, device)
+    idx = torch.tensor([2, 0, 2, 1])
+    a, b = p.make_cond(idx, "cpu"), p.make_cond(idx.flip(0), "cpu")
+    assert calls == [len(p.prompts)] and torch.equal(b, a.flip(0))
+    torch.testing.assert_close(a, encode([p.prompts[i] for i in idx.tolist()], "cpu"))

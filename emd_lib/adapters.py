@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from .checkpoint import load_pickle
 from .schedules import EDM, Schedule, bcast
 from .teachers import Teacher
 
@@ -199,15 +200,14 @@ def load_edm_pickle(path, *, trust_pickle: bool = False, edm_root=None, key: str
     try:
         if path.startswith(("http://", "https://")):
             import dnnlib.util
-            f = dnnlib.util.open_url(path)
+            with dnnlib.util.open_url(path) as f:
+                obj = pickle.load(f)
         else:
             if not Path(path).exists():
                 raise AdapterError(f"EDM pickle {path} does not exist; download it (for ImageNet 64: "
                                    "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl) "
                                    "and pass its path")
-            f = open(path, "rb")
-        with f:
-            obj = pickle.load(f)
+            obj = load_pickle(path, trust=True)          # the caller said trust_pickle=True above
     except ModuleNotFoundError as e:
         raise AdapterError(f"{_EDM_HELP} (missing module {e.name!r})") from None
     net = obj[key] if isinstance(obj, dict) else obj

@@ -131,17 +131,18 @@ def _timed(fn, dev, steps, warmup):
     return (time.perf_counter() - t0) / steps
 
 
-def pass_counts(method: str, K: int = 0, move_z: bool = True) -> dict:
+def pass_counts(method: str, K: int = 0, move_z: bool = True, space: str = "eps") -> dict:
     """How many passes of each kind one training step makes, the student-score update included:
     ``forward`` (no graph kept), ``vjp`` (forward, then the backward to the network's input only)
     and ``train`` (forward, then the backward to the weights). From
     :func:`emd_lib.distill.evals_per_step`, which counts the generator update's evaluations."""
     from .distill import evals_per_step
 
-    e = evals_per_step(method, K, move_z)
-    return {"forward": 1 + e["teacher"] + e["student"],     # + the student update's g(z) without grad
-            "vjp": e["generator_bwd"] - 1,                  # g(z_k) and J^T v to z_k, per Langevin step
-            "train": 2}                                     # the student's DSM and the generator's update
+    e = evals_per_step(method, K, move_z, space)
+    vjp = e["generator_bwd"] - 1                            # g(z_k) and J^T v to z_k, per Langevin step
+    return {"forward": 1 + e["teacher"] + e["student"]     # + the student update's g(z) without grad
+            + e["generator_fwd"] - 1 - vjp,                 # + g(z) before and after an x-chain
+            "vjp": vjp, "train": 2}                         # train: the student's DSM and the generator's update
 
 
 def _pass_fns(tr):
@@ -208,7 +209,7 @@ def _cond(tr, n):
 
 def bench(config: str = "imagenet64", methods=None, batch: int | None = None, steps: int = 10, warmup: int = 2,
           tiny: bool = False, compile: bool = False, cuda_graphs: bool = False, sampler_steps: int = 40,
-          n_sample: int | None = None, overrides=(), device=None, quiet: bool = False, peak: bool = True,
+          overrides=(), device=None, quiet: bool = False, peak: bool = True,
           time_passes: bool = False, on_row=None) -> dict:
     """Time training steps for each ``(method, K)`` in ``methods`` and one-step vs many-step sampling.
 
@@ -230,7 +231,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             over += ["lam_dist=uniform", "lam_min=-5", "lam_max=5", "lam_star=-4"]
     if batch is None:
         batch = base.batch if base.teacher.kind == "mixture" else (4 if tiny else min(base.batch, 32))
-    tmp = tempfile.mkdtemp(prefix="emd-bench-")
+    tmp = tempfile.mkdtemp(prefix="emd-bench-")          # the trainer's folder; it writes nothing there
     cfg = load_config(config, over + [f"batch={batch}", f"out={tmp}", "progress=false", "resume=false",
                                       "tensorboard=false", "student_warmup=0", "init_steps=0",
                                       f"steps={10**9}", f"ckpt_every={10**9}"])
@@ -282,7 +283,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
         row = {"method": "Diff-Instruct" if method == "di" else f"EMD-{K}", "K": int(K) if method == "emd" else 0,
                "sec_per_step": sec, "img_per_s": batch / sec, "peak_mb": _peak_mb(dev),
                "tflop_per_step": flops[method, K] / 1e12, "tflops": flops[method, K] / sec / 1e12,
-               "passes": pass_counts(method, K, cfg.langevin.move_z)}
+               "passes": pass_counts(method, K, cfg.langevin.move_z, cfg.langevin.space)}
         if peak:
             row["pct_peak"] = 100 * row["tflops"] / info["peak"]["tflops"]
         di = [r for r in info["rows"] if r["method"] == "Diff-Instruct"]
@@ -304,7 +305,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     # sampling: one generator pass against the teacher's Heun sampler (2 n - 1 network evaluations)
     from .sampling import sample_ode
 
-    n = n_sample or batch
+    n = batch
     cond = _cond(tr, n)
     g = torch.Generator(device=dev).manual_seed(0)
     with torch.no_grad(), tr._autocast():

@@ -151,20 +151,23 @@ def emd_generator_loss(generator, teacher, student, z, eps, lam, lcfg: LangevinC
     return loss, res.diagnostics
 
 
-def evals_per_step(method: str, K: int = 8, move_z: bool = False) -> dict:
+def evals_per_step(method: str, K: int = 8, move_z: bool = False, space: str = "eps") -> dict:
     """Network evaluations in one generator step (the student updates, equal for all methods, excluded).
 
     DI: one teacher and one student forward at ``x_t``, one generator forward and backward.
     EMD-K: ``K`` teacher and ``K`` student forwards (one per Langevin step), plus, when ``z`` moves,
     ``K`` generator forwards and ``K`` vector-Jacobian products (the first at ``z_0``); then the
     M-step's generator forward and backward (at ``z^K``; with ``z`` fixed this forward is also the
-    chain's ``g(z)``).
+    chain's ``g(z)``). The ``"x"`` chain with ``z`` moving needs ``g(z)`` before and after the chain
+    as well: two more generator forwards.
     """
     if method == "di":
         return {"teacher": 1, "student": 1, "generator_fwd": 1, "generator_bwd": 1}
     K = int(K)
     moves = move_z and K > 0
-    return {"teacher": K, "student": K, "generator_fwd": 1 + (K if moves else 0), "generator_bwd": 1 + (K if moves else 0)}
+    extra = 2 if (moves and space == "x") else 0
+    return {"teacher": K, "student": K, "generator_fwd": 1 + (K if moves else 0) + extra,
+            "generator_bwd": 1 + (K if moves else 0)}
 
 
 class Distiller:

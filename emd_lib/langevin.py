@@ -210,36 +210,38 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     eta_z = torch.zeros_like(z)
     grad_data_norms, grad_z_norms, gap_norms = [], [], []
 
-    for _ in range(K):
-        if cfg.move_z:
-            z = z.detach().requires_grad_(True)
-            with torch.enable_grad(), frozen_params(generator):
-                xg = call_generator(generator, z, cond)
-            x = xg.detach()
-        x_t = u if in_x else a * x + s * u
-        with torch.no_grad():
-            sds = score_gap_eps(teacher, student, x_t, lam, cond)            # sigma * ds
-        gap_norms.append(_norm_t(sds))
-        if in_x:
-            r = x_t - a * x
-            grad_u = sds / s - r / s**2                                       # ds - r / sigma^2
-            vz = a / s**2 * r
-        else:
-            grad_u = sds - u                                                  # sigma ds - eps
-            vz = a / s * sds                                                  # alpha ds (J^T applied below)
-        grad_data_norms.append(_norm_t(grad_u))
-        if cfg.move_z:
-            grad_z = _vjp(xg, z, vz).detach() - z.detach()
-            grad_z_norms.append(_norm_t(grad_z))
-            z = z.detach()
-        if cfg.move_data:
-            n = _randn(u, rng)
-            u = u + g_data * grad_u + torch.sqrt(2 * g_data) * n
-            eta = decay * eta + torch.sqrt(2 * g_data) * n
-        if cfg.move_z:
-            nz = _randn(z, rng)
-            z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
-            eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
+    frozen = frozen_params(generator) if cfg.move_z else contextlib.nullcontext()
+    with frozen:                        # the chain differentiates the generator with respect to z only
+        for _ in range(K):
+            if cfg.move_z:
+                z = z.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    xg = call_generator(generator, z, cond)
+                x = xg.detach()
+            x_t = u if in_x else a * x + s * u
+            with torch.no_grad():
+                sds = score_gap_eps(teacher, student, x_t, lam, cond)            # sigma * ds
+            gap_norms.append(_norm_t(sds))
+            if in_x:
+                r = x_t - a * x
+                grad_u = sds / s - r / s**2                                       # ds - r / sigma^2
+                vz = a / s**2 * r
+            else:
+                grad_u = sds - u                                                  # sigma ds - eps
+                vz = a / s * sds                                                  # alpha ds (J^T applied below)
+            grad_data_norms.append(_norm_t(grad_u))
+            if cfg.move_z:
+                grad_z = _vjp(xg, z, vz).detach() - z.detach()
+                grad_z_norms.append(_norm_t(grad_z))
+                z = z.detach()
+            if cfg.move_data:
+                n = _randn(u, rng)
+                u = u + g_data * grad_u + torch.sqrt(2 * g_data) * n
+                eta = decay * eta + torch.sqrt(2 * g_data) * n
+            if cfg.move_z:
+                nz = _randn(z, rng)
+                z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
+                eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
 
     if in_x:
         with torch.no_grad():

@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import ROOT
+from . import ROOT, randn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distill import DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss
+from .langevin import call_generator
 from .langevin import LangevinConfig  # noqa: F401  (TrainConfig inherits annotations that name it)
 from .nets import ema_update
 from .schedules import sample_lam
@@ -563,14 +564,13 @@ class Trainer:
     def generator_step(self):
         cfg, p = self.cfg, self.prob
         z, eps, lam, cond = self._draw()
-        rng = self.rng if self.world == 1 else self._noise
         with self._autocast():
             if cfg.method == "di":
                 loss, diag = di_generator_loss(self.G, p.teacher, p.student, z, eps, lam, cfg.weighting,
                                                cond=cond)
             else:
                 loss, diag = emd_generator_loss(self.G, p.teacher, p.student, z, eps, lam, cfg.langevin,
-                                                cfg.weighting, cond=cond, rng=rng)
+                                                cfg.weighting, cond=cond, rng=self._noise)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(p.generator.parameters(), cfg.grad_clip).item()
@@ -769,9 +769,8 @@ class Trainer:
     @torch.no_grad()
     def sample(self, n: int, cond=None, ema: bool = True, generator: torch.Generator | None = None):
         """``n`` one-step samples of the (EMA) generator; ``cond``: class labels or text embeddings."""
-        g = self.ema if ema else self.prob.generator
-        z = torch.randn((n, *self.prob.shape), generator=generator, device=self.device)
-        return g(z) if cond is None else g(z, cond)
+        z = randn((n, *self.prob.shape), generator, self.device)
+        return call_generator(self.ema if ema else self.prob.generator, z, cond)
 
 
 class _Interrupted(Exception):

@@ -45,7 +45,8 @@ def test_bench_command_writes_json(tmp_path, capsys):
 
 def test_pass_counts_account_for_every_flop_of_a_step():
     # a step's counted FLOPs are exactly its passes' FLOPs: the E-step makes no pass it does not need
-    for over, methods in (((), [("di", 1), ("emd", 1), ("emd", 3)]), (("langevin.move_z=false",), [("emd", 2)])):
+    for over, methods in (((), [("di", 1), ("emd", 1), ("emd", 3)]), (("langevin.move_z=false",), [("emd", 2)]),
+                           (("langevin.space=x", "langevin.move_z=true"), [("emd", 2)])):
         info = bench("imagenet64", methods=methods, tiny=True, steps=1, warmup=0, sampler_steps=2, quiet=True,
                      time_passes=True, overrides=over, peak=False)
         pt = info["pass_times"]
@@ -57,6 +58,7 @@ def test_pass_counts_account_for_every_flop_of_a_step():
     assert pass_counts("emd", 8) == {"forward": 17, "vjp": 8, "train": 2}
     assert pass_counts("di") == {"forward": 3, "vjp": 0, "train": 2}
     assert pass_counts("emd", 2, move_z=False) == {"forward": 5, "vjp": 0, "train": 2}
+    assert pass_counts("emd", 2, space="x") == {"forward": 7, "vjp": 2, "train": 2}
 
 
 def test_matmul_peak_and_table_extras():

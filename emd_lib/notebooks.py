@@ -76,7 +76,9 @@ def write_notebooks(out: Path, repo: str | None = None, student: bool = False,
     repo = repo or default_repo()
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for p in sorted((src or ROOT / "chapters").glob("[0-9][0-9]_*.py")):
+    from .book import chapters
+
+    for p in chapters(src=src):
         text = p.read_text()
         if student:
             text = strip_solutions(text)

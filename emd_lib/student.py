@@ -92,18 +92,15 @@ def grade(path: Path) -> dict[str, tuple[bool, str]]:
 
 def write_edition(out: Path, src: Path | None = None) -> list[Path]:
     """The student edition of every chapter of ``src``: ``NN_*.py`` and ``NN_*.ipynb``."""
-    import nbformat
-
-    from .notebooks import default_repo, to_notebook
+    from .book import chapters
+    from .notebooks import write_notebooks
 
     out.mkdir(parents=True, exist_ok=True)
-    repo, written = default_repo(), []
-    for p in sorted((src or ROOT / "chapters").glob("[0-9][0-9]_*.py")):
-        text = strip_solutions(p.read_text())
-        (out / p.name).write_text(text)
-        nbformat.write(to_notebook(text, repo), out / (p.stem + ".ipynb"))
-        written += [out / p.name, out / (p.stem + ".ipynb")]
-    return written
+    written = []
+    for p in chapters(src=src):
+        (out / p.name).write_text(strip_solutions(p.read_text()))
+        written.append(out / p.name)
+    return written + write_notebooks(out, student=True, src=src)
 
 
 def main(argv=None) -> int:

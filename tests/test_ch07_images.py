@@ -94,9 +94,21 @@ def test_unet_preconditioning_limits_and_conditioning():
         lam = torch.zeros(4)
         assert not torch.allclose(net(x_t, lam, c), net(x_t, lam, c.flip(0)))       # the class matters
         assert net(x_t, lam).shape == x_t.shape                                      # cond=None: no class
-    # the loss is the preconditioned regression: zero iff D returns x
+    # the loss is the preconditioned regression: zero when D returns x, and the error / c_out squared
     eps = torch.randn_like(x_t)
-    assert net.loss(x_t, c, lam, eps) > 0
+    x0 = x_t.tanh()
+    with torch.no_grad():
+        got = net.loss(x0, c, lam, eps)
+        d = net(VP.alpha_sigma(lam)[0][:, None, None, None] * x0 + VP.alpha_sigma(lam)[1][:, None, None, None] * eps,
+                lam, c)
+    c_out = net.sigma_data / (1 + net.sigma_data**2) ** 0.5          # lam = 0: s = 1
+    torch.testing.assert_close(got, (((d - x0) / c_out) ** 2).mean())
+    orig = type(net).forward
+    try:
+        type(net).forward = lambda self, x_t, lam, cond=None: x0
+        assert float(net.loss(x0, c, lam, eps)) == 0.0
+    finally:
+        type(net).forward = orig
 
 
 def test_teacher_init_generator_is_the_denoiser_at_lam_star():

@@ -455,6 +455,9 @@ checks = {
     "eps only: between denoiser and joint chain": den("lam 6, denoise only") < den("lam 6, 300 steps, eps only")
     < den("lam 6, 300 steps"),
     "30 steps at lam 6 already > 0.95 within 3 sd": den("lam 6, 30 steps") > 0.95,
+    "gamma_z = 0.2 and gamma_eps = 0.3 do as well": all(
+        den(lab) >= den("lam 6, 300 steps") - 0.02 and den(lab, "mmd") <= den("lam 6, 300 steps", "mmd") + 0.005
+        for lab in ("lam 6, 300 steps, gamma_z 0.2", "lam 6, 300 steps, gamma_eps 0.3")),
     "gamma_z = 1 breaks the masses": den("lam 6, 300 steps, gamma_z 1", "tv") > 0.5,
     "no sane setting fixes the masses": all(abs(den(lab, "tv") - gen_tv) < 0.05 for lab in labels_mc
                                             if "gamma_z 1" not in lab and not lab.startswith("lam 2")),

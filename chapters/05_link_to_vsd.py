@@ -289,15 +289,16 @@ assert tau9[3] > tau9[1]                # and on one batch it dominates near the
 # two-mode mixture of chapter 2, with the **exact** student $q_\theta^t = \mathcal N(\alpha b, \alpha^2 AA^\top + \sigma^2 I)$
 # rebuilt at every step, so that the E-step is the only difference between the methods. The
 # forward-KL answer is known in closed form: moment matching (the mixture's mean and covariance,
-# `emd_lib.experiments.ch05.moment_match`). `linear_knob` runs one fit; the sweep runs DI and
+# `emd_lib.divergences.mixture_moments`, chapter 2's forward-KL fit). `linear_knob` runs one fit; the sweep runs DI and
 # EMD-$K$ for several $K$ and seeds. First a short live run, then the sweep's results.
 
 # %%
+from emd_lib.divergences import mixture_moments
 from emd_lib.mixtures import bimodal
 
 bi = bimodal()
-m_fwd, C_fwd = sweep.moment_match(bi)
-# check moment_match against samples of the mixture
+m_fwd, C_fwd = mixture_moments(bi, torch.float64)
+# check the moments against samples of the mixture
 xs = bi.sample(200_000, generator=torch.Generator().manual_seed(0)).double()
 torch.testing.assert_close(xs.mean(0), m_fwd, atol=0.01, rtol=0)
 torch.testing.assert_close(torch.cov(xs.T), C_fwd, atol=0.02, rtol=0)

@@ -32,15 +32,16 @@ __all__ = ["mixture_moments", "gaussian", "forward_kl_gaussian_fit", "reverse_kl
            "kl_monte_carlo", "gaussian_log_prob"]
 
 
-def mixture_moments(p: GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact mean ``(d,)`` and covariance ``(d, d)`` of a Gaussian mixture."""
+def mixture_moments(p: GaussianMixture, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean ``(d,)`` and covariance ``(d, d)`` of a Gaussian mixture (computed in float64, returned
+    in ``dtype``)."""
     w = p.weights.double()
     mu, C = p.means.double(), p.covs.double()
     # E[x] = sum_k w_k mu_k
     m = (w[:, None] * mu).sum(0)
     # E[x x^T] = sum_k w_k (C_k + mu_k mu_k^T)
     second = (w[:, None, None] * (C + mu[:, :, None] * mu[:, None, :])).sum(0)
-    return m.float(), (second - torch.outer(m, m)).float()
+    return m.to(dtype), (second - torch.outer(m, m)).to(dtype)
 
 
 def gaussian(mean, cov, schedule=None) -> GaussianMixture:

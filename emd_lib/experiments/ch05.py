@@ -35,6 +35,7 @@ import torch
 
 from .. import DATA_DIR
 from ..checkpoint import write_json  # noqa: F401  (re-exported: the experiments write with it)
+from ..divergences import mixture_moments
 from ..distill import DistillConfig, Distiller, di_generator_loss, emd_generator_loss
 from ..langevin import LangevinConfig
 from ..metrics import mixture_report
@@ -44,7 +45,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "linear_knob", "moment_match", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "linear_knob", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -255,15 +256,6 @@ def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: fl
     return {"label": label, "seed": seed, "b": b.tolist(), "C": C.tolist(), "std": C.diag().sqrt().tolist()}
 
 
-def moment_match(teacher) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and covariance of a Gaussian mixture: the forward-KL (maximum-likelihood) Gaussian fit."""
-    w, mu, C = teacher.weights.double(), teacher.means.double(), teacher.covs.double()
-    m = (w[:, None] * mu).sum(0)
-    dm = mu - m
-    cov = (w[:, None, None] * (C + dm[:, :, None] * dm[:, None, :])).sum(0)
-    return m, cov
-
-
 # ---- bookkeeping shared with chapter 6's sweeps --------------------------------------------------------
 
 def run_info(t0: float, module: str, argv) -> dict:
@@ -352,7 +344,7 @@ def _main_linear(args, t0, argv):
             runs[lab].append(linear_knob(mixture, lab, steps=steps, seed=seed))
             bar.update()
     bar.close()
-    m, cov = moment_match(mixture)
+    m, cov = mixture_moments(mixture, torch.float64)         # the forward-KL (moment-matching) fit
     summary = {}
     for lab, rs in runs.items():
         sd = torch.tensor([r["std"] for r in rs], dtype=torch.float64)

@@ -24,13 +24,12 @@ import torch
 
 from . import DATA_DIR
 from . import device as pick_device
-from .checkpoint import load_checkpoint, read_card, save_checkpoint
+from .checkpoint import load_checkpoint, load_state_into, machine, read_card, run_card, save_checkpoint
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
-from .schedules import VP
+from .schedules import get_schedule
 from .teachers import NetworkTeacher
-from .checkpoint import machine, run_card
-from .unet import TeacherInitGenerator, UNet
+from .unet import TeacherInitGenerator, unet_from_card
 
 __all__ = ["TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "save_student", "main"]
 
@@ -40,13 +39,18 @@ SHAPES = {"mnist": (1, 28, 28), "digits8": (1, 8, 8)}
 
 
 def load_teacher(path=None, device="cpu") -> NetworkTeacher:
-    """The shipped UNet teacher as a frozen :class:`NetworkTeacher` (``denoise(x_t, lam, cond)``)."""
+    """A UNet teacher written by ``python -m emd_lib.train_teacher`` (default: the shipped one) as a
+    frozen :class:`NetworkTeacher` (``denoise(x_t, lam, cond)``), with its ``card``, ``shape`` and
+    ``num_classes``; the schedule and what the network predicts are read from the card."""
     path = Path(path) if path is not None else TEACHER_PATH
-    state, card = load_checkpoint(path, device=device)
-    net = UNet(**card["arch"])
-    net.load_state_dict(state)
-    teacher = NetworkTeacher(net.to(device).eval(), VP, predicts="x0").requires_grad_(False)
+    card = read_card(path)
+    net = unet_from_card(card)
+    load_state_into(net, path, device=device)
+    teacher = NetworkTeacher(net.to(device).eval(), get_schedule(card.get("schedule", "vp")),
+                             predicts=card.get("predicts", "x0")).requires_grad_(False)
     teacher.card = card
+    teacher.shape = tuple(card.get("shape", SHAPES[card.get("data", "mnist")]))
+    teacher.num_classes = int(card["arch"].get("n_classes", 0))
     return teacher
 
 
@@ -55,9 +59,10 @@ def make_distiller(teacher: NetworkTeacher, cfg: DistillConfig, device="cpu") ->
     copies of the teacher (the generator read at ``cfg.lam_star``)."""
     net = teacher.net
     gen = TeacherInitGenerator(net, cfg.lam_star).to(device).train()
-    student = NetworkTeacher(copy.deepcopy(net).requires_grad_(True).train(), VP, predicts="x0")
+    student = NetworkTeacher(copy.deepcopy(net).requires_grad_(True).train(), teacher.schedule, predicts=teacher.predicts)
     return Distiller(teacher, cfg, generator=gen, student=student, device=torch.device(device),
-                     shape=SHAPES[getattr(teacher, "card", {}).get("data", "mnist")], n_classes=net.n_classes)
+                     shape=getattr(teacher, "shape", None) or SHAPES[getattr(teacher, "card", {}).get("data", "mnist")],
+                     n_classes=net.n_classes)
 
 
 def save_student(path, d: Distiller, card: dict) -> dict:
@@ -73,11 +78,12 @@ def load_student(path, device="cpu"):
     state, card = load_checkpoint(path, device=device)
     nets = {}
     for part in ("generator", "student"):
-        net = UNet(**card["arch"])
+        net = unet_from_card(card)
         net.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
         nets[part] = net.to(device).eval().requires_grad_(False)
     gen = TeacherInitGenerator(nets["generator"], card["lam_star"], copy_weights=False).eval().requires_grad_(False)
-    return gen, NetworkTeacher(nets["student"], VP, predicts="x0").requires_grad_(False), card
+    student = NetworkTeacher(nets["student"], get_schedule(card.get("schedule", "vp")), predicts=card.get("predicts", "x0"))
+    return gen, student.requires_grad_(False), card
 
 
 def build_parser():

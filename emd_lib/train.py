@@ -341,9 +341,7 @@ def load_teacher(tc: TeacherConfig, seed: int = 0):
 def _checkpoint_teacher(tc: TeacherConfig):
     """A teacher saved by emd_lib: chapter 7's UNet denoiser (its card records ``arch``, ``schedule``,
     ``predicts`` and ``data``)."""
-    from .checkpoint import load_state_into, read_card
-    from .schedules import get_schedule
-    from .teachers import NetworkTeacher
+    from .checkpoint import read_card
 
     p = Path(tc.path)
     if not p.is_absolute() and not p.with_suffix(".json").exists():
@@ -356,15 +354,9 @@ def _checkpoint_teacher(tc: TeacherConfig):
     if "arch" not in card:
         raise ConfigError(f"teacher.path: the card {p.with_suffix('.json')} has no 'arch'; it is not a teacher "
                           "written by python -m emd_lib.train_teacher")
-    from .unet import unet_from_card
+    from .distill_images import load_teacher as load_unet_teacher
 
-    net = unet_from_card(card)
-    load_state_into(net, p)
-    net.eval().requires_grad_(False)
-    t = NetworkTeacher(net, get_schedule(card.get("schedule", "vp")), predicts=card.get("predicts", "x0"))
-    side = {"mnist": 28, "digits8": 8}.get(card.get("data", "mnist"), 28)
-    t.shape = tuple(card.get("shape", (card["arch"].get("in_ch", 1), side, side)))
-    t.num_classes = int(card["arch"].get("n_classes", 0))
+    t = load_unet_teacher(p)
     return t, "class" if t.num_classes else "none"
 
 

@@ -82,6 +82,7 @@ def load_student(path, device="cpu"):
         net.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
         nets[part] = net.to(device).eval().requires_grad_(False)
     gen = TeacherInitGenerator(nets["generator"], card["lam_star"], copy_weights=False).eval().requires_grad_(False)
+    gen.shape = tuple(card.get("shape", SHAPES[card.get("data", "mnist")]))      # one sample's shape
     student = NetworkTeacher(nets["student"], get_schedule(card.get("schedule", "vp")), predicts=card.get("predicts", "x0"))
     return gen, student.requires_grad_(False), card
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from . import randn
 from .checkpoint import CheckpointError, read_card
 
 __all__ = ["generate", "main"]
@@ -26,30 +27,27 @@ __all__ = ["generate", "main"]
 @torch.no_grad()
 def generate(checkpoint, n: int, cls: int | None = None, steps: int = 18, sde: bool = False, seed: int = 0,
              batch: int = 500, device="cpu") -> tuple[torch.Tensor, int]:
-    """``(images (n, 1, H, W) in [0, 1], function evaluations per image)`` from a checkpoint."""
+    """``(images (n, 1, H, W) in [0, 1], function evaluations per image)`` from a checkpoint's path, or
+    from a model already loaded (a teacher from ``load_teacher``, a generator from ``load_student``)."""
     from .data import to_unit
-    from .distill_images import SHAPES, load_student, load_teacher
+    from .distill_images import load_student, load_teacher
     from .sampling import sample_ode, sample_sde
+    from .teachers import NetworkTeacher
 
-    card = read_card(checkpoint)
+    model = checkpoint
+    if not isinstance(checkpoint, torch.nn.Module):
+        one_step = "method" in read_card(checkpoint)
+        model = load_student(checkpoint, device=device)[0] if one_step else load_teacher(checkpoint, device=device)
     g = torch.Generator().manual_seed(seed)
     labels = torch.full((n,), int(cls)) if cls is not None else torch.arange(n) % 10
     out, nfe = [], 1
-    if "method" in card:                                          # a distilled one-step generator
-        gen, _, card = load_student(checkpoint, device=device)
-        shape = SHAPES[card.get("data", "mnist")]
-        for i in range(0, n, batch):
-            c = labels[i:i + batch]
-            z = torch.randn(len(c), *shape, generator=g)
-            out.append(gen(z.to(device), c.to(device)).cpu())
-    else:                                                         # the teacher: many steps
-        teacher = load_teacher(checkpoint, device=device)
-        shape = SHAPES[teacher.card.get("data", "mnist")]
-        for i in range(0, n, batch):
-            c = labels[i:i + batch]
-            sampler = sample_sde if sde else sample_ode
-            x, nfe = sampler(teacher, len(c), n_steps=steps, shape=shape, cond=c.to(device), generator=g, device=device)
-            out.append(x.cpu())
+    for c in labels.split(batch):
+        if isinstance(model, NetworkTeacher):                       # the teacher: many steps
+            x, nfe = (sample_sde if sde else sample_ode)(model, len(c), n_steps=steps, shape=model.shape,
+                                                         cond=c.to(device), generator=g, device=device)
+        else:                                                       # a distilled one-step generator
+            x = model(randn((len(c), *model.shape), g, device), c.to(device))
+        out.append(x.cpu())
     return to_unit(torch.cat(out)).float(), nfe
 
 

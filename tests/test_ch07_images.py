@@ -273,3 +273,16 @@ def test_train_teacher_cli_tiny_run_writes_a_card(tmp_path):
     assert card["steps"] == 3 and card["complete"]
     assert card["command"].startswith("python -m emd_lib.train_teacher --data digits8")
     assert all(np.isfinite(v) for v in card["metrics"].values())
+
+
+def test_evaluation_rows_of_the_shipped_models():
+    from emd_lib import DATA_DIR
+    from emd_lib.eval_images import evaluate_rows
+
+    rows = {r["model"]: r for r in evaluate_rows(n=20, teacher_steps=(2,), correction_steps=1, progress=lambda r: None)}
+    table = json.loads((DATA_DIR / "results" / "ch07_table.json").read_text())
+    real = next(r for r in table["rows"] if r["model"] == "real training digits")
+    assert abs(rows["real training digits"]["classifier_frechet"] - real["classifier_frechet"]) < 1e-3
+    assert rows["teacher, Heun ODE 2 steps"]["nfe"] == 3 and rows["EMD-4, one step"]["nfe"] == 1
+    assert {"Diff-Instruct, one step", "EMD-4 + MCMC correction (1 steps at lam=0)"} <= set(rows)
+    assert all(r["classes_covered"] >= 1 for r in rows.values())

@@ -635,8 +635,7 @@ class TeacherGenerator(nn.Module):
         teacher.schedule.check_lam(lam_star, "lam_star")
         self.copy = network_copy(teacher, **kw)
         self.lam_star = float(lam_star)
-        _, sigma = teacher.schedule.alpha_sigma(torch.tensor(self.lam_star))
-        self.z_scale = 1.0 if teacher.schedule.kind == "vp" else float(sigma)
+        self.z_scale = teacher.schedule.z_in_scale(self.lam_star)
 
     def forward(self, z, cond=None):  # (B, C, H, W) -> (B, C, H, W)
         lam = torch.full((z.shape[0],), self.lam_star, device=z.device)

@@ -81,8 +81,7 @@ def init_generator_from_teacher(gen: nn.Module, teacher, lam_star: float = -2.0,
     dim = teacher.dim
     opt = torch.optim.Adam(gen.parameters(), lr=lr)
     lam = torch.full((batch,), float(lam_star))
-    alpha, sigma = teacher.schedule.alpha_sigma(lam)
-    scale = 1.0 if teacher.schedule.kind == "vp" else float(sigma[0])   # z_in = z (VP) or sigma* z (EDM)
+    scale = teacher.schedule.z_in_scale(lam_star)                      # z_in = z (VP) or sigma* z (EDM)
     losses = []
     it = range(steps)
     if progress:

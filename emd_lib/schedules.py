@@ -67,6 +67,11 @@ class Schedule:
         alpha, sigma = torch.as_tensor(alpha), torch.as_tensor(sigma)
         return 2.0 * (torch.log(alpha) - torch.log(sigma))
 
+    def z_in_scale(self, lam_star: float) -> float:
+        """The generator initialised from the teacher reads ``z`` as a noisy input at ``lam*``:
+        ``g(z) = D(s z, lam*)`` with ``s = 1`` (VP: ``x_t`` has unit variance) or ``s = sigma*`` (EDM)."""
+        return 1.0 if self.kind == "vp" else float(self.alpha_sigma(torch.tensor(float(lam_star)))[1])
+
     def check_lam(self, lam: float, name: str = "lam") -> float:
         """Raise a clear error when a log-SNR lies outside this schedule's range."""
         lam = float(lam)

@@ -178,6 +178,4 @@ class TeacherInitGenerator(nn.Module):
 
     def forward(self, z, cond=None):  # (B, C, H, W) -> (B, C, H, W)
         lam = torch.full((z.shape[0],), self.lam_star, dtype=z.dtype, device=z.device)
-        if self.net.schedule.kind == "edm":
-            z = z * math.exp(-self.lam_star / 2)                    # z_in = sigma* z
-        return self.net(z, lam, cond)
+        return self.net(self.net.schedule.z_in_scale(self.lam_star) * z, lam, cond)

@@ -109,3 +109,11 @@ def test_schedules():
 def test_bad_mixtures_name_the_field(spec, field):
     with pytest.raises(MixtureError, match=field):
         GaussianMixture.from_dict(spec)
+
+
+def test_z_in_scale_is_one_for_vp_and_sigma_star_for_edm():
+    from emd_lib.schedules import EDM, VP
+
+    assert VP.z_in_scale(-6.0) == 1.0
+    assert abs(EDM.z_in_scale(-2.0) - float(EDM.alpha_sigma(torch.tensor(-2.0))[1])) == 0
+    assert abs(EDM.z_in_scale(-2.0) - 2.718281828) < 1e-5          # sigma = exp(-lam / 2)

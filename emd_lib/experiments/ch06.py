@@ -143,9 +143,7 @@ def summarise(runs: dict) -> dict:
 def init_target(teacher, lam_star: float, z: torch.Tensor) -> torch.Tensor:
     """The map the generator is initialised to: ``D_phi(z_in(z), lam*)`` (VP: ``z_in = z``; EDM: ``sigma* z``)."""
     lam = torch.full((z.shape[0],), float(lam_star), dtype=z.dtype)
-    _, sigma = teacher.schedule.alpha_sigma(lam)
-    scale = 1.0 if teacher.schedule.kind == "vp" else bcast(sigma, z)
-    return teacher.denoise(scale * z, lam)
+    return teacher.denoise(teacher.schedule.z_in_scale(lam_star) * z, lam)
 
 
 #: label -> keyword arguments of :func:`correct` (the MCMC sweep)

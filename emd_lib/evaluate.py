@@ -4,14 +4,17 @@
   ``imagenet-64x64.npz`` holds ``mu`` and ``sigma`` of Inception pool features), Inception
   Score, and precision/recall (Kynkäänniemi et al. 2019, k = 3) against real features.
 * Text to image: zero-shot COCO-30k FID (30,000 captions of the 2014 validation set,
-  generated at 512 px and resized to 256, clean-fid features against reference statistics
-  of the matching real images) and CLIP score (``100 max(cos(image, text), 0)`` with a CLIP
+  generated at 512 px and resized to 256, features of clean-fid's Inception network against
+  reference statistics of the matching real images; the resize to 299 px is torch's bicubic on
+  floats, not clean-fid's PIL resize of uint8 images, so published clean-fid numbers compare only
+  approximately) and CLIP score (``100 max(cos(image, text), 0)`` with a CLIP
   model from transformers).
 
 The Inception network comes from ``torch-fidelity`` (or ``clean-fid`` for COCO's features);
 neither is a dependency of this project (they pull torchvision, whose wheels pin another
-torch build): install one to evaluate for real. Every function also takes features or an
-``extractor`` you supply, which is how the tests run on tiny stand-ins without a download.
+torch build): install one to evaluate for real. Every function also takes an ``extractor`` you
+supply (returning features, or ``(features, logits)`` for the Inception Score), which is how the
+tests run on tiny stand-ins without a download.
 
     python -m emd_lib.evaluate --run runs/imagenet64 --task imagenet --ref imagenet-64x64.npz \\
         [--real-features imagenet64-train-feats.npz] [--n 50000]
@@ -118,7 +121,7 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
 
     ``sample(labels) -> images in [0, 1]`` generates one image per label; labels cycle through the
     classes so every class gets ``n / num_classes`` samples. ``ref``: reference statistics
-    (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)``.
+    (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)`` (or bare features: no Inception Score).
     """
     extractor = extractor or inception_extractor(logits=True)
     feats, logits = [], []
@@ -128,7 +131,8 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
         it = tqdm(it, desc="samples", total=math.ceil(n / batch))
     for i in it:
         labels = torch.arange(i, min(i + batch, n)) % num_classes
-        f, lg = extractor(sample(labels))
+        out_f = extractor(sample(labels))
+        f, lg = out_f if isinstance(out_f, tuple) else (out_f, None)    # (features, logits) or features
         feats.append(torch.as_tensor(f))
         if lg is not None:
             logits.append(torch.as_tensor(lg))

@@ -16,7 +16,8 @@ project (:class:`DigitClassifier`, shipped in ``data/mnist_classifier``):
 of them (and its Inception weights) is installed; neither is a dependency. Pass your own
 ``extractor`` to use any other feature network.
 
-All functions take pixels in ``[0, 1]``, shape ``(n, 1, 28, 28)``.
+All functions take pixels in ``[0, 1]``: the classifier's, shape ``(n, 1, 28, 28)``; the Inception
+helpers, ``(n, C, H, W)`` with C = 1 or 3.
 """
 from __future__ import annotations
 

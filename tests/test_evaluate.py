@@ -57,6 +57,20 @@ def test_imagenet_eval_with_a_supplied_extractor():
                           real_features=real, progress=False)
     assert set(res) == {"n", "fid", "inception_score", "inception_score_std", "precision", "recall"}
     assert 0 <= res["fid"] < 50 and res["inception_score"] >= 1 and 0 < res["precision"] <= 1
+    # an extractor that returns bare features: no Inception Score
+    res = E.imagenet_eval(sample, n=200, batch=100, extractor=lambda x: extractor(x)[0], num_classes=10,
+                          real_features=real, progress=False)
+    assert set(res) == {"n", "precision", "recall"}
+
+
+def test_precision_recall_subsets_are_random_not_the_first_rows():
+    from emd_lib.metrics import equal_random_subsets
+
+    real = torch.arange(1000).repeat_interleave(1)[:, None].float() // 100      # sorted by "class" 0..9
+    fake = torch.zeros(200, 1)
+    r, f = equal_random_subsets(real, fake)
+    assert len(r) == len(f) == 200 and set(r.flatten().tolist()) == set(range(10))
+    assert torch.equal(equal_random_subsets(real, fake)[0], r)                    # seeded
 
 
 def test_missing_inception_packages_say_what_to_install():

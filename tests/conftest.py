@@ -1,5 +1,8 @@
 """Tests run on one torch thread: the CI machine has two cores, the tensors are small, and the
 chapter kernels (nbval) run in processes of their own."""
+import io
+from contextlib import redirect_stderr, redirect_stdout
+
 import pytest
 import torch
 
@@ -13,3 +16,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def toy_cli(*args):
+    """``(status, stdout, stderr)`` of ``python -m emd_lib.toy ARGS``, run in-process (the toy command's
+    tests import it: ``from conftest import toy_cli``)."""
+    from emd_lib import toy
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = toy.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()

@@ -9,16 +9,15 @@ through does not crash later. One subprocess run confirms the real exit status a
 traceback reaches the terminal.
 """
 import copy
-import io
 import json
 import math
 import random
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 
 
-from emd_lib import ROOT, toy
+from conftest import toy_cli
+from emd_lib import ROOT
 
 BASE = {"weights": [0.25, 0.25, 0.5], "means": [[-1.0, 0.0], [1.0, 0.5], [0.0, 2.0]], "stds": [0.3, 0.4, 0.2]}
 BASE_COVS = {"weights": [0.4, 0.6], "means": [[0.0, 0.0], [2.0, 1.0]],
@@ -88,16 +87,6 @@ def mutate(rng: random.Random) -> tuple[str | bytes, bool, str]:
     return "", True, "empty file"
 
 
-def cli(args):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = toy.main([str(a) for a in args])
-        except SystemExit as e:
-            rc = e.code
-    return rc, err.getvalue()
-
-
 def test_fuzz_mixture_files_in_process(tmp_path):
     rng = random.Random(20240516)
     f = tmp_path / "m.json"
@@ -106,7 +95,7 @@ def test_fuzz_mixture_files_in_process(tmp_path):
     for i in range(N_CASES):
         content, must_fail, what = mutate(rng)
         f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
-        rc, err = cli(["--mixture", f, "--samples", out, "--check"])
+        rc, _, err = toy_cli("--mixture", f, "--samples", out, "--check")
         case = f"case {i} ({what}): {content[:120]!r}"
         assert rc in (0, 2), case
         assert "Traceback" not in err, case
@@ -118,8 +107,8 @@ def test_fuzz_mixture_files_in_process(tmp_path):
             assert not must_fail, f"accepted a file that must be refused, {case}"
             accepted += 1
             if distilled < 3:  # a one-step distillation of what validation let through
-                rc, err = cli(["--mixture", f, "--samples", out, "--steps", 1, "--init-steps", 0, "--warmup", 0,
-                               "--n-samples", 6, "--quiet", "-K", 1])
+                rc, _, err = toy_cli("--mixture", f, "--samples", out, "--steps", 1, "--init-steps", 0, "--warmup", 0,
+                                     "--n-samples", 6, "--quiet", "-K", 1)
                 assert rc == 0 and err == "", (case, err)
                 distilled += 1
     assert refused > 0.8 * N_CASES and accepted > 0 and distilled > 0, (refused, accepted, distilled)

@@ -2,16 +2,15 @@
 
 Each case names the problem; valid input (the defaults, numpy numbers) is still accepted unchanged.
 """
-import io
 import json
 import math
 import os
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import toy_cli as cli
 from emd_lib import ROOT, toy
 from emd_lib.distill import DistillConfig, Distiller
 from emd_lib.langevin import LangevinConfig
@@ -244,17 +243,6 @@ def test_metrics_on_empty_or_tiny_batches():
 
 # ---- the command line, in-process ------------------------------------------------------------------
 RING8 = str(ROOT / "data/mixtures/ring8.json")
-
-
-def cli(*args):
-    """``(status, stdout, stderr)`` of ``python -m emd_lib.toy ARGS``, run in-process."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = toy.main([str(a) for a in args])
-        except SystemExit as e:  # argparse
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def assert_one_line(rc, err, *words):

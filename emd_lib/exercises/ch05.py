@@ -8,10 +8,6 @@ import torch
 from . import ExerciseFailed, expect_close, register
 
 
-def _close(name, got, want, tol=1e-5):
-    expect_close(name, got, want, tol, relative=True)
-
-
 # ---- 5.1 the M-step's eps after one Langevin step ---------------------------------------------------
 
 def _k1_no_cancel(eps0, sds, n, gamma):                  # hands over the chain's eps as it is
@@ -34,7 +30,7 @@ def _check_5_1(k1_eps_tilde):
     for gamma in (0.3, 1.0, 0.05):
         got = k1_eps_tilde(eps0.clone(), sds.clone(), n.clone(), gamma)
         try:
-            _close(f"eps_tilde at gamma = {gamma}", got, gamma * sds)
+            expect_close(f"eps_tilde at gamma = {gamma}", got, gamma * sds)
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Run the step eps1 = eps0 + gamma (sds - eps0) + sqrt(2 gamma) n, keep the "
                                  "record eta1 = (1 - gamma) eta0 + sqrt(2 gamma) n with eta0 = eps0, and return "
@@ -64,14 +60,14 @@ def _check_5_2(drift):
         sds_list = [torch.randn(5, 2, generator=g) for _ in range(K)]
         got = drift([s.clone() for s in sds_list], gamma)
         try:
-            _close(f"drift for K = {K}, gamma = {gamma}", got, _drift_ref(sds_list, gamma))
+            expect_close(f"drift for K = {K}, gamma = {gamma}", got, _drift_ref(sds_list, gamma))
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. With full cancellation eps_tilde follows d <- (1 - gamma) d + gamma sds_k "
                                  "from d = 0: the last step's gap enters with weight gamma, the first with "
                                  "(1 - gamma)^(K-1) gamma") from None
     # the weights of a constant gap add up to 1 - (1 - gamma)^K
     ones = [torch.ones(1, 1) for _ in range(6)]
-    _close("drift of a constant gap", drift(ones, 0.3), torch.full((1, 1), 1 - 0.7**6))
+    expect_close("drift of a constant gap", drift(ones, 0.3), torch.full((1, 1), 1 - 0.7**6))
 
 
 # ---- 5.3 the zero-mean term of injected-only cancellation --------------------------------------------
@@ -123,7 +119,7 @@ def _check_5_3(eps0_term):
         raise ExerciseFailed("your gradient points the opposite way: the M-step loss w ||x_t - alpha g||^2 / "
                              "(2 sigma^2) has gradient -(w alpha / sigma^2) (x_t - alpha g)^T dg/dtheta")
     try:
-        _close("the gradient", got, want, tol=1e-4)
+        expect_close("the gradient", got, want, tol=1e-4)
     except ExerciseFailed as e:
         raise ExerciseFailed(f"{e} (cosine with the right answer {cos:.3f}). The M-step sees x_t - alpha g = "
                              "sigma eps_tilde, so the eps_0 part enters as -(w alpha / sigma) eps_0^T dg/dtheta "

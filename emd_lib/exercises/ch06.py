@@ -8,10 +8,6 @@ import torch
 from . import ExerciseFailed, expect_close, register
 
 
-def _close(name, got, want, tol=1e-5):
-    expect_close(name, got, want, tol, relative=True)
-
-
 # ---- 6.1 the generator's starting map ------------------------------------------------------------
 
 def _init_no_edm_scale(teacher, lam_star, z):            # feeds z unscaled to an EDM teacher
@@ -37,7 +33,7 @@ def _check_6_1(init_map):
         for lam_star in (-2.0, -6.0):
             got = init_map(teacher, lam_star, z.clone())
             try:
-                _close(f"g(z) under {sch.kind.upper()} at lam* = {lam_star}", got, init_target(teacher, lam_star, z))
+                expect_close(f"g(z) under {sch.kind.upper()} at lam* = {lam_star}", got, init_target(teacher, lam_star, z))
             except ExerciseFailed as e:
                 raise ExerciseFailed(f"{e}. The start is the teacher's denoiser at lam* applied to z_in(z): z itself "
                                      "under VP (unit variance, like x_t there), sigma* z under EDM (alpha = 1, "
@@ -108,8 +104,8 @@ def _check_6_2(correction_step):
         n_z = torch.randn(z.shape, generator=g)
         z_new, eps_new = correction_step(gen, teacher, student, z.clone(), eps.clone(), lam, 0.1, 0.05, n_eps, n_z)
         try:
-            _close(f"eps after one step (lam = {lam_v:g})", torch.as_tensor(eps_new).detach(), res.eps_chain, 1e-4)
-            _close(f"z after one step (lam = {lam_v:g})", torch.as_tensor(z_new).detach(), res.z_chain, 1e-4)
+            expect_close(f"eps after one step (lam = {lam_v:g})", torch.as_tensor(eps_new).detach(), res.eps_chain, 1e-4)
+            expect_close(f"z after one step (lam = {lam_v:g})", torch.as_tensor(z_new).detach(), res.z_chain, 1e-4)
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Evaluate sds = epshat_student - epshat_teacher at x_t = alpha g(z) + sigma eps "
                                  "once; grad_eps = sds - eps, grad_z = J^T (alpha / sigma) sds - z (one VJP); move "
@@ -136,7 +132,7 @@ def _check_6_3(w):
     lam = torch.linspace(-6, 6, 13)
     for kind in ("sigma2", "one", "snr"):
         try:
-            _close(f"w for {kind!r}", w(lam.clone(), kind), weight(lam, VP, kind), 1e-4)
+            expect_close(f"w for {kind!r}", w(lam.clone(), kind), weight(lam, VP, kind), 1e-4)
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Under VP alpha^2 = sigmoid(lam) and sigma^2 = sigmoid(-lam); the SNR is "
                                  "alpha^2 / sigma^2 = exp(lam)") from None

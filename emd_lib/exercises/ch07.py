@@ -6,10 +6,6 @@ import torch
 from . import ExerciseFailed, expect_close, register
 
 
-def _close(name, got, want, tol=1e-5):
-    expect_close(name, got, want, tol)
-
-
 # ---- 7.1 the teacher's training loss ------------------------------------------------------------------
 
 def _loss_unweighted(denoise, x, cond, lam, eps):           # plain x0 regression: no 1 / c_out
@@ -46,7 +42,7 @@ def _check_7_1(loss_fn):
         got = loss_fn(net, x.clone(), cond, lam.clone(), eps.clone())
         want = net.loss(x, cond, lam, eps)
     try:
-        _close("the loss", torch.as_tensor(got).reshape(()), want, 1e-4)
+        expect_close("the loss", torch.as_tensor(got).reshape(()), want, 1e-4)
     except ExerciseFailed as e:
         raise ExerciseFailed(f"{e}. Noise the data as x_t = alpha x + sigma eps (VP: alpha^2 = sigmoid(lam)), then "
                              "average ((D(x_t, lam, c) - x) / c_out)^2 over every pixel, with c_out = s sd / "

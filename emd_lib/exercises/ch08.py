@@ -9,10 +9,6 @@ from torch import nn
 from . import ExerciseFailed, expect_close, register
 
 
-def _close(name, got, want, tol=1e-5):
-    expect_close(name, got, want, tol, relative=True)
-
-
 # ---- 8.1 an EDM network behind the teacher interface -------------------------------------------------
 
 class _TinyEDM(nn.Module):
@@ -59,7 +55,7 @@ def _check_8_1(edm_denoise):
         got = edm_denoise(net, x.clone(), lam.clone(), labels.clone())
         want = teacher.denoise(x, lam, labels)
     try:
-        _close("the denoised batch", torch.as_tensor(got).detach(), want, 1e-5)
+        expect_close("the denoised batch", torch.as_tensor(got).detach(), want, 1e-5)
     except ExerciseFailed as e:
         raise ExerciseFailed(f"{e}. EDM has alpha = 1 and sigma = exp(-lam / 2): pass x_t unchanged, that sigma, and "
                              "the labels as one-hot rows of length net.label_dim") from None
@@ -117,7 +113,7 @@ def _check_8_2(guided_eps):
             got = guided_eps(unet, x.clone(), t, text.clone(), empty.expand(3, -1, -1).clone(), w)
             want = teacher.eps(x, lam, text)
         try:
-            _close(f"eps with guidance scale {w:g}", torch.as_tensor(got).detach(), want, 1e-5)
+            expect_close(f"eps with guidance scale {w:g}", torch.as_tensor(got).detach(), want, 1e-5)
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Evaluate the network with the text and with the empty prompt; the guided eps "
                                  "is eps_empty + w (eps_text - eps_empty), so w = 1 is the plain conditional model") \

@@ -1,7 +1,6 @@
 """Checks for chapter 8 (scaling up)."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import run_card
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .metrics import mixture_report
@@ -185,8 +186,7 @@ def _main(argv=None) -> int:
         except OSError as e:
             return _fail(f"cannot write {args.report}: {e.strerror}")
         with f:
-            json.dump({"command": "python -m emd_lib.toy " + " ".join(sys.argv[1:] if argv is None else argv),
-                       "date": time.strftime("%Y-%m-%d"), "method": name, "steps": args.steps, "seed": args.seed,
+            json.dump({**run_card(argv, module="emd_lib.toy"), "method": name, "steps": args.steps, "seed": args.seed,
                        "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
                        **report}, f, indent=1)
     return 0

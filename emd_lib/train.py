@@ -5,10 +5,12 @@
 
 ``--config`` takes a YAML file or the name of one in ``configs/`` (toy, mnist, imagenet64,
 imagenet128, sd15); ``key=value`` overrides any setting, dotted for nested ones
-(``langevin.K=4``, ``teacher.path=/data/edm.pkl``). The loop is the one of
-:class:`emd_lib.distill.Distiller` and calls its loss functions (``student_loss``,
-``emd_generator_loss``, ``di_generator_loss``); what this module adds is what a long run on
-real networks needs:
+(``langevin.K=4``, ``teacher.path=/data/edm.pkl``). The step follows
+:class:`emd_lib.distill.Distiller`'s (student-score updates, then one generator update) and calls
+the same loss functions (``student_loss``, ``emd_generator_loss``, ``di_generator_loss``); it is
+its own loop, drawing the randomness on the device and slicing a global batch per process, so a
+run here and a Distiller run with the same seed draw different numbers. What this module adds is
+what a long run on real networks needs:
 
 * teachers from :mod:`emd_lib.adapters` (EDM pickles, ADM, Stable Diffusion, random
   stand-ins), with the generator and the student score copied from the teacher's network;

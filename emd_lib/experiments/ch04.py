@@ -28,14 +28,12 @@ import argparse
 import json
 import math
 import platform
-import shlex
-import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 
 from .. import DATA_DIR
+from ..checkpoint import run_card
 from ..distill import DistillConfig, Distiller
 from ..langevin import LangevinConfig
 from ..metrics import mixture_report
@@ -247,8 +245,7 @@ def main(argv=None):
     res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
                     mixture=args.mixture, K=args.K, variants=args.variants, **extra)
     meta = {
-        "command": "python -m emd_lib.experiments.ch04 " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_card(argv, module="emd_lib.experiments.ch04"),
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
                    f"torch {torch.__version__}, {args.threads} thread(s)",
         "wall_seconds": round(time.perf_counter() - t0, 1),

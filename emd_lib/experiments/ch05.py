@@ -26,15 +26,13 @@ import copy
 import dataclasses
 import os
 import platform
-import shlex
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 
 from .. import DATA_DIR
-from ..checkpoint import write_json  # noqa: F401  (re-exported: the experiments write with it)
+from ..checkpoint import run_card, write_json  # noqa: F401  (re-exported: the experiments write with it)
 from ..divergences import mixture_moments
 from ..distill import DistillConfig, Distiller, di_generator_loss, emd_generator_loss
 from ..langevin import LangevinConfig
@@ -261,8 +259,7 @@ def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: fl
 def run_info(t0: float, module: str, argv) -> dict:
     """The command, date, machine and wall time recorded in every results JSON."""
     return {
-        "command": "python -m " + shlex.join([module] + [str(a) for a in argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_card([str(a) for a in argv], module=module),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpus": os.cpu_count()},

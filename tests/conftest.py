@@ -18,9 +18,8 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def toy_cli(*args):
-    """``(status, stdout, stderr)`` of ``python -m emd_lib.toy ARGS``, run in-process (the toy command's
-    tests import it: ``from conftest import toy_cli``)."""
+def _toy_cli(*args):
+    """``(status, stdout, stderr)`` of ``python -m emd_lib.toy ARGS``, run in-process."""
     from emd_lib import toy
 
     out, err = io.StringIO(), io.StringIO()
@@ -30,3 +29,9 @@ def toy_cli(*args):
         except SystemExit as e:  # argparse
             rc = e.code
     return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def toy_cli():
+    """The toy command run in-process: ``rc, out, err = toy_cli(*args)``."""
+    return _toy_cli

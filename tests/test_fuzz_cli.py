@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 
-from conftest import toy_cli
 from emd_lib import ROOT
 
 BASE = {"weights": [0.25, 0.25, 0.5], "means": [[-1.0, 0.0], [1.0, 0.5], [0.0, 2.0]], "stds": [0.3, 0.4, 0.2]}
@@ -87,7 +86,7 @@ def mutate(rng: random.Random) -> tuple[str | bytes, bool, str]:
     return "", True, "empty file"
 
 
-def test_fuzz_mixture_files_in_process(tmp_path):
+def test_fuzz_mixture_files_in_process(tmp_path, toy_cli):
     rng = random.Random(20240516)
     f = tmp_path / "m.json"
     out = tmp_path / "s.npy"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import toy_cli as cli
 from emd_lib import ROOT, toy
 from emd_lib.distill import DistillConfig, Distiller
 from emd_lib.langevin import LangevinConfig
@@ -268,13 +267,13 @@ def assert_one_line(rc, err, *words):
     (["--method", "vsd"], ["invalid choice", "--help"]),
     (["--no-such-flag"], ["unrecognized arguments"]),
 ])
-def test_cli_bad_arguments(tmp_path, args, words):
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", *args)
+def test_cli_bad_arguments(tmp_path, args, words, toy_cli):
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.npy", *args)
     assert_one_line(rc, err, *words)
 
 
-def test_cli_missing_required_argument(tmp_path):
-    rc, _, err = cli("--samples", tmp_path / "s.npy")
+def test_cli_missing_required_argument(tmp_path, toy_cli):
+    rc, _, err = toy_cli("--samples", tmp_path / "s.npy")
     assert_one_line(rc, err, "--mixture")
 
 
@@ -284,37 +283,37 @@ def test_cli_missing_required_argument(tmp_path):
     (b"\x89PNG\r\n\x1a\n\x00\x00", ["not a text file"]),
     ('{"weights": [1.0], "means": [[0, 0]], "stds": [NaN]}', ["'stds'", "NaN"]),
 ])
-def test_cli_bad_mixture_file(tmp_path, content, words):
+def test_cli_bad_mixture_file(tmp_path, content, words, toy_cli):
     f = tmp_path / "m.json"
     if isinstance(content, bytes):
         f.write_bytes(content)
     elif content is not None:
         f.write_text(content)
-    rc, _, err = cli("--mixture", f, "--samples", tmp_path / "s.npy", "--check")
+    rc, _, err = toy_cli("--mixture", f, "--samples", tmp_path / "s.npy", "--check")
     assert_one_line(rc, err, str(f), *words)
 
 
-def test_cli_scales_too_far_apart(tmp_path):
+def test_cli_scales_too_far_apart(tmp_path, toy_cli):
     f = tmp_path / "m.json"
     f.write_text(json.dumps({"weights": [0.5, 0.5], "means": [[0.0], [1e30]], "stds": [1e-20, 1e-20]}))
-    rc, _, err = cli("--mixture", f, "--samples", tmp_path / "s.npy", "--check")
+    rc, _, err = toy_cli("--mixture", f, "--samples", tmp_path / "s.npy", "--check")
     assert_one_line(rc, err, "standardise")
 
 
-def test_cli_output_folder_missing(tmp_path):
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "nope" / "s.npy")
+def test_cli_output_folder_missing(tmp_path, toy_cli):
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "nope" / "s.npy")
     assert_one_line(rc, err, "--samples", "does not exist")
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--report", tmp_path / "nope" / "r.json")
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--report", tmp_path / "nope" / "r.json")
     assert_one_line(rc, err, "--report", "does not exist")
 
 
-def test_cli_output_is_a_folder(tmp_path):
+def test_cli_output_is_a_folder(tmp_path, toy_cli):
     (tmp_path / "d.npy").mkdir()
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "d.npy")
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "d.npy")
     assert_one_line(rc, err, "is a folder")
 
 
-def test_cli_output_not_writable(tmp_path, monkeypatch):
+def test_cli_output_not_writable(tmp_path, monkeypatch, toy_cli):
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o500)
@@ -322,36 +321,36 @@ def test_cli_output_not_writable(tmp_path, monkeypatch):
         real = os.access
         monkeypatch.setattr(toy.os, "access", lambda p, mode: False if str(p) == str(out) else real(p, mode))
     try:
-        rc, _, err = cli("--mixture", RING8, "--samples", out / "s.npy")
+        rc, _, err = toy_cli("--mixture", RING8, "--samples", out / "s.npy")
     finally:
         out.chmod(0o700)
     assert_one_line(rc, err, "cannot write", "permission denied")
 
 
-def test_cli_suffix(tmp_path):
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.csv")
+def test_cli_suffix(tmp_path, toy_cli):
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.csv")
     assert_one_line(rc, err, ".npy")
 
 
-def test_cli_check_accepts_a_good_file(tmp_path):
-    rc, out, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--check")
+def test_cli_check_accepts_a_good_file(tmp_path, toy_cli):
+    rc, out, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--check")
     assert rc == 0 and err == "" and "8 components in 2 dimensions" in out
     assert not (tmp_path / "s.npy").exists()
 
 
-def test_cli_training_error_is_one_line(tmp_path, monkeypatch):
+def test_cli_training_error_is_one_line(tmp_path, monkeypatch, toy_cli):
     def boom(*a, **k):
         raise ValueError("the Langevin step is too large for this noise level; use a smaller gamma_eps")
     monkeypatch.setattr(toy, "distil_mixture", boom)
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--quiet")
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--quiet")
     assert_one_line(rc, err, "Langevin step is too large")
 
 
-def test_cli_interrupt_is_one_line(tmp_path, monkeypatch):
+def test_cli_interrupt_is_one_line(tmp_path, monkeypatch, toy_cli):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(toy, "distil_mixture", interrupted)
-    rc, _, err = cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--quiet")
+    rc, _, err = toy_cli("--mixture", RING8, "--samples", tmp_path / "s.npy", "--quiet")
     assert rc == 130 and err.strip() == "error: interrupted"
     assert not (tmp_path / "s.npy").exists()
 

@@ -249,3 +249,34 @@ def test_prompts_are_encoded_once_and_indexed(tmp_path):
     a, b = p.make_cond(idx, "cpu"), p.make_cond(idx.flip(0), "cpu")
     assert calls == [len(p.prompts)] and torch.equal(b, a.flip(0))
     torch.testing.assert_close(a, encode([p.prompts[i] for i in idx.tolist()], "cpu"))
+
+
+def test_compiled_networks_run_the_same_steps_and_checkpoints(tmp_path, monkeypatch):
+    """compile=true traces the three networks with torch.compile (dynamo and AOT autograd, here with the
+    "aot_eager" backend so the test needs no C++ compiler run): the E-step's autograd.grad to z with the
+    generator's weights frozen, the student's DSM and the generator's update must compute what eager
+    mode computes, and the checkpoints keep the plain key layout, so they resume without compiling."""
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def aot_eager(self, *args, **kw):
+        compiled.append(type(self).__name__)
+        return original(self, *args, **dict(kw, backend="aot_eager"))
+
+    monkeypatch.setattr(torch.nn.Module, "compile", aot_eager)
+    torch._dynamo.reset()
+    base = ["teacher.kind=random", "teacher.arch=tiny-edm", "steps=2", "batch=4", "progress=false",
+            "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "lam_dist=uniform",
+            "ckpt_every=1"]
+    runs = {}
+    for c in ("false", "true"):
+        tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / c}", f"compile={c}"]))
+        runs[c] = [(h["loss_g"], h["loss_s"]) for h in tr.run()]
+    assert len(compiled) == 3, compiled                  # teacher, student score, generator
+    assert [x for r in runs["true"] for x in r] == pytest.approx([x for r in runs["false"] for x in r], rel=1e-4)
+    a, _ = final_tensors(tmp_path / "false")
+    b, _ = final_tensors(tmp_path / "true")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    torch._dynamo.reset()
+    tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / 'true'}", "steps=3"]))   # eager resume
+    assert tr.try_resume() and tr.step == 2

@@ -35,6 +35,22 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
+# a tiny random ImageNet-64 stand-in: two steps, a checkpoint after each
+TINY_IMAGE = ["teacher.kind=random", "teacher.arch=tiny-edm", "steps=2", "batch=4", "progress=false",
+              "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "lam_dist=uniform",
+              "ckpt_every=1"]
+
+
+def image_runs(tmp_path, key):
+    """Train the tiny image stand-in with ``key=false`` and ``key=true`` (each in tmp_path/VALUE); return
+    the two trainers and their (generator loss, student loss) per step, keyed by the value."""
+    runs, trainers = {}, {}
+    for v in ("false", "true"):
+        trainers[v] = tr = Trainer(load_config("imagenet64", TINY_IMAGE + [f"out={tmp_path / v}", f"{key}={v}"]))
+        runs[v] = [x for h in tr.run() for x in (h["loss_g"], h["loss_s"])]
+    return trainers, runs
+
+
 def env1():
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
@@ -207,13 +223,8 @@ def test_mnist_config_trains_on_a_chapter7_style_teacher_checkpoint(tmp_path):
 
 def test_channels_last_runs_the_same_steps_and_checkpoints(tmp_path):
     """NHWC memory changes the layout of the image networks, not what a step computes."""
-    base = ["teacher.kind=random", "teacher.arch=tiny-edm", "steps=2", "batch=4", "progress=false",
-            "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "lam_dist=uniform",
-            "ckpt_every=1"]
-    runs = {}
-    for cl in ("false", "true"):
-        tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / cl}", f"channels_last={cl}"]))
-        runs[cl] = [h["loss_g"] for h in tr.run()]
+    trainers, runs = image_runs(tmp_path, "channels_last")
+    for cl, tr in trainers.items():
         convs = [m.weight for net in T._networks(tr.prob) for m in net.modules()
                  if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]      # (a 1x1 kernel is both)
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == (cl == "true") for w in convs)
@@ -222,7 +233,7 @@ def test_channels_last_runs_the_same_steps_and_checkpoints(tmp_path):
     b, _ = final_tensors(tmp_path / "true")
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4) for k in a)
     # resuming the NHWC run (checkpoints are saved contiguous) continues it
-    tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / 'true'}", "channels_last=true", "steps=3"]))
+    tr = Trainer(load_config("imagenet64", TINY_IMAGE + [f"out={tmp_path / 'true'}", "channels_last=true", "steps=3"]))
     assert tr.try_resume() and tr.step == 2
 
 
@@ -265,18 +276,12 @@ def test_compiled_networks_run_the_same_steps_and_checkpoints(tmp_path, monkeypa
 
     monkeypatch.setattr(torch.nn.Module, "compile", aot_eager)
     torch._dynamo.reset()
-    base = ["teacher.kind=random", "teacher.arch=tiny-edm", "steps=2", "batch=4", "progress=false",
-            "tensorboard=false", "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "lam_dist=uniform",
-            "ckpt_every=1"]
-    runs = {}
-    for c in ("false", "true"):
-        tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / c}", f"compile={c}"]))
-        runs[c] = [(h["loss_g"], h["loss_s"]) for h in tr.run()]
+    _, runs = image_runs(tmp_path, "compile")
     assert len(compiled) == 3, compiled                  # teacher, student score, generator
-    assert [x for r in runs["true"] for x in r] == pytest.approx([x for r in runs["false"] for x in r], rel=1e-4)
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
     a, _ = final_tensors(tmp_path / "false")
     b, _ = final_tensors(tmp_path / "true")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     torch._dynamo.reset()
-    tr = Trainer(load_config("imagenet64", base + [f"out={tmp_path / 'true'}", "steps=3"]))   # eager resume
+    tr = Trainer(load_config("imagenet64", TINY_IMAGE + [f"out={tmp_path / 'true'}", "steps=3"]))   # eager resume
     assert tr.try_resume() and tr.step == 2

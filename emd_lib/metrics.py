@@ -31,8 +31,13 @@ def _check_samples(x: torch.Tensor, dim: int | None = None, name: str = "samples
 
 
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
-    """``0.5 * sum |p - q|`` of two probability vectors."""
-    return 0.5 * float((torch.as_tensor(p) - torch.as_tensor(q)).abs().sum())
+    """``0.5 * sum |p - q|`` of two probability vectors of the same length (e.g. mode masses and
+    the mixture's weights)."""
+    p, q = torch.as_tensor(p), torch.as_tensor(q)
+    if p.ndim != 1 or p.shape != q.shape:
+        raise ValueError(f"total_variation needs two 1-D probability vectors of one length, got shapes "
+                         f"{tuple(p.shape)} and {tuple(q.shape)}; flatten them or pass masses per mode")
+    return 0.5 * float((p - q).abs().sum())
 
 
 def _sqdist(a, b):

@@ -85,9 +85,15 @@ VP = Schedule("vp", -10.0, 10.0)
 EDM = Schedule("edm", float(-2 * math.log(80.0)), float(-2 * math.log(0.002)))
 
 
-def get_schedule(kind: str) -> Schedule:
-    """``"vp"`` or ``"edm"`` by name."""
-    return {"vp": VP, "edm": EDM}[kind]
+def get_schedule(kind: "str | Schedule") -> Schedule:
+    """The schedule named ``"vp"`` or ``"edm"`` (any case), or ``kind`` itself when it is a
+    :class:`Schedule` already."""
+    if isinstance(kind, Schedule):
+        return kind
+    known = {"vp": VP, "edm": EDM}
+    if not isinstance(kind, str) or kind.lower() not in known:
+        raise ValueError(f"unknown schedule {kind!r}; give 'vp', 'edm' or a Schedule such as emd_lib.schedules.VP")
+    return known[kind.lower()]
 
 
 def sample_lam(n: int, kind: str = "uniform", lam_min: float = -6.0, lam_max: float = 6.0,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .schedules import VP, Schedule, bcast
+from .schedules import VP, Schedule, bcast, get_schedule
 
 __all__ = ["Teacher", "GaussianMixture", "NetworkTeacher", "MixtureError"]
 
@@ -120,7 +120,7 @@ class GaussianMixture(Teacher):
 
     def __init__(self, weights, means, stds=None, covs=None, schedule: Schedule = VP, dtype=torch.float32):
         super().__init__()
-        self.schedule = schedule
+        self.schedule = get_schedule(schedule)                  # a Schedule, or its name "vp" / "edm"
         w = _as_tensor("weights", weights, dtype)
         mu = _as_tensor("means", means, dtype)
         if w.ndim != 1 or len(w) == 0:
@@ -245,9 +245,9 @@ class GaussianMixture(Teacher):
         return logn, v, a
 
     def log_prob(self, x_t: torch.Tensor, lam=math.inf) -> torch.Tensor:
-        """``log p_t(x_t)`` at log-SNR ``lam`` (``lam = inf`` is the clean density)."""
-        if math.isinf(float(torch.as_tensor(lam).flatten()[0])):
-            lam = torch.full((x_t.shape[0],), 60.0, dtype=x_t.dtype)  # sigma ~ 1e-13: the clean mixture
+        """``log p_t(x_t)`` at log-SNR ``lam``, a number or one per row (``lam = inf`` is the clean density)."""
+        lam = torch.as_tensor(lam, dtype=x_t.dtype, device=x_t.device)
+        lam = torch.where(lam == math.inf, torch.full_like(lam, 60.0), lam)  # sigma ~ 1e-13: the clean mixture
         logn, _, _ = self._components(x_t, lam)
         return torch.logsumexp(torch.log(self.weights) + logn, dim=-1)
 

@@ -13,8 +13,9 @@ import torch
 from emd_lib import ROOT, toy
 from emd_lib.distill import DistillConfig, Distiller
 from emd_lib.langevin import LangevinConfig
-from emd_lib.metrics import knn_precision_recall, mixture_report, mmd, mode_masses
+from emd_lib.metrics import knn_precision_recall, mixture_report, mmd, mode_masses, total_variation
 from emd_lib.mixtures import ring8
+from emd_lib.schedules import EDM, VP, get_schedule
 from emd_lib.sampling import sample_ode, sample_sde, sigma_grid
 from emd_lib.teachers import GaussianMixture, MixtureError
 
@@ -216,6 +217,33 @@ def test_teacher_wrong_dimension():
         ring8().denoise(torch.zeros(4, 3), 0.0)
     with pytest.raises(ValueError, match=r"shape \(batch, 2\)"):
         ring8().score(torch.zeros(2), 0.0)
+
+
+def test_schedules_by_name_and_a_clear_error_for_others():
+    assert get_schedule("EDM") is EDM and get_schedule(VP) is VP
+    assert ring8("edm").schedule is EDM                      # mixtures take the name as well
+    with pytest.raises(ValueError, match="unknown schedule 'vpp'; give 'vp', 'edm'"):
+        get_schedule("vpp")
+    with pytest.raises(ValueError, match="unknown schedule 3"):
+        ring8(3)
+
+
+def test_log_prob_takes_one_noise_level_per_row():
+    """lam = inf (the clean density) may sit anywhere in a batch of noise levels."""
+    mix, x = ring8(), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    lams = [math.inf, 0.0, math.inf, -2.0]
+    each = torch.cat([mix.log_prob(x[i:i + 1], lam) for i, lam in enumerate(lams)])
+    torch.testing.assert_close(mix.log_prob(x, torch.tensor(lams)), each)
+    assert not torch.allclose(each[0], mix.log_prob(x[:1], 0.0)[0])
+
+
+def test_total_variation_needs_two_vectors_of_one_length():
+    w = torch.full((4,), 0.25)
+    assert total_variation(w, torch.tensor([0.5, 0.5, 0.0, 0.0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"1-D probability vectors of one length, got shapes \(4, 1\) and \(4,\)"):
+        total_variation(w[:, None], w)
+    with pytest.raises(ValueError, match="one length"):
+        total_variation(w, w[:3])
 
 
 def test_sample_negative_count():

@@ -12,8 +12,10 @@ Writes an ``(N, 1, 28, 28)`` float32 array of pixels in [0, 1]. A student checkp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +38,12 @@ def generate(checkpoint, n: int, cls: int | None = None, steps: int = 18, sde: b
 
     model = checkpoint
     if not isinstance(checkpoint, torch.nn.Module):
-        one_step = "method" in read_card(checkpoint)
+        card = read_card(checkpoint)
+        if "method" not in card and "predicts" not in card:
+            raise CheckpointError(f"{checkpoint} holds {card.get('what', 'something other than a model')!r}, not a "
+                                  "diffusion teacher or a one-step student; sample from data/mnist_teacher, "
+                                  "data/mnist_emd or data/mnist_di, or a checkpoint the training commands wrote")
+        one_step = "method" in card
         model = load_student(checkpoint, device=device)[0] if one_step else load_teacher(checkpoint, device=device)
     g = torch.Generator().manual_seed(seed)
     labels = torch.full((n,), int(cls)) if cls is not None else torch.arange(n) % 10
@@ -65,6 +72,13 @@ def main(argv=None) -> int:
         p.error("--n must be >= 1")
     if args.cls is not None and not 0 <= args.cls <= 9:
         p.error("--class must be a digit 0-9")
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a folder; name a file in it, such as {Path(args.out) / 'samples.npy'}")
+    out = Path(args.out if args.out.endswith(".npy") else args.out + ".npy")   # (numpy adds the suffix)
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        p.error(f"--out {args.out}: the folder {out.parent} does not exist or is not writable; create it first")
     from . import device as pick_device
     try:
         t0 = time.perf_counter()
@@ -72,8 +86,8 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    np.save(args.out, x.numpy().astype(np.float32))
-    print(f"wrote {args.out}: {tuple(x.shape)} float32 in [0, 1], {nfe} evaluation(s) per image, "
+    np.save(out, x.numpy().astype(np.float32))
+    print(f"wrote {out}: {tuple(x.shape)} float32 in [0, 1], {nfe} evaluation(s) per image, "
           f"{args.n / (time.perf_counter() - t0):.1f} images/s")
     return 0
 

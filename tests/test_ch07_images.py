@@ -265,6 +265,26 @@ def test_sample_cli_refuses_a_tampered_checkpoint(tmp_path):
     assert r.returncode == 2 and "does not match" in r.stderr and not (tmp_path / "x.npy").exists()
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--out", "{tmp}/missing/x.npy"], "does not exist or is not writable"),
+    (["--out", "{tmp}"], "is a folder; name a file in it"),
+    (["--checkpoint", str(DATA / "mnist5k")], "not a diffusion teacher or a one-step student"),
+    (["--checkpoint", str(DATA / "mnist_classifier")], "not a diffusion teacher or a one-step student"),
+])
+def test_sample_cli_bad_input_is_one_line_before_any_sampling(tmp_path, capsys, args, words):
+    from emd_lib.sample import main
+
+    argv = ["--checkpoint", str(DATA / "mnist_emd"), "--n", "2", "--out", str(tmp_path / "x.npy")]
+    argv += [a.format(tmp=tmp_path) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as e:                            # argparse's own error exit
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err and not (tmp_path / "x.npy").exists()
+
+
 def test_train_teacher_cli_tiny_run_writes_a_card(tmp_path):
     from emd_lib.train_teacher import main
 

@@ -351,8 +351,8 @@ print(f"VP and EDM teachers, same ODE: max difference {(x_vp - x_edm).abs().max(
 # * **MMD**: squared maximum mean discrepancy (RBF kernels), zero only for equal distributions;
 # * **precision / recall** (k-NN manifolds): are the samples on the data, and is the data covered?
 #
-# These are the pieces of `emd_lib.metrics.mixture_report`, called one by one so that the MMD
-# (the expensive part) can use a smaller subsample. Fresh exact samples give the floor that
+# These are the pieces of `emd_lib.metrics.mixture_report`, called one by one so that fast mode
+# can give the MMD (the expensive part) a smaller subsample. Fresh exact samples give the floor that
 # sampling noise alone allows. We run both samplers on two targets, `ring8` and `irregular`
 # (seven modes of unequal weights and widths), with the default range of the VP teacher,
 # $s \in [e^{-5}, e^{5}] \approx [0.0067, 148]$.

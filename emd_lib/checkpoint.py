@@ -129,7 +129,7 @@ def load_checkpoint(path, device="cpu", verify: bool = True) -> tuple[dict[str, 
     weights, _ = _paths(path)
     card = read_card(path)
     if not weights.exists():
-        raise CheckpointError(f"the card says the weights are in {weights}, which is missing; "
+        raise CheckpointError(f"the weights file beside the card, {weights}, is missing; "
                               "copy it next to the card or retrain")
     data = weights.read_bytes()
     if verify and not isinstance(card.get("sha256"), str):
@@ -250,7 +250,8 @@ def verify_shipped(data_dir=None) -> list[Path]:
 
 
 def machine(dev=None) -> str:
-    """``"2-core CPU, torch 2.13.0"`` or the GPU's name."""
+    """The machine in words for a card: ``"2-core CPU (2 torch threads), torch 2.13.0+cpu"``, or on a
+    GPU its name and the torch version."""
     dev = torch.device(dev or "cpu")
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"

@@ -26,7 +26,9 @@ __all__ = ["sigma_grid", "sample_ode", "sample_sde"]
 
 
 def sigma_grid(n_steps: int, s_min: float, s_max: float, rho: float = 7.0) -> torch.Tensor:
-    """EDM's grid of ``n_steps + 1`` noise levels from ``s_max`` down to ``s_min``, then 0."""
+    """EDM's grid: ``n_steps`` noise levels from ``s_max`` down to ``s_min`` (spaced evenly in
+    ``s ** (1 / rho)``), then 0; ``n_steps + 1`` values in all. With ``n_steps = 1`` it is
+    ``[s_max, 0]``: one step straight from ``s_max`` to the clean end."""
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     i = torch.arange(n_steps, dtype=torch.float64)
@@ -65,7 +67,16 @@ def _denoise(teacher, y, s, cond):
 def sample_ode(teacher, n: int | None = None, n_steps: int = 18, shape=None, cond=None,
                s_min: float | None = None, s_max: float | None = None,
                generator: torch.Generator | None = None, y=None, device=None):
-    """Heun sampler of the probability-flow ODE. Returns ``(x, nfe)``; NFE = 2 n_steps - 1."""
+    """Heun sampler of the probability-flow ODE.
+
+    Noise levels are ``s = sigma / alpha`` and the state is ``y = x_t / alpha`` (EDM's
+    coordinates). By default ``s`` runs from the schedule's largest level ``exp(-lam_min / 2)``
+    down to ``exp(-min(lam_max, 12) / 2)`` (for the EDM schedule 0.00248 rather than EDM's 0.002;
+    pass ``s_min`` to change it). Give ``n`` for a fresh start ``y = s_max * N(0, I)`` of shape
+    ``(n, *shape)`` (``shape`` defaults to ``(teacher.dim,)``), or give ``y`` itself, already in
+    these coordinates (``x_t / alpha`` at ``s_max``); ``n`` is then ignored. ``cond`` goes to the
+    teacher's denoiser; ``generator`` makes the draws reproducible. Returns ``(x, nfe)``: the samples
+    and the number of network evaluations, ``2 n_steps - 1``."""
     _check_args(n, n_steps, y)
     s_min, s_max = _range(teacher, s_min, s_max)
     grid = sigma_grid(n_steps, s_min, s_max).tolist()
@@ -90,7 +101,16 @@ def sample_ode(teacher, n: int | None = None, n_steps: int = 18, shape=None, con
 def sample_sde(teacher, n: int | None = None, n_steps: int = 100, shape=None, cond=None,
                s_min: float | None = None, s_max: float | None = None,
                generator: torch.Generator | None = None, y=None, device=None):
-    """Euler-Maruyama sampler of the reverse SDE; the last step is a plain denoise. Returns ``(x, nfe)``."""
+    """Euler-Maruyama sampler of the reverse SDE; the last step is a plain denoise.
+
+    Noise levels are ``s = sigma / alpha`` and the state is ``y = x_t / alpha`` (EDM's
+    coordinates). By default ``s`` runs from the schedule's largest level ``exp(-lam_min / 2)``
+    down to ``exp(-min(lam_max, 12) / 2)`` (for the EDM schedule 0.00248 rather than EDM's 0.002;
+    pass ``s_min`` to change it). Give ``n`` for a fresh start ``y = s_max * N(0, I)`` of shape
+    ``(n, *shape)`` (``shape`` defaults to ``(teacher.dim,)``), or give ``y`` itself, already in
+    these coordinates (``x_t / alpha`` at ``s_max``); ``n`` is then ignored. ``cond`` goes to the
+    teacher's denoiser; ``generator`` makes the draws reproducible. Returns ``(x, nfe)``: the samples
+    and the number of network evaluations, ``n_steps``."""
     _check_args(n, n_steps, y)
     s_min, s_max = _range(teacher, s_min, s_max)
     grid = sigma_grid(n_steps, s_min, s_max).tolist()

@@ -3,7 +3,7 @@
 In a chapter::
 
     from emd_lib.exercises import check
-    def my_score(x, lam):
+    def my_score(x_t, lam, weights, means, stds):   # the signature exercise 1.2 asks for
         ### BEGIN SOLUTION
         ...
         ### END SOLUTION

@@ -477,7 +477,7 @@ assert all(checks.values())
 # * **Moving $z$ is what removes the bridges.** With $\epsilon$ alone the chain improves on plain
 #   denoising but leaves many samples between modes; with $z$ the latents themselves leave the
 #   bridge regions (the $g(z_K)$ column).
-# * **Fewer steps than the paper's 300 already do most of it here**: 30 steps at $\lambda = 6$ put
+# * **Far fewer steps than the 300 of our default already do most of it here**: 30 steps at $\lambda = 6$ put
 #   nearly all samples within three standard deviations; more steps keep moving the latents.
 # * **The default step sizes are safe** ($\gamma_\epsilon = 0.1$, $\gamma_z = 0.05$ with the SNR preconditioning);
 #   $\gamma_z = 0.2$ and $\gamma_\epsilon = 0.3$ do as well, while $\gamma_z = 1$ breaks the chain: samples

@@ -424,7 +424,7 @@ assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3 and 1.6 < cost < 2.0
 # a fixed log-SNR, driven by the score gap, followed by one teacher denoise
 # (`emd_lib.langevin.mcmc_correct`). On images each step costs a teacher and a student-score
 # evaluation (plus a generator pass and a vector-Jacobian product when $z$ moves), so the budget
-# is far from the paper's 300 steps here; we move $\epsilon$ only, at $\lambda = 0$. Before and after, the same
+# is far from the library's default of 300 steps here; we move $\epsilon$ only, at $\lambda = 0$. Before and after, the same
 # $z$:
 
 # %%
@@ -456,8 +456,8 @@ if corr_rows:
 # denoise, the classifier Fréchet distance is 45.1 against 41.7 for the raw one-step samples, the
 # same as the zero-step baseline that only noises to $\lambda = 0$ and denoises (45.1): what changes the
 # numbers is the noise-and-denoise, not the chain. Precision rises a little (0.972 against 0.962) and
-# class accuracy falls (0.926 against 0.942). The paper runs 300 joint steps on $(\epsilon, z)$ on ImageNet
-# and Stable Diffusion latents; 20 steps on $\epsilon$ alone, which is what a CPU affords for 500 digits,
+# class accuracy falls (0.926 against 0.942). The paper shows the correction as long joint chains on
+# $(\epsilon, z)$ on ImageNet and Stable Diffusion latents; 20 steps on $\epsilon$ alone, which is what a CPU affords for 500 digits,
 # barely moves the chain, and the one-step digits here have few of the off-manifold defects the
 # correction is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
 #

@@ -671,7 +671,7 @@ assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                     
 # ## Summary
 #
 # * The loop is three pieces: the student's denoising score matching, the E-step and M-step of
-#   the generator, and an EMA. Thirty lines of torch reproduce the library's weights exactly.
+#   the generator, and an EMA. Thirty lines of torch reproduce the library's weights to float rounding.
 # * The generator starts as the teacher's denoiser read at $\lambda^*$. In 2D a low $\lambda^*$ means a
 #   start collapsed at the data mean, and a start from a point catches up slowly; $\lambda^* = 0$ and
 #   $-2$ did best on the ring.

@@ -179,7 +179,7 @@ plt.show()
 #   digits and take $\|\mu_r - \mu_g\|^2 + \mathrm{tr}\big(\Sigma_r + \Sigma_g - 2(\Sigma_r\Sigma_g)^{1/2}\big)$.
 #   The formula is FID's; the features are not, so its values are on their own scale and
 #   must never be compared with published FIDs;
-# * **k-NN precision and recall** (chapter 2's `knn_precision_recall`, now in feature space):
+# * **k-NN precision and recall** (chapter 1's `knn_precision_recall`, now in feature space):
 #   precision, the fraction of generated digits inside the real digits' manifold (quality);
 #   recall, the fraction of real digits inside the generated ones' (coverage);
 # * **class accuracy**: how often the classifier reads a sample as the class it was generated for;
@@ -480,8 +480,9 @@ if corr_rows:
 #
 # Write the loss `python -m emd_lib.train_teacher` minimises for a batch: noise the images `x`
 # `(B, 1, H, W)` at log-SNRs `lam` `(B,)` with the given `eps` (VP), denoise with `denoise(x_t, lam,
-# cond)`, and average the squared error divided by $c_\text{out}$ (with $s_d = 1$) over every pixel: the
-# preconditioned regression whose target has unit variance at every noise level.
+# cond)`, and average over every pixel the squared error divided by $c_\text{out}^2$, that is
+# $((D - x) / c_\text{out})^2$ (with $s_d = 1$): the preconditioned regression whose target has unit
+# variance at every noise level.
 
 # %%
 import torch

@@ -43,7 +43,7 @@ bench: $(STAMP)
 # Chapter 8's GPU benchmark (random weights of the full-size networks; needs a CUDA GPU and a CUDA
 # build of torch, so it runs GPU_PY, a Python that has one with emd_lib's requirements and diffusers).
 GPU_PY ?= python3
-GPU_BENCH := $(GPU_PY) -m emd_lib.bench --config imagenet64 --batch 64 --langevin-steps 1,2,4,8 --passes
+GPU_BENCH := $(GPU_PY) -m emd_lib.bench --config imagenet64 --batch 64 --langevin-steps 8,4,2,1 --passes
 bench-gpu:
 	$(GPU_BENCH) --steps 2 --warmup 1 --json data/results/bench_gpu_imagenet64.json
 	$(GPU_BENCH) --steps 3 --warmup 1 --compile --json data/results/bench_gpu_imagenet64_compile.json

@@ -2,6 +2,7 @@
 
     python -m emd_lib.bench --config imagenet64 [--method emd|di] [--langevin-steps K[,K...]] [--batch B]
                             [--steps N] [--compile] [--cuda-graphs] [--passes] [--tiny] [--json OUT.json]
+                            [--time-limit SECONDS]
 
 For each method (Diff-Instruct and EMD-1/2/4/8/16 unless ``--method`` picks one) it times
 full training steps (student-score updates + generator update, exactly as
@@ -210,13 +211,19 @@ def _cond(tr, n):
 def bench(config: str = "imagenet64", methods=None, batch: int | None = None, steps: int = 10, warmup: int = 2,
           tiny: bool = False, compile: bool = False, cuda_graphs: bool = False, sampler_steps: int = 40,
           overrides=(), device=None, quiet: bool = False, peak: bool = True,
-          time_passes: bool = False, on_row=None) -> dict:
+          time_passes: bool = False, on_row=None, time_limit: float | None = None) -> dict:
     """Time training steps for each ``(method, K)`` in ``methods`` and one-step vs many-step sampling.
 
     ``peak`` also measures the card's dense matrix rate (:func:`matmul_peak`) and reports each step's
     TFLOP/s as a share of it; ``time_passes`` times the three kinds of network pass (:func:`passes`)
     and predicts each step as the sum of its passes (:func:`pass_counts`). ``on_row(info)`` is called
-    after each method is timed (the command uses it to write partial results)."""
+    after each method is timed (the command uses it to write partial results).
+
+    ``time_limit`` (seconds from the call) stops before a row that would not finish in time: each
+    row's time is predicted from the last timed row's seconds per TFLOP (a compiled first row's
+    compile time cannot be predicted, so it always runs). Rows that were not timed, and the pass
+    timings and sampling comparison when they do not fit, are named in ``info["note"]``."""
+    t_start = time.perf_counter()
     methods = methods or [("di", 1)] + [("emd", k) for k in (1, 2, 4, 8, 16)]
     base = load_config(config)
     over = list(overrides)
@@ -265,8 +272,17 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     pflops = pass_flops(tr) if time_passes else None
     if compile or cuda_graphs:
         _compile(tr, "reduce-overhead" if cuda_graphs else "default")
+    skipped = []
+
+    def fits(sec):                       # would ``sec`` more seconds still end within the limit?
+        return time_limit is None or time.perf_counter() - t_start + sec <= time_limit
+
     for method, K in methods:
         use(method, K)
+        if info["rows"] and not fits((warmup + steps) * info["rows"][-1]["sec_per_step"]
+                                     * flops[method, K] / (1e12 * info["rows"][-1]["tflop_per_step"])):
+            skipped.append("Diff-Instruct" if method == "di" else f"EMD-{K}")
+            continue
         if not quiet:
             print(f"  {'Diff-Instruct' if method == 'di' else f'EMD-{K}':>14}: warming up"
                   + (" (compiling)" if compile or cuda_graphs else ""), file=sys.stderr, flush=True)
@@ -294,6 +310,13 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
             print(f"  {row['method']:>14}: {sec:.4g} s/step", file=sys.stderr, flush=True)
         if on_row is not None:
             on_row(info)
+    last = info["rows"][-1] if info["rows"] else None
+    # one forward pass, in seconds, from the last row: a VJP costs about two forwards, a training pass three
+    in_forwards = {"forward": 1, "vjp": 2, "train": 3}
+    sec_fwd = last["sec_per_step"] / sum(n * in_forwards[k] for k, n in last["passes"].items()) if last else 0.0
+    if time_passes and not fits(sec_fwd * (max(steps, 3) + max(warmup, 1)) * 6):
+        skipped.append("the pass timings")
+        time_passes = False
     if time_passes:
         info["pass_times"] = pt = passes(tr, steps=max(steps, 3), warmup=max(warmup, 1), flops=pflops)
         for r in info["rows"]:
@@ -305,6 +328,14 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     # sampling: one generator pass against the teacher's Heun sampler (2 n - 1 network evaluations)
     from .sampling import sample_ode
 
+    if last is not None and not fits(sec_fwd * (2 * sampler_steps + 3)):       # Heun's 2 n - 1, the generator twice
+        skipped.append("the sampling comparison")
+    if skipped:
+        info["note"] = (f"stopped at the time limit of {time_limit:g} s: not timed: " + ", ".join(skipped))
+        if not quiet:
+            print(f"  {info['note']}", file=sys.stderr, flush=True)
+        if "the sampling comparison" in skipped:
+            return info
     n = batch
     cond = _cond(tr, n)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -384,6 +415,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matrix rate")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--time-limit", type=float, metavar="SECONDS",
+                    help="skip the rows (and the pass timings, the sampling comparison) that would not end within "
+                         "this many seconds; they are named in the JSON's note")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. precision=fp32")
     args = ap.parse_args(argv)
     if args.threads:
@@ -407,7 +441,7 @@ def main(argv=None) -> int:
         over = list(args.overrides) + (["channels_last=true"] if args.channels_last else [])
         info = bench(args.config, methods, args.batch, args.steps, args.warmup, args.tiny, args.compile,
                      args.cuda_graphs, args.sampler_steps, overrides=over, peak=not args.no_peak,
-                     time_passes=args.passes, on_row=write)
+                     time_passes=args.passes, on_row=write, time_limit=args.time_limit)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

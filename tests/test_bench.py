@@ -61,6 +61,23 @@ def test_pass_counts_account_for_every_flop_of_a_step():
     assert pass_counts("emd", 2, space="x") == {"forward": 7, "vjp": 2, "train": 2}
 
 
+def test_time_limit_skips_what_would_not_fit_and_says_so(tmp_path):
+    # the first row always runs (nothing predicts it); with no time left, the rest are named, not timed
+    out = tmp_path / "b.json"
+    assert main(["--config", "toy", "--langevin-steps", "1,2", "--batch", "32", "--steps", "1", "--warmup", "0",
+                 "--sampler-steps", "2", "--no-peak", "--passes", "--time-limit", "1e-6", "--json", str(out),
+                 "width=16", "depth=2"]) == 0
+    info = json.loads(out.read_text())
+    assert [r["method"] for r in info["rows"]] == ["Diff-Instruct"]
+    assert info["note"].endswith("not timed: EMD-1, EMD-2, the pass timings, the sampling comparison")
+    assert "sampling" not in info and "pass_times" not in info and "--time-limit 1e-6" in info["command"]
+    # a limit that is not reached changes nothing
+    info = bench("toy", methods=[("di", 1), ("emd", 1)], batch=32, steps=1, warmup=0, sampler_steps=2, quiet=True,
+                 peak=False, overrides=["width=16", "depth=2"], time_limit=3600)
+    assert [r["method"] for r in info["rows"]] == ["Diff-Instruct", "EMD-1"] and "note" not in info
+    assert info["sampling"]["teacher_nfe"] == 3
+
+
 def test_matmul_peak_and_table_extras():
     pk = matmul_peak("cpu", n=64, iters=2)
     assert pk["dtype"] == "float32" and pk["n"] == 64 and pk["tflops"] > 0

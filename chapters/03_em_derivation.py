@@ -334,9 +334,9 @@ assert min(em_curves, key=lambda l: em_curves[l][9]) not in (-4.0, 4.0)   # fast
 # **EM with the Langevin E-step.** Now the E-step is what EMD does: start from the generator's
 # own joint sample $(z, \epsilon)$, run $K$ Langevin steps on $\rho$ in the $(\epsilon, z)$
 # coordinates (chapter 4) with the exact student score, and hand the final pairs to an M-step
-# that takes *one* SGD step on the regression loss. The learning rate is scaled by the
-# regression's curvature, $\eta\, \sigma^2 / \alpha^2$, and decays as $t_0 / (t_0 + t)$ to average
-# out the Monte Carlo noise. The noise in the chain is not cancelled here
+# that takes *one* SGD step on the regression loss. The learning rate is scaled by the inverse of
+# the regression's curvature $\alpha^2 / \sigma^2$, that is $\eta\, \sigma^2 / \alpha^2$, and decays as
+# $t_0 / (t_0 + t)$ to average out the Monte Carlo noise. The noise in the chain is not cancelled here
 # (`cancel="none"`; chapter 4 is about cancelling it).
 #
 # One iteration from scratch, then the library's `langevin_em_step` with the same random numbers:

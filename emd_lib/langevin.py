@@ -26,6 +26,13 @@ linear part propagates it, ``eta <- (1 - gamma) eta + sqrt(2 gamma) n``, and han
 injected noise only); ``cancel="full"`` starts from ``eta_0 = eps_0`` (also removes the
 initial noise, leaving the pure drift ``sum_k (1-gamma)^(K-1-k) gamma sigma ds_k``).
 ``cancel_z=True`` does the same for the injected noise in ``z`` (``eta_z,0 = 0``).
+
+What is removed has zero mean in the M-step gradient, ``E[eta_K^T dg(z_K)/dtheta] = 0``, only
+while ``z`` is frozen (``move_z=False``): then ``eta_K`` is independent of ``z``, and cancellation
+reduces the variance and leaves the mean. When ``z`` moves, the injected noise moves ``x_t``,
+hence the score gap, hence ``z``; ``z_K`` is correlated with ``eta_K``, and cancellation also
+shifts the gradient's mean, a bias that more Langevin steps do not remove (it vanishes
+where the score gap does). The book's chapter 4 measures it.
 """
 from __future__ import annotations
 
@@ -53,10 +60,18 @@ class LangevinConfig:
     gamma_eps: step size of eps; in ``"x"`` space the step is ``gamma_x`` if given, else
         ``gamma_eps * sigma^2`` (the same step measured in x).
     gamma_z: base step size of z, scaled per sample by ``z_precondition``:
-        ``"snr"`` divides it by ``1 + alpha^2 / sigma^2`` (the curvature of the z posterior for a
-        generator with unit Jacobian), ``"none"`` uses it as is.
-    cancel: ``"none"``, ``"injected"`` or ``"full"`` (see the module docstring).
-    cancel_z: also remove the injected z noise before the M-step.
+        ``"snr"`` divides it by ``1 + alpha^2 / sigma^2``, ``"none"`` uses it as is. That factor is
+        the curvature in z of the likelihood term plus the prior for a generator with unit
+        Jacobian, with ``x_t`` held fixed: the curvature the ``"x"`` chain sees. The ``"eps"`` chain
+        holds eps fixed instead and sees ``I - alpha^2 J^T (grad_x ds) J`` (plus terms with the
+        derivative of J), which the factor does not track.
+    cancel: ``"none"``, ``"injected"`` or ``"full"`` (see the module docstring). Mean-preserving
+        only with ``move_z=False``; with z moving it biases the M-step gradient.
+    cancel_z: also remove the injected z noise before the M-step. The record decays by
+        ``1 - g_z`` per step (``g_z`` the step after preconditioning), which is the linear part of
+        the z-update in the ``"eps"`` chain only; in ``"x"`` space that part is
+        ``1 - g_z (1 + alpha^2 / sigma^2)`` for a unit Jacobian, so the record does not track the
+        z noise there.
     """
 
     K: int = 8
@@ -241,6 +256,7 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
             if cfg.move_z:
                 nz = _randn(z, rng)
                 z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
+                # (1 - g_z): the linear part of the z-update in eps space (not in x space: see cancel_z)
                 eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
 
     if in_x:
@@ -253,6 +269,8 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
         eps_chain = u
         eps_used = u - eta if cfg.cancel != "none" else u
     # cancel_z: the M-step evaluates the generator at the latent the drift alone reached
+    # (with z moving, eta and eta_z are correlated with z, so this and the eps cancellation shift the
+    # M-step gradient's mean, not only its variance)
     z_used = z - eta_z if (cfg.cancel_z and cfg.move_z) else z
     diag = {
         "grad_data_norm": _mean_t(grad_data_norms),

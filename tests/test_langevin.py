@@ -96,6 +96,28 @@ def test_noise_cancellation_full_leaves_the_pure_drift():
     assert res.eps_chain.abs().max() > 0.1         # the chain itself did move
 
 
+def test_noise_cancellation_keeps_the_mean_only_with_z_frozen():
+    """E[eps_used z_K] (the M-step gradient for the slope of g(z) = z; teacher N(0, 4), exact student,
+    lam = 0, K = 8): with z frozen, cancel none and full agree in mean; with z moving they do not."""
+    gen, teacher, student = LinearGenerator([[1.0]], [0.0]), gaussian_teacher([0.0], [[4.0]]), exact_student([[1.0]], [0.0])
+    n = 20_000
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(n, 1, generator=g), torch.randn(n, 1, generator=g)
+    lam_b = torch.zeros(n)
+    gaps = {}
+    for move_z in (False, True):
+        prods = {}
+        for cancel in ("none", "full"):
+            cfg = LangevinConfig(K=8, gamma_eps=0.3, move_z=move_z, gamma_z=0.3, z_precondition="none", cancel=cancel)
+            r = estep(gen, teacher, student, z, eps, lam_b, cfg, rng=torch.Generator().manual_seed(1))
+            prods[cancel] = (r.eps * r.z)[:, 0].double()
+        d = prods["full"] - prods["none"]                      # paired: the same random numbers
+        gaps[move_z] = (float(d.mean()), float(d.std() / math.sqrt(n)))
+    (m_frozen, se_frozen), (m_moving, se_moving) = gaps[False], gaps[True]
+    assert abs(m_frozen) < 4 * se_frozen                       # z frozen: only the variance changes
+    assert m_moving < -10 * se_moving                          # z moving: the mean moves (about -0.19)
+
+
 def test_bad_langevin_settings_are_rejected():
     with pytest.raises(ValueError, match="K"):
         LangevinConfig(K=-1)

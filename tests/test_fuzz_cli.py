@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 
 from emd_lib import ROOT
 
@@ -86,17 +87,32 @@ def mutate(rng: random.Random) -> tuple[str | bytes, bool, str]:
     return "", True, "empty file"
 
 
+def valid_mixture(spec: dict) -> bool:
+    """An independent verdict (numpy, float64) on a spec whose fields have the right types and
+    shapes: weights non-negative and summing to one, finite means, positive stds or symmetric
+    positive-definite covariances."""
+    w, mu = np.array(spec["weights"], float), np.array(spec["means"], float)
+    ok = (w >= 0).all() and abs(w.sum() - 1) <= 1e-4 and np.isfinite(mu).all()
+    if "stds" in spec:
+        return bool(ok and (np.array(spec["stds"], float) > 0).all())
+    c = np.array(spec["covs"], float)
+    return bool(ok and np.allclose(c, c.transpose(0, 2, 1), atol=1e-6) and (np.linalg.eigvalsh(c) > 0).all())
+
+
 def test_fuzz_mixture_files_in_process(tmp_path, toy_cli):
     rng = random.Random(20240516)
     f = tmp_path / "m.json"
     out = tmp_path / "s.npy"
-    refused, accepted, distilled = 0, 0, 0
+    refused, accepted, distilled, may_pass = 0, 0, 0, 0
     for i in range(N_CASES):
         content, must_fail, what = mutate(rng)
         f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
         rc, _, err = toy_cli("--mixture", f, "--samples", out, "--check")
         case = f"case {i} ({what}): {content[:120]!r}"
         assert rc in (0, 2), case
+        if not must_fail:          # a mutation that may keep the mixture valid: refused exactly when it does not
+            assert (rc == 0) == valid_mixture(json.loads(content)), (case, err)
+            may_pass += 1
         assert "Traceback" not in err, case
         if rc == 2:
             lines = err.strip().splitlines()
@@ -110,7 +126,8 @@ def test_fuzz_mixture_files_in_process(tmp_path, toy_cli):
                                      "--n-samples", 6, "--quiet", "-K", 1)
                 assert rc == 0 and err == "", (case, err)
                 distilled += 1
-    assert refused > 0.8 * N_CASES and accepted > 0 and distilled > 0, (refused, accepted, distilled)
+    assert refused > 0.8 * N_CASES and accepted > 0 and distilled > 0 and may_pass >= 10, \
+        (refused, accepted, distilled, may_pass)
 
 
 def test_fuzz_subprocess_exit_status(tmp_path):

@@ -404,15 +404,18 @@ class StableDiffusionTeacher(DiscreteVPTeacher):
         return t
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], device=None) -> torch.Tensor:
-        """CLIP text embeddings ``(B, L, D)`` of a list of prompts."""
+    def encode_prompts(self, prompts: list[str], device=None, chunk: int = 64) -> torch.Tensor:
+        """CLIP text embeddings ``(B, L, D)`` of a list of prompts, in the encoder's own precision
+        (autocast off, so the empty prompt and the prompts agree whether or not a bf16 step calls
+        this) and ``chunk`` prompts at a time (the encoder's activations stay small)."""
         tok, enc = self.parts.tokenizer, self.parts.text_encoder
         if tok is None or enc is None:
             raise AdapterError("this Stable Diffusion teacher was built without its text encoder and tokenizer")
-        dev = device or next(enc.parameters()).device
+        dev = torch.device(device) if device is not None else next(enc.parameters()).device
         ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(dev)
-        return enc(ids)[0]
+        with torch.autocast(dev.type, enabled=False):
+            return torch.cat([enc(part)[0] for part in ids.split(chunk)])
 
     def uncond(self, like: torch.Tensor) -> torch.Tensor:
         if self._uncond is None:

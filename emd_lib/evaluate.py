@@ -76,7 +76,8 @@ def fid_from_features(feats, mu_ref, sigma_ref) -> float:
 # ---- CLIP score -----------------------------------------------------------------------------------
 
 def _clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
-    x = F.interpolate(images.float().clamp(0, 1), size=(size, size), mode="bicubic", align_corners=False)
+    x = images.float().clamp(0, 1)      # antialiased when shrinking, as CLIP's own image processor resizes
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=x.shape[-1] > size)
     mean = torch.tensor(CLIP_MEAN, device=x.device)[None, :, None, None]
     std = torch.tensor(CLIP_STD, device=x.device)[None, :, None, None]
     return (x.clamp(0, 1) - mean) / std
@@ -116,14 +117,15 @@ def _features(out):
 
 @torch.no_grad()
 def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor=None, num_classes: int = 1000,
-                  real_features=None, k: int = 3, progress: bool = True) -> dict:
+                  real_features=None, k: int = 3, progress: bool = True, device="cpu") -> dict:
     """FID, Inception Score and (with ``real_features``) precision/recall of a class-conditional sampler.
 
     ``sample(labels) -> images in [0, 1]`` generates one image per label; labels cycle through the
     classes so every class gets ``n / num_classes`` samples. ``ref``: reference statistics
-    (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)`` (or bare features: no Inception Score).
+    (``.npz`` path or ``(mu, sigma)``); ``extractor(images) -> (features, logits)`` (or bare features: no Inception Score;
+    by default torch-fidelity's Inception network on ``device``).
     """
-    extractor = extractor or inception_extractor(logits=True)
+    extractor = extractor or inception_extractor(device, logits=True)
     feats, logits = [], []
     it = range(0, n, batch)
     if progress:
@@ -152,14 +154,16 @@ def imagenet_eval(sample, n: int = 50_000, batch: int = 250, ref=None, extractor
 
 @torch.no_grad()
 def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, batch: int = 50,
-              size: int = 256, progress: bool = True) -> dict:
+              size: int = 256, progress: bool = True, device="cpu") -> dict:
     """Zero-shot text-to-image evaluation: FID against reference statistics of the real images
-    (features by ``extractor``, by default clean-fid's) and CLIP score with ``clip = (model, tokenizer)``.
+    (features by ``extractor``, by default clean-fid's on ``device``) and CLIP score with
+    ``clip = (model, tokenizer)``.
 
     ``sample(captions) -> images in [0, 1]`` (SD decodes 512 px); images are resized to ``size``
-    (256 for COCO-30k) before the feature network."""
+    (256 for COCO-30k) before the feature network. The CLIP score is taken on the images as
+    generated, before that resize."""
     if extractor is None:
-        extractor = inception_extractor(backend="clean-fid")
+        extractor = inception_extractor(device, backend="clean-fid")
     feats, clip_scores = [], []
     it = range(0, len(captions), batch)
     if progress:
@@ -168,12 +172,12 @@ def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, 
     for i in it:
         caps = captions[i:i + batch]
         img = sample(caps).float()
+        if clip is not None:
+            clip_scores.append(clip_score(img, caps, *clip) * len(caps))
         if img.shape[-1] != size:
             img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         f = extractor(img)
         feats.append(torch.as_tensor(f[0] if isinstance(f, tuple) else f))
-        if clip is not None:
-            clip_scores.append(clip_score(img, caps, *clip) * len(caps))
     out = {"n": len(captions)}
     if ref is not None:
         mu, sigma = load_reference_stats(ref) if isinstance(ref, (str, Path)) else ref
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
                 x = tr.sample(len(labels), labels.to(tr.device) if tr.prob.cond == "class" else None)
                 return ((x.float() + 1) / 2).clamp(0, 1)                  # model pixels [-1, 1] -> [0, 1]
             res = imagenet_eval(sample, args.n, args.batch, args.ref, num_classes=tr.prob.num_classes or 1000,
-                                real_features=args.real_features)
+                                real_features=args.real_features, device=tr.device)
         else:
             from transformers import CLIPModel, CLIPTokenizer
 
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
 
             def sample(c):
                 return tr.prob.teacher.decode(tr.sample(len(c), tr.prob.teacher.encode_prompts(c, tr.device)))
-            res = coco_eval(sample, caps, args.ref, clip=(model, tok), batch=min(args.batch, 50))
+            res = coco_eval(sample, caps, args.ref, clip=(model, tok), batch=min(args.batch, 50), device=tr.device)
     except (ImportError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -169,7 +169,10 @@ def inception_extractor(device="cpu", logits: bool = False, backend: str | None 
     except ImportError:
         raise ImportError("real FID needs torch-fidelity or clean-fid (`pip install torch-fidelity` or "
                           "`pip install clean-fid`), plus their Inception weights; or pass extractor=") from None
-    model = build_feature_extractor("clean", torch.device(device))
+    try:   # one device: clean-fid's DataParallel wrapper would leave a CPU model behind on a several-GPU machine
+        model = build_feature_extractor("clean", torch.device(device), use_dataparallel=False)
+    except TypeError:                                          # clean-fid before use_dataparallel existed
+        model = build_feature_extractor("clean", torch.device(device))
 
     @torch.no_grad()
     def extract(x):  # clean-fid's network takes 0..255 floats at 299x299 (its own resize is PIL bicubic)

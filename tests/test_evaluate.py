@@ -83,25 +83,31 @@ def test_missing_inception_packages_say_what_to_install():
         E.inception_extractor()
 
 
-def test_clip_score_with_a_tiny_random_clip(tmp_path):
+def tiny_clip(folder):
+    """A random CLIP (16 px images) and a byte-level tokenizer, built offline."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     from emd_lib.adapters import _byte_level_tokenizer_files
 
-    _byte_level_tokenizer_files(tmp_path / "tok", 16)
-    tok = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    _byte_level_tokenizer_files(folder / "tok", 16)
+    tok = CLIPTokenizer.from_pretrained(folder / "tok")
     torch.manual_seed(0)
     cfg = CLIPConfig(text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
                                       num_attention_heads=4, max_position_embeddings=16, bos_token_id=512,
                                       eos_token_id=513, pad_token_id=513),
                      vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37,
                                         num_hidden_layers=1, num_attention_heads=4), projection_dim=16)
-    model = CLIPModel(cfg).eval()
+    return CLIPModel(cfg).eval(), tok
+
+
+def test_clip_score_with_a_tiny_random_clip(tmp_path):
+    model, tok = tiny_clip(tmp_path)
     images = torch.rand(5, 3, 40, 40)
     texts = ["a cat", "a dog on a sofa", "red", "two birds", "a house"]
     got = E.clip_score(images, texts, model, tok, batch=2)
-    # from scratch: resize to 16 px, CLIP's normalisation, cosine of the projected embeddings
-    px = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", align_corners=False).clamp(0, 1)
+    # from scratch: an antialiased resize to 16 px, CLIP's normalisation, cosine of the projected embeddings
+    px = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", align_corners=False,
+                                         antialias=True).clamp(0, 1)
     px = (px - torch.tensor(E.CLIP_MEAN)[:, None, None]) / torch.tensor(E.CLIP_STD)[:, None, None]
     with torch.no_grad():
         fi = E._features(model.get_image_features(pixel_values=px))
@@ -125,3 +131,45 @@ def test_a_training_run_loads_for_evaluation(tmp_path):
     for (k, v), (k2, v2) in zip(tr.ema.state_dict().items(), back.ema.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert back.sample(5).shape == (5, 2)
+
+
+def test_coco_eval_scores_clip_on_the_generated_images_and_fid_on_the_resized_ones(tmp_path):
+    model, tok = tiny_clip(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    made, seen = [], []
+
+    def sample(caps):                                  # "generated" 40 px images, one per caption
+        made.append(torch.rand(len(caps), 3, 40, 40, generator=g))
+        return made[-1]
+
+    def extractor(x):                                  # a stand-in feature network: records what it is given
+        seen.append(x.shape[-1])
+        return x.mean((2, 3)).double()
+
+    caps = ["a cat", "a dog on a sofa", "red", "two birds", "a house"]
+    feats = torch.rand(50, 3, dtype=torch.float64, generator=g)
+    ref = (feats.mean(0).numpy(), np.cov(feats.numpy(), rowvar=False))
+    res = E.coco_eval(sample, caps, ref=ref, extractor=extractor, clip=(model, tok), batch=2, size=20, progress=False)
+    assert res["n"] == 5 and seen == [20, 20, 20] and res["fid"] > 0
+    assert res["clip_score"] == pytest.approx(E.clip_score(torch.cat(made), caps, model, tok), abs=1e-4)
+
+
+def test_clean_fid_extractor_is_built_on_the_given_device_without_data_parallel(monkeypatch):
+    """clean-fid wraps its network in DataParallel by default, which fails on a several-GPU machine
+    when the network sits on another device: the extractor asks for one device, the run's."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("cleanfid.features")
+
+    def build_feature_extractor(mode, device, use_dataparallel=True):
+        calls.append((mode, device, use_dataparallel))
+        return lambda x: x.flatten(1)[:, :4]
+
+    fake.build_feature_extractor = build_feature_extractor
+    monkeypatch.setitem(sys.modules, "cleanfid", types.ModuleType("cleanfid"))
+    monkeypatch.setitem(sys.modules, "cleanfid.features", fake)
+    extract = E.inception_extractor("cpu", backend="clean-fid")
+    assert calls == [("clean", torch.device("cpu"), False)]
+    assert extract(torch.rand(2, 1, 8, 8)).shape == (2, 4)

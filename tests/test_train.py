@@ -260,6 +260,15 @@ def test_prompts_are_encoded_once_and_indexed(tmp_path):
     a, b = p.make_cond(idx, "cpu"), p.make_cond(idx.flip(0), "cpu")
     assert calls == [len(p.prompts)] and torch.equal(b, a.flip(0))
     torch.testing.assert_close(a, encode([p.prompts[i] for i in idx.tolist()], "cpu"))
+    # a prompt file beyond the cache is encoded per draw, each drawn prompt once, to the same embeddings
+    calls.clear()
+    p.PROMPT_CACHE = 1
+    torch.testing.assert_close(p.make_cond(idx, "cpu"), a)
+    assert calls == [len(set(idx.tolist()))]
+    # the empty prompt is encoded at the encoder's precision even from inside a bf16 step
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = encode([""], "cpu", chunk=1)
+    assert inside.dtype == torch.float32 and torch.equal(inside, encode([""], "cpu"))
 
 
 def test_compiled_networks_run_the_same_steps_and_checkpoints(tmp_path, monkeypatch):

@@ -132,18 +132,21 @@ def _timed(fn, dev, steps, warmup):
     return (time.perf_counter() - t0) / steps
 
 
-def pass_counts(method: str, K: int = 0, move_z: bool = True, space: str = "eps") -> dict:
-    """How many passes of each kind one training step makes, the student-score update included:
+def pass_counts(method: str, K: int = 0, move_z: bool = True, space: str = "eps", student_updates: int = 1,
+                guided: bool = False) -> dict:
+    """How many passes of each kind one training step makes, the student-score updates included:
     ``forward`` (no graph kept), ``vjp`` (forward, then the backward to the network's input only)
     and ``train`` (forward, then the backward to the weights). From
-    :func:`emd_lib.distill.evals_per_step`, which counts the generator update's evaluations."""
+    :func:`emd_lib.distill.evals_per_step`, which counts the generator update's evaluations.
+    Each student update adds a ``g(z)`` without grad and a training pass; ``guided`` (a teacher
+    with classifier-free guidance) runs each teacher evaluation on a doubled batch: two passes."""
     from .distill import evals_per_step
 
     e = evals_per_step(method, K, move_z, space)
     vjp = e["generator_bwd"] - 1                            # g(z_k) and J^T v to z_k, per Langevin step
-    return {"forward": 1 + e["teacher"] + e["student"]     # + the student update's g(z) without grad
+    return {"forward": student_updates + e["teacher"] * (2 if guided else 1) + e["student"]
             + e["generator_fwd"] - 1 - vjp,                 # + g(z) before and after an x-chain
-            "vjp": vjp, "train": 2}                         # train: the student's DSM and the generator's update
+            "vjp": vjp, "train": student_updates + 1}       # train: the student's DSM and the generator's update
 
 
 def _pass_fns(tr):
@@ -299,7 +302,8 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
         row = {"method": "Diff-Instruct" if method == "di" else f"EMD-{K}", "K": int(K) if method == "emd" else 0,
                "sec_per_step": sec, "img_per_s": batch / sec, "peak_mb": _peak_mb(dev),
                "tflop_per_step": flops[method, K] / 1e12, "tflops": flops[method, K] / sec / 1e12,
-               "passes": pass_counts(method, K, cfg.langevin.move_z, cfg.langevin.space)}
+               "passes": pass_counts(method, K, cfg.langevin.move_z, cfg.langevin.space, cfg.student_updates,
+                                     getattr(tr.prob.teacher, "guidance_scale", 1.0) != 1.0)}
         if peak:
             row["pct_peak"] = 100 * row["tflops"] / info["peak"]["tflops"]
         di = [r for r in info["rows"] if r["method"] == "Diff-Instruct"]

@@ -46,7 +46,8 @@ def test_bench_command_writes_json(tmp_path, capsys):
 def test_pass_counts_account_for_every_flop_of_a_step():
     # a step's counted FLOPs are exactly its passes' FLOPs: the E-step makes no pass it does not need
     for over, methods in (((), [("di", 1), ("emd", 1), ("emd", 3)]), (("langevin.move_z=false",), [("emd", 2)]),
-                           (("langevin.space=x", "langevin.move_z=true"), [("emd", 2)])):
+                           (("langevin.space=x", "langevin.move_z=true"), [("emd", 2)]),
+                           (("student_updates=2",), [("di", 1), ("emd", 2)])):
         info = bench("imagenet64", methods=methods, tiny=True, steps=1, warmup=0, sampler_steps=2, quiet=True,
                      time_passes=True, overrides=over, peak=False)
         pt = info["pass_times"]
@@ -59,6 +60,8 @@ def test_pass_counts_account_for_every_flop_of_a_step():
     assert pass_counts("di") == {"forward": 3, "vjp": 0, "train": 2}
     assert pass_counts("emd", 2, move_z=False) == {"forward": 5, "vjp": 0, "train": 2}
     assert pass_counts("emd", 2, space="x") == {"forward": 7, "vjp": 2, "train": 2}
+    assert pass_counts("emd", 2, student_updates=3) == {"forward": 7, "vjp": 2, "train": 4}
+    assert pass_counts("emd", 2, guided=True) == {"forward": 7, "vjp": 2, "train": 2}     # 2 teacher calls, doubled
 
 
 def test_time_limit_skips_what_would_not_fit_and_says_so(tmp_path):

@@ -35,6 +35,7 @@
 # %%
 import copy
 import json
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -364,8 +365,11 @@ for key in ("emd", "di"):
     print(key, live[key])
 emd_row = next(r for r in table["rows"] if r["model"].startswith("EMD") and r["model"].endswith("one step"))
 di_row = next(r for r in table["rows"] if r["model"].startswith("Diff-Instruct"))
-assert abs(live["emd"]["class_accuracy"] - emd_row["class_accuracy"]) < 0.15
-assert abs(live["di"]["class_accuracy"] - di_row["class_accuracy"]) < 0.15
+for key, row in (("emd", emd_row), ("di", di_row)):   # the shipped students still score as their table rows:
+    p = row["class_accuracy"]                          # class accuracy within 4 standard errors of n_live draws,
+    assert abs(live[key]["class_accuracy"] - p) < 4 * math.sqrt(p * (1 - p) / n_live), key
+    # the Fréchet distance within -20% / +35% (+60% in fast mode: it is biased upwards for small samples)
+    assert 0.8 < live[key]["classifier_frechet"] / row["classifier_frechet"] < fast_or(1.35, 1.6), key
 seed1 = json.loads((DATA_DIR / "results" / "ch07_seed1.json").read_text())
 print("\na second pair of students (seed 1, not shipped):")
 for row in seed1["rows"]:

@@ -749,7 +749,6 @@ for row in bias_rows.values():
 for cancel in ("injected", "full"):
     fro, mov = bias_rows["z frozen", cancel], bias_rows["z moving, gamma_z = 0.3", cancel]
     assert abs(fro["diff"]) < 3 * fro["se_diff"]                              # z frozen: the same mean ...
-    assert abs(fro["exact_inf"] - bias_rows["z frozen", "none"]["exact_inf"]) < 1e-9
     assert -mov["diff"] > 10 * mov["se_diff"]                                 # z moving: a different mean
     assert fkl - mov["exact_inf"] > 0.15                                      # and more steps do not remove it
     assert fkl - bias_rows["z moving, gamma_z = 0.1 / (1 + SNR)", cancel]["exact_inf"] > 0.03

@@ -597,16 +597,16 @@ why = {
     "width": "an expressive generator for the 2D toys",
     "depth": "3 hidden layers",
     "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (printed below)",
-    "seed": "",
+    "seed": "any; the sweeps average over seeds",
     "langevin.K": "chapter 5 (K as the knob) and section 5 (cost)",
     "langevin.space": "chapter 4: one step size works at every noise level in eps",
-    "langevin.move_data": "",
+    "langevin.move_data": "eps (or x) moves: the E-step's point; chapter 4 freezes it only to compare",
     "langevin.move_z": "chapters 4, 5: z moves go further, at about twice the chain's cost (section 5)",
     "langevin.gamma_eps": "sweep below (0.1, 0.6 around 0.3)",
     "langevin.gamma_x": "only for space = 'x'",
     "langevin.gamma_z": "chapter 4 (with the SNR preconditioning)",
     "langevin.z_precondition": "chapter 4",
-    "langevin.cancel": "chapter 4: 'full' removes the zero-mean noise term",
+    "langevin.cancel": "chapter 4: 'full' removes the noise terms (mean-preserving with z fixed, as here)",
     "langevin.cancel_z": "chapter 4",
 }
 defaults = DistillConfig()
@@ -618,8 +618,10 @@ for f in dataclasses.fields(DistillConfig):
             print(f"{key:>26} {str(getattr(defaults.langevin, g.name)):>14}   {why.get(key, '')}")
     else:
         print(f"{f.name:>26} {str(getattr(defaults, f.name)):>14}   {why.get(f.name, '')}")
-missing = {f.name for f in dataclasses.fields(DistillConfig)} - set(why) - {"langevin"}
-assert not missing, f"document every setting: {missing}"
+settings = ({f.name for f in dataclasses.fields(DistillConfig)} - {"langevin"}) \
+    | {f"langevin.{g.name}" for g in dataclasses.fields(LangevinConfig)}
+missing = {k for k in settings if not why.get(k, "").strip()}
+assert not missing and set(why) <= settings, f"document every setting: {missing or set(why) - settings}"
 
 hp = load("hparams")
 print("\nreproduce with:", hp["command"], f"({hp['wall_s'] / 60:.0f} min)")

@@ -89,6 +89,20 @@ def test_reverse_fit_seeks_the_mode_it_starts_near():
         assert abs(r["kl"] - (-math.log(w))) < 0.03
 
 
+def test_noise_averaged_reverse_fit_of_a_gaussian_is_the_gaussian():
+    """For a Gaussian target every noisy marginal is matched by q = p, so the noise-averaged fit must
+    return the target at noise levels where noise dominates (lam = -2: sigma^2 / alpha^2 = e^2): a q_t
+    built without the noise's sigma^2 I, or without scaling its mean by alpha, lands far away."""
+    from emd_lib.teachers import GaussianMixture
+
+    C = torch.tensor([[0.5, 0.2], [0.2, 0.3]])
+    p = GaussianMixture([1.0], [[1.0, -0.5]], covs=[C.tolist()])
+    r = reverse_kl_gaussian_fit(p, [0.0, 0.0], steps=400, n=512, lr=0.05, lams=torch.tensor([-2.0, 0.0, 2.0]),
+                                generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(r["mean"], torch.tensor([1.0, -0.5]), atol=0.08, rtol=0)
+    torch.testing.assert_close(r["cov"], C, atol=0.06, rtol=0)
+
+
 def test_noise_averaged_reverse_fit_options():
     p = bimodal()
     # only a very low noise level: still the mode-seeking fit

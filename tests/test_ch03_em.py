@@ -54,6 +54,12 @@ def test_latent_posterior_is_rho_conditional():
     mu, S = latent_posterior(A, B, x, a, s)
     torch.testing.assert_close(mu[0], cond_mean)
     torch.testing.assert_close(S, cond_cov)
+    # and, independently of rho_moments, Bayes' rule for the model z ~ N(0, I), x_t | z ~ N(a (A z + b), s^2 I):
+    # E[z | x_t] = a A^T (a^2 A A^T + s^2 I)^{-1} (x_t - a b),  Cov = I - a^2 A^T (a^2 A A^T + s^2 I)^{-1} A
+    A64, b64 = A.double(), B.double()
+    Sx = a**2 * A64 @ A64.T + s**2 * torch.eye(2, dtype=torch.float64)
+    torch.testing.assert_close(mu[0], a * A64.T @ torch.linalg.solve(Sx, x[0] - a * b64))
+    torch.testing.assert_close(S, torch.eye(2, dtype=torch.float64) - a**2 * A64.T @ torch.linalg.solve(Sx, A64))
 
 
 @pytest.mark.parametrize("lam", [-2.0, 1.0, 5.0])

@@ -156,8 +156,10 @@ def test_estep_and_correction_on_images_move_eps_and_z():
                 rng=torch.Generator().manual_seed(0))
     assert res.z.shape == z.shape and res.eps.shape == eps.shape
     assert torch.isfinite(res.eps).all() and not torch.allclose(res.z_chain, z)
+    assert not torch.allclose(res.eps_chain, eps)            # the chain moved eps too (eps_chain: before cancelling)
     x, z2, e2 = mcmc_correct(gen, teacher, student, z, 0.0, steps=3, cond=c, rng=torch.Generator().manual_seed(0))
     assert x.shape == z.shape and torch.isfinite(x).all()
+    assert not torch.allclose(z2, z) and not torch.allclose(x, gen(z, c))     # the correction moved the samples
 
 
 def test_distiller_trains_on_images(tmp_path):

@@ -23,7 +23,7 @@ def test_sde_sampler_reaches_the_mixture_and_one_step_does_not():
     assert nfe == 200
     good = mixture_report(mix, x)
     assert good["tv"] < 0.05 and good["within_3sd"] > 0.95, good
-    x1, nfe1 = sample_ode(mix, 3000, n_steps=1, generator=torch.Generator().manual_seed(0))
+    x1, nfe1 = sample_sde(mix, 3000, n_steps=1, generator=torch.Generator().manual_seed(0))
     bad = mixture_report(mix, x1)
     assert nfe1 == 1 and bad["mmd"] > 5 * good["mmd"]
 

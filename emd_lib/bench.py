@@ -72,7 +72,9 @@ class FlopCount:
     ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward).
 
     ``FlopCounterMode`` itself also tracks modules through hooks, which cannot follow the E-step's
-    ``autograd.grad`` with respect to z; this counts the same operations without the module tree."""
+    ``autograd.grad`` with respect to z; this counts the same operations without the module tree.
+    Operations torch has no formula for count zero: on the CPU that includes its fused attention
+    kernel, so CPU figures for networks with attention are a little low (CUDA's kernels are counted)."""
 
     def __init__(self):
         from torch.utils._python_dispatch import TorchDispatchMode

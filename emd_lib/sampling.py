@@ -101,16 +101,10 @@ def sample_ode(teacher, n: int | None = None, n_steps: int = 18, shape=None, con
 def sample_sde(teacher, n: int | None = None, n_steps: int = 100, shape=None, cond=None,
                s_min: float | None = None, s_max: float | None = None,
                generator: torch.Generator | None = None, y=None, device=None):
-    """Euler-Maruyama sampler of the reverse SDE; the last step is a plain denoise.
-
-    Noise levels are ``s = sigma / alpha`` and the state is ``y = x_t / alpha`` (EDM's
-    coordinates). By default ``s`` runs from the schedule's largest level ``exp(-lam_min / 2)``
-    down to ``exp(-min(lam_max, 12) / 2)`` (for the EDM schedule 0.00248 rather than EDM's 0.002;
-    pass ``s_min`` to change it). Give ``n`` for a fresh start ``y = s_max * N(0, I)`` of shape
-    ``(n, *shape)`` (``shape`` defaults to ``(teacher.dim,)``), or give ``y`` itself, already in
-    these coordinates (``x_t / alpha`` at ``s_max``); ``n`` is then ignored. ``cond`` goes to the
-    teacher's denoiser; ``generator`` makes the draws reproducible. Returns ``(x, nfe)``: the samples
-    and the number of network evaluations, ``n_steps``."""
+    """Euler-Maruyama sampler of the reverse SDE; the last step is a plain denoise. The arguments
+    are :func:`sample_ode`'s (the same coordinates, default range and starting point); ``generator``
+    also draws each step's noise. Returns ``(x, nfe)``: the samples and the number of network
+    evaluations, ``n_steps``."""
     _check_args(n, n_steps, y)
     s_min, s_max = _range(teacher, s_min, s_max)
     grid = sigma_grid(n_steps, s_min, s_max).tolist()

@@ -78,6 +78,18 @@ def test_linear_knob_and_moment_match():
     assert r["b"][0] < -0.2 and r["std"][0] > 0.6          # moved from b = 0, std 0.5 towards the mixture
     rz = ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32)
     assert len(rz["std"]) == 2 and all(v > 0 for v in rz["std"])
+    rn = ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32, cancel="none")   # reaches the E-step
+    assert rn["C"] != rz["C"] and ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32)["C"] == rz["C"]
+
+
+def test_linear_sweep_records_its_settings(tmp_path):
+    out = tmp_path / "lin.json"
+    ch05.main(["--sweep", "linear", "--labels", "EMD-1", "--seeds", "0", "--steps", "2", "--cancel", "none",
+               "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert rec["settings"] == {"batch": 256, "lr": 1e-2, "lam_min": -6.0, "lam_max": 6.0, "gamma_eps": 0.3,
+                               "cancel": "none"}
+    assert rec["command"].endswith("--cancel none --out " + str(out))
 
 
 def test_time_per_step_orders_k():

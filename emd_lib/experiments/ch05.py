@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import os
 import platform
 import sys
@@ -217,13 +218,16 @@ def summarise(runs: dict) -> dict:
 # ---- the knob with an exact student: a linear generator -----------------------------------------------
 
 def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: float = 1e-2, seed: int = 0,
-                lam_min: float = -6.0, lam_max: float = 6.0, gamma_eps: float = 0.3, A0=None, b0=None) -> dict:
+                lam_min: float = -6.0, lam_max: float = 6.0, gamma_eps: float = 0.3, A0=None, b0=None,
+                cancel: str = "full") -> dict:
     """Fit a linear generator ``g(z) = A z + b`` to ``teacher`` by DI or EMD-K with the *exact* student.
 
     The student is the closed-form noisy marginal ``q_t = N(alpha b, alpha^2 A A^T + sigma^2 I)``
     (:func:`emd_lib.em.exact_student`), rebuilt at every step, so that the only difference between
     methods is the E-step. Adam (betas (0, 0.999)) with a linearly decaying learning rate,
-    ``lam ~ U[lam_min, lam_max]``, ``w = sigma^2``, eps-only chain with full cancellation.
+    ``lam ~ U[lam_min, lam_max]``, ``w = sigma^2``, the label's chain (eps only, or ``(eps, z)``)
+    with noise cancellation ``cancel`` (``"full"`` by default; chapter 4 shows it keeps the
+    gradient's mean only with z frozen).
     Returns the fitted ``b``, ``C = A A^T`` and the loss-free summary ``std`` (sqrt of diag C).
     """
     from ..em import LinearGenerator, exact_student
@@ -234,7 +238,7 @@ def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: fl
     gen = LinearGenerator(A0, b0)
     opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.999))
     g = torch.Generator().manual_seed(seed)
-    cfg = label_config(label, langevin={"gamma_eps": gamma_eps})
+    cfg = label_config(label, langevin={"gamma_eps": gamma_eps, "cancel": cancel})
     for i in range(steps):
         student = exact_student(gen.A.detach(), gen.b.detach(), teacher.schedule)
         z = torch.randn(batch, d, generator=g)
@@ -285,6 +289,8 @@ def main(argv=None):
     p.add_argument("--init-steps", type=int, default=400, help="generator initialisation steps (DistillConfig)")
     p.add_argument("--student-warmup", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cancel", default="full", choices=["none", "injected", "full"],
+                   help="--sweep linear: the E-step's noise cancellation (default full)")
     p.add_argument("--out", default=None, help="default data/results/ch05_ksweep_<mixture>.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -338,7 +344,7 @@ def _main_linear(args, t0, argv):
     for seed in args.seeds:
         for lab in args.labels:
             bar.set_postfix_str(f"{lab} seed {seed}")
-            runs[lab].append(linear_knob(mixture, lab, steps=steps, seed=seed))
+            runs[lab].append(linear_knob(mixture, lab, steps=steps, seed=seed, cancel=args.cancel))
             bar.update()
     bar.close()
     m, cov = mixture_moments(mixture, torch.float64)         # the forward-KL (moment-matching) fit
@@ -348,7 +354,10 @@ def _main_linear(args, t0, argv):
         b = torch.tensor([r["b"] for r in rs], dtype=torch.float64)
         summary[lab] = {"std_mean": sd.mean(0).tolist(), "std_std": sd.std(0).tolist() if len(rs) > 1 else [0.0] * sd.shape[1],
                         "b_mean": b.mean(0).tolist(), "b_std": b.std(0).tolist() if len(rs) > 1 else [0.0] * b.shape[1]}
+    knob = inspect.signature(linear_knob).parameters                  # the settings every run used
+    settings = {k: knob[k].default for k in ("batch", "lr", "lam_min", "lam_max", "gamma_eps")}
     payload = {"sweep": "linear", "mixture": name, "labels": args.labels, "seeds": args.seeds, "steps": steps,
+               "settings": dict(settings, cancel=args.cancel),
                "forward_kl_fit": {"mean": m.tolist(), "cov": cov.tolist(), "std": cov.diag().sqrt().tolist()},
                "summary": summary, "runs": runs}
     payload.update(run_info(t0, "emd_lib.experiments.ch05", sys.argv[1:] if argv is None else argv))

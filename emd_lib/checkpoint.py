@@ -51,21 +51,28 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write(path, write) -> None:
+    """``write(tmp_path)`` writes the file's content to a temporary file beside ``path``, which is then
+    flushed to disk and renamed onto ``path``; on any failure the temporary file is removed and
+    ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path, payload: dict, indent: int = 1) -> None:
@@ -79,7 +86,7 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], card: dict | None = 
     Non-finite values are refused (a run that blew up must not overwrite good weights).
     Returns the card as written.
     """
-    from safetensors.torch import save as st_save
+    from safetensors.torch import save_file
 
     weights, card_path = _paths(path)
     flat = {}
@@ -91,12 +98,12 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], card: dict | None = 
             raise CheckpointError(f"refusing to save {weights}: tensor {k!r} has NaN or inf values; "
                                   "the last good checkpoint is left as it was")
         flat[k] = v.detach().to("cpu").contiguous()
-    data = st_save(flat)
-    atomic_write_bytes(weights, data)
+    # straight to the file, then hashed from it in blocks: the state is never held twice in memory
+    atomic_write(weights, lambda tmp: save_file(flat, tmp))
     card = dict(card or {})
     card["weights"] = weights.name
-    card["sha256"] = hashlib.sha256(data).hexdigest()
-    card["bytes"] = len(data)
+    card["sha256"] = sha256_file(weights)
+    card["bytes"] = weights.stat().st_size
     atomic_write_bytes(card_path, (json.dumps(card, indent=2, default=str) + "\n").encode())
     return card
 
@@ -124,25 +131,24 @@ def load_checkpoint(path, device="cpu", verify: bool = True) -> tuple[dict[str, 
     Raises :class:`CheckpointError` with a message naming the problem and the fix when a file
     is missing, truncated or does not match its card.
     """
-    from safetensors.torch import load as st_load
+    from safetensors.torch import load_file
 
     weights, _ = _paths(path)
     card = read_card(path)
     if not weights.exists():
         raise CheckpointError(f"the weights file beside the card, {weights}, is missing; "
                               "copy it next to the card or retrain")
-    data = weights.read_bytes()
     if verify and not isinstance(card.get("sha256"), str):
         raise CheckpointError(f"the card of {weights} records no sha256, so the weights cannot be checked; "
                               "use a card written by save_checkpoint, or pass verify=False if you trust the file")
     if verify:
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_file(weights)                  # read in blocks; the tensors are then mapped from the file
         if digest != card["sha256"]:
             raise CheckpointError(f"{weights} does not match its card (sha256 {digest[:12]}... != "
                                   f"{card['sha256'][:12]}...): the file is truncated, corrupted or "
                                   "from another run; restore it or retrain")
     try:
-        tensors = st_load(data)
+        tensors = load_file(weights)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e}); "
                               "restore it or retrain") from None

@@ -318,17 +318,21 @@ for lab, r in live.items():
 # %%
 lin = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal.json").read_text())
 lin_z = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal_z.json").read_text())
-for res in (lin, lin_z):
+lin_nc = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal_z_nocancel.json").read_text())
+for res in (lin, lin_z, lin_nc):
     print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
-print(f"{lin['steps']} steps, batch 256, seeds {lin['seeds']}, lambda ~ U[-6, 6], w = sigma^2, gamma_eps = 0.3, "
-      f"full cancellation")
-summ = {**lin["summary"], **lin_z["summary"]}
-print(f"{'method':>16} {'mean b_x':>16} {'std along the axis':>20}")
+st = lin_nc["settings"]            # the first two files were made before the settings were recorded: the same defaults
+print(f"{lin['steps']} steps, batch {st['batch']}, seeds {lin['seeds']}, lambda ~ U[{st['lam_min']:g}, {st['lam_max']:g}], "
+      f"w = sigma^2, gamma_eps = {st['gamma_eps']}; full cancellation except the last file (cancel = {st['cancel']!r})")
+assert st["cancel"] == "none" and lin_nc["steps"] == lin["steps"] == lin_z["steps"] and lin_nc["seeds"] == lin_z["seeds"]
+nocancel = {f"{k}, no cancel": v for k, v in lin_nc["summary"].items()}
+summ = {**lin["summary"], **lin_z["summary"], **nocancel}
+print(f"{'method':>27} {'mean b_x':>16} {'std along the axis':>20}")
 for lab, s in summ.items():
-    print(f"{lab:>16} {s['b_mean'][0]:>+9.3f} ± {s['b_std'][0]:.3f} {s['std_mean'][0]:>12.3f} ± {s['std_std'][0]:.3f}")
+    print(f"{lab:>27} {s['b_mean'][0]:>+9.3f} ± {s['b_std'][0]:.3f} {s['std_mean'][0]:>12.3f} ± {s['std_std'][0]:.3f}")
 fwd_std = lin["forward_kl_fit"]["std"][0]
 di_std = summ["DI"]["std_mean"][0]
-print(f"{'forward-KL fit':>16} {lin['forward_kl_fit']['mean'][0]:>+9.3f} {fwd_std:>20.3f}")
+print(f"{'forward-KL fit':>27} {lin['forward_kl_fit']['mean'][0]:>+9.3f} {fwd_std:>20.3f}")
 
 
 def ks_and_std(summary, suffix=""):
@@ -339,6 +343,7 @@ def ks_and_std(summary, suffix=""):
 
 K_e, std_e, err_e = ks_and_std(lin["summary"])
 K_z, std_z, err_z = ks_and_std(lin_z["summary"])
+K_n, std_n, err_n = ks_and_std(lin_nc["summary"])
 way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)          # noqa: E731  percent of the way DI -> forward KL
 print(f"eps only: best EMD-K reaches {way(max(std_e)):.0f}% of the way from DI to the forward-KL fit "
       f"(EMD-{K_e[-1]}: {way(std_e[-1]):.0f}%)")
@@ -346,13 +351,19 @@ print(f"(eps, z): EMD-{K_z[-1]} reaches {way(std_z[-1]):.0f}%; EMD-8 (eps, z) {w
 assert max(std_e) > di_std and way(max(std_e)) < 50          # eps only: towards covering, but not far
 assert way(summ["EMD-8 (eps, z)"]["std_mean"][0]) > 75        # the joint chain gets (nearly) there
 assert abs(std_e[-1] - std_e[-2]) < 0.02                        # eps only: the last doubling of K adds ~nothing
-assert summ["EMD-16 (eps, z)"]["std_mean"][0] > fwd_std         # the joint chain overshoots at K = 16
+assert summ["EMD-16 (eps, z)"]["std_mean"][0] > fwd_std         # the joint chain overshoots at K = 16 ...
+# ... and without cancellation it does not: it climbs towards the forward-KL spread with K and stops there
+assert K_n == K_z and all(a < b for a, b in zip(std_n, std_n[1:])) and std_n[-1] < fwd_std + 2 * err_n[-1]
+assert abs(std_n[-1] - fwd_std) < abs(std_z[-1] - fwd_std) / 2
+assert sum(err_n) > 2 * sum(err_z)                               # the price: more spread between seeds
 m_fwd0 = lin["forward_kl_fit"]["mean"][0]
 assert abs(summ["EMD-8 (eps, z)"]["b_mean"][0] - m_fwd0) > abs(summ["DI"]["b_mean"][0] - m_fwd0)
 
 fig, ax = plt.subplots(figsize=(5.8, 3.3))
 ax.errorbar(K_e, std_e, yerr=err_e, fmt="o-", color=COLORS["emd"], capsize=3, label=r"EMD-K, $\epsilon$ only")
 ax.errorbar(K_z, std_z, yerr=err_z, fmt="s-", color=COLORS["corrected"], capsize=3, label=r"EMD-K, $(\epsilon, z)$")
+ax.errorbar(K_n, std_n, yerr=err_n, fmt="^--", color=COLORS["corrected"], alpha=0.6, capsize=3,
+            label=r"EMD-K, $(\epsilon, z)$, no cancellation")
 ax.axhline(di_std, color=COLORS["di"], ls="--", label="DI")
 ax.axhline(fwd_std, color=COLORS["teacher"], ls=":", label="forward-KL fit")
 ax.set_xscale("log", base=2), ax.set_xlabel("Langevin steps K"), ax.set_ylabel("fitted std along the modes' axis")
@@ -370,11 +381,14 @@ plt.show()
 #   which is not $\rho$; its drift converges to that law's, not to the forward-KL gradient.
 # * When $z$ moves too, the chain targets $\rho$ itself and the fit travels much further: $K = 8$ lands
 #   close to the forward-KL spread.
-# * It is not exact. At $K = 16$ the joint chain overshoots the spread, and its mean stays further
-#   from the mixture's mean than DI's does (table above). A short unadjusted Langevin chain with
-#   $\gamma_\epsilon = 0.3$ has biases of its own, but these $(\epsilon, z)$ runs also use full noise
-#   cancellation with $z$ moving, which chapter 4 (section 6) shows is biased. Part of the overshoot
-#   may be that bias; the next cell measures the gradient at the forward-KL fit with and without it.
+# * With full noise cancellation it is not exact: at $K = 16$ the joint chain overshoots the spread,
+#   and its mean stays further from the mixture's mean than DI's does (table above). These runs
+#   cancel the noise while $z$ moves, which chapter 4 (section 6) shows biases the gradient. The
+#   same sweep without cancellation (the dashed curve) climbs with $K$ and stops at the forward-KL
+#   spread, within its seeds' spread, instead of passing it: the overshoot is the cancellation's
+#   bias, not the short chain's. What cancellation buys is visible too: without it the seeds
+#   disagree more (the error bars). The next cell measures the bias directly, as the gradient at the
+#   forward-KL fit with and without cancellation.
 
 # %%
 import dataclasses
@@ -414,11 +428,12 @@ assert float(diff.mean()) > 2 * se_diff
 # At the forward-KL fit the fully cancelled $K = 16$ gradient pushes the spread outwards, by more than
 # two of its standard errors, while the uncancelled gradient with the same random numbers does not
 # (printed above). With this chain, then, the forward-KL fit is not where the cancelled gradient
-# vanishes, and the gradient there points towards the overshoot. We did not rerun the sweep without
-# cancellation, so how much of the measured overshoot this accounts for is not known.
+# vanishes, and the gradient there points towards the overshoot that the sweep measured; the
+# uncancelled sweep, whose gradient does vanish there, does not overshoot.
 #
 # So $K$ is the knob from mode seeking towards mode covering, but with $\epsilon$ alone it saturates
-# early; it turns fully only when the chain moves $z$ as well.
+# early; it turns fully only when the chain moves $z$ as well, and then noise cancellation trades
+# the seeds' spread for a bias: keep it for the $\epsilon$-only chain, and weigh it when $z$ moves.
 #
 # ## 5. $K$ with networks on 25 narrow modes
 #
@@ -534,9 +549,9 @@ plt.show()
 #   dominates single batches near the fit: cancel the initial noise too.
 # * $K$ moves EMD from the reverse KL towards maximum likelihood, but with a chain on $\epsilon$
 #   alone it saturates part of the way; a chain that also moves $z$ gets close to the forward-KL
-#   fit within a few steps, though not exactly onto it: a short unadjusted chain has biases of its
-#   own, and with $z$ moving, full noise cancellation biases the gradient too (at the forward-KL fit
-#   it pushes the spread outwards, the way the $K = 16$ fit overshot).
+#   fit within a few steps. With full noise cancellation it overshoots at $K = 16$, because with $z$
+#   moving cancellation biases the gradient (at the forward-KL fit it pushes the spread outwards);
+#   without cancellation the fit stops at the forward-KL spread, with more spread between seeds.
 # * With networks on 25 narrow modes, at equal generator steps, DI and EMD-$K$ were within the
 #   seeds' spread of each other, while a step of EMD-$K$ costs roughly $K$ teacher and student
 #   evaluations. The choice of $K$ is a trade of time for how far the E-step can travel.

@@ -421,9 +421,13 @@ for h in hist.values():
 # that never moves $z$ converges to the same place: at the fixed point $q_\theta^t = p_t$ the score
 # gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
 # $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point
-# the chains differ (a frozen $z$ samples a different joint than $\rho$), and that changes the
-# path, not the destination. Chapter 4 shows a choice of coordinates for which the destination
-# does change.
+# the chains differ (a frozen $z$ samples a different joint than $\rho$). Here that changes only the
+# path, because the linear family can match this Gaussian teacher exactly and at that match the score
+# gap vanishes for every chain. When the family cannot match the teacher there is no such common
+# point: each chain settles where its own gradient vanishes, and the destination differs too.
+# Chapter 5 fits a linear generator to a two-mode mixture, where the frozen-$z$ chain stops less
+# than half of the way from Diff-Instruct's (reverse-KL) fit to the forward-KL fit. Chapter 4 shows
+# a choice of coordinates for which the destination changes even here.
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")

@@ -11,7 +11,6 @@ samples are written back in the file's coordinates, as an (M, d) float32 array.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import run_card
+from .checkpoint import machine, run_card, write_json
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .metrics import mixture_report
@@ -175,20 +174,20 @@ def _main(argv=None) -> int:
         return _fail(f"cannot write {args.samples}: {e.strerror}")
     name = "EMD-%d" % args.langevin_steps if args.method == "emd" else "Diff-Instruct"
     print(f"{name}: {args.steps} steps in {wall:.1f} s, {len(x)} samples -> {args.samples}")
-    print(f"  modes covered     {report['modes_covered']}/{report['n_modes']}")
+    print(f"  modes covered     {report['modes_covered']}/{report['n_modes']} (hit by samples within 3 sd: "
+          f"{report['modes_hit']}/{report['n_modes']})")
     print(f"  TV of mode masses {report['tv']:.4f}")
     print(f"  within 3 sd       {report['within_3sd']:.3f}")
     print(f"  MMD^2             {report['mmd']:.5f}")
     print(f"  precision/recall  {report['precision']:.3f} / {report['recall']:.3f}")
-    if args.report:
+    if args.report:               # the command, the settings it resolved to and the machine, beside the metrics
         try:
-            f = open(args.report, "w")
+            write_json(args.report, {**run_card(argv, module="emd_lib.toy"), "method": name, "steps": args.steps,
+                                     "seed": args.seed, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                                     "threads": torch.get_num_threads(), "machine": machine(),
+                                     "n_samples": args.n_samples, "config": cfg.to_dict(), **report})
         except OSError as e:
             return _fail(f"cannot write {args.report}: {e.strerror}")
-        with f:
-            json.dump({**run_card(argv, module="emd_lib.toy"), "method": name, "steps": args.steps, "seed": args.seed,
-                       "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
-                       **report}, f, indent=1)
     return 0
 
 

@@ -57,3 +57,20 @@ def test_randn_draws_on_the_generators_device():
     b = randn((3, 2), torch.Generator().manual_seed(0), torch.device("meta"))   # drawn on the CPU, then moved
     assert b.device.type == "meta" and b.shape == a.shape
     assert torch.equal(a, torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))
+
+
+def test_modes_hit_counts_only_samples_that_land_on_a_mode():
+    """Stray samples lend mass to every mode through the nearest-component rule, so modes_covered
+    can count modes no sample is near; modes_hit cannot."""
+    from emd_lib.mixtures import grid25
+
+    mix, g = grid25(), torch.Generator().manual_seed(0)
+    x = mix.sample(20000, generator=g)
+    k, _ = mix.assign(x)
+    kept = x[k > 2][:5000]                                    # modes 0, 1 and 2 dropped
+    strays = torch.rand(5000, 2, generator=g) * 5 - 2.5       # half the samples spread over the grid
+    rep = mixture_report(mix, torch.cat([kept, strays]))
+    assert rep["modes_covered"] == 25 and rep["modes_hit"] == 22
+    exact = mixture_report(mix, mix.sample(4000, generator=g))
+    assert exact["modes_covered"] == exact["modes_hit"] == 25
+    assert mixture_report(mix, strays[:6] + 100)["modes_hit"] == 0       # nothing near any mode

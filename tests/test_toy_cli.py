@@ -22,7 +22,11 @@ def test_short_run_writes_samples(tmp_path):
     x = np.load(out)
     assert x.shape == (500, 2) and x.dtype == np.float32 and np.isfinite(x).all()
     assert "modes covered" in r.stdout
-    assert json.loads(rep.read_text())["n_modes"] == 8
+    card = json.loads(rep.read_text())
+    assert card["n_modes"] == 8 and 0 <= card["modes_hit"] <= 8
+    # what reproduces the run: the command, the resolved settings and the machine
+    assert card["config"]["langevin"]["K"] == 2 and card["config"]["method"] == "emd" and card["n_samples"] == 500
+    assert "CPU" in card["machine"] and card["command"].startswith("python -m emd_lib.toy --mixture")
 
 
 def test_far_away_mixture_is_standardised(tmp_path):

@@ -494,6 +494,9 @@ print(f"EMD-16 costs {cost_16:.1f} x DI per generator step; EMD-1 {T['EMD-1']['m
       f"EMD-8 (eps, z) {cost_z:.1f} x EMD-8")
 # the claims of the text below
 assert all(S[lab]["modes_covered"]["mean"] == 25 for lab in ks["labels"])
+near = {lab: S[lab]["within_3sd"]["mean"] for lab in ks["labels"]}
+print(f"fraction of samples within 3 sd of a mode: {min(near.values()):.2f} to {max(near.values()):.2f}")
+assert max(near.values()) < 0.2                  # most samples lie between the modes
 assert clip == 0
 within = {lab: abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
           for lab in ks["labels"]}
@@ -531,8 +534,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At equal generator steps the methods are hard to tell apart on this target. Every one covers all
-# 25 modes, and every EMD variant's mean TV lies within two seed-standard-deviations of DI's: the
+# At equal generator steps the methods are hard to tell apart on this target. After 400 steps no
+# method is near converged: only about one sample in ten lies within 3 sd of a mode, the rest
+# blur the grid. "All 25 modes covered" in the table therefore says little here: the count gives
+# each sample to its nearest mode however far it lies, so a blur lends every mode mass
+# (`emd_lib.metrics.mixture_report` now also counts `modes_hit`, from the samples that land on
+# modes only; these sweeps predate it). Every EMD variant's mean TV lies within two seed-standard-deviations of DI's: the
 # seeds' spread is as large as the differences between methods. The gradient clip never acted, so EMD-1 and
 # DI differ only in their random draws, as section 3 predicts: after the shared start, EMD-1's
 # chain consumes random numbers, so the two runs see different batches. The joint chain,

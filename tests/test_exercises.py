@@ -83,3 +83,73 @@ def test_strip_solutions_keeps_indentation():
     assert "return x + 1" not in out and "    raise NotImplementedError" in out
     with pytest.raises(ValueError):
         strip_solutions("    ### BEGIN SOLUTION\n x\n")
+
+
+# ---- what the checks say to a student ------------------------------------------------------------
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("ex_id, answer", [
+    ("2.1", lambda w, m, s: (NAN, NAN)),
+    ("2.1", lambda w, m, s: ((w * m).sum(), NAN)),
+    ("2.2", lambda q_mean, q_std, log_p, n, generator: NAN),
+    ("7.3", lambda real, fake, k: NAN),
+])
+def test_nan_answers_fail(ex_id, answer):
+    with pytest.raises(ExerciseFailed):
+        check(ex_id, answer)
+
+
+def test_the_student_frame_stays_in_the_traceback():
+    import traceback
+
+    def cosine_lam(t):
+        return t / student_typo  # noqa: F821
+
+    with pytest.raises(ExerciseFailed, match="NameError") as info:
+        check("1.1", cosine_lam)
+    assert isinstance(info.value.__cause__, NameError)
+    text = "".join(traceback.format_exception(info.value))
+    assert "return t / student_typo" in text and "in cosine_lam" in text
+
+
+def test_an_answer_that_returns_none_is_told_so():
+    def cosine_lam(t):
+        lam = -2.0 * t   # computed, never returned  # noqa: F841
+
+    with pytest.raises(ExerciseFailed, match=r"returned None: did you forget `return`\?"):
+        check("1.1", cosine_lam)
+
+
+def test_a_not_implemented_error_of_the_student_is_not_the_stub():
+    def cosine_lam(t):
+        raise NotImplementedError("complex times are not supported")
+
+    with pytest.raises(ExerciseFailed) as info:
+        check("1.1", cosine_lam)
+    assert "not answered yet" not in str(info.value)
+    assert "NotImplementedError: complex times are not supported" in str(info.value)
+
+    def stub(t):
+        exec(strip_solutions("### BEGIN SOLUTION\n### END SOLUTION\n"))
+
+    with pytest.raises(ExerciseFailed, match="not answered yet"):
+        check("1.1", stub)
+
+
+def test_coverage_counts_a_class_exactly_at_the_threshold():
+    import torch
+
+    def strict(pred, n_classes, cover_frac):   # '>' where the exercise says "at least"
+        share = torch.bincount(pred, minlength=n_classes).double() / len(pred)
+        return int((share > cover_frac / n_classes).sum())
+
+    with pytest.raises(ExerciseFailed, match="at least"):
+        check("7.2", strict)
+
+
+def test_hint_of_5_1_does_not_give_the_return_value():
+    with pytest.raises(ExerciseFailed) as info:
+        check("5.1", lambda eps0, sds, n, gamma: eps0)
+    assert "gamma * sds" not in str(info.value)

@@ -72,19 +72,57 @@ def registry() -> dict[str, Exercise]:
     return dict(_REGISTRY)
 
 
+STUB_MESSAGE = "write your solution here"   # the student edition's stub raises NotImplementedError(STUB_MESSAGE)
+
+
+class _ReturnedNone(Exception):
+    """Raised by :func:`_refuse_none` when the student's function returns ``None``."""
+
+
+def _refuse_none(answer):
+    """``answer`` wrapped so that a ``None`` return stops the check with a clear message
+    (a function that computes its result but forgets ``return``)."""
+    import functools
+    import inspect
+
+    if not (inspect.isfunction(answer) or inspect.ismethod(answer)):
+        return answer
+
+    @functools.wraps(answer)
+    def wrapped(*args, **kwargs):
+        out = answer(*args, **kwargs)
+        if out is None:
+            raise _ReturnedNone(getattr(answer, "__name__", "your function"))
+        return out
+
+    return wrapped
+
+
+def _is_stub(e: NotImplementedError) -> bool:
+    """The student edition's stub, not a ``NotImplementedError`` raised by the student's own code."""
+    return str(e) == STUB_MESSAGE
+
+
 def check(id: str, answer) -> bool:
-    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`."""
+    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`.
+
+    When the student's code raises, the :class:`ExerciseFailed` keeps that exception as its
+    cause, so the traceback still shows the student's own line."""
     ex = registry().get(id)
     if ex is None:
         raise KeyError(f"no exercise {id!r}; known: {sorted(registry())}")
     try:
-        ex.fn(answer)
-    except NotImplementedError:
+        ex.fn(_refuse_none(answer))
+    except _ReturnedNone as e:
+        raise ExerciseFailed(f"Exercise {id}: your function {e} returned None: did you forget `return`?") from None
+    except NotImplementedError as e:
+        if not _is_stub(e):
+            raise ExerciseFailed(f"Exercise {id}: your answer raised NotImplementedError: {e}") from e
         raise ExerciseFailed(f"Exercise {id}: not answered yet; replace the `raise NotImplementedError` "
                              "with your solution") from None
     except ExerciseFailed as e:
         raise ExerciseFailed(f"Exercise {id}: {e}") from None
-    except Exception as e:  # the student's code crashed inside the check
-        raise ExerciseFailed(f"Exercise {id}: your answer raised {type(e).__name__}: {e}") from None
+    except Exception as e:  # the student's code crashed inside the check: keep its traceback
+        raise ExerciseFailed(f"Exercise {id}: your answer raised {type(e).__name__}: {e}") from e
     print(f"Exercise {id}: correct.")
     return True

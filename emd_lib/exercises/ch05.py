@@ -34,7 +34,7 @@ def _check_5_1(k1_eps_tilde):
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Run the step eps1 = eps0 + gamma (sds - eps0) + sqrt(2 gamma) n, keep the "
                                  "record eta1 = (1 - gamma) eta0 + sqrt(2 gamma) n with eta0 = eps0, and return "
-                                 "eps1 - eta1 (it should come out as gamma * sds)") from None
+                                 "eps1 - eta1 (simplify it: which terms cancel?)") from None
 
 
 # ---- 5.2 the drift of K steps -------------------------------------------------------------------------

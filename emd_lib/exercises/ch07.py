@@ -60,21 +60,28 @@ def _coverage_no_share(pred, n_classes, cover_frac):       # compares the share 
     return int((share >= cover_frac).sum())
 
 
-@register("7.2", title="classes covered", wrong=[_coverage_any, _coverage_no_share])
+def _coverage_strict(pred, n_classes, cover_frac):         # a share exactly at the threshold is not counted
+    share = torch.bincount(pred, minlength=n_classes).double() / len(pred)
+    return int((share > cover_frac / n_classes).sum())
+
+
+@register("7.2", title="classes covered", wrong=[_coverage_any, _coverage_no_share, _coverage_strict])
 def _check_7_2(coverage):
     g = torch.Generator().manual_seed(72)
-    cases = [torch.arange(100) % 10,                                       # all ten, evenly
-             torch.cat([torch.zeros(91, dtype=torch.long), torch.arange(1, 10)]),   # one sample each for 1..9
-             torch.randint(0, 4, (200,), generator=g),                    # four classes
-             torch.cat([torch.randint(0, 10, (300,), generator=g), torch.zeros(700, dtype=torch.long)])]
-    for pred in cases:
+    cases = [(torch.arange(100) % 10, 0.2),                                       # all ten, evenly
+             (torch.cat([torch.zeros(91, dtype=torch.long), torch.arange(1, 10)]), 0.2),   # one sample each for 1..9
+             (torch.randint(0, 4, (200,), generator=g), 0.2),                    # four classes
+             (torch.cat([torch.randint(0, 10, (300,), generator=g), torch.zeros(700, dtype=torch.long)]), 0.2),
+             # exactly on the threshold: 10 of 200 samples is a share of 0.05 = 0.5 / 10 (exact in floating point)
+             (torch.cat([torch.full((10,), 0), torch.full((9,), 1), torch.full((11,), 2), torch.full((170,), 3)]), 0.5)]
+    for pred, frac in cases:
         share = torch.bincount(pred, minlength=10).double() / len(pred)
-        want = int((share >= 0.2 / 10).sum())
-        got = coverage(pred.clone(), 10, 0.2)
+        want = int((share >= frac / 10).sum())
+        got = coverage(pred.clone(), 10, frac)
         if int(got) != want:
-            raise ExerciseFailed(f"for predicted shares {[round(v, 3) for v in share.tolist()]} you count {got} "
-                                 f"classes, expected {want}. A class is covered when its share of the samples is "
-                                 "at least cover_frac times an even share, cover_frac / n_classes")
+            raise ExerciseFailed(f"for predicted shares {[round(v, 3) for v in share.tolist()]} and cover_frac = "
+                                 f"{frac} you count {got} classes, expected {want}. A class is covered when its share "
+                                 "of the samples is at least cover_frac times an even share, cover_frac / n_classes")
 
 
 # ---- 7.3 k-NN precision --------------------------------------------------------------------------------
@@ -99,7 +106,7 @@ def _check_7_3(precision):
         fake = shift + spread * torch.randn(150, 5, generator=g)
         want, _ = knn_precision_recall(real, fake, k=3)
         got = precision(real.clone(), fake.clone(), 3)
-        if abs(float(got) - want) > 1e-6:
+        if not abs(float(got) - want) <= 1e-6:   # also false for NaN
             raise ExerciseFailed(f"precision for fakes shifted by {shift} with spread {spread} is {float(got):.4f}, "
                                  f"expected {want:.4f}. The manifold is the union of balls around the REAL points, "
                                  "each with radius the distance to its k-th nearest real neighbour (not counting "

@@ -33,9 +33,10 @@ lab: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m emd_lib.notebooks $(if $(REPO),--repo $(REPO))
 
-# The student edition (solutions replaced by a stub) in _build/student, as .py and .ipynb.
+# The student edition (solutions replaced by a stub) in _build/student, as .py and .ipynb
+# (REPO=git URL: the repository the notebooks' install cell clones, as for `make notebooks`).
 student: $(STAMP)
-	$(BIN)/python -m emd_lib.student
+	$(BIN)/python -m emd_lib.student $(if $(REPO),--repo $(REPO))
 
 bench: $(STAMP)
 	$(BIN)/python -m emd_lib.bench_toy

@@ -4,9 +4,10 @@
 
 Each ``chapters/NN_*.py`` becomes ``NN_*.ipynb`` without outputs, with a first cell that
 installs the library where it is missing (on Colab: clone the book's repository and
-``pip install`` it; where ``emd_lib`` is already importable the cell does nothing). The
-repository is ``--repo``, else ``EMD_REPO_URL``, else the clone's ``origin`` remote.
-``--student`` converts the student edition instead (solutions replaced by a stub).
+``pip install`` it, with the ``[scale]`` extra for chapter 8; where ``emd_lib`` is already
+importable the cell does nothing). The repository is ``--repo``, else ``EMD_REPO_URL``, else
+the clone's ``origin`` remote. ``--student`` converts the student edition instead (solutions
+replaced by a stub; its install cell removes the clone's ``chapters/`` after installing).
 """
 from __future__ import annotations
 
@@ -23,15 +24,46 @@ INSTALL_TAG = "emd-install"
 
 INSTALL_CELL = '''\
 # Colab or a fresh Jupyter: install emd_lib, the book's library (does nothing where it is installed).
+# {extras_note}
 REPO = "{repo}"
-import importlib.util, os, subprocess, sys
+import importlib.util, os, shutil, subprocess, sys
 if importlib.util.find_spec("emd_lib") is None:
-    if not os.path.isdir("emd-book"):
+    cloned = not os.path.isdir("emd-book")
+    if cloned:
         subprocess.run(["git", "clone", "--depth=1", REPO, "emd-book"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", "emd-book"], check=True)
-    sys.path.insert(0, os.path.abspath("emd-book"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", "{target}"], check=True)
+{student}    sys.path.insert(0, os.path.abspath("emd-book"))
     importlib.invalidate_caches()
 '''
+
+# The student edition's install cell drops the chapters (the book, solutions included) and the git
+# history (which holds them too) from the clone it made; the library, configs/ and data/ stay.
+STUDENT_CLEANUP = '''\
+    if cloned:  # the student edition: keep the library and data/, not the chapters with their solutions
+        for folder in ("chapters", ".git"):
+            shutil.rmtree(os.path.join("emd-book", folder), ignore_errors=True)
+'''
+
+# Chapters whose imports need an extra of pyproject.toml (diffusers and transformers for chapter 8).
+EXTRAS = {"08": "scale"}
+
+
+def install_cell(repo: str, extra: str = "", student: bool = False) -> str:
+    """The first cell of a notebook: ``pip install`` the book's repository (with ``[extra]``)."""
+    if extra:
+        note = (f"This chapter installs emd-book[{extra}] (diffusers and transformers); "
+                "the other chapters install emd-book without extras.")
+    else:
+        note = "This chapter installs emd-book without extras; chapter 8 adds [scale] (diffusers, transformers)."
+    return INSTALL_CELL.format(repo=repo, extras_note=note, target=f"emd-book[{extra}]" if extra else "emd-book",
+                               student=STUDENT_CLEANUP if student else "")
+
+
+def warn_if_placeholder(repo: str) -> None:
+    """Say on stderr when the install cell would clone the placeholder URL."""
+    if repo == PLACEHOLDER:
+        print(f"note: no repository URL known; the install cell clones {PLACEHOLDER}: pass --repo "
+              "URL (or set EMD_REPO_URL) to point it at the book's repository", file=sys.stderr)
 
 
 def default_repo() -> str:
@@ -49,13 +81,13 @@ def default_repo() -> str:
     return url or PLACEHOLDER
 
 
-def to_notebook(text: str, repo: str):
+def to_notebook(text: str, repo: str, extra: str = "", student: bool = False):
     """A chapter's py:percent source as a notebook with the install cell first."""
     import jupytext
     import nbformat
 
     nb = jupytext.reads(text, fmt="py:percent")
-    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(repo=repo).rstrip("\n"))
+    cell = nbformat.v4.new_code_cell(install_cell(repo, extra, student).rstrip("\n"))
     cell.metadata["tags"] = [INSTALL_TAG]
     nb.cells.insert(0, cell)
     nb.metadata = {
@@ -71,7 +103,7 @@ def write_notebooks(out: Path, repo: str | None = None, student: bool = False,
                     src: Path | None = None) -> list[Path]:
     import nbformat
 
-    from .student import strip_solutions
+    from .student import student_source
 
     repo = repo or default_repo()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,9 +113,9 @@ def write_notebooks(out: Path, repo: str | None = None, student: bool = False,
     for p in chapters(src=src):
         text = p.read_text()
         if student:
-            text = strip_solutions(text)
+            text = student_source(text)
         dest = out / (p.stem + ".ipynb")
-        nbformat.write(to_notebook(text, repo), dest)
+        nbformat.write(to_notebook(text, repo, EXTRAS.get(p.name[:2], ""), student), dest)
         written.append(dest)
     return written
 
@@ -96,9 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--student", action="store_true", help="the student edition (solutions stubbed)")
     args = ap.parse_args(argv)
     repo = args.repo or default_repo()
-    if repo == PLACEHOLDER:
-        print(f"note: no repository URL known; the install cell clones {PLACEHOLDER}: pass --repo "
-              "URL (or set EMD_REPO_URL) to point it at the book's repository", file=sys.stderr)
+    warn_if_placeholder(repo)
     for path in write_notebooks(Path(args.out), repo, student=args.student):
         print(path)
     return 0

@@ -133,3 +133,207 @@ def test_teaching_page_says_what_a_teacher_needs():
     # every chapter of the book appears in the plan
     for path in CHAPTERS:
         assert re.search(rf"^\| {int(path.name[:2])} ", text, re.M), path.name
+
+
+# ---------------------------------------------------------------------------------------
+# grading: what check returned, against the exercises the library registers for the chapter
+
+CH1 = CHAPTERS[0]   # 01_*: exercises 1.1, 1.2 and 1.3, whose checks run in well under a second
+
+
+def _answered(tmp_path, edit=None, name=None):
+    """Chapter 1 with its solutions (the reference), changed by ``edit``, saved as a submission."""
+    text = CH1.read_text()
+    new = edit(text) if edit else text
+    assert edit is None or new != text, "the edit changed nothing"
+    path = tmp_path / (name or CH1.name)
+    path.write_text(new)
+    return path
+
+
+def _cell_of(text, ex_id):
+    """The py:percent source of exercise ``ex_id``'s code cell (from its ``# %%`` to the next)."""
+    head = text.index(f"## Exercise {ex_id}:")
+    start = text.index("# %%\n", head)
+    end = text.find("# %%", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def test_grading_a_commented_out_check_fails(tmp_path, capsys):
+    path = _answered(tmp_path, lambda t: t.replace('check("1.1", cosine_lam)', '# check("1.1", cosine_lam)'))
+    res = student.grade(path)
+    assert res["1.1"][0] is False and "never calls check" in res["1.1"][1]
+    assert res["1.2"][0] and res["1.3"][0]
+    assert student.main(["--grade", str(path)]) == 1
+    assert "2/3 exercises pass" in capsys.readouterr().out
+
+
+def test_grading_counts_deleted_exercises_as_failed(tmp_path, capsys):
+    path = _answered(tmp_path, lambda t: t[:t.index("# ## Exercise 1.2:")])
+    res = student.grade(path)
+    assert list(res) == ["1.1", "1.2", "1.3"]
+    assert res["1.1"][0] and not res["1.2"][0] and not res["1.3"][0]
+    assert "missing" in res["1.2"][1]
+    assert student.main(["--grade", str(path)]) == 1
+    assert "1/3 exercises pass" in capsys.readouterr().out
+
+
+def test_grading_a_file_without_exercises_fails(tmp_path, capsys):
+    path = tmp_path / "01_empty.py"
+    path.write_text("# %% [markdown]\n# # Chapter 1: nothing here\n\n# %%\nx = 1\n")
+    res = student.grade(path)
+    assert list(res) == ["1.1", "1.2", "1.3"] and not any(ok for ok, _ in res.values())
+    assert student.main(["--grade", str(path)]) == 1
+    assert "0/3 exercises pass" in capsys.readouterr().out
+
+
+def test_grading_finds_a_check_with_single_quotes(tmp_path):
+    path = _answered(tmp_path, lambda t: t.replace('check("1.1", cosine_lam)', "check('1.1', cosine_lam)"))
+    res = student.grade(path)
+    assert res["1.1"] == (True, "correct") and all(ok for ok, _ in res.values())
+
+
+def test_grading_a_check_caught_by_the_student_still_fails(tmp_path):
+    path = _answered(tmp_path, lambda t: t.replace(
+        'check("1.1", cosine_lam)', 'try:\n    check("1.1", lambda t: t)\nexcept Exception:\n    pass'))
+    res = student.grade(path)
+    assert res["1.1"][0] is False and "Exercise 1.1" in res["1.1"][1]
+
+
+@pytest.mark.parametrize("stop", ["import sys\nsys.exit()", "exit(0)", "raise KeyboardInterrupt"])
+def test_grading_survives_a_cell_that_exits(tmp_path, capsys, stop):
+    bad = _answered(tmp_path, lambda t: t.replace("def cosine_lam(t):", f"{stop}\n\n\ndef cosine_lam(t):"))
+    good = _answered(tmp_path, name="01_good.py")
+    res = student.grade(bad)
+    assert res["1.1"][0] is False and res["1.2"][0] and res["1.3"][0]
+    assert student.main(["--grade", str(bad), str(good)]) == 1
+    out = capsys.readouterr().out
+    assert "01_good.py: 3/3 exercises pass" in out and f"{CH1.name}: 2/3 exercises pass" in out
+
+
+def test_grading_goes_on_after_a_file_it_cannot_read(tmp_path, capsys):
+    broken = tmp_path / "notes.ipynb"
+    broken.write_text("{ not json")
+    good = _answered(tmp_path)
+    assert student.main(["--grade", str(broken), str(good)]) == 1
+    out = capsys.readouterr().out
+    assert "notes.ipynb: cannot grade" in out and "3/3 exercises pass" in out
+    assert student.main(["--grade", str(good)]) == 0
+
+
+def test_grading_reports_a_duplicated_exercise_cell(tmp_path, capsys):
+    def duplicate(text):   # a copy of the stubbed cell of 1.1 pasted at the end
+        return text + "\n" + student.strip_solutions(_cell_of(text, "1.1"))
+    path = _answered(tmp_path, duplicate)
+    res = student.grade(path)
+    assert res["1.1"][0] is False and "not answered yet" in res["1.1"][1]
+    assert any("1.1 is checked in cells" in n for n in res.notes)
+    assert student.main(["--grade", str(path)]) == 1
+    assert "note: exercise 1.1 is checked in cells" in capsys.readouterr().out
+
+
+def test_grading_a_cell_that_uses_an_earlier_cell_says_it_runs_alone(tmp_path):
+    def split(text):   # the answer calls a helper of the previous cell
+        return text.replace("def cosine_lam(t):", "def cosine_lam(t):\n    helper_from_an_earlier_cell()")
+    res = student.grade(_answered(tmp_path, split))
+    assert res["1.1"][0] is False
+    assert "NameError" in res["1.1"][1] and "on its own" in res["1.1"][1]
+
+
+def test_grading_names_the_chapter_from_the_title(tmp_path):
+    res = student.grade(_answered(tmp_path, name="alice.py"))
+    assert list(res) == ["1.1", "1.2", "1.3"] and all(ok for ok, _ in res.values())
+
+
+def test_student_edition_says_each_exercise_cell_is_graded_alone(edition):
+    for path in CHAPTERS:
+        n = len(re.findall(r"^# ## Exercise \d+\.\d+:", path.read_text(), re.M))
+        assert edition.joinpath(path.name).read_text().count(student.NOTE) == n > 0
+        md = "\n".join(c.source for c in nbformat.read(edition / f"{path.stem}.ipynb", as_version=4).cells
+                       if c.cell_type == "markdown")
+        assert md.count(student.NOTE) == n
+
+
+# ---------------------------------------------------------------------------------------
+# the install cell on Colab
+
+
+def _run_install_cell(source, cwd, monkeypatch, existing=False):
+    """Execute an install cell where emd_lib is missing, with git and pip faked: the pip arguments."""
+    import importlib.util
+    import sys
+
+    pip = []
+
+    def fake_run(cmd, check=False, **kw):
+        if cmd[0] == "git":
+            for sub in ("chapters", "emd_lib", "data", ".git"):
+                (cwd / cmd[-1] / sub).mkdir(parents=True)
+            (cwd / cmd[-1] / "chapters" / "01_x.py").write_text("### BEGIN SOLUTION\n")
+        else:
+            pip.append(cmd[cmd.index("install"):])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    if existing:
+        (cwd / "emd-book" / "chapters").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    exec(compile(source, "<install>", "exec"), {})
+    return pip
+
+
+def test_student_install_cell_removes_the_cloned_chapters(tmp_path, monkeypatch):
+    notebooks.write_notebooks(tmp_path, repo="https://example.org/emd-book.git", student=True)
+    source = nbformat.read(tmp_path / f"{CHAPTERS[0].stem}.ipynb", as_version=4).cells[0].source
+    work = tmp_path / "colab"
+    work.mkdir()
+    pip = _run_install_cell(source, work, monkeypatch)
+    assert pip == [["install", "--quiet", "-e", "emd-book"]]
+    assert not (work / "emd-book" / "chapters").exists() and not (work / "emd-book" / ".git").exists()
+    assert (work / "emd-book" / "emd_lib").is_dir() and (work / "emd-book" / "data").is_dir()
+
+
+def test_student_install_cell_leaves_a_folder_it_did_not_clone(tmp_path, monkeypatch):
+    source = notebooks.install_cell("https://example.org/emd-book.git", student=True)
+    _run_install_cell(source, tmp_path, monkeypatch, existing=True)
+    assert (tmp_path / "emd-book" / "chapters").is_dir()
+
+
+def test_full_install_cell_keeps_the_chapters(tmp_path, monkeypatch):
+    _run_install_cell(notebooks.install_cell("https://example.org/emd-book.git"), tmp_path, monkeypatch)
+    assert (tmp_path / "emd-book" / "chapters" / "01_x.py").exists()
+
+
+def test_chapter_8_installs_the_scale_extra(tmp_path, monkeypatch):
+    written = notebooks.write_notebooks(tmp_path, repo="https://example.org/emd-book.git")
+    for path in written:
+        source = nbformat.read(path, as_version=4).cells[0].source
+        scale = path.name.startswith("08_")
+        assert ('"emd-book[scale]"' in source) == scale and "[scale]" in source.splitlines()[1]
+        if scale:
+            work = tmp_path / "colab"
+            work.mkdir()
+            assert _run_install_cell(source, work, monkeypatch) == [["install", "--quiet", "-e", "emd-book[scale]"]]
+    assert any(p.name.startswith("08_") for p in written)
+
+
+def test_student_command_takes_the_repository_and_warns_without_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(notebooks, "default_repo", lambda: notebooks.PLACEHOLDER)
+    assert student.main(["--out", str(tmp_path / "a")]) == 0
+    assert "no repository URL known" in capsys.readouterr().err
+    assert student.main(["--out", str(tmp_path / "b"), "--repo", "https://example.org/course.git"]) == 0
+    assert "no repository URL known" not in capsys.readouterr().err
+    first = nbformat.read(tmp_path / "b" / f"{CHAPTERS[0].stem}.ipynb", as_version=4).cells[0].source
+    assert '"https://example.org/course.git"' in first
+    make = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^student:.*\n\t(.*)", make, re.M).group(1)
+    assert "$(if $(REPO),--repo $(REPO))" in recipe
+
+
+def test_teaching_page_is_honest_about_hints_and_public_solutions():
+    text = (ROOT / "docs" / "teaching.md").read_text()
+    assert "never the answer" not in text
+    assert "formula" in text
+    assert "solutions are public" in text and "without `chapters/`" in text

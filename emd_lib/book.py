@@ -94,11 +94,26 @@ pre.example { background: #f6f8fa; padding: 1em; overflow-x: auto; border-radius
 # chapters
 
 
+def chapter_numbers(only: str) -> list[str]:
+    """``--only``'s comma-separated chapter numbers as two digits: ``"1,03"`` gives ``["01", "03"]``."""
+    out = []
+    for part in only.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"{part!r} is not a chapter number")
+        out.append(f"{int(part):02d}")
+    return out
+
+
 def chapters(only: list[str] | None = None, src: Path | None = None) -> list[Path]:
-    """The chapter files ``NN_slug.py`` of ``src`` (default ``chapters/``), in order."""
+    """The chapter files ``NN_slug.py`` of ``src`` (default ``chapters/``), in order; ``only``
+    keeps the chapters numbered there (``"1"`` and ``"01"`` alike)."""
     paths = sorted((src or ROOT / "chapters").glob("[0-9][0-9]_*.py"))
     if only:
-        paths = [p for p in paths if p.name[:2] in only]
+        wanted = {f"{int(n):02d}" if str(n).strip().isdigit() else str(n) for n in only}
+        paths = [p for p in paths if p.name[:2] in wanted]
     return paths
 
 
@@ -116,6 +131,8 @@ def execute(path: Path, timeout: int = 3600):
     import jupytext
     from nbclient import NotebookClient
 
+    from nbclient.exceptions import CellExecutionError
+
     nb = jupytext.read(path)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -123,8 +140,39 @@ def execute(path: Path, timeout: int = 3600):
     # figures inline, whatever MPLBACKEND the caller has (``make test`` sets Agg)
     env = dict(os.environ, MPLBACKEND="module://matplotlib_inline.backend_inline")
     t0 = time.perf_counter()
-    client.execute(env=env)
+    try:
+        client.execute(env=env)
+    except CellExecutionError as e:  # which cell failed, for :func:`failure_report`
+        for i, cell in enumerate(nb.cells):
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                e.cell_index, e.cell_count, e.cell_source = i, len(nb.cells), cell.source
+                e.cell_traceback = "\n".join(errors[0].get("traceback", []))
+                break
+        raise
     return nb, time.perf_counter() - t0
+
+
+def failure_report(path: Path, e: Exception, lines: int = 8, tail: int = 3000) -> str:
+    """What to print when a chapter fails: the chapter, the failing cell's number and the first
+    ``lines`` lines of its source, the error, then the last ``tail`` characters of the traceback."""
+    where = ""
+    if hasattr(e, "cell_index"):
+        where = f" in cell {e.cell_index + 1} of {e.cell_count} (counted from 1, markdown cells included)"
+    out = [f"chapter {path.name} failed{where}:"]
+    source = getattr(e, "cell_source", None)
+    if source is not None:
+        src = source.splitlines()
+        out += ["  " + ln for ln in src[:lines]]
+        if len(src) > lines:
+            out.append(f"  ... ({len(src) - lines} more lines)")
+    if getattr(e, "ename", None):
+        value = str(e.evalue)
+        out.append(f"{e.ename}: {value if len(value) <= 500 else value[:500] + ' ...'}")
+    tb = ANSI.sub("", getattr(e, "cell_traceback", None) or str(e)).rstrip()
+    out.append(f"traceback (its last {tail} characters):" if len(tb) > tail else "traceback:")
+    out.append(tb[-tail:])
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,8 +352,9 @@ def _previous_rows(html_dir: Path, keep: set[str]) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emd_lib.book", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", help="comma-separated chapter numbers, e.g. 01,03 (the index keeps "
-                                   "the other chapters of an earlier build)")
+    ap.add_argument("--only", help="comma-separated chapter numbers, e.g. 01,03 or 1,3 (the index keeps "
+                                   "the other chapters of an earlier build); a number with no chapter "
+                                   "is refused")
     ap.add_argument("--out", default=str(ROOT / "_build"), help="build folder (default _build)")
     ap.add_argument("--chapters", default=str(ROOT / "chapters"), help="folder of the chapters")
     ap.add_argument("--api", default="emd_lib",
@@ -318,8 +367,18 @@ def main(argv=None) -> int:
     (out / "executed").mkdir(parents=True, exist_ok=True)
     src = Path(args.chapters)
     everything = chapters(src=src)
-    only = args.only.split(",") if args.only else None
+    try:
+        only = chapter_numbers(args.only) if args.only else None
+    except ValueError as e:
+        print(f"--only: {e}", file=sys.stderr)
+        return 2
     paths = chapters(only, src=src)
+    if only:
+        unknown = sorted(set(only) - {p.name[:2] for p in paths})
+        if unknown:
+            print(f"--only: no chapter {', '.join(unknown)} in {src} (chapters: "
+                  f"{', '.join(p.name[:2] for p in everything) or 'none'})", file=sys.stderr)
+            return 2
     if not paths:
         print(f"no chapters found in {src}", file=sys.stderr)
         return 1
@@ -336,7 +395,7 @@ def main(argv=None) -> int:
         try:
             nb, sec = execute(p, timeout=args.timeout)
         except CellExecutionError as e:
-            print(f"\nchapter {p.name} failed:\n{ANSI.sub('', str(e))[-3000:]}", file=sys.stderr)
+            print("\n" + failure_report(p, e), file=sys.stderr)
             return 1
         except Exception as e:  # a timeout, a dead kernel: the chapter did not finish
             print(f"\nchapter {p.name} failed: {type(e).__name__}: {e}", file=sys.stderr)

@@ -154,6 +154,35 @@ def test_a_failing_chapter_fails_the_build(tmp_path, capsys):
     assert "\x1b[" not in err, "the traceback is printed without terminal colours"
 
 
+def test_a_failing_chapter_names_its_cell_before_a_long_traceback(tmp_path, capsys):
+    src = tmp_path / "chapters"
+    src.mkdir()
+    (src / "01_broken.py").write_text("# %% [markdown]\n# # Broken\n\n# %%\nx = 1\n\n# %%\n"
+                                      "first_line_of_the_failing_cell = 2\nraise ValueError('y' * 2500)\n")
+    # "1" is chapter 01: the build runs it (and fails) rather than finding no chapter
+    rc = book.main(["--chapters", str(src), "--out", str(tmp_path / "out"), "--api", "none", "--only", "1"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "chapter 01_broken.py failed in cell 3 of 3" in err
+    assert "first_line_of_the_failing_cell = 2" in err and "raise ValueError" in err
+    assert err.index("first_line_of_the_failing_cell") < err.index("traceback") < err.rindex("ValueError")
+
+
+def test_only_accepts_unpadded_numbers_and_refuses_unknown_ones(tmp_path, capsys):
+    src = tmp_path / "chapters"
+    src.mkdir()
+    for name in ("01_a.py", "03_c.py"):
+        (src / name).write_text("# %%\nx = 1\n")
+    assert book.chapter_numbers("1, 03") == ["01", "03"]
+    assert [p.name for p in book.chapters(["1", "3"], src=src)] == ["01_a.py", "03_c.py"]
+    out = str(tmp_path / "out")
+    assert book.main(["--chapters", str(src), "--out", out, "--api", "none", "--only", "01,99"]) != 0
+    said = capsys.readouterr()
+    assert "no chapter 99" in said.err and "executing" not in said.out
+    assert book.main(["--chapters", str(src), "--out", out, "--api", "none", "--only", "one"]) != 0
+    assert "not a chapter number" in capsys.readouterr().err
+
+
 def test_only_keeps_the_other_chapters_of_an_earlier_build(built, tmp_path):
     html = tmp_path / "out" / "html"
     shutil.copytree(built, html)

@@ -95,17 +95,39 @@ def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool =
                   "generator fwd+VJP": V}
 
 
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``: Langevin step counts, each a whole number >= 1."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give whole numbers >= 1 separated by commas, such as 1,2,4; got {text!r}") from None
+    if any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"every K must be >= 1, got {text!r}")
+    return ks
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m emd_lib.bench_toy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--ks", default="1,2,4,8,16")
+    ap.add_argument("--ks", type=parse_ks, default=(1, 2, 4, 8, 16), help="Langevin steps K of the EMD rows, "
+                    "comma-separated (default 1,2,4,8,16)")
     ap.add_argument("--move-z", action="store_true", help="E-step moves z too (eps, z)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", help="also write the table to this JSON file")
     args = ap.parse_args(argv)
-    rows, parts = bench(args.steps, args.batch, tuple(int(k) for k in args.ks.split(",")), args.move_z, args.threads)
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.json:
+        from .train_teacher import file_path_problem
+
+        if why := file_path_problem(args.json):
+            ap.error(f"--json {args.json}: {why}")
+    rows, parts = bench(args.steps, args.batch, args.ks, args.move_z, args.threads)
     if args.json:
         from .checkpoint import machine, run_card, write_json
 

@@ -11,12 +11,21 @@ a second copy, refitted to the generator's samples every step. The checkpoint ho
 generator (``generator.*``) and the student score (``student.*``, used by the test-time MCMC
 correction), with a card recording the command, steps, wall time, machine and date.
 
+The learning rates decay over ``--horizon`` generator steps (default ``--steps``). With
+``--minutes`` the horizon is sized from the first step's time (at most ``--steps``) and training
+also stops when the time is up; the card records the ``horizon`` (also ``config["steps"]``) and
+the ``steps`` run, and ``--steps STEPS --horizon HORIZON`` (no ``--minutes``) repeats such a run
+step for step. Ctrl-C saves the steps done so far (card ``"complete": false``) and exits with
+status 130.
+
 :func:`load_teacher` and :func:`load_student` read the shipped checkpoints (sha256 checked).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +33,8 @@ import torch
 
 from . import DATA_DIR
 from . import device as pick_device
-from .checkpoint import load_checkpoint, load_state_into, machine, read_card, run_card, save_checkpoint
+from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, machine, read_card, run_card,
+                         save_checkpoint)
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .schedules import get_schedule
@@ -44,7 +54,15 @@ def load_teacher(path=None, device="cpu") -> NetworkTeacher:
     ``num_classes``; the schedule and what the network predicts are read from the card."""
     path = Path(path) if path is not None else TEACHER_PATH
     card = read_card(path)
-    net = unet_from_card(card)
+    not_teacher = CheckpointError(f"{path} holds {card.get('what', 'something other than a model')!r}, not a "
+                                  "diffusion teacher; pass a checkpoint written by python -m emd_lib.train_teacher, "
+                                  f"such as {TEACHER_PATH}")
+    if "method" in card or not isinstance(card.get("arch"), dict):        # a student, the data, ...
+        raise not_teacher
+    try:
+        net = unet_from_card(card)
+    except TypeError:                                                    # another network (the classifier)
+        raise not_teacher from None
     load_state_into(net, path, device=device)
     teacher = NetworkTeacher(net.to(device).eval(), get_schedule(card.get("schedule", "vp")),
                              predicts=card.get("predicts", "x0")).requires_grad_(False)
@@ -96,6 +114,9 @@ def build_parser():
     p.add_argument("--gamma-eps", type=float, default=0.3)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=2000, help="generator updates (at most)")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="generator updates of the learning-rate decay (default: --steps; with --minutes, sized "
+                        "from the first step's time)")
     p.add_argument("--minutes", type=float, default=0.0, help="wall-time budget (0: none)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr-g", type=float, default=2e-4)
@@ -107,7 +128,7 @@ def build_parser():
     p.add_argument("--student-warmup", type=int, default=20)
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -120,46 +141,101 @@ def config_from_args(args) -> DistillConfig:
                          seed=args.seed, langevin=LangevinConfig(K=args.K, gamma_eps=args.gamma_eps))
 
 
+def _check_args(parser, args) -> DistillConfig:
+    """Every argument checked before the teacher is read (``parser.error``: one line, status 2)."""
+    from .train_teacher import checkpoint_path_problem
+
+    for name, low in (("steps", 1), ("batch", 1), ("K", 0)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.horizon is not None and args.horizon < 1:
+        parser.error(f"--horizon must be >= 1, got {args.horizon}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if not (math.isfinite(args.minutes) and args.minutes >= 0) or not args.save_every > 0:
+        parser.error(f"--minutes must be >= 0 and --save-every > 0, got {args.minutes} and {args.save_every}")
+    try:
+        cfg = config_from_args(args)
+    except (TypeError, ValueError) as e:
+        parser.error(f"{e} (see --help for the option)")
+    if why := checkpoint_path_problem(args.out):
+        parser.error(f"--out {args.out}: {why}")
+    return cfg
+
+
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.threads > 0:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = _check_args(parser, args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        return _distil(parser, args, cfg, argv)
+    except KeyboardInterrupt:                      # before the first step (later ones are saved)
+        print("interrupted before the first generator step; nothing saved", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
     dev = pick_device()
-    teacher = load_teacher(args.teacher, device=dev)
-    cfg = config_from_args(args)
-    d = make_distiller(teacher, cfg, device=dev)
+    try:
+        teacher = load_teacher(args.teacher, device=dev)
+    except CheckpointError as e:
+        parser.error(f"--teacher {args.teacher}: {e}")
+    try:
+        d = make_distiller(teacher, cfg, device=dev)
+    except ValueError as e:                       # settings the teacher's schedule cannot take
+        parser.error(str(e))
     name = "EMD-%d" % args.K if args.method == "emd" else "Diff-Instruct"
     base = run_card(argv, module=__spec__.name, what=f"{name} one-step generator distilled from {Path(args.teacher).name} "
                     "(EMA generator and student score)", method=args.method, arch=teacher.net.config,
                     lam_star=args.lam_star, teacher=Path(args.teacher).name, data=teacher.card.get("data", "mnist"),
-                    teacher_sha256=read_card(args.teacher).get("sha256"), config=cfg.to_dict(), machine=machine(dev))
+                    teacher_sha256=teacher.card.get("sha256"), machine=machine(dev))
+    cfg.steps = args.horizon or args.steps       # the learning-rate horizon (Distiller reads cfg.steps)
+    budget = 60 * args.minutes
+
+    def card(**extra):
+        # the config as used: its "steps" is the horizon of the learning-rate decay
+        return dict(base, config=cfg.to_dict(), horizon=cfg.steps, steps=d.step_count,
+                    wall_time_s=round(time.perf_counter() - t0, 1), **extra)
+
     t0 = time.perf_counter()
     d.warmup()
-    # measure a step, then size the run to the budget (the schedule needs the step count)
-    d.train(steps=2, progress=False)
-    per_step = d.history["seconds"][-1] / 2
-    if args.minutes > 0:
-        left = 60 * args.minutes - (time.perf_counter() - t0)
-        cfg.steps = max(3, min(args.steps, int(left / per_step) + 2))
+    n_run = args.steps if not budget else min(args.steps, cfg.steps)
     last = time.perf_counter()
-    while d.step_count < cfg.steps:
-        d.train(steps=min(10, cfg.steps - d.step_count), progress=False)
-        if not args.quiet:
-            print(f"step {d.step_count}/{cfg.steps}  loss_g {d.history['loss_g'][-1]:.4g}  "
-                  f"loss_s {d.history['loss_s'][-1]:.4g}  {time.perf_counter() - t0:.0f}s", flush=True)
-        if args.minutes > 0 and time.perf_counter() - t0 > 60 * args.minutes:
-            break
-        if time.perf_counter() - last > args.save_every:
-            save_student(args.out, d, dict(base, steps=d.step_count, wall_time_s=round(time.perf_counter() - t0, 1),
-                                           complete=False))
-            last = time.perf_counter()
+    try:
+        if budget and args.horizon is None:
+            # time the first step (its learning rate does not depend on the horizon, so a run with
+            # --steps N --horizon H repeats this one step for step), then size the horizon to the budget
+            t1 = time.perf_counter()
+            d.train(steps=1, progress=False)
+            now = time.perf_counter()
+            cfg.steps = n_run = max(1, min(args.steps, int((budget - (now - t0)) / max(now - t1, 1e-9)) + 1))
+        while d.step_count < n_run:
+            d.train(steps=min(10, n_run - d.step_count), progress=False)
+            if not args.quiet:
+                print(f"step {d.step_count}/{n_run}  loss_g {d.history['loss_g'][-1]:.4g}  "
+                      f"loss_s {d.history['loss_s'][-1]:.4g}  {time.perf_counter() - t0:.0f}s", flush=True)
+            if budget and time.perf_counter() - t0 > budget:
+                break
+            if time.perf_counter() - last > args.save_every:
+                save_student(args.out, d, card(complete=False))
+                last = time.perf_counter()
+    except KeyboardInterrupt:
+        if d.step_count == 0:
+            raise
+        save_student(args.out, d, card(complete=False, interrupted=True))
+        print(f"interrupted: saved {args.out}.safetensors after {d.step_count} steps (\"complete\": false in its "
+              f"card); --steps {d.step_count} --horizon {cfg.steps} repeats them", file=sys.stderr)
+        raise SystemExit(130) from None
     hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
-    card = save_student(args.out, d, dict(base, steps=d.step_count, wall_time_s=round(time.perf_counter() - t0, 1),
-                                          seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
-                                          complete=True, curves={k: [round(v, 5) for v in vs[::5]] for k, vs in hist.items()}))
+    out = save_student(args.out, d, card(seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
+                                         complete=True,
+                                         curves={k: [round(v, 5) for v in vs[::5]] for k, vs in hist.items()}))
     if not args.quiet:
-        print(f"saved {args.out}.safetensors after {d.step_count} steps ({card['wall_time_s']:.0f} s)")
-    return card
+        print(f"saved {args.out}.safetensors after {d.step_count} steps of a {cfg.steps}-step horizon "
+              f"({out['wall_time_s']:.0f} s)")
+    return out
 
 
 if __name__ == "__main__":

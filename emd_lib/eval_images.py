@@ -1,6 +1,6 @@
 """The image chapter's table: ``python -m emd_lib.eval_images``.
 
-    python -m emd_lib.eval_images --n 500 --out data/results/ch07_table.json
+    python -m emd_lib.eval_images --n 500 --out data/results/ch07_table.json --annotate
 
 For the teacher (many steps) and the one-step students (EMD, Diff-Instruct, and the
 generator at its initialisation), generate ``n`` class-conditional digits (``n / 10`` per
@@ -9,19 +9,23 @@ function evaluations per image (NFE), classifier Fréchet distance (Fréchet dis
 project's MNIST classifier features; not FID), k-NN precision and recall in the same
 features, class accuracy, classes covered, and images per second on this machine. A row of
 real training digits gives the floor the metrics reach with real data. The test-time MCMC
-correction is measured on the EMD student's samples.
+correction is measured on the ``--emd`` student's samples. The JSON records the path and sha256
+of every checkpoint measured; ``--annotate`` also copies each model's row into the card of the
+checkpoint it measured (under ``"eval"``). Without ``--out`` the table goes to
+``runs/ch07_table.json``, so the shipped results are only replaced when named.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from . import DATA_DIR
-from .checkpoint import atomic_write_bytes
+from .checkpoint import CheckpointError, atomic_write_bytes, read_card
 from .image_metrics import image_report, load_classifier
 
 __all__ = ["evaluate_images", "evaluate_rows", "correct_images", "main"]
@@ -54,17 +58,28 @@ def correct_images(gen, teacher, student, labels, lam: float, steps: int, gamma_
     return torch.cat(before), torch.cat(after)
 
 
+def student_name(card: dict) -> str:
+    """A student's name in the table, from its card: ``"EMD-K"`` or ``"Diff-Instruct"``."""
+    if card.get("method") == "di":
+        return "Diff-Instruct"
+    return f"EMD-{card['config']['langevin']['K']}"
+
+
 def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 20, correction_lam: float = 0.0,
                   seed: int = 0, paths: dict | None = None, progress=print) -> list[dict]:
-    """Every row of the table as a list of dicts (see the module docstring)."""
+    """Every row of the table as a list of dicts (see the module docstring).
+
+    ``paths``: ``{"teacher", "emd", "di"}`` checkpoint paths (default: the shipped ones); a student
+    whose path is None, or whose default checkpoint is absent, gets no rows. The rows measured
+    from a checkpoint say which in ``"checkpoint"``.
+    """
     from .data import to_unit
     from .distill_images import load_student, load_teacher
     from .sample import generate
     from .data import load_images
     from .unet import TeacherInitGenerator
 
-    paths = {"teacher": _DATA / "mnist_teacher", "emd": _DATA / "mnist_emd", "di": _DATA / "mnist_di",
-             **(paths or {})}
+    paths = {**default_paths(), **(paths or {})}
     clf = load_classifier()
     x_tr, y_tr, x_ev, y_ev = load_images("mnist")
     real = to_unit(x_ev)
@@ -79,20 +94,20 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
         t0 = time.perf_counter()
         x, nfe = generate(teacher, n, steps=steps, seed=seed)
         rows.append(evaluate_images(x, labels, real, clf, model=f"teacher, Heun ODE {steps} steps", nfe=nfe,
-                                    images_per_s=round(n / (time.perf_counter() - t0), 1)))
+                                    images_per_s=round(n / (time.perf_counter() - t0), 1), checkpoint="teacher"))
         progress(rows[-1])
     lam_star = None
-    for key, name in (("emd", None), ("di", "Diff-Instruct")):
-        if not Path(str(paths[key]) + ".json").exists():
+    for key in ("emd", "di"):
+        if paths[key] is None:
             continue
         gen, student, card = load_student(paths[key])
         lam_star = card["lam_star"]
-        name = name or f"EMD-{card['config']['langevin']['K']}"
+        name = student_name(card)
         t0 = time.perf_counter()
         x, _ = generate(gen, n, seed=seed)
         rows.append(evaluate_images(x, labels, real, clf, model=f"{name}, one step", nfe=1,
                                     images_per_s=round(n / (time.perf_counter() - t0), 1), train_steps=card["steps"],
-                                    train_minutes=round(card["wall_time_s"] / 60, 1)))
+                                    train_minutes=round(card["wall_time_s"] / 60, 1), checkpoint=key))
         progress(rows[-1])
         # the correction, and its zero-step baseline (noise to lam, one teacher denoise)
         for steps in ((0, correction_steps) if key == "emd" and correction_steps > 0 else ()):
@@ -101,7 +116,8 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
             what = f"MCMC correction ({steps} steps at lam={correction_lam:g})" if steps else \
                 f"teacher denoise at lam={correction_lam:g} (0 steps)"
             rows.append(evaluate_images(to_unit(after), labels, real, clf, model=f"{name} + {what}",
-                                        nfe=1 + 2 * steps + 1, images_per_s=round(n / (time.perf_counter() - t0), 1)))
+                                        nfe=1 + 2 * steps + 1, images_per_s=round(n / (time.perf_counter() - t0), 1),
+                                        checkpoint=key))
             progress(rows[-1])
     if lam_star is not None:
         gen0 = TeacherInitGenerator(teacher.net, lam_star).eval()
@@ -115,50 +131,105 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
     return rows
 
 
-def annotate_cards(table: dict, data_dir=None) -> None:
-    """Copy each model's measured row into its checkpoint card under ``"eval"`` (the weights, and so
-    the card's sha256, are unchanged)."""
-    from .checkpoint import read_card
+def default_paths() -> dict:
+    """The shipped checkpoints; a student that is not there is left out (None)."""
+    paths = {"teacher": _DATA / "mnist_teacher", "emd": _DATA / "mnist_emd", "di": _DATA / "mnist_di"}
+    return {k: (p if k == "teacher" or p.with_suffix(".json").exists() else None) for k, p in paths.items()}
 
-    data_dir = Path(data_dir or _DATA)
-    picks = {"mnist_teacher": "teacher, Heun ODE 18", "mnist_emd": "EMD-", "mnist_di": "Diff-Instruct, one step"}
-    for name, prefix in picks.items():
-        row = next((r for r in table["rows"] if r["model"].startswith(prefix) and "+" not in r["model"]), None)
-        path = data_dir / f"{name}.json"
-        if row is None or not path.exists():
+
+def annotate_cards(table: dict) -> list[Path]:
+    """Copy each checkpoint's first measured row into that checkpoint's card under ``"eval"`` (the
+    weights, and so the card's sha256, are unchanged). ``table["checkpoints"]`` names the
+    checkpoints measured; a row's ``"checkpoint"`` says which one it measured. Returns the cards
+    written."""
+    written = []
+    for key, info in table["checkpoints"].items():
+        row = next((r for r in table["rows"] if r.get("checkpoint") == key), None)
+        if row is None:
             continue
-        card = read_card(data_dir / name)
+        path = Path(info["path"])
+        card = read_card(path)
+        if card.get("sha256") != info["sha256"]:
+            raise CheckpointError(f"{path} changed since it was measured (sha256 {card.get('sha256', '?')[:12]}... "
+                                  f"!= {info['sha256'][:12]}...); measure it again")
+        row = {k: v for k, v in row.items() if k != "checkpoint"}
         card["eval"] = {**row, "measured_by": table["command"], "date": table["date"], "reference": table["reference"]}
-        atomic_write_bytes(path, (json.dumps(card, indent=2, default=str) + "\n").encode())
+        card_path = (path.with_suffix("") if path.suffix in (".safetensors", ".json") else path).with_suffix(".json")
+        atomic_write_bytes(card_path, (json.dumps(card, indent=2, default=str) + "\n").encode())
+        written.append(card_path)
+    return written
+
+
+def _checkpoint(parser, option: str, path) -> dict:
+    """``{"path", "sha256"}`` of a checkpoint named on the command line, or a one-line error."""
+    try:
+        card = read_card(path)
+    except CheckpointError as e:
+        parser.error(f"{option} {path}: {e}")
+    return {"path": str(path), "sha256": card.get("sha256")}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m emd_lib.eval_images", description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--n", type=int, default=500, help="samples per model (at least 10: one a class)")
     p.add_argument("--teacher-steps", type=int, nargs="*", default=[18, 4], help="Heun steps of each teacher row "
                    "(none: no teacher rows)")
     p.add_argument("--teacher", default=str(_DATA / "mnist_teacher"))
-    p.add_argument("--emd", default=str(_DATA / "mnist_emd"), help="EMD student checkpoint")
-    p.add_argument("--di", default=str(_DATA / "mnist_di"), help="Diff-Instruct student checkpoint")
-    p.add_argument("--no-annotate", action="store_true", help="do not copy the rows into the checkpoints' cards")
+    p.add_argument("--emd", default=None, help="EMD student checkpoint (default: the shipped data/mnist_emd, when "
+                   "present; none: no row)")
+    p.add_argument("--di", default=None, help="Diff-Instruct student checkpoint (default: the shipped data/mnist_di, "
+                   "when present; none: no row)")
+    p.add_argument("--annotate", action="store_true",
+                   help="copy each model's row into the card of the checkpoint it measured")
+    p.add_argument("--no-annotate", action="store_true", help="do not annotate the cards (the default)")
     p.add_argument("--correction-steps", type=int, default=20)
     p.add_argument("--correction-lam", type=float, default=0.0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default=str(_DATA / "results" / "ch07_table.json"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default="runs/ch07_table.json", help="the table (JSON)")
     args = p.parse_args(argv)
-    if args.threads > 0:
+    if args.n < 10:
+        p.error(f"--n must be >= 10 (one sample a class, and the k-NN precision and recall need more than 5), "
+                f"got {args.n}")
+    if any(s < 1 for s in args.teacher_steps) or args.correction_steps < 0:
+        p.error("--teacher-steps must all be >= 1 and --correction-steps >= 0")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.annotate and args.no_annotate:
+        p.error("--annotate and --no-annotate exclude each other")
+    from .image_metrics import CLASSIFIER_PATH
+    from .train_teacher import file_path_problem
+
+    if why := file_path_problem(args.out):
+        p.error(f"--out {args.out}: {why}")
+    defaults = default_paths()
+    paths = {"teacher": Path(args.teacher)}
+    for key in ("emd", "di"):
+        given = getattr(args, key)
+        paths[key] = defaults[key] if given is None else None if given.lower() == "none" else Path(given)
+    checkpoints = {key: _checkpoint(p, f"--{key}", path) for key, path in paths.items() if path is not None}
+    checkpoints["classifier"] = _checkpoint(p, "classifier", CLASSIFIER_PATH)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     from .checkpoint import machine, run_card
 
     t0 = time.perf_counter()
-    rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam,
-                         paths={"teacher": Path(args.teacher), "emd": Path(args.emd), "di": Path(args.di)})
+    try:
+        rows = evaluate_rows(args.n, tuple(args.teacher_steps), args.correction_steps, args.correction_lam,
+                             paths=paths)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
-                   reference="the 500 held-out MNIST digits (50 a class)", rows=rows)
+                   reference="the 500 held-out MNIST digits (50 a class)", checkpoints=checkpoints, rows=rows)
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
-    if not args.no_annotate:
-        annotate_cards(out)
     print(f"wrote {args.out}")
+    if args.annotate:
+        try:
+            for card_path in annotate_cards(out):
+                print(f"wrote its row into {card_path}")
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     return out
 
 

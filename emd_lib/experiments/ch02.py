@@ -83,7 +83,8 @@ def run_one(mixture: str, method: str, seed: int, steps: int, generator: str = "
     x = d.sample(n_final, generator=torch.Generator().manual_seed(2000 + seed))
     rep = mixture_report(mix, x, seed=seed)
     out = {"mixture": mixture, "method": method, "seed": seed, "steps": steps, "generator": generator,
-           "overrides": {k: v for k, v in overrides.items()}, "seconds": round(seconds, 1), "final": rep,
+           "overrides": {k: v for k, v in overrides.items()}, "config": cfg.to_dict(),
+           "seconds": round(seconds, 1), "final": rep,
            "history": {"step": hist.get("eval_step", []), "tv": hist.get("eval_tv", []),
                        "masses": hist.get("eval_masses", [])},
            "true_weights": mix.weights.tolist()}
@@ -130,6 +131,14 @@ def main(argv=None):
         eval_every = args.eval_every or 100
         jobs = [(m, args.weighting, meth, s) for m in mixtures for s in seeds for meth in ("di", "emd")]
         out = Path(args.out or DATA_DIR / "results" / f"ch02_mlp_{args.weighting}.json")
+    # every setting checked before the first run (each run takes minutes)
+    if steps < 1 or eval_every < 1 or not seeds:
+        p.error(f"--steps and --eval-every must be >= 1 and --seeds not empty, got {steps}, {eval_every} and {seeds}")
+    for m in mixtures:
+        try:
+            get_mixture(m)
+        except KeyError as e:
+            p.error(str(e.args[0]))
 
     from tqdm.auto import tqdm
 

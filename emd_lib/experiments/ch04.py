@@ -33,7 +33,7 @@ import time
 import torch
 
 from .. import DATA_DIR
-from ..checkpoint import run_card
+from ..checkpoint import run_card, write_json
 from ..distill import DistillConfig, Distiller
 from ..langevin import LangevinConfig
 from ..metrics import mixture_report
@@ -236,12 +236,31 @@ def main(argv=None):
     p.add_argument("--merge", action="store_true",
                    help="add the variants run now to an existing output JSON (same sweep, seeds, steps, width, K)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load0 = _loadavg()
-    t0 = time.perf_counter()
     steps = args.steps or DEFAULT_STEPS[args.sweep]
     extra = {k: v for k, v in (("batch", args.batch), ("init_steps", args.init_steps),
                                 ("student_warmup", args.student_warmup)) if v is not None}
+    # every setting checked before the first run (each run takes minutes)
+    if args.seeds < 1 or args.threads < 1:
+        p.error(f"--seeds and --threads must be >= 1, got {args.seeds} and {args.threads}")
+    try:
+        get_mixture(args.mixture)
+    except KeyError as e:
+        p.error(str(e.args[0]))
+    known = SWEEPS[args.sweep]
+    unknown = [v for v in args.variants or () if v not in known]
+    if unknown:
+        p.error(f"--variants: {', '.join(map(repr, unknown))} not in sweep {args.sweep!r}; its variants: "
+                + ", ".join(repr(v) for v in known))
+    if args.variants is not None and not args.variants:
+        p.error("--variants needs at least one variant (or leave it out for all)")
+    for v in args.variants or known:
+        try:
+            variant_config(known[v], steps=steps, width=args.width, K=args.K, **extra)
+        except (TypeError, ValueError) as e:
+            p.error(f"variant {v!r}: {e}")
+    torch.set_num_threads(args.threads)
+    load0 = _loadavg()
+    t0 = time.perf_counter()
     res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
                     mixture=args.mixture, K=args.K, variants=args.variants, **extra)
     meta = {
@@ -273,7 +292,7 @@ def main(argv=None):
         res = old
     res["summary"] = summarize(res)
     res["meta"] = meta
-    out.write_text(json.dumps(res, indent=1))
+    write_json(out, res, indent=1)
     print(f"wrote {out} in {res['meta']['wall_seconds']} s")
     for name, row in res["summary"].items():
         print(f"{name:22s} tv {row['tv'][0]:.3f}±{row['tv'][1]:.3f}  modes {row['modes_covered'][0]:.1f}  "

@@ -271,6 +271,28 @@ def run_info(t0: float, module: str, argv) -> dict:
     }
 
 
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """Every setting checked before the first run (each run takes minutes): ``p.error``, status 2."""
+    linear = args.sweep == "linear"
+    try:
+        get_mixture(args.mixture or ("bimodal" if linear else "grid25"))
+    except KeyError as e:
+        p.error(str(e.args[0]))
+    if not args.seeds or not args.labels:
+        p.error("--seeds and --labels need at least one value each")
+    for name in ("batch", "eval_every", "n_eval", "timing_reps", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    ov = {} if linear else {"batch": args.batch, "init_steps": args.init_steps, "student_warmup": args.student_warmup}
+    for lab in args.labels:
+        try:
+            label_config(lab, langevin={"cancel": args.cancel} if linear else {}, **ov)
+        except (TypeError, ValueError) as e:
+            p.error(f"--labels {lab!r}: {e}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +315,7 @@ def main(argv=None):
                    help="--sweep linear: the E-step's noise cancellation (default full)")
     p.add_argument("--out", default=None, help="default data/results/ch05_ksweep_<mixture>.json")
     args = p.parse_args(argv)
+    _check_args(p, args)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
@@ -344,7 +367,7 @@ def _main_linear(args, t0, argv):
     for seed in args.seeds:
         for lab in args.labels:
             bar.set_postfix_str(f"{lab} seed {seed}")
-            runs[lab].append(linear_knob(mixture, lab, steps=steps, seed=seed, cancel=args.cancel))
+            runs[lab].append(linear_knob(mixture, lab, steps=steps, batch=args.batch, seed=seed, cancel=args.cancel))
             bar.update()
     bar.close()
     m, cov = mixture_moments(mixture, torch.float64)         # the forward-KL (moment-matching) fit
@@ -355,9 +378,9 @@ def _main_linear(args, t0, argv):
         summary[lab] = {"std_mean": sd.mean(0).tolist(), "std_std": sd.std(0).tolist() if len(rs) > 1 else [0.0] * sd.shape[1],
                         "b_mean": b.mean(0).tolist(), "b_std": b.std(0).tolist() if len(rs) > 1 else [0.0] * b.shape[1]}
     knob = inspect.signature(linear_knob).parameters                  # the settings every run used
-    settings = {k: knob[k].default for k in ("batch", "lr", "lam_min", "lam_max", "gamma_eps")}
+    settings = {k: knob[k].default for k in ("lr", "lam_min", "lam_max", "gamma_eps")}
     payload = {"sweep": "linear", "mixture": name, "labels": args.labels, "seeds": args.seeds, "steps": steps,
-               "settings": dict(settings, cancel=args.cancel),
+               "settings": dict(settings, batch=args.batch, cancel=args.cancel),
                "forward_kl_fit": {"mean": m.tolist(), "cov": cov.tolist(), "std": cov.diag().sqrt().tolist()},
                "summary": summary, "runs": runs}
     payload.update(run_info(t0, "emd_lib.experiments.ch05", sys.argv[1:] if argv is None else argv))

@@ -242,15 +242,26 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="default data/results/ch06_<sweep>.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     name = args.sweep
     mix_name = args.mixture or DEFAULT_MIXTURE[name]
-    mixture = get_mixture(mix_name)
     steps = args.steps or DEFAULT_STEPS[name]
     seeds = args.seeds or ([0, 1] if name == "mcmc" else [0, 1, 2])
     out = args.out or str(DATA_DIR / "results" / f"ch06_{name}.json")
     base = {"batch": args.batch, "init_steps": args.init_steps, "student_warmup": args.student_warmup}
+    # every setting checked before the first run (each run takes minutes)
+    try:
+        mixture = get_mixture(mix_name)
+    except KeyError as e:
+        p.error(str(e.args[0]))
+    if steps < 1 or args.n_eval < 1 or args.threads < 1:
+        p.error(f"--steps, --n-eval and --threads must be >= 1, got {steps}, {args.n_eval} and {args.threads}")
+    for lab, ov in ({"defaults": {}} if name == "mcmc" else SWEEPS[name]).items():
+        try:
+            variant_config(ov, steps=steps, base=base)
+        except (TypeError, ValueError) as e:
+            p.error(f"variant {lab!r}: {e}")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
     payload = {"sweep": name, "mixture": mix_name, "seeds": seeds, "steps": steps,
                "defaults": variant_config({}, steps=steps, base=base).to_dict()}
     if name == "mcmc":

@@ -338,7 +338,8 @@ plt.show()
 # %% [markdown]
 # The table is measured by `python -m emd_lib.eval_images` (500 samples, 50 a class, against the
 # 500 held-out digits; the file records the command, the machine and the date) and shipped in
-# `data/results/ch07_table.json`, because the teacher's rows take a few minutes on a CPU.
+# `data/results/ch07_table.json`, because the teacher's rows take a few minutes on a CPU
+# (`data/README.md` gives the command that rewrites it; by default the command writes to `runs/`).
 
 # %%
 print(f"{table['command']}\n{table['machine']}, {table['date']}; reference: {table['reference']}\n")

@@ -23,6 +23,7 @@ so nothing needs downloading. ``--tiny`` swaps in the tiny stand-ins (a CPU run 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import resource
 import sys
@@ -226,7 +227,9 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
 
     ``time_limit`` (seconds from the call) stops before a row that would not finish in time: each
     row's time is predicted from the last timed row's seconds per TFLOP (a compiled first row's
-    compile time cannot be predicted, so it always runs). Rows that were not timed, and the pass
+    compile time cannot be predicted, so it always runs; a later row that needs graphs of its own,
+    such as the first EMD row after Diff-Instruct, compiles them unpredicted too, so leave a margin
+    under ``--compile``). Rows that were not timed, and the pass
     timings and sampling comparison when they do not fit, are named in ``info["note"]``."""
     t_start = time.perf_counter()
     methods = methods or [("di", 1)] + [("emd", k) for k in (1, 2, 4, 8, 16)]
@@ -428,6 +431,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        ap.error(f"--time-limit must be a number of seconds > 0, got {args.time_limit}")
     ks = args.langevin_steps
     methods = None
     if args.method == "di":

@@ -131,7 +131,7 @@ def load_checkpoint(path, device="cpu", verify: bool = True) -> tuple[dict[str, 
     Raises :class:`CheckpointError` with a message naming the problem and the fix when a file
     is missing, truncated or does not match its card.
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     weights, _ = _paths(path)
     card = read_card(path)
@@ -148,7 +148,8 @@ def load_checkpoint(path, device="cpu", verify: bool = True) -> tuple[dict[str, 
                                   f"{card['sha256'][:12]}...): the file is truncated, corrupted or "
                                   "from another run; restore it or retrain")
     try:
-        tensors = load_file(weights)
+        with safe_open(str(weights), framework="pt") as f:   # copied out: nothing stays mapped to the file
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e}); "
                               "restore it or retrain") from None

@@ -138,15 +138,17 @@ def default_paths() -> dict:
 
 
 def annotate_cards(table: dict) -> list[Path]:
-    """Copy each checkpoint's first measured row into that checkpoint's card under ``"eval"`` (the
-    weights, and so the card's sha256, are unchanged). ``table["checkpoints"]`` names the
-    checkpoints measured; a row's ``"checkpoint"`` says which one it measured. Returns the cards
-    written."""
+    """Copy each checkpoint's main row into that checkpoint's card under ``"eval"`` (the weights, and
+    so the card's sha256, are unchanged): the row with the most network evaluations, which for the
+    teacher is its longest sampler and for a student its one-step row (corrections are rows of their
+    own checkpoint only when they name it). ``table["checkpoints"]`` names the checkpoints measured;
+    a row's ``"checkpoint"`` says which one it measured. Returns the cards written."""
     written = []
     for key, info in table["checkpoints"].items():
-        row = next((r for r in table["rows"] if r.get("checkpoint") == key), None)
-        if row is None:
+        rows = [r for r in table["rows"] if r.get("checkpoint") == key]
+        if not rows:
             continue
+        row = rows[0] if key != "teacher" else max(rows, key=lambda r: r.get("nfe") or 0)
         path = Path(info["path"])
         card = read_card(path)
         if card.get("sha256") != info["sha256"]:

@@ -182,7 +182,9 @@ def _run_cell(source: str, name: str) -> tuple[list[tuple[str, bool, str, BaseEx
     try:
         with contextlib.redirect_stdout(buf):
             exec(compile(source, name, "exec"), {"__name__": "__exercise__"})
-    except BaseException as e:  # SystemExit and KeyboardInterrupt too: they fail this exercise only
+    except KeyboardInterrupt:   # Ctrl-C stops the grading
+        raise
+    except BaseException as e:  # SystemExit too: it fails this exercise only
         error = e
     finally:
         exercises.check = real
@@ -228,7 +230,9 @@ def grade(path: Path) -> Grades:
             if not (_calls_check(cell.source) or after_heading):
                 continue
             intended = set(CHECK.findall(cell.source)) | ({after_heading} if after_heading else set())
-            os.chdir(ROOT / "chapters")  # where the book runs its chapters, whatever an earlier cell did
+            # where the book runs its chapters (whatever an earlier cell did); a student edition's
+            # install drops chapters/, and then the submission's own folder serves
+            os.chdir(ROOT / "chapters" if (ROOT / "chapters").is_dir() else path.resolve().parent)
             calls, error = _run_cell(cell.source, f"<cell {i} of {path.name}>")
             ids = intended | {c[0] for c in calls}
             for ex_id in sorted(ids, key=_id_key):

@@ -79,6 +79,9 @@ def test_time_limit_skips_what_would_not_fit_and_says_so(tmp_path):
                  peak=False, overrides=["width=16", "depth=2"], time_limit=3600)
     assert [r["method"] for r in info["rows"]] == ["Diff-Instruct", "EMD-1"] and "note" not in info
     assert info["sampling"]["teacher_nfe"] == 3
+    for bad in ("0", "-5", "nan"):
+        with pytest.raises(SystemExit):
+            main(["--config", "toy", "--time-limit", bad])
 
 
 def test_matmul_peak_and_table_extras():

@@ -110,3 +110,12 @@ def test_cli_writes_json(tmp_path):
     assert d["command"].startswith("python -m emd_lib.experiments.ch05")
     assert set(d["summary"]) == {"DI", "EMD-1"} and d["mixture"] == "grid25"
     assert len(d["summary"]["DI"]["masses"]["mean"]) == grid25().n_components
+
+
+def test_linear_sweep_without_full_cancellation_never_overwrites_the_full_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(ch05, "DATA_DIR", tmp_path)
+    (tmp_path / "results").mkdir()
+    ch05.main(["--sweep", "linear", "--labels", "EMD-1", "--seeds", "0", "--steps", "2", "--cancel", "none"])
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["ch05_linear_bimodal_cancel_none.json"]
+    with pytest.raises(SystemExit):
+        ch05.main(["--labels", "EMD-1", "--cancel", "none"])          # the networks sweep has no --cancel

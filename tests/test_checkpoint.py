@@ -261,3 +261,16 @@ def test_shipped_check_catches_a_changed_file(tmp_path):
     blob.unlink()
     with pytest.raises(CheckpointError, match="missing"):
         verify_file(blob, digest)
+
+
+def test_loaded_tensors_do_not_share_memory_with_the_file(ckpt):
+    """A resumed run deletes old checkpoints: the loaded state must be its own memory, not a mapping of
+    the file (which would keep a deleted file's space and, elsewhere, refuse the deletion)."""
+    path, net, _ = ckpt
+    state, _ = load_checkpoint(path)
+    before = {k: v.clone() for k, v in state.items()}
+    weights = path.with_suffix(".safetensors")
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:                     # overwrite the file in place
+        f.write(b"\0" * size)
+    assert all(torch.equal(state[k], before[k]) for k in state)

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from emd_lib import DATA_DIR
 
@@ -416,3 +417,15 @@ def test_shipped_commands_name_their_outputs():
     assert "--out data/results/ch07_seed1.json" in readme and "--out data/results/ch07_table.json --annotate" in readme
     for name in ("mnist_teacher", "mnist_classifier", "mnist_emd", "mnist_di"):
         assert f"--out data/{name}" in json.loads((DATA_DIR / f"{name}.json").read_text())["command"]
+
+
+def test_annotate_gives_the_teacher_its_longest_sampler_row(tmp_path):
+    from emd_lib.checkpoint import read_card, save_checkpoint
+    from emd_lib.eval_images import annotate_cards
+
+    card = save_checkpoint(tmp_path / "t", {"w": torch.zeros(2)}, {"what": "teacher"})
+    rows = [{"model": f"teacher, Heun ODE {s} steps", "nfe": 2 * s - 1, "checkpoint": "teacher"} for s in (4, 18, 2)]
+    table = {"checkpoints": {"teacher": {"path": str(tmp_path / "t"), "sha256": card["sha256"]}}, "rows": rows,
+             "command": "python -m emd_lib.eval_images", "date": "today", "reference": "held-out digits"}
+    annotate_cards(table)
+    assert read_card(tmp_path / "t")["eval"]["model"] == "teacher, Heun ODE 18 steps"

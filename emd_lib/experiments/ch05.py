@@ -285,6 +285,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if not linear and args.cancel != "full":
+        p.error("--cancel is for --sweep linear; the networks sweep takes the labels' default chain")
     ov = {} if linear else {"batch": args.batch, "init_steps": args.init_steps, "student_warmup": args.student_warmup}
     for lab in args.labels:
         try:
@@ -361,7 +363,8 @@ def _main_linear(args, t0, argv):
     name = args.mixture or "bimodal"
     steps = args.steps or 1000
     mixture = get_mixture(name)
-    out = args.out or str(DATA_DIR / "results" / f"ch05_linear_{name}.json")
+    suffix = "" if args.cancel == "full" else f"_cancel_{args.cancel}"      # never the full-cancellation file
+    out = args.out or str(DATA_DIR / "results" / f"ch05_linear_{name}{suffix}.json")
     runs = {lab: [] for lab in args.labels}
     bar = tqdm(total=len(args.seeds) * len(args.labels), desc="linear knob")
     for seed in args.seeds:

@@ -123,9 +123,9 @@ def main(argv=None):
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.json:
-        from .train_teacher import file_path_problem
+        from .checkpoint import output_path_problem
 
-        if why := file_path_problem(args.json):
+        if why := output_path_problem(args.json, make_folders=True):
             ap.error(f"--json {args.json}: {why}")
     rows, parts = bench(args.steps, args.batch, args.ks, args.move_z, args.threads)
     if args.json:

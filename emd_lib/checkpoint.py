@@ -42,6 +42,36 @@ def _paths(path) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
+def output_path_problem(path, make_folders: bool = False) -> str | None:
+    """Why the file ``path`` cannot be written, or None when it can: checked by the commands before
+    any work. ``make_folders``: the writer creates missing folders (as :func:`atomic_write` does), so
+    the nearest existing folder must be writable; otherwise the file's folder must exist."""
+    f = Path(path)
+    if f.is_dir():
+        return f"{f} is a folder; name a file in it"
+    if f.exists() and not os.access(f, os.W_OK):
+        return f"cannot write to {f} (permission denied); pick a writable place"
+    folder = f.parent if str(f.parent) else Path(".")
+    if make_folders:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    elif not folder.exists():
+        return f"the folder {folder} does not exist; create it first"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder; pick another path"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write to {folder} (permission denied); pick a writable place"
+    return None
+
+
+def checkpoint_path_problem(path) -> str | None:
+    """:func:`output_path_problem` of both files of the checkpoint ``path`` (its folders are made on saving)."""
+    for f in _paths(path):
+        if why := output_path_problem(f, make_folders=True):
+            return why
+    return None
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     """The sha256 hex digest of a file."""
     h = hashlib.sha256()

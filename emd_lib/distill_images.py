@@ -143,7 +143,7 @@ def config_from_args(args) -> DistillConfig:
 
 def _check_args(parser, args) -> DistillConfig:
     """Every argument checked before the teacher is read (``parser.error``: one line, status 2)."""
-    from .train_teacher import checkpoint_path_problem
+    from .checkpoint import checkpoint_path_problem
 
     for name, low in (("steps", 1), ("batch", 1), ("K", 0)):
         if getattr(args, name) < low:

@@ -199,9 +199,9 @@ def main(argv=None) -> dict:
     if args.annotate and args.no_annotate:
         p.error("--annotate and --no-annotate exclude each other")
     from .image_metrics import CLASSIFIER_PATH
-    from .train_teacher import file_path_problem
+    from .checkpoint import output_path_problem
 
-    if why := file_path_problem(args.out):
+    if why := output_path_problem(args.out, make_folders=True):
         p.error(f"--out {args.out}: {why}")
     defaults = default_paths()
     paths = {"teacher": Path(args.teacher)}

@@ -12,7 +12,6 @@ Writes an ``(N, 1, 28, 28)`` float32 array of pixels in [0, 1]. A student checkp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from . import randn
-from .checkpoint import CheckpointError, read_card
+from .checkpoint import CheckpointError, output_path_problem, read_card
 
 __all__ = ["generate", "main"]
 
@@ -74,11 +73,9 @@ def main(argv=None) -> int:
         p.error("--class must be a digit 0-9")
     if args.steps < 1:
         p.error("--steps must be >= 1")
-    if Path(args.out).is_dir():
-        p.error(f"--out {args.out} is a folder; name a file in it, such as {Path(args.out) / 'samples.npy'}")
-    out = Path(args.out if args.out.endswith(".npy") else args.out + ".npy")   # (numpy adds the suffix)
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        p.error(f"--out {args.out}: the folder {out.parent} does not exist or is not writable; create it first")
+    out = Path(args.out if args.out.endswith(".npy") or Path(args.out).is_dir() else args.out + ".npy")
+    if why := output_path_problem(out):                                   # (numpy adds the .npy suffix)
+        p.error(f"--out: {why}")
     from . import device as pick_device
     try:
         t0 = time.perf_counter()

@@ -11,15 +11,13 @@ samples are written back in the file's coordinates, as an (M, d) float32 array.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import machine, run_card, write_json
+from .checkpoint import machine, output_path_problem, run_card, write_json
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .metrics import mixture_report
@@ -99,19 +97,6 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _writable_file(path: str, option: str) -> str | None:
-    """Why ``path`` cannot be written, or None when it can (checked before any training)."""
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        return f"{option} {path} is a folder; give a file name"
-    if not folder.is_dir():
-        return f"{option}: the folder {folder} does not exist; create it first"
-    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        return f"{option}: cannot write to {path} (permission denied); pick a writable place"
-    return None
-
-
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -150,8 +135,8 @@ def _main(argv=None) -> int:
     if not args.samples.endswith(".npy"):
         return _fail(f"--samples must name a .npy file, got {args.samples!r}")
     for path, option in ((args.samples, "--samples"), (args.report, "--report")):
-        if path is not None and (why := _writable_file(path, option)):
-            return _fail(why)
+        if path is not None and (why := output_path_problem(path)):
+            return _fail(f"{option}: {why}")
     if args.check:
         print(f"ok: {args.mixture}: {mix.n_components} components in {mix.dim} dimensions "
               f"({'diagonal' if mix.diagonal else 'full'} covariances)")

@@ -39,7 +39,7 @@ def shift(x, max_shift: int, g: torch.Generator):
 
 
 def main(argv=None) -> dict:
-    from .train_teacher import checkpoint_path_problem
+    from .checkpoint import checkpoint_path_problem
 
     p = argparse.ArgumentParser(prog="python -m emd_lib.train_classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/mnist_classifier",

@@ -24,53 +24,20 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from . import device as pick_device
 from . import seed_all
-from .checkpoint import machine, run_card, save_checkpoint
+from .checkpoint import checkpoint_path_problem, machine, run_card, save_checkpoint
 from .data import load_images
 from .distill import set_cosine_lr
 from .nets import ema_update
 from .schedules import sample_lam
 
-__all__ = ["main", "checkpoint_path_problem", "file_path_problem"]
-
-
-def file_path_problem(path) -> str | None:
-    """Why the file ``path`` cannot be written, or None when it can. Folders that do not exist
-    yet are created on saving, so the nearest existing one must be a writable folder."""
-    f = Path(path)
-    if f.is_dir():
-        return f"{f} is a folder; name a file in it"
-    if f.exists() and not os.access(f, os.W_OK):
-        return f"cannot write to {f} (permission denied); pick a writable place"
-    folder = f.parent if str(f.parent) else Path(".")
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is a file, not a folder; pick another path"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot write to {folder} (permission denied); pick a writable place"
-    return None
-
-
-def checkpoint_path_problem(path) -> str | None:
-    """Why the checkpoint ``path`` (``NAME``: ``NAME.safetensors`` and ``NAME.json``) cannot be
-    written, or None when it can (:func:`file_path_problem` of both files). Checked before any
-    training."""
-    name = Path(path)
-    if name.suffix in (".safetensors", ".json"):
-        name = name.with_suffix("")
-    for f in (name.with_suffix(".safetensors"), name.with_suffix(".json")):
-        if why := file_path_problem(f):
-            return why
-    return None
+__all__ = ["main"]
 
 
 @torch.no_grad()

@@ -269,7 +269,7 @@ def test_sample_cli_refuses_a_tampered_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["--steps", "0"], "--steps must be >= 1"),
-    (["--out", "{tmp}/missing/x.npy"], "does not exist or is not writable"),
+    (["--out", "{tmp}/missing/x.npy"], "does not exist; create it first"),
     (["--out", "{tmp}"], "is a folder; name a file in it"),
     (["--checkpoint", str(DATA / "mnist5k")], "not a diffusion teacher or a one-step student"),
     (["--checkpoint", str(DATA / "mnist_classifier")], "not a diffusion teacher or a one-step student"),

@@ -187,7 +187,7 @@ def test_unwritable_out_is_refused_before_training(tmp_path, capsys, monkeypatch
     ro = tmp_path / "ro"
     ro.mkdir()
     real = os.access
-    monkeypatch.setattr(train_teacher.os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
     refused(*run(train_teacher.main, TINY_TEACHER + ["--steps", "1", "--out", ro / "t"], capsys), "permission denied")
 
 

@@ -347,7 +347,7 @@ def test_cli_output_not_writable(tmp_path, monkeypatch, toy_cli):
     out.chmod(0o500)
     if os.access(out, os.W_OK):  # root ignores permission bits: simulate what an ordinary user sees
         real = os.access
-        monkeypatch.setattr(toy.os, "access", lambda p, mode: False if str(p) == str(out) else real(p, mode))
+        monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(out) else real(p, mode))
     try:
         rc, _, err = toy_cli("--mixture", RING8, "--samples", out / "s.npy")
     finally:

@@ -64,6 +64,17 @@ def output_path_problem(path, make_folders: bool = False) -> str | None:
     return None
 
 
+def exit_interrupted(out, steps: int = 0, horizon: int = 0):
+    """Ctrl-C in a training command: say what was saved (``steps`` done of a ``horizon``-step
+    learning-rate decay, in the checkpoint ``out``; 0: nothing) and how to repeat it; exit 130."""
+    if steps:
+        print(f"interrupted: saved {out}.safetensors after {steps} steps (\"complete\": false in its card); "
+              f"--steps {steps} --horizon {horizon} repeats them", file=sys.stderr)
+    else:
+        print("interrupted before the first training step; nothing saved", file=sys.stderr)
+    raise SystemExit(130)
+
+
 def checkpoint_path_problem(path) -> str | None:
     """:func:`output_path_problem` of both files of the checkpoint ``path`` (its folders are made on saving)."""
     for f in _paths(path):

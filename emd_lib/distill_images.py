@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 
 from . import DATA_DIR
 from . import device as pick_device
-from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, machine, read_card, run_card,
+from .checkpoint import (CheckpointError, exit_interrupted, load_checkpoint, load_state_into, machine, read_card, run_card,
                          save_checkpoint)
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
@@ -172,8 +171,7 @@ def main(argv=None) -> dict:
     try:
         return _distil(parser, args, cfg, argv)
     except KeyboardInterrupt:                      # before the first step (later ones are saved)
-        print("interrupted before the first generator step; nothing saved", file=sys.stderr)
-        raise SystemExit(130) from None
+        exit_interrupted(args.out)
 
 
 def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
@@ -225,9 +223,7 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
         if d.step_count == 0:
             raise
         save_student(args.out, d, card(complete=False, interrupted=True))
-        print(f"interrupted: saved {args.out}.safetensors after {d.step_count} steps (\"complete\": false in its "
-              f"card); --steps {d.step_count} --horizon {cfg.steps} repeats them", file=sys.stderr)
-        raise SystemExit(130) from None
+        exit_interrupted(args.out, d.step_count, cfg.steps)
     hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
     out = save_student(args.out, d, card(seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
                                          complete=True,

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 import time
 
 import torch
 
 from . import device as pick_device
 from . import seed_all
-from .checkpoint import checkpoint_path_problem, machine, run_card, save_checkpoint
+from .checkpoint import checkpoint_path_problem, exit_interrupted, machine, run_card, save_checkpoint
 from .data import load_images
 from .distill import set_cosine_lr
 from .nets import ema_update
@@ -109,8 +108,7 @@ def main(argv=None) -> dict:
     try:
         return _train(args, argv)
     except KeyboardInterrupt:                      # before the first step (later ones are saved)
-        print("interrupted before the first training step; nothing saved", file=sys.stderr)
-        raise SystemExit(130) from None
+        exit_interrupted(args.out)
 
 
 def _train(args, argv) -> dict:
@@ -189,9 +187,7 @@ def _train(args, argv) -> dict:
         if not losses:
             raise
         save(len(losses), time.perf_counter() - t0, losses, False, interrupted=True)
-        print(f"interrupted: saved {args.out}.safetensors after {len(losses)} steps (\"complete\": false in "
-              f"its card); --steps {len(losses)} --horizon {horizon} repeats them", file=sys.stderr)
-        raise SystemExit(130) from None
+        exit_interrupted(args.out, len(losses), horizon)
     if bar is not None:
         bar.close()
     card = save(len(losses), time.perf_counter() - t0, losses, True)

@@ -74,11 +74,10 @@ NOTE = ("> **Graded on its own:** the grader runs this exercise's code cell by i
 
 def add_grading_notes(text: str) -> str:
     """A chapter's py:percent source with :data:`NOTE` under every ``## Exercise N.k`` heading."""
-    heading = re.compile(r"^# ##\s+Exercise\s+\d+\.\d+\b.*$")
     out = []
     for line in text.splitlines(keepends=True):
         out.append(line)
-        if heading.match(line):
+        if line.startswith("# ") and EXERCISE_HEADING.match(line):
             out.append("#\n# " + NOTE + "\n")
     return "".join(out)
 

@@ -287,10 +287,11 @@ assert tau9[3] > tau9[1]                # and on one batch it dominates near the
 # the small bias of a finite Langevin step. Noise cancellation keeps the gradient's mean only while
 # $z$ is frozen (chapter 4, section 6), and a chain with $z$ frozen samples a different law (below).
 # With $z$ moving, cancellation shifts the gradient's mean, and the limit is biased. Chapter 4
-# measures the bias in a 1D example: at the library's default $z$ step, $0.1/(1 + \text{SNR})$, which
-# the $(\epsilon, z)$ runs below use (checked in the code), the gradient (up to a constant factor) of
-# the cancelled chain settles at 0.705 in the stationary limit, against 0.749 without cancellation
-# (0.750 exact), about 6% short; with a larger plain $z$ step of 0.3 it falls about a quarter short.
+# measures the bias in a 1D example (its section 6 table): at the library's default $z$ step,
+# $0.1/(1 + \text{SNR})$, which the $(\epsilon, z)$ runs below use (checked in the code), the cancelled
+# chain's gradient settles a few percent short of the uncancelled one's even in the stationary
+# limit, and a larger plain $z$ step of 0.3 leaves it about a quarter short. Section 4 below
+# measures what that does to a fit.
 # How far along the path do practical $K$ get?
 #
 # A clean way to see it: a **linear** generator $g(z) = Az + b$ (a Gaussian family) fitted to the

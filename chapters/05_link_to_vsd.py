@@ -291,7 +291,7 @@ assert tau9[3] > tau9[1]                # and on one batch it dominates near the
 # $0.1/(1 + \text{SNR})$, which the $(\epsilon, z)$ runs below use (checked in the code), the cancelled
 # chain's gradient settles a few percent short of the uncancelled one's even in the stationary
 # limit, and a larger plain $z$ step of 0.3 leaves it about a quarter short. The sweeps below
-# measures what that does to a fit.
+# measure what that does to a fit.
 # How far along the path do practical $K$ get?
 #
 # A clean way to see it: a **linear** generator $g(z) = Az + b$ (a Gaussian family) fitted to the

@@ -19,7 +19,12 @@ def mode_masses(mixture, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.as_tensor(x, dtype=mixture.means.dtype)
     _check_samples(x, mixture.dim)
     k, maha = mixture.assign(x)
-    return torch.bincount(k, minlength=mixture.n_components).to(x.dtype) / len(x), maha
+    return _shares(k, mixture.n_components, x.dtype), maha
+
+
+def _shares(k: torch.Tensor, n_components: int, dtype) -> torch.Tensor:
+    """The fraction of the component indices ``k`` that name each component (zeros when ``k`` is empty)."""
+    return torch.bincount(k, minlength=n_components).to(dtype) / max(len(k), 1)
 
 
 def _check_samples(x: torch.Tensor, dim: int | None = None, name: str = "samples", least: int = 1) -> None:
@@ -110,19 +115,18 @@ def mixture_report(mixture, x: torch.Tensor, n_ref: int = 4000, cover_frac: floa
     if not torch.isfinite(x).all():
         return {"tv": 1.0, "modes_covered": 0, "modes_hit": 0, "n_modes": mixture.n_components, "within_3sd": 0.0,
                 "mmd": float("inf"), "precision": 0.0, "recall": 0.0, "masses": [float("nan")] * mixture.n_components}
-    masses, maha = mode_masses(mixture, x)
+    k, maha = mixture.assign(x)                                 # each sample's component, one pass
+    near = maha <= 3                                            # the samples that land on a mode
+    masses, near_masses = (_shares(idx, mixture.n_components, x.dtype) for idx in (k, k[near]))
     ref = mixture.sample(n_ref, generator=torch.Generator().manual_seed(seed))
     m = min(len(x), n_ref)
     prec, rec = knn_precision_recall(ref[:m], x[:m])
-    near = maha <= 3                                            # the samples that land on a mode
-    k, _ = mixture.assign(x)
-    near_masses = torch.bincount(k[near], minlength=mixture.n_components).to(x.dtype) / max(int(near.sum()), 1)
     return {
         "tv": total_variation(masses, mixture.weights),
         "modes_covered": int((masses >= cover_frac * mixture.weights).sum()),
-        "modes_hit": int((near_masses >= cover_frac * mixture.weights).sum()) if near.any() else 0,
+        "modes_hit": int((near_masses >= cover_frac * mixture.weights).sum()),
         "n_modes": mixture.n_components,
-        "within_3sd": float((maha <= 3).float().mean()),
+        "within_3sd": float(near.float().mean()),
         "mmd": mmd(x[:2000], ref[:2000]),
         "precision": prec,
         "recall": rec,

@@ -188,14 +188,14 @@ print("trainable generator parameters:", sum(p.numel() for p in gen.parameters()
 
 # %%
 print("\n".join(ln for ln in (ROOT / "configs" / "imagenet64.yaml").read_text().splitlines()[:12]))
-over = ["teacher.kind=random", "teacher.arch=tiny-edm", "batch=8", f"steps={fast_or(6, 3)}", "lam_dist=uniform",
-        "lam_min=-5", "lam_max=5", "lam_star=-4", "langevin.K=2", "progress=false", "tensorboard=false",
-        "log_every=1", f"out={TMP / 'in64'}"]
+shrunk = {"batch": 8, "steps": fast_or(6, 3), "lam_dist": "uniform", "lam_min": -5, "lam_max": 5, "lam_star": -4,
+          "langevin.K": 2}                                  # what makes the run fit a CPU
 real_cfg = load_config("imagenet64")
-for o in over[2:9]:
-    key, val = o.split("=")
+for key, val in shrunk.items():
     real = functools.reduce(getattr, key.split("."), real_cfg)           # langevin.K -> real_cfg.langevin.K
-    print(f"  {key:>10}: {val:>8} here, {real} in the config")
+    print(f"  {key:>10}: {val!s:>8} here, {real} in the config")
+over = ["teacher.kind=random", "teacher.arch=tiny-edm", *(f"{k}={v}" for k, v in shrunk.items()), "progress=false",
+        "tensorboard=false", "log_every=1", f"out={TMP / 'in64'}"]
 run = Trainer(load_config("imagenet64", over))
 hist = run.run()
 for line in (TMP / "in64" / "log.jsonl").read_text().splitlines():

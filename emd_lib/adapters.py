@@ -38,13 +38,18 @@ from .checkpoint import load_pickle
 from .schedules import EDM, Schedule, bcast
 from .teachers import Teacher
 
-__all__ = ["AdapterError", "EDMTeacher", "EDMPrecond", "load_edm_pickle", "DiscreteVPTeacher", "load_adm",
-           "ADM128_FLAGS", "StableDiffusionTeacher", "load_sd", "linear_alphas_cumprod", "edm_unet", "adm_unet",
+__all__ = ["AdapterError", "LamRangeError", "EDMTeacher", "EDMNet", "EDMPrecond", "load_edm_pickle",
+           "DiscreteVPTeacher", "load_adm", "ADM128_FLAGS", "ADM64_FLAGS", "StableDiffusionTeacher", "load_sd",
+           "linear_alphas_cumprod", "cosine_alphas_cumprod", "adm_alphas_cumprod", "edm_unet", "adm_unet",
            "sd_unet_config", "tiny_sd_folder", "random_sd", "TeacherGenerator", "network_copy"]
 
 
 class AdapterError(RuntimeError):
     """A teacher cannot be loaded; the message says what is missing and what to do."""
+
+
+class LamRangeError(ValueError):
+    """A log-SNR outside the range a discrete-time teacher was trained on."""
 
 
 def _lam_batch(lam, x):
@@ -55,16 +60,85 @@ def _lam_batch(lam, x):
 # EDM (NVlabs): D(x; sigma, class_labels), alpha = 1, sigma = exp(-lam / 2)
 # ============================================================================================
 
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype every adapter returns: float32, or wider when the input is (float64 in the tests)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _is_edm_precond(net) -> bool:
+    """NVlabs' ``EDMPrecond`` (and :class:`EDMPrecond` here): EDM's preconditioning around ``net.model``."""
+    return (type(net).__name__ == "EDMPrecond" and isinstance(getattr(net, "model", None), nn.Module)
+            and hasattr(net, "sigma_data"))
+
+
+def _fp32_bodies(net: nn.Module) -> nn.Module:
+    """Switch off the half-precision flags of a network (and its submodules): NVlabs' ``use_fp16``,
+    guided-diffusion's ``use_fp16`` / ``dtype`` with its parameters converted back to float32. Its body
+    then runs in the run's precision: float32, or bf16 under autocast."""
+    for m in net.modules():
+        if getattr(m, "use_fp16", False):
+            m.use_fp16 = False
+        if getattr(m, "dtype", None) == torch.float16 and hasattr(m, "convert_to_fp32"):
+            m.convert_to_fp32()                                 # guided-diffusion's UNetModel
+            m.dtype = torch.float32
+    return net
+
+
+class EDMNet(nn.Module):
+    """An EDM network with its preconditioning computed here, in float32, around its inner model:
+
+        D(x; sigma) = c_skip x + c_out F(c_in x; c_noise, class),
+        c_skip = s_d^2 / (sigma^2 + s_d^2),  c_out = sigma s_d / sqrt(sigma^2 + s_d^2),
+        c_in = 1 / sqrt(sigma^2 + s_d^2),    c_noise = log(sigma) / 4.
+
+    NVlabs' ``EDMPrecond.forward`` does the same but asserts that its inner model returns the dtype it
+    chose (float16 when the pickle says ``use_fp16`` and the input is on CUDA, else float32), which bf16
+    autocast breaks. Here the inner model gets float32 input and runs in the run's precision (bf16
+    under autocast, float32 otherwise; ``use_fp16`` is not used: float16 without a loss scaler is not
+    offered), and its output is cast to float32 before the skip connection. A missing class is
+    the zero label vector, as in NVlabs' code. The call signature is ``EDMPrecond``'s, and going
+    through ``forward`` keeps DistributedDataParallel's hooks in place.
+    """
+
+    def __init__(self, precond: nn.Module):
+        super().__init__()
+        self.precond = precond
+        self.img_resolution, self.img_channels = int(precond.img_resolution), int(precond.img_channels)
+        self.label_dim = int(getattr(precond, "label_dim", 0) or 0)
+        self.sigma_min = float(getattr(precond, "sigma_min", 0.0))
+        self.sigma_max = float(getattr(precond, "sigma_max", float("inf")))
+        self.sigma_data = float(precond.sigma_data)
+
+    def forward(self, x, sigma, class_labels=None):  # (B, C, H, W), (B,), (B, label_dim) -> (B, C, H, W)
+        x = x.to(_out_dtype(x))
+        sigma = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_noise = sigma.log().flatten() / 4
+        labels = None
+        if self.label_dim:
+            labels = torch.zeros(x.shape[0], self.label_dim, device=x.device) if class_labels is None \
+                else class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        F = self.precond.model((c_in * x).to(torch.float32), c_noise.to(torch.float32), class_labels=labels)
+        F = getattr(F, "sample", F)                             # a diffusers UNet returns an output object
+        return c_skip * x + c_out * F.to(x.dtype)
+
+
 class EDMTeacher(Teacher):
     """An EDM network ``net(x, sigma, class_labels)`` as a teacher.
 
-    ``cond`` is ``None``, integer class labels ``(B,)`` (turned into the one-hot vectors EDM
-    expects) or one-hot rows ``(B, label_dim)``.
+    ``cond`` is ``None`` (the zero label vector, as in NVlabs' code), integer class labels ``(B,)``
+    (turned into the one-hot vectors EDM expects) or label rows ``(B, label_dim)``. An ``EDMPrecond``
+    (NVlabs' or :class:`EDMPrecond`) is wrapped in :class:`EDMNet`, so its preconditioning runs in
+    float32 and its body in the run's precision; any other network is called in float32 with
+    autocast off. The denoiser is returned in float32.
     """
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        self.net = EDMNet(net) if _is_edm_precond(net) else net
         self.label_dim = int(getattr(net, "label_dim", 0) or 0)
         smin, smax = float(getattr(net, "sigma_min", 0.002)), float(getattr(net, "sigma_max", 80.0))
         smin = max(smin, 0.002) if math.isfinite(smin) and smin > 0 else 0.002
@@ -85,16 +159,40 @@ class EDMTeacher(Teacher):
         return EDMTeacher(net)
 
     def class_labels(self, cond, x):
-        if cond is None or self.label_dim == 0:
+        if self.label_dim == 0:
             return None
+        if cond is None:                                        # no class: the zero label vector
+            return torch.zeros(x.shape[0], self.label_dim, device=x.device)
         if cond.ndim == 1:                                      # integer labels -> one-hot (B, label_dim)
-            return nn.functional.one_hot(cond.long(), self.label_dim).to(x.dtype)
+            return nn.functional.one_hot(cond.long(), self.label_dim).to(torch.float32)
         return cond
 
     def denoise(self, x_t, lam, cond=None):
         # EDM: alpha = 1, sigma = exp(-lam / 2); the network is the denoiser D(x; sigma)
+        dt = _out_dtype(x_t)
         sigma = torch.exp(-0.5 * _lam_batch(lam, x_t))
-        return self.net(x_t, sigma, self.class_labels(cond, x_t)).to(x_t.dtype)
+        if isinstance(self.net, EDMNet) or isinstance(_unwrap_ddp(self.net), EDMNet):
+            return self.net(x_t, sigma, self.class_labels(cond, x_t)).to(dt)
+        with torch.autocast(x_t.device.type, enabled=False):    # a network of unknown dtype rules: float32
+            return self.net(x_t.to(dt), sigma, self.class_labels(cond, x_t)).to(dt)
+
+
+def _unwrap_ddp(m):
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+class _LabelVectorEmbedding(nn.Module):
+    """A class embedding that reads label *vectors*: ``labels @ weight`` (one-hot rows pick a row of
+    ``weight``, the zero vector gives zero, as EDM's bias-free label map does); integer labels still work."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    def forward(self, labels):
+        if labels.dtype in (torch.int32, torch.int64):
+            return nn.functional.embedding(labels, self.weight)
+        return labels.to(self.weight.dtype) @ self.weight
 
 
 class EDMPrecond(nn.Module):
@@ -104,14 +202,16 @@ class EDMPrecond(nn.Module):
         c_skip = s_d^2 / (sigma^2 + s_d^2),  c_out = sigma s_d / sqrt(sigma^2 + s_d^2),
         c_in = 1 / sqrt(sigma^2 + s_d^2),    c_noise = log(sigma) / 4.
 
-    It has the call signature and attributes of NVlabs' ``EDMPrecond``, so
-    :class:`EDMTeacher` wraps both alike. The tests and the benchmark build it with random
-    weights (:func:`edm_unet`).
+    It has the call signature and attributes of NVlabs' ``EDMPrecond`` (the class label a vector of
+    length ``label_dim``, the zero vector when there is none), so :class:`EDMTeacher` wraps both alike.
+    The tests and the benchmark build it with random weights (:func:`edm_unet`).
     """
 
     def __init__(self, unet: nn.Module, img_resolution: int, img_channels: int, label_dim: int = 0,
                  sigma_data: float = 0.5):
         super().__init__()
+        if label_dim and isinstance(getattr(unet, "class_embedding", None), nn.Embedding):
+            unet.class_embedding = _LabelVectorEmbedding(unet.class_embedding.weight)
         self.model = unet
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
         self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, 0.002, 80.0
@@ -125,8 +225,8 @@ class EDMPrecond(nn.Module):
         c_noise = sigma.log().flatten() / 4
         labels = None
         if self.label_dim:
-            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if class_labels is None \
-                else class_labels.argmax(-1)
+            labels = torch.zeros(x.shape[0], self.label_dim, device=x.device) if class_labels is None \
+                else class_labels.to(torch.float32)
         F = self.model((c_in * x).to(x.dtype), c_noise, class_labels=labels).sample
         return c_skip * x + c_out * F.to(torch.float32)
 
@@ -229,6 +329,25 @@ def linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: flo
     return torch.cumprod(1 - betas, 0)
 
 
+def cosine_alphas_cumprod(T: int = 1000, s: float = 0.008, max_beta: float = 0.999):
+    """``alpha_bar_t`` of the cosine schedule (Nichol & Dhariwal 2021) as guided-diffusion discretises it:
+    ``f(u) = cos((u + s) / (1 + s) * pi / 2)^2``, ``beta_i = min(1 - f((i + 1) / T) / f(i / T), max_beta)``."""
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, 0)
+
+
+def adm_alphas_cumprod(noise_schedule: str, T: int = 1000):
+    """guided-diffusion's named schedules: ``"linear"`` (betas 1e-4 to 0.02, scaled by 1000 / T) or ``"cosine"``."""
+    if noise_schedule == "linear":
+        return linear_alphas_cumprod(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
+    if noise_schedule == "cosine":
+        return cosine_alphas_cumprod(T)
+    raise AdapterError(f"unknown noise_schedule {noise_schedule!r} in the ADM flags; guided-diffusion's are "
+                       "'linear' and 'cosine' (its README lists each model's flags)")
+
+
 class DiscreteVPTeacher(Teacher):
     """A network ``net(x_t, t, cond)`` trained on a discrete VP schedule ``alpha_bar_t`` (``t = 0..T-1``).
 
@@ -262,10 +381,28 @@ class DiscreteVPTeacher(Teacher):
     def replace_net(self, net):
         return type(self)(net, **self._init_args())
 
+    #: log-SNRs this far outside the trained range (float32 rounding of its ends) are read at the end
+    LAM_TOL = 1e-4
+
+    def check_range(self, lam: torch.Tensor) -> None:
+        """Raise :class:`LamRangeError` when a log-SNR lies outside the trained range ``[lam_T-1, lam_0]``:
+        the network never saw those noise levels, and reading it at the nearest end would pair its
+        answer with another level's alpha and sigma."""
+        lo, hi = self.schedule.lam_min, self.schedule.lam_max
+        lam = torch.as_tensor(lam)
+        bad = ~((lam >= lo - self.LAM_TOL) & (lam <= hi + self.LAM_TOL))
+        if bool(bad.any()):
+            v = float(lam[bad].flatten()[0]) if lam.ndim else float(lam)
+            raise LamRangeError(f"log-SNR {v:.4g} is outside the range this teacher was trained on "
+                                f"[{lo:.4g}, {hi:.4g}] (timesteps {self.T - 1}..0); keep lam_min, lam_max and "
+                                "lam_star inside it")
+
     def t_of_lam(self, lam: torch.Tensor) -> torch.Tensor:
-        """The fractional timestep whose log-SNR is ``lam`` (clamped to the trained range)."""
+        """The fractional timestep whose log-SNR is ``lam`` (linear interpolation in the table of
+        ``lam_t``); a ``lam`` outside the trained range raises :class:`LamRangeError`."""
+        self.check_range(lam)
         table = self.lam_table.to(lam.device)
-        lam = lam.float().clamp(table[0], table[-1])
+        lam = lam.float().clamp(table[0], table[-1])             # only float32 rounding of the ends moves
         i = torch.searchsorted(table, lam).clamp(1, len(table) - 1)
         lo, hi = table[i - 1], table[i]
         j = (i - 1) + (lam - lo) / (hi - lo)                           # index in the increasing table
@@ -276,24 +413,28 @@ class DiscreteVPTeacher(Teacher):
 
     def eps(self, x_t, lam, cond=None):
         lam = _lam_batch(lam, x_t)
-        out = self.call_net(x_t, self.t_of_lam(lam), cond).to(x_t.dtype)
+        # the network's body runs in the run's precision; what follows is float32 arithmetic
+        out = self.call_net(x_t, self.t_of_lam(lam), cond).to(_out_dtype(x_t))
         if self.eps_channels:
             out = out[:, : self.eps_channels]
         if self.predicts == "v":
             # v = alpha eps - sigma x0 and x_t = alpha x0 + sigma eps  =>  eps = sigma x_t + alpha v
             alpha, sigma = self.schedule.alpha_sigma(lam)
-            out = bcast(sigma, x_t) * x_t + bcast(alpha, x_t) * out
+            out = bcast(sigma, out) * x_t.to(out.dtype) + bcast(alpha, out) * out
         return out
 
     def denoise(self, x_t, lam, cond=None):
-        # D = (x_t - sigma eps) / alpha
+        # D = (x_t - sigma eps) / alpha, in float32: at low lam, sigma / alpha amplifies eps's error
         lam = _lam_batch(lam, x_t)
+        eps = self.eps(x_t, lam, cond)
         alpha, sigma = self.schedule.alpha_sigma(lam)
-        return (x_t - bcast(sigma, x_t) * self.eps(x_t, lam, cond)) / bcast(alpha, x_t)
+        return (x_t.to(eps.dtype) - bcast(sigma, eps) * eps) / bcast(alpha, eps)
 
     def score(self, x_t, lam, cond=None):
+        # s = -eps / sigma
+        eps = self.eps(x_t, lam, cond)
         _, sigma = self.schedule.alpha_sigma(_lam_batch(lam, x_t))
-        return -self.eps(x_t, lam, cond) / bcast(sigma, x_t)
+        return -eps / bcast(sigma, eps)
 
 
 class DiffusersClassUNet(nn.Module):
@@ -335,18 +476,60 @@ def adm_unet(size: str = "tiny", resolution: int | None = None, num_classes: int
     return DiffusersClassUNet(unet)
 
 
-#: guided-diffusion's flags of its class-conditional 128x128 ImageNet model (``128x128_diffusion.pt``).
+#: guided-diffusion's flags of its class-conditional 128x128 ImageNet model (``128x128_diffusion.pt``),
+#: as its README lists them: the network's settings and the diffusion's (``noise_schedule``,
+#: ``diffusion_steps``).
 ADM128_FLAGS = dict(image_size=128, num_channels=256, num_res_blocks=2, learn_sigma=True, class_cond=True,
                     attention_resolutions="32,16,8", num_heads=4, num_head_channels=-1, num_heads_upsample=-1,
-                    use_scale_shift_norm=True, resblock_updown=True, use_fp16=False, channel_mult="",
-                    dropout=0.0, use_checkpoint=False, use_new_attention_order=False)
+                    use_scale_shift_norm=True, resblock_updown=True, use_fp16=True, channel_mult="",
+                    dropout=0.0, use_checkpoint=False, use_new_attention_order=False,
+                    noise_schedule="linear", diffusion_steps=1000)
+
+#: the same for its class-conditional 64x64 model (``64x64_diffusion.pt``), trained with the cosine schedule.
+ADM64_FLAGS = dict(image_size=64, num_channels=192, num_res_blocks=3, learn_sigma=True, class_cond=True,
+                   attention_resolutions="32,16,8", num_heads=4, num_head_channels=64, num_heads_upsample=-1,
+                   use_scale_shift_norm=True, resblock_updown=True, use_fp16=True, channel_mult="",
+                   dropout=0.1, use_checkpoint=False, use_new_attention_order=True,
+                   noise_schedule="cosine", diffusion_steps=1000)
+
+# guided-diffusion's diffusion settings: those that change what the network predicts must be the defaults;
+# the others (losses, respacing for sampling) do not matter to a trained network read as a teacher
+_ADM_DIFFUSION_KEYS = ("noise_schedule", "diffusion_steps", "predict_xstart", "rescale_timesteps", "use_kl",
+                       "rescale_learned_sigmas", "sigma_small", "timestep_respacing")
+
+
+def _split_adm_flags(flags: dict):
+    """``(network flags, alphas_cumprod)``: the schedule comes from the flags' ``noise_schedule`` and
+    ``diffusion_steps``, which must be given (guided-diffusion's default, linear, is wrong for its 64x64
+    model)."""
+    flags = dict(flags)
+    missing = [k for k in ("noise_schedule", "diffusion_steps", "image_size") if k not in flags]
+    if missing:
+        raise AdapterError(f"the ADM flags lack {', '.join(missing)}; give them as guided-diffusion's README lists "
+                           "them for the checkpoint (e.g. noise_schedule='cosine', diffusion_steps=1000 for "
+                           "64x64_diffusion.pt), or start from ADM64_FLAGS / ADM128_FLAGS")
+    diff = {k: flags.pop(k) for k in _ADM_DIFFUSION_KEYS if k in flags}
+    if diff.get("predict_xstart") or diff.get("rescale_timesteps"):
+        raise AdapterError("ADM flags with predict_xstart=True or rescale_timesteps=True are not supported: the "
+                           "adapter reads an eps-prediction network at timesteps 0..diffusion_steps-1")
+    T = int(diff["diffusion_steps"])
+    if T < 2:
+        raise AdapterError(f"diffusion_steps must be at least 2, got {T}")
+    # the run's precision decides the body's dtype (bf16 autocast or float32): no float16 parameters
+    flags["use_fp16"] = False
+    return flags, adm_alphas_cumprod(diff["noise_schedule"], T)
 
 
 def load_adm(path, *, code_root=None, flags: dict | None = None, num_classes: int = 1000) -> DiscreteVPTeacher:
     """OpenAI's class-conditional ADM (guided-diffusion) as a teacher: ``path`` is the ``.pt`` state dict
     (``128x128_diffusion.pt`` for ImageNet 128), ``code_root`` a clone of
     https://github.com/openai/guided-diffusion. The weights load with ``torch.load(weights_only=True)``:
-    no code runs. Linear schedule of 1000 steps, eps and learned variances (the first 3 channels are eps)."""
+    no code runs. ``flags`` are guided-diffusion's model and diffusion flags (default
+    :data:`ADM128_FLAGS`); the schedule is theirs (``noise_schedule``, ``diffusion_steps``). The network
+    predicts eps and, with ``learn_sigma``, variances (the first 3 channels are eps). ``use_fp16`` is
+    switched off: the body runs in the run's precision."""
+    flags = dict(ADM128_FLAGS if flags is None else flags)
+    net_flags, alphas_cumprod = _split_adm_flags(flags)
     root = code_root or os.environ.get("EMD_GUIDED_DIFFUSION_ROOT")
     if root:
         if not (Path(root) / "guided_diffusion").is_dir():
@@ -362,13 +545,12 @@ def load_adm(path, *, code_root=None, flags: dict | None = None, num_classes: in
     if not Path(path).exists():
         raise AdapterError(f"ADM checkpoint {path} does not exist; download 128x128_diffusion.pt from "
                            "https://github.com/openai/guided-diffusion (its README links the weights)")
-    flags = dict(ADM128_FLAGS if flags is None else flags)
-    net = create_model(**flags)
+    net = create_model(**net_flags)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net.eval().requires_grad_(False)
-    size = flags["image_size"]
-    return DiscreteVPTeacher(net, linear_alphas_cumprod(1000), (3, size, size), num_classes=num_classes,
-                             eps_channels=3 if flags.get("learn_sigma") else None)
+    size = net_flags["image_size"]
+    return DiscreteVPTeacher(net, alphas_cumprod, (3, size, size), num_classes=num_classes,
+                             eps_channels=3 if net_flags.get("learn_sigma") else None)
 
 
 # ============================================================================================
@@ -431,7 +613,7 @@ class StableDiffusionTeacher(DiscreteVPTeacher):
         # classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch
         out = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]),
                        encoder_hidden_states=torch.cat([self.uncond(cond), cond])).sample
-        e_u, e_c = out.chunk(2)
+        e_u, e_c = out.to(_out_dtype(x_t)).chunk(2)               # the combination in float32
         return e_u + w * (e_c - e_u)
 
     @torch.no_grad()
@@ -624,8 +806,10 @@ def network_copy(teacher: Teacher, trainable: bool = True, **kw) -> Teacher:
 
     if not hasattr(teacher, "replace_net"):                     # e.g. a NetworkTeacher: copy it whole
         return copy.deepcopy(teacher).eval().requires_grad_(trainable)
-    # eval mode: no dropout in the copies (our convention; it also keeps resumed runs exact)
+    # eval mode: no dropout in the copies (our convention; it also keeps resumed runs exact); a trainable
+    # copy runs in the run's precision, never float16 (there is no loss scaler): use_fp16 is switched off
     net = copy.deepcopy(teacher.net).eval().requires_grad_(trainable)
+    _fp32_bodies(net)
     return teacher.replace_net(net, **kw)
 
 

@@ -20,8 +20,9 @@ what a long run on real networks needs:
   A run killed at any moment, even while writing, resumes from the newest complete
   checkpoint, and on the CPU ends bitwise equal to a run that was never interrupted;
 * a non-finite loss or gradient stops the run before the optimiser step, naming the step and
-  the last good checkpoint (bad weights are never written); SIGINT and SIGTERM save a
-  checkpoint and exit;
+  the last good checkpoint (bad weights are never written); any other exception ends in one
+  line naming the step and the last good checkpoint (the traceback goes to
+  ``OUT/traceback.txt``); SIGINT and SIGTERM save a checkpoint and exit;
 * several GPUs through ``torchrun`` and DistributedDataParallel. Every process draws the
   whole global batch's randomness from the same generator and keeps its own rows, so a step
   on N processes equals the single-process step on the same global batch;
@@ -558,8 +559,10 @@ class Trainer:
         self.opt_s.zero_grad(set_to_none=True)
         loss.backward()
         val = self._mean(loss.item())
-        if not math.isfinite(val):
-            self._fault(f"non-finite student-score loss ({val})")
+        gnorm = _grad_norm(p.student.net.parameters())
+        if not (math.isfinite(val) and math.isfinite(gnorm)):
+            self._fault(f"non-finite student-score {'loss' if not math.isfinite(val) else 'gradient'} "
+                        f"(loss {val}, gradient norm {gnorm})")
         self.opt_s.step()
         return val
 
@@ -775,6 +778,34 @@ class Trainer:
         return call_generator(self.ema if ema else self.prob.generator, z, cond)
 
 
+def _grad_norm(params) -> float:
+    """The total 2-norm of the parameters' gradients (``inf`` or ``nan`` when any entry is not finite)."""
+    norms = [q.grad.detach().float().norm() for q in params if q.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _unexpected(e: BaseException, tr, out) -> str:
+    """One line for an exception nobody foresaw: what it was, the step it stopped, the last good
+    checkpoint, and where the full traceback was written (``OUT/traceback.txt``)."""
+    import traceback
+
+    first = (str(e).strip().splitlines() or ["no message"])[0]
+    what = f"{type(e).__name__}: {first}"
+    saved = ""
+    if out is not None:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "traceback.txt").write_text("".join(traceback.format_exception(e)))
+            saved = f"; the full traceback is in {Path(out) / 'traceback.txt'}"
+        except OSError:
+            pass
+    if tr is None:
+        return f"the run stopped before its first step ({what}){saved}"
+    where = f"the last good checkpoint is {tr.last_good}" if tr.last_good else "no checkpoint was written yet"
+    return (f"training stopped at step {tr.step + 1} by an unexpected error ({what}); {where}{saved}. Fix the "
+            "cause, then run the same command again to resume")
+
+
 class _Interrupted(Exception):
     def __init__(self, sig):
         super().__init__(sig)
@@ -823,6 +854,7 @@ def main(argv=None) -> int:
     from .adapters import AdapterError
 
     started = False
+    cfg = tr = None
     try:
         cfg = load_config(args.config, args.overrides)
         started = _init_distributed()
@@ -840,6 +872,9 @@ def main(argv=None) -> int:
     except (ConfigError, AdapterError, CheckpointError, TrainingFault) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TrainingFault) else 2
+    except Exception as e:                         # anything else: one line, the traceback in OUT
+        print(f"error: {_unexpected(e, tr, cfg.out_dir if cfg is not None else None)}", file=sys.stderr)
+        return 1
     finally:
         if started:
             torch.distributed.destroy_process_group()

@@ -294,3 +294,62 @@ def test_compiled_networks_run_the_same_steps_and_checkpoints(tmp_path, monkeypa
     torch._dynamo.reset()
     tr = Trainer(load_config("imagenet64", TINY_IMAGE + [f"out={tmp_path / 'true'}", "steps=3"]))   # eager resume
     assert tr.try_resume() and tr.step == 2
+
+
+@pytest.mark.parametrize("net", ["student", "generator"])
+def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(net, tmp_path, monkeypatch, capsys):
+    """The loss stays finite, but its gradient is NaN (d sqrt(u)/du at u = 0 is infinite, times 0)."""
+    name = "student_loss" if net == "student" else "emd_generator_loss"
+    real, calls = getattr(T, name), {"n": 0}
+
+    def nan_grad(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        loss = out[0] if isinstance(out, tuple) else out
+        if calls["n"] == 4:
+            params = a[0].parameters()                 # the student score or the generator
+            loss = loss + torch.sqrt(0 * sum(p.sum() for p in params))
+            assert math.isfinite(loss.item())
+        return (loss, out[1]) if isinstance(out, tuple) else loss
+
+    monkeypatch.setattr(T, name, nan_grad)
+    extra = ["student_warmup=0"] if net == "student" else []
+    rc = main(["--config", "toy", *TINY, *extra, "steps=8", "ckpt_every=1", f"out={tmp_path}"])
+    err = capsys.readouterr().err
+    label = "student-score gradient" if net == "student" else "generator gradient"
+    assert rc == 1 and f"non-finite {label}" in err and err.count("\n") <= 2 and "Traceback" not in err, err
+    assert "the last good checkpoint is" in err
+
+
+def test_an_unexpected_exception_ends_in_one_line_naming_the_step_and_checkpoint(tmp_path, monkeypatch, capsys):
+    real, calls = T.emd_generator_loss, {"n": 0}
+
+    def breaks(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "emd_generator_loss", breaks)
+    out = tmp_path / "run"
+    rc = main(["--config", "toy", *TINY, "steps=6", "ckpt_every=1", f"out={out}"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert rc == 1 and len(err) == 1, err
+    msg = err[0]
+    assert "step 3" in msg and "step_00000002" in msg and "RuntimeError: CUDA error" in msg and "more detail" not in msg
+    tb = (out / "traceback.txt").read_text()
+    assert "Traceback" in tb and "more detail" in tb and str(out / "traceback.txt") in msg
+    # the same command resumes from that checkpoint
+    monkeypatch.setattr(T, "emd_generator_loss", real)
+    assert main(["--config", "toy", *TINY, "steps=6", "ckpt_every=1", f"out={out}"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+
+
+def test_an_unexpected_exception_before_the_first_step_is_one_line(tmp_path, monkeypatch, capsys):
+    def broken(*a, **k):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(T, "build_problem", broken)
+    rc = main(["--config", "toy", *TINY, f"out={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "before its first step (OSError: disk quota exceeded)" in err, err

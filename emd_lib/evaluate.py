@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -33,11 +34,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .adapters import AdapterError
+from .checkpoint import CheckpointError
 from .image_metrics import frechet_distance, gaussian_stats, inception_extractor
 from .metrics import equal_random_subsets, knn_precision_recall
 
-__all__ = ["inception_score", "load_reference_stats", "fid_from_features",
-           "clip_score", "inception_extractor", "imagenet_eval", "coco_eval", "main"]
+__all__ = ["inception_score", "load_reference_stats", "fid_from_features", "clip_score", "inception_extractor",
+           "imagenet_eval", "coco_eval", "check_inputs", "load_clip", "InputError", "main"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -204,11 +207,148 @@ def _load_run(run, device=None):
     return tr
 
 
+class InputError(ValueError):
+    """A command-line input that cannot work; the message names the option and the fix."""
+
+
+def _read_npz(path, option: str, keys: tuple[str, ...]):
+    """The arrays ``keys`` of the ``.npz`` file given to ``option``, or :class:`InputError` in one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{option} {p}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise InputError(f"{option} {p} is a single .npy array, not an .npz holding {', '.join(keys)}")
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise InputError(f"{option} {p} lacks {', '.join(repr(k) for k in missing)} (it holds "
+                                 f"{', '.join(f.files) or 'nothing'}); give an .npz with {', '.join(keys)}")
+            return {k: f[k] for k in keys}
+    except InputError:
+        raise
+    except Exception as e:                                   # not a zip, pickled objects, truncated file
+        raise InputError(f"{option} {p} is not a readable .npz file ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]})") from None
+
+
+def check_inputs(args) -> dict:
+    """Check every file the command was given, before any network loads: the run's checkpoint, ``--ref``
+    (``mu`` (d,) and ``sigma`` (d, d), finite), ``--real-features`` (``features`` (n, d)), ``--captions``
+    (a non-empty UTF-8 text file); returns what they hold. Each problem is one :class:`InputError` line."""
+    if args.n < 1 or args.batch < 1:
+        raise InputError(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
+    if not sorted((Path(args.run) / "checkpoints").glob("step_*.json")):
+        raise InputError(f"--run {args.run}: no checkpoint in {Path(args.run) / 'checkpoints'}; give the OUT folder "
+                         "of a training run (python -m emd_lib.train ... out=OUT)")
+    got = {}
+    if args.ref:
+        ref = _read_npz(args.ref, "--ref", ("mu", "sigma"))
+        mu, sigma = ref["mu"], ref["sigma"]
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise InputError(f"--ref {args.ref}: mu must be (d,) and sigma (d, d), got {mu.shape} and {sigma.shape}")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise InputError(f"--ref {args.ref}: mu or sigma holds NaN or infinite values")
+        got["ref"] = (mu, sigma)
+    elif args.task == "coco":
+        raise InputError("--ref is required for --task coco: the reference statistics (mu, sigma) of the real "
+                         "images' clean-fid features")
+    if args.real_features:
+        if args.task != "imagenet":
+            raise InputError("--real-features is for --task imagenet (precision and recall); leave it out for coco")
+        rf = _read_npz(args.real_features, "--real-features", ("features",))["features"]
+        if rf.ndim != 2 or len(rf) < 2:
+            raise InputError(f"--real-features {args.real_features}: 'features' must be (n, d) with n >= 2, got "
+                             f"{rf.shape}")
+        if "ref" in got and rf.shape[1] != len(got["ref"][0]):
+            raise InputError(f"--real-features has {rf.shape[1]} features per image but --ref has {len(got['ref'][0])}; "
+                             "both must come from the same Inception layer (2048 pool features)")
+        got["real_features"] = rf
+    if args.task == "coco":
+        if not args.captions:
+            raise InputError("--captions is required for --task coco: a text file, one caption a line")
+        cp = Path(args.captions)
+        if not cp.is_file():
+            raise InputError(f"--captions {cp}: no such file")
+        try:
+            caps = [ln.strip() for ln in cp.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError:
+            raise InputError(f"--captions {cp} is not UTF-8 text; give a text file, one caption a line") from None
+        if not caps:
+            raise InputError(f"--captions {cp} holds no caption")
+        got["captions"] = caps
+    elif args.captions:
+        raise InputError("--captions is for --task coco; leave it out for imagenet")
+    return got
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (offline: no, at
+    once, instead of the hub client's retries); ``HF_HUB_OFFLINE=1`` means no."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_clip(name, device="cpu"):
+    """``(model, tokenizer)`` of a transformers CLIP from a folder or a hub id: the local cache first, the hub
+    only when the cache lacks it; :class:`InputError` in one line naming ``--clip`` when neither works."""
+    try:
+        from transformers import CLIPModel, CLIPTokenizer
+    except ImportError:
+        raise InputError("the CLIP score needs transformers: `pip install transformers`") from None
+    from .adapters import _quiet
+
+    local = Path(name).expanduser()
+    if str(name).startswith(("/", ".", "~")) and not local.is_dir():
+        raise InputError(f"--clip {name}: no such folder; give a CLIP model folder (transformers layout) or a hub id")
+    src = str(local) if local.is_dir() else name
+    last = None
+    for only_local in (True, False):
+        if not only_local and not _hub_reachable():
+            last = RuntimeError("not in the local cache, and the Hugging Face hub cannot be reached")
+            break
+        try:
+            with _quiet():
+                model = CLIPModel.from_pretrained(src, local_files_only=only_local)
+                tok = CLIPTokenizer.from_pretrained(src, local_files_only=only_local)
+            return model.to(device).eval(), tok
+        except Exception as e:                                # missing files, no network, a bad folder
+            last = e
+            if local.is_dir() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+                break
+    first = (str(last).strip().splitlines() or [type(last).__name__])[0]
+    raise InputError(f"cannot load the CLIP model {name!r} ({first[:200]}); pass --clip FOLDER with a downloaded "
+                     "CLIP model (e.g. `huggingface-cli download openai/clip-vit-large-patch14 --local-dir "
+                     "clip`), or run once with network access")
+
+
+def _extractor(device, logits=False, backend=None):
+    """The Inception feature network, or :class:`InputError` in one line naming the package to install."""
+    try:
+        return inception_extractor(device, logits=logits, backend=backend)
+    except ImportError as e:
+        raise InputError(str(e)) from None
+    except Exception as e:                                    # e.g. its weights cannot be downloaded offline
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"cannot load the Inception network ({type(e).__name__}: {first[:200]}); "
+                         f"{backend or 'torch-fidelity'} downloads its weights on first use: run once with network "
+                         "access") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emd_lib.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a training run's folder (OUT of python -m emd_lib.train)")
     ap.add_argument("--task", choices=["imagenet", "coco"], required=True)
-    ap.add_argument("--ref", help="reference statistics .npz (mu, sigma)")
+    ap.add_argument("--ref", help="reference statistics .npz (mu, sigma); required for coco")
     ap.add_argument("--real-features", help="imagenet: .npz with 'features' of real images, for precision/recall")
     ap.add_argument("--captions", help="coco: a text file, one caption a line (30,000 for COCO-30k)")
     ap.add_argument("--clip", default="openai/clip-vit-large-patch14", help="coco: CLIP model (folder or hub id)")
@@ -217,26 +357,30 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the metrics to this file")
     args = ap.parse_args(argv)
     try:
-        tr = _load_run(args.run)
+        # every input first, then the feature networks, and only then the run (the costly part)
+        got = check_inputs(args)
+        from . import device as default_device
+        dev = torch.device(default_device())
         if args.task == "imagenet":
+            extractor = _extractor(dev, logits=True)
+            tr = _load_run(args.run)
+
             def sample(labels):
                 x = tr.sample(len(labels), labels.to(tr.device) if tr.prob.cond == "class" else None)
                 return ((x.float() + 1) / 2).clamp(0, 1)                  # model pixels [-1, 1] -> [0, 1]
-            res = imagenet_eval(sample, args.n, args.batch, args.ref, num_classes=tr.prob.num_classes or 1000,
-                                real_features=args.real_features, device=tr.device)
+            res = imagenet_eval(sample, args.n, args.batch, got.get("ref"), extractor=extractor,
+                                num_classes=tr.prob.num_classes or 1000, real_features=got.get("real_features"),
+                                device=tr.device)
         else:
-            from transformers import CLIPModel, CLIPTokenizer
-
-            if not args.captions:
-                raise ValueError("--captions is required for --task coco")
-            caps = [ln.strip() for ln in Path(args.captions).read_text().splitlines() if ln.strip()]
-            model = CLIPModel.from_pretrained(args.clip).to(tr.device).eval()
-            tok = CLIPTokenizer.from_pretrained(args.clip)
+            clip = load_clip(args.clip, dev)
+            extractor = _extractor(dev, backend="clean-fid")
+            tr = _load_run(args.run)
 
             def sample(c):
                 return tr.prob.teacher.decode(tr.sample(len(c), tr.prob.teacher.encode_prompts(c, tr.device)))
-            res = coco_eval(sample, caps, args.ref, clip=(model, tok), batch=min(args.batch, 50), device=tr.device)
-    except (ImportError, FileNotFoundError, ValueError) as e:
+            res = coco_eval(sample, got["captions"], got["ref"], extractor=extractor, clip=clip,
+                            batch=min(args.batch, 50), device=tr.device)
+    except (ImportError, FileNotFoundError, ValueError, AdapterError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=2))

@@ -178,3 +178,139 @@ def test_clean_fid_extractor_is_built_on_the_given_device_without_data_parallel(
     extract = E.inception_extractor("cpu", backend="clean-fid")
     assert calls == [("clean", torch.device("cpu"), False)]
     assert extract(torch.rand(2, 1, 8, 8)).shape == (2, 4)
+
+
+# ---- the command line checks its inputs before anything loads -----------------------------------------
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """A run folder with a checkpoint card, good inputs, and a ``run(*args) -> (rc, stderr lines)`` that
+    fails the test if the run (the costly part) is ever loaded."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000001.json").write_text("{}")
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(4), sigma=np.eye(4))
+    np.savez(tmp_path / "feats.npz", features=np.random.default_rng(0).normal(size=(10, 4)))
+    (tmp_path / "caps.txt").write_text("a cat\n\na red bicycle\n")
+
+    def no_run(*a, **k):
+        raise AssertionError("the run was loaded before the inputs were checked")
+
+    monkeypatch.setattr(E, "_load_run", no_run)
+
+    def run(*args):
+        return E.main(["--run", str(tmp_path / "run"), *[a.replace("TMP", str(tmp_path)) for a in args]])
+
+    return tmp_path, run
+
+
+def _write_bad_inputs(tmp):
+    (tmp / "text.npz").write_text("not a zip file")
+    np.savez(tmp / "keys.npz", mean=np.zeros(4), cov=np.eye(4))
+    np.savez(tmp / "shape.npz", mu=np.zeros(4), sigma=np.eye(3))
+    np.savez(tmp / "nan.npz", mu=np.full(4, np.nan), sigma=np.eye(4))
+    np.savez(tmp / "feats3.npz", features=np.zeros((10, 3)))
+    np.savez(tmp / "feats1d.npz", features=np.zeros(10))
+    (tmp / "empty.txt").write_text("\n  \n")
+    (tmp / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--task", "coco", "--ref", "/nonexistent.npz", "--captions", "TMP/caps.txt"], ["--ref /nonexistent.npz", "no such file"]),
+    (["--task", "coco", "--ref", "TMP/text.npz", "--captions", "TMP/caps.txt"], ["--ref", "not a readable .npz"]),
+    (["--task", "imagenet", "--ref", "TMP/keys.npz"], ["--ref", "lacks 'mu', 'sigma'", "holds mean, cov"]),
+    (["--task", "imagenet", "--ref", "TMP/shape.npz"], ["--ref", "sigma (d, d)"]),
+    (["--task", "imagenet", "--ref", "TMP/nan.npz"], ["--ref", "NaN"]),
+    (["--task", "coco", "--captions", "TMP/caps.txt"], ["--ref is required for --task coco"]),
+    (["--task", "coco", "--ref", "TMP/ref.npz"], ["--captions is required"]),
+    (["--task", "coco", "--ref", "TMP/ref.npz", "--captions", "TMP/none.txt"], ["--captions", "no such file"]),
+    (["--task", "coco", "--ref", "TMP/ref.npz", "--captions", "TMP/empty.txt"], ["--captions", "holds no caption"]),
+    (["--task", "coco", "--ref", "TMP/ref.npz", "--captions", "TMP/latin1.txt"], ["--captions", "not UTF-8"]),
+    (["--task", "imagenet", "--real-features", "TMP/none.npz"], ["--real-features", "no such file"]),
+    (["--task", "imagenet", "--real-features", "TMP/keys.npz"], ["--real-features", "lacks 'features'"]),
+    (["--task", "imagenet", "--real-features", "TMP/feats1d.npz"], ["--real-features", "(n, d)"]),
+    (["--task", "imagenet", "--ref", "TMP/ref.npz", "--real-features", "TMP/feats3.npz"], ["same Inception layer"]),
+    (["--task", "imagenet", "--captions", "TMP/caps.txt"], ["--captions is for --task coco"]),
+    (["--task", "imagenet", "--n", "0"], ["--n and --batch"]),
+])
+def test_bad_inputs_get_one_line_before_anything_loads(cli, args, words, capsys):
+    tmp, run = cli
+    _write_bad_inputs(tmp)
+    rc = run(*args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_a_run_without_checkpoints_is_one_line(tmp_path, capsys):
+    assert E.main(["--run", str(tmp_path), "--task", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--run" in err and "no checkpoint" in err
+
+
+def test_good_inputs_are_read_once():
+    from types import SimpleNamespace
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "step_00000003.json").write_text("{}")
+        np.savez(d / "ref.npz", mu=np.arange(3.0), sigma=2 * np.eye(3))
+        (d / "caps.txt").write_text("one\n\n two \n")
+        got = E.check_inputs(SimpleNamespace(run=str(d), task="coco", ref=str(d / "ref.npz"), real_features=None,
+                                             captions=str(d / "caps.txt"), n=1, batch=1))
+    assert got["captions"] == ["one", "two"]
+    np.testing.assert_array_equal(got["ref"][0], np.arange(3.0))
+    np.testing.assert_array_equal(got["ref"][1], 2 * np.eye(3))
+
+
+def test_a_clip_model_that_cannot_load_offline_is_one_line_naming_clip(cli, monkeypatch, capsys):
+    import time
+
+    tmp, run = cli
+    base = ["--task", "coco", "--ref", "TMP/ref.npz", "--captions", "TMP/caps.txt"]
+    assert run(*base, "--clip", "/nonexistent/clip-folder") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--clip /nonexistent/clip-folder: no such folder" in err
+    # a hub id that is not in the cache, offline: one line at once, no retries against the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp / "hf"))
+    t0 = time.perf_counter()
+    assert run(*base, "--clip", "someone/no-such-clip-model") == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t0 < 20
+    assert err.count("\n") == 1 and "cannot load the CLIP model 'someone/no-such-clip-model'" in err
+    assert "--clip FOLDER" in err and "Traceback" not in err
+
+
+def test_a_clip_folder_loads_offline(tmp_path):
+    model, tok = tiny_clip(tmp_path)
+    model.save_pretrained(tmp_path / "clip")
+    tok.save_pretrained(tmp_path / "clip")
+    back, back_tok = E.load_clip(tmp_path / "clip")
+    images, texts = torch.rand(2, 3, 16, 16), ["a cat", "red"]
+    assert E.clip_score(images, texts, back, back_tok) == pytest.approx(E.clip_score(images, texts, model, tok), abs=1e-4)
+
+
+def test_an_inception_network_that_cannot_load_is_one_line(cli, monkeypatch, capsys):
+    tmp, run = cli
+
+    def offline(*a, **k):
+        raise OSError("could not download pt_inception-2015-12-05-6726825d.pth\nmore")
+
+    monkeypatch.setattr(E, "inception_extractor", offline)
+    assert run("--task", "imagenet", "--ref", "TMP/ref.npz") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot load the Inception network (OSError: could not download" in err
+    assert "torch-fidelity" in err
+
+    def missing(*a, **k):
+        raise ImportError("real FID needs torch-fidelity or clean-fid (`pip install torch-fidelity` or ...)")
+
+    monkeypatch.setattr(E, "inception_extractor", missing)
+    assert run("--task", "imagenet", "--ref", "TMP/ref.npz") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install torch-fidelity" in err

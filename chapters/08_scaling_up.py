@@ -407,6 +407,98 @@ print(f"Inception Score: confident and balanced over 100 classes {inception_scor
 # EMD-16 on ImageNet 128x128 came from the non-public VDM++ teacher; the `imagenet128` config uses
 # ADM instead, so its numbers cannot be set beside that one.
 #
+# ## 7. Precision: bf16 bodies, float32 arithmetic
+#
+# On a GPU, `precision: auto` (every config's default) runs the step under bf16 autocast. bf16 keeps
+# float32's range but only 8 significant bits, so a matrix product or convolution rounds its result to
+# about 0.4% (relative). That is harmless inside a network's body and harmful in a few places around it.
+# The policy of `emd_lib`:
+#
+# | computation | precision | why |
+# |---|---|---|
+# | the bodies of the teacher, the student score and the generator (convolutions, attention, linear layers) | bf16 under autocast (`precision=bf16`, or `auto` on CUDA); float32 with `precision=fp32` | this is where the time goes; bf16 halves memory traffic and doubles the matrix rate |
+# | EDM's preconditioning ($c_\text{skip}, c_\text{out}, c_\text{in}, c_\text{noise}$) and the skip connection | float32, computed by the adapter, which calls the network's inner model and casts its output to float32 | NVlabs' own `EDMPrecond.forward` asserts that its inner model returns the dtype it chose, which bf16 autocast breaks |
+# | eps to denoiser ($D = (x_t - \sigma \hat\epsilon) / \alpha$), score, v to eps | float32 | at low $\lambda$ the factor $\sigma / \alpha$ (20 at $\lambda = -6$) multiplies any rounding of $\hat\epsilon$ |
+# | classifier-free guidance $\hat\epsilon_u + w (\hat\epsilon_c - \hat\epsilon_u)$ | float32, from the network's two bf16 halves | the difference of two close numbers, multiplied by $w$ |
+# | the E-step (Langevin updates, noise cancellation), the losses, gradients, Adam and the EMA | float32 | the parameters and their gradients stay float32; only the bodies' activations are bf16 |
+# | float16 | never | there is no loss scaler; a released network's `use_fp16` flag is ignored, and switched off in the trainable copies (generator, student score) |
+#
+# Every loss and every gradient norm is checked for finite values before the optimisers step (section 3).
+# The float32 arithmetic cannot undo the rounding that happened inside the body: the denoiser read from
+# a bf16 $\hat\epsilon$ carries $\sigma/\alpha$ times $\hat\epsilon$'s error, exactly. The generator's
+# starting map reads the teacher at $\lambda^* = -6$ (ImageNet) or $-5$ (Stable Diffusion), where that
+# factor is 20 or 12. Here is the measurement on the tiny stand-ins, with random weights everywhere (an
+# untrained network's zero-initialised output layers would hide the rounding):
+
+# %%
+def _randomised(m, seed=0):
+    """Random weights everywhere (diffusers and EDM start some output layers at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return m.eval().requires_grad_(False)
+
+
+def rel_rms(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+prec_teachers = {
+    "EDM (tiny)": (A.EDMTeacher(_randomised(A.edm_unet("tiny", num_classes=4))), torch.tensor([0, 1, 2, 3])),
+    "ADM (tiny)": (A.DiscreteVPTeacher(_randomised(A.adm_unet("tiny", num_classes=4)), A.linear_alphas_cumprod(1000),
+                                       (3, 8, 8), num_classes=4, eps_channels=3), torch.tensor([0, 1, 2, 3])),
+}
+sd_prec = A.random_sd("tiny", guidance_scale=1.0)
+_randomised(sd_prec.net)
+prec_teachers["SD (tiny, no guidance)"] = (sd_prec, sd_prec.encode_prompts(["a cat", "a dog", "a red cube", ""]))
+
+BF16_RTOL = 0.03          # the tolerance the tests hold every adapter to (tests/test_adapters.py)
+gp = torch.Generator().manual_seed(11)
+rows = []
+for name, (tch, cond) in prec_teachers.items():
+    for lv in (-5.0, 0.0, 4.0):
+        lam = torch.full((4,), lv)
+        alpha, sigma = tch.schedule.alpha_sigma(lam)
+        x = 0.5 * alpha[0] * torch.randn(4, *tch.shape, generator=gp) + sigma[0] * torch.randn(4, *tch.shape, generator=gp)
+        e32, d32 = tch.eps(x, lam, cond), tch.denoise(x, lam, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            e16, d16 = tch.eps(x, lam, cond), tch.denoise(x, lam, cond)
+        assert e16.dtype == d16.dtype == torch.float32            # every adapter returns float32
+        assert rel_rms(e16, e32) < BF16_RTOL
+        rows.append((name, lv, float(sigma[0] / alpha[0]), rel_rms(e16, e32), float((e16 - e32).pow(2).mean().sqrt()),
+                     float((d16 - d32).pow(2).mean().sqrt())))
+print(f"{'teacher':24s} {'lam':>5s} {'sigma/alpha':>11s} {'eps rel. err':>12s} {'eps rms err':>11s} {'D rms err':>9s}")
+for r in rows:
+    print(f"{r[0]:24s} {r[1]:5.1f} {r[2]:11.2f} {r[3]:12.4f} {r[4]:11.4f} {r[5]:9.4f}")
+
+# %% [markdown]
+# For the two VP teachers (ADM, Stable Diffusion) the denoiser's error is the eps error times
+# $\sigma/\alpha$: the arithmetic after the network adds nothing, and the amplification is the
+# network's own rounding. EDM's network predicts the denoiser's correction directly, scaled by
+# $c_\text{out} \le \sigma_\text{data}$, so its denoiser error does not grow at low $\lambda$. The
+# tolerance the tests hold each adapter to is 3% relative (rms) for one evaluation, bf16 against
+# float32; guidance with weight $w$ can multiply it by up to $2w - 1$, which is why the combination
+# itself is float32. To see the EDM fix at work: a network with the released code's dtype contract is
+# wrapped by `EDMTeacher` in `EDMNet`, which calls its inner model, so under autocast the result is
+# float32 and matches float32 within the tolerance:
+
+# %%
+edm_prec = prec_teachers["EDM (tiny)"][0]
+print("EDMTeacher wraps", type(edm_prec.net.precond).__name__, "in", type(edm_prec.net).__name__)
+xe, le, ye = torch.randn(2, 3, 8, 8, generator=gp), torch.tensor([-6.0, 2.0]), torch.tensor([1, 3])
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    d_bf16 = edm_prec.denoise(xe, le, ye)
+d_fp32 = edm_prec.denoise(xe, le, ye)
+print(f"bf16 denoiser: {d_bf16.dtype}; relative rms error against float32: {rel_rms(d_bf16, d_fp32):.4f}")
+assert d_bf16.dtype == torch.float32 and rel_rms(d_bf16, d_fp32) < BF16_RTOL
+released_like = A.edm_unet("tiny", num_classes=4, seed=1).eval().requires_grad_(False)
+released_like.use_fp16 = True                       # as NVlabs' ImageNet-64 pickle says
+gen_copy = A.TeacherGenerator(A.EDMTeacher(released_like), lam_star=-6.0)
+print("use_fp16: teacher", released_like.use_fp16, "| generator's trainable copy", gen_copy.copy.net.precond.use_fp16)
+assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
+
+# %% [markdown]
 # ## Summary
 #
 # * Adapters turn published networks into the one teacher interface: EDM's $D(x; \sigma = e^{-\lambda/2}, c)$
@@ -424,6 +516,10 @@ print(f"Inception Score: confident and balanced over 100 classes {inception_scor
 #   compiled steps reach 36-38% of the card's measured bf16 matrix rate.
 # * FID, IS, precision/recall and CLIP score are computed from features; install torch-fidelity or
 #   clean-fid for the Inception network.
+# * Precision: the networks' bodies run in bf16 under autocast; EDM's preconditioning, the eps-to-denoiser
+#   arithmetic, the guidance combination and the E-step stay float32; float16 is never used. One bf16
+#   evaluation agrees with float32 within 3% (rms), and at low $\lambda$ a VP teacher's denoiser carries
+#   $\sigma/\alpha$ times eps's error.
 
 # %% [markdown]
 # ## Exercise 8.1: an EDM network behind the teacher interface

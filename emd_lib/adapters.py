@@ -81,6 +81,8 @@ def _fp32_bodies(net: nn.Module) -> nn.Module:
         if getattr(m, "dtype", None) == torch.float16 and hasattr(m, "convert_to_fp32"):
             m.convert_to_fp32()                                 # guided-diffusion's UNetModel
             m.dtype = torch.float32
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in net.parameters()):
+        net.float()                                             # e.g. a diffusers model loaded in half precision
     return net
 
 

@@ -393,3 +393,18 @@ def test_the_e_step_and_losses_stay_float32_under_bf16_autocast():
     loss_g.backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in gen.parameters())
     assert all(math.isfinite(v) for v in diag.values() if isinstance(v, float))
+
+
+def test_trainable_copies_are_float32_whatever_the_teacher_was_loaded_in():
+    """A teacher loaded in half precision (a diffusers UNet in float16, a released EDM pickle with
+    ``use_fp16``) gives float32 trainable copies with ``use_fp16`` off; the teacher is left as it was."""
+    sd = A.random_sd("tiny")
+    sd.net.half()
+    student = A.network_copy(sd, guidance_scale=1.0)
+    assert all(p.dtype == torch.float32 for p in student.net.parameters())
+    assert all(p.dtype == torch.float16 for p in sd.net.parameters())
+    net = A.edm_unet("tiny", num_classes=4).eval().requires_grad_(False)
+    net.use_fp16 = True
+    gen = A.TeacherGenerator(A.EDMTeacher(net), lam_star=-4.0)
+    assert net.use_fp16 and not gen.copy.net.precond.use_fp16
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in gen.parameters())

@@ -834,6 +834,8 @@ def _tensorboard(out):
 def _init_distributed():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":            # this process's GPU before the group exists: NCCL never guesses one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
         return True
     return False

@@ -260,6 +260,38 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
       "and lam")
 
 # %% [markdown]
+# ### Leaving the process group cleanly
+#
+# A run that trained well must also *end* well on every process, or torchrun reports it as failed
+# and a scheduler that retries failed jobs trains it again. Two rules in `emd_lib.train` see to it:
+#
+# * **Collectives only on tensors the trainer holds.** The backend finishes a collective on a worker
+#   thread of its own and releases the collective's tensors there. When the tensor was a Python
+#   temporary (`torch.tensor([loss])`, reduced and dropped), that release frees a Python object and
+#   must take the interpreter's lock; if it comes while the interpreter is shutting down, the worker
+#   is ended in the middle of C++ code and the process aborts ("terminate called without an active
+#   exception"). With gloo this hit about one two-process run in three with the joint chain, after the
+#   final checkpoint was written. The loss average and the stop-signal check now reduce two buffers
+#   the trainer owns (`_loss_sum`, `_stop_max`); `tests/test_ddp.py` records every tensor handed to a
+#   collective during a two-process run and fails if Python had let go of any, and runs the command
+#   itself eight times.
+# * **One way out.** Success, a training fault and a signal all end in `leave_process_group`: the
+#   DistributedDataParallel wrappers come off, then `destroy_process_group`, with no collective in
+#   between, so a process that failed alone cannot hang the others. The E-step's calls of the
+#   generator go to the network inside the wrapper (they need $g$ and its vector-Jacobian product in
+#   $z$, never a gradient reduction), so the M-step's forward is the only one the wrapper prepares a
+#   reduction for; the networks' buffers are constants, so the wrapper broadcasts none before a forward.
+#
+# What differs with NCCL on GPUs (reviewed, not yet run here): each process selects its GPU from
+# `LOCAL_RANK` *before* the group is made, so NCCL never guesses a device for a barrier. NCCL's work
+# objects are released by its watchdog thread once the GPU has finished them, again off the main
+# thread, so the first rule matters there too. `destroy_process_group` aborts NCCL's communicators
+# instead of waiting for peers; a process that stops with an error while the others sit inside a
+# collective leaves them blocked until NCCL's timeout (10 minutes by default) or until torchrun,
+# seeing one process fail, stops the rest. Training faults here (a non-finite loss or gradient) are
+# decided from values averaged over all processes, so every process stops at the same step.
+
+# %% [markdown]
 # ## 5. What a step costs
 #
 # Per generator update, Diff-Instruct evaluates the teacher and the student score once; EMD-$K$ $K$ times

@@ -32,7 +32,8 @@ from .langevin import LangevinConfig, call_generator, estep, score_gap_eps
 from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teacher
 from .schedules import bcast, sample_lam, weight
 
-__all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step"]
+__all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step",
+           "unwrap_parallel"]
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
@@ -112,10 +113,15 @@ class DistillConfig:
         return asdict(self)
 
 
+def unwrap_parallel(module):
+    """The network inside a ``DistributedDataParallel`` wrapper (any other module is returned as is)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 def student_loss(student, generator, schedule, z, eps, lam, cond=None):
     """Denoising score matching on detached generator samples (eps-prediction, unit weight)."""
-    with torch.no_grad():
-        x = call_generator(generator, z, cond)
+    with torch.no_grad():                          # no gradient: the inner network of a parallel wrapper
+        x = call_generator(unwrap_parallel(generator), z, cond)
     alpha, sigma = schedule.alpha_sigma(lam)
     x_t = bcast(alpha, x) * x + bcast(sigma, x) * eps
     pred = student.eps(x_t, lam, cond)
@@ -141,7 +147,10 @@ def emd_generator_loss(generator, teacher, student, z, eps, lam, lcfg: LangevinC
     z_moves = lcfg.move_z and lcfg.K > 0
     # with z fixed the M-step reuses this forward pass; with z moving the E-step makes its own
     x0 = None if z_moves else call_generator(generator, z, cond)
-    res = estep(generator, teacher, student, z, eps, lam, lcfg, cond=cond, rng=rng,
+    # the chain only reads g and its vector-Jacobian products in z: under DistributedDataParallel it
+    # runs on the inner network, so that the M-step's forward is the only one the wrapper prepares
+    # a gradient reduction for
+    res = estep(unwrap_parallel(generator), teacher, student, z, eps, lam, lcfg, cond=cond, rng=rng,
                 x0=None if x0 is None else x0.detach())
     x = x0 if not z_moves else call_generator(generator, res.z, cond)
     a, s = bcast(alpha, x), bcast(sigma, x)

@@ -50,7 +50,8 @@ from torch import nn
 
 from . import ROOT, randn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .distill import DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss
+from .distill import (DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss,
+                      unwrap_parallel)
 from .langevin import call_generator
 from .langevin import LangevinConfig  # noqa: F401  (TrainConfig inherits annotations that name it)
 from .nets import ema_update
@@ -461,10 +462,6 @@ def _networks(p) -> list[nn.Module]:
     return nets
 
 
-def _unwrap(m):
-    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
-
-
 # ============================================================================================
 # the trainer
 # ============================================================================================
@@ -508,12 +505,29 @@ class Trainer:
         if cfg.compile:
             for net in _networks(p):
                 net.compile()
-        # several processes: DistributedDataParallel around what trains
+        # several processes: DistributedDataParallel around what trains. The networks' buffers are
+        # constants (frequencies, schedule tables), equal on every process: no broadcast before each
+        # forward. close() takes the wrappers off again.
         self.G = p.generator
         if self.dist:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G = nn.parallel.DistributedDataParallel(p.generator, device_ids=ids)
-            p.student.net = nn.parallel.DistributedDataParallel(p.student.net, device_ids=ids)
+            self.G = _parallel(p.generator, self.device)
+            p.student.net = _parallel(p.student.net, self.device)
+        # The only tensors this class hands to a collective, held as long as the trainer. The backend
+        # releases a finished collective's tensors on a worker thread of its own; were the tensor a
+        # temporary whose Python object had gone, that release would have to take the interpreter's
+        # lock, and a worker that does so while the interpreter shuts down aborts the process
+        # ("terminate called without an active exception") after a run that finished well.
+        self._loss_sum = torch.zeros(1, dtype=torch.float64, device=self.device)
+        self._stop_max = torch.zeros(1, dtype=torch.int64, device=self.device)
+
+    def close(self):
+        """Take the DistributedDataParallel wrappers off the generator and the student score, so that
+        nothing of this trainer holds the process group (``leave_process_group`` calls it before the
+        group is destroyed). Checkpoints and samples work as before; training can go on afterwards
+        only on one process."""
+        p = self.prob
+        self.G = p.generator
+        p.student.net = unwrap_parallel(p.student.net)
 
     # ---- randomness: the global batch on every process, this process's rows kept --------------
     def _rows(self, t):
@@ -546,9 +560,9 @@ class Trainer:
     def _mean(self, v: float) -> float:
         if not self.dist:
             return v
-        t = torch.tensor([v], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t) / self.world
+        self._loss_sum.fill_(v)
+        torch.distributed.all_reduce(self._loss_sum)
+        return float(self._loss_sum) / self.world
 
     # ---- one update of each network ---------------------------------------------------------------
     def student_step(self) -> float:
@@ -599,7 +613,7 @@ class Trainer:
     def state(self) -> tuple[dict, dict]:
         p = self.prob
         t = {}
-        nets = [("generator", p.generator), ("student", _unwrap(p.student.net))]
+        nets = [("generator", p.generator), ("student", unwrap_parallel(p.student.net))]
         if self.cfg.ema > 0:
             nets.append(("ema", self.ema))
         for prefix, m in nets:
@@ -640,7 +654,7 @@ class Trainer:
         p.generator.load_state_dict(_sub(tensors, "generator"))
         if self.cfg.ema > 0:
             self.ema.load_state_dict(_sub(tensors, "ema"))
-        _unwrap(p.student.net).load_state_dict(_sub(tensors, "student"))
+        unwrap_parallel(p.student.net).load_state_dict(_sub(tensors, "student"))
         _opt_load(self.opt_g, "opt_g", tensors, card["opt_g"])
         _opt_load(self.opt_s, "opt_s", tensors, card["opt_s"])
         self.rng.set_state(tensors["rng"].cpu())
@@ -695,9 +709,9 @@ class Trainer:
     def _stop_requested(self) -> int:
         s = self._stop
         if self.dist:
-            t = torch.tensor([s], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            s = int(t)
+            self._stop_max.fill_(s)
+            torch.distributed.all_reduce(self._stop_max, op=torch.distributed.ReduceOp.MAX)
+            s = int(self._stop_max)
         return s
 
     def warmup(self):
@@ -812,6 +826,18 @@ class _Interrupted(Exception):
         self.sig = sig
 
 
+def _parallel(net, device):
+    """``net`` in DistributedDataParallel, without the buffer broadcast before every forward (our
+    networks' buffers are constants; the keyword was renamed in newer torch)."""
+    import inspect
+
+    DDP = nn.parallel.DistributedDataParallel
+    quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+        else "broadcast_buffers"
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(net, device_ids=ids, **{quiet: False})
+
+
 def _copy_frozen(m):
     import copy
 
@@ -839,10 +865,31 @@ def _tensorboard(out):
 def _init_distributed():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":            # this process's GPU before the group exists: NCCL never guesses one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
         return True
     return False
 
+
+def leave_process_group(trainer: "Trainer | None" = None):
+    """End this process's part in the process group, the same way after success, error and signal.
+
+    The trainer's DistributedDataParallel wrappers are taken off and collected, then the group is
+    destroyed. No collective is issued here, so a process that failed alone cannot hang the others
+    (on NCCL, ``destroy_process_group`` aborts the communicators instead of waiting for peers).
+    The backend's worker threads end only when the last reference to the group goes; in torch 2.13
+    DistributedDataParallel's reducer keeps one even after its wrapper is collected, so on gloo the
+    workers live on to the interpreter's shutdown. That is harmless only because every tensor the
+    trainer hands to a collective outlives it (``Trainer._loss_sum``, ``Trainer._stop_max``).
+    """
+    import gc
+
+    if trainer is not None and trainer.dist:
+        trainer.close()
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emd_lib.train", description=__doc__.split("\n\n")[0],
@@ -877,7 +924,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         if started:
-            torch.distributed.destroy_process_group()
+            leave_process_group(tr)
 
 
 if __name__ == "__main__":

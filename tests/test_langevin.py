@@ -154,3 +154,93 @@ def test_estep_calls_the_generator_once_per_step_with_its_weights_frozen():
         assert not any(p.requires_grad for p in gen.parameters())
         raise RuntimeError("restored even when the block fails")
     assert all(p.requires_grad for p in gen.parameters())
+
+
+# ---- the chains pinned down exactly ---------------------------------------------------------------
+
+def _pair(seed, n=12):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+
+
+@pytest.mark.parametrize("cancel", ["none", "injected", "full"])
+def test_x_chain_hands_the_m_step_the_eps_chains_eps(cancel):
+    """With z frozen and gamma_x = gamma_eps sigma^2, the x chain is the eps chain in other units:
+    under the same noise both hand the M-step the same eps (the x chain's noise record is in x units
+    and must be divided by sigma), and the same chain eps."""
+    gen = LinearGenerator(A0, B0)
+    teacher, student = gaussian_teacher(M, C), exact_student(A0 * 0.7, B0 + 0.3)    # a student that is off
+    z0, eps0 = _pair(0)
+    lam = torch.linspace(-4, 4, len(z0))                                              # sigma from 0.14 to 0.99
+    out = {}
+    for space in ("eps", "x"):
+        rng = torch.Generator().manual_seed(7)
+        out[space] = estep(gen, teacher, student, z0, eps0, lam,
+                           LangevinConfig(K=6, space=space, gamma_eps=0.3, cancel=cancel), rng=rng)
+    torch.testing.assert_close(out["x"].eps_chain, out["eps"].eps_chain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["x"].eps, out["eps"].eps, rtol=1e-4, atol=1e-5)
+    assert (out["eps"].eps - eps0).abs().max() > 0.1                                 # the chain moved
+
+
+@pytest.mark.parametrize("g_z", [0.05, 0.3])
+def test_with_no_score_gap_the_cancelled_chain_is_the_prior_contraction(g_z):
+    """Student equal to the teacher: the score gap is zero, so the only force on z is the prior's -z and
+    on eps the prior's -eps. With z moving (no preconditioning) and both noise records on, the M-step gets
+    z = (1 - g_z)^K z0 (the z record must decay by 1 - g_z per step) and eps = 0 (the full record)."""
+    gen = LinearGenerator(A0, B0)
+    same = exact_student(A0, B0)
+    z0, eps0 = _pair(1)
+    lam = torch.linspace(-3, 3, len(z0))
+    K = 7
+    res = estep(gen, same, same, z0, eps0, lam,
+                LangevinConfig(K=K, move_z=True, gamma_z=g_z, z_precondition="none", cancel="full", cancel_z=True),
+                rng=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(res.z, (1 - g_z) ** K * z0, rtol=1e-5, atol=1e-5)
+    assert res.eps.abs().max() < 1e-5
+    assert (res.z_chain - res.z).abs().max() > 0.05                                    # noise did move z
+
+
+def _mixture_score(x, lam, weights, means, stds):
+    """Score of a noised isotropic Gaussian mixture, written out: components N(alpha mu_k, v_k I) with
+    v_k = alpha^2 s_k^2 + sigma^2, responsibilities from their densities (float64)."""
+    x = x.double()
+    a, s = VP.alpha_sigma(lam.double())
+    a, s = a[:, None, None], s[:, None, None]
+    mu = torch.tensor(means, dtype=torch.float64)[None]                                # (1, K, d)
+    v = a**2 * torch.tensor(stds, dtype=torch.float64)[None, :, None] ** 2 + s**2      # (B, K, 1)
+    diff = x[:, None, :] - a * mu                                                       # (B, K, d)
+    logp = torch.log(torch.tensor(weights, dtype=torch.float64)) - 0.5 * (diff**2 / v).sum(-1) \
+        - 0.5 * x.shape[1] * torch.log(2 * math.pi * v[..., 0])
+    r = torch.softmax(logp, dim=1)[..., None]                                          # (B, K, 1)
+    return (r * (-diff / v)).sum(1)
+
+
+def test_k1_identity_against_a_score_gap_written_out():
+    """K = 1, gamma_eps = 1, full cancellation: the M-step eps is sigma (s_teacher - s_student) at the
+    generator's noisy sample, and the Diff-Instruct gradient is -w alpha ds^T dg/dtheta. Both compared
+    with scores computed here from the mixtures' formulas, so a sign error in the score gap that the
+    E-step and the Diff-Instruct loss share cannot pass."""
+    from emd_lib.distill import di_generator_loss
+    from emd_lib.teachers import GaussianMixture
+
+    tw, tm, ts = [0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [0.4, 0.6]
+    sw, sm, ss = [1.0], [[0.2, 0.1]], [1.1]
+    teacher, student = GaussianMixture(tw, tm, ts), GaussianMixture(sw, sm, ss)
+    gen = LinearGenerator(A0, B0)
+    z0, eps0 = _pair(2, n=32)
+    lam = torch.linspace(-3, 3, len(z0))
+    a, s = VP.alpha_sigma(lam)
+    x_t = a[:, None] * gen(z0).detach() + s[:, None] * eps0
+    ds = _mixture_score(x_t, lam, tw, tm, ts) - _mixture_score(x_t, lam, sw, sm, ss)   # (B, d), float64
+
+    res = estep(gen, teacher, student, z0, eps0, lam, LangevinConfig(K=1, gamma_eps=1.0, cancel="full"),
+                rng=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.eps.double(), s.double()[:, None] * ds, rtol=1e-4, atol=1e-5)
+
+    gen.zero_grad()
+    loss, _ = di_generator_loss(gen, teacher, student, z0, eps0, lam, weighting="one")
+    loss.backward()
+    v = (a.double()[:, None] * ds)                                                       # w alpha ds, w = 1
+    torch.testing.assert_close(gen.A.grad.double(), -(v[:, :, None] * z0.double()[:, None, :]).mean(0),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gen.b.grad.double(), -v.mean(0), rtol=1e-4, atol=1e-6)

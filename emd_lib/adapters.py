@@ -21,6 +21,14 @@ E-step, the losses and the samplers of the 2D chapters run on it unchanged:
 The random-weight builders (:func:`edm_unet`, :func:`adm_unet`, :func:`tiny_sd_folder`) give
 the same architectures with random weights: tiny ones for the tests and the book, full-size
 ones for the benchmark.
+
+Precision: a network's body runs in the run's precision (bf16 under autocast, float32
+otherwise; float16 never, so the ``use_fp16`` flags of released checkpoints are not used, and
+they are switched off in the trainable copies). Everything around the body is float32: EDM's
+preconditioning, eps to denoiser and score (where ``sigma / alpha`` amplifies any rounding at
+low log-SNR), v to eps, and the classifier-free guidance combination. Every adapter returns
+float32 (float64 for float64 input). A discrete-time teacher refuses a log-SNR outside the
+range it was trained on (:class:`LamRangeError`).
 """
 from __future__ import annotations
 

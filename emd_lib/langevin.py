@@ -72,6 +72,12 @@ class LangevinConfig:
         the z-update in the ``"eps"`` chain only; in ``"x"`` space that part is
         ``1 - g_z (1 + alpha^2 / sigma^2)`` for a unit Jacobian, so the record does not track the
         z noise there.
+    z_clip: a trust region for the z step (None: off). No sample's z drifts by more than
+        ``z_clip * sqrt(dim z)`` in one step; the injected noise is not touched. With a network
+        generator the drift ``gamma_z (alpha J^T ds - z)`` can grow without bound: where the
+        generator is steep (between modes) or the chain reaches latents the student score was never
+        trained on, one step takes z further out, where the drift is larger still. The book's
+        chapter 4 measures what the limit buys.
     """
 
     K: int = 8
@@ -84,6 +90,7 @@ class LangevinConfig:
     z_precondition: str = "snr"
     cancel: str = "full"
     cancel_z: bool = False
+    z_clip: float | None = None
 
     def __post_init__(self):
         if isinstance(self.K, bool) or not isinstance(self.K, numbers.Real) or not math.isfinite(self.K) \
@@ -95,10 +102,12 @@ class LangevinConfig:
             raise ValueError(f"cancel must be 'none', 'injected' or 'full', got {self.cancel!r}")
         if self.z_precondition not in ("none", "snr"):
             raise ValueError(f"z_precondition must be 'none' or 'snr', got {self.z_precondition!r}")
-        for name in ("gamma_eps", "gamma_z") + (("gamma_x",) if self.gamma_x is not None else ()):
+        for name in ("gamma_eps", "gamma_z") + (("gamma_x",) if self.gamma_x is not None else ()) \
+                + (("z_clip",) if self.z_clip is not None else ()):
             v = getattr(self, name)
             if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} (a Langevin step size) must be a finite number > 0, got {v!r}")
+                what = "the largest z drift per step" if name == "z_clip" else "a Langevin step size"
+                raise ValueError(f"{name} ({what}) must be a finite number > 0, got {v!r}")
 
 
 @dataclass
@@ -255,7 +264,13 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
                 eta = decay * eta + torch.sqrt(2 * g_data) * n
             if cfg.move_z:
                 nz = _randn(z, rng)
-                z = z + g_z * grad_z + torch.sqrt(2 * g_z) * nz
+                drift = g_z * grad_z
+                if cfg.z_clip is not None:
+                    # trust region: no sample's z drifts by more than z_clip * sqrt(dim) in one step
+                    lim = cfg.z_clip * math.sqrt(z[0].numel())
+                    norm = drift.flatten(1).norm(dim=1).clamp_min(1e-12)
+                    drift = drift * bcast((lim / norm).clamp(max=1.0), z)
+                z = z + drift + torch.sqrt(2 * g_z) * nz
                 # (1 - g_z): the linear part of the z-update in eps space (not in x space: see cancel_z)
                 eta_z = (1 - g_z) * eta_z + torch.sqrt(2 * g_z) * nz
 

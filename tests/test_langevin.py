@@ -244,3 +244,31 @@ def test_k1_identity_against_a_score_gap_written_out():
     torch.testing.assert_close(gen.A.grad.double(), -(v[:, :, None] * z0.double()[:, None, :]).mean(0),
                                rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(gen.b.grad.double(), -v.mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_z_clip_limits_each_samples_z_drift_and_nothing_else():
+    """One z step with eps held still: z_1 = z_0 + drift + sqrt(2 g_z) n. The trust region scales a
+    sample's drift down to z_clip * sqrt(d) when it is longer, and leaves shorter drifts and the noise
+    as they are."""
+    gen = LinearGenerator(A0 * 6, B0)                                   # a steep generator: large J^T ds
+    teacher, student = gaussian_teacher(M, C * 0.05), exact_student(A0 * 6, B0)
+    z0, eps0 = _pair(4, n=64)
+    lam = torch.linspace(-2, 6, len(z0))
+    g_z, clip = 0.05, 0.2
+
+    def step(z_clip):
+        cfg = LangevinConfig(K=1, move_data=False, move_z=True, z_precondition="none", gamma_z=g_z,
+                             cancel="none", z_clip=z_clip)
+        return estep(gen, teacher, student, z0, eps0, lam, cfg, rng=torch.Generator().manual_seed(9)).z_chain
+
+    noise = math.sqrt(2 * g_z) * torch.randn(z0.shape, generator=torch.Generator().manual_seed(9))
+    free, held = step(None) - z0 - noise, step(clip) - z0 - noise
+    lim = clip * math.sqrt(2)
+    long = free.norm(dim=1) > lim
+    assert long.sum() >= 10 and (~long).sum() >= 5                      # both cases occur in the batch
+    torch.testing.assert_close(held.norm(dim=1)[long], torch.full((int(long.sum()),), lim), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(held[long] / held[long].norm(dim=1, keepdim=True),
+                               free[long] / free[long].norm(dim=1, keepdim=True), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(held[~long], free[~long], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="z_clip"):
+        LangevinConfig(z_clip=0.0)

@@ -10,6 +10,7 @@ Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
     python -m emd_lib.experiments.ch04 --sweep space_x   # two more (x, z) chains
     python -m emd_lib.experiments.ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
     python -m emd_lib.experiments.ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
+    python -m emd_lib.experiments.ch04 --sweep zstep     # the joint chain's z step: a trust region
 
 ``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of
 its variants and ``--merge`` adds them to an existing JSON; the JSON records
@@ -58,7 +59,7 @@ GX = gamma_x_fixed()
 
 #: generator updates per run, per sweep (sized so that each sweep of 3 seeds takes about 10 to 15
 #: minutes on one shared CPU core); the stability sweep is shorter because divergence comes early
-DEFAULT_STEPS = {"space": 600, "space_x": 600, "gamma_z": 400, "cancel": 600}
+DEFAULT_STEPS = {"space": 600, "space_x": 600, "gamma_z": 400, "cancel": 600, "zstep": 1000}
 
 #: name -> {variant label -> overrides of DistillConfig (``langevin`` a dict of LangevinConfig fields)}
 SWEEPS: dict[str, dict[str, dict]] = {
@@ -79,6 +80,18 @@ SWEEPS: dict[str, dict[str, dict]] = {
            for g in (0.03, 0.1, 0.3, 1.0)},
         **{f"none {g:g}": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none", "gamma_z": g}}
            for g in (0.003, 0.01, 0.03, 0.1)},
+    },
+    # making the joint chain stable with network generators: the z step's drift limited per sample
+    # (a trust region), against the frozen-z chain, the library's earlier joint setting and DI
+    "zstep": {
+        "(eps, -)": {"langevin": {"space": "eps", "move_z": False}},
+        "(eps, z) snr 0.1 full": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "snr",
+                                               "gamma_z": 0.1, "cancel": "full"}},
+        "(eps, z) none 0.05": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                            "gamma_z": 0.05, "cancel": "none"}},
+        "(eps, z) none 0.05 clip 0.1": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                                     "gamma_z": 0.05, "cancel": "none", "z_clip": 0.1}},
+        "DI": {"method": "di"},
     },
     "cancel": {
         "(eps, -) none": {"langevin": {"space": "eps", "move_z": False, "cancel": "none"}},

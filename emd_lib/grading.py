@@ -499,7 +499,8 @@ def grade(path: Path, timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = 
 
 def submissions(targets: list[str]) -> list[tuple[Path, str]]:
     """``(path, name)`` for each file named, and each ``.py`` / ``.ipynb`` under each folder named
-    (hidden folders and notebook checkpoints skipped), the name relative to the folder."""
+    (hidden folders and notebook checkpoints skipped), the name relative to the folder (to its
+    parent when several targets are named)."""
     out = []
     for t in targets:
         p = Path(t)
@@ -507,7 +508,8 @@ def submissions(targets: list[str]) -> list[tuple[Path, str]]:
             found = sorted(f for f in p.rglob("*") if f.suffix in (".py", ".ipynb") and f.is_file()
                            and not any(part.startswith(".") or part == "__pycache__"
                                        for part in f.relative_to(p).parts))
-            out += [(f, f.relative_to(p).as_posix()) for f in found]
+            base = p.resolve().parent if len(targets) > 1 else p.resolve()
+            out += [(f, f.resolve().relative_to(base).as_posix()) for f in found]
         else:
             out.append((p, p.name))
     return out
@@ -517,8 +519,9 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def print_grades(g: Grades, out=sys.stdout) -> None:
+def print_grades(g: Grades, out=None) -> None:
     """One line per exercise, the notes, and the file's score."""
+    out = out or sys.stdout
     if g.error:
         print(f"{g.name}: {g.error}", file=out)
         return
@@ -592,8 +595,9 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def grade_all(targets: list[str], timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = DEFAULT_MEMORY_MB,
-              json_out: str | None = None, gradescope_out: str | None = None, out=sys.stdout) -> list[Grades]:
+              json_out: str | None = None, gradescope_out: str | None = None, out=None) -> list[Grades]:
     """Grade every submission named (files and folders), print each and the table, write the reports."""
+    out = out or sys.stdout
     t0 = time.monotonic()
     found = submissions(targets)
     all_grades = []

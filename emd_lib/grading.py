@@ -637,7 +637,11 @@ def main(argv=None, prog: str = "python -m emd_lib grade") -> int:
     found = submissions(args.targets)
     if not found:
         ap.error(f"no .py or .ipynb submission in {' '.join(args.targets)}")
-    grades = grade_all(args.targets, args.timeout, args.memory or None, args.json, args.gradescope)
+    try:
+        grades = grade_all(args.targets, args.timeout, args.memory or None, args.json, args.gradescope)
+    except KeyboardInterrupt:   # Ctrl-C of the person grading: the cell's process is already stopped
+        print("grading interrupted: no report written", file=sys.stderr)
+        return 130
     return 0 if all(g.passed for g in grades) else 1
 
 

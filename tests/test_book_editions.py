@@ -43,7 +43,9 @@ def test_student_edition_leaks_no_solution_text(edition):
 
 
 def _exercise_cells(nb):
-    return [c.source for c in nb.cells if c.cell_type == "code" and student.CHECK.search(c.source)]
+    """The code cells that call check, without nbgrader's locked test cells (which repeat the call)."""
+    return [c.source for c in nb.cells if c.cell_type == "code" and student.CHECK.search(c.source)
+            and not c.metadata.get("nbgrader", {}).get("grade")]
 
 
 def test_every_check_fails_on_the_student_stub(edition, monkeypatch):
@@ -59,6 +61,38 @@ def test_every_check_fails_on_the_student_stub(edition, monkeypatch):
                 exec(compile(source, f"<{path.stem}>", "exec"), {"__name__": "__exercise__"})
             n += 1
     assert n >= len(CHAPTERS)
+
+
+def _nbgrader_cells(path):
+    return [(c, c.metadata["nbgrader"]) for c in nbformat.read(path, as_version=4).cells if "nbgrader" in c.metadata]
+
+
+def test_student_notebooks_carry_nbgrader_metadata_matching_the_registry(edition, tmp_path):
+    """Each exercise: an answer cell, then a locked autograded test cell whose grade id and points
+    are the registry's; the metadata passes nbgrader's schema-3 rules (ids present and unique,
+    points on every graded cell). The full notebooks (nbgrader's source) carry the same cells
+    with the solutions between nbgrader's markers."""
+    from emd_lib.exercises import grade_id, registry
+
+    reg = registry()
+    notebooks.write_notebooks(tmp_path, repo="https://example.org/x.git")
+    seen = set()
+    for path in CHAPTERS:
+        for folder in (edition, tmp_path):
+            cells = _nbgrader_cells(folder / f"{path.stem}.ipynb")
+            ids = [m["grade_id"] for _, m in cells]
+            assert len(ids) == len(set(ids)) and all(ids), ids
+            for (answer, a), (test, t) in zip(cells[::2], cells[1::2]):
+                assert a["solution"] and not a["grade"] and not a["locked"] and a["schema_version"] == 3
+                assert t["grade"] and t["locked"] and not t["solution"] and t["schema_version"] == 3
+                ex_id = re.search(r'check\("([\d.]+)"', test.source).group(1)
+                assert t["grade_id"] == grade_id(ex_id) == reg[ex_id].grade_id
+                assert a["grade_id"] == grade_id(ex_id) + "_answer"
+                assert t["points"] == reg[ex_id].weight
+                assert f'check("{ex_id}"' in answer.source
+                assert ("### BEGIN SOLUTION" in answer.source) == (folder == tmp_path)
+                seen.add(ex_id)
+    assert seen == set(reg)
 
 
 def test_grading_scores_a_stub_and_a_reference(edition, capsys):

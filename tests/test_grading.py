@@ -70,6 +70,14 @@ def test_the_reference_passes_in_isolation(tmp_path):
     assert all(r.seconds > 0 for r in g.results.values())
 
 
+def test_a_notebook_with_nbgrader_test_cells_is_graded_by_its_exercise_cells(tmp_path):
+    from emd_lib import notebooks
+
+    notebooks.write_notebooks(tmp_path, repo="https://example.org/x.git")
+    g = grading.grade(tmp_path / f"{CH1.stem}.ipynb", **FAST)
+    assert g.passed and g.notes == [] and len(g.results) == 3, (g.verdicts(), g.notes)
+
+
 # ---- each way a cell can fail: that exercise fails, with one line; the others still pass --------------
 
 FAILURES = {

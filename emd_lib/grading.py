@@ -156,8 +156,15 @@ def _context():
         import multiprocessing as mp
 
         if "forkserver" in mp.get_all_start_methods():
+            import pkgutil
+
+            from . import exercises
+
+            chapters = [f"emd_lib.exercises.{m.name}" for m in pkgutil.iter_modules(exercises.__path__)
+                        if m.name.startswith("ch")]
             _CONTEXT = mp.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["torch", "emd_lib.exercises", "emd_lib.exercises.record"])
+            _CONTEXT.set_forkserver_preload(["torch", "emd_lib.grading", "emd_lib.exercises.record",
+                                             *chapters, *exercises.check_modules()])
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT

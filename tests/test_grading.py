@@ -104,6 +104,9 @@ def test_a_failing_cell_fails_its_exercise_only(tmp_path, kind):
 
 
 def test_the_memory_limit_is_what_stops_the_hog(tmp_path):
+    overcommit = Path("/proc/sys/vm/overcommit_memory")
+    if overcommit.exists() and overcommit.read_text().strip() == "2":
+        pytest.skip("this machine does not overcommit memory: an unused 3 GiB tensor fails without a limit too")
     code, _ = FAILURES["memory"]
     g = grading.grade(submission(tmp_path, CH1, prepend={"1.1": code}), timeout=30, memory_mb=None)
     assert g.results["1.1"].passed, g.results["1.1"]
@@ -278,3 +281,14 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         grading.main([str(tmp_path)])
     assert "no .py or .ipynb submission" in capsys.readouterr().err
+
+
+def test_every_chapter_reference_passes_in_the_grader(capsys):
+    """Every check works on the values a cell sends back (a loss the check differentiates included)."""
+    chapters = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+    grades = grading.grade_all([str(p) for p in chapters], timeout=60)
+    assert len(grades) == len(chapters)
+    for g in grades:
+        assert g.passed, (g.name, g.verdicts())
+    assert {k for g in grades for k in g.results} == set(registry())
+    assert "score" in capsys.readouterr().out.splitlines()[-len(chapters) - 1]

@@ -118,7 +118,39 @@ def _limit_memory(nbytes: int | None) -> None:
         pass
 
 
-def _child(source: str, name: str, cwd: str, memory: int | None, conn) -> None:
+def _die_with_parent(cpu_seconds: float) -> None:
+    """Where the platform allows: SIGKILL when the process that forked this one ends (the fork
+    server, which ends with the grader), and a CPU-time limit, so that a cell cannot outlive a
+    grader that was killed before it could stop the cell."""
+    try:
+        # the fork server lives while any of its children holds this end of its "grader alive" pipe:
+        # drop it, so that the server ends when the grader does
+        from multiprocessing import forkserver
+        alive = forkserver._forkserver._forkserver_alive_fd
+        if isinstance(alive, int):
+            os.close(alive)
+            forkserver._forkserver._forkserver_alive_fd = None
+    except (ImportError, AttributeError, OSError):
+        pass
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))          # PR_SET_PDEATHSIG (Linux)
+        if os.getppid() == 1:                       # the server ended already
+            os._exit(1)
+    except (OSError, AttributeError, TypeError):
+        pass
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        limit = int(cpu_seconds) + 1
+        if hard == resource.RLIM_INFINITY or limit < hard:
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+    except (ImportError, ValueError, OSError, AttributeError):
+        pass
+
+
+def _child(source: str, name: str, cwd: str, memory: int | None, conn, timeout: float = DEFAULT_TIMEOUT) -> None:
     """The cell's process: its own session (so the grader can stop it with all it started),
     no terminal output, limited memory; sends back the JSON of :func:`run_cell` and exits."""
     if hasattr(os, "setsid"):
@@ -126,6 +158,8 @@ def _child(source: str, name: str, cwd: str, memory: int | None, conn) -> None:
             os.setsid()
         except OSError:
             pass
+    # CPU time can run ahead of the wall clock only by the number of cores
+    _die_with_parent(timeout * (os.cpu_count() or 1) + 30)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -196,7 +230,7 @@ def run_isolated(source: str, name: str, cwd: Path, timeout: float = DEFAULT_TIM
     the cell sent back (None when it sent none) and ``failure`` why not, in one line."""
     ctx = _context()
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(source, name, str(cwd), (memory_mb or 0) << 20, writer),
+    proc = ctx.Process(target=_child, args=(source, name, str(cwd), (memory_mb or 0) << 20, writer, timeout),
                        daemon=True)
     t0 = time.monotonic()
     data, failure = None, None
@@ -626,6 +660,10 @@ def grade_all(targets: list[str], timeout: float = DEFAULT_TIMEOUT, memory_mb: i
     return all_grades
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the grader waits, so that it stops the cell's process before it ends."""
+
+
 def main(argv=None, prog: str = "python -m emd_lib grade") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -644,11 +682,21 @@ def main(argv=None, prog: str = "python -m emd_lib grade") -> int:
     found = submissions(args.targets)
     if not found:
         ap.error(f"no .py or .ipynb submission in {' '.join(args.targets)}")
+    def terminated(signum, frame):   # SIGTERM: stop the cell's process too, as Ctrl-C does
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:   # not the main thread: SIGTERM keeps its handler
+        previous = None
     try:
         grades = grade_all(args.targets, args.timeout, args.memory or None, args.json, args.gradescope)
-    except KeyboardInterrupt:   # Ctrl-C of the person grading: the cell's process is already stopped
+    except KeyboardInterrupt as e:   # Ctrl-C of the person grading: the cell's process is already stopped
         print("grading interrupted: no report written", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if all(g.passed for g in grades) else 1
 
 

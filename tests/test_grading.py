@@ -247,9 +247,11 @@ def test_weights_come_from_the_registry(tmp_path, monkeypatch):
     assert grading.to_json([g], 5)["files"][0]["exercises"][1]["max_score"] == 2
 
 
-def test_ctrl_c_on_the_grader_stops_it_and_its_cell(tmp_path):
-    """A Ctrl-C of the person grading (not one raised by the student's code) ends the run, and the
-    cell's process with it."""
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)],
+                         ids=["ctrl-c", "sigterm", "sigkill"])
+def test_stopping_the_grader_stops_its_cell(tmp_path, sig, status):
+    """Ctrl-C or SIGTERM of the person grading (not one raised by the student's code) ends the run
+    with one line, and the cell's process with it; a grader killed outright leaves no cell behind."""
     marker = tmp_path / "cell.pid"
     code = f"import os\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\nwhile True:\n    pass"
     path = submission(tmp_path, CH1, prepend={"1.1": code})
@@ -262,16 +264,30 @@ def test_ctrl_c_on_the_grader_stops_it_and_its_cell(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
         cell_pid = int(marker.read_text())
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and "grading interrupted" in err, err
-    deadline = time.monotonic() + 10
+    assert proc.returncode == status, err
+    if status > 0:
+        assert "grading interrupted" in err and "Traceback" not in err, err
+    deadline = time.monotonic() + 15
     while Path(f"/proc/{cell_pid}").exists() and "zombie" not in Path(f"/proc/{cell_pid}/status").read_text():
         assert time.monotonic() < deadline, "the cell's process outlived the grader"
         time.sleep(0.2)
+
+
+def test_the_command_and_its_older_name(tmp_path, capsys):
+    from emd_lib import student
+    from emd_lib.__main__ import main
+
+    assert main([]) == 2 and "grade" in capsys.readouterr().out
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    good = submission(tmp_path, CH1, name="01_good.py")
+    assert student.main(["--grade", str(good), "--timeout", "30", "--json", str(tmp_path / "g.json")]) == 0
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["files"][0]["score"] == 3 and report["timeout_s"] == 30
 
 
 def test_bad_options_are_refused_in_one_line(tmp_path, capsys):

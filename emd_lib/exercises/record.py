@@ -291,8 +291,8 @@ def replayer(record: dict, name: str = "answer"):
     def answer(*args, **kwargs):
         rec = next(queue, None)
         if rec is None:
-            raise ExerciseFailed("your function was not called on every case the check tries "
-                                 "(the cell stopped inside the check)")
+            raise ExerciseFailed("your function was not called on every case of the check (the cell "
+                                 "stopped inside the check, or changed the check)")
         if not isinstance(rec, dict):
             raise ReplayError("malformed answer data")
         if "raised" in rec:

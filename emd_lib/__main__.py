@@ -21,6 +21,10 @@ COMMANDS = {
     "train": ("emd_lib.train", "train from a config"),
     "sample": ("emd_lib.sample", "sample a trained generator"),
     "evaluate": ("emd_lib.evaluate", "evaluate a trained generator"),
+    "train_teacher": ("emd_lib.train_teacher", "train the MNIST teacher"),
+    "train_classifier": ("emd_lib.train_classifier", "train the MNIST evaluator"),
+    "distill_images": ("emd_lib.distill_images", "distil the MNIST teacher"),
+    "eval_images": ("emd_lib.eval_images", "evaluate MNIST students"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Grading submitted chapters: each exercise cell in a process of its own, every verdict in ours.
+"""Grading submitted chapters: each exercise cell in a process of its own, every verdict in the grader's.
 
     python -m emd_lib grade FILE_OR_FOLDER... [--timeout S] [--memory MB] [--json OUT] [--gradescope OUT]
     python -m emd_lib.student --grade FILE...          # the same command, under its older name

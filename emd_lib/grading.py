@@ -10,8 +10,8 @@ expected are those the library registers for the chapter (from the file name ``N
 
 Each exercise cell runs on its own, as in the student edition's note: a fresh namespace, the
 book's ``chapters/`` folder as working directory (the submission's folder where the install
-has none), in a child process with a time limit (``--timeout``, 120 s by default) and, on
-Linux, a limit on its address space (``--memory``, ``RLIMIT_AS``). The child sends back only
+has none), on the CPU, in a child process with a time limit (``--timeout``, 120 s by default)
+and, on Linux, a limit on its address space (``--memory``, 4096 MB by default, ``RLIMIT_AS``). The child sends back only
 data: for each call of ``check`` in the cell, what the student's function returned on each of
 the check's inputs (:mod:`emd_lib.exercises.record`), and whether the cell ran to its end. The
 verdict is decided here, by this process's own copy of the check, on those values: nothing the
@@ -163,6 +163,9 @@ def _child(source: str, name: str, cwd: str, memory: int | None, conn, timeout: 
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    # the checks need no GPU; a GPU driver would also reserve more address space than the limit
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["EMD_DEVICE"] = "cpu"
     _limit_memory(memory)
     os.chdir(cwd)
     try:
@@ -254,7 +257,8 @@ def run_isolated(source: str, name: str, cwd: Path, timeout: float = DEFAULT_TIM
                     failure = f"timed out after {timeout:g} s"
                 elif proc.exitcode < 0:
                     sig = _signal_name(-proc.exitcode)
-                    why = {"SIGSEGV": " (a crash)", "SIGKILL": " (out of memory?)", "SIGABRT": " (an abort)"}
+                    why = {"SIGSEGV": " (a crash)", "SIGKILL": " (out of memory?)", "SIGABRT": " (an abort)",
+                           "SIGXCPU": " (its CPU time ran out)"}
                     failure = f"the cell's process was killed by {sig}{why.get(sig, '')}"
                 else:
                     failure = (f"the cell ended the interpreter (exit status {proc.exitcode}, os._exit?) "

@@ -81,12 +81,51 @@ def default_repo() -> str:
     return url or PLACEHOLDER
 
 
+NBGRADER_SCHEMA = 3
+
+
+def add_nbgrader(nb):
+    """Mark a chapter notebook's exercises the way nbgrader does: each exercise's code cell is an
+    autograded answer cell (``grade_id`` ``exercise_N_k_answer``), followed by a locked autograder
+    test cell (``grade_id`` ``exercise_N_k``, points = the exercise's weight in the registry) that
+    repeats the exercise's ``check`` call. Returns the notebook."""
+    import nbformat
+
+    from .exercises import registry
+    from .grading import CHECK, EXERCISE_HEADING
+
+    reg = registry()
+    cells, heading = [], None
+    for cell in nb.cells:
+        cells.append(cell)
+        if cell.cell_type == "markdown":
+            found = EXERCISE_HEADING.findall(cell.source)
+            heading = found[-1] if found else None
+            continue
+        ex_id, heading = heading, None
+        if cell.cell_type != "code" or ex_id not in reg or ex_id not in CHECK.findall(cell.source):
+            continue
+        ex = reg[ex_id]
+        calls = [line for line in cell.source.splitlines() if CHECK.search(line) and ex_id in line]
+        cell.metadata["nbgrader"] = {"grade": False, "solution": True, "locked": False,
+                                     "grade_id": f"{ex.grade_id}_answer", "schema_version": NBGRADER_SCHEMA}
+        test = nbformat.v4.new_code_cell(
+            f"# The graded check of exercise {ex_id} (nbgrader runs this locked cell; it repeats the call above)\n"
+            "from emd_lib.exercises import check\n\n" + "\n".join(calls))
+        test.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": ex.weight,
+                                     "grade_id": ex.grade_id, "schema_version": NBGRADER_SCHEMA}
+        cells.append(test)
+    nb.cells = cells
+    return nb
+
+
 def to_notebook(text: str, repo: str, extra: str = "", student: bool = False):
-    """A chapter's py:percent source as a notebook with the install cell first."""
+    """A chapter's py:percent source as a notebook with the install cell first and nbgrader's
+    metadata on its exercises (:func:`add_nbgrader`)."""
     import jupytext
     import nbformat
 
-    nb = jupytext.reads(text, fmt="py:percent")
+    nb = add_nbgrader(jupytext.reads(text, fmt="py:percent"))
     cell = nbformat.v4.new_code_cell(install_cell(repo, extra, student).rstrip("\n"))
     cell.metadata["tags"] = [INSTALL_TAG]
     nb.cells.insert(0, cell)

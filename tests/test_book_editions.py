@@ -8,7 +8,7 @@ import jupytext
 import nbformat
 import pytest
 
-from emd_lib import notebooks, student
+from emd_lib import grading, notebooks, student
 from emd_lib.exercises import ExerciseFailed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,9 @@ def test_student_edition_leaks_no_solution_text(edition):
 
 
 def _exercise_cells(nb):
-    return [c.source for c in nb.cells if c.cell_type == "code" and student.CHECK.search(c.source)]
+    """The code cells that call check, without nbgrader's locked test cells (which repeat the call)."""
+    return [c.source for c in nb.cells if c.cell_type == "code" and student.CHECK.search(c.source)
+            and not c.metadata.get("nbgrader", {}).get("grade")]
 
 
 def test_every_check_fails_on_the_student_stub(edition, monkeypatch):
@@ -61,15 +63,49 @@ def test_every_check_fails_on_the_student_stub(edition, monkeypatch):
     assert n >= len(CHAPTERS)
 
 
+def _nbgrader_cells(path):
+    return [(c, c.metadata["nbgrader"]) for c in nbformat.read(path, as_version=4).cells if "nbgrader" in c.metadata]
+
+
+def test_student_notebooks_carry_nbgrader_metadata_matching_the_registry(edition, tmp_path):
+    """Each exercise: an answer cell, then a locked autograded test cell whose grade id and points
+    are the registry's; the metadata passes nbgrader's schema-3 rules (ids present and unique,
+    points on every graded cell). The full notebooks (nbgrader's source) carry the same cells
+    with the solutions between nbgrader's markers."""
+    from emd_lib.exercises import grade_id, registry
+
+    reg = registry()
+    notebooks.write_notebooks(tmp_path, repo="https://example.org/x.git")
+    seen = set()
+    for path in CHAPTERS:
+        for folder in (edition, tmp_path):
+            cells = _nbgrader_cells(folder / f"{path.stem}.ipynb")
+            ids = [m["grade_id"] for _, m in cells]
+            assert len(ids) == len(set(ids)) and all(ids), ids
+            for (answer, a), (test, t) in zip(cells[::2], cells[1::2]):
+                assert a["solution"] and not a["grade"] and not a["locked"] and a["schema_version"] == 3
+                assert t["grade"] and t["locked"] and not t["solution"] and t["schema_version"] == 3
+                ex_id = re.search(r'check\("([\d.]+)"', test.source).group(1)
+                assert t["grade_id"] == grade_id(ex_id) == reg[ex_id].grade_id
+                assert a["grade_id"] == grade_id(ex_id) + "_answer"
+                assert t["points"] == reg[ex_id].weight
+                assert f'check("{ex_id}"' in answer.source
+                assert ("### BEGIN SOLUTION" in answer.source) == (folder == tmp_path)
+                seen.add(ex_id)
+    assert seen == set(reg)
+
+
 def test_grading_scores_a_stub_and_a_reference(edition, capsys):
     path = CHAPTERS[0]
-    res = student.grade(edition / path.name)
+    graded = grading.grade(edition / path.name)
+    res = graded.verdicts()
     assert res and not any(ok for ok, _ in res.values())
     assert all("not answered yet" in msg for _, msg in res.values())
     assert student.main(["--grade", str(edition / path.name)]) == 1
     out = capsys.readouterr().out
     assert f"0/{len(res)} exercises pass" in out
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert all(ok for ok, _ in res.values()), res
 
 
@@ -161,7 +197,8 @@ def _cell_of(text, ex_id):
 
 def test_grading_a_commented_out_check_fails(tmp_path, capsys):
     path = _answered(tmp_path, lambda t: t.replace('check("1.1", cosine_lam)', '# check("1.1", cosine_lam)'))
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert res["1.1"][0] is False and "never calls check" in res["1.1"][1]
     assert res["1.2"][0] and res["1.3"][0]
     assert student.main(["--grade", str(path)]) == 1
@@ -170,7 +207,8 @@ def test_grading_a_commented_out_check_fails(tmp_path, capsys):
 
 def test_grading_counts_deleted_exercises_as_failed(tmp_path, capsys):
     path = _answered(tmp_path, lambda t: t[:t.index("# ## Exercise 1.2:")])
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert list(res) == ["1.1", "1.2", "1.3"]
     assert res["1.1"][0] and not res["1.2"][0] and not res["1.3"][0]
     assert "missing" in res["1.2"][1]
@@ -181,7 +219,8 @@ def test_grading_counts_deleted_exercises_as_failed(tmp_path, capsys):
 def test_grading_a_file_without_exercises_fails(tmp_path, capsys):
     path = tmp_path / "01_empty.py"
     path.write_text("# %% [markdown]\n# # Chapter 1: nothing here\n\n# %%\nx = 1\n")
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert list(res) == ["1.1", "1.2", "1.3"] and not any(ok for ok, _ in res.values())
     assert student.main(["--grade", str(path)]) == 1
     assert "0/3 exercises pass" in capsys.readouterr().out
@@ -189,14 +228,16 @@ def test_grading_a_file_without_exercises_fails(tmp_path, capsys):
 
 def test_grading_finds_a_check_with_single_quotes(tmp_path):
     path = _answered(tmp_path, lambda t: t.replace('check("1.1", cosine_lam)', "check('1.1', cosine_lam)"))
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert res["1.1"] == (True, "correct") and all(ok for ok, _ in res.values())
 
 
 def test_grading_a_check_caught_by_the_student_still_fails(tmp_path):
     path = _answered(tmp_path, lambda t: t.replace(
         'check("1.1", cosine_lam)', 'try:\n    check("1.1", lambda t: t)\nexcept Exception:\n    pass'))
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert res["1.1"][0] is False and "Exercise 1.1" in res["1.1"][1]
 
 
@@ -204,7 +245,8 @@ def test_grading_a_check_caught_by_the_student_still_fails(tmp_path):
 def test_grading_survives_a_cell_that_exits(tmp_path, capsys, stop):
     bad = _answered(tmp_path, lambda t: t.replace("def cosine_lam(t):", f"{stop}\n\n\ndef cosine_lam(t):"))
     good = _answered(tmp_path, name="01_good.py")
-    res = student.grade(bad)
+    graded = grading.grade(bad)
+    res = graded.verdicts()
     assert res["1.1"][0] is False and res["1.2"][0] and res["1.3"][0]
     assert student.main(["--grade", str(bad), str(good)]) == 1
     out = capsys.readouterr().out
@@ -225,9 +267,10 @@ def test_grading_reports_a_duplicated_exercise_cell(tmp_path, capsys):
     def duplicate(text):   # a copy of the stubbed cell of 1.1 pasted at the end
         return text + "\n" + student.strip_solutions(_cell_of(text, "1.1"))
     path = _answered(tmp_path, duplicate)
-    res = student.grade(path)
+    graded = grading.grade(path)
+    res = graded.verdicts()
     assert res["1.1"][0] is False and "not answered yet" in res["1.1"][1]
-    assert any("1.1 is checked in cells" in n for n in res.notes)
+    assert any("1.1 is checked in cells" in n for n in graded.notes)
     assert student.main(["--grade", str(path)]) == 1
     assert "note: exercise 1.1 is checked in cells" in capsys.readouterr().out
 
@@ -235,13 +278,15 @@ def test_grading_reports_a_duplicated_exercise_cell(tmp_path, capsys):
 def test_grading_a_cell_that_uses_an_earlier_cell_says_it_runs_alone(tmp_path):
     def split(text):   # the answer calls a helper of the previous cell
         return text.replace("def cosine_lam(t):", "def cosine_lam(t):\n    helper_from_an_earlier_cell()")
-    res = student.grade(_answered(tmp_path, split))
+    graded = grading.grade(_answered(tmp_path, split))
+    res = graded.verdicts()
     assert res["1.1"][0] is False
     assert "NameError" in res["1.1"][1] and "on its own" in res["1.1"][1]
 
 
 def test_grading_names_the_chapter_from_the_title(tmp_path):
-    res = student.grade(_answered(tmp_path, name="alice.py"))
+    graded = grading.grade(_answered(tmp_path, name="alice.py"))
+    res = graded.verdicts()
     assert list(res) == ["1.1", "1.2", "1.3"] and all(ok for ok, _ in res.values())
 
 
@@ -339,15 +384,10 @@ def test_teaching_page_is_honest_about_hints_and_public_solutions():
     assert "solutions are public" in text and "without `chapters/`" in text
 
 
-def test_ctrl_c_stops_the_grading(tmp_path):
-    bad = _answered(tmp_path, lambda t: t.replace("def cosine_lam(t):", "raise KeyboardInterrupt\n\n\ndef cosine_lam(t):"))
-    with pytest.raises(KeyboardInterrupt):
-        student.grade(bad)
-
-
 def test_grading_works_where_the_clone_has_no_chapters(tmp_path, monkeypatch):
     # a student edition's install drops chapters/ from its clone: the grader runs cells in the submission's folder
     good = _answered(tmp_path, name="01_good.py")
-    monkeypatch.setattr(student, "ROOT", tmp_path / "clone")
-    res = student.grade(good)
+    monkeypatch.setattr(grading, "ROOT", tmp_path / "clone")
+    graded = grading.grade(good)
+    res = graded.verdicts()
     assert all(ok for ok, _ in res.values()) and len(res) == 3

@@ -14,7 +14,12 @@ In a chapter::
 solution is still the student edition's stub.
 
 Each chapter's checks live in ``emd_lib/exercises/chNN.py`` and are registered with
-:func:`register`, together with wrong answers the tests use to prove the check can fail.
+:func:`register`, together with wrong answers the tests use to prove the check can fail and
+the exercise's weight in a grade (``weight=``, default 1).
+
+:func:`judge` is the verdict without the printed line: the grader (:mod:`emd_lib.grading`)
+calls it in its own process on the answers a submission's cell sent back
+(:mod:`emd_lib.exercises.record`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["check", "register", "ExerciseFailed", "registry", "expect_close"]
+__all__ = ["check", "judge", "register", "ExerciseFailed", "registry", "expect_close", "grade_id"]
 
 
 class ExerciseFailed(AssertionError):
@@ -36,6 +41,18 @@ class Exercise:
     fn: Callable              # fn(answer) -> None; raises ExerciseFailed with a hint
     title: str = ""
     wrong: list = field(default_factory=list)   # answers that must fail (used by the tests)
+    weight: float = 1                           # points in a grade
+
+    @property
+    def grade_id(self) -> str:
+        """The exercise's nbgrader grade id (see :func:`grade_id`)."""
+        return grade_id(self.id)
+
+
+def grade_id(ex_id: str) -> str:
+    """The nbgrader grade id of exercise ``ex_id``'s autograded cell: ``"1.2"`` -> ``"exercise_1_2"``
+    (its answer cell is ``grade_id(ex_id) + "_answer"``)."""
+    return "exercise_" + str(ex_id).replace(".", "_")
 
 
 _REGISTRY: dict[str, Exercise] = {}
@@ -56,10 +73,13 @@ def expect_close(name: str, got, want, tol: float = 1e-5, relative: bool = True)
         raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
 
 
-def register(id: str, title: str = "", wrong: list | None = None):
-    """Decorator: register ``fn(answer)`` as the check of exercise ``id``."""
+def register(id: str, title: str = "", wrong: list | None = None, weight: float = 1):
+    """Decorator: register ``fn(answer)`` as the check of exercise ``id``, worth ``weight`` points."""
+    if not weight > 0:
+        raise ValueError(f"exercise {id}: weight must be positive, got {weight!r}")
+
     def deco(fn):
-        _REGISTRY[id] = Exercise(id, fn, title, list(wrong or []))
+        _REGISTRY[id] = Exercise(id, fn, title, list(wrong or []), weight)
         return fn
     return deco
 
@@ -103,8 +123,8 @@ def _is_stub(e: NotImplementedError) -> bool:
     return str(e) == STUB_MESSAGE
 
 
-def check(id: str, answer) -> bool:
-    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`.
+def judge(id: str, answer) -> None:
+    """Return when ``answer`` to exercise ``id`` is right, else raise :class:`ExerciseFailed` with the hint.
 
     When the student's code raises, the :class:`ExerciseFailed` keeps that exception as its
     cause, so the traceback still shows the student's own line."""
@@ -124,5 +144,25 @@ def check(id: str, answer) -> bool:
         raise ExerciseFailed(f"Exercise {id}: {e}") from None
     except Exception as e:  # the student's code crashed inside the check: keep its traceback
         raise ExerciseFailed(f"Exercise {id}: your answer raised {type(e).__name__}: {e}") from e
+
+
+def check(id: str, answer) -> bool:
+    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`
+    (the call an exercise cell ends with; see :func:`judge`)."""
+    judge(id, answer)
     print(f"Exercise {id}: correct.")
     return True
+
+
+def check_modules() -> list[str]:
+    """Every ``emd_lib`` module the checks import, so a grader can import them all before it runs
+    any student code (a check imports some of them only when it first runs)."""
+    import re
+    from pathlib import Path
+
+    names = set()
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name.startswith("ch"):
+            text = (Path(__file__).parent / f"{mod.name}.py").read_text()
+            names |= {f"emd_lib.{m}" for m in re.findall(r"^\s*from \.\.([\w.]+) import", text, re.M)}
+    return sorted(names)

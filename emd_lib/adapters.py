@@ -94,6 +94,26 @@ def _fp32_bodies(net: nn.Module) -> nn.Module:
     return net
 
 
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """EDM's preconditioning at noise levels ``sigma`` ``(B,)``: ``(c_skip, c_out, c_in, c_noise)``, the
+    first three shaped ``(B, 1, 1, 1)`` for images, ``c_noise`` ``(B,)``, in ``sigma``'s dtype."""
+    sigma = sigma.reshape(-1, 1, 1, 1)
+    sd = sigma_data
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+    c_in = 1 / (sigma**2 + sd**2).sqrt()
+    return c_skip, c_out, c_in, sigma.log().flatten() / 4
+
+
+def _edm_labels(class_labels, label_dim: int, x):
+    """EDM's label rows ``(B, label_dim)`` in float32; no class is the zero vector (NVlabs' convention)."""
+    if not label_dim:
+        return None
+    if class_labels is None:
+        return torch.zeros(x.shape[0], label_dim, device=x.device)
+    return class_labels.to(torch.float32).reshape(-1, label_dim)
+
+
 class EDMNet(nn.Module):
     """An EDM network with its preconditioning computed here, in float32, around its inner model:
 
@@ -121,16 +141,8 @@ class EDMNet(nn.Module):
 
     def forward(self, x, sigma, class_labels=None):  # (B, C, H, W), (B,), (B, label_dim) -> (B, C, H, W)
         x = x.to(_out_dtype(x))
-        sigma = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sigma**2 + sd**2).sqrt()
-        c_noise = sigma.log().flatten() / 4
-        labels = None
-        if self.label_dim:
-            labels = torch.zeros(x.shape[0], self.label_dim, device=x.device) if class_labels is None \
-                else class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(x.dtype), self.sigma_data)
+        labels = _edm_labels(class_labels, self.label_dim, x)
         F = self.precond.model((c_in * x).to(torch.float32), c_noise.to(torch.float32), class_labels=labels)
         F = getattr(F, "sample", F)                             # a diffusers UNet returns an output object
         return c_skip * x + c_out * F.to(x.dtype)
@@ -227,16 +239,8 @@ class EDMPrecond(nn.Module):
         self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, 0.002, 80.0
 
     def forward(self, x, sigma, class_labels=None):
-        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sigma**2 + sd**2).sqrt()
-        c_noise = sigma.log().flatten() / 4
-        labels = None
-        if self.label_dim:
-            labels = torch.zeros(x.shape[0], self.label_dim, device=x.device) if class_labels is None \
-                else class_labels.to(torch.float32)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(torch.float32), self.sigma_data)
+        labels = _edm_labels(class_labels, self.label_dim, x)
         F = self.model((c_in * x).to(x.dtype), c_noise, class_labels=labels).sample
         return c_skip * x + c_out * F.to(torch.float32)
 

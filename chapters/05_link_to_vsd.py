@@ -440,6 +440,103 @@ assert float(diff.mean()) > 2 * se_diff
 # early; it turns fully only when the chain moves $z$ as well, and then noise cancellation trades
 # the seeds' spread for a bias: keep it for the $\epsilon$-only chain, and weigh it when $z$ moves.
 #
+
+# %% [markdown]
+# ### What moving $z$ buys: leaving the mode $z$ maps to
+#
+# The sweeps above use $w = \sigma^2$. Chapter 2 shows that $w = 1$, which weights low noise
+# as much as high, is where the reverse KL seeks modes hardest. The same linear generator and
+# exact student under both weightings, from two starts, the narrow one above ($A = 0.5I$,
+# $b = 0$) and the forward-KL fit itself, by three methods: Diff-Instruct, EMD-16 on
+# $(\epsilon, -)$ with full cancellation (the library's default chain), and EMD-16 on
+# $(\epsilon, z)$ without cancellation, with a plain $z$ step of 0.05 (no preconditioning):
+#
+#     python -m emd_lib.experiments.ch05 --sweep moving_z --seeds 0 1 2
+#
+# One cell, rerun live and compared with the stored run:
+
+# %%
+mz = json.loads((DATA_DIR / "results" / "ch05_linear_moving_z.json").read_text())
+print("reproduce with:", mz["command"], f"({mz['wall_s'] / 60:.0f} min on {mz['machine']['cpus']} shared CPUs)")
+assert mz["methods"]["EMD-16 (eps, z), no cancel"]["langevin"] == {"cancel": "none", "z_precondition": "none",
+                                                                    "gamma_z": 0.05}
+assert {k: v for k, v in mz["methods"].items()} == {k: {"label": lab, "langevin": lang}
+                                                    for k, (lab, lang) in sweep.MOVING_Z.items()}
+cell = dict(method="DI", weighting="one", start="fit", seed=0)
+live_mz = sweep.moving_z_run(bi, cell["method"], cell["weighting"], cell["start"], cell["seed"], steps=mz["steps"])
+stored_mz = next(r for r in mz["runs"] if all(r[k] == v for k, v in cell.items()))
+print(f"live {cell}: b_x {live_mz['b'][0]:+.3f}, std {live_mz['std'][0]:.3f}; stored {stored_mz['b'][0]:+.3f}, "
+      f"{stored_mz['std'][0]:.3f} ({live_mz['seconds']:.0f} s)")
+assert abs(live_mz["std"][0] - stored_mz["std"][0]) < 0.03 and abs(live_mz["b"][0] - stored_mz["b"][0]) < 0.03
+
+fit_b, fit_std = mz["forward_kl_fit"]["mean"][0], mz["forward_kl_fit"]["std"][0]
+MZ = {}
+print(f"{'w':>6} {'start':>6} {'method':>27} | {'mean b_x':>15} | {'std along the axis':>18} | per seed (std)")
+for w in ("one", "sigma2"):
+    for st in ("narrow", "fit"):
+        for m in mz["methods"]:
+            rs = sorted([r for r in mz["runs"] if (r["weighting"], r["start"], r["method"]) == (w, st, m)],
+                        key=lambda r: r["seed"])
+            b = np.array([r["b"][0] for r in rs])
+            sd = np.array([r["std"][0] for r in rs])
+            MZ[(w, st, m)] = (b.mean(), b.std(), sd.mean(), sd.std(), len(rs))
+            print(f"{w:>6} {st:>6} {m:>27} | {b.mean():+.3f} ± {b.std():.3f} | {sd.mean():>9.3f} ± {sd.std():.3f} | "
+                  f"{np.round(sd, 2).tolist()}")
+print(f"{'':>14} {'forward-KL fit':>27} | {fit_b:+.3f} {'':>7} | {fit_std:>9.3f}")
+
+# %% [markdown]
+# Why the $(\epsilon, -)$ chain follows Diff-Instruct here: with $z$ frozen, the chain for a
+# given $z$ samples $\rho(x_t \mid z) \propto p_t(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)$, and at low
+# noise the second factor keeps $x_t$ within a few $\sigma$ of $\alpha g(z)$: the M-step's target for
+# $g(z)$ stays in the mode that $z$ already maps to, and each latent is pulled to the middle of
+# its own mode. A linear map can do that only by shrinking, which is Diff-Instruct's pull too.
+# When $z$ moves, the target is handed to the latent $z^K$ that explains it, so the regression
+# need not shrink the map. The next cell measures both halves at the forward-KL fit under
+# $w = 1$: how often a chain's $x_t$ ends on the other side of the midpoint between the modes
+# than it started (at $\lambda = 2$, where $\sigma/\alpha = 0.37$ against modes 3 apart), and the
+# gradient on the spread, $-\partial L/\partial A_{00}$, for the three methods with the same random numbers.
+
+# %%
+from emd_lib.langevin import estep  # noqa: E402
+
+from emd_lib.schedules import bcast  # noqa: E402
+
+chains_mz = {m: sweep.label_config(lab, langevin={"gamma_eps": mz["settings"]["gamma_eps"], **lang}).langevin
+             for m, (lab, lang) in sweep.MOVING_Z.items() if m != "DI"}
+B_mz, R_mz = 4096, fast_or(16, 8)
+g = torch.Generator().manual_seed(0)
+z = torch.randn(B_mz, 2, generator=g)
+e = torch.randn(B_mz, 2, generator=g)
+lam2 = torch.full((B_mz,), 2.0)
+a2, s2 = (bcast(v, z) for v in bi.schedule.alpha_sigma(lam2))
+x_start = a2 * gen_fwd(z).detach() + s2 * e
+cross = {}
+for m, lcfg in chains_mz.items():
+    res = estep(gen_fwd, bi, student_fwd, z, e, lam2, lcfg, rng=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x_end = a2 * gen_fwd(res.z_chain) + s2 * res.eps_chain
+    mid = float(bi.means[:, 0].mean())                                     # the midpoint between the modes
+    cross[m] = float(((x_end[:, 0] / a2[:, 0] > mid) != (x_start[:, 0] / a2[:, 0] > mid)).float().mean())
+    print(f"{m:>27}: {100 * cross[m]:.1f}% of chains at lambda = 2 end across the midpoint")
+push_mz = {m: [] for m in sweep.MOVING_Z}
+for r in range(R_mz):
+    for m in push_mz:
+        g = torch.Generator().manual_seed(r)                                # the same random numbers for all three
+        z = torch.randn(B_mz, 2, generator=g)
+        e = torch.randn(B_mz, 2, generator=g)
+        lam = sample_lam(B_mz, "uniform", -6.0, 6.0, generator=g)
+        if m == "DI":
+            loss, _ = di_generator_loss(gen_fwd, bi, student_fwd, z, e, lam, "one")
+        else:
+            loss, _ = emd_generator_loss(gen_fwd, bi, student_fwd, z, e, lam, chains_mz[m], "one", rng=g)
+        (gA,) = torch.autograd.grad(loss, [gen_fwd.A])
+        push_mz[m].append(-float(gA[0, 0]))
+PM = {m: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(R_mz))) for m, v in push_mz.items()}
+print(f"at the forward-KL fit, w = 1, {R_mz} batches of {B_mz}: -dL/dA[0,0] (< 0 shrinks the spread)")
+for m, (v, se_) in PM.items():
+    print(f"  {m:>27}: {v:+.4f} ± {se_:.4f}")
+
+# %% [markdown]
 # ## 5. $K$ with networks on 25 narrow modes
 #
 # Now the real setting: MLP generator and student, the $5 \times 5$ grid of narrow modes (equal

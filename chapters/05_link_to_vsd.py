@@ -708,9 +708,13 @@ plt.show()
 #   DI's. With full noise cancellation it overshoots at $K = 16$, because with $z$
 #   moving cancellation biases the gradient (at the forward-KL fit it pushes the spread outwards);
 #   without cancellation the fit stops at the forward-KL spread, with more spread between seeds.
+# * Under $w = 1$ the difference is a collapse or not: DI and EMD-16 on $(\epsilon, -)$ collapse onto
+#   the heavy mode even from the forward-KL fit, because with $z$ frozen each target stays in the
+#   mode its $z$ maps to; EMD-16 on $(\epsilon, z)$ without cancellation stays near the fit.
 # * With networks on 25 narrow modes, at equal generator steps, DI and EMD-$K$ were within the
 #   seeds' spread of each other, while a step of EMD-$K$ costs roughly $K$ teacher and student
-#   evaluations. The choice of $K$ is a trade of time for how far the E-step can travel.
+#   evaluations (a whole training step, the student updates included, costs less than $K$ times
+#   as much). The choice of $K$ is a trade of time for how far the E-step can travel.
 
 # %% [markdown]
 # ## Exercise 5.1: EMD-1's M-step target

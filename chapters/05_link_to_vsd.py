@@ -440,6 +440,138 @@ assert float(diff.mean()) > 2 * se_diff
 # early; it turns fully only when the chain moves $z$ as well, and then noise cancellation trades
 # the seeds' spread for a bias: keep it for the $\epsilon$-only chain, and weigh it when $z$ moves.
 #
+
+# %% [markdown]
+# ### What moving $z$ buys: leaving the mode $z$ maps to
+#
+# The sweeps above use $w = \sigma^2$. Chapter 2 shows that $w = 1$, which weights low noise
+# as much as high, is where the reverse KL seeks modes hardest. The same linear generator and
+# exact student under both weightings, from two starts, the narrow one above ($A = 0.5I$,
+# $b = 0$) and the forward-KL fit itself, by three methods: Diff-Instruct, EMD-16 on
+# $(\epsilon, -)$ with full cancellation (the library's default chain), and EMD-16 on
+# $(\epsilon, z)$ without cancellation, with a plain $z$ step of 0.05 (no preconditioning):
+#
+#     python -m emd_lib.experiments.ch05 --sweep moving_z --seeds 0 1 2
+#
+# One cell, rerun live and compared with the stored run:
+
+# %%
+mz = json.loads((DATA_DIR / "results" / "ch05_linear_moving_z.json").read_text())
+print("reproduce with:", mz["command"], f"({mz['wall_s'] / 60:.0f} min on {mz['machine']['cpus']} shared CPUs)")
+assert mz["methods"]["EMD-16 (eps, z), no cancel"]["langevin"] == {"cancel": "none", "z_precondition": "none",
+                                                                    "gamma_z": 0.05}
+assert {k: v for k, v in mz["methods"].items()} == {k: {"label": lab, "langevin": lang}
+                                                    for k, (lab, lang) in sweep.MOVING_Z.items()}
+cell = dict(method="DI", weighting="one", start="fit", seed=0)
+live_mz = sweep.moving_z_run(bi, cell["method"], cell["weighting"], cell["start"], cell["seed"], steps=mz["steps"])
+stored_mz = next(r for r in mz["runs"] if all(r[k] == v for k, v in cell.items()))
+print(f"live {cell}: b_x {live_mz['b'][0]:+.3f}, std {live_mz['std'][0]:.3f}; stored {stored_mz['b'][0]:+.3f}, "
+      f"{stored_mz['std'][0]:.3f} ({live_mz['seconds']:.0f} s)")
+assert abs(live_mz["std"][0] - stored_mz["std"][0]) < 0.03 and abs(live_mz["b"][0] - stored_mz["b"][0]) < 0.03
+
+fit_b, fit_std = mz["forward_kl_fit"]["mean"][0], mz["forward_kl_fit"]["std"][0]
+MZ = {}
+print(f"{'w':>6} {'start':>6} {'method':>27} | {'mean b_x':>15} | {'std along the axis':>18} | per seed (std)")
+for w in ("one", "sigma2"):
+    for st in ("narrow", "fit"):
+        for m in mz["methods"]:
+            rs = sorted([r for r in mz["runs"] if (r["weighting"], r["start"], r["method"]) == (w, st, m)],
+                        key=lambda r: r["seed"])
+            b = np.array([r["b"][0] for r in rs])
+            sd = np.array([r["std"][0] for r in rs])
+            MZ[(w, st, m)] = (b.mean(), b.std(), sd.mean(), sd.std(), len(rs))
+            print(f"{w:>6} {st:>6} {m:>27} | {b.mean():+.3f} ± {b.std():.3f} | {sd.mean():>9.3f} ± {sd.std():.3f} | "
+                  f"{np.round(sd, 2).tolist()}")
+print(f"{'':>14} {'forward-KL fit':>27} | {fit_b:+.3f} {'':>7} | {fit_std:>9.3f}")
+heavy_x = float(bi.means[0, 0])                                      # the heavy mode (weight 0.7) at x = -1.5
+one_sd = float(bi.var[0, 0].sqrt())
+EPS_, Z_ = "EMD-16 (eps, -)", "EMD-16 (eps, z), no cancel"
+for st in ("narrow", "fit"):
+    for m in ("DI", EPS_):                    # w = 1: collapsed onto the heavy mode, from either start
+        b_, _, sd_, _, _ = MZ[("one", st, m)]
+        assert abs(b_ - heavy_x) < 0.1 and sd_ < one_sd + 0.1
+    assert MZ[("one", st, EPS_)][2] - MZ[("one", st, "DI")][2] < 0.1          # (eps, -) hardly wider than DI
+    assert 0 < MZ[("one", st, Z_)][2] - fit_std < 0.15 and abs(MZ[("one", st, Z_)][0] - fit_b) < 0.2
+    # w = sigma^2: no collapse; the order DI < (eps, -) < (eps, z) <~ forward-KL fit
+    sig = [MZ[("sigma2", st, m)][2] for m in (("DI", EPS_, Z_))]
+    assert 1.0 < sig[0] < sig[1] < sig[2] and abs(sig[2] - fit_std) < 0.05
+
+# %% [markdown]
+# Under $w = 1$ Diff-Instruct collapses the Gaussian onto the heavy mode from *both* starts, the
+# forward-KL fit included: its mean ends within 0.1 of the heavy mode's $-1.5$ and its spread at
+# about one mode's width (0.4), against the fit's 1.43. EMD-16 on $(\epsilon, -)$ does nearly the same:
+# its spread ends less than 0.1 wider than Diff-Instruct's, so sixteen Langevin steps with $z$ frozen
+# buy almost nothing. EMD-16 on $(\epsilon, z)$ without cancellation ends a little wider than the forward-KL
+# fit (by less than 0.15) from both starts, its mean within 0.2 of the fit's: it keeps both modes. Under $w = \sigma^2$ nothing
+# collapses and the three line up in the order of section 4: Diff-Instruct narrowest, $(\epsilon, -)$ a
+# little wider, $(\epsilon, z)$ within 0.05 of the fit.
+#
+# Why the $(\epsilon, -)$ chain follows Diff-Instruct here: with $z$ frozen, the chain for a
+# given $z$ samples $\rho(x_t \mid z) \propto p_t(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)$, and at low
+# noise the second factor keeps $x_t$ within a few $\sigma$ of $\alpha g(z)$: the M-step's target for
+# $g(z)$ stays in the mode that $z$ already maps to, and each latent is pulled to the middle of
+# its own mode. A linear map can do that only by shrinking, which is Diff-Instruct's pull too.
+# When $z$ moves, the target is handed to the latent $z^K$ that explains it, so the regression
+# need not shrink the map. The next cell measures both halves at the forward-KL fit under
+# $w = 1$: how often a chain's $x_t$ ends on the other side of the midpoint between the modes
+# than it started (at $\lambda = 2$, where $\sigma/\alpha = 0.37$ against modes 3 apart), and the
+# gradient on the spread, $-\partial L/\partial A_{00}$, for the three methods with the same random numbers.
+
+# %%
+from emd_lib.langevin import estep  # noqa: E402
+
+from emd_lib.schedules import bcast  # noqa: E402
+
+chains_mz = {m: sweep.label_config(lab, langevin={"gamma_eps": mz["settings"]["gamma_eps"], **lang}).langevin
+             for m, (lab, lang) in sweep.MOVING_Z.items() if m != "DI"}
+B_mz, R_mz = 4096, fast_or(16, 8)
+g = torch.Generator().manual_seed(0)
+z = torch.randn(B_mz, 2, generator=g)
+e = torch.randn(B_mz, 2, generator=g)
+lam2 = torch.full((B_mz,), 2.0)
+a2, s2 = (bcast(v, z) for v in bi.schedule.alpha_sigma(lam2))
+x_start = a2 * gen_fwd(z).detach() + s2 * e
+cross = {}
+for m, lcfg in chains_mz.items():
+    res = estep(gen_fwd, bi, student_fwd, z, e, lam2, lcfg, rng=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x_end = a2 * gen_fwd(res.z_chain) + s2 * res.eps_chain
+    mid = float(bi.means[:, 0].mean())                                     # the midpoint between the modes
+    cross[m] = float(((x_end[:, 0] / a2[:, 0] > mid) != (x_start[:, 0] / a2[:, 0] > mid)).float().mean())
+    print(f"{m:>27}: {100 * cross[m]:.1f}% of chains at lambda = 2 end across the midpoint")
+push_mz = {m: [] for m in sweep.MOVING_Z}
+for r in range(R_mz):
+    for m in push_mz:
+        g = torch.Generator().manual_seed(r)                                # the same random numbers for all three
+        z = torch.randn(B_mz, 2, generator=g)
+        e = torch.randn(B_mz, 2, generator=g)
+        lam = sample_lam(B_mz, "uniform", -6.0, 6.0, generator=g)
+        if m == "DI":
+            loss, _ = di_generator_loss(gen_fwd, bi, student_fwd, z, e, lam, "one")
+        else:
+            loss, _ = emd_generator_loss(gen_fwd, bi, student_fwd, z, e, lam, chains_mz[m], "one", rng=g)
+        (gA,) = torch.autograd.grad(loss, [gen_fwd.A])
+        push_mz[m].append(-float(gA[0, 0]))
+PM = {m: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(R_mz))) for m, v in push_mz.items()}
+print(f"at the forward-KL fit, w = 1, {R_mz} batches of {B_mz}: -dL/dA[0,0] (< 0 shrinks the spread)")
+for m, (v, se_) in PM.items():
+    print(f"  {m:>27}: {v:+.4f} ± {se_:.4f}")
+assert cross[EPS_] < 0.1 and cross[Z_] < 2 * cross[EPS_]      # the frozen-z chain stays on its side
+assert PM[EPS_][0] < -2 * PM[EPS_][1] and PM[EPS_][0] < 0.7 * PM["DI"][0]     # it pulls inwards, most of DI's pull
+assert abs(PM[Z_][0]) < 0.25 * abs(PM["DI"][0])                              # moving z: hardly any pull at the fit
+
+# %% [markdown]
+# Fewer than one chain in ten ends on the other side of the midpoint at $\lambda = 2$: with $z$
+# frozen, the target stays in the mode that $z$ already maps to. At the forward-KL fit, the
+# $(\epsilon, -)$ gradient pulls the spread inwards with most of Diff-Instruct's force (above 70% of
+# it), so the fit is no resting point for either, and both walk to the collapse the table shows;
+# the $(\epsilon, z)$ gradient without cancellation pulls with less than a quarter of that force,
+# and the fit is where that run stays. The chain on $(\epsilon, z)$ ends across the midpoint less
+# than twice as often; what changes is the latent the M-step pairs with each target: $z^K$, which
+# the chain has moved towards explaining it, instead of the prior draw $z$. That is what moving $z$
+# buys here.
+
+# %% [markdown]
 # ## 5. $K$ with networks on 25 narrow modes
 #
 # Now the real setting: MLP generator and student, the $5 \times 5$ grid of narrow modes (equal
@@ -491,8 +623,15 @@ print(f"best mean TV {best} ({tv_mean[best]:.3f}), worst {worst} ({tv_mean[worst
       f"against a typical seed-to-seed std of {spread:.3f}")
 cost_16 = T["EMD-16"]["median"] / T["DI"]["median"]
 cost_z = T["EMD-8 (eps, z)"]["median"] / T["EMD-8"]["median"]
-print(f"EMD-16 costs {cost_16:.1f} x DI per generator step; EMD-1 {T['EMD-1']['median'] / T['DI']['median']:.1f} x; "
-      f"EMD-8 (eps, z) {cost_z:.1f} x EMD-8")
+print(f"generator step alone (the sweeps' timing): EMD-16 costs {cost_16:.1f} x DI; "
+      f"EMD-1 {T['EMD-1']['median'] / T['DI']['median']:.1f} x; EMD-8 (eps, z) {cost_z:.1f} x EMD-8")
+# a run's wall time is made of whole steps: the student-score updates (2 per step, the same for every
+# method) and the generator step. Timed here, round-robin, on this machine, for the time axis below.
+assert sweep.label_config("DI").student_updates == 2
+TW = sweep.time_per_step(grid25(), ks["labels"], steps=fast_or(5, 2), reps=fast_or(5, 3), whole=True)
+whole_16 = TW["EMD-16"]["median"] / TW["DI"]["median"]
+print(f"whole step (student updates included, measured now): DI {1e3 * TW['DI']['median']:.1f} ms, "
+      f"EMD-16 {whole_16:.1f} x DI, EMD-8 {TW['EMD-8']['median'] / TW['DI']['median']:.1f} x DI")
 # the claims of the text below
 assert all(S[lab]["modes_covered"]["mean"] == 25 for lab in ks["labels"])
 near = {lab: S[lab]["within_3sd"]["mean"] for lab in ks["labels"]}
@@ -504,6 +643,7 @@ within = {lab: abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[la
 print("mean TV within two seed-stds of DI's:", within)
 assert all(within.values())
 assert cost_16 > 2.5 and cost_z > 1.3
+assert 1 < whole_16 < cost_16          # the student updates, equal for all, shrink the ratio
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
 Ks = [int(lab.split("-")[1]) for lab in ks["labels"] if lab != "DI" and "z" not in lab]
@@ -526,9 +666,9 @@ for i, lab in enumerate(ks["labels"]):
     steps_ = np.array(rs[0]["curves"]["step"])
     tv = np.array([r["curves"]["tv"] for r in rs]).mean(0)
     c = COLORS["di"] if lab == "DI" else COLORS["corrected"] if "z" in lab else cmap(0.35 + 0.65 * i / len(ks["labels"]))
-    axes[2].plot(steps_ * T[lab]["median"], tv, "o-", color=c, label=lab, ms=3)
+    axes[2].plot(steps_ * TW[lab]["median"], tv, "o-", color=c, label=lab, ms=3)
 axes[2].set_yscale("log")
-axes[2].set_xlabel("generator-step seconds (measured cost x steps)"), axes[2].set_ylabel("mode-mass TV (mean of seeds)")
+axes[2].set_xlabel("seconds (whole-step cost x steps)"), axes[2].set_ylabel("mode-mass TV (mean of seeds)")
 axes[2].set_title("quality against time")
 axes[2].legend(ncol=2, fontsize=8)
 fig.tight_layout()
@@ -546,8 +686,11 @@ plt.show()
 # chain consumes random numbers, so the two runs see different batches. The joint chain,
 # EMD-8 $(\epsilon, z)$, is no different in quality either, at a higher cost per step.
 #
-# What $K$ certainly changes is the cost (printed above, measured round-robin against DI): on the
-# time axis (right panel) DI and small $K$ reach a given TV sooner. With an expressive generator and
+# What $K$ certainly changes is the cost (printed above, measured round-robin against DI). The
+# right panel's time axis counts whole steps, the two student-score updates of every step included,
+# since those are part of every run's wall time: they cost the same for every method, so the
+# ratios shrink (EMD-16 against DI, printed above: from the generator step's ratio to the whole
+# step's). On that axis DI and small $K$ still reach a given TV sooner. With an expressive generator and
 # noise levels spread over $[-6, 6]$, the reverse KL's mode seeking hardly bites on these toys
 # (chapter 2 looks for where it does), so the knob of section 4 has little to fix here.
 #
@@ -565,9 +708,13 @@ plt.show()
 #   DI's. With full noise cancellation it overshoots at $K = 16$, because with $z$
 #   moving cancellation biases the gradient (at the forward-KL fit it pushes the spread outwards);
 #   without cancellation the fit stops at the forward-KL spread, with more spread between seeds.
+# * Under $w = 1$ the difference is a collapse or not: DI and EMD-16 on $(\epsilon, -)$ collapse onto
+#   the heavy mode even from the forward-KL fit, because with $z$ frozen each target stays in the
+#   mode its $z$ maps to; EMD-16 on $(\epsilon, z)$ without cancellation stays near the fit.
 # * With networks on 25 narrow modes, at equal generator steps, DI and EMD-$K$ were within the
 #   seeds' spread of each other, while a step of EMD-$K$ costs roughly $K$ teacher and student
-#   evaluations. The choice of $K$ is a trade of time for how far the E-step can travel.
+#   evaluations (a whole training step, the student updates included, costs less than $K$ times
+#   as much). The choice of $K$ is a trade of time for how far the E-step can travel.
 
 # %% [markdown]
 # ## Exercise 5.1: EMD-1's M-step target

@@ -4,6 +4,8 @@
 * ``irregular``: 7 modes at irregular places with unequal weights and widths
 * ``grid25``: a 5 x 5 grid of narrow modes (std 0.05), equal weights: a much harder target
 * ``bimodal``: two modes, weights 0.7 / 0.3, for the forward- vs reverse-KL picture
+* ``far``: a heavy mode and a light one (weights 0.85 / 0.15) five units apart, std 0.3: the
+  target on which a distillation run can drop a mode (chapter 2)
 
 Each is also shipped as JSON in ``data/mixtures/`` for the command line (``emd_lib.toy``).
 """
@@ -16,7 +18,7 @@ import torch
 from .schedules import VP, Schedule
 from .teachers import GaussianMixture
 
-__all__ = ["ring8", "irregular", "grid25", "bimodal", "get_mixture", "MIXTURES"]
+__all__ = ["ring8", "irregular", "grid25", "bimodal", "far", "two_modes", "get_mixture", "MIXTURES"]
 
 
 def _normalise(w):
@@ -53,11 +55,27 @@ def bimodal(schedule: Schedule = VP) -> GaussianMixture:
     return GaussianMixture([0.7, 0.3], [[-1.5, 0.0], [1.5, 0.0]], [0.4, 0.4], schedule=schedule)
 
 
-MIXTURES = {"ring8": ring8, "irregular": irregular, "grid25": grid25, "bimodal": bimodal}
+def two_modes(distance: float, weight: float, std: float = 0.3, schedule: Schedule = VP) -> GaussianMixture:
+    """A heavy mode at x = -1 (weight ``1 - weight``) and a light one ``distance`` to its right
+    (weight ``weight``), both of std ``std``: chapter 2's map of when a mode is dropped."""
+    if not (math.isfinite(distance) and distance > 0):
+        raise ValueError(f"distance must be a finite number > 0, got {distance}")
+    if not 0 < weight < 1:
+        raise ValueError(f"weight (of the light mode) must be in (0, 1), got {weight}")
+    return GaussianMixture([1 - weight, weight], [[-1.0, 0.0], [-1.0 + distance, 0.0]], [std, std], schedule=schedule)
+
+
+def far(schedule: Schedule = VP) -> GaussianMixture:
+    """A heavy mode at x = -1 (weight 0.85) and a light one at x = 4 (weight 0.15), std 0.3 each.
+    ``schedule``: as for :func:`ring8`."""
+    return GaussianMixture([0.85, 0.15], [[-1.0, 0.0], [4.0, 0.0]], [0.3, 0.3], schedule=schedule)
+
+
+MIXTURES = {"ring8": ring8, "irregular": irregular, "grid25": grid25, "bimodal": bimodal, "far": far}
 
 
 def get_mixture(name: str, schedule: Schedule = VP) -> GaussianMixture:
-    """The book's mixture called ``name`` (``ring8``, ``irregular``, ``grid25``, ``bimodal``)
+    """The book's mixture called ``name`` (``ring8``, ``irregular``, ``grid25``, ``bimodal``, ``far``)
     under ``schedule``; a :class:`KeyError` lists the names when ``name`` is not one of them."""
     if name not in MIXTURES:
         raise KeyError(f"unknown mixture {name!r}; known: {sorted(MIXTURES)}")

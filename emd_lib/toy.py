@@ -11,6 +11,7 @@ samples are written back in the file's coordinates, as an (M, d) float32 array.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -21,6 +22,7 @@ from .checkpoint import machine, output_path_problem, run_card, write_json
 from .distill import DistillConfig, Distiller
 from .langevin import LangevinConfig
 from .metrics import mixture_report
+from .schedules import VP
 from .teachers import GaussianMixture, MixtureError
 
 __all__ = ["standardise", "distil_mixture", "main"]
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden layers of the generator and student networks (default %(default)s)")
     p.add_argument("--width", type=int, default=DistillConfig.width,
                    help="hidden units per layer (default %(default)s)")
+    p.add_argument("--weighting", choices=["sigma2", "one", "snr", "edm"], default=DistillConfig.weighting,
+                   help="loss weighting w(lam) over noise levels (default %(default)s)")
+    p.add_argument("--lam-star", type=float, default=DistillConfig.lam_star,
+                   help="log-SNR at which the generator is initialised from the teacher, g(z) = D(z, lam*) "
+                        "(default %(default)s)")
+    p.add_argument("--move-z", action="store_true",
+                   help="EMD: the E-step moves z as well as eps (the (eps, z) chain; default (eps, -))")
+    p.add_argument("--cancel", choices=["none", "injected", "full"], default=None,
+                   help=f"EMD: noise cancellation of the E-step (default {LangevinConfig.cancel})")
+    p.add_argument("--gamma-z", type=float, default=None,
+                   help=f"EMD with --move-z: base Langevin step size of z (default {LangevinConfig.gamma_z})")
     p.add_argument("--check", action="store_true",
                    help="only check the mixture file and the arguments, print a summary and exit")
     return p
@@ -123,6 +136,16 @@ def _main(argv=None) -> int:
         return _fail(f"--threads must be >= 1, got {args.threads}")
     if not -(2**63) <= args.seed <= 2**63 - 2:
         return _fail(f"--seed must fit in a signed 64-bit integer, got {args.seed}")
+    if args.method == "di" and (args.move_z or args.cancel is not None or args.gamma_z is not None):
+        return _fail("--move-z, --cancel and --gamma-z set EMD's E-step; --method di has none")
+    if args.gamma_z is not None and not args.move_z:
+        return _fail("--gamma-z is the step size of z; it needs --move-z")
+    if args.gamma_z is not None and not (math.isfinite(args.gamma_z) and args.gamma_z > 0):
+        return _fail(f"--gamma-z must be a finite number > 0, got {args.gamma_z}")
+    try:
+        VP.check_lam(args.lam_star, "--lam-star")
+    except ValueError as e:
+        return _fail(str(e))
     try:
         mix = GaussianMixture.from_json(args.mixture)
     except MixtureError as e:
@@ -141,9 +164,14 @@ def _main(argv=None) -> int:
         print(f"ok: {args.mixture}: {mix.n_components} components in {mix.dim} dimensions "
               f"({'diagonal' if mix.diagonal else 'full'} covariances)")
         return 0
+    lang = {"K": args.langevin_steps, "move_z": args.move_z}
+    if args.cancel is not None:
+        lang["cancel"] = args.cancel
+    if args.gamma_z is not None:
+        lang["gamma_z"] = args.gamma_z
     cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
                         student_warmup=args.warmup, depth=args.depth, width=args.width,
-                        langevin=LangevinConfig(K=args.langevin_steps))
+                        weighting=args.weighting, lam_star=args.lam_star, langevin=LangevinConfig(**lang))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -157,7 +185,8 @@ def _main(argv=None) -> int:
         np.save(args.samples, x.numpy().astype(np.float32))
     except OSError as e:
         return _fail(f"cannot write {args.samples}: {e.strerror}")
-    name = "EMD-%d" % args.langevin_steps if args.method == "emd" else "Diff-Instruct"
+    name = ("EMD-%d" % args.langevin_steps + (" (eps, z)" if args.move_z else "")) if args.method == "emd" \
+        else "Diff-Instruct"
     print(f"{name}: {args.steps} steps in {wall:.1f} s, {len(x)} samples -> {args.samples}")
     print(f"  modes covered     {report['modes_covered']}/{report['n_modes']} (hit by samples within 3 sd: "
           f"{report['modes_hit']}/{report['n_modes']})")
@@ -170,7 +199,12 @@ def _main(argv=None) -> int:
             write_json(args.report, {**run_card(argv, module="emd_lib.toy"), "method": name, "steps": args.steps,
                                      "seed": args.seed, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
                                      "threads": torch.get_num_threads(), "machine": machine(),
-                                     "n_samples": args.n_samples, "config": cfg.to_dict(), **report})
+                                     "n_samples": args.n_samples, "weighting": cfg.weighting, "lam_star": cfg.lam_star,
+                                     "chain": None if args.method == "di" else {
+                                         "K": cfg.langevin.K, "move_z": cfg.langevin.move_z,
+                                         "cancel": cfg.langevin.cancel,
+                                         "gamma_z": cfg.langevin.gamma_z if cfg.langevin.move_z else None},
+                                     "config": cfg.to_dict(), **report})
         except OSError as e:
             return _fail(f"cannot write {args.report}: {e.strerror}")
     return 0

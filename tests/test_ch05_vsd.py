@@ -119,3 +119,51 @@ def test_linear_sweep_without_full_cancellation_never_overwrites_the_full_one(tm
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["ch05_linear_bimodal_cancel_none.json"]
     with pytest.raises(SystemExit):
         ch05.main(["--labels", "EMD-1", "--cancel", "none"])          # the networks sweep has no --cancel
+
+
+def test_linear_knob_weighting_and_chain_settings_reach_the_run():
+    from emd_lib.mixtures import bimodal
+
+    base = ch05.linear_knob(bimodal(), "DI", steps=3, batch=32)
+    assert base["weighting"] == "sigma2"
+    one = ch05.linear_knob(bimodal(), "DI", steps=3, batch=32, weighting="one")
+    assert one["weighting"] == "one" and one["C"] != base["C"]
+    z = ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32, cancel="none")
+    zp = ch05.linear_knob(bimodal(), "EMD-2 (eps, z)", steps=3, batch=32, cancel="none",
+                          langevin={"z_precondition": "none", "gamma_z": 0.05})
+    assert zp["C"] != z["C"]
+    with pytest.raises(ValueError, match="weighting"):
+        ch05.linear_knob(bimodal(), "DI", steps=1, batch=8, weighting="flat")
+
+
+def test_linear_starts():
+    from emd_lib.divergences import mixture_moments
+    from emd_lib.mixtures import bimodal
+
+    A, b = ch05.linear_start(bimodal(), "narrow")
+    assert torch.equal(A, 0.5 * torch.eye(2)) and torch.equal(b, torch.zeros(2))
+    A, b = ch05.linear_start(bimodal(), "fit")
+    m, C = mixture_moments(bimodal(), torch.float64)
+    torch.testing.assert_close((A @ A.T).double(), C, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.double(), m, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="start must be"):
+        ch05.linear_start(bimodal(), "wide")
+
+
+def test_moving_z_sweep_writes_every_cell(tmp_path):
+    out = tmp_path / "mz.json"
+    ch05.main(["--sweep", "moving_z", "--seeds", "0", "--steps", "2", "--batch", "16", "--out", str(out)])
+    rec = json.loads(out.read_text())
+    cells = {(r["weighting"], r["start"], r["method"]) for r in rec["runs"]}
+    assert cells == {(w, s, m) for w in ("one", "sigma2") for s in ("narrow", "fit") for m in ch05.MOVING_Z}
+    assert rec["methods"]["EMD-16 (eps, z), no cancel"]["langevin"]["cancel"] == "none"
+    assert rec["command"].startswith("python -m emd_lib.experiments.ch05 --sweep moving_z")
+    # the fit start begins at the forward-KL fit: two steps leave it near there
+    fit = [r for r in rec["runs"] if r["start"] == "fit"]
+    assert all(abs(r["std"][0] - rec["forward_kl_fit"]["std"][0]) < 0.2 for r in fit)
+
+
+def test_time_per_step_whole_includes_the_student_updates():
+    t = ch05.time_per_step(ring8(), ["DI"], steps=3, reps=3, batch=64, width=32, depth=2, whole=True)
+    g = ch05.time_per_step(ring8(), ["DI"], steps=3, reps=3, batch=64, width=32, depth=2)
+    assert t["DI"]["median"] > g["DI"]["median"]

@@ -63,3 +63,47 @@ def test_bad_mixture_file_gets_one_line(tmp_path, content, field):
 def test_missing_file(tmp_path):
     r = run("--mixture", str(tmp_path / "nope.json"), "--samples", str(tmp_path / "s.npy"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_knobs_reach_the_run_and_the_report(tmp_path):
+    out, rep = tmp_path / "s.npy", tmp_path / "r.json"
+    r = run("--mixture", str(ROOT / "data/mixtures/far.json"), "--steps", "5", "--n-samples", "200", "--init-steps", "5",
+            "--warmup", "5", "--samples", str(out), "--report", str(rep), "--quiet", "-K", "2", "--weighting", "one",
+            "--move-z", "--cancel", "none", "--gamma-z", "0.05", "--lam-star", "-4")
+    assert r.returncode == 0, r.stderr
+    assert "EMD-2 (eps, z)" in r.stdout
+    card = json.loads(rep.read_text())
+    assert card["weighting"] == "one" and card["lam_star"] == -4.0
+    assert card["chain"] == {"K": 2, "move_z": True, "cancel": "none", "gamma_z": 0.05}
+    lang = card["config"]["langevin"]
+    assert lang["move_z"] is True and lang["cancel"] == "none" and lang["gamma_z"] == 0.05
+    assert card["config"]["weighting"] == "one" and card["config"]["lam_star"] == -4.0
+    assert "--gamma-z 0.05" in card["command"]
+
+
+def test_defaults_are_recorded(tmp_path):
+    rep = tmp_path / "r.json"
+    r = run("--mixture", str(ROOT / "data/mixtures/far.json"), "--steps", "3", "--n-samples", "100", "--init-steps", "3",
+            "--warmup", "3", "--samples", str(tmp_path / "s.npy"), "--report", str(rep), "--quiet", "--method", "di",
+            "--weighting", "edm")
+    assert r.returncode == 0, r.stderr
+    card = json.loads(rep.read_text())
+    assert card["chain"] is None and card["weighting"] == "edm" and card["lam_star"] == -2.0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--method", "di", "--move-z"], "--method di has none"),
+    (["--method", "di", "--cancel", "none"], "--method di has none"),
+    (["--gamma-z", "0.1"], "needs --move-z"),
+    (["--move-z", "--gamma-z", "0"], "--gamma-z must be a finite number > 0"),
+    (["--move-z", "--gamma-z", "nan"], "--gamma-z must be a finite number > 0"),
+    (["--lam-star", "30"], "outside the teacher's log-SNR range"),
+    (["--weighting", "cosine"], "invalid choice"),
+    (["--cancel", "some"], "invalid choice"),
+])
+def test_bad_knobs_get_one_line(tmp_path, args, words):
+    r = run("--mixture", str(ROOT / "data/mixtures/far.json"), "--samples", str(tmp_path / "s.npy"), *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
+    assert not (tmp_path / "s.npy").exists()

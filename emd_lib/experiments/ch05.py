@@ -16,6 +16,13 @@ and the cost of a generator step measured round-robin so that every method sees 
     python -m emd_lib.experiments.ch05                       # grid25, 400 steps, seeds 0 1 2
     python -m emd_lib.experiments.ch05 --mixture ring8 --steps 800 --seeds 0 1 2 3
 
+**What moving z buys** (``--sweep moving_z``): the linear generator with the exact student on
+``bimodal``, w = 1 and w = sigma^2, from the narrow start and from the forward-KL fit, by
+Diff-Instruct, EMD-16 on (eps, -) with full cancellation and EMD-16 on (eps, z) without
+cancellation (:data:`MOVING_Z`); writes ``data/results/ch05_linear_moving_z.json``::
+
+    python -m emd_lib.experiments.ch05 --sweep moving_z --seeds 0 1 2
+
 The JSON (``data/results/ch05_ksweep_<mixture>.json``) records the command, the date, the machine
 and the wall time. Runs are single-threaded unless ``--threads`` says otherwise.
 """
@@ -44,7 +51,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "linear_knob", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -181,14 +188,16 @@ def run_one(mixture, cfg: DistillConfig, n_eval: int = 2000, eval_every: int = 1
 
 
 def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: int = 256, seed: int = 0,
-                  configs: dict | None = None, **overrides) -> dict:
+                  configs: dict | None = None, whole: bool = False, **overrides) -> dict:
     """Median seconds of one generator step (E-step + M-step, or the DI step) per method.
 
     ``labels`` are ``"DI"`` / ``"EMD-K"`` (built by :func:`label_config` with ``overrides``);
     ``configs`` adds ``{label: DistillConfig}`` for any other setting. Methods are timed
     round-robin (``reps`` rounds of ``steps`` steps each), so that a change of load on a shared
-    machine hits them all alike. Student updates are not included: they cost the same for every
-    method. Returns ``{label: {"median": s, "all": [...]}}``.
+    machine hits them all alike. ``whole=False`` times the generator step alone; ``whole=True``
+    the whole training step, the student-score updates (``student_updates`` of them, the same
+    for every method) included, which is what a run's wall time is made of.
+    Returns ``{label: {"median": s, "all": [...]}}``.
     """
     cfgs = {lab: label_config(lab, seed=seed, steps=steps * reps, batch=batch, init_steps=0, student_warmup=0,
                               **copy.deepcopy(overrides)) for lab in labels}
@@ -197,7 +206,16 @@ def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: 
     from ..bench_toy import time_round_robin
 
     ds = {lab: Distiller(teacher, c) for lab, c in cfgs.items()}
-    return time_round_robin({lab: d.generator_step for lab, d in ds.items()}, steps, rounds=reps)
+
+    def whole_step(d):
+        def step():
+            for _ in range(d.cfg.student_updates):
+                d.student_step()
+            d.generator_step()
+        return step
+
+    return time_round_robin({lab: whole_step(d) if whole else d.generator_step for lab, d in ds.items()}, steps,
+                            rounds=reps)
 
 
 def summarise(runs: dict) -> dict:
@@ -219,15 +237,18 @@ def summarise(runs: dict) -> dict:
 
 def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: float = 1e-2, seed: int = 0,
                 lam_min: float = -6.0, lam_max: float = 6.0, gamma_eps: float = 0.3, A0=None, b0=None,
-                cancel: str = "full") -> dict:
+                cancel: str = "full", weighting: str = "sigma2", langevin: dict | None = None) -> dict:
     """Fit a linear generator ``g(z) = A z + b`` to ``teacher`` by DI or EMD-K with the *exact* student.
 
     The student is the closed-form noisy marginal ``q_t = N(alpha b, alpha^2 A A^T + sigma^2 I)``
     (:func:`emd_lib.em.exact_student`), rebuilt at every step, so that the only difference between
     methods is the E-step. Adam (betas (0, 0.999)) with a linearly decaying learning rate,
-    ``lam ~ U[lam_min, lam_max]``, ``w = sigma^2``, the label's chain (eps only, or ``(eps, z)``)
+    ``lam ~ U[lam_min, lam_max]``, the weighting ``w(lam)`` named by ``weighting`` (``"sigma2"``
+    by default; ``"one"``, ``"snr"``, ``"edm"``), the label's chain (eps only, or ``(eps, z)``)
     with noise cancellation ``cancel`` (``"full"`` by default; chapter 4 shows it keeps the
-    gradient's mean only with z frozen).
+    gradient's mean only with z frozen) and any other chain settings in ``langevin`` (e.g.
+    ``{"z_precondition": "none", "gamma_z": 0.05}``). ``A0``, ``b0``: the start (default
+    ``A = 0.5 I``, ``b = 0``).
     Returns the fitted ``b``, ``C = A A^T`` and the loss-free summary ``std`` (sqrt of diag C).
     """
     from ..em import LinearGenerator, exact_student
@@ -238,16 +259,17 @@ def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: fl
     gen = LinearGenerator(A0, b0)
     opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.999))
     g = torch.Generator().manual_seed(seed)
-    cfg = label_config(label, langevin={"gamma_eps": gamma_eps, "cancel": cancel})
+    cfg = label_config(label, langevin={"gamma_eps": gamma_eps, "cancel": cancel, **(langevin or {})},
+                       weighting=weighting)
     for i in range(steps):
         student = exact_student(gen.A.detach(), gen.b.detach(), teacher.schedule)
         z = torch.randn(batch, d, generator=g)
         eps = torch.randn(batch, d, generator=g)
         lam = sample_lam(batch, "uniform", lam_min, lam_max, generator=g)
         if cfg.method == "di":
-            loss, _ = di_generator_loss(gen, teacher, student, z, eps, lam, "sigma2")
+            loss, _ = di_generator_loss(gen, teacher, student, z, eps, lam, weighting)
         else:
-            loss, _ = emd_generator_loss(gen, teacher, student, z, eps, lam, cfg.langevin, "sigma2", rng=g)
+            loss, _ = emd_generator_loss(gen, teacher, student, z, eps, lam, cfg.langevin, weighting, rng=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:                      # linear decay to 1% of lr
@@ -255,7 +277,38 @@ def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: fl
         opt.step()
     A, b = gen.A.detach().double(), gen.b.detach().double()
     C = A @ A.T
-    return {"label": label, "seed": seed, "b": b.tolist(), "C": C.tolist(), "std": C.diag().sqrt().tolist()}
+    return {"label": label, "seed": seed, "weighting": weighting, "b": b.tolist(), "C": C.tolist(),
+            "std": C.diag().sqrt().tolist()}
+
+
+#: chapter 5's comparison of the chains on the linear generator: label and chain settings
+MOVING_Z = {"DI": ("DI", {}),
+            "EMD-16 (eps, -)": ("EMD-16", {"cancel": "full"}),
+            "EMD-16 (eps, z), no cancel": ("EMD-16 (eps, z)", {"cancel": "none", "z_precondition": "none",
+                                                                "gamma_z": 0.05})}
+
+
+def linear_start(teacher, start: str):
+    """``(A0, b0)`` of a named start: ``"narrow"`` (``A = 0.5 I``, ``b = 0``) or ``"fit"`` (the
+    forward-KL Gaussian fit, ``A = chol(C)``, ``b = m`` with the mixture's moments)."""
+    if start == "narrow":
+        return 0.5 * torch.eye(teacher.dim), torch.zeros(teacher.dim)
+    if start == "fit":
+        m, cov = mixture_moments(teacher, torch.float64)
+        return torch.linalg.cholesky(cov).float(), m.float()
+    raise ValueError(f"start must be 'narrow' or 'fit', got {start!r}")
+
+
+def moving_z_run(teacher, method: str, weighting: str, start: str, seed: int, steps: int = 1000,
+                 batch: int = 256) -> dict:
+    """One cell of the moving-z comparison: ``method`` (a key of :data:`MOVING_Z`) from ``start``."""
+    label, lang = MOVING_Z[method]
+    A0, b0 = linear_start(teacher, start)
+    t0 = time.perf_counter()
+    r = linear_knob(teacher, label, steps=steps, batch=batch, seed=seed, A0=A0, b0=b0, weighting=weighting,
+                    cancel=lang.get("cancel", "full"), langevin={k: v for k, v in lang.items() if k != "cancel"})
+    r.update(method=method, start=start, steps=steps, seconds=round(time.perf_counter() - t0, 2))
+    return r
 
 
 # ---- bookkeeping shared with chapter 6's sweeps --------------------------------------------------------
@@ -273,7 +326,7 @@ def run_info(t0: float, module: str, argv) -> dict:
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
     """Every setting checked before the first run (each run takes minutes): ``p.error``, status 2."""
-    linear = args.sweep == "linear"
+    linear = args.sweep in ("linear", "moving_z")
     try:
         get_mixture(args.mixture or ("bimodal" if linear else "grid25"))
     except KeyError as e:
@@ -285,7 +338,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
-    if not linear and args.cancel != "full":
+    if args.sweep != "linear" and args.cancel != "full":
         p.error("--cancel is for --sweep linear; the networks sweep takes the labels' default chain")
     ov = {} if linear else {"batch": args.batch, "init_steps": args.init_steps, "student_warmup": args.student_warmup}
     for lab in args.labels:
@@ -298,8 +351,9 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", default="networks", choices=["networks", "linear"],
-                   help="networks: MLP generator and student (default); linear: linear generator, exact student")
+    p.add_argument("--sweep", default="networks", choices=["networks", "linear", "moving_z"],
+                   help="networks: MLP generator and student (default); linear: linear generator, exact student; "
+                        "moving_z: the linear generator's chains compared under two weightings and two starts")
     p.add_argument("--mixture", default=None, help="ring8, irregular, grid25 or bimodal (default grid25; "
                                                     "bimodal for --sweep linear)")
     p.add_argument("--labels", nargs="+", default=LABELS, help="DI and/or EMD-K labels")
@@ -324,6 +378,8 @@ def main(argv=None):
 
     if args.sweep == "linear":
         return _main_linear(args, t0, argv)
+    if args.sweep == "moving_z":
+        return _main_moving_z(args, t0, argv)
     args.mixture = args.mixture or "grid25"
     args.steps = args.steps or 400
     mixture = get_mixture(args.mixture)
@@ -392,6 +448,33 @@ def _main_linear(args, t0, argv):
     for lab, s_ in summary.items():
         print(f"{lab:>7}: b {s_['b_mean'][0]:+.3f}  std {s_['std_mean'][0]:.3f} ± {s_['std_std'][0]:.3f}")
     print(f"forward-KL (moment-matching) fit: mean {m[0]:+.3f}, std {cov.diag().sqrt()[0]:.3f}")
+
+
+def _main_moving_z(args, t0, argv):
+    from tqdm.auto import tqdm
+
+    name = args.mixture or "bimodal"
+    steps = args.steps or 1000
+    mixture = get_mixture(name)
+    out = args.out or str(DATA_DIR / "results" / f"ch05_linear_moving_z{'' if name == 'bimodal' else '_' + name}.json")
+    jobs = [(w, st, s, m) for w in ("one", "sigma2") for st in ("narrow", "fit") for s in args.seeds for m in MOVING_Z]
+    runs = []
+    for w, st, s, m in tqdm(jobs, desc="moving z"):
+        r = moving_z_run(mixture, m, w, st, s, steps=steps, batch=args.batch)
+        runs.append(r)
+        tqdm.write(f"w={w:>6} start={st:>6} seed {s} {m:>27}: b {r['b'][0]:+.3f}, std {r['std'][0]:.3f} "
+                   f"({r['seconds']:.0f} s)")
+    m_, cov = mixture_moments(mixture, torch.float64)
+    knob = inspect.signature(linear_knob).parameters
+    payload = {"sweep": "moving_z", "mixture": name, "seeds": args.seeds, "steps": steps,
+               "methods": {k: {"label": lab, "langevin": lang} for k, (lab, lang) in MOVING_Z.items()},
+               "settings": dict({k: knob[k].default for k in ("lr", "lam_min", "lam_max", "gamma_eps")},
+                                batch=args.batch),
+               "forward_kl_fit": {"mean": m_.tolist(), "cov": cov.tolist(), "std": cov.diag().sqrt().tolist()},
+               "runs": runs}
+    payload.update(run_info(t0, "emd_lib.experiments.ch05", sys.argv[1:] if argv is None else argv))
+    write_json(out, payload)
+    print(f"wrote {out} in {payload['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

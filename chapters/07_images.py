@@ -461,9 +461,10 @@ if corr_rows:
 # denoise, the classifier Fréchet distance is 45.1 against 41.7 for the raw one-step samples, the
 # same as the zero-step baseline that only noises to $\lambda = 0$ and denoises (45.1): what changes the
 # numbers is the noise-and-denoise, not the chain. Precision rises a little (0.972 against 0.962) and
-# class accuracy falls (0.926 against 0.942). The paper shows the correction as long joint chains on
-# $(\epsilon, z)$ on ImageNet and Stable Diffusion latents; 20 steps on $\epsilon$ alone, which is what a CPU affords for 500 digits,
-# barely moves the chain, and the one-step digits here have few of the off-manifold defects the
+# class accuracy falls (0.926 against 0.942). The paper shows the correction as long chains run jointly on
+# $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain here is 20 steps on $\epsilon$ alone
+# (with $z$ frozen), which is what a CPU affords for 500 digits. It
+# barely moves the samples, and the one-step digits here have few of the off-manifold defects the
 # correction is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
 #
 # ## Summary

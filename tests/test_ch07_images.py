@@ -308,3 +308,23 @@ def test_evaluation_rows_of_the_shipped_models():
     assert rows["teacher, Heun ODE 2 steps"]["nfe"] == 3 and rows["EMD-4, one step"]["nfe"] == 1
     assert {"Diff-Instruct, one step", "EMD-4 + MCMC correction (1 steps at lam=0)"} <= set(rows)
     assert all(r["classes_covered"] >= 1 for r in rows.values())
+
+
+def test_class_balance_of_a_known_histogram():
+    from emd_lib.experiments.ch07 import class_balance
+
+    class ByFirstPixel(torch.nn.Module):         # reads the class from the first pixel: value c / 10
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 10).round().long(), 10).float()
+
+    classes = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)                       # 10 samples, 3 classes
+    x = torch.zeros(10, 1, 28, 28)
+    x[:, 0, 0, 0] = classes / 10
+    out = class_balance(x, ByFirstPixel())
+    assert out["class_counts"] == [5, 3, 2] + [0] * 7 and out["min_share"] == 0
+    assert out["tv_uniform"] == pytest.approx(0.5 * (0.4 + 0.2 + 0.1 + 7 * 0.1))
+    uniform = torch.arange(20) % 10 / 10
+    x = torch.zeros(20, 1, 28, 28)
+    x[:, 0, 0, 0] = uniform
+    out = class_balance(x, ByFirstPixel())
+    assert out["tv_uniform"] == 0 and out["min_share"] == 0.1

@@ -673,8 +673,8 @@ assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_
 # What the nine runs say (numbers printed above):
 #
 # * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
-#   uniform is 0.235 to 0.462, where 1,000 draws from the uniform histogram give at most about 0.055
-#   by chance (95th percentile) and the teacher's own unconditional samples give 0.098 (its smallest
+#   uniform is 0.235 to 0.462; by chance alone, 1,000 draws from the uniform histogram stay below
+#   0.055 in 95% of trials, and the teacher's own unconditional samples give 0.098 (its smallest
 #   class share 0.066). Every run draws "1" most often, 23% to 48% of its samples against the
 #   teacher's 6.6%. No run drops a class outright (the smallest share in any run is 0.007, 7 digits
 #   in 1,000), and all start from one class: the generator at initialisation, the teacher's

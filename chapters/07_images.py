@@ -475,7 +475,7 @@ if corr_rows:
 # ## 8. Without labels: which digits does each student draw?
 #
 # With a class label every sample is asked for a digit by name, so a student cannot drop a class
-# the way chapter 2's reverse-KL fits drop a mode: sections 6's students cover all 10 classes
+# the way chapter 2's reverse-KL fits drop a mode: section 6's students cover all 10 classes
 # because they are told to. The shipped teacher also learnt an unconditional model: it was trained
 # with 10% of its labels replaced by a "no class" label. `python -m emd_lib.distill_images
 # --unconditional` distils that model: generator, teacher and student score all read "no class",

@@ -342,12 +342,13 @@ assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["me
 # modes, the map has to cross the empty space between them somewhere, and the samples it puts
 # there form thin *bridges*. The paper's Figure 1 shows the remedy on images: after training,
 # run many Langevin steps on $\rho(x_t, z)$, the E-step's target, starting from the generator's
-# samples, and read out the result with the teacher's denoiser. The student score is still
+# samples (its caption shows the updated $x$ after 300 steps). Our readout differs: we read the
+# chain's end out with the teacher's denoiser, a choice of ours. The student score is still
 # needed (it is $\nabla \log q_\theta^t$ inside $\rho$), so we use the raw generator that the student
 # has been tracking, not its EMA.
 #
 # `emd_lib.langevin.mcmc_correct(generator, teacher, student, z, lam, steps=300, gamma_eps=0.1, gamma_z=0.05)`
-# runs the joint $(\epsilon, z)$ chain at one fixed log-SNR $\lambda$ and returns $D_\phi(x_t^K, \lambda)$.
+# runs our joint $(\epsilon, z)$ chain at one fixed log-SNR $\lambda$ and returns $D_\phi(x_t^K, \lambda)$.
 # Two choices matter:
 #
 # * $\lambda$ must lie in the range the student was trained on (`DistillConfig`'s

@@ -30,12 +30,15 @@
 # * the generator's start from the teacher at $\lambda^*$, on images;
 # * EMD and Diff-Instruct distilled from the same teacher, side by side with the teacher, in one
 #   table with function evaluations and images per second;
-# * test-time MCMC correction on images, before and after.
+# * test-time MCMC correction on images, before and after;
+# * the same teacher distilled without labels: which digits each student then draws, EMD against
+#   Diff-Instruct.
 
 # %%
 import copy
 import json
 import math
+import shlex
 import time
 
 import matplotlib.pyplot as plt
@@ -44,10 +47,11 @@ import torch
 
 import emd_lib
 from emd_lib import DATA_DIR, fast_or
-from emd_lib.data import MNIST_SHA256, mnist5k, split, to_model, to_unit
+from emd_lib.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
-from emd_lib.distill_images import load_student, load_teacher, make_distiller
+from emd_lib.distill_images import build_parser, config_from_args, load_student, load_teacher, make_distiller
 from emd_lib.eval_images import correct_images, evaluate_images
+from emd_lib.experiments.ch07 import chain_name, class_balance, decode_samples
 from emd_lib.image_metrics import frechet_distance, gaussian_stats, load_classifier
 from emd_lib.langevin import LangevinConfig
 from emd_lib.plotting import use_style
@@ -411,9 +415,9 @@ assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3 and 1.6 < cost < 2.0
 #   (0.966 against 0.942); EMD-4 is slightly ahead on precision (0.962 against 0.946). An EMD-4 step
 #   makes 3 more teacher and 3 more student-score evaluations than a Diff-Instruct step (4 of each
 #   against 1) and took about 1.8 times as long, so it made 752 generator updates to
-#   Diff-Instruct's 1,342 in the same 14 minutes. Both cover all 10 classes: with a class-conditional
-#   teacher, the label already keeps a mode-seeking student from dropping whole classes, which is the
-#   failure the 2D chapters showed.
+#   Diff-Instruct's 1,342 in the same 14 minutes. Both cover all 10 classes, as they must when every
+#   sample is asked for its class by name; section 8 takes the label away and measures which digits
+#   each student then draws.
 # * **A second pair of students** (seed 1, `data/results/ch07_seed1.json`, not shipped; a more loaded
 #   machine cut their runs to about 9 minutes, EMD-4 229 updates, Diff-Instruct 460) points the same
 #   way, more clearly: Diff-Instruct 39.9 against EMD-4 59.5 in classifier Fréchet distance, recall
@@ -461,11 +465,237 @@ if corr_rows:
 # denoise, the classifier Fréchet distance is 45.1 against 41.7 for the raw one-step samples, the
 # same as the zero-step baseline that only noises to $\lambda = 0$ and denoises (45.1): what changes the
 # numbers is the noise-and-denoise, not the chain. Precision rises a little (0.972 against 0.962) and
-# class accuracy falls (0.926 against 0.942). The paper shows the correction as long joint chains on
-# $(\epsilon, z)$ on ImageNet and Stable Diffusion latents; 20 steps on $\epsilon$ alone, which is what a CPU affords for 500 digits,
-# barely moves the chain, and the one-step digits here have few of the off-manifold defects the
+# class accuracy falls (0.926 against 0.942). The paper shows the correction as long chains run jointly on
+# $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain here is 20 steps on $\epsilon$ alone
+# (with $z$ frozen), which is what a CPU affords for 500 digits. It
+# barely moves the samples, and the one-step digits here have few of the off-manifold defects the
 # correction is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
+
+# %% [markdown]
+# ## 8. Without labels: which digits does each student draw?
 #
+# With a class label every sample is asked for a digit by name, so a student cannot drop a class
+# the way chapter 2's reverse-KL fits drop a mode: section 6's students cover all 10 classes
+# because they are told to. The shipped teacher also learnt an unconditional model: it was trained
+# with 10% of its labels replaced by a "no class" label. `python -m emd_lib.distill_images
+# --unconditional` distils that model: generator, teacher and student score all read "no class",
+# and which digit a sample shows is left to the generator. Mode coverage is now something to
+# measure: the shipped classifier reads each student's samples, and their class histogram is
+# compared with the uniform one (the real digits are 10% a class) by its total variation (TV) and its
+# smallest class share.
+#
+# The runs, sized to one CPU thread each on a shared 2-core machine (57 minutes of training in
+# all): EMD-4 for 8 minutes, Diff-Instruct for the same number of generator updates and the same
+# learning-rate horizon (equal updates), and Diff-Instruct for 8 minutes (equal wall time), each
+# for seeds 0, 1 and 2, every other setting as in section 6's students (which ran 14 minutes). Then
+# `python -m emd_lib.experiments.ch07` read 1,000 samples of each against the 500 held-out digits,
+# and 500 of the teacher's own unconditional samples (Heun, 18 steps). The file records every
+# command, the seconds per step of each run, and the checkpoints' sha256; the students' weights
+# are not shipped.
+#
+# In the library the option is one argument, `make_distiller(teacher, cfg, unconditional=True)`: the
+# `Distiller` then draws no labels, and every network is called with `cond=None`, which the UNet reads
+# as "no class". A few live steps show it running:
+
+# %%
+cfg_u = DistillConfig(**{**shipped, "steps": fast_or(4, 2), "batch": fast_or(8, 4), "student_warmup": 1})
+d_u = make_distiller(teacher, cfg_u, unconditional=True)
+assert d_u.n_classes == 0 and d_u._draw_cond(4) is None
+d_u.train(progress=False)
+with torch.no_grad():
+    x_u = d_u.sample(4)
+    z_u = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    no_class = torch.full((2,), teacher.num_classes)                  # label 10: "no class"
+    torch.testing.assert_close(d_u.ema(z_u), d_u.ema(z_u, no_class))  # cond=None is that label
+assert all(np.isfinite(d_u.history["loss_g"])) and torch.isfinite(x_u).all()
+print(f"{cfg_u.steps} unconditional EMD-4 steps: generator loss {d_u.history['loss_g'][-1]:.3g}")
+
+# %%
+unc = json.loads((DATA_DIR / "results" / "ch07_unconditional.json").read_text())
+print(f"{unc['command']}\n{unc['machine']}, {unc['date']}; reference: {unc['reference']}\n")
+ref_u = {r["model"]: r for r in unc["rows"] if "method" not in r}
+runs_u = [r for r in unc["rows"] if "method" in r]
+
+
+def group_of(r):
+    """EMD-4, or Diff-Instruct at equal updates / at equal wall time."""
+    return r["model"] if r["method"] == "emd" else f"Diff-Instruct, equal {'time' if r['budget'] == 'wall time' else 'updates'}"
+
+
+groups = {}
+for r in runs_u:
+    groups.setdefault(group_of(r), []).append(r)
+heads = ["model", "seed", "updates", "seconds", "s/step", "TV", "min share", "cls. Fréchet", "precision", "recall"]
+print(f"{heads[0]:<40}" + "".join(f"{h:>13}" for h in heads[1:]))
+for name, r in [(m, r) for m, r in ref_u.items()] + [(group_of(r), r) for r in runs_u]:
+    vals = [r.get("seed"), r.get("updates"), r.get("seconds"), r.get("seconds_per_step"), r["tv_uniform"], r["min_share"],
+            round(r["classifier_frechet"], 1), r["precision"], r["recall"]]
+    print(f"{name[:39]:<40}" + "".join(f"{'-' if v is None else v:>13}" for v in vals))
+# every row's TV and smallest share follow from its histogram
+for r in unc["rows"]:
+    sh = np.array(r["class_counts"]) / sum(r["class_counts"])
+    assert abs(0.5 * np.abs(sh - 0.1).sum() - r["tv_uniform"]) < 1e-3 and abs(sh.min() - r["min_share"]) < 1e-3
+# a live check: the real-digit row, measured again with the shipped classifier
+x_tr_u, _, _, _ = load_images("mnist")
+idx_u = torch.randperm(len(x_tr_u), generator=torch.Generator().manual_seed(0))[:500]
+live_real = class_balance(to_unit(x_tr_u[idx_u]), clf)
+assert live_real["class_counts"] == ref_u["real training digits"]["class_counts"]
+# sampling noise: the TV to uniform of n draws from the uniform histogram itself
+n_u = runs_u[0]["n"]
+torch.manual_seed(0)
+tv_noise = 0.5 * (torch.distributions.Multinomial(n_u, torch.full((10,), 0.1)).sample((2000,)) / n_u - 0.1).abs().sum(1)
+print(f"\nTV of {n_u} draws from the uniform histogram: mean {tv_noise.mean():.3f}, 95th percentile "
+      f"{tv_noise.quantile(0.95):.3f}")
+teacher_u = next(r for m, r in ref_u.items() if m.startswith("teacher"))
+sh_teacher = np.array(teacher_u["class_shares"])
+for r in runs_u:                                  # the class balance the students could reach: the teacher's
+    r["tv_teacher"] = float(0.5 * np.abs(np.array(r["class_shares"]) - sh_teacher).sum())
+print(f"the teacher's own samples: TV to uniform {teacher_u['tv_uniform']:.3f}, smallest share "
+      f"{teacher_u['min_share']:.3f} ({teacher_u['n']} samples)\nmean [min, max] over seeds:")
+summary_u = {}
+for name, rs in groups.items():
+    summary_u[name] = {k: (float(np.mean([r[k] for r in rs])), float(np.min([r[k] for r in rs])),
+                           float(np.max([r[k] for r in rs])))
+                       for k in ("tv_uniform", "min_share", "tv_teacher", "classifier_frechet", "precision", "recall",
+                                 "updates", "seconds_per_step")}
+    print(f"  {name:<30} " + ", ".join(f"{k} {m:.3g} [{lo:.3g}, {hi:.3g}]" for k, (m, lo, hi) in summary_u[name].items()))
+
+# %%
+fig, axes = plt.subplots(1, 1 + len(groups), figsize=(4 * (1 + len(groups)), 3.4), sharey=True)
+digits = np.arange(10)
+for ax, (name, rs) in zip(axes, [("teacher (no class), real digits", None)] + list(groups.items())):
+    if rs is None:
+        ax.bar(digits - 0.2, teacher_u["class_shares"], width=0.4, label=f"teacher, TV {teacher_u['tv_uniform']:.2f}")
+        real_u = ref_u["real training digits"]
+        ax.bar(digits + 0.2, real_u["class_shares"], width=0.4, label=f"real, TV {real_u['tv_uniform']:.2f}")
+    else:
+        wid = 0.8 / len(rs)
+        for i, r in enumerate(rs):
+            ax.bar(digits - 0.4 + wid * (i + 0.5), r["class_shares"], width=wid,
+                   label=f"seed {r['seed']}: TV {r['tv_uniform']:.2f}, {r['updates']} upd.")
+    ax.axhline(0.1, color="k", linestyle=":", linewidth=1)
+    ax.set_xticks(digits), ax.set_xlabel("class (shipped classifier)"), ax.set_title(name, fontsize=9)
+    ax.legend(fontsize=7)
+axes[0].set_ylabel("share of samples")
+fig.tight_layout()
+plt.show()
+fig, axes = plt.subplots(len(groups) + 1, 1, figsize=(9, 1.6 * (len(groups) + 1)))
+grid(decode_samples(teacher_u), nrow=8, ax=axes[0], title="teacher, no class")
+for ax, (name, rs) in zip(axes[1:], groups.items()):
+    grid(decode_samples(rs[0]), nrow=8, ax=ax, title=f"{name}, seed {rs[0]['seed']}")
+plt.show()
+
+# %% [markdown]
+# **Which chain the shipped students use.** Every EMD student in this chapter, the shipped one
+# (`data/mnist_emd`), the seed-1 one of section 6 and the unconditional ones above, runs its E-step
+# on the $(\epsilon, -)$ chain: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation,
+# $K = 4$ and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains).
+# Diff-Instruct has no chain. Read from the cards and commands:
+
+# %%
+def chain_of_command(command):
+    """The Langevin chain a distill_images command runs with today's defaults."""
+    cfg = config_from_args(build_parser().parse_args(shlex.split(command)[3:]))
+    if cfg.method == "di":
+        return "none", None, None
+    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+
+
+chains = {"data/mnist_emd": (chain_name(cards["emd"]), cards["emd"]["config"]["langevin"]["cancel"],
+                             cards["emd"]["config"]["langevin"]["K"]),
+          "data/mnist_di": (chain_name(cards["di"]), None, None)}
+for key, st in seed1["students"].items():
+    chains[f"section 6, seed 1, {key}"] = chain_of_command(st["command"])
+for r in runs_u:
+    chains[f"no class, {group_of(r)}, seed {r['seed']}"] = chain_of_command(r["command"])
+    assert chains[f"no class, {group_of(r)}, seed {r['seed']}"][0] == r["chain"]
+for name, ch in chains.items():
+    print(f"{name:<44} chain {ch[0]:<9} cancel {ch[1]}, K {ch[2]}")
+assert {ch for ch in chains.values() if ch[0] != "none"} == {("(eps, -)", "full", 4)}
+assert cards["emd"]["config"]["langevin"]["gamma_eps"] == 0.3
+
+# %%
+# the claims of the text below, checked against the shipped file
+seeds_u = sorted({r["seed"] for r in runs_u})
+by = {(group_of(r), r["seed"]): r for r in runs_u}
+emd_name, di_upd, di_time = "EMD-4", "Diff-Instruct, equal updates", "Diff-Instruct, equal time"
+assert set(groups) == {emd_name, di_upd, di_time} and all((g, s) in by for g in groups for s in seeds_u)
+for s in seeds_u:                                    # equal updates: the same updates and learning-rate horizon
+    assert by[(emd_name, s)]["updates"] == by[(di_upd, s)]["updates"]
+    assert by[(emd_name, s)]["horizon"] == by[(di_upd, s)]["horizon"]
+minutes_u = sum(r["seconds"] for r in runs_u) / 60
+init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
+tv_all = [r["tv_uniform"] for r in runs_u]
+ones = [r["class_shares"][1] for r in runs_u]
+top_class = {int(np.argmax(r["class_shares"])) for r in runs_u}
+print(f"{len(runs_u)} runs, {len(seeds_u)} seeds, {minutes_u:.0f} minutes of training in all")
+print(f"TV to uniform over the runs: {min(tv_all):.3f} to {max(tv_all):.3f}; the most drawn class in every run: "
+      f"{top_class}, with a share of {min(ones):.3f} to {max(ones):.3f} (the teacher's: "
+      f"{teacher_u['class_shares'][1]:.3f}); smallest share in any run {min(r['min_share'] for r in runs_u):.3f}")
+wins = {(g, k): sum(by[(emd_name, s)][k] < by[(g, s)][k] for s in seeds_u)
+        for g in (di_upd, di_time) for k in ("tv_uniform", "classifier_frechet")}
+for (g, k), w in wins.items():
+    print(f"EMD-4 lower {k} than {g}: {w} of {len(seeds_u)} seeds")
+more_updates = [by[(di_time, s)]["updates"] / by[(emd_name, s)]["updates"] for s in seeds_u]
+spd = [r["seconds_per_step"] for r in runs_u]
+capped = [r for r in runs_u if r["updates"] >= build_parser().get_default("steps")]
+print(f"equal time: Diff-Instruct made {min(more_updates):.1f} to {max(more_updates):.1f} times EMD-4's updates; "
+      f"seconds per step over the runs {min(spd):.2f} to {max(spd):.2f}; EMD-4's updates "
+      f"{sorted(by[(emd_name, s)]['updates'] for s in seeds_u)}; runs stopped by the 2000-update cap: "
+      f"{[(group_of(r), r['seed'], r['seconds']) for r in capped]}")
+assert len(seeds_u) == 3 and len(runs_u) == 9 and round(minutes_u) == 57
+assert round(min(tv_all), 3) == 0.235 and round(max(tv_all), 3) == 0.462
+assert 0.045 < tv_noise.quantile(0.95) < 0.06 and teacher_u["tv_uniform"] == 0.098 and teacher_u["min_share"] == 0.066
+assert top_class == {1} and (round(min(ones), 2), round(max(ones), 2)) == (0.23, 0.48)
+assert teacher_u["class_shares"][1] == 0.066
+assert round(min(r["min_share"] for r in runs_u), 3) == 0.007       # no class dropped outright
+assert init_u["class_counts"][8] == init_u["n"] == 500              # the start: one class
+assert wins[(di_upd, "tv_uniform")] == 2 and wins[(di_upd, "classifier_frechet")] == 2
+assert wins[(di_time, "tv_uniform")] == 1 and wins[(di_time, "classifier_frechet")] == 1
+su = {g: {k: summary_u[g][k][0] for k in ("tv_uniform", "classifier_frechet")} for g in groups}
+assert [round(su[g]["tv_uniform"], 3) for g in (emd_name, di_upd, di_time)] == [0.364, 0.381, 0.330]
+assert [round(su[g]["classifier_frechet"]) for g in (emd_name, di_upd, di_time)] == [394, 474, 292]
+assert (round(min(more_updates), 1), round(max(more_updates), 1)) == (1.2, 3.6)
+assert sorted(by[(emd_name, s)]["updates"] for s in seeds_u) == [339, 561, 731]
+for g in (di_upd, di_time):   # the gaps between the means are smaller than the spread between seeds
+    assert abs(su[emd_name]["tv_uniform"] - su[g]["tv_uniform"]) < summary_u[g]["tv_uniform"][2] - summary_u[g]["tv_uniform"][1]
+fd_u = [r["classifier_frechet"] for r in runs_u]
+assert (round(min(fd_u)), round(max(fd_u)), round(teacher_u["classifier_frechet"])) == (220, 655, 101)
+assert min(fd_u) > 2 * teacher_u["classifier_frechet"] and min(fd_u) > 5 * max(emd_row["classifier_frechet"],
+                                                                                di_row["classifier_frechet"])
+assert (round(min(spd), 2), round(max(spd), 2)) == (0.21, 1.28)
+assert len(capped) == 1 and group_of(capped[0]) == di_time and capped[0]["seed"] == 2 and round(capped[0]["seconds"]) == 425
+assert build_parser().parse_args(shlex.split(capped[0]["command"])[3:]).minutes * 60 == 480
+assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_upd, di_time)] == \
+    [(0.303, 0.462), (0.235, 0.395)]
+
+# %% [markdown]
+# What the nine runs say (numbers printed above):
+#
+# * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
+#   uniform is 0.235 to 0.462; by chance alone, 1,000 draws from the uniform histogram stay below
+#   0.055 in 95% of trials, and the teacher's own unconditional samples give 0.098 (its smallest
+#   class share 0.066). Every run draws "1" most often, 23% to 48% of its samples against the
+#   teacher's 6.6%. No run drops a class outright (the smallest share in any run is 0.007, 7 digits
+#   in 1,000), and all start from one class: the generator at initialisation, the teacher's
+#   "no class" denoiser read at $\lambda^* = -6$, gives samples the classifier reads as 8, all 500 of them.
+# * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At equal
+#   updates EMD-4 had the lower TV in 2 of 3 seeds (mean 0.364 against 0.381) and the lower classifier
+#   Fréchet distance in 2 of 3 (394 against 474); at equal wall time Diff-Instruct, with 1.2 to 3.6
+#   times as many updates, had the lower TV in 2 of 3 (mean 0.330) and the lower Fréchet distance in 2
+#   of 3 (292). Each gap between the means is smaller than the spread of Diff-Instruct's TV between
+#   seeds (0.303 to 0.462 at equal updates, 0.235 to 0.395 at equal time). Every EMD student here
+#   moves $\epsilon$ with $z$ frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run on images.
+# * **Without the label the students are far from the teacher.** Their classifier Fréchet distances
+#   (220 to 655) are more than twice the teacher's unconditional 101 and over five times the 40 to
+#   42 that section 6's class-conditional students reached.
+# * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from 0.21
+#   to 1.28 between runs as the machine's load changed; the `--minutes` horizon is sized from the
+#   first step's time, so EMD-4 made 339, 561 and 731 updates in its three runs, and Diff-Instruct's
+#   seed-2 run at equal time stopped at the command's cap of 2,000 updates after 425 of its 480
+#   seconds. The equal-update pairs share their updates and learning-rate horizon exactly.
+
+# %% [markdown]
 # ## Summary
 #
 # * The library's loop needed no fork for images: `Distiller`, `estep` and the two losses act on
@@ -480,6 +710,12 @@ if corr_rows:
 #   at equal wall time Diff-Instruct was ahead of EMD-4 (slightly for the shipped pair, clearly for a
 #   second pair), because an EMD-4 step costs about 1.8 times as much; the test-time correction, at the
 #   20 steps a CPU allows, did not improve the metrics.
+# * Without labels (section 8: three seeds, 8-minute runs) neither student draws the ten digits
+#   evenly: TV to uniform 0.235 to 0.462 against the teacher's 0.098, with every run drawing far too
+#   many 1s. EMD-4 was ahead of Diff-Instruct in 2 of 3 seeds at equal updates and behind in 2 of 3
+#   at equal wall time, by less than the spread between seeds: these runs do not show EMD covering
+#   the classes better. Every EMD student in this chapter uses the $(\epsilon, -)$ chain (z frozen,
+#   full noise cancellation, $K = 4$).
 #
 # ## Exercise 7.1: the teacher's training loss
 #

@@ -399,7 +399,7 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 # **What the paper's runs cost.** The paper's checklist states its compute: 300k steps in about 8 days on
 # 64 TPU-v4, and 200k steps in about 10 days (which of its runs is which is not stated). No code was
 # released; our configs' hyperparameters for the large runs are our starting points, not the paper's
-# (those are not published). At the paper's scale the E-step's $K$ teacher and student evaluations
+# (the paper tabulates its own in an appendix we could not read: they are not known to us). At the paper's scale the E-step's $K$ teacher and student evaluations
 # dominate a step, which is why the benchmark's ratio of EMD-$K$ to Diff-Instruct matters more than its
 # absolute numbers.
 #
@@ -435,7 +435,7 @@ print(f"Inception Score: confident and balanced over 100 classes {inception_scor
 # (class-conditional; the EDM teacher scores 2.44 with its 79-evaluation Heun sampler and 1.36 with
 # 511 stochastic evaluations) and zero-shot COCO FID 9.66 distilling Stable Diffusion v1.5: the
 # `imagenet64` and `sd15` configs distil the same teachers, but with hyperparameters of our own (the
-# paper does not publish its), so these are targets, not numbers we have reproduced. FID 6.0 for
+# paper's are not known to us), so these are targets, not numbers we have reproduced. FID 6.0 for
 # EMD-16 on ImageNet 128x128 came from the non-public VDM++ teacher; the `imagenet128` config uses
 # ADM instead, so its numbers cannot be set beside that one.
 #

@@ -3,9 +3,13 @@
     python -m emd_lib.distill_images --method emd --K 4 --minutes 14 --out data/mnist_emd --threads 1   # CPU
     python -m emd_lib.distill_images --method di --minutes 14 --out data/mnist_di --threads 1
     python -m emd_lib.distill_images --method emd --K 8 --steps 20000 --batch 256 --out runs/mnist_emd8  # GPU-sized (not run here)
+    python -m emd_lib.distill_images --method emd --K 4 --minutes 8 --unconditional --out runs/mnist_u_emd4 --threads 1
 
 The same :class:`~emd_lib.distill.Distiller` as the 2D chapters, on ``(B, 1, 28, 28)``
-images with class labels as ``cond``. The generator is a trainable copy of the teacher read at
+images with class labels as ``cond``; with ``--unconditional``, without them: the teacher, the
+generator and the student score all read the teacher's "no class" label (the shipped teacher was
+trained with 10% label dropout, so it is also an unconditional model), and which digit a sample
+shows is left to the generator. The generator is a trainable copy of the teacher read at
 the fixed log-SNR ``lam*`` (:class:`~emd_lib.unet.TeacherInitGenerator`); the student score is
 a second copy, refitted to the generator's samples every step. The checkpoint holds the EMA
 generator (``generator.*``) and the student score (``student.*``, used by the test-time MCMC
@@ -40,7 +44,7 @@ from .schedules import get_schedule
 from .teachers import NetworkTeacher
 from .unet import TeacherInitGenerator, unet_from_card
 
-__all__ = ["TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "save_student", "main"]
+__all__ = ["TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student", "main"]
 
 _DATA = DATA_DIR
 TEACHER_PATH = _DATA / "mnist_teacher"
@@ -71,15 +75,31 @@ def load_teacher(path=None, device="cpu") -> NetworkTeacher:
     return teacher
 
 
-def make_distiller(teacher: NetworkTeacher, cfg: DistillConfig, device="cpu") -> Distiller:
+def unconditional_problem(teacher: NetworkTeacher) -> str | None:
+    """Why ``teacher`` cannot be distilled without labels (None when it can): its card must show a
+    class-conditional network trained with label dropout, so that its "no class" label was learnt."""
+    card = getattr(teacher, "card", {}) or {}
+    if not getattr(teacher.net, "n_classes", 0):
+        return "the teacher has no class labels; distil it without --unconditional"
+    dropout = (card.get("settings") or {}).get("label_dropout")
+    if not dropout:
+        return (f"the teacher was trained with label dropout {dropout}, so its 'no class' label was never learnt; "
+                "train one with python -m emd_lib.train_teacher --label-dropout 0.1")
+    return None
+
+
+def make_distiller(teacher: NetworkTeacher, cfg: DistillConfig, device="cpu", unconditional: bool = False) -> Distiller:
     """A :class:`Distiller` for class-conditional images: generator and student score start as
-    copies of the teacher (the generator read at ``cfg.lam_star``)."""
+    copies of the teacher (the generator read at ``cfg.lam_star``). ``unconditional``: no class
+    labels are drawn; generator, teacher and student read the "no class" label (``cond=None``)."""
+    if unconditional and (why := unconditional_problem(teacher)):
+        raise ValueError(why)
     net = teacher.net
     gen = TeacherInitGenerator(net, cfg.lam_star).to(device).train()
     student = NetworkTeacher(copy.deepcopy(net).requires_grad_(True).train(), teacher.schedule, predicts=teacher.predicts)
     return Distiller(teacher, cfg, generator=gen, student=student, device=torch.device(device),
                      shape=getattr(teacher, "shape", None) or SHAPES[getattr(teacher, "card", {}).get("data", "mnist")],
-                     n_classes=net.n_classes)
+                     n_classes=0 if unconditional else net.n_classes)
 
 
 def save_student(path, d: Distiller, card: dict) -> dict:
@@ -91,7 +111,9 @@ def save_student(path, d: Distiller, card: dict) -> dict:
 
 def load_student(path, device="cpu"):
     """``(generator, student, card)`` of a checkpoint written by :func:`save_student`; the
-    generator maps ``(z, c)`` to images in [-1, 1] in one step."""
+    generator maps ``(z, c)`` to images in [-1, 1] in one step. A student distilled with
+    ``--unconditional`` (card ``"unconditional": true``) was trained on the "no class" label only:
+    call it with ``c = None`` (or ``c = n_classes``); ``generator.unconditional`` says which."""
     state, card = load_checkpoint(path, device=device)
     nets = {}
     for part in ("generator", "student"):
@@ -100,6 +122,7 @@ def load_student(path, device="cpu"):
         nets[part] = net.to(device).eval().requires_grad_(False)
     gen = TeacherInitGenerator(nets["generator"], card["lam_star"], copy_weights=False).eval().requires_grad_(False)
     gen.shape = tuple(card.get("shape", SHAPES[card.get("data", "mnist")]))      # one sample's shape
+    gen.unconditional = bool(card.get("unconditional", False))
     student = NetworkTeacher(nets["student"], get_schedule(card.get("schedule", "vp")), predicts=card.get("predicts", "x0"))
     return gen, student.requires_grad_(False), card
 
@@ -111,6 +134,9 @@ def build_parser():
     p.add_argument("--method", default="emd", choices=["emd", "di"])
     p.add_argument("--K", type=int, default=4, help="Langevin steps of the E-step (EMD)")
     p.add_argument("--gamma-eps", type=float, default=0.3)
+    p.add_argument("--unconditional", action="store_true",
+                   help="distil without class labels: every network reads the teacher's 'no class' label (needs a "
+                        "teacher trained with label dropout, as the shipped one is)")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=2000, help="generator updates (at most)")
     p.add_argument("--horizon", type=int, default=None,
@@ -181,12 +207,15 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
     except CheckpointError as e:
         parser.error(f"--teacher {args.teacher}: {e}")
     try:
-        d = make_distiller(teacher, cfg, device=dev)
-    except ValueError as e:                       # settings the teacher's schedule cannot take
-        parser.error(str(e))
+        d = make_distiller(teacher, cfg, device=dev, unconditional=args.unconditional)
+    except ValueError as e:                       # settings the teacher's schedule cannot take, or no "no class"
+        parser.error(f"--teacher {args.teacher}: {e}" if args.unconditional and unconditional_problem(teacher)
+                     else str(e))
     name = "EMD-%d" % args.K if args.method == "emd" else "Diff-Instruct"
-    base = run_card(argv, module=__spec__.name, what=f"{name} one-step generator distilled from {Path(args.teacher).name} "
-                    "(EMA generator and student score)", method=args.method, arch=teacher.net.config,
+    kind = "unconditional " if args.unconditional else ""
+    base = run_card(argv, module=__spec__.name, what=f"{kind}{name} one-step generator distilled from "
+                    f"{Path(args.teacher).name} (EMA generator and student score)", method=args.method,
+                    unconditional=args.unconditional, arch=teacher.net.config,
                     lam_star=args.lam_star, teacher=Path(args.teacher).name, data=teacher.card.get("data", "mnist"),
                     teacher_sha256=teacher.card.get("sha256"), machine=machine(dev))
     cfg.steps = args.horizon or args.steps       # the learning-rate horizon (Distiller reads cfg.steps)

@@ -308,3 +308,50 @@ def test_evaluation_rows_of_the_shipped_models():
     assert rows["teacher, Heun ODE 2 steps"]["nfe"] == 3 and rows["EMD-4, one step"]["nfe"] == 1
     assert {"Diff-Instruct, one step", "EMD-4 + MCMC correction (1 steps at lam=0)"} <= set(rows)
     assert all(r["classes_covered"] >= 1 for r in rows.values())
+
+
+def test_class_balance_of_a_known_histogram():
+    from emd_lib.experiments.ch07 import class_balance
+
+    class ByFirstPixel(torch.nn.Module):         # reads the class from the first pixel: value c / 10
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 10).round().long(), 10).float()
+
+    classes = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)                       # 10 samples, 3 classes
+    x = torch.zeros(10, 1, 28, 28)
+    x[:, 0, 0, 0] = classes / 10
+    out = class_balance(x, ByFirstPixel())
+    assert out["class_counts"] == [5, 3, 2] + [0] * 7 and out["min_share"] == 0
+    assert out["tv_uniform"] == pytest.approx(0.5 * (0.4 + 0.2 + 0.1 + 7 * 0.1))
+    uniform = torch.arange(20) % 10 / 10
+    x = torch.zeros(20, 1, 28, 28)
+    x[:, 0, 0, 0] = uniform
+    out = class_balance(x, ByFirstPixel())
+    assert out["tv_uniform"] == 0 and out["min_share"] == 0.1
+
+
+def test_shipped_unconditional_table_pairs_its_runs_and_its_histograms_add_up():
+    from emd_lib.distill_images import build_parser
+    from emd_lib import DATA_DIR
+
+    t = json.loads((DATA_DIR / "results" / "ch07_unconditional.json").read_text())
+    assert "--out data/results/ch07_unconditional.json" in t["command"]
+    runs = [r for r in t["rows"] if "method" in r]
+    assert {r["model"] for r in t["rows"] if "method" not in r} >= {"real training digits"}
+    assert any(r["model"].startswith("teacher, no class") for r in t["rows"])
+    for r in t["rows"]:
+        shares = np.array(r["class_counts"]) / sum(r["class_counts"])
+        assert r["tv_uniform"] == pytest.approx(0.5 * np.abs(shares - 0.1).sum(), abs=1e-3)
+        assert r["min_share"] == pytest.approx(shares.min(), abs=1e-3)
+    by = {}
+    for r in runs:
+        args = build_parser().parse_args(r["command"].split()[3:])
+        assert args.unconditional and args.method == r["method"] and args.seed == r["seed"]
+        assert (r["budget"] == "wall time") == (args.minutes > 0) and sum(r["class_counts"]) == r["n"]
+        by[(r["method"], r["budget"], r["seed"])] = (r, args)
+    seeds = {s for _, _, s in by}
+    assert len(seeds) >= 2 and len(by) == 3 * len(seeds)
+    for s in seeds:                   # equal updates: Diff-Instruct repeats EMD's updates and learning-rate horizon
+        (e, _), (d, d_args) = by[("emd", "wall time", s)], by[("di", "updates", s)]
+        assert d["updates"] == e["updates"] == d_args.steps and d_args.horizon == e["horizon"] == d["horizon"]
+        assert by[("emd", "wall time", s)][1].minutes == by[("di", "wall time", s)][1].minutes

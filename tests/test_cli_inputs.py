@@ -322,6 +322,58 @@ def test_distill_images_steps_is_the_number_of_steps(tmp_path, tiny_teacher):
         assert card["steps"] == 1 and card["horizon"] == 1 and card["config"]["steps"] == 1
 
 
+def test_distill_images_unconditional_draws_no_labels(tmp_path, tiny_teacher, monkeypatch):
+    from emd_lib.distill import Distiller
+    from emd_lib.distill_images import load_student
+
+    drawn = []
+    draw = Distiller._draw_cond
+    monkeypatch.setattr(Distiller, "_draw_cond", lambda self, n: drawn.append(draw(self, n)) or drawn[-1])
+    card = distil(tiny_teacher, tmp_path / "u", "--steps", "1", "--unconditional")
+    assert card["unconditional"] is True and card["what"].startswith("unconditional EMD-1")
+    assert drawn and all(c is None for c in drawn)                # every network read the "no class" label
+    gen, _, _ = load_student(tmp_path / "u")
+    assert gen.unconditional is True
+    drawn.clear()
+    card = distil(tiny_teacher, tmp_path / "c", "--steps", "1")
+    assert card["unconditional"] is False and all(c is not None and c.max() < 10 for c in drawn)
+    assert load_student(tmp_path / "c")[0].unconditional is False
+
+
+def test_distill_images_unconditional_needs_a_teacher_trained_with_label_dropout(tmp_path, capsys):
+    from emd_lib.distill_images import main
+    from emd_lib.train_teacher import main as train
+
+    train(TINY_TEACHER + ["--steps", "1", "--label-dropout", "0", "--out", str(tmp_path / "t0")])
+    argv = ["--teacher", tmp_path / "t0", "--unconditional", "--steps", "1", "--out", tmp_path / "s", "--quiet"]
+    refused(*run(main, argv, capsys), "--teacher", "label dropout 0", "--label-dropout")
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_unconditional_table_measures_class_balance(tmp_path, capsys):
+    from emd_lib.distill_images import main as distil_main
+    from emd_lib.experiments import ch07
+
+    distil_main(["--method", "di", "--unconditional", "--steps", "1", "--batch", "2", "--student-warmup", "0",
+                 "--out", str(tmp_path / "u"), "--quiet"])
+    out = ch07.main(["--students", str(tmp_path / "u"), "--n", "20", "--teacher-n", "0", "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text()) == out
+    models = [r["model"] for r in out["rows"]]
+    assert models[0] == "real training digits" and models[1].startswith("generator at init") and models[2] == "Diff-Instruct"
+    row = out["rows"][2]
+    assert (row["method"], row["chain"], row["K"], row["updates"], row["budget"]) == ("di", "none", None, 1, "updates")
+    assert "--unconditional" in row["command"] and sum(row["class_counts"]) == row["n"] == 20
+    shares = [c / 20 for c in row["class_counts"]]
+    assert row["tv_uniform"] == pytest.approx(0.5 * sum(abs(s - 0.1) for s in shares), abs=1e-4)
+    assert row["min_share"] == pytest.approx(min(shares), abs=1e-4)
+    assert ch07.decode_samples(row).shape == (ch07.N_SHOWN, 1, 28, 28)
+    for bad, words in (([str(DATA_DIR / "mnist_emd")], ["class-conditional", "--unconditional"]),
+                       ([str(tmp_path / "nope")], ["--students", "no checkpoint card"])):
+        refused(*run(ch07.main, ["--students", *bad, "--out", tmp_path / "x.json"], capsys), *words)
+    refused(*run(ch07.main, ["--students", tmp_path / "u", "--n", "5"], capsys), "--n must be >= 10")
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_distill_images_minutes_records_the_horizon_it_used_and_repeats_from_it(tmp_path, tiny_teacher, monkeypatch):
     from emd_lib import distill_images
 

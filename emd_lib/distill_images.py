@@ -134,6 +134,15 @@ def build_parser():
     p.add_argument("--method", default="emd", choices=["emd", "di"])
     p.add_argument("--K", type=int, default=4, help="Langevin steps of the E-step (EMD)")
     p.add_argument("--gamma-eps", type=float, default=0.3)
+    p.add_argument("--move-z", action="store_true",
+                   help="EMD: the joint (eps, z) chain (default: z frozen, the (eps, -) chain)")
+    p.add_argument("--gamma-z", type=float, default=LangevinConfig.gamma_z, help="with --move-z: z's step size")
+    p.add_argument("--z-precondition", choices=["none", "snr"], default=LangevinConfig.z_precondition,
+                   help="with --move-z: how z's step shrinks with the signal-to-noise ratio")
+    p.add_argument("--z-clip", type=float, default=None,
+                   help="with --move-z: the largest z drift per step, in units of sqrt(dim) (default: none)")
+    p.add_argument("--cancel", choices=["none", "injected", "full"], default=LangevinConfig.cancel,
+                   help="EMD: noise cancellation of the E-step")
     p.add_argument("--unconditional", action="store_true",
                    help="distil without class labels: every network reads the teacher's 'no class' label (needs a "
                         "teacher trained with label dropout, as the shipped one is)")
@@ -163,13 +172,19 @@ def config_from_args(args) -> DistillConfig:
     return DistillConfig(method=args.method, steps=args.steps, batch=args.batch, lr_g=args.lr_g, lr_s=args.lr_s,
                          student_updates=args.student_updates, student_warmup=args.student_warmup, ema=args.ema,
                          lam_min=args.lam_min, lam_max=args.lam_max, lam_star=args.lam_star, init_steps=0,
-                         seed=args.seed, langevin=LangevinConfig(K=args.K, gamma_eps=args.gamma_eps))
+                         seed=args.seed, langevin=LangevinConfig(K=args.K, gamma_eps=args.gamma_eps, move_z=args.move_z,
+                                                                 gamma_z=args.gamma_z, z_precondition=args.z_precondition,
+                                                                 z_clip=args.z_clip, cancel=args.cancel))
 
 
 def _check_args(parser, args) -> DistillConfig:
     """Every argument checked before the teacher is read (``parser.error``: one line, status 2)."""
     from .checkpoint import checkpoint_path_problem
 
+    if args.method == "di" and args.move_z:
+        parser.error("--move-z sets EMD's E-step; --method di has none")
+    if not args.move_z and args.z_clip is not None:
+        parser.error("--z-clip limits the z step; it needs --move-z")
     for name, low in (("steps", 1), ("batch", 1), ("K", 0)):
         if getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -211,7 +226,7 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
     except ValueError as e:                       # settings the teacher's schedule cannot take, or no "no class"
         parser.error(f"--teacher {args.teacher}: {e}" if args.unconditional and unconditional_problem(teacher)
                      else str(e))
-    name = "EMD-%d" % args.K if args.method == "emd" else "Diff-Instruct"
+    name = ("EMD-%d" % args.K + (" (eps, z)" if args.move_z else "")) if args.method == "emd" else "Diff-Instruct"
     kind = "unconditional " if args.unconditional else ""
     base = run_card(argv, module=__spec__.name, what=f"{kind}{name} one-step generator distilled from "
                     f"{Path(args.teacher).name} (EMA generator and student score)", method=args.method,

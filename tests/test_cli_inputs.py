@@ -150,6 +150,10 @@ def test_eval_images_bad_input(tmp_path, capsys, args, words, shipped):
     (["--horizon", "0"], ["--horizon must be >= 1"]),
     (["--lr-g", "-1"], ["lr_g"]),
     (["--out", "{tmp}/file/s"], ["is a file, not a folder"]),
+    (["--method", "di", "--move-z"], ["--move-z", "--method di"]),
+    (["--z-clip", "0.1"], ["--z-clip", "needs --move-z"]),
+    (["--move-z", "--z-clip", "0"], ["z_clip", "> 0"]),
+    (["--move-z", "--gamma-z", "-1"], ["gamma_z", "> 0"]),
 ])
 def test_distill_images_bad_input(tmp_path, capsys, args, words):
     from emd_lib.distill_images import main
@@ -338,6 +342,19 @@ def test_distill_images_unconditional_draws_no_labels(tmp_path, tiny_teacher, mo
     card = distil(tiny_teacher, tmp_path / "c", "--steps", "1")
     assert card["unconditional"] is False and all(c is not None and c.max() < 10 for c in drawn)
     assert load_student(tmp_path / "c")[0].unconditional is False
+
+
+def test_distill_images_joint_chain_settings_reach_the_e_step_and_the_card(tmp_path, tiny_teacher, monkeypatch):
+    from emd_lib import distill
+
+    seen = []
+    estep = distill.estep
+    monkeypatch.setattr(distill, "estep", lambda *a, **k: seen.append(a[6]) or estep(*a, **k))
+    card = distil(tiny_teacher, tmp_path / "z", "--steps", "1", "--move-z", "--gamma-z", "0.05",
+                  "--z-precondition", "none", "--cancel", "none", "--z-clip", "0.1")
+    assert seen and all(c.move_z and c.gamma_z == 0.05 and c.z_precondition == "none" and c.cancel == "none"
+                        and c.z_clip == 0.1 for c in seen)
+    assert card["config"]["langevin"]["z_clip"] == 0.1 and "(eps, z)" in card["what"]
 
 
 def test_distill_images_unconditional_needs_a_teacher_trained_with_label_dropout(tmp_path, capsys):

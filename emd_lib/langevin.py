@@ -46,7 +46,7 @@ import torch
 from . import randn
 from .schedules import bcast
 
-__all__ = ["LangevinConfig", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
+__all__ = ["LangevinConfig", "JOINT_CHAIN", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
 
 
 @dataclass
@@ -108,6 +108,12 @@ class LangevinConfig:
             if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
                 what = "the largest z drift per step" if name == "z_clip" else "a Langevin step size"
                 raise ValueError(f"{name} ({what}) must be a finite number > 0, got {v!r}")
+
+
+#: The joint (eps, z) chain's settings that the book recommends for network generators (chapter 4,
+#: "A trust region for the z step"): a plain z step of 0.05, its drift limited to 0.1 sqrt(dim) per
+#: step, and no noise cancellation (with z moving, cancelling shifts the M-step gradient's mean).
+JOINT_CHAIN = {"move_z": True, "z_precondition": "none", "gamma_z": 0.05, "z_clip": 0.1, "cancel": "none"}
 
 
 @dataclass

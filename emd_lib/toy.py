@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import machine, output_path_problem, run_card, write_json
 from .distill import DistillConfig, Distiller
-from .langevin import LangevinConfig
+from .langevin import JOINT_CHAIN, LangevinConfig
 from .metrics import mixture_report
 from .schedules import VP
 from .teachers import GaussianMixture, MixtureError
@@ -88,11 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-SNR at which the generator is initialised from the teacher, g(z) = D(z, lam*) "
                         "(default %(default)s)")
     p.add_argument("--move-z", action="store_true",
-                   help="EMD: the E-step moves z as well as eps (the (eps, z) chain; default (eps, -))")
+                   help="EMD: the E-step moves z as well as eps (the (eps, z) chain; default (eps, -)), with "
+                        "the settings chapter 4 recommends: " + ", ".join(f"{k}={v}" for k, v in JOINT_CHAIN.items()
+                                                                         if k != "move_z"))
     p.add_argument("--cancel", choices=["none", "injected", "full"], default=None,
-                   help=f"EMD: noise cancellation of the E-step (default {LangevinConfig.cancel})")
+                   help=f"EMD: noise cancellation of the E-step (default {LangevinConfig.cancel}; "
+                        f"{JOINT_CHAIN['cancel']} with --move-z)")
     p.add_argument("--gamma-z", type=float, default=None,
-                   help=f"EMD with --move-z: base Langevin step size of z (default {LangevinConfig.gamma_z})")
+                   help=f"EMD with --move-z: Langevin step size of z (default {JOINT_CHAIN['gamma_z']})")
+    p.add_argument("--z-clip", type=float, default=None,
+                   help=f"EMD with --move-z: the largest z drift per step, in units of sqrt(dim) "
+                        f"(default {JOINT_CHAIN['z_clip']})")
     p.add_argument("--check", action="store_true",
                    help="only check the mixture file and the arguments, print a summary and exit")
     return p
@@ -136,12 +142,14 @@ def _main(argv=None) -> int:
         return _fail(f"--threads must be >= 1, got {args.threads}")
     if not -(2**63) <= args.seed <= 2**63 - 2:
         return _fail(f"--seed must fit in a signed 64-bit integer, got {args.seed}")
-    if args.method == "di" and (args.move_z or args.cancel is not None or args.gamma_z is not None):
-        return _fail("--move-z, --cancel and --gamma-z set EMD's E-step; --method di has none")
-    if args.gamma_z is not None and not args.move_z:
-        return _fail("--gamma-z is the step size of z; it needs --move-z")
-    if args.gamma_z is not None and not (math.isfinite(args.gamma_z) and args.gamma_z > 0):
-        return _fail(f"--gamma-z must be a finite number > 0, got {args.gamma_z}")
+    if args.method == "di" and (args.move_z or args.cancel is not None or args.gamma_z is not None
+                                or args.z_clip is not None):
+        return _fail("--move-z, --cancel, --gamma-z and --z-clip set EMD's E-step; --method di has none")
+    for option, value in (("--gamma-z", args.gamma_z), ("--z-clip", args.z_clip)):
+        if value is not None and not args.move_z:
+            return _fail(f"{option} sets the step of z; it needs --move-z")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return _fail(f"{option} must be a finite number > 0, got {value}")
     try:
         VP.check_lam(args.lam_star, "--lam-star")
     except ValueError as e:
@@ -164,11 +172,10 @@ def _main(argv=None) -> int:
         print(f"ok: {args.mixture}: {mix.n_components} components in {mix.dim} dimensions "
               f"({'diagonal' if mix.diagonal else 'full'} covariances)")
         return 0
-    lang = {"K": args.langevin_steps, "move_z": args.move_z}
-    if args.cancel is not None:
-        lang["cancel"] = args.cancel
-    if args.gamma_z is not None:
-        lang["gamma_z"] = args.gamma_z
+    lang = {"K": args.langevin_steps, "move_z": args.move_z, **(JOINT_CHAIN if args.move_z else {})}
+    for key, value in (("cancel", args.cancel), ("gamma_z", args.gamma_z), ("z_clip", args.z_clip)):
+        if value is not None:
+            lang[key] = value
     cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
                         student_warmup=args.warmup, depth=args.depth, width=args.width,
                         weighting=args.weighting, lam_star=args.lam_star, langevin=LangevinConfig(**lang))
@@ -203,7 +210,9 @@ def _main(argv=None) -> int:
                                      "chain": None if args.method == "di" else {
                                          "K": cfg.langevin.K, "move_z": cfg.langevin.move_z,
                                          "cancel": cfg.langevin.cancel,
-                                         "gamma_z": cfg.langevin.gamma_z if cfg.langevin.move_z else None},
+                                         "gamma_z": cfg.langevin.gamma_z if cfg.langevin.move_z else None,
+                                         "z_precondition": cfg.langevin.z_precondition if cfg.langevin.move_z else None,
+                                         "z_clip": cfg.langevin.z_clip if cfg.langevin.move_z else None},
                                      "config": cfg.to_dict(), **report})
         except OSError as e:
             return _fail(f"cannot write {args.report}: {e.strerror}")

@@ -74,11 +74,29 @@ def test_knobs_reach_the_run_and_the_report(tmp_path):
     assert "EMD-2 (eps, z)" in r.stdout
     card = json.loads(rep.read_text())
     assert card["weighting"] == "one" and card["lam_star"] == -4.0
-    assert card["chain"] == {"K": 2, "move_z": True, "cancel": "none", "gamma_z": 0.05}
+    assert card["chain"] == {"K": 2, "move_z": True, "cancel": "none", "gamma_z": 0.05, "z_precondition": "none",
+                             "z_clip": 0.1}
     lang = card["config"]["langevin"]
     assert lang["move_z"] is True and lang["cancel"] == "none" and lang["gamma_z"] == 0.05
     assert card["config"]["weighting"] == "one" and card["config"]["lam_star"] == -4.0
     assert "--gamma-z 0.05" in card["command"]
+
+
+def test_move_z_takes_the_recommended_joint_chain_and_each_setting_can_be_changed(tmp_path):
+    from emd_lib.langevin import JOINT_CHAIN
+
+    rep = tmp_path / "r.json"
+    common = ("--mixture", str(ROOT / "data/mixtures/far.json"), "--steps", "2", "--n-samples", "100", "--init-steps",
+              "2", "--warmup", "2", "--samples", str(tmp_path / "s.npy"), "--report", str(rep), "--quiet", "-K", "2")
+    assert run(*common, "--move-z").returncode == 0
+    lang = json.loads(rep.read_text())["config"]["langevin"]
+    assert {k: lang[k] for k in JOINT_CHAIN} == JOINT_CHAIN
+    assert run(*common, "--move-z", "--z-clip", "0.3", "--cancel", "full").returncode == 0
+    lang = json.loads(rep.read_text())["config"]["langevin"]
+    assert lang["z_clip"] == 0.3 and lang["cancel"] == "full" and lang["gamma_z"] == JOINT_CHAIN["gamma_z"]
+    assert run(*common).returncode == 0                                   # without --move-z: the (eps, -) chain
+    lang = json.loads(rep.read_text())["config"]["langevin"]
+    assert lang["move_z"] is False and lang["z_clip"] is None and lang["cancel"] == "full"
 
 
 def test_defaults_are_recorded(tmp_path):
@@ -97,6 +115,9 @@ def test_defaults_are_recorded(tmp_path):
     (["--gamma-z", "0.1"], "needs --move-z"),
     (["--move-z", "--gamma-z", "0"], "--gamma-z must be a finite number > 0"),
     (["--move-z", "--gamma-z", "nan"], "--gamma-z must be a finite number > 0"),
+    (["--z-clip", "0.1"], "needs --move-z"),
+    (["--move-z", "--z-clip", "-1"], "--z-clip must be a finite number > 0"),
+    (["--method", "di", "--z-clip", "0.1"], "--method di has none"),
     (["--lam-star", "30"], "outside the teacher's log-SNR range"),
     (["--weighting", "cosine"], "invalid choice"),
     (["--cancel", "some"], "invalid choice"),

@@ -59,10 +59,12 @@ def correct_images(gen, teacher, student, labels, lam: float, steps: int, gamma_
 
 
 def student_name(card: dict) -> str:
-    """A student's name in the table, from its card: ``"EMD-K"`` or ``"Diff-Instruct"``."""
+    """A student's name in the table, from its card: ``"EMD-K"`` (``"EMD-K (eps, z)"`` when its E-step
+    moved z) or ``"Diff-Instruct"``."""
     if card.get("method") == "di":
         return "Diff-Instruct"
-    return f"EMD-{card['config']['langevin']['K']}"
+    lang = card["config"]["langevin"]
+    return f"EMD-{lang['K']}" + (" (eps, z)" if lang.get("move_z") else "")
 
 
 def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 20, correction_lam: float = 0.0,

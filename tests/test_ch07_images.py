@@ -69,12 +69,12 @@ def test_digits8_fast_path():
 
 
 def test_shipped_files_have_cards_with_commands_and_data_is_small():
-    for name in ("mnist5k", "mnist_teacher", "mnist_classifier", "mnist_emd", "mnist_di"):
+    for name in ("mnist5k", "mnist_teacher", "mnist_classifier", "mnist_emd", "mnist_di", "mnist_emd_z"):
         card = json.loads((DATA / f"{name}.json").read_text())
         assert len(card["sha256"]) == 64 and card["command"].startswith("python")
         if name != "mnist5k":
             assert card["machine"] and card["date"] and card["wall_time_s"] > 0 and card.get("complete", True)
-        if name in ("mnist_teacher", "mnist_emd", "mnist_di"):
+        if name in ("mnist_teacher", "mnist_emd", "mnist_di", "mnist_emd_z"):
             assert 0 < card["eval"]["classifier_frechet"] < 200 and card["eval"]["classes_covered"] == 10
     total = sum(f.stat().st_size for f in DATA.rglob("*") if f.is_file())
     assert total < 30e6, f"data/ holds {total / 1e6:.1f} MB"

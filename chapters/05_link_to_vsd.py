@@ -530,6 +530,7 @@ z = torch.randn(B_mz, 2, generator=g)
 e = torch.randn(B_mz, 2, generator=g)
 lam2 = torch.full((B_mz,), 2.0)
 a2, s2 = (bcast(v, z) for v in bi.schedule.alpha_sigma(lam2))
+assert abs(float(s2[0, 0] / a2[0, 0]) - 0.37) < 0.005 and float(bi.means[1, 0] - bi.means[0, 0]) == 3.0   # the text's numbers
 x_start = a2 * gen_fwd(z).detach() + s2 * e
 cross = {}
 for m, lcfg in chains_mz.items():

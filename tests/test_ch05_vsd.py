@@ -163,7 +163,24 @@ def test_moving_z_sweep_writes_every_cell(tmp_path):
     assert all(abs(r["std"][0] - rec["forward_kl_fit"]["std"][0]) < 0.2 for r in fit)
 
 
-def test_time_per_step_whole_includes_the_student_updates():
-    t = ch05.time_per_step(ring8(), ["DI"], steps=3, reps=3, batch=64, width=32, depth=2, whole=True)
-    g = ch05.time_per_step(ring8(), ["DI"], steps=3, reps=3, batch=64, width=32, depth=2)
-    assert t["DI"]["median"] > g["DI"]["median"]
+def test_time_per_step_whole_includes_the_student_updates(monkeypatch):
+    from emd_lib.distill import Distiller
+
+    calls = {"student": 0, "generator": 0}
+    real_s, real_g = Distiller.student_step, Distiller.generator_step
+
+    def count(name, real):
+        def f(self):
+            calls[name] += 1
+            return real(self)
+        return f
+
+    monkeypatch.setattr(Distiller, "student_step", count("student", real_s))
+    monkeypatch.setattr(Distiller, "generator_step", count("generator", real_g))
+    t = ch05.time_per_step(ring8(), ["DI"], steps=3, reps=2, batch=32, width=16, depth=1, whole=True)
+    assert t["DI"]["median"] > 0
+    # one warm-up call and 2 rounds of 3, each with the config's 2 student updates
+    assert calls == {"generator": 7, "student": 14}
+    calls.update(student=0, generator=0)
+    ch05.time_per_step(ring8(), ["DI"], steps=3, reps=2, batch=32, width=16, depth=1)
+    assert calls == {"generator": 7, "student": 0}

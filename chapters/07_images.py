@@ -429,9 +429,11 @@ assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3 and 1.6 < cost < 2.0
 # %% [markdown]
 # ### The joint chain on digits
 #
-# Chapter 4 made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step of 0.05
-# whose drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation
-# (`emd_lib.langevin.JOINT_CHAIN`). One EMD-4 student was distilled with it on the same teacher
+# Chapter 4 made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
+# drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation. One EMD-4 student was
+# distilled with such a chain (z step 0.05; chapter 4's recommendation, `JOINT_CHAIN`, later settled
+# on 0.02, which gave the same TV in 2D and the far target's light mode closer to its weight) on the
+# same teacher
 # (`data/mnist_emd_z`, one seed) and measured the same way (`data/results/ch07_joint.json`). Its
 # `--minutes 14` sized a learning-rate horizon from the first step's time and ended at that horizon
 # after about half the time, so it had fewer updates than the shipped students, not equal time:

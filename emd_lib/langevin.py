@@ -111,9 +111,9 @@ class LangevinConfig:
 
 
 #: The joint (eps, z) chain's settings that the book recommends for network generators (chapter 4,
-#: "A trust region for the z step"): a plain z step of 0.05, its drift limited to 0.1 sqrt(dim) per
+#: "A trust region for the z step"): a plain z step of 0.02, its drift limited to 0.1 sqrt(dim) per
 #: step, and no noise cancellation (with z moving, cancelling shifts the M-step gradient's mean).
-JOINT_CHAIN = {"move_z": True, "z_precondition": "none", "gamma_z": 0.05, "z_clip": 0.1, "cancel": "none"}
+JOINT_CHAIN = {"move_z": True, "z_precondition": "none", "gamma_z": 0.02, "z_clip": 0.1, "cancel": "none"}
 
 
 @dataclass

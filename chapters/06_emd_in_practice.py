@@ -612,6 +612,7 @@ why = {
     "langevin.z_precondition": "chapter 4",
     "langevin.cancel": "chapter 4: 'full' removes the noise terms (mean-preserving with z fixed, as here)",
     "langevin.cancel_z": "chapter 4",
+    "langevin.z_clip": "chapter 4 (a trust region for the z step)",
 }
 defaults = DistillConfig()
 print(f"{'setting':>26} {'default':>14}   how we chose it")

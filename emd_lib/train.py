@@ -89,7 +89,8 @@ class TeacherConfig:
         NVlabs/edm), ``adm`` (guided-diffusion's ADM ``.pt``; ``code_root``: a clone of
         openai/guided-diffusion), ``sd`` (Stable Diffusion: a diffusers folder or hub id),
         ``random`` (random weights of architecture ``arch``: tiny-edm, adm64, tiny-adm, adm128,
-        tiny-sd, sd15; for tests and the benchmark).
+        tiny-sd, sd15; for tests and the benchmark). For ``adm``, ``arch`` picks guided-diffusion's
+        flags, and with them the noise schedule: ``adm128`` (the default, linear) or ``adm64`` (cosine).
     """
 
     kind: str = "mixture"
@@ -109,6 +110,9 @@ class TeacherConfig:
         archs = ("tiny-edm", "adm64", "tiny-adm", "adm128", "tiny-sd", "sd15")
         if self.kind == "random" and self.arch not in archs:
             raise ValueError(f"teacher.arch must be one of {', '.join(archs)} for teacher.kind=random, got {self.arch!r}")
+        if self.kind == "adm" and self.arch not in ("", "adm64", "adm128"):
+            raise ValueError(f"teacher.arch names the ADM checkpoint's flags for teacher.kind=adm: adm128 "
+                             f"(128x128_diffusion.pt, the default) or adm64 (64x64_diffusion.pt), got {self.arch!r}")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1):
             raise ValueError(f"teacher.guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}")
 
@@ -331,7 +335,8 @@ def load_teacher(tc: TeacherConfig, seed: int = 0):
         t = A.EDMTeacher(A.load_edm_pickle(tc.path, trust_pickle=tc.trust_pickle, edm_root=tc.code_root or None))
         return t, "class" if t.label_dim else "none"
     if tc.kind == "adm":
-        t = A.load_adm(tc.path, code_root=tc.code_root or None, num_classes=tc.num_classes or 1000)
+        flags = A.ADM64_FLAGS if tc.arch == "adm64" else A.ADM128_FLAGS    # the schedule comes with them
+        t = A.load_adm(tc.path, code_root=tc.code_root or None, flags=flags, num_classes=tc.num_classes or 1000)
         return t, "class"
     if tc.kind == "sd":
         return A.load_sd(tc.path, guidance_scale=tc.guidance_scale), "text"

@@ -182,6 +182,30 @@ def test_missing_teachers_fail_clearly(tmp_path, capsys):
     assert "cannot load Stable Diffusion" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arch, schedule", [("adm128", "linear"), ("adm64", "cosine"), ("", "linear")])
+def test_an_adm_teacher_reads_the_flags_its_arch_names(arch, schedule, monkeypatch):
+    """teacher.arch picks guided-diffusion's flags for an ADM checkpoint, and with them the schedule."""
+    from emd_lib import adapters
+    from emd_lib.train import load_teacher
+
+    seen = {}
+
+    def fake_load_adm(path, *, code_root=None, flags=None, num_classes=1000):
+        seen.update(flags)
+        raise adapters.AdapterError("stop here")
+    monkeypatch.setattr(adapters, "load_adm", fake_load_adm)
+    cfg = load_config("imagenet128", [f"teacher.arch={arch}"] if arch else ["teacher.arch="])
+    with pytest.raises(adapters.AdapterError, match="stop here"):
+        load_teacher(cfg.teacher)
+    assert seen["noise_schedule"] == schedule and seen["image_size"] == (64 if arch == "adm64" else 128)
+
+
+def test_an_adm_teacher_refuses_an_arch_it_has_no_flags_for(tmp_path, capsys):
+    assert main(["--config", "imagenet128", "teacher.arch=adm256", f"out={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.arch" in err and "adm64" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("name, arch", [("imagenet64", "tiny-edm"), ("imagenet128", "tiny-adm"), ("sd15", "tiny-sd")])
 def test_the_large_configs_train_on_tiny_random_stand_ins(name, arch, tmp_path):
     cfg = load_config(name, ["teacher.kind=random", f"teacher.arch={arch}", "steps=2", "batch=4",

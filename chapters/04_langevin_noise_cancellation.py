@@ -1214,7 +1214,7 @@ for n, key, v in (("none 0.003", "within_3sd", 0.662), ("none 0.03", "within_3sd
 # (`LangevinConfig(z_clip=0.1)`; the injected noise is left alone). The sweep below compares, on three
 # targets with three seeds each (1000 updates, width 128, $K = 8$): the frozen-$z$ chain, the library's
 # earlier joint setting, the plain step $\gamma_z = 0.05$ without cancellation, the same with the trust
-# region, the trust region with $\gamma_z = 0.02$, and Diff-Instruct.
+# region, the trust region with $\gamma_z = 0.02$, the plain step $\gamma_z = 0.02$ alone, and Diff-Instruct.
 
 # %%
 zstep = {m: load_sweep(f"zstep_{m}") for m in ("far", "irregular", "grid25")}
@@ -1228,13 +1228,15 @@ for n, v in light.items():
     done = [r for r in zstep["far"]["runs"][n] if not r["diverged"]]
     print(f"  {n:28s} " + (", ".join(f"{r['metrics']['masses'][1]:.3f}" for r in done) or "-"))
 CLIP, CLIP2 = "(eps, z) none 0.05 clip 0.1", "(eps, z) none 0.02 clip 0.1"
-PLAIN, OLD = "(eps, z) none 0.05", "(eps, z) snr 0.1 full"
+PLAIN, PLAIN2, OLD = "(eps, z) none 0.05", "(eps, z) none 0.02", "(eps, z) snr 0.1 full"
 div_plain = sum(res["summary"][PLAIN]["diverged"] for res in zstep.values())
 div_clip = sum(res["summary"][c]["diverged"] for res in zstep.values() for c in (CLIP, CLIP2))
 reached = [r["steps_done"] for res in zstep.values() for r in res["runs"][PLAIN]]
 print(f"the plain step diverged in {div_plain} of 9 runs (after {min(reached)} to {max(reached)} updates); with the "
       f"trust region in {div_clip} of 18")
-off = {c: np.mean([abs(v - far_w) for v in light[c]]) for c in (CLIP, CLIP2)}
+off = {c: np.mean([abs(v - far_w) for v in light[c]]) for c in (CLIP, CLIP2, PLAIN2)}
+div2 = {m: res["summary"][PLAIN2]["diverged"] for m, res in zstep.items()}
+print(f"the plain step 0.02 without the trust region diverged in: {div2} (of 3 runs each)")
 print("far: mean distance of the light mode's mass from its weight: " + ", ".join(f"{c} {v:.3f}" for c, v in off.items()))
 ev = {n: emd_lib.distill.evals_per_step("emd", 8, move_z=mz) for n, mz in (("(eps, -)", False), (CLIP2, True))}
 print("network evaluations per generator update (K = 8): " + "; ".join(f"{n}: {e}" for n, e in ev.items()))
@@ -1245,7 +1247,7 @@ assert {k: zstep["far"]["variants"][CLIP2]["langevin"][k] for k in emd_lib.lange
 fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
 for a, (m, res) in zip(ax, zstep.items()):
     seed_dots(a, [{"runs": {n: [r for r in runs if not r["diverged"]] for n, runs in res["runs"].items()
-                            if n != PLAIN}}], "tv", f"{m}: TV of mode masses")
+                            if not all(r["diverged"] for r in runs)}}], "tv", f"{m}: TV of mode masses")
 fig.tight_layout()
 plt.show()
 
@@ -1262,6 +1264,8 @@ assert off[CLIP2] < off[CLIP]                                                # t
 for m in ("irregular", "grid25"):                                            # the two z steps: same TV
     assert abs(Z[m][CLIP2]["tv"][0] - Z[m][CLIP]["tv"][0]) < Z[m][CLIP2]["tv"][1] + Z[m][CLIP]["tv"][1]
 assert ev[CLIP2]["generator_fwd"] == ev["(eps, -)"]["generator_fwd"] + 8
+# without the trust region the smaller step is stable on two targets and unbiased on far, not on grid25
+assert div2 == {"far": 0, "irregular": 0, "grid25": 3} and off[PLAIN2] < off[CLIP2]
 
 # %% [markdown]
 # The trust region makes the joint chain usable: none of its eighteen runs diverged, against all nine
@@ -1275,7 +1279,12 @@ assert ev[CLIP2]["generator_fwd"] == ev["(eps, -)"]["generator_fwd"] + 8
 # Diff-Instruct kept the light mode here too, in these shorter runs with a narrower network than
 # chapter 2's. So $(\epsilon, -)$ stays the library's default; the joint chain with $\gamma_z = 0.02$
 # and the trust region is an option, `LangevinConfig(**JOINT_CHAIN)` in scripts and `--move-z` on the
-# toy command.
+# toy command. Why the trust region at all, with the smaller step? Without it, $\gamma_z = 0.02$ was
+# stable on `far` and `irregular` and kept the light mode nearest its weight of all the joint chains,
+# but it diverged on `grid25` in every seed (printed above): the limit is what keeps the chain stable
+# everywhere, and the price is a light mode somewhat under its weight on `far` (why, we have not
+# measured; a candidate is that the limit cuts the long drifts that carry $z$ across to the far mode).
+# A chain that is both stable everywhere and unbiased there is still to be found.
 # Where it changes the answer is chapter 5's linear generator, whose frozen-$z$ chain cannot leave
 # the mode its latents map to.
 

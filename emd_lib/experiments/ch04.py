@@ -93,6 +93,8 @@ SWEEPS: dict[str, dict[str, dict]] = {
                                                      "gamma_z": 0.05, "cancel": "none", "z_clip": 0.1}},
         "(eps, z) none 0.02 clip 0.1": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
                                                      "gamma_z": 0.02, "cancel": "none", "z_clip": 0.1}},
+        "(eps, z) none 0.02": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                            "gamma_z": 0.02, "cancel": "none"}},
         "DI": {"method": "di"},
     },
     "cancel": {

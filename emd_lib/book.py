@@ -271,6 +271,11 @@ def teaching_page(html_dir: Path, rows: list[dict], links) -> None:
     markdown_page(text, html_dir / "teaching.html", "Teaching with this book", links)
 
 
+#: the pages of docs/ the book renders beside the chapters (teaching.md has its own, with run times)
+DOC_PAGES = [("commands", "Commands", "every command-line tool and its options, from the 2D toy to several GPUs"),
+             ("results", "Results", "what was measured, with the commands and files behind each number"),
+             ("reliability", "Reliability", "the bad inputs and faults that are tested, and what each one shows")]
+
 EXAMPLE = ROOT / "examples" / "distil_mixture.py"
 
 
@@ -418,6 +423,11 @@ def main(argv=None) -> int:
         teaching_page(html_dir, rows, links)
         extras.append(("Teaching with this book", "teaching.html",
                        "a one-week or a one-term course, the student edition, grading, hardware"))
+    for name, title, what in DOC_PAGES:
+        if (ROOT / "docs" / f"{name}.md").exists():
+            text = re.sub(r"\]\((\w+)\.md\)", r"](\1.html)", (ROOT / "docs" / f"{name}.md").read_text())
+            markdown_page(text, html_dir / f"{name}.html", title, links)
+            extras.append((title, f"{name}.html", what))
     if args.api.strip().lower() != "none":
         print("library reference (pdoc) ...", flush=True)
         api_pages(html_dir, [m for m in args.api.split(",") if m], links)

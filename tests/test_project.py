@@ -40,3 +40,13 @@ def test_no_notebooks_are_tracked():
     out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_readme_is_a_newcomers_page_whose_links_resolve():
+    """The README stays short (results live in the book and docs/), and every file it links exists."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) < 10_000, "README.md is over 10 KB: move results and reference to docs/"
+    links = re.findall(r"\]\(([^)#:]+)\)", text)
+    assert "docs/commands.md" in links and "docs/results.md" in links
+    for link in links:
+        assert (ROOT / link).exists(), f"README links {link}, which does not exist"

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .langevin import LangevinConfig, call_generator, estep, score_gap_eps
+from .langevin import LangevinConfig, call_generator, chain_label, estep, score_gap_eps
 from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teacher
 from .schedules import bcast, sample_lam, weight
 
 __all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step",
-           "unwrap_parallel"]
+           "unwrap_parallel", "method_name"]
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
@@ -111,6 +111,16 @@ class DistillConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def method_name(method: str, langevin: "LangevinConfig | dict") -> str:
+    """A run's name in tables and reports: ``"Diff-Instruct"``, ``"EMD-K"`` with the default
+    ``(eps, -)`` chain, ``"EMD-K (eps, z)"`` (the chain named) with any other."""
+    if method == "di":
+        return "Diff-Instruct"
+    lang = langevin if isinstance(langevin, dict) else langevin.__dict__
+    chain = chain_label(lang)
+    return f"EMD-{int(lang['K'])}" + ("" if chain == "(eps, -)" else f" {chain}")
 
 
 def unwrap_parallel(module):

@@ -38,7 +38,7 @@ from . import DATA_DIR
 from . import device as pick_device
 from .checkpoint import (CheckpointError, exit_interrupted, load_checkpoint, load_state_into, machine, read_card, run_card,
                          save_checkpoint)
-from .distill import DistillConfig, Distiller
+from .distill import DistillConfig, Distiller, method_name
 from .langevin import LangevinConfig
 from .schedules import get_schedule
 from .teachers import NetworkTeacher
@@ -226,7 +226,7 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
     except ValueError as e:                       # settings the teacher's schedule cannot take, or no "no class"
         parser.error(f"--teacher {args.teacher}: {e}" if args.unconditional and unconditional_problem(teacher)
                      else str(e))
-    name = ("EMD-%d" % args.K + (" (eps, z)" if args.move_z else "")) if args.method == "emd" else "Diff-Instruct"
+    name = method_name(args.method, cfg.langevin)
     kind = "unconditional " if args.unconditional else ""
     base = run_card(argv, module=__spec__.name, what=f"{kind}{name} one-step generator distilled from "
                     f"{Path(args.teacher).name} (EMA generator and student score)", method=args.method,

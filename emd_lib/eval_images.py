@@ -59,12 +59,10 @@ def correct_images(gen, teacher, student, labels, lam: float, steps: int, gamma_
 
 
 def student_name(card: dict) -> str:
-    """A student's name in the table, from its card: ``"EMD-K"`` (``"EMD-K (eps, z)"`` when its E-step
-    moved z) or ``"Diff-Instruct"``."""
-    if card.get("method") == "di":
-        return "Diff-Instruct"
-    lang = card["config"]["langevin"]
-    return f"EMD-{lang['K']}" + (" (eps, z)" if lang.get("move_z") else "")
+    """A student's name in the table, from its card (:func:`emd_lib.distill.method_name`)."""
+    from .distill import method_name
+
+    return method_name(card.get("method", "emd"), card["config"]["langevin"])
 
 
 def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 20, correction_lam: float = 0.0,

@@ -46,7 +46,7 @@ import torch
 from . import randn
 from .schedules import bcast
 
-__all__ = ["LangevinConfig", "JOINT_CHAIN", "EStepResult", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
+__all__ = ["LangevinConfig", "JOINT_CHAIN", "EStepResult", "chain_label", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
 
 
 @dataclass
@@ -125,6 +125,14 @@ class EStepResult:
     z_chain: torch.Tensor      # the chain's final z
     eps_chain: torch.Tensor    # the chain's final eps = (x_t - alpha g(z_chain)) / sigma
     diagnostics: dict = field(default_factory=dict)
+
+
+def chain_label(cfg: "LangevinConfig | dict") -> str:
+    """The chain's coordinates as the book writes them: ``"(eps, -)"``, ``"(eps, z)"``, ``"(x, z)"``, ...
+    (``"-"``: that coordinate frozen); ``cfg`` is a :class:`LangevinConfig` or its dict (a card's)."""
+    c = cfg if isinstance(cfg, dict) else cfg.__dict__
+    data = c.get("space", "eps") if c.get("move_data", True) else "-"
+    return f"({data}, {'z' if c.get('move_z') else '-'})"
 
 
 def score_gap_eps(teacher, student, x_t, lam, cond=None):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoint import machine, output_path_problem, run_card, write_json
-from .distill import DistillConfig, Distiller
+from .distill import DistillConfig, Distiller, method_name
 from .langevin import JOINT_CHAIN, LangevinConfig
 from .metrics import mixture_report
 from .schedules import VP
@@ -192,8 +192,7 @@ def _main(argv=None) -> int:
         np.save(args.samples, x.numpy().astype(np.float32))
     except OSError as e:
         return _fail(f"cannot write {args.samples}: {e.strerror}")
-    name = ("EMD-%d" % args.langevin_steps + (" (eps, z)" if args.move_z else "")) if args.method == "emd" \
-        else "Diff-Instruct"
+    name = method_name(args.method, cfg.langevin)
     print(f"{name}: {args.steps} steps in {wall:.1f} s, {len(x)} samples -> {args.samples}")
     print(f"  modes covered     {report['modes_covered']}/{report['n_modes']} (hit by samples within 3 sd: "
           f"{report['modes_hit']}/{report['n_modes']})")

@@ -272,3 +272,14 @@ def test_z_clip_limits_each_samples_z_drift_and_nothing_else():
     torch.testing.assert_close(held[~long], free[~long], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="z_clip"):
         LangevinConfig(z_clip=0.0)
+
+
+def test_runs_are_named_from_their_chain():
+    from emd_lib.distill import method_name
+    from emd_lib.langevin import JOINT_CHAIN, chain_label
+
+    assert chain_label(LangevinConfig()) == "(eps, -)" and chain_label({"space": "x", "move_z": True}) == "(x, z)"
+    assert chain_label(LangevinConfig(move_data=False, move_z=True)) == "(-, z)"
+    assert method_name("emd", LangevinConfig(K=8)) == "EMD-8"
+    assert method_name("emd", LangevinConfig(K=4, **JOINT_CHAIN)) == "EMD-4 (eps, z)"
+    assert method_name("emd", {"K": 2, "space": "x"}) == "EMD-2 (x, -)" and method_name("di", {}) == "Diff-Instruct"

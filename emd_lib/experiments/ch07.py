@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, machine, output_path_problem, read_card, run_card, write_json
+from ..distill import method_name
+from ..langevin import chain_label
 
 __all__ = ["class_balance", "chain_name", "budget_of", "student_row", "reference_rows", "decode_samples", "main"]
 
@@ -66,11 +68,7 @@ def decode_samples(row: dict, shape=(1, 28, 28)) -> torch.Tensor:
 def chain_name(card: dict) -> str:
     """The E-step's Langevin chain of a student, from its card: ``"(eps, -)"`` and the like, or
     ``"none"`` for Diff-Instruct."""
-    if card.get("method") == "di":
-        return "none"
-    lcfg = card["config"]["langevin"]
-    first = lcfg.get("space", "eps") if lcfg.get("move_data", True) else "-"
-    return f"({first}, {'z' if lcfg.get('move_z') else '-'})"
+    return "none" if card.get("method") == "di" else chain_label(card["config"]["langevin"])
 
 
 def budget_of(card: dict) -> str:
@@ -90,7 +88,7 @@ def student_row(path, n: int, real01, classifier, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     x, _ = generate(gen, n, cls=gen.n_classes, seed=seed)       # the "no class" label
     lcfg = card["config"]["langevin"]
-    return metrics_row(x, real01, classifier, model=("EMD-%d" % lcfg["K"]) if card["method"] == "emd" else "Diff-Instruct",
+    return metrics_row(x, real01, classifier, model=method_name(card["method"], lcfg),
                        method=card["method"], chain=chain_name(card),
                        cancel=lcfg.get("cancel") if card["method"] == "emd" else None,
                        K=lcfg["K"] if card["method"] == "emd" else None, seed=card["config"]["seed"],

@@ -1206,9 +1206,8 @@ for n, key, v in (("none 0.003", "within_3sd", 0.662), ("none 0.03", "within_3sd
 # mechanism is a feedback. The drift of $z$ is $\gamma_z(\alpha J^\top \Delta s - z)$; where the
 # generator is steep (between modes $J$ is large) one step carries $z$ far, to latents whose images
 # the student score never saw, where its score is wrong and the gap $\Delta s$ larger still, and the
-# next step goes further. A Jacobian-scaled step, $\gamma_z / (1 + \mathrm{SNR}\,\|J\|^2)$ with $\|J\|$
-# from power iterations at $z_0$, still diverged in our first try (the Jacobian grows along the
-# chain), and a Metropolis correction would need $\log q_t$, which a score network does not give.
+# next step goes further. (A Metropolis correction would stop it, but it needs $\log q_t$, which a
+# score network does not give.)
 #
 # What worked is a trust region: no sample's $z$ drifts by more than $0.1\sqrt{\dim z}$ in one step
 # (`LangevinConfig(z_clip=0.1)`; the injected noise is left alone). The sweep below compares, on three

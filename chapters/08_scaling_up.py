@@ -463,26 +463,17 @@ print(f"Inception Score: confident and balanced over 100 classes {inception_scor
 # untrained network's zero-initialised output layers would hide the rounding):
 
 # %%
-def _randomised(m, seed=0):
-    """Random weights everywhere (diffusers and EDM start some output layers at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return m.eval().requires_grad_(False)
-
-
 def rel_rms(a, b):
     return float((a - b).norm() / b.norm())
 
 
 prec_teachers = {
-    "EDM (tiny)": (A.EDMTeacher(_randomised(A.edm_unet("tiny", num_classes=4))), torch.tensor([0, 1, 2, 3])),
-    "ADM (tiny)": (A.DiscreteVPTeacher(_randomised(A.adm_unet("tiny", num_classes=4)), A.linear_alphas_cumprod(1000),
+    "EDM (tiny)": (A.EDMTeacher(A.perturb_weights(A.edm_unet("tiny", num_classes=4))), torch.tensor([0, 1, 2, 3])),
+    "ADM (tiny)": (A.DiscreteVPTeacher(A.perturb_weights(A.adm_unet("tiny", num_classes=4)), A.linear_alphas_cumprod(1000),
                                        (3, 8, 8), num_classes=4, eps_channels=3), torch.tensor([0, 1, 2, 3])),
 }
 sd_prec = A.random_sd("tiny", guidance_scale=1.0)
-_randomised(sd_prec.net)
+A.perturb_weights(sd_prec.net)
 prec_teachers["SD (tiny, no guidance)"] = (sd_prec, sd_prec.encode_prompts(["a cat", "a dog", "a red cube", ""]))
 
 BF16_RTOL = 0.03          # the tolerance the tests hold every adapter to (tests/test_adapters.py)

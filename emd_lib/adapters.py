@@ -46,7 +46,7 @@ from .checkpoint import load_pickle
 from .schedules import EDM, Schedule, bcast
 from .teachers import Teacher
 
-__all__ = ["AdapterError", "LamRangeError", "EDMTeacher", "EDMNet", "EDMPrecond", "load_edm_pickle",
+__all__ = ["AdapterError", "perturb_weights", "LamRangeError", "EDMTeacher", "EDMNet", "EDMPrecond", "load_edm_pickle",
            "DiscreteVPTeacher", "load_adm", "ADM128_FLAGS", "ADM64_FLAGS", "StableDiffusionTeacher", "load_sd",
            "linear_alphas_cumprod", "cosine_alphas_cumprod", "adm_alphas_cumprod", "edm_unet", "adm_unet",
            "sd_unet_config", "tiny_sd_folder", "random_sd", "TeacherGenerator", "network_copy"]
@@ -243,6 +243,17 @@ class EDMPrecond(nn.Module):
         labels = _edm_labels(class_labels, self.label_dim, x)
         F = self.model((c_in * x).to(x.dtype), c_noise, class_labels=labels).sample
         return c_skip * x + c_out * F.to(torch.float32)
+
+
+def perturb_weights(module: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
+    """Add ``scale`` N(0, 1) noise to every weight and return ``module`` frozen in eval mode. diffusers
+    and EDM start some output layers at zero, which would hide rounding in precision measurements;
+    the tests and chapter 8 measure bf16 against fp32 on random weights everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return module.eval().requires_grad_(False)
 
 
 def edm_unet(size: str = "tiny", resolution: int | None = None, channels: int = 3, num_classes: int = 10,

@@ -312,15 +312,6 @@ def test_released_edm_contract_runs_under_bf16_autocast_and_trains(edm_clone, tm
     assert rc == 0, capsys.readouterr().err
 
 
-def _perturbed(m, seed=0):
-    """Random weights everywhere (diffusers and EDM start some output layers at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return m.eval().requires_grad_(False)
-
-
 def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
@@ -335,15 +326,15 @@ BF16_RTOL = 0.03
 def test_bf16_and_fp32_agree_within_the_stated_tolerance(kind):
     g = torch.Generator().manual_seed(7)
     if kind == "edm":
-        teacher, shape = A.EDMTeacher(_perturbed(A.edm_unet("tiny", num_classes=4))), (4, 3, 8, 8)
+        teacher, shape = A.EDMTeacher(A.perturb_weights(A.edm_unet("tiny", num_classes=4))), (4, 3, 8, 8)
         cond, lams = torch.tensor([0, 1, 2, 3]), (-6.0, 0.0, 4.0)
     elif kind == "adm":
-        teacher = A.DiscreteVPTeacher(_perturbed(A.adm_unet("tiny", num_classes=4)), A.linear_alphas_cumprod(1000),
+        teacher = A.DiscreteVPTeacher(A.perturb_weights(A.adm_unet("tiny", num_classes=4)), A.linear_alphas_cumprod(1000),
                                       (3, 8, 8), num_classes=4, eps_channels=3)
         shape, cond, lams = (4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), (-6.0, 0.0, 4.0)
     else:
         teacher = A.random_sd("tiny", guidance_scale=1.0)
-        _perturbed(teacher.net)
+        A.perturb_weights(teacher.net)
         shape, cond, lams = (4, 4, 8, 8), teacher.encode_prompts(["a", "b c", "d", ""]), (-5.0, 0.0, 4.0)
     for lv in lams:
         lam = torch.full((shape[0],), lv)
@@ -365,7 +356,7 @@ def test_bf16_and_fp32_agree_within_the_stated_tolerance(kind):
 
 def test_guidance_is_combined_in_float32_under_autocast():
     sd = A.random_sd("tiny", guidance_scale=3.0)
-    _perturbed(sd.net)
+    A.perturb_weights(sd.net)
     c = sd.encode_prompts(["a red cube", "two cats"])
     x, lam = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8)), torch.tensor([-2.0, 3.0])
     t = sd.t_of_lam(lam)
@@ -378,7 +369,7 @@ def test_guidance_is_combined_in_float32_under_autocast():
 
 
 def test_the_e_step_and_losses_stay_float32_under_bf16_autocast():
-    teacher = A.EDMTeacher(_perturbed(A.edm_unet("tiny", num_classes=4)))
+    teacher = A.EDMTeacher(A.perturb_weights(A.edm_unet("tiny", num_classes=4)))
     gen = A.TeacherGenerator(teacher, lam_star=-4.0)
     student = A.network_copy(teacher)
     g = torch.Generator().manual_seed(9)

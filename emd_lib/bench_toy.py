@@ -52,11 +52,6 @@ def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool =
                             langevin=LangevinConfig(K=K, move_z=move_z))
         return Distiller(teacher, cfg)
 
-    def step(d):
-        for _ in range(d.cfg.student_updates):
-            d.student_step()
-        d.generator_step()
-
     # pieces, for the prediction
     d = make("di")
     z, eps, lam = d._draw(batch)
@@ -83,7 +78,7 @@ def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool =
     runs = {"Diff-Instruct": make("di")}
     runs.update({f"EMD-{K}": make("emd", K) for K in ks})
     times = {k: v["median"] for k, v in
-             time_round_robin({name: (lambda r=r: step(r)) for name, r in runs.items()}, max(1, steps // 5)).items()}
+             time_round_robin({name: r.train_step for name, r in runs.items()}, max(1, steps // 5)).items()}
     t_di = times["Diff-Instruct"]
     rows.append(("Diff-Instruct", t_di, 1.0, 1.0))
     base = S + G + P

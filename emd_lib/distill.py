@@ -255,6 +255,15 @@ class Distiller:
         self.opt_s.step()
         return loss.item()
 
+    def train_step(self) -> tuple[float, float, float, dict]:
+        """One whole training step: ``cfg.student_updates`` student-score updates, then one generator
+        update. Returns the mean student loss, the generator loss, its gradient norm and the E-step's
+        diagnostics (what :meth:`train` logs; timings of a method's cost time this)."""
+        n = self.cfg.student_updates
+        ls = sum(self.student_step() for _ in range(n)) / max(n, 1)
+        lg, gn, diag = self.generator_step()
+        return ls, lg, gn, diag
+
     def generator_step(self) -> tuple[float, float, dict]:
         cfg = self.cfg
         z, eps, lam = self._draw(cfg.batch)
@@ -307,8 +316,7 @@ class Distiller:
                       mininterval=1.0)
         t0 = time.perf_counter()
         for i in it:
-            ls = sum(self.student_step() for _ in range(cfg.student_updates)) / max(cfg.student_updates, 1)
-            lg, gn, diag = self.generator_step()
+            ls, lg, gn, diag = self.train_step()
             self.step_count += 1
             self._log(step=self.step_count, loss_g=lg, loss_s=ls, grad_norm=gn, seconds=time.perf_counter() - t0,
                       **{f"estep_{k}": v for k, v in diag.items()})

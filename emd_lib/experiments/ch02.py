@@ -163,14 +163,7 @@ def whole_step_seconds(mix, labels, calls: int = 10, rounds: int = 5, batch: int
     ds = {lab: Distiller(mix, label_config(lab, steps=10_000, batch=batch, init_steps=0, student_warmup=0,
                                            **overrides)) for lab in labels}
 
-    def whole(d):
-        def step():
-            for _ in range(d.cfg.student_updates):
-                d.student_step()
-            d.generator_step()
-        return step
-
-    return time_round_robin({lab: whole(d) for lab, d in ds.items()}, calls, rounds=rounds)
+    return time_round_robin({lab: d.train_step for lab, d in ds.items()}, calls, rounds=rounds)
 
 
 def equal_time_steps(timing: dict, steps: int, reference: str = "DI") -> dict:

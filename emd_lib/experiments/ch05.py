@@ -207,14 +207,7 @@ def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: 
 
     ds = {lab: Distiller(teacher, c) for lab, c in cfgs.items()}
 
-    def whole_step(d):
-        def step():
-            for _ in range(d.cfg.student_updates):
-                d.student_step()
-            d.generator_step()
-        return step
-
-    return time_round_robin({lab: whole_step(d) if whole else d.generator_step for lab, d in ds.items()}, steps,
+    return time_round_robin({lab: d.train_step if whole else d.generator_step for lab, d in ds.items()}, steps,
                             rounds=reps)
 
 

@@ -1258,7 +1258,8 @@ for c in (CLIP, CLIP2):
         assert Z[m][c]["tv"][0] - Z[m]["(eps, -)"]["tv"][0] > Z[m]["(eps, -)"]["tv"][1]
         assert Z[m][c]["tv"][0] < Z[m][OLD]["tv"][0]                         # lower than the earlier setting's mean
     assert abs(Z["far"][c]["tv"][0] - Z["far"]["(eps, -)"]["tv"][0]) < Z["far"][c]["tv"][1] + Z["far"]["(eps, -)"]["tv"][1]
-assert all(v > 2.5 * far_w for v in light[OLD])                              # cancelling while z moves
+print("the earlier joint setting's light mode, in units of its weight: " + ", ".join(f"{v / far_w:.1f}" for v in light[OLD]))
+assert all(3.5 < v / far_w < 4.3 for v in light[OLD])                        # cancelling while z moves
 assert off[CLIP2] < off[CLIP]                                                # the smaller z step: nearer the weight
 for m in ("irregular", "grid25"):                                            # the two z steps: same TV
     assert abs(Z[m][CLIP2]["tv"][0] - Z[m][CLIP]["tv"][0]) < Z[m][CLIP2]["tv"][1] + Z[m][CLIP]["tv"][1]
@@ -1269,7 +1270,7 @@ assert div2 == {"far": 0, "irregular": 0, "grid25": 3} and off[PLAIN2] < off[CLI
 # %% [markdown]
 # The trust region makes the joint chain usable: none of its eighteen runs diverged, against all nine
 # of the plain step's (printed above). On the far target it also removes the earlier joint setting's
-# error: cancelling the noise while $z$ moves gave the light mode three to four times its weight, the
+# error: cancelling the noise while $z$ moves gave the light mode 3.6 to 4.2 times its weight, the
 # bias of section 6 at full size, while the plain step within its trust region keeps it within 30% of
 # its weight in every seed, nearer with $\gamma_z = 0.02$ than with 0.05; on the other two targets the
 # two steps reach the same TV within the spread. But neither beats the frozen-$z$ chain: on `far`

@@ -38,7 +38,7 @@ import emd_lib
 from emd_lib import fast_or, is_fast
 from emd_lib.metrics import knn_precision_recall, mmd, mode_masses, total_variation
 from emd_lib.mixtures import irregular, ring8
-from emd_lib.plotting import COLORS, density2d, scatter2d, use_style
+from emd_lib.book.plotting import COLORS, density2d, scatter2d, use_style
 from emd_lib.sampling import sample_ode, sample_sde, sigma_grid
 from emd_lib.schedules import EDM, VP
 from emd_lib.teachers import GaussianMixture

@@ -46,7 +46,7 @@ from emd_lib import DATA_DIR, fast_or, is_fast
 from emd_lib.divergences import (forward_kl_gaussian_fit, gaussian, kl_monte_carlo, mixture_moments,
                                  reverse_kl_gaussian_fit)
 from emd_lib.mixtures import bimodal, get_mixture
-from emd_lib.plotting import COLORS, density2d, mass_bars, scatter2d, use_style
+from emd_lib.book.plotting import COLORS, density2d, mass_bars, scatter2d, use_style
 from emd_lib.schedules import VP
 from emd_lib.teachers import GaussianMixture
 
@@ -373,7 +373,7 @@ for regime in (("default", "low_noise") if not is_fast() else ("low_noise",)):
 # %% [markdown]
 # The sweep behind the rest of this section ran every regime, method and seed for 500 steps:
 #
-#     python -m emd_lib.experiments.ch02 --study gaussian
+#     python -m emd_lib experiment ch02 --study gaussian
 #
 # (it writes `data/results/ch02_gaussian.json`; the command, date, machine and wall time are
 # recorded inside).
@@ -462,9 +462,9 @@ assert all(x["final"]["modes_covered"] == 2 for x in g_rows[("default", "di")] +
 # 2.4 suggests should bring out mode seeking. Three seeds each, and three more for
 # `irregular` with $w = 1$, where the seeds disagreed most. The sweeps:
 #
-#     python -m emd_lib.experiments.ch02 --study mlp --weighting sigma2
-#     python -m emd_lib.experiments.ch02 --study mlp --weighting one
-#     python -m emd_lib.experiments.ch02 --study mlp --weighting one --mixtures irregular --seeds 3 4 5 \
+#     python -m emd_lib experiment ch02 --study mlp --weighting sigma2
+#     python -m emd_lib experiment ch02 --study mlp --weighting one
+#     python -m emd_lib experiment ch02 --study mlp --weighting one --mixtures irregular --seeds 3 4 5 \
 #         --out data/results/ch02_mlp_one_irregular_seeds345.json
 
 # %%
@@ -660,7 +660,7 @@ assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 # round-robin in the same process. A run **keeps** the light mode when that mode's sample
 # mass is at least half its weight. The sweep:
 #
-#     python -m emd_lib.experiments.ch02 --study far --seeds 0 1 2 3 4 --steps 800
+#     python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 800
 
 # %%
 from emd_lib.experiments.ch02 import FAR_LABELS, KEEP_FRACTION, keeps  # noqa: E402
@@ -799,7 +799,7 @@ assert (far_rec["steps"], n_eq["EMD-8"], n_eq["EMD-16"]) == (800, 507, 353)   # 
 # **With $w = 1$.** Section 2.4 says $w = 1$ favours low noise, where the reverse KL seeks modes
 # hardest. The same target with $w = 1$, Diff-Instruct and EMD-8, three seeds, equal updates:
 #
-#     python -m emd_lib.experiments.ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 800 --no-equal-time
+#     python -m emd_lib experiment ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 800 --no-equal-time
 
 # %%
 far_one = load("ch02_far_one.json")
@@ -831,7 +831,7 @@ assert round(share_high["sigma2"], 2) == 0.88 and abs(share_high["one"] - 0.5) <
 # of the grid nearest the `far` target (distance 5, weight 0.15) is a check that the shorter
 # runs tell the same story:
 #
-#     python -m emd_lib.experiments.ch02 --study far_map --distances 2 3.5 5 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 400
+#     python -m emd_lib experiment ch02 --study far_map --distances 2 3.5 5 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 400
 #
 # One cell of the map, rerun live here and compared with the stored run:
 

@@ -48,7 +48,7 @@ from emd_lib.em import (LinearGenerator, exact_em, exact_em_step, exact_student,
                         gaussian_kl, gaussian_teacher, langevin_em, latent_posterior, marginal_log_prob,
                         rho_moments)
 from emd_lib.langevin import LangevinConfig
-from emd_lib.plotting import COLORS, use_style
+from emd_lib.book.plotting import COLORS, use_style
 from emd_lib.schedules import VP
 
 torch.set_num_threads(1)

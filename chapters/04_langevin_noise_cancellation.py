@@ -49,7 +49,7 @@ from emd_lib.em import (LinearGenerator, exact_student, frozen_z_moments, gaussi
 from emd_lib.experiments import ch04 as sweeps
 from emd_lib.langevin import LangevinConfig, estep, log_rho_grads, score_gap_eps
 from emd_lib.mixtures import get_mixture, irregular
-from emd_lib.plotting import COLORS, use_style
+from emd_lib.book.plotting import COLORS, use_style
 from emd_lib.schedules import VP
 
 torch.set_num_threads(1)

@@ -49,7 +49,7 @@ from emd_lib.experiments import ch05 as sweep
 from emd_lib.langevin import LangevinConfig
 from emd_lib.mixtures import grid25, ring8
 from emd_lib.nets import MLPGenerator, MLPScore
-from emd_lib.plotting import COLORS, use_style
+from emd_lib.book.plotting import COLORS, use_style
 from emd_lib.schedules import VP, sample_lam
 from emd_lib.teachers import NetworkTeacher
 
@@ -451,7 +451,7 @@ assert float(diff.mean()) > 2 * se_diff
 # $(\epsilon, -)$ with full cancellation (the library's default chain), and EMD-16 on
 # $(\epsilon, z)$ without cancellation, with a plain $z$ step of 0.05 (no preconditioning):
 #
-#     python -m emd_lib.experiments.ch05 --sweep moving_z --seeds 0 1 2
+#     python -m emd_lib experiment ch05 --sweep moving_z --seeds 0 1 2
 #
 # One cell, rerun live and compared with the stored run:
 

@@ -49,7 +49,7 @@ from emd_lib.experiments import ch06 as sweep6
 from emd_lib.langevin import LangevinConfig, mcmc_correct
 from emd_lib.metrics import mixture_report
 from emd_lib.mixtures import grid25, ring8
-from emd_lib.plotting import COLORS, density2d, scatter2d, use_style
+from emd_lib.book.plotting import COLORS, density2d, scatter2d, use_style
 from emd_lib.schedules import VP
 
 torch.set_num_threads(1)

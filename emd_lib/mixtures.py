@@ -7,7 +7,7 @@
 * ``far``: a heavy mode and a light one (weights 0.85 / 0.15) five units apart, std 0.3: the
   target on which a distillation run can drop a mode (chapter 2)
 
-Each is also shipped as JSON in ``data/mixtures/`` for the command line (``emd_lib.toy``).
+Each is also shipped as JSON in ``data/mixtures/`` for the command line (``emd_lib.commands.toy``).
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ def one_thread():
 
 
 def _toy_cli(*args):
-    """``(status, stdout, stderr)`` of ``python -m emd_lib.toy ARGS``, run in-process."""
-    from emd_lib import toy
+    """``(status, stdout, stderr)`` of ``python -m emd_lib toy ARGS``, run in-process."""
+    from emd_lib.commands import toy
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

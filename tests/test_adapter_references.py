@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from emd_lib import adapters as A
+from emd_lib.scale import adapters as A
 from emd_lib.schedules import EDM, Schedule
 from emd_lib.teachers import GaussianMixture
 

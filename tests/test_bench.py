@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from emd_lib.bench import FlopCount, bench, format_table, main, matmul_peak, pass_counts
+from emd_lib.scale.bench import FlopCount, bench, format_table, main, matmul_peak, pass_counts
 
 
 def test_flop_count_matches_torch_flop_counter():
@@ -116,7 +116,7 @@ def test_cuda_graphs_without_a_cuda_device_is_refused(capsys):
 
 
 def test_toy_cost_table_and_round_robin_timer(tmp_path):
-    from emd_lib import bench_toy
+    from emd_lib.commands import bench_toy
 
     t = bench_toy.time_round_robin({"a": lambda: None, "b": lambda: sum(range(2000))}, calls=3, rounds=3)
     assert len(t["a"]["all"]) == 3 and t["b"]["median"] > 0

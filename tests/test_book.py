@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from emd_lib import book
+from emd_lib.book import build as book
 
 ROOT = Path(__file__).resolve().parent.parent
 

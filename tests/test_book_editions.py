@@ -8,7 +8,11 @@ import jupytext
 import nbformat
 import pytest
 
-from emd_lib import grading, notebooks, student
+from emd_lib.book import grading
+
+from emd_lib.book import notebooks
+
+from emd_lib.book import student
 from emd_lib.exercises import ExerciseFailed
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emd_lib import lab
+from emd_lib.book import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -74,7 +74,7 @@ def test_far_study_writes_runs_and_equal_time(tmp_path):
     out = tmp_path / "far.json"
     main(["--study", "far", "--labels", "DI", "EMD-2", "--seeds", "0", "--steps", "3", "--out", str(out)])
     rec = json.loads(out.read_text())
-    assert rec["complete"] and rec["command"].startswith("python -m emd_lib.experiments.ch02 --study far")
+    assert rec["complete"] and rec["command"].startswith("python -m emd_lib experiment ch02 --study far")
     assert set(rec["equal_time_steps"]) == {"DI", "EMD-2"} and rec["equal_time_steps"]["DI"] == 3
     budgets = [(r["label"], r["budget"]) for r in rec["runs"]]
     assert budgets == [("DI", "equal_updates"), ("EMD-2", "equal_updates"), ("EMD-2", "equal_time")]

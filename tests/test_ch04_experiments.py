@@ -82,7 +82,7 @@ def test_cli_writes_json(tmp_path, one_thread):
     ch04.main(["--sweep", "gamma_z", "--seeds", "1", "--steps", "2", "--width", "16", "--K", "2", "--batch", "32",
                "--init-steps", "3", "--student-warmup", "3", "--variants", "snr 0.1", "--out", str(out)])
     res = json.loads(out.read_text())
-    assert res["meta"]["command"].startswith("python -m emd_lib.experiments.ch04 --sweep gamma_z")
+    assert res["meta"]["command"].startswith("python -m emd_lib experiment ch04 --sweep gamma_z")
     assert res["meta"]["wall_seconds"] > 0 and "machine" in res["meta"] and "date" in res["meta"]
     assert list(res["summary"]) == ["snr 0.1"]
     # --merge adds a variant and keeps both commands

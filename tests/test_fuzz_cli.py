@@ -1,7 +1,7 @@
 """Fuzzing the command line with malformed mixture files.
 
 Random mutations of a valid file (wrong types, missing or extra fields, NaN, huge or negative
-values, dropped entries, truncated text, non-JSON bytes) go through ``python -m emd_lib.toy``'s
+values, dropped entries, truncated text, non-JSON bytes) go through ``python -m emd_lib toy``'s
 ``main()`` in-process with ``--check`` (validation only, a few milliseconds a file). A mutation that
 must be refused exits with status 2 and one line on stderr; one that is still a valid mixture
 exits 0, and a few of those are also distilled for one step to show that what validation lets
@@ -133,7 +133,7 @@ def test_fuzz_mixture_files_in_process(tmp_path, toy_cli):
 def test_fuzz_subprocess_exit_status(tmp_path):
     f = tmp_path / "m.json"
     f.write_bytes(b"\x00\x01\x02garbage\xff")
-    r = subprocess.run([sys.executable, "-m", "emd_lib.toy", "--mixture", str(f), "--samples", str(tmp_path / "s.npy"),
+    r = subprocess.run([sys.executable, "-m", "emd_lib.commands.toy", "--mixture", str(f), "--samples", str(tmp_path / "s.npy"),
                         "--steps", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from emd_lib import grading
+from emd_lib.book import grading
 from emd_lib.exercises import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_the_reference_passes_in_isolation(tmp_path):
 
 
 def test_a_notebook_with_nbgrader_test_cells_is_graded_by_its_exercise_cells(tmp_path):
-    from emd_lib import notebooks
+    from emd_lib.book import notebooks
 
     notebooks.write_notebooks(tmp_path, repo="https://example.org/x.git")
     g = grading.grade(tmp_path / f"{CH1.stem}.ipynb", **FAST)
@@ -286,7 +286,7 @@ def test_stopping_the_grader_stops_its_cell(tmp_path, sig, status):
 
 
 def test_the_command_and_its_older_name(tmp_path, capsys):
-    from emd_lib import student
+    from emd_lib.book import student
     from emd_lib.__main__ import main
 
     assert main([]) == 2 and "grade" in capsys.readouterr().out

@@ -15,7 +15,7 @@ def _name(req: str) -> str:
 
 def test_environment_yml_lists_the_same_requirements_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["scale"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     text = (ROOT / "environment.yml").read_text()
     pip_block = re.findall(r"^\s+- ([a-zA-Z][^\s#]*)\s*$", text.split("- pip:")[1], re.M)
     env = {r for r in pip_block if not r.startswith("-e")}

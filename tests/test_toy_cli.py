@@ -10,7 +10,7 @@ from emd_lib import ROOT
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "emd_lib.toy", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "emd_lib.commands.toy", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
 
 
@@ -26,7 +26,7 @@ def test_short_run_writes_samples(tmp_path):
     assert card["n_modes"] == 8 and 0 <= card["modes_hit"] <= 8
     # what reproduces the run: the command, the resolved settings and the machine
     assert card["config"]["langevin"]["K"] == 2 and card["config"]["method"] == "emd" and card["n_samples"] == 500
-    assert "CPU" in card["machine"] and card["command"].startswith("python -m emd_lib.toy --mixture")
+    assert "CPU" in card["machine"] and card["command"].startswith("python -m emd_lib toy --mixture")
 
 
 def test_far_away_mixture_is_standardised(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emd_lib import train as T
-from emd_lib.train import ConfigError, Trainer, TrainingFault, load_config, main
+from emd_lib.scale import train as T
+from emd_lib.scale.train import ConfigError, Trainer, TrainingFault, load_config, main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["batch=32", "width=32", "depth=2", "init_steps=10", "student_warmup=5", "langevin.K=2",
@@ -56,7 +56,7 @@ def env1():
 
 
 def test_every_config_loads_and_names_its_teacher():
-    names = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+    names = sorted(p.stem for p in (ROOT / "emd_lib" / "configs").glob("*.yaml"))
     assert names == ["imagenet128", "imagenet64", "mnist", "sd15", "toy"]
     kinds = {n: load_config(n).teacher.kind for n in names}
     assert kinds == {"imagenet128": "adm", "imagenet64": "edm", "mnist": "checkpoint", "sd15": "sd", "toy": "mixture"}
@@ -89,7 +89,7 @@ def test_resume_is_bitwise_exact_and_skips_a_torn_checkpoint(tmp_path):
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment (possibly mid-write); the resumed run matches an uninterrupted one."""
     args = TINY + ["steps=3000", "ckpt_every=7", f"out={tmp_path / 'k'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.train", "--config", "toy", *args], env=env1(),
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", *args], env=env1(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / "k" / "checkpoints"
     t0 = time.time()
@@ -111,7 +111,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
 
 def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
     args = TINY + ["steps=100000", "ckpt_every=1000", f"out={tmp_path / 's'}", "log_every=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.train", "--config", "toy", *args], env=env1(),
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", *args], env=env1(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "s" / "log.jsonl"
     t0 = time.time()
@@ -168,7 +168,7 @@ def test_config_errors_get_one_clear_message(override, words, capsys):
 
 
 def test_config_error_from_the_shell_has_no_traceback():
-    r = subprocess.run([sys.executable, "-m", "emd_lib.train", "--config", "toy", "lr=3"], env=env1(),
+    r = subprocess.run([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", "lr=3"], env=env1(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown key 'lr'" in r.stderr and "Traceback" not in r.stderr
 
@@ -185,8 +185,8 @@ def test_missing_teachers_fail_clearly(tmp_path, capsys):
 @pytest.mark.parametrize("arch, schedule", [("adm128", "linear"), ("adm64", "cosine"), ("", "linear")])
 def test_an_adm_teacher_reads_the_flags_its_arch_names(arch, schedule, monkeypatch):
     """teacher.arch picks guided-diffusion's flags for an ADM checkpoint, and with them the schedule."""
-    from emd_lib import adapters
-    from emd_lib.train import load_teacher
+    from emd_lib.scale import adapters
+    from emd_lib.scale.train import load_teacher
 
     seen = {}
 
@@ -230,8 +230,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 
 def test_mnist_config_trains_on_a_chapter7_style_teacher_checkpoint(tmp_path):
-    from emd_lib.checkpoint import save_checkpoint
-    from emd_lib.unet import UNet
+    from emd_lib.runs.checkpoint import save_checkpoint
+    from emd_lib.images.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(in_ch=1, channels=(8, 16, 16))
@@ -265,7 +265,7 @@ def test_checkpoints_record_the_command_and_refuse_another_device_type(tmp_path)
     out = tmp_path / "r"
     assert main(["--config", "toy", *TINY, "steps=2", "ckpt_every=1", f"out={out}"]) == 0
     tensors, card = final_tensors(out)
-    assert card["command"].startswith("python -m emd_lib.train --config toy") and card["rng_device"] == "cpu"
+    assert card["command"].startswith("python -m emd_lib train --config toy") and card["rng_device"] == "cpu"
     card["rng_device"] = "cuda"                       # as if saved on a GPU
     tr = Trainer(toy(out, "steps=3"))
     with pytest.raises(ConfigError, match="saved on a cuda device"):

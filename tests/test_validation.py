@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from emd_lib import ROOT, toy
+from emd_lib import ROOT
+
+from emd_lib.commands import toy
 from emd_lib.distill import DistillConfig, Distiller
 from emd_lib.langevin import LangevinConfig
 from emd_lib.metrics import knn_precision_recall, mixture_report, mmd, mode_masses, total_variation

@@ -17,7 +17,7 @@ Each chapter's checks live in ``emd_lib/exercises/chNN.py`` and are registered w
 :func:`register`, together with wrong answers the tests use to prove the check can fail and
 the exercise's weight in a grade (``weight=``, default 1).
 
-:func:`judge` is the verdict without the printed line: the grader (:mod:`emd_lib.grading`)
+:func:`judge` is the verdict without the printed line: the grader (:mod:`emd_lib.book.grading`)
 calls it in its own process on the answers a submission's cell sent back
 (:mod:`emd_lib.exercises.record`).
 """

@@ -24,7 +24,7 @@ def _loss_swapped(denoise, x, cond, lam, eps):              # alpha and sigma sw
 
 @register("7.1", title="the teacher's preconditioned denoising loss", wrong=[_loss_unweighted, _loss_swapped])
 def _check_7_1(loss_fn):
-    from ..unet import UNet
+    from ..images.unet import UNet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(71)

@@ -39,7 +39,7 @@ def _edm_vp_scaled(net, x_t, lam, labels):                 # treats EDM like VP:
 @register("8.1", title="an EDM network as a teacher: D(x_t; sigma = exp(-lam/2), one-hot class)",
           wrong=[_edm_sigma_wrong, _edm_vp_scaled])
 def _check_8_1(edm_denoise):
-    from ..adapters import EDMTeacher
+    from ..scale.adapters import EDMTeacher
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(81)
@@ -93,7 +93,7 @@ def _cfg_swapped(unet, x_t, t, text, empty, w):            # guides away from th
 
 @register("8.2", title="classifier-free guidance of the teacher's eps", wrong=[_cfg_plus_one, _cfg_swapped])
 def _check_8_2(guided_eps):
-    from ..adapters import StableDiffusionTeacher, linear_alphas_cumprod
+    from ..scale.adapters import StableDiffusionTeacher, linear_alphas_cumprod
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(82)

@@ -24,12 +24,12 @@ Every run records the final :func:`~emd_lib.metrics.mixture_report` of 4000 one-
 and, every ``eval_every`` steps, the mode masses of 2000 samples (for the curves of early
 training). Usage::
 
-    python -m emd_lib.experiments.ch02 --study gaussian
-    python -m emd_lib.experiments.ch02 --study mlp --weighting sigma2
-    python -m emd_lib.experiments.ch02 --study mlp --weighting one
-    python -m emd_lib.experiments.ch02 --study far --seeds 0 1 2 3 4 --steps 1500
-    python -m emd_lib.experiments.ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 1500 --no-equal-time
-    python -m emd_lib.experiments.ch02 --study far_map --distances 2 4 6 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 600
+    python -m emd_lib experiment ch02 --study gaussian
+    python -m emd_lib experiment ch02 --study mlp --weighting sigma2
+    python -m emd_lib experiment ch02 --study mlp --weighting one
+    python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 1500
+    python -m emd_lib experiment ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 1500 --no-equal-time
+    python -m emd_lib experiment ch02 --study far_map --distances 2 4 6 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 600
 """
 from __future__ import annotations
 
@@ -156,8 +156,8 @@ def run_label(mix, label: str, seed: int, steps: int, eval_every: int = 100, n_e
 
 def whole_step_seconds(mix, labels, calls: int = 10, rounds: int = 5, batch: int = 256, **overrides) -> dict:
     """Median seconds of one whole training step (the student-score updates and the generator
-    update) of each label, timed round-robin in this process (:func:`emd_lib.bench_toy.time_round_robin`)."""
-    from ..bench_toy import time_round_robin
+    update) of each label, timed round-robin in this process (:func:`emd_lib.commands.bench_toy.time_round_robin`)."""
+    from ..commands.bench_toy import time_round_robin
     from .ch05 import label_config
 
     ds = {lab: Distiller(mix, label_config(lab, steps=10_000, batch=batch, init_steps=0, student_warmup=0,
@@ -195,7 +195,7 @@ def _main_far(p, args, argv):
         except ValueError as e:
             p.error(str(e))
     ov = {"weighting": args.weighting}
-    cmd = "python -m emd_lib.experiments.ch02 " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m emd_lib experiment ch02 " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     record = {"command": cmd, "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
               "study": args.study, "steps": steps, "seeds": seeds, "labels": labels, "weighting": args.weighting,
@@ -311,7 +311,7 @@ def main(argv=None):
                    f"modes {r['final']['modes_covered']}/{r['final']['n_modes']}, "
                    f"recall {r['final']['recall']:.2f}, precision {r['final']['precision']:.2f} ({r['seconds']:.0f} s)")
     record = {
-        "command": "python -m emd_lib.experiments.ch02 " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m emd_lib experiment ch02 " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "machine": _machine(),
         "wall_seconds": round(time.perf_counter() - t0, 1),

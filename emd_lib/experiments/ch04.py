@@ -6,11 +6,11 @@ EMA generator, the generator's gradient norm over training, and whether the run 
 
 Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
 
-    python -m emd_lib.experiments.ch04 --sweep space     # (x, z), (eps, z), (x, -), (eps, -) and DI
-    python -m emd_lib.experiments.ch04 --sweep space_x   # two more (x, z) chains
-    python -m emd_lib.experiments.ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
-    python -m emd_lib.experiments.ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
-    python -m emd_lib.experiments.ch04 --sweep zstep     # the joint chain's z step: a trust region
+    python -m emd_lib experiment ch04 --sweep space     # (x, z), (eps, z), (x, -), (eps, -) and DI
+    python -m emd_lib experiment ch04 --sweep space_x   # two more (x, z) chains
+    python -m emd_lib experiment ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
+    python -m emd_lib experiment ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
+    python -m emd_lib experiment ch04 --sweep zstep     # the joint chain's z step: a trust region
 
 ``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of
 its variants and ``--merge`` adds them to an existing JSON; the JSON records
@@ -34,7 +34,7 @@ import time
 import torch
 
 from .. import DATA_DIR
-from ..checkpoint import run_card, write_json
+from ..runs.checkpoint import run_card, write_json
 from ..distill import DistillConfig, Distiller
 from ..langevin import LangevinConfig
 from ..metrics import mixture_report

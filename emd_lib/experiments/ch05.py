@@ -13,15 +13,15 @@ added (:func:`eps0_gradient`). :func:`k1_gradients` returns all three gradients,
 one of the book's mixtures; mode-mass total variation, MMD, recall, precision over training,
 and the cost of a generator step measured round-robin so that every method sees the same load::
 
-    python -m emd_lib.experiments.ch05                       # grid25, 400 steps, seeds 0 1 2
-    python -m emd_lib.experiments.ch05 --mixture ring8 --steps 800 --seeds 0 1 2 3
+    python -m emd_lib experiment ch05                       # grid25, 400 steps, seeds 0 1 2
+    python -m emd_lib experiment ch05 --mixture ring8 --steps 800 --seeds 0 1 2 3
 
 **What moving z buys** (``--sweep moving_z``): the linear generator with the exact student on
 ``bimodal``, w = 1 and w = sigma^2, from the narrow start and from the forward-KL fit, by
 Diff-Instruct, EMD-16 on (eps, -) with full cancellation and EMD-16 on (eps, z) without
 cancellation (:data:`MOVING_Z`); writes ``data/results/ch05_linear_moving_z.json``::
 
-    python -m emd_lib.experiments.ch05 --sweep moving_z --seeds 0 1 2
+    python -m emd_lib experiment ch05 --sweep moving_z --seeds 0 1 2
 
 The JSON (``data/results/ch05_ksweep_<mixture>.json``) records the command, the date, the machine
 and the wall time. Runs are single-threaded unless ``--threads`` says otherwise.
@@ -40,7 +40,7 @@ import time
 import torch
 
 from .. import DATA_DIR
-from ..checkpoint import run_card, write_json  # noqa: F401  (re-exported: the experiments write with it)
+from ..runs.checkpoint import run_card, write_json  # noqa: F401  (re-exported: the experiments write with it)
 from ..divergences import mixture_moments
 from ..distill import DistillConfig, Distiller, di_generator_loss, emd_generator_loss
 from ..langevin import LangevinConfig
@@ -203,7 +203,7 @@ def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: 
                               **copy.deepcopy(overrides)) for lab in labels}
     for lab, c in (configs or {}).items():
         cfgs[lab] = dataclasses.replace(c, batch=batch, init_steps=0, student_warmup=0, steps=steps * reps)
-    from ..bench_toy import time_round_robin
+    from ..commands.bench_toy import time_round_robin
 
     ds = {lab: Distiller(teacher, c) for lab, c in cfgs.items()}
 

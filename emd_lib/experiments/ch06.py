@@ -5,10 +5,10 @@ Every training run distils an exact 2D mixture teacher with :class:`emd_lib.dist
 and reports :func:`emd_lib.metrics.mixture_report` of the EMA generator over training. Each sweep
 writes ``data/results/ch06_<sweep>.json`` with the command, the date, the machine and the wall time::
 
-    python -m emd_lib.experiments.ch06 --sweep lamstar     # generator initialisation at lam* = 0, -2, -6, -10
-    python -m emd_lib.experiments.ch06 --sweep weighting   # w(t) = sigma^2, 1, SNR
-    python -m emd_lib.experiments.ch06 --sweep hparams     # one setting at a time around the defaults
-    python -m emd_lib.experiments.ch06 --sweep mcmc        # test-time MCMC correction on grid25
+    python -m emd_lib experiment ch06 --sweep lamstar     # generator initialisation at lam* = 0, -2, -6, -10
+    python -m emd_lib experiment ch06 --sweep weighting   # w(t) = sigma^2, 1, SNR
+    python -m emd_lib experiment ch06 --sweep hparams     # one setting at a time around the defaults
+    python -m emd_lib experiment ch06 --sweep mcmc        # test-time MCMC correction on grid25
 
 ``--seeds``, ``--steps`` and ``--mixture`` shrink or grow a sweep. Runs are single-threaded
 unless ``--threads`` says otherwise. Within one seed, every variant that does not change the

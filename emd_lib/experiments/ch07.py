@@ -1,9 +1,9 @@
 """Chapter 7 without labels: which digits do unconditional students draw?
 
-    python -m emd_lib.experiments.ch07 --students runs/mnist_u_emd4_s0 runs/mnist_u_di_steps_s0 ... \\
+    python -m emd_lib experiment ch07 --students runs/mnist_u_emd4_s0 runs/mnist_u_di_steps_s0 ... \\
         --n 1000 --teacher-n 500 --threads 1 --out data/results/ch07_unconditional.json
 
-The students are one-step generators distilled with ``python -m emd_lib.distill_images
+The students are one-step generators distilled with ``python -m emd_lib distill_images
 --unconditional``: the teacher, the generator and the student score read the teacher's "no class"
 label, so nothing tells the generator which digit to draw. Mode coverage is then measurable: the
 shipped classifier reads ``n`` samples of each student, and their class histogram is compared with
@@ -23,11 +23,10 @@ import argparse
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, machine, output_path_problem, read_card, run_card, write_json
+from ..runs.checkpoint import CheckpointError, machine, output_path_problem, read_card, run_card, write_json
 from ..distill import method_name
 from ..langevin import chain_label
 
@@ -50,7 +49,7 @@ def class_balance(x01: torch.Tensor, classifier, n_classes: int = 10) -> dict:
 
 def metrics_row(x01, real01, classifier, **extra) -> dict:
     """Class balance plus classifier Fréchet distance, precision and recall against ``real01``."""
-    from ..image_metrics import image_report
+    from ..images.metrics import image_report
 
     rep = image_report(x01, None, real01, classifier)
     out = {**extra, **class_balance(x01, classifier)}
@@ -78,13 +77,13 @@ def budget_of(card: dict) -> str:
 
 def student_row(path, n: int, real01, classifier, seed: int = 0) -> dict:
     """One unconditional student, read from ``path``, measured on ``n`` samples."""
-    from ..distill_images import load_student
-    from ..sample import generate
+    from ..images.models import load_student
+    from ..images.models import generate
 
     gen, _, card = load_student(path)
     if not card.get("unconditional"):
         raise CheckpointError(f"{path} is a class-conditional student; this table measures students distilled with "
-                              "python -m emd_lib.distill_images --unconditional")
+                              "python -m emd_lib distill_images --unconditional")
     t0 = time.perf_counter()
     x, _ = generate(gen, n, cls=gen.n_classes, seed=seed)       # the "no class" label
     lcfg = card["config"]["langevin"]
@@ -100,10 +99,10 @@ def student_row(path, n: int, real01, classifier, seed: int = 0) -> dict:
 
 def reference_rows(real01, train01, classifier, teacher_n: int, teacher_steps: int, lam_star: float, seed: int = 0):
     """Real training digits, the teacher's unconditional samples, the generator at initialisation."""
-    from ..data import to_unit
-    from ..distill_images import load_teacher
-    from ..sample import generate
-    from ..unet import TeacherInitGenerator
+    from ..images.data import to_unit
+    from ..images.models import load_teacher
+    from ..images.models import generate
+    from ..images.unet import TeacherInitGenerator
 
     rows = [metrics_row(train01, real01, classifier, model="real training digits", n=len(train01))]
     teacher = load_teacher()
@@ -121,7 +120,7 @@ def reference_rows(real01, train01, classifier, teacher_n: int, teacher_steps: i
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m emd_lib.experiments.ch07", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m emd_lib experiment ch07", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--students", nargs="+", required=True, help="checkpoints written by distill_images --unconditional")
     p.add_argument("--n", type=int, default=1000, help="samples per student")
@@ -146,11 +145,11 @@ def main(argv=None) -> dict:
             p.error(f"--students {path}: {e}")
         if not cards[path].get("unconditional"):
             p.error(f"--students {path}: a class-conditional student; distil one with "
-                    "python -m emd_lib.distill_images --unconditional")
+                    "python -m emd_lib distill_images --unconditional")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from ..data import load_images, to_unit
-    from ..image_metrics import load_classifier
+    from ..images.data import load_images, to_unit
+    from ..images.metrics import load_classifier
 
     t0 = time.perf_counter()
     clf = load_classifier()

@@ -277,7 +277,8 @@ def test_released_edm_contract_runs_under_bf16_autocast_and_trains(edm_clone, tm
     under CPU bf16 autocast, and trains through the Trainer at precision=bf16 and fp32; the trainable
     copies have ``use_fp16`` off. Checked once against NVlabs/edm at commit
     008a4e5316c8e3bfe61a62f874bddba254295afb (``EDMPrecond`` around ``DhariwalUNet``, use_fp16=True)."""
-    from emd_lib.scale.train import Trainer, load_config, main
+    from emd_lib.commands.train import main
+    from emd_lib.scale.train import Trainer, load_config
 
     root, _, _ = edm_clone
     path = tmp_path / "edm-contract.pkl"

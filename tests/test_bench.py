@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from emd_lib.scale.bench import FlopCount, bench, format_table, main, matmul_peak, pass_counts
+from emd_lib.commands.bench import main
+from emd_lib.scale.bench import FlopCount, bench, format_table, matmul_peak, pass_counts
 
 
 def test_flop_count_matches_torch_flop_counter():

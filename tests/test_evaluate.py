@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from emd_lib.scale import evaluate as E
+from emd_lib.commands import evaluate as evaluate_command
 from emd_lib.metrics import knn_precision_recall
 
 
@@ -198,7 +199,7 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "_load_run", no_run)
 
     def run(*args):
-        return E.main(["--run", str(tmp_path / "run"), *[a.replace("TMP", str(tmp_path)) for a in args]])
+        return evaluate_command.main(["--run", str(tmp_path / "run"), *[a.replace("TMP", str(tmp_path)) for a in args]])
 
     return tmp_path, run
 
@@ -243,7 +244,7 @@ def test_bad_inputs_get_one_line_before_anything_loads(cli, args, words, capsys)
 
 
 def test_a_run_without_checkpoints_is_one_line(tmp_path, capsys):
-    assert E.main(["--run", str(tmp_path), "--task", "imagenet"]) == 2
+    assert evaluate_command.main(["--run", str(tmp_path), "--task", "imagenet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--run" in err and "no checkpoint" in err
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from emd_lib.scale import train as T
-from emd_lib.scale.train import ConfigError, Trainer, TrainingFault, load_config, main
+from emd_lib.commands.train import main
+from emd_lib.scale.train import ConfigError, Trainer, TrainingFault, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["batch=32", "width=32", "depth=2", "init_steps=10", "student_warmup=5", "langevin.K=2",

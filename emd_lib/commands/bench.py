@@ -7,7 +7,18 @@ import time
 import torch
 from ..runs.checkpoint import write_json
 from ..scale.train import ConfigError, load_config
-from ..scale.bench import _ks, bench, format_table
+from ..scale.bench import bench, format_table
+
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or a list such as 1,2,4,8, got {text!r}") from None
+    if any(k < 0 for k in ks):
+        raise argparse.ArgumentTypeError(f"Langevin steps must be >= 0, got {text!r}")
+    return ks
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,6 @@ so nothing needs downloading. ``--tiny`` swaps in the tiny stand-ins (a CPU run 
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import resource
 import sys
@@ -391,13 +390,3 @@ def format_table(info: dict) -> str:
         lines.append(f"sampling {s['n']} images: one-step generator {s['generator_img_per_s']:.4g} img/s; teacher "
                      f"Heun ({s['teacher_nfe']} NFE) {s['teacher_img_per_s']:.4g} img/s; {s['speedup']:.0f}x faster")
     return "\n".join(lines)
-
-
-def _ks(text: str) -> list[int]:
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K or a list such as 1,2,4,8, got {text!r}") from None
-    if any(k < 0 for k in ks):
-        raise argparse.ArgumentTypeError(f"Langevin steps must be >= 0, got {text!r}")
-    return ks

@@ -57,7 +57,7 @@ from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classi
 from emd_lib.langevin import LangevinConfig
 from emd_lib.book.plotting import use_style
 from emd_lib.sampling import sample_ode
-from emd_lib.images.unet import TeacherInitGenerator
+from emd_lib.nets import TeacherInitGenerator
 
 torch.set_num_threads(1)
 use_style()
@@ -227,7 +227,7 @@ print(f"classifier Fréchet distance, 500 real training digits vs the 500 held-o
 #
 # As in chapter 6, the one-step generator starts as the teacher's denoiser read at a fixed
 # log-SNR, $g(z, c) = D_\phi(z, \lambda^*, c)$ (VP: $z_\text{in} = z$), now literally: the generator is a
-# trainable copy of the teacher's weights (`emd_lib.images.unet.TeacherInitGenerator`), and so is the
+# trainable copy of the teacher's weights (`emd_lib.nets.TeacherInitGenerator`), and so is the
 # student score. The start below is the same $z$ for every $\lambda^*$, one column per class. At
 # $\lambda^* = 0$ the teacher reads unit noise as a half-noisy image and returns a noisy blot; as $\lambda^*$
 # falls the output becomes an ever smoother class average, and the samples of one class become
@@ -241,7 +241,7 @@ n_init = fast_or(200, 50)                 # samples per lam* for the metrics
 fig, axes = plt.subplots(len(lam_stars), 1, figsize=(8, 1.1 * len(lam_stars)))
 init_rows = []
 for ax, ls in zip(axes, lam_stars):
-    gen0 = TeacherInitGenerator(net, ls, copy_weights=False)
+    gen0 = TeacherInitGenerator(teacher, ls, copy_weights=False)
     with torch.no_grad():
         x0 = to_unit(gen0(z_show, c_show))
         xs = to_unit(gen0(torch.randn(n_init, 1, 28, 28, generator=torch.Generator().manual_seed(3)), torch.arange(n_init) % 10))

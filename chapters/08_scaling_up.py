@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from emd_lib import DATA_DIR, ROOT, fast_or
+from emd_lib.nets import TeacherInitGenerator
 from emd_lib.scale import adapters as A
 from emd_lib.scale.bench import bench, format_table
 from emd_lib.scale.evaluate import fid_from_features, inception_score
@@ -161,7 +162,7 @@ print("latents", tuple(z_lat.shape), "-> images", tuple(sd.decode(z_lat).shape),
 # student score is another copy. Both copies train; the teacher stays frozen.
 
 # %%
-gen = A.TeacherGenerator(edm, lam_star=-6.0)
+gen = TeacherInitGenerator(A.network_copy(edm), -6.0, copy_weights=False)
 z = torch.randn(4, 3, 8, 8, generator=g)
 torch.testing.assert_close(gen(z, labels), edm.denoise(math.exp(3.0) * z, torch.full((4,), -6.0), labels))
 print("trainable generator parameters:", sum(p.numel() for p in gen.parameters() if p.requires_grad),
@@ -250,7 +251,7 @@ tr = Trainer(load_config("toy", toy + [f"out={TMP / 'draws'}"]))
 def draws(world, rank):
     tr.world, tr.rank = world, rank
     tr.rng.manual_seed(5)
-    return tr._draw()[:3]                                                     # z, eps, lam
+    return tr.draw_batch()[:3]                                                     # z, eps, lam
 
 
 whole, parts = draws(1, 0), [draws(2, r) for r in range(2)]
@@ -517,7 +518,7 @@ print(f"bf16 denoiser: {d_bf16.dtype}; relative rms error against float32: {rel_
 assert d_bf16.dtype == torch.float32 and rel_rms(d_bf16, d_fp32) < BF16_RTOL
 released_like = A.edm_unet("tiny", num_classes=4, seed=1).eval().requires_grad_(False)
 released_like.use_fp16 = True                       # as NVlabs' ImageNet-64 pickle says
-gen_copy = A.TeacherGenerator(A.EDMTeacher(released_like), lam_star=-6.0)
+gen_copy = TeacherInitGenerator(A.network_copy(A.EDMTeacher(released_like)), -6.0, copy_weights=False)
 print("use_fp16: teacher", released_like.use_fp16, "| generator's trainable copy", gen_copy.copy.net.precond.use_fp16)
 assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 

@@ -19,6 +19,7 @@ identical (the tests check it to float tolerance).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -33,7 +34,7 @@ from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teache
 from .schedules import bcast, sample_lam, weight
 
 __all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step",
-           "unwrap_parallel", "method_name"]
+           "unwrap_parallel", "method_name", "grad_norm"]
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
@@ -189,6 +190,12 @@ def evals_per_step(method: str, K: int = 8, move_z: bool = False, space: str = "
             "generator_bwd": 1 + (K if moves else 0)}
 
 
+def grad_norm(params) -> float:
+    """The total 2-norm of the parameters' gradients (``inf`` or ``nan`` when any entry is not finite)."""
+    norms = [q.grad.detach().float().norm() for q in params if q.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
 class Distiller:
     """Distil ``teacher`` into a one-step generator by EMD-K or Diff-Instruct.
 
@@ -214,7 +221,7 @@ class Distiller:
         if generator is None or student is None:
             if len(self.shape) != 1:
                 raise ValueError(f"for data of shape {self.shape} pass the generator and the student score "
-                                 "(e.g. emd_lib.images.unet.TeacherInitGenerator and a copy of the teacher)")
+                                 "(e.g. emd_lib.nets.TeacherInitGenerator and a copy of the teacher)")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 gen_mlp = MLPGenerator(teacher.dim, cfg.width, cfg.depth)
@@ -232,7 +239,10 @@ class Distiller:
         self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.lr_s, betas=cfg.betas)
         self._warm = False
 
-    # ---- random draws, all from one seeded generator -------------------------------------------
+    # ---- the hooks of one training step ---------------------------------------------------------
+    # The scale trainer (emd_lib.scale.train.Trainer) subclasses Distiller and overrides these: it
+    # draws on the device and keeps its process's rows, runs under bf16 autocast, calls the
+    # DistributedDataParallel wrapper, averages losses over processes and raises its own fault.
     def _draw(self, n):
         cfg = self.cfg
         z = torch.randn(n, *self.shape, generator=self.rng)
@@ -246,14 +256,51 @@ class Distiller:
             return None
         return torch.randint(0, self.n_classes, (n,), generator=self.rng).to(self.device)
 
-    def student_step(self) -> float:
+    def draw_batch(self):
+        """``(z, eps, lam, cond)`` of one step's batch, all drawn from the run's seeded generator."""
         z, eps, lam = self._draw(self.cfg.batch)
-        cond = self._draw_cond(self.cfg.batch)
-        loss = student_loss(self.student, self.generator, self.teacher.schedule, z, eps, lam, cond)
+        return z, eps, lam, self._draw_cond(self.cfg.batch)
+
+    def autocast(self):
+        """The context the losses run in (the scale trainer: bf16 autocast)."""
+        return contextlib.nullcontext()
+
+    @property
+    def train_net(self) -> nn.Module:
+        """The generator as the losses call it (the scale trainer: its DistributedDataParallel wrapper)."""
+        return self.generator
+
+    @property
+    def langevin_rng(self):
+        """The E-step's noise: a ``torch.Generator``, or a function ``like -> noise``."""
+        return self.rng
+
+    def reduce_mean(self, value: float) -> float:
+        """A loss averaged over processes (one process here)."""
+        return value
+
+    def fault(self, what: str):
+        """Stop on a non-finite loss or gradient, before the optimiser step: the weights stay good."""
+        raise FloatingPointError(f"{what} at step {self.step_count + 1}; lower the learning rate or the "
+                                 "Langevin step size")
+
+    def _check_finite(self, who: str, value: float, gnorm: float):
+        if not (math.isfinite(value) and math.isfinite(gnorm)):
+            self.fault(f"non-finite {who} {'loss' if not math.isfinite(value) else 'gradient'} "
+                       f"(loss {value}, gradient norm {gnorm})")
+
+    # ---- one update of each network: the only definitions of the two steps in the library -------
+    def student_step(self) -> float:
+        """One update of the student score on the generator's samples (denoising score matching)."""
+        z, eps, lam, cond = self.draw_batch()
+        with self.autocast():
+            loss = student_loss(self.student, self.train_net, self.teacher.schedule, z, eps, lam, cond)
         self.opt_s.zero_grad(set_to_none=True)
         loss.backward()
+        value = self.reduce_mean(loss.item())
+        self._check_finite("student-score", value, grad_norm(self.student.parameters()))
         self.opt_s.step()
-        return loss.item()
+        return value
 
     def train_step(self) -> tuple[float, float, float, dict]:
         """One whole training step: ``cfg.student_updates`` student-score updates, then one generator
@@ -265,28 +312,26 @@ class Distiller:
         return ls, lg, gn, diag
 
     def generator_step(self) -> tuple[float, float, dict]:
+        """One generator update: Diff-Instruct's surrogate, or EMD's E-step then M-step."""
         cfg = self.cfg
-        z, eps, lam = self._draw(cfg.batch)
-        cond = self._draw_cond(cfg.batch)
-        if cfg.method == "di":
-            loss, diag = di_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.weighting,
-                                           cond=cond)
-        else:
-            loss, diag = emd_generator_loss(self.generator, self.teacher, self.student, z, eps, lam, cfg.langevin,
-                                            cfg.weighting, cond=cond, rng=self.rng)
+        z, eps, lam, cond = self.draw_batch()
+        with self.autocast():
+            if cfg.method == "di":
+                loss, diag = di_generator_loss(self.train_net, self.teacher, self.student, z, eps, lam, cfg.weighting,
+                                               cond=cond)
+            else:
+                loss, diag = emd_generator_loss(self.train_net, self.teacher, self.student, z, eps, lam, cfg.langevin,
+                                                cfg.weighting, cond=cond, rng=self.langevin_rng)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.grad_clip).item()
-        lval = loss.item()
-        if not (math.isfinite(lval) and math.isfinite(gnorm)):      # before the step: the weights stay good
-            raise FloatingPointError(f"non-finite generator loss or gradient at step {self.step_count + 1} "
-                                     f"(loss {lval}, gradient norm {gnorm}); lower the learning rate or the "
-                                     "Langevin step size")
+        value = self.reduce_mean(loss.item())
+        self._check_finite("generator", value, gnorm)
         set_cosine_lr(self.opt_g, cfg.lr_g, cfg.lr_decay, self.step_count / max(cfg.steps, 1))
         self.opt_g.step()
         if cfg.ema > 0:
             ema_update(self.ema, self.generator, cfg.ema)
-        return lval, gnorm, diag
+        return value, gnorm, diag
 
     def warmup(self):
         """Fit the student score to the initial generator (the teacher has no weights to copy)."""

@@ -6,9 +6,13 @@
   score ``s_psi = -epshat_psi / sigma`` is used exactly like the teacher's.
 * :func:`init_generator_from_teacher`: the EMD initialisation ``g(z) = D_phi(z_in(z), lam*)``
   (VP: ``z_in = z``; EDM: ``z_in = sigma* z``), reached for an MLP by regression.
+* :class:`TeacherInitGenerator`: the same initialisation for a network teacher, exactly: the
+  generator *is* a trainable copy of the teacher read at ``lam*`` (the MNIST UNet, EDM, ADM and
+  Stable Diffusion teachers all use it).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -16,7 +20,8 @@ from torch import nn
 
 from .schedules import Schedule, VP
 
-__all__ = ["MLP", "MLPGenerator", "MLPScore", "LamEmbedding", "init_generator_from_teacher", "ema_update"]
+__all__ = ["MLP", "MLPGenerator", "MLPScore", "LamEmbedding", "init_generator_from_teacher", "TeacherInitGenerator",
+           "ema_update"]
 
 
 def MLP(d_in: int, d_out: int, width: int = 256, depth: int = 3) -> nn.Sequential:
@@ -97,6 +102,38 @@ def init_generator_from_teacher(gen: nn.Module, teacher, lam_star: float = -2.0,
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+class TeacherInitGenerator(nn.Module):
+    """The one-step generator initialised from a network teacher: ``g(z, c) = D(z_in(z), lam*, c)``,
+    where ``D`` is a trainable copy of the teacher's denoiser (VP: ``z_in = z``, unit variance like
+    ``x_t`` there; EDM: ``z_in = sigma* z``).
+
+    ``teacher`` is any teacher with ``denoise(x_t, lam, cond)`` and ``schedule`` (a
+    :class:`~emd_lib.teachers.NetworkTeacher`, a scale adapter). ``copy_weights=False`` uses it as
+    it is: pass a copy made elsewhere (``emd_lib.scale.adapters.network_copy`` for the adapters) or,
+    to read a trained generator, the network it was saved as. ``net`` is the copy's network: what
+    checkpoints of MNIST students hold.
+    """
+
+    def __init__(self, teacher, lam_star: float, copy_weights: bool = True):
+        super().__init__()
+        teacher.schedule.check_lam(lam_star, "lam_star")
+        self.copy = copy.deepcopy(teacher).requires_grad_(True) if copy_weights else teacher
+        self.lam_star = float(lam_star)
+        self.z_scale = teacher.schedule.z_in_scale(self.lam_star)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.copy.net
+
+    @property
+    def n_classes(self) -> int:
+        return int(getattr(self.copy.net, "n_classes", 0) or 0)
+
+    def forward(self, z, cond=None):  # (B, *shape) -> (B, *shape)
+        lam = torch.full((z.shape[0],), self.lam_star, dtype=z.dtype, device=z.device)
+        return self.copy.denoise(self.z_scale * z, lam, cond)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from emd_lib.nets import TeacherInitGenerator
 from emd_lib.scale import adapters as A
 from emd_lib.distill import emd_generator_loss, student_loss
 from emd_lib.langevin import LangevinConfig
@@ -149,7 +150,7 @@ def test_edm_pickle_needs_trust_and_the_edm_code(edm_clone, tmp_path, monkeypatc
 def test_edm_generator_reads_the_teacher_at_lam_star():
     torch.manual_seed(0)
     teacher = A.EDMTeacher(A.edm_unet("tiny", num_classes=4).eval().requires_grad_(False))
-    gen = A.TeacherGenerator(teacher, lam_star=-4.0)
+    gen = TeacherInitGenerator(A.network_copy(teacher), -4.0, copy_weights=False)
     z = torch.randn(3, 3, 8, 8)
     y = torch.tensor([0, 1, 3])
     # EDM: g(z) = D(sigma* z, lam*), sigma* = exp(-lam*/2) = e^2
@@ -250,7 +251,7 @@ def test_stable_diffusion_from_a_folder_with_guidance_on_the_teacher_only(sd, tm
     student = A.network_copy(sd, guidance_scale=1.0)
     torch.testing.assert_close(student.eps(x, lam, c), e_c, atol=1e-5, rtol=1e-4)
     assert student.net is not sd.net and student.parts is sd.parts
-    gen = A.TeacherGenerator(sd, lam_star=-5.0, guidance_scale=1.0)
+    gen = TeacherInitGenerator(A.network_copy(sd, guidance_scale=1.0), -5.0, copy_weights=False)
     z = torch.randn(2, 4, 8, 8)
     torch.testing.assert_close(gen(z, c), student.denoise(z, torch.full((2,), -5.0), c), atol=1e-5, rtol=1e-4)
     img = sd.decode(gen(z, c))
@@ -371,7 +372,7 @@ def test_guidance_is_combined_in_float32_under_autocast():
 
 def test_the_e_step_and_losses_stay_float32_under_bf16_autocast():
     teacher = A.EDMTeacher(A.perturb_weights(A.edm_unet("tiny", num_classes=4)))
-    gen = A.TeacherGenerator(teacher, lam_star=-4.0)
+    gen = TeacherInitGenerator(A.network_copy(teacher), -4.0, copy_weights=False)
     student = A.network_copy(teacher)
     g = torch.Generator().manual_seed(9)
     z, eps = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
@@ -397,6 +398,6 @@ def test_trainable_copies_are_float32_whatever_the_teacher_was_loaded_in():
     assert all(p.dtype == torch.float16 for p in sd.net.parameters())
     net = A.edm_unet("tiny", num_classes=4).eval().requires_grad_(False)
     net.use_fp16 = True
-    gen = A.TeacherGenerator(A.EDMTeacher(net), lam_star=-4.0)
+    gen = TeacherInitGenerator(A.network_copy(A.EDMTeacher(net)), -4.0, copy_weights=False)
     assert net.use_fp16 and not gen.copy.net.precond.use_fp16
     assert all(p.requires_grad and p.dtype == torch.float32 for p in gen.parameters())

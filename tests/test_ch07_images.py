@@ -17,7 +17,8 @@ from emd_lib.images.metrics import (DigitClassifier, class_accuracy, class_cover
 from emd_lib.langevin import LangevinConfig, estep, mcmc_correct
 from emd_lib.schedules import VP
 from emd_lib.teachers import NetworkTeacher
-from emd_lib.images.unet import TeacherInitGenerator, UNet
+from emd_lib.images.unet import UNet
+from emd_lib.nets import TeacherInitGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -114,7 +115,7 @@ def test_unet_preconditioning_limits_and_conditioning():
 def test_teacher_init_generator_is_the_denoiser_at_lam_star():
     net = tiny_unet()
     teacher = NetworkTeacher(net, VP, predicts="x0")
-    gen = TeacherInitGenerator(net, lam_star=-6.0)
+    gen = TeacherInitGenerator(teacher, lam_star=-6.0)
     z, c = torch.randn(5, 1, 8, 8), torch.arange(5)
     with torch.no_grad():
         torch.testing.assert_close(gen(z, c), teacher.denoise(z, torch.full((5,), -6.0), c))
@@ -126,7 +127,7 @@ def test_teacher_init_generator_is_the_denoiser_at_lam_star():
 def _image_setup(seed=0):
     teacher = NetworkTeacher(tiny_unet(seed).eval(), VP, predicts="x0").requires_grad_(False)
     student = NetworkTeacher(tiny_unet(seed + 1), VP, predicts="x0")
-    gen = TeacherInitGenerator(teacher.net, -4.0)
+    gen = TeacherInitGenerator(teacher, -4.0)
     g = torch.Generator().manual_seed(seed)
     z, eps = torch.randn(6, 1, 8, 8, generator=g), torch.randn(6, 1, 8, 8, generator=g)
     lam = torch.linspace(-4, 4, 6)

@@ -393,9 +393,12 @@ def test_unconditional_table_measures_class_balance(tmp_path, capsys):
 
 def test_distill_images_minutes_records_the_horizon_it_used_and_repeats_from_it(tmp_path, tiny_teacher, monkeypatch):
     from emd_lib.commands import distill_images
+    from emd_lib.runs import runner
 
     clock = itertools.count()                       # every reading of the clock is one "second" later
-    monkeypatch.setattr(distill_images, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    fake = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))
+    monkeypatch.setattr(distill_images, "time", fake)
+    monkeypatch.setattr(runner, "time", fake)                # the wall-time runner reads the same clock
     card = distil(tiny_teacher, tmp_path / "a", "--steps", "50", "--minutes", "0.2", "--seed", "3")
     monkeypatch.undo()
     assert 1 < card["horizon"] < 50 and card["config"]["steps"] == card["horizon"]
@@ -406,9 +409,12 @@ def test_distill_images_minutes_records_the_horizon_it_used_and_repeats_from_it(
 
 def test_train_teacher_minutes_records_the_horizon_it_used_and_repeats_from_it(tmp_path, monkeypatch):
     from emd_lib.commands import train_teacher
+    from emd_lib.runs import runner
 
     clock = itertools.count()
-    monkeypatch.setattr(train_teacher, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    fake = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))
+    monkeypatch.setattr(train_teacher, "time", fake)
+    monkeypatch.setattr(runner, "time", fake)                # the wall-time runner reads the same clock
     card = train_teacher.main(TINY_TEACHER + ["--steps", "50", "--minutes", "0.1", "--out", str(tmp_path / "a")])
     monkeypatch.undo()
     assert 1 < card["horizon"] < 50 and card["steps"] <= card["horizon"]

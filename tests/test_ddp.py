@@ -37,7 +37,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(case, tmp_path):
     over = over + ["progress=false", "tensorboard=false", "ckpt_every=1000"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), EMD_DEVICE="cpu")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "emd_lib.scale.train", "--config", name, *over, f"out={tmp_path / 'ddp'}"],
+                        "-m", "emd_lib.commands.train", "--config", name, *over, f"out={tmp_path / 'ddp'}"],
                        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp, card = _final(tmp_path / "ddp")
@@ -131,7 +131,7 @@ def test_the_recording_sees_a_temporary(tmp_path):
 def test_two_process_training_exits_cleanly(move_z, tmp_path):
     """The command line, end to end, as a scheduler sees it: exit status 0 on every run (the abort at
     exit showed in about 1 run of 3 with the joint chain before the rule above)."""
-    r = _torchrun(["-m", "emd_lib.scale.train", "--config", "toy", *SMALL, f"langevin.move_z={move_z}",
+    r = _torchrun(["-m", "emd_lib.commands.train", "--config", "toy", *SMALL, f"langevin.move_z={move_z}",
                    f"out={tmp_path / 'run'}"], tmp_path)
     assert r.returncode == 0 and "terminate called" not in r.stderr, r.stderr[-3000:]
     assert "done: 3 steps" in r.stderr

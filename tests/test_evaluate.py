@@ -93,7 +93,7 @@ def tiny_clip(folder):
     """A random CLIP (16 px images) and a byte-level tokenizer, built offline."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from emd_lib.scale.adapters import _byte_level_tokenizer_files
+    from emd_lib.scale.sd import _byte_level_tokenizer_files
 
     _byte_level_tokenizer_files(folder / "tok", 16)
     tok = CLIPTokenizer.from_pretrained(folder / "tok")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from emd_lib import distill as D
 from emd_lib.scale import train as T
 from emd_lib.commands.train import main
 from emd_lib.scale.train import ConfigError, Trainer, TrainingFault, load_config
@@ -90,7 +91,7 @@ def test_resume_is_bitwise_exact_and_skips_a_torn_checkpoint(tmp_path):
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment (possibly mid-write); the resumed run matches an uninterrupted one."""
     args = TINY + ["steps=3000", "ckpt_every=7", f"out={tmp_path / 'k'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", *args], env=env1(),
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.commands.train", "--config", "toy", *args], env=env1(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / "k" / "checkpoints"
     t0 = time.time()
@@ -112,7 +113,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
 
 def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
     args = TINY + ["steps=100000", "ckpt_every=1000", f"out={tmp_path / 's'}", "log_every=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", *args], env=env1(),
+    proc = subprocess.Popen([sys.executable, "-m", "emd_lib.commands.train", "--config", "toy", *args], env=env1(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "s" / "log.jsonl"
     t0 = time.time()
@@ -128,14 +129,14 @@ def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
 
 
 def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
-    real, calls = T.emd_generator_loss, {"n": 0}
+    real, calls = D.emd_generator_loss, {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
         loss, diag = real(*a, **k)
         return (loss * float("nan") if calls["n"] == 5 else loss), diag
 
-    monkeypatch.setattr(T, "emd_generator_loss", flaky)
+    monkeypatch.setattr(D, "emd_generator_loss", flaky)
     cfg = toy(tmp_path / "f", "steps=10", "ckpt_every=2")
     with pytest.raises(TrainingFault) as e:
         Trainer(cfg).run()
@@ -169,7 +170,7 @@ def test_config_errors_get_one_clear_message(override, words, capsys):
 
 
 def test_config_error_from_the_shell_has_no_traceback():
-    r = subprocess.run([sys.executable, "-m", "emd_lib.scale.train", "--config", "toy", "lr=3"], env=env1(),
+    r = subprocess.run([sys.executable, "-m", "emd_lib.commands.train", "--config", "toy", "lr=3"], env=env1(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown key 'lr'" in r.stderr and "Traceback" not in r.stderr
 
@@ -250,7 +251,7 @@ def test_channels_last_runs_the_same_steps_and_checkpoints(tmp_path):
     """NHWC memory changes the layout of the image networks, not what a step computes."""
     trainers, runs = image_runs(tmp_path, "channels_last")
     for cl, tr in trainers.items():
-        convs = [m.weight for net in T._networks(tr.prob) for m in net.modules()
+        convs = [m.weight for net in T.networks(tr.prob) for m in net.modules()
                  if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]      # (a 1x1 kernel is both)
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == (cl == "true") for w in convs)
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
@@ -325,7 +326,7 @@ def test_compiled_networks_run_the_same_steps_and_checkpoints(tmp_path, monkeypa
 def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(net, tmp_path, monkeypatch, capsys):
     """The loss stays finite, but its gradient is NaN (d sqrt(u)/du at u = 0 is infinite, times 0)."""
     name = "student_loss" if net == "student" else "emd_generator_loss"
-    real, calls = getattr(T, name), {"n": 0}
+    real, calls = getattr(D, name), {"n": 0}
 
     def nan_grad(*a, **k):
         calls["n"] += 1
@@ -337,7 +338,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(net, tmp_path, mo
             assert math.isfinite(loss.item())
         return (loss, out[1]) if isinstance(out, tuple) else loss
 
-    monkeypatch.setattr(T, name, nan_grad)
+    monkeypatch.setattr(D, name, nan_grad)
     extra = ["student_warmup=0"] if net == "student" else []
     rc = main(["--config", "toy", *TINY, *extra, "steps=8", "ckpt_every=1", f"out={tmp_path}"])
     err = capsys.readouterr().err
@@ -347,7 +348,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(net, tmp_path, mo
 
 
 def test_an_unexpected_exception_ends_in_one_line_naming_the_step_and_checkpoint(tmp_path, monkeypatch, capsys):
-    real, calls = T.emd_generator_loss, {"n": 0}
+    real, calls = D.emd_generator_loss, {"n": 0}
 
     def breaks(*a, **k):
         calls["n"] += 1
@@ -355,7 +356,7 @@ def test_an_unexpected_exception_ends_in_one_line_naming_the_step_and_checkpoint
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "emd_generator_loss", breaks)
+    monkeypatch.setattr(D, "emd_generator_loss", breaks)
     out = tmp_path / "run"
     rc = main(["--config", "toy", *TINY, "steps=6", "ckpt_every=1", f"out={out}"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
@@ -365,7 +366,7 @@ def test_an_unexpected_exception_ends_in_one_line_naming_the_step_and_checkpoint
     tb = (out / "traceback.txt").read_text()
     assert "Traceback" in tb and "more detail" in tb and str(out / "traceback.txt") in msg
     # the same command resumes from that checkpoint
-    monkeypatch.setattr(T, "emd_generator_loss", real)
+    monkeypatch.setattr(D, "emd_generator_loss", real)
     assert main(["--config", "toy", *TINY, "steps=6", "ckpt_every=1", f"out={out}"]) == 0
     assert "resumed from" in capsys.readouterr().err
 

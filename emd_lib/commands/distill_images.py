@@ -10,7 +10,7 @@ images with class labels as ``cond``; with ``--unconditional``, without them: th
 generator and the student score all read the teacher's "no class" label (the shipped teacher was
 trained with 10% label dropout, so it is also an unconditional model), and which digit a sample
 shows is left to the generator. The generator is a trainable copy of the teacher read at
-the fixed log-SNR ``lam*`` (:class:`~emd_lib.images.unet.TeacherInitGenerator`); the student score is
+the fixed log-SNR ``lam*`` (:class:`~emd_lib.nets.TeacherInitGenerator`); the student score is
 a second copy, refitted to the generator's samples every step. The checkpoint holds the EMA
 generator (``generator.*``) and the student score (``student.*``, used by the test-time MCMC
 correction), with a card recording the command, steps, wall time, machine and date.
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .. import device as pick_device
+from ..runs.runner import run_steps
 from ..runs.checkpoint import (CheckpointError, exit_interrupted, machine, run_card)
 from ..distill import DistillConfig, method_name
 from ..langevin import LangevinConfig
@@ -151,40 +152,22 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
                     lam_star=args.lam_star, teacher=Path(args.teacher).name, data=teacher.card.get("data", "mnist"),
                     teacher_sha256=teacher.card.get("sha256"), machine=machine(dev))
     cfg.steps = args.horizon or args.steps       # the learning-rate horizon (Distiller reads cfg.steps)
-    budget = 60 * args.minutes
 
     def card(**extra):
         # the config as used: its "steps" is the horizon of the learning-rate decay
         return dict(base, config=cfg.to_dict(), horizon=cfg.steps, steps=d.step_count,
                     wall_time_s=round(time.perf_counter() - t0, 1), **extra)
 
+    def step(i, horizon):
+        cfg.steps = horizon
+        d.train(steps=1, progress=False)
+
     t0 = time.perf_counter()
     d.warmup()
-    n_run = args.steps if not budget else min(args.steps, cfg.steps)
-    last = time.perf_counter()
-    try:
-        if budget and args.horizon is None:
-            # time the first step (its learning rate does not depend on the horizon, so a run with
-            # --steps N --horizon H repeats this one step for step), then size the horizon to the budget
-            t1 = time.perf_counter()
-            d.train(steps=1, progress=False)
-            now = time.perf_counter()
-            cfg.steps = n_run = max(1, min(args.steps, int((budget - (now - t0)) / max(now - t1, 1e-9)) + 1))
-        while d.step_count < n_run:
-            d.train(steps=min(10, n_run - d.step_count), progress=False)
-            if not args.quiet:
-                print(f"step {d.step_count}/{n_run}  loss_g {d.history['loss_g'][-1]:.4g}  "
-                      f"loss_s {d.history['loss_s'][-1]:.4g}  {time.perf_counter() - t0:.0f}s", flush=True)
-            if budget and time.perf_counter() - t0 > budget:
-                break
-            if time.perf_counter() - last > args.save_every:
-                save_student(args.out, d, card(complete=False))
-                last = time.perf_counter()
-    except KeyboardInterrupt:
-        if d.step_count == 0:
-            raise
-        save_student(args.out, d, card(complete=False, interrupted=True))
-        exit_interrupted(args.out, d.step_count, cfg.steps)
+    _, cfg.steps = run_steps(step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0,
+                             save=lambda **kw: save_student(args.out, d, card(**kw)), save_every=args.save_every,
+                             out=args.out, desc=name, quiet=args.quiet,
+                             status=lambda: {"loss_g": d.history["loss_g"][-1], "loss_s": d.history["loss_s"][-1]})
     hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
     out = save_student(args.out, d, card(seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
                                          complete=True,

@@ -77,7 +77,7 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
     from ..images.models import load_student, load_teacher
     from ..images.models import generate
     from ..images.data import load_images
-    from ..images.unet import TeacherInitGenerator
+    from ..nets import TeacherInitGenerator
 
     paths = {**default_paths(), **(paths or {})}
     clf = load_classifier()
@@ -120,7 +120,7 @@ def evaluate_rows(n: int = 500, teacher_steps=(18, 4), correction_steps: int = 2
                                         checkpoint=key))
             progress(rows[-1])
     if lam_star is not None:
-        gen0 = TeacherInitGenerator(teacher.net, lam_star).eval()
+        gen0 = TeacherInitGenerator(teacher, lam_star).eval()
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             t0 = time.perf_counter()

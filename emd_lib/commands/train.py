@@ -17,7 +17,7 @@ def main(argv=None) -> int:
                     "(toy, mnist, imagenet64, imagenet128, sd15)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. steps=1000 langevin.K=4")
     args = ap.parse_args(argv)
-    from .adapters import AdapterError
+    from ..scale.adapters import AdapterError
 
     started = False
     cfg = tr = None
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         started = init_distributed()
         tr = Trainer(cfg)
-        tr.command = shlex.join(["python", "-m", "emd_lib.scale.train", *(sys.argv[1:] if argv is None else argv)])
+        tr.command = shlex.join(["python", "-m", "emd_lib", "train", *(sys.argv[1:] if argv is None else argv)])
         tr.run()
         if tr.rank == 0 and not tr.quiet:
             print(f"done: {tr.step} steps; checkpoint {tr.last_good}; log {tr.out / 'log.jsonl'}", file=sys.stderr)

@@ -30,6 +30,7 @@ import torch
 
 from .. import device as pick_device
 from .. import seed_all
+from ..runs.runner import run_steps
 from ..runs.checkpoint import checkpoint_path_problem, exit_interrupted, machine, run_card, save_checkpoint
 from ..images.data import load_images
 from ..distill import set_cosine_lr
@@ -129,13 +130,15 @@ def _train(args, argv) -> dict:
 
     horizon = args.horizon or args.steps          # steps of the learning-rate decay
 
-    def save(step, wall, losses, final, **extra):
-        card = dict(base, steps=step, horizon=horizon, wall_time_s=round(wall, 1), complete=final, **extra,
+    def save(step, wall, losses, complete, **extra):
+        card = dict(base, steps=step, horizon=horizon, wall_time_s=round(wall, 1), complete=complete, **extra,
                     metrics={"train_loss_last200": sum(losses[-200:]) / max(len(losses[-200:]), 1),
                              **heldout_loss(ema, x_ev, y_ev)})
         return save_checkpoint(args.out, ema.state_dict(), card)
 
-    def train_step(step):
+    def train_step(step, h):
+        nonlocal horizon
+        horizon = h                                                     # sized by the runner under --minutes
         idx = torch.randint(0, len(x_tr), (args.batch,), generator=g).to(dev)
         x, y = x_tr[idx], y_tr[idx].clone()
         drop = torch.rand(args.batch, generator=g).to(dev) < args.label_dropout
@@ -154,43 +157,13 @@ def _train(args, argv) -> dict:
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
 
-    t0 = last = time.perf_counter()
+    t0 = time.perf_counter()
     losses = []
-    budget = 60 * args.minutes
-    bar = None
-    try:
-        for step in range(args.steps):
-            if budget and step > 0 and time.perf_counter() - t0 >= budget:
-                break
-            train_step(step)
-            if step == 0 and budget and args.horizon is None:
-                # the first step's learning rate does not depend on the horizon, so a run with
-                # --steps N --horizon H repeats this one step for step
-                per_step = time.perf_counter() - t0
-                horizon = max(1, min(args.steps, int(budget / per_step)))
-            if bar is None and not args.quiet:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=min(args.steps, horizon if budget else args.steps), desc="teacher",
-                           mininterval=2.0, initial=1)
-            elif bar is not None:
-                bar.update()
-            if bar is not None and step % 50 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if budget and step + 1 >= horizon:
-                break
-            if time.perf_counter() - last > args.save_every:
-                save(step + 1, time.perf_counter() - t0, losses, False)
-                last = time.perf_counter()
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        if not losses:
-            raise
-        save(len(losses), time.perf_counter() - t0, losses, False, interrupted=True)
-        exit_interrupted(args.out, len(losses), horizon)
-    if bar is not None:
-        bar.close()
-    card = save(len(losses), time.perf_counter() - t0, losses, True)
+    _, horizon = run_steps(train_step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0,
+                           save=lambda **kw: save(len(losses), time.perf_counter() - t0, losses, **kw),
+                           save_every=args.save_every, out=args.out, desc="teacher", quiet=args.quiet,
+                           status=lambda: {"loss": sum(losses[-50:]) / len(losses[-50:])})
+    card = save(len(losses), time.perf_counter() - t0, losses, complete=True)
     if not args.quiet:
         print(f"saved {args.out}.safetensors ({n_params} parameters, {len(losses)} steps of a {horizon}-step "
               f"horizon, {card['wall_time_s']:.0f} s): {card['metrics']}")

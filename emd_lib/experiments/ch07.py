@@ -102,7 +102,7 @@ def reference_rows(real01, train01, classifier, teacher_n: int, teacher_steps: i
     from ..images.data import to_unit
     from ..images.models import load_teacher
     from ..images.models import generate
-    from ..images.unet import TeacherInitGenerator
+    from ..nets import TeacherInitGenerator
 
     rows = [metrics_row(train01, real01, classifier, model="real training digits", n=len(train01))]
     teacher = load_teacher()
@@ -111,7 +111,7 @@ def reference_rows(real01, train01, classifier, teacher_n: int, teacher_steps: i
         x, nfe = generate(teacher, teacher_n, cls=teacher.num_classes, steps=teacher_steps, seed=seed)
         rows.append(metrics_row(x, real01, classifier, model=f"teacher, no class, Heun ODE {teacher_steps} steps",
                                 nfe=nfe, n=teacher_n, eval_seconds=round(time.perf_counter() - t0, 1)))
-    gen0 = TeacherInitGenerator(teacher.net, lam_star).eval().requires_grad_(False)
+    gen0 = TeacherInitGenerator(teacher, lam_star).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         x = to_unit(torch.cat([gen0(torch.randn(250, *teacher.shape, generator=g)) for _ in range(2)]))

@@ -15,7 +15,8 @@ from ..distill import DistillConfig, Distiller
 from ..runs.checkpoint import CheckpointError, load_checkpoint, load_state_into, read_card, save_checkpoint
 from ..schedules import get_schedule
 from ..teachers import NetworkTeacher
-from .unet import TeacherInitGenerator, unet_from_card
+from ..nets import TeacherInitGenerator
+from .unet import unet_from_card
 
 __all__ = ["TEACHER_PATH", "SHAPES", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student",
            "generate"]
@@ -69,7 +70,7 @@ def make_distiller(teacher: NetworkTeacher, cfg: DistillConfig, device="cpu", un
     if unconditional and (why := unconditional_problem(teacher)):
         raise ValueError(why)
     net = teacher.net
-    gen = TeacherInitGenerator(net, cfg.lam_star).to(device).train()
+    gen = TeacherInitGenerator(teacher, cfg.lam_star).to(device).train()
     student = NetworkTeacher(copy.deepcopy(net).requires_grad_(True).train(), teacher.schedule, predicts=teacher.predicts)
     return Distiller(teacher, cfg, generator=gen, student=student, device=torch.device(device),
                      shape=getattr(teacher, "shape", None) or SHAPES[getattr(teacher, "card", {}).get("data", "mnist")],
@@ -94,10 +95,12 @@ def load_student(path, device="cpu"):
         net = unet_from_card(card)
         net.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
         nets[part] = net.to(device).eval().requires_grad_(False)
-    gen = TeacherInitGenerator(nets["generator"], card["lam_star"], copy_weights=False).eval().requires_grad_(False)
+    schedule, predicts = get_schedule(card.get("schedule", "vp")), card.get("predicts", "x0")
+    gen = TeacherInitGenerator(NetworkTeacher(nets["generator"], schedule, predicts=predicts), card["lam_star"],
+                               copy_weights=False).eval().requires_grad_(False)
     gen.shape = tuple(card.get("shape", SHAPES[card.get("data", "mnist")]))      # one sample's shape
     gen.unconditional = bool(card.get("unconditional", False))
-    student = NetworkTeacher(nets["student"], get_schedule(card.get("schedule", "vp")), predicts=card.get("predicts", "x0"))
+    student = NetworkTeacher(nets["student"], schedule, predicts=predicts)
     return gen, student.requires_grad_(False), card
 
 

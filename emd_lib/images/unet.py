@@ -16,12 +16,11 @@ Wrapped as ``NetworkTeacher(unet, VP, predicts="x0")`` it has the teacher interf
 class label ``c`` is an integer in ``0..n_classes-1``, or ``n_classes`` for "no class"
 (trained with label dropout, so the model is also unconditional).
 
-:class:`TeacherInitGenerator` is the one-step generator of the image chapter: a copy of the
-teacher's weights read at the fixed ``lam*``, ``g(z, c) = D(z_in(z), lam*, c)``.
+The image chapter's one-step generator is :class:`emd_lib.nets.TeacherInitGenerator` around a copy
+of this teacher.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -32,7 +31,7 @@ from torch.nn import functional as F
 from ..nets import LamEmbedding
 from ..schedules import VP, Schedule
 
-__all__ = ["UNet", "TeacherInitGenerator", "unet_from_card"]
+__all__ = ["UNet", "unet_from_card"]
 
 
 def _groups(ch: int) -> int:
@@ -165,17 +164,3 @@ def unet_from_card(card: dict) -> UNet:
     return UNet(**card["arch"])
 
 
-class TeacherInitGenerator(nn.Module):
-    """One-step generator ``g(z, c) = D(z_in(z), lam*, c)`` with its own (trainable) copy of the
-    teacher's weights. VP: ``z_in = z`` (unit variance, like ``x_t`` there)."""
-
-    def __init__(self, net: UNet, lam_star: float = -6.0, copy_weights: bool = True):
-        super().__init__()
-        self.net = copy.deepcopy(net) if copy_weights else net
-        self.net.requires_grad_(True)
-        self.lam_star = float(lam_star)
-        self.n_classes = net.n_classes
-
-    def forward(self, z, cond=None):  # (B, C, H, W) -> (B, C, H, W)
-        lam = torch.full((z.shape[0],), self.lam_star, dtype=z.dtype, device=z.device)
-        return self.net(self.net.schedule.z_in_scale(self.lam_star) * z, lam, cond)

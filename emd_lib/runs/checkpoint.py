@@ -313,6 +313,11 @@ def machine(dev=None) -> str:
 def run_card(argv=None, module: str | None = None, **extra) -> dict:
     """The common part of every card: the exact command (``python -m module args``) and the date (UTC)."""
     argv = sys.argv[1:] if argv is None else argv
+    if module:                       # as the user types it: python -m emd_lib COMMAND
+        if module.startswith("emd_lib.commands."):
+            module = "emd_lib " + module.rsplit(".", 1)[1]
+        elif module.startswith("emd_lib.experiments."):
+            module = "emd_lib experiment " + module.rsplit(".", 1)[1]
     cmd = f"python -m {module} " if module else "python " + (sys.argv[0] + " " if sys.argv else "")
     return {"command": (cmd + shlex.join(argv)).strip(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **extra}

@@ -59,9 +59,9 @@ def _peak_mb(dev):
 
 
 def _compile(tr, mode):
-    from .train import _networks
+    from .train import networks
 
-    for net in _networks(tr.prob):
+    for net in networks(tr.prob):
         net.compile(mode=mode)
 
 
@@ -153,7 +153,7 @@ def _pass_fns(tr):
     from ..langevin import call_generator, frozen_params
 
     G = tr.prob.generator
-    z, _, _, cond = tr._draw()
+    z, _, _, cond = tr.draw_batch()
 
     def forward():
         with torch.no_grad():
@@ -174,7 +174,7 @@ def _pass_fns(tr):
 def pass_flops(tr) -> dict:
     """FLOPs of one pass of each kind (count them before compiling: the counter runs eagerly)."""
     out = {}
-    with tr._autocast():
+    with tr.autocast():
         for name, fn in _pass_fns(tr).items():
             with FlopCount() as fc:
                 fn()
@@ -188,7 +188,7 @@ def passes(tr, steps: int = 5, warmup: int = 2, flops: dict | None = None) -> di
     step's batch; ``flops`` from :func:`pass_flops` (counted now when not given)."""
     flops = flops or pass_flops(tr)
     out = {}
-    with tr._autocast():
+    with tr.autocast():
         for name, fn in _pass_fns(tr).items():
             sec = _timed(fn, tr.device, steps, warmup)
             out[name] = {"sec": sec, "tflop": flops[name] / 1e12, "tflops": flops[name] / sec / 1e12}
@@ -345,7 +345,7 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     n = batch
     cond = _cond(tr, n)
     g = torch.Generator(device=dev).manual_seed(0)
-    with torch.no_grad(), tr._autocast():
+    with torch.no_grad(), tr.autocast():
         tr.sample(n, cond, generator=g)
         _sync(dev)
         t0 = time.perf_counter()

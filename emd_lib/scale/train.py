@@ -31,15 +31,11 @@ what a long run on real networks needs:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 import json
-import math
 import os
 import signal
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,221 +44,14 @@ from torch import nn
 
 from .. import ROOT, randn
 from ..runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..distill import (DistillConfig, di_generator_loss, emd_generator_loss, set_cosine_lr, student_loss,
-                      unwrap_parallel)
+from ..distill import Distiller, unwrap_parallel
 from ..langevin import call_generator
-from ..langevin import LangevinConfig  # noqa: F401  (TrainConfig inherits annotations that name it)
-from ..nets import ema_update
 from ..schedules import sample_lam
+from .config import (CONFIG_DIR, DEFAULT_PROMPTS, RESUMABLE_CHANGES, ConfigError, TeacherConfig, TrainConfig,  # noqa: F401
+                     TrainingFault, config_dict, load_config, resolve_config_path)
 
 __all__ = ["TeacherConfig", "TrainConfig", "ConfigError", "TrainingFault", "load_config", "build_problem",
            "Trainer", "CONFIG_DIR"]
-
-#: The shipped configs (package data).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_PROMPTS = ["a photograph of an astronaut riding a horse", "a red bicycle leaning against a wall",
-                   "a bowl of fruit on a wooden table", "a lighthouse on a cliff at sunset",
-                   "a cat sleeping on a windowsill", "a city street in the rain at night",
-                   "a watercolor painting of a fox", "a mountain lake with pine trees"]
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message names the key and the fix."""
-
-
-class TrainingFault(RuntimeError):
-    """The run stopped because of a non-finite loss or gradient."""
-
-
-# ============================================================================================
-# configuration
-# ============================================================================================
-
-@dataclass
-class TeacherConfig:
-    """Which teacher to distil.
-
-    kind: ``mixture`` (``path``: a name in :mod:`emd_lib.mixtures` or a mixture JSON),
-        ``checkpoint`` (an emd_lib teacher checkpoint, e.g. chapter 7's MNIST teacher),
-        ``edm`` (an NVlabs EDM pickle; needs ``trust_pickle`` and ``code_root``, a clone of
-        NVlabs/edm), ``adm`` (guided-diffusion's ADM ``.pt``; ``code_root``: a clone of
-        openai/guided-diffusion), ``sd`` (Stable Diffusion: a diffusers folder or hub id),
-        ``random`` (random weights of architecture ``arch``: tiny-edm, adm64, tiny-adm, adm128,
-        tiny-sd, sd15; for tests and the benchmark). For ``adm``, ``arch`` picks guided-diffusion's
-        flags, and with them the noise schedule: ``adm128`` (the default, linear) or ``adm64`` (cosine).
-    """
-
-    kind: str = "mixture"
-    path: str = "ring8"
-    arch: str = ""
-    trust_pickle: bool = False
-    code_root: str = ""
-    guidance_scale: float = 1.0
-    prompts: str = ""
-    num_classes: int = 0
-    resolution: int = 0
-
-    def __post_init__(self):
-        kinds = ("mixture", "checkpoint", "edm", "adm", "sd", "random")
-        if self.kind not in kinds:
-            raise ValueError(f"teacher.kind must be one of {', '.join(kinds)}, got {self.kind!r}")
-        archs = ("tiny-edm", "adm64", "tiny-adm", "adm128", "tiny-sd", "sd15")
-        if self.kind == "random" and self.arch not in archs:
-            raise ValueError(f"teacher.arch must be one of {', '.join(archs)} for teacher.kind=random, got {self.arch!r}")
-        if self.kind == "adm" and self.arch not in ("", "adm64", "adm128"):
-            raise ValueError(f"teacher.arch names the ADM checkpoint's flags for teacher.kind=adm: adm128 "
-                             f"(128x128_diffusion.pt, the default) or adm64 (64x64_diffusion.pt), got {self.arch!r}")
-        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1):
-            raise ValueError(f"teacher.guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}")
-
-
-@dataclass
-class TrainConfig(DistillConfig):
-    """Every setting of a run: those of :class:`~emd_lib.distill.DistillConfig`, the teacher, and the
-    run's bookkeeping. ``batch`` is the global batch (split across processes)."""
-
-    name: str = "run"
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    out: str = ""                       # default: runs/NAME
-    ckpt_every: int = 500
-    keep: int = 2                       # newest complete checkpoints kept
-    log_every: int = 10
-    precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 on the CPU
-    compile: bool = False
-    channels_last: bool = False         # image networks in NHWC memory (cuDNN's fast convolution layout)
-    progress: bool = True
-    resume: bool = True
-    device: str = ""                    # default: emd_lib.device()
-    tensorboard: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.teacher, dict):
-            self.teacher = TeacherConfig(**self.teacher)
-        super().__post_init__()
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("ckpt_every", "keep", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def out_dir(self) -> Path:
-        p = Path(self.out or f"runs/{self.name}")
-        return p if p.is_absolute() else Path.cwd() / p
-
-
-# settings that may change between a run and its resumption (the device within its type: the random
-# stream is tied to it; a changed ``steps`` stretches the cosine learning-rate schedule from that step on)
-RESUMABLE_CHANGES = {"steps", "out", "ckpt_every", "keep", "log_every", "progress", "resume", "device",
-                     "tensorboard", "compile", "channels_last"}
-
-
-def _fields(cls):
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _coerce(key, value, typ):
-    """Check (and gently convert) a YAML value against a field's type; raise ConfigError naming the key."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
-        typ = next(a for a in args if a is not type(None))
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"bad value for {key!r}: {value!r}; write true or false")
-    if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"bad value for {key!r}: {value!r}; it must be a whole number")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)          # YAML 1.1 reads 1e-3 as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"bad value for {key!r}: {value!r}; it must be a number")
-    if typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"bad value for {key!r}: {value!r}; it must be a string")
-    if typ is tuple or origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-            return tuple(float(v) for v in value)
-        raise ConfigError(f"bad value for {key!r}: {value!r}; it must be a list of numbers like [0.0, 0.999]")
-    return value
-
-
-def _build(cls, data: dict, prefix: str = ""):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of key: value, got {data!r}")
-    fields = _fields(cls)
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for key, value in data.items():
-        full = prefix + str(key)
-        if key not in fields:
-            known = sorted(prefix + k for k in fields)
-            close = difflib.get_close_matches(full, known, n=2)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            raise ConfigError(f"unknown key {full!r}; {hint}known keys: {', '.join(known)}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kw[key] = _build(typ, value, full + ".")
-        else:
-            kw[key] = _coerce(full, value, typ)
-    try:
-        return cls(**kw)
-    except ValueError as e:
-        raise ConfigError(f"bad value: {e}") from None
-
-
-def resolve_config_path(name) -> Path:
-    p = Path(name)
-    for cand in (p, CONFIG_DIR / p, CONFIG_DIR / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"no config {name!r}; give a YAML file or one of: {', '.join(known)}")
-
-
-def load_config(name, overrides=()) -> TrainConfig:
-    """Read a YAML config (a path or a name in ``emd_lib/configs/``) and apply ``key=value`` overrides."""
-    import yaml
-
-    path = resolve_config_path(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of key: value")
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r} is not key=value (e.g. steps=1000 or langevin.K=4)")
-        key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                raise ConfigError(f"{p!r} is not a section, so {key!r} cannot be set")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return _build(TrainConfig, data)
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
 # ============================================================================================
@@ -379,7 +168,7 @@ def _checkpoint_teacher(tc: TeacherConfig):
 def build_problem(cfg: TrainConfig, device) -> Problem:
     """Teacher, generator and student score of a config, on ``device``."""
     from . import adapters as A
-    from ..nets import MLPGenerator, MLPScore, init_generator_from_teacher
+    from ..nets import MLPGenerator, MLPScore, TeacherInitGenerator, init_generator_from_teacher
     from ..teachers import NetworkTeacher
 
     teacher, cond = load_teacher(cfg.teacher, seed=cfg.seed)
@@ -402,7 +191,7 @@ def build_problem(cfg: TrainConfig, device) -> Problem:
         # the paper's initialisation: generator and student score start as copies of the teacher's
         # network; text-to-image: classifier-free guidance on the teacher only
         kw = {"guidance_scale": 1.0} if cond == "text" else {}
-        gen = A.TeacherGenerator(teacher, cfg.lam_star, **kw)
+        gen = TeacherInitGenerator(A.network_copy(teacher, **kw), cfg.lam_star, copy_weights=False)
         student = A.network_copy(teacher, **kw)
         prob = Problem(teacher, gen, student, tuple(teacher.shape), cond, int(getattr(teacher, "num_classes", 0) or 0))
         if cond == "text":
@@ -456,7 +245,7 @@ def _sub(tensors, prefix):
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def _networks(p) -> list[nn.Module]:
+def networks(p) -> list[nn.Module]:
     """The teacher's, generator's and student's networks (what compiling and memory layout apply to)."""
     nets = []
     for m in (p.teacher, p.generator, p.student):
@@ -470,10 +259,15 @@ def _networks(p) -> list[nn.Module]:
 # the trainer
 # ============================================================================================
 
-class Trainer:
-    """A distillation run: ``Trainer(cfg).run()``. ``run(until=N)`` stops after step N with a checkpoint."""
+class Trainer(Distiller):
+    """A distillation run: ``Trainer(cfg).run()``. ``run(until=N)`` stops after step N with a checkpoint.
 
-    def __init__(self, cfg: TrainConfig, device=None, quiet: bool = False):
+    The step is :class:`~emd_lib.distill.Distiller`'s (``student_step``, ``generator_step``); this class
+    builds the problem from a config and overrides the step's hooks (drawing on the device, bf16,
+    DistributedDataParallel, averaged losses, its own fault), and adds what a long run needs:
+    checkpoints, exact resume, signals, logs."""
+
+    def __init__(self, cfg: TrainConfig, device=None, quiet: bool = False):      # noqa: D107 (its own build)
         from .. import device as default_device
 
         self.cfg = cfg
@@ -494,8 +288,9 @@ class Trainer:
         self.prob = build_problem(cfg, self.device)
         p = self.prob
         if cfg.channels_last:
-            for net in _networks(p):
+            for net in networks(p):
                 net.to(memory_format=torch.channels_last)
+        self.teacher, self.generator, self.student, self.shape = p.teacher, p.generator, p.student, p.shape
         self.ema = _copy_frozen(p.generator) if cfg.ema > 0 else p.generator
         self.opt_g = torch.optim.Adam(p.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_s = torch.optim.Adam(p.student.net.parameters(), lr=cfg.lr_s, betas=cfg.betas)
@@ -507,7 +302,7 @@ class Trainer:
         self.history: list[dict] = []
         self._stop = 0
         if cfg.compile:
-            for net in _networks(p):
+            for net in networks(p):
                 net.compile()
         # several processes: DistributedDataParallel around what trains. The networks' buffers are
         # constants (frequencies, schedule tables), equal on every process: no broadcast before each
@@ -533,7 +328,20 @@ class Trainer:
         self.G = p.generator
         p.student.net = unwrap_parallel(p.student.net)
 
-    # ---- randomness: the global batch on every process, this process's rows kept --------------
+    # ---- the hooks of Distiller's step: the global batch on every process, this process's rows kept,
+    # bf16 autocast, the DistributedDataParallel wrapper, losses averaged over processes ---------------
+    @property
+    def step_count(self) -> int:                 # what Distiller's step reads (the learning-rate schedule)
+        return self.step
+
+    @property
+    def train_net(self) -> nn.Module:
+        return self.G
+
+    @property
+    def langevin_rng(self):
+        return self._noise
+
     def _rows(self, t):
         if self.world == 1:
             return t
@@ -544,7 +352,7 @@ class Trainer:
         shape = (like.shape[0] * self.world, *like.shape[1:])
         return self._rows(torch.randn(shape, generator=self.rng, device=self.device, dtype=like.dtype))
 
-    def _draw(self):
+    def draw_batch(self):
         cfg, B = self.cfg, self.cfg.batch
         z = self._rows(torch.randn((B, *self.prob.shape), generator=self.rng, device=self.device))
         eps = self._rows(torch.randn((B, *self.prob.shape), generator=self.rng, device=self.device))
@@ -556,58 +364,19 @@ class Trainer:
             cond = self.prob.make_cond(idx, self.device)
         return z, eps, lam, cond
 
-    def _autocast(self):
+    def autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _mean(self, v: float) -> float:
+    def reduce_mean(self, v: float) -> float:
         if not self.dist:
             return v
         self._loss_sum.fill_(v)
         torch.distributed.all_reduce(self._loss_sum)
         return float(self._loss_sum) / self.world
 
-    # ---- one update of each network ---------------------------------------------------------------
-    def student_step(self) -> float:
-        p = self.prob
-        z, eps, lam, cond = self._draw()
-        with self._autocast():
-            loss = student_loss(p.student, self.G, p.teacher.schedule, z, eps, lam, cond)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        val = self._mean(loss.item())
-        gnorm = _grad_norm(p.student.net.parameters())
-        if not (math.isfinite(val) and math.isfinite(gnorm)):
-            self._fault(f"non-finite student-score {'loss' if not math.isfinite(val) else 'gradient'} "
-                        f"(loss {val}, gradient norm {gnorm})")
-        self.opt_s.step()
-        return val
-
-    def generator_step(self):
-        cfg, p = self.cfg, self.prob
-        z, eps, lam, cond = self._draw()
-        with self._autocast():
-            if cfg.method == "di":
-                loss, diag = di_generator_loss(self.G, p.teacher, p.student, z, eps, lam, cfg.weighting,
-                                               cond=cond)
-            else:
-                loss, diag = emd_generator_loss(self.G, p.teacher, p.student, z, eps, lam, cfg.langevin,
-                                                cfg.weighting, cond=cond, rng=self._noise)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(p.generator.parameters(), cfg.grad_clip).item()
-        val = self._mean(loss.item())
-        if not (math.isfinite(val) and math.isfinite(gnorm)):
-            self._fault(f"non-finite generator {'loss' if not math.isfinite(val) else 'gradient'} "
-                        f"(loss {val}, gradient norm {gnorm})")
-        set_cosine_lr(self.opt_g, cfg.lr_g, cfg.lr_decay, self.step / max(cfg.steps, 1))
-        self.opt_g.step()
-        if cfg.ema > 0:
-            ema_update(self.ema, p.generator, cfg.ema)
-        return val, gnorm, diag
-
-    def _fault(self, what):
+    def fault(self, what):
         where = f"the last good checkpoint is {self.last_good}" if self.last_good else \
             "no checkpoint was written yet"
         raise TrainingFault(f"training stopped at step {self.step + 1}: {what}; the weights were not updated and "
@@ -748,8 +517,7 @@ class Trainer:
         try:
             t_last = time.perf_counter()
             while self.step < end:
-                ls = sum(self.student_step() for _ in range(cfg.student_updates)) / max(cfg.student_updates, 1)
-                lg, gn, diag = self.generator_step()
+                ls, lg, gn, diag = self.train_step()
                 self.step += 1
                 now = time.perf_counter()
                 rec = {"step": self.step, "loss_g": lg, "loss_s": ls, "grad_norm": gn,
@@ -794,12 +562,6 @@ class Trainer:
         """``n`` one-step samples of the (EMA) generator; ``cond``: class labels or text embeddings."""
         z = randn((n, *self.prob.shape), generator, self.device)
         return call_generator(self.ema if ema else self.prob.generator, z, cond)
-
-
-def _grad_norm(params) -> float:
-    """The total 2-norm of the parameters' gradients (``inf`` or ``nan`` when any entry is not finite)."""
-    norms = [q.grad.detach().float().norm() for q in params if q.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 def describe_failure(e: BaseException, tr, out) -> str:

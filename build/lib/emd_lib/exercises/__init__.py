@@ -1,0 +1,168 @@
+"""Checks for the chapters' exercises.
+
+In a chapter::
+
+    from emd_lib.exercises import check
+    def my_score(x_t, lam, weights, means, stds):   # the signature exercise 1.2 asks for
+        ### BEGIN SOLUTION
+        ...
+        ### END SOLUTION
+    check("1.2", my_score)
+
+``check`` returns ``True`` and prints a line when the answer is right, and raises
+:class:`ExerciseFailed` (an ``AssertionError``) with a hint when it is not, or when the
+solution is still the student edition's stub.
+
+Each chapter's checks live in ``emd_lib/exercises/chNN.py`` and are registered with
+:func:`register`, together with wrong answers the tests use to prove the check can fail and
+the exercise's weight in a grade (``weight=``, default 1).
+
+:func:`judge` is the verdict without the printed line: the grader (:mod:`emd_lib.book.grading`)
+calls it in its own process on the answers a submission's cell sent back
+(:mod:`emd_lib.exercises.record`).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["check", "judge", "register", "ExerciseFailed", "registry", "expect_close", "grade_id"]
+
+
+class ExerciseFailed(AssertionError):
+    """The answer to an exercise is not right yet; the message says what to look at."""
+
+
+@dataclass
+class Exercise:
+    id: str
+    fn: Callable              # fn(answer) -> None; raises ExerciseFailed with a hint
+    title: str = ""
+    wrong: list = field(default_factory=list)   # answers that must fail (used by the tests)
+    weight: float = 1                           # points in a grade
+
+    @property
+    def grade_id(self) -> str:
+        """The exercise's nbgrader grade id (see :func:`grade_id`)."""
+        return grade_id(self.id)
+
+
+def grade_id(ex_id: str) -> str:
+    """The nbgrader grade id of exercise ``ex_id``'s autograded cell: ``"1.2"`` -> ``"exercise_1_2"``
+    (its answer cell is ``grade_id(ex_id) + "_answer"``)."""
+    return "exercise_" + str(ex_id).replace(".", "_")
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def expect_close(name: str, got, want, tol: float = 1e-5, relative: bool = True) -> None:
+    """Raise :class:`ExerciseFailed` unless ``got`` has ``want``'s shape and matches it to ``tol``
+    (relative to ``max(|want|, 1)`` when ``relative``, else absolute), naming ``name``."""
+    import torch
+
+    got = torch.as_tensor(got, dtype=torch.float64)
+    want = torch.as_tensor(want, dtype=torch.float64)
+    if got.shape != want.shape:
+        raise ExerciseFailed(f"{name} should have shape {tuple(want.shape)}, got {tuple(got.shape)}")
+    err = float((got - want).abs().max())
+    bound = tol * max(float(want.abs().max()), 1.0) if relative else tol
+    if not err <= bound:
+        raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
+
+
+def register(id: str, title: str = "", wrong: list | None = None, weight: float = 1):
+    """Decorator: register ``fn(answer)`` as the check of exercise ``id``, worth ``weight`` points."""
+    if not weight > 0:
+        raise ValueError(f"exercise {id}: weight must be positive, got {weight!r}")
+
+    def deco(fn):
+        _REGISTRY[id] = Exercise(id, fn, title, list(wrong or []), weight)
+        return fn
+    return deco
+
+
+def registry() -> dict[str, Exercise]:
+    """All registered exercises (imports every ``chNN`` module)."""
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name.startswith("ch"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    return dict(_REGISTRY)
+
+
+STUB_MESSAGE = "write your solution here"   # the student edition's stub raises NotImplementedError(STUB_MESSAGE)
+
+
+class _ReturnedNone(Exception):
+    """Raised by :func:`_refuse_none` when the student's function returns ``None``."""
+
+
+def _refuse_none(answer):
+    """``answer`` wrapped so that a ``None`` return stops the check with a clear message
+    (a function that computes its result but forgets ``return``)."""
+    import functools
+    import inspect
+
+    if not (inspect.isfunction(answer) or inspect.ismethod(answer)):
+        return answer
+
+    @functools.wraps(answer)
+    def wrapped(*args, **kwargs):
+        out = answer(*args, **kwargs)
+        if out is None:
+            raise _ReturnedNone(getattr(answer, "__name__", "your function"))
+        return out
+
+    return wrapped
+
+
+def _is_stub(e: NotImplementedError) -> bool:
+    """The student edition's stub, not a ``NotImplementedError`` raised by the student's own code."""
+    return str(e) == STUB_MESSAGE
+
+
+def judge(id: str, answer) -> None:
+    """Return when ``answer`` to exercise ``id`` is right, else raise :class:`ExerciseFailed` with the hint.
+
+    When the student's code raises, the :class:`ExerciseFailed` keeps that exception as its
+    cause, so the traceback still shows the student's own line."""
+    ex = registry().get(id)
+    if ex is None:
+        raise KeyError(f"no exercise {id!r}; known: {sorted(registry())}")
+    try:
+        ex.fn(_refuse_none(answer))
+    except _ReturnedNone as e:
+        raise ExerciseFailed(f"Exercise {id}: your function {e} returned None: did you forget `return`?") from None
+    except NotImplementedError as e:
+        if not _is_stub(e):
+            raise ExerciseFailed(f"Exercise {id}: your answer raised NotImplementedError: {e}") from e
+        raise ExerciseFailed(f"Exercise {id}: not answered yet; replace the `raise NotImplementedError` "
+                             "with your solution") from None
+    except ExerciseFailed as e:
+        raise ExerciseFailed(f"Exercise {id}: {e}") from None
+    except Exception as e:  # the student's code crashed inside the check: keep its traceback
+        raise ExerciseFailed(f"Exercise {id}: your answer raised {type(e).__name__}: {e}") from e
+
+
+def check(id: str, answer) -> bool:
+    """Check ``answer`` to exercise ``id``; prints a confirmation or raises :class:`ExerciseFailed`
+    (the call an exercise cell ends with; see :func:`judge`)."""
+    judge(id, answer)
+    print(f"Exercise {id}: correct.")
+    return True
+
+
+def check_modules() -> list[str]:
+    """Every ``emd_lib`` module the checks import, so a grader can import them all before it runs
+    any student code (a check imports some of them only when it first runs)."""
+    import re
+    from pathlib import Path
+
+    names = set()
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name.startswith("ch"):
+            text = (Path(__file__).parent / f"{mod.name}.py").read_text()
+            names |= {f"emd_lib.{m}" for m in re.findall(r"^\s*from \.\.([\w.]+) import", text, re.M)}
+    return sorted(names)

@@ -1,0 +1,113 @@
+"""Checks for chapter 7 (real images)."""
+from __future__ import annotations
+
+import torch
+
+from . import ExerciseFailed, expect_close, register
+
+
+# ---- 7.1 the teacher's training loss ------------------------------------------------------------------
+
+def _loss_unweighted(denoise, x, cond, lam, eps):           # plain x0 regression: no 1 / c_out
+    alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    x_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * eps
+    return ((denoise(x_t, lam, cond) - x) ** 2).mean()
+
+
+def _loss_swapped(denoise, x, cond, lam, eps):              # alpha and sigma swapped in x_t
+    alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    x_t = sigma[:, None, None, None] * x + alpha[:, None, None, None] * eps
+    s = torch.exp(-0.5 * lam)[:, None, None, None]
+    c_out = s / (s**2 + 1).sqrt()
+    return (((denoise(x_t, lam, cond) - x) / c_out) ** 2).mean()
+
+
+@register("7.1", title="the teacher's preconditioned denoising loss", wrong=[_loss_unweighted, _loss_swapped])
+def _check_7_1(loss_fn):
+    from ..images.unet import UNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(71)
+        net = UNet(channels=(8, 16), emb_dim=16, n_freq=4, attention=False, sigma_data=1.0)
+        with torch.no_grad():
+            for p in net.parameters():                     # weights for the zero-initialised layers too
+                if not p.any():
+                    p.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(710)
+    x = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(6, 1, 8, 8, generator=g)
+    lam = torch.tensor([-6.0, -2.0, 0.0, 1.0, 3.0, 6.0])
+    cond = torch.arange(6)
+    with torch.no_grad():
+        got = loss_fn(net, x.clone(), cond, lam.clone(), eps.clone())
+        want = net.loss(x, cond, lam, eps)
+    try:
+        expect_close("the loss", torch.as_tensor(got).reshape(()), want, 1e-4)
+    except ExerciseFailed as e:
+        raise ExerciseFailed(f"{e}. Noise the data as x_t = alpha x + sigma eps (VP: alpha^2 = sigmoid(lam)), then "
+                             "average ((D(x_t, lam, c) - x) / c_out)^2 over every pixel, with c_out = s sd / "
+                             "sqrt(s^2 + sd^2), s = exp(-lam / 2), sd = 1") from None
+
+
+# ---- 7.2 class coverage --------------------------------------------------------------------------------
+
+def _coverage_any(pred, n_classes, cover_frac):            # counts every class that got a single sample
+    return int((torch.bincount(pred, minlength=n_classes) > 0).sum())
+
+
+def _coverage_no_share(pred, n_classes, cover_frac):       # compares the share with cover_frac itself
+    share = torch.bincount(pred, minlength=n_classes).double() / len(pred)
+    return int((share >= cover_frac).sum())
+
+
+def _coverage_strict(pred, n_classes, cover_frac):         # a share exactly at the threshold is not counted
+    share = torch.bincount(pred, minlength=n_classes).double() / len(pred)
+    return int((share > cover_frac / n_classes).sum())
+
+
+@register("7.2", title="classes covered", wrong=[_coverage_any, _coverage_no_share, _coverage_strict])
+def _check_7_2(coverage):
+    g = torch.Generator().manual_seed(72)
+    cases = [(torch.arange(100) % 10, 0.2),                                       # all ten, evenly
+             (torch.cat([torch.zeros(91, dtype=torch.long), torch.arange(1, 10)]), 0.2),   # one sample each for 1..9
+             (torch.randint(0, 4, (200,), generator=g), 0.2),                    # four classes
+             (torch.cat([torch.randint(0, 10, (300,), generator=g), torch.zeros(700, dtype=torch.long)]), 0.2),
+             # exactly on the threshold: 10 of 200 samples is a share of 0.05 = 0.5 / 10 (exact in floating point)
+             (torch.cat([torch.full((10,), 0), torch.full((9,), 1), torch.full((11,), 2), torch.full((170,), 3)]), 0.5)]
+    for pred, frac in cases:
+        share = torch.bincount(pred, minlength=10).double() / len(pred)
+        want = int((share >= frac / 10).sum())
+        got = coverage(pred.clone(), 10, frac)
+        if int(got) != want:
+            raise ExerciseFailed(f"for predicted shares {[round(v, 3) for v in share.tolist()]} and cover_frac = "
+                                 f"{frac} you count {got} classes, expected {want}. A class is covered when its share "
+                                 "of the samples is at least cover_frac times an even share, cover_frac / n_classes")
+
+
+# ---- 7.3 k-NN precision --------------------------------------------------------------------------------
+
+def _precision_fake_radii(real, fake, k):                  # balls around the fake points: that is recall's manifold
+    r = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values
+    return float((torch.cdist(real, fake) <= r[None]).any(1).float().mean())
+
+
+def _precision_self_neighbour(real, fake, k):              # forgets that the nearest neighbour of a point is itself
+    r = torch.cdist(real, real).kthvalue(k, dim=1).values
+    return float((torch.cdist(fake, real) <= r[None]).any(1).float().mean())
+
+
+@register("7.3", title="k-NN precision in feature space", wrong=[_precision_fake_radii, _precision_self_neighbour])
+def _check_7_3(precision):
+    from ..metrics import knn_precision_recall
+
+    g = torch.Generator().manual_seed(73)
+    real = torch.randn(200, 5, generator=g)
+    for shift, spread in ((0.0, 1.0), (1.0, 0.5), (0.5, 2.0)):
+        fake = shift + spread * torch.randn(150, 5, generator=g)
+        want, _ = knn_precision_recall(real, fake, k=3)
+        got = precision(real.clone(), fake.clone(), 3)
+        if not abs(float(got) - want) <= 1e-6:   # also false for NaN
+            raise ExerciseFailed(f"precision for fakes shifted by {shift} with spread {spread} is {float(got):.4f}, "
+                                 f"expected {want:.4f}. The manifold is the union of balls around the REAL points, "
+                                 "each with radius the distance to its k-th nearest real neighbour (not counting "
+                                 "itself); precision is the fraction of fakes inside it")

@@ -1,0 +1,118 @@
+"""Checks for chapter 8 (scaling up)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import ExerciseFailed, expect_close, register
+
+
+# ---- 8.1 an EDM network behind the teacher interface -------------------------------------------------
+
+class _TinyEDM(nn.Module):
+    """EDM's call signature D(x, sigma, class_labels (B, label_dim)) on a small conv net."""
+
+    def __init__(self, label_dim=4):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = 8, 3, label_dim
+        self.conv = nn.Conv2d(4, 3, 3, padding=1)
+        self.label = nn.Linear(label_dim, 3)
+
+    def forward(self, x, sigma, class_labels=None):
+        sigma = sigma.reshape(-1, 1, 1, 1)
+        c_in, c_skip = 1 / (sigma**2 + 0.25).sqrt(), 0.25 / (sigma**2 + 0.25)
+        c_out = sigma * 0.5 / (sigma**2 + 0.25).sqrt()
+        h = torch.cat([c_in * x, (sigma.log() / 4).expand(-1, 1, 8, 8)], 1)
+        return c_skip * x + c_out * (self.conv(h) + self.label(class_labels)[:, :, None, None])
+
+
+def _edm_sigma_wrong(net, x_t, lam, labels):               # sigma = exp(-lam): the /2 forgotten
+    return net(x_t, torch.exp(-lam), nn.functional.one_hot(labels, net.label_dim).float())
+
+
+def _edm_vp_scaled(net, x_t, lam, labels):                 # treats EDM like VP: rescales by alpha
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]
+    sigma = torch.exp(-lam / 2)
+    return net(x_t / alpha, sigma, nn.functional.one_hot(labels, net.label_dim).float())
+
+
+@register("8.1", title="an EDM network as a teacher: D(x_t; sigma = exp(-lam/2), one-hot class)",
+          wrong=[_edm_sigma_wrong, _edm_vp_scaled])
+def _check_8_1(edm_denoise):
+    from ..scale.adapters import EDMTeacher
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(81)
+        net = _TinyEDM().eval()
+    teacher = EDMTeacher(net)
+    g = torch.Generator().manual_seed(810)
+    x = torch.randn(5, 3, 8, 8, generator=g) * 3
+    lam = torch.tensor([-8.0, -3.0, 0.0, 2.5, 9.0])
+    labels = torch.tensor([0, 3, 1, 2, 3])
+    with torch.no_grad():
+        got = edm_denoise(net, x.clone(), lam.clone(), labels.clone())
+        want = teacher.denoise(x, lam, labels)
+    try:
+        expect_close("the denoised batch", torch.as_tensor(got).detach(), want, 1e-5)
+    except ExerciseFailed as e:
+        raise ExerciseFailed(f"{e}. EDM has alpha = 1 and sigma = exp(-lam / 2): pass x_t unchanged, that sigma, and "
+                             "the labels as one-hot rows of length net.label_dim") from None
+
+
+# ---- 8.2 classifier-free guidance on the teacher ------------------------------------------------------
+
+class _Out:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+class _ToyCondUNet(nn.Module):
+    """``unet(x, t, encoder_hidden_states=e).sample`` like diffusers' UNet2DConditionModel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.txt = nn.Linear(8, 4)
+
+    def forward(self, x, t, encoder_hidden_states):
+        h = self.txt(encoder_hidden_states.mean(1))[:, :, None, None]
+        return _Out(self.conv(x) * (1 + t[:, None, None, None] / 1000) + h * x.tanh())
+
+
+def _cfg_plus_one(unet, x_t, t, text, empty, w):           # eps_c + w (eps_c - eps_u): another convention
+    e_c = unet(x_t, t, encoder_hidden_states=text).sample
+    e_u = unet(x_t, t, encoder_hidden_states=empty).sample
+    return e_c + w * (e_c - e_u)
+
+
+def _cfg_swapped(unet, x_t, t, text, empty, w):            # guides away from the text
+    e_c = unet(x_t, t, encoder_hidden_states=text).sample
+    e_u = unet(x_t, t, encoder_hidden_states=empty).sample
+    return e_c + w * (e_u - e_c)
+
+
+@register("8.2", title="classifier-free guidance of the teacher's eps", wrong=[_cfg_plus_one, _cfg_swapped])
+def _check_8_2(guided_eps):
+    from ..scale.adapters import StableDiffusionTeacher, linear_alphas_cumprod
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(82)
+        unet = _ToyCondUNet().eval()
+    g = torch.Generator().manual_seed(820)
+    empty = torch.randn(1, 6, 8, generator=g)
+    text = torch.randn(3, 6, 8, generator=g)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    lam = torch.tensor([-4.0, 0.5, 5.0])
+    ac = linear_alphas_cumprod(1000, 0.00085, 0.012, scaled=True)
+    for w in (1.0, 2.0, 7.5):
+        teacher = StableDiffusionTeacher(unet, ac, (4, 8, 8), guidance_scale=w, uncond=empty)
+        t = teacher.t_of_lam(lam)
+        with torch.no_grad():
+            got = guided_eps(unet, x.clone(), t, text.clone(), empty.expand(3, -1, -1).clone(), w)
+            want = teacher.eps(x, lam, text)
+        try:
+            expect_close(f"eps with guidance scale {w:g}", torch.as_tensor(got).detach(), want, 1e-5)
+        except ExerciseFailed as e:
+            raise ExerciseFailed(f"{e}. Evaluate the network with the text and with the empty prompt; the guided eps "
+                                 "is eps_empty + w (eps_text - eps_empty), so w = 1 is the plain conditional model") \
+                from None

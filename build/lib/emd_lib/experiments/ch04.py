@@ -1,0 +1,320 @@
+"""Chapter 4 sweeps: Langevin coordinates, the z step size, and noise cancellation.
+
+Every run distils the exact 2D mixture teacher (``irregular`` by default) with
+:class:`emd_lib.distill.Distiller` and reports :func:`emd_lib.metrics.mixture_report` of the
+EMA generator, the generator's gradient norm over training, and whether the run diverged.
+
+Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
+
+    python -m emd_lib experiment ch04 --sweep space     # (x, z), (eps, z), (x, -), (eps, -) and DI
+    python -m emd_lib experiment ch04 --sweep space_x   # two more (x, z) chains
+    python -m emd_lib experiment ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
+    python -m emd_lib experiment ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
+    python -m emd_lib experiment ch04 --sweep zstep     # the joint chain's z step: a trust region
+
+``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of
+its variants and ``--merge`` adds them to an existing JSON; the JSON records
+the command, the date, the machine and the wall time. Runs are single-threaded
+(``torch.set_num_threads(1)``) unless ``--threads`` says otherwise.
+
+In the x-space chains we use one fixed step ``gamma_x`` for every noise level (what a chain in
+x without the reparametrisation would do). It must stay below ``2 sigma^2`` at the smallest
+noise level drawn or the chain diverges, so we take ``gamma_x = gamma_eps * sigma^2(lam_max)``:
+the eps-chain's step at the least noisy level, and far smaller than it everywhere else (our
+convention; the paper's values are unknown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import torch
+
+from .. import DATA_DIR
+from ..runs.checkpoint import run_card, write_json
+from ..distill import DistillConfig, Distiller
+from ..langevin import LangevinConfig
+from ..metrics import mixture_report
+from ..mixtures import get_mixture
+from ..schedules import VP
+
+__all__ = ["GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
+           "main"]
+
+GAMMA_EPS = 0.3
+LAM_MAX = 6.0
+
+
+def gamma_x_fixed(gamma_eps: float = GAMMA_EPS, lam_max: float = LAM_MAX) -> float:
+    """The fixed x-space step of our ablation: ``gamma_eps * sigma^2(lam_max)`` (VP schedule)."""
+    _, sigma = VP.alpha_sigma(torch.tensor(float(lam_max)))
+    # sigma^2 = sigmoid(-lam_max); the chain in x is stable only while gamma_x < 2 sigma^2
+    return float(gamma_eps * sigma**2)
+
+
+GX = gamma_x_fixed()
+
+#: generator updates per run, per sweep (sized so that each sweep of 3 seeds takes about 10 to 15
+#: minutes on one shared CPU core); the stability sweep is shorter because divergence comes early
+DEFAULT_STEPS = {"space": 600, "space_x": 600, "gamma_z": 400, "cancel": 600, "zstep": 1000}
+
+#: name -> {variant label -> overrides of DistillConfig (``langevin`` a dict of LangevinConfig fields)}
+SWEEPS: dict[str, dict[str, dict]] = {
+    "space": {
+        "(x, z)": {"langevin": {"space": "x", "gamma_x": GX, "move_z": True}},
+        "(eps, z)": {"langevin": {"space": "eps", "move_z": True}},
+        "(x, -)": {"langevin": {"space": "x", "gamma_x": GX, "move_z": False}},
+        "(eps, -)": {"langevin": {"space": "eps", "move_z": False}},
+        "DI": {"method": "di"},
+    },
+    # two more (x, z) chains: without noise cancellation, and with the x step scaled by sigma^2
+    "space_x": {
+        "(x, z) no cancel": {"langevin": {"space": "x", "gamma_x": GX, "move_z": True, "cancel": "none"}},
+        "(x, z) gamma_x = 0.3 sigma^2": {"langevin": {"space": "x", "gamma_x": None, "move_z": True}},
+    },
+    "gamma_z": {
+        **{f"snr {g:g}": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "snr", "gamma_z": g}}
+           for g in (0.03, 0.1, 0.3, 1.0)},
+        **{f"none {g:g}": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none", "gamma_z": g}}
+           for g in (0.003, 0.01, 0.03, 0.1)},
+    },
+    # making the joint chain stable with network generators: the z step's drift limited per sample
+    # (a trust region), against the frozen-z chain, the library's earlier joint setting and DI
+    "zstep": {
+        "(eps, -)": {"langevin": {"space": "eps", "move_z": False}},
+        "(eps, z) snr 0.1 full": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "snr",
+                                               "gamma_z": 0.1, "cancel": "full"}},
+        "(eps, z) none 0.05": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                            "gamma_z": 0.05, "cancel": "none"}},
+        "(eps, z) none 0.05 clip 0.1": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                                     "gamma_z": 0.05, "cancel": "none", "z_clip": 0.1}},
+        "(eps, z) none 0.02 clip 0.1": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                                     "gamma_z": 0.02, "cancel": "none", "z_clip": 0.1}},
+        "(eps, z) none 0.02": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
+                                            "gamma_z": 0.02, "cancel": "none"}},
+        "DI": {"method": "di"},
+    },
+    "cancel": {
+        "(eps, -) none": {"langevin": {"space": "eps", "move_z": False, "cancel": "none"}},
+        "(eps, -) injected": {"langevin": {"space": "eps", "move_z": False, "cancel": "injected"}},
+        "(eps, -) full": {"langevin": {"space": "eps", "move_z": False, "cancel": "full"}},
+        "(eps, z) none": {"langevin": {"space": "eps", "move_z": True, "cancel": "none"}},
+        "(eps, z) full": {"langevin": {"space": "eps", "move_z": True, "cancel": "full", "cancel_z": False}},
+        "(eps, z) full + z": {"langevin": {"space": "eps", "move_z": True, "cancel": "full", "cancel_z": True}},
+    },
+}
+
+
+def z_curvature(generator, teacher, student, lam: float, n: int = 500, seed: int = 0) -> torch.Tensor:
+    """Largest curvature of ``-log rho`` in ``z`` for the (eps, z) chain, per sample ``(n,)``.
+
+    In the reparametrised coordinates ``grad_z log rho = alpha J^T ds(alpha g(z) + sigma eps) - z``.
+    Its Jacobian in ``z`` (the Hessian of ``log rho``, through the generator, the teacher and the
+    student) is symmetrised; we return minus its smallest eigenvalue. A Langevin step on ``z`` is
+    stable only below about ``2 / curvature``. Written for ``(B, d)`` data (the 2D chapters).
+    """
+    from ..langevin import score_gap_eps
+    from ..schedules import bcast
+
+    g = torch.Generator().manual_seed(seed)
+    d = teacher.dim
+    z = torch.randn(n, d, generator=g).requires_grad_(True)
+    eps = torch.randn(n, d, generator=g)
+    lam_b = torch.full((n,), float(lam))
+    alpha, sigma = teacher.schedule.alpha_sigma(lam_b)
+    with torch.enable_grad():
+        x = generator(z)
+        a, s = bcast(alpha, x), bcast(sigma, x)
+        x_t = a * x + s * eps
+        sds = score_gap_eps(teacher, student, x_t, lam_b)                     # sigma ds, differentiable in z
+        # grad_z log rho = (alpha / sigma) J^T (sigma ds) - z
+        gz = torch.autograd.grad(x, z, grad_outputs=a / s * sds, create_graph=True)[0] - z
+        # per-sample Jacobian: row j is d gz_j / dz (samples do not interact)
+        H = torch.stack([torch.autograd.grad(gz[:, j].sum(), z, retain_graph=True)[0] for j in range(d)], 1)
+    H = 0.5 * (H + H.transpose(1, 2)).detach()
+    return -torch.linalg.eigvalsh(H)[:, 0]
+
+
+def variant_config(overrides: dict, seed: int = 0, steps: int = 1500, width: int = 128, K: int = 8,
+                   **extra) -> DistillConfig:
+    """A :class:`DistillConfig` for one variant: the book's 2D defaults, ``K`` Langevin steps, the overrides."""
+    ov = dict(overrides)
+    lang = {"K": K, "gamma_eps": GAMMA_EPS, **ov.pop("langevin", {})}
+    kw = {"method": "emd", "steps": steps, "width": width, "seed": seed, "lam_max": LAM_MAX, **extra, **ov}
+    return DistillConfig(langevin=LangevinConfig(**lang), **kw)
+
+
+def run_variant(mixture, cfg: DistillConfig, n_eval: int = 5000, every: int = 10) -> dict:
+    """Train one run; return its metrics, gradient-norm curve (every ``every`` steps) and timing.
+
+    A run whose loss or gradient turns non-finite is reported with ``diverged=True``, the step
+    it reached, and the metrics of the generator as it stood (usually broken).
+    """
+    t0 = time.perf_counter()
+    d = Distiller(mixture, cfg)
+    diverged, err = False, ""
+    try:
+        d.train(progress=False)
+    except FloatingPointError as e:
+        diverged, err = True, str(e)
+    h = d.history
+    x = d.sample(n_eval, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
+    rep = mixture_report(mixture, x)
+    gn = h.get("grad_norm", [])
+    out = {
+        "seed": cfg.seed,
+        "diverged": diverged,
+        "error": err,
+        "steps_done": len(gn),
+        "seconds": time.perf_counter() - t0,
+        "metrics": rep,
+        "grad_norm": [float(sum(gn[i:i + every]) / len(gn[i:i + every])) for i in range(0, len(gn), every)],
+        "grad_norm_every": every,
+        "grad_norm_last": float(sum(gn[-200:]) / max(len(gn[-200:]), 1)) if gn else float("nan"),
+    }
+    for key in ("estep_moved_z", "estep_moved_data", "estep_grad_z_norm", "estep_score_gap_norm"):
+        v = h.get(key, [])
+        if v:
+            vals = [t for t in v if math.isfinite(t)]
+            out[key.replace("estep_", "mean_")] = float(sum(vals) / max(len(vals), 1))
+    return out
+
+
+def summarize(result: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall")) -> dict:
+    """Per-variant mean and standard deviation over seeds of the metrics and the final gradient norm.
+
+    Diverged runs are counted in ``diverged`` and left out of the means (NaN when every run diverged).
+    """
+    table = {}
+    for name, runs in result["runs"].items():
+        ok = [r for r in runs if not r["diverged"]]
+        row = {"n": len(runs), "diverged": len(runs) - len(ok)}
+        for k in keys + ("grad_norm_last", "seconds"):
+            vals = torch.tensor([float(r["metrics"][k] if k in r["metrics"] else r[k]) for r in ok],
+                                dtype=torch.float64)
+            if len(vals) == 0:
+                row[k] = (float("nan"), float("nan"))
+            else:
+                row[k] = (float(vals.mean()), float(vals.std()) if len(vals) > 1 else 0.0)
+        table[name] = row
+    return table
+
+
+def run_sweep(name: str, seeds=(0, 1, 2), steps: int = 1500, width: int = 128, mixture: str = "irregular",
+              K: int = 8, n_eval: int = 5000, progress: bool = True, variants: list | None = None, **extra) -> dict:
+    """Run every variant of sweep ``name`` for every seed; return the results as a plain dict."""
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}; known: {sorted(SWEEPS)}")
+    spec = SWEEPS[name]
+    if variants is not None:
+        spec = {k: spec[k] for k in variants}
+    mix = get_mixture(mixture)
+    jobs = [(v, s) for v in spec for s in seeds]
+    it = jobs
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(jobs, desc=f"ch04 {name}")
+    runs: dict[str, list] = {v: [] for v in spec}
+    configs = {}
+    for v, s in it:
+        cfg = variant_config(spec[v], seed=s, steps=steps, width=width, K=K, **extra)
+        configs[v] = cfg.to_dict() | {"seed": None}
+        runs[v].append(run_variant(mix, cfg, n_eval=n_eval))
+    return {"sweep": name, "mixture": mixture, "seeds": list(seeds), "steps": steps, "width": width, "K": K,
+            "gamma_x_fixed": GX, "variants": configs, "runs": runs}
+
+
+def _loadavg():
+    try:
+        import os
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", choices=sorted(SWEEPS), required=True)
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--steps", type=int, default=None, help=f"generator updates per run (default {DEFAULT_STEPS})")
+    p.add_argument("--width", type=int, default=128, help="MLP width of generator and student score")
+    p.add_argument("--K", type=int, default=8, help="Langevin steps of the E-step")
+    p.add_argument("--mixture", default="irregular")
+    p.add_argument("--variants", nargs="*", default=None, help="a subset of the sweep's variants")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: DistillConfig's)")
+    p.add_argument("--init-steps", type=int, default=None, help="generator initialisation steps (default: DistillConfig's)")
+    p.add_argument("--student-warmup", type=int, default=None, help="student warm-up steps (default: DistillConfig's)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="output JSON (default data/results/ch04_<sweep>.json)")
+    p.add_argument("--merge", action="store_true",
+                   help="add the variants run now to an existing output JSON (same sweep, seeds, steps, width, K)")
+    args = p.parse_args(argv)
+    steps = args.steps or DEFAULT_STEPS[args.sweep]
+    extra = {k: v for k, v in (("batch", args.batch), ("init_steps", args.init_steps),
+                                ("student_warmup", args.student_warmup)) if v is not None}
+    # every setting checked before the first run (each run takes minutes)
+    if args.seeds < 1 or args.threads < 1:
+        p.error(f"--seeds and --threads must be >= 1, got {args.seeds} and {args.threads}")
+    try:
+        get_mixture(args.mixture)
+    except KeyError as e:
+        p.error(str(e.args[0]))
+    known = SWEEPS[args.sweep]
+    unknown = [v for v in args.variants or () if v not in known]
+    if unknown:
+        p.error(f"--variants: {', '.join(map(repr, unknown))} not in sweep {args.sweep!r}; its variants: "
+                + ", ".join(repr(v) for v in known))
+    if args.variants is not None and not args.variants:
+        p.error("--variants needs at least one variant (or leave it out for all)")
+    for v in args.variants or known:
+        try:
+            variant_config(known[v], steps=steps, width=args.width, K=args.K, **extra)
+        except (TypeError, ValueError) as e:
+            p.error(f"variant {v!r}: {e}")
+    torch.set_num_threads(args.threads)
+    load0 = _loadavg()
+    t0 = time.perf_counter()
+    res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
+                    mixture=args.mixture, K=args.K, variants=args.variants, **extra)
+    meta = {
+        **run_card(argv, module="emd_lib.experiments.ch04"),
+        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
+                   f"torch {torch.__version__}, {args.threads} thread(s)",
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "load_average_start_end": [load0, _loadavg()],   # a shared machine slows every run down
+    }
+    out = args.out or DATA_DIR / "results" / f"ch04_{args.sweep}.json"
+    out = type(DATA_DIR)(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        for key in ("sweep", "mixture", "seeds", "steps", "width", "K"):
+            if old[key] != res[key]:
+                raise SystemExit(f"--merge: {key} differs ({old[key]} in {out}, {res[key]} now); not merging")
+        old["runs"].update(res["runs"])
+        old["variants"].update(res["variants"])
+        # keep the variants in the order of SWEEPS
+        order = [v for v in SWEEPS[args.sweep] if v in old["runs"]]
+        old["runs"] = {v: old["runs"][v] for v in order}
+        old["variants"] = {v: old["variants"][v] for v in order if v in old["variants"]}
+        parts = old["meta"].pop("parts", None) or [dict(old["meta"])]
+        meta = {"command": "; ".join(p["command"] for p in parts + [meta]),
+                "date": meta["date"], "machine": meta["machine"],
+                "wall_seconds": round(sum(p["wall_seconds"] for p in parts) + meta["wall_seconds"], 1),
+                "parts": parts + [meta]}
+        res = old
+    res["summary"] = summarize(res)
+    res["meta"] = meta
+    write_json(out, res, indent=1)
+    print(f"wrote {out} in {res['meta']['wall_seconds']} s")
+    for name, row in res["summary"].items():
+        print(f"{name:22s} tv {row['tv'][0]:.3f}±{row['tv'][1]:.3f}  modes {row['modes_covered'][0]:.1f}  "
+              f"mmd {row['mmd'][0]:.4f}  grad {row['grad_norm_last'][0]:.3f}  diverged {row['diverged']}/{row['n']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Chapter 7 without labels: which digits do unconditional students draw?
+
+    python -m emd_lib experiment ch07 --students runs/mnist_u_emd4_s0 runs/mnist_u_di_steps_s0 ... \\
+        --n 1000 --teacher-n 500 --threads 1 --out data/results/ch07_unconditional.json
+
+The students are one-step generators distilled with ``python -m emd_lib distill_images
+--unconditional``: the teacher, the generator and the student score read the teacher's "no class"
+label, so nothing tells the generator which digit to draw. Mode coverage is then measurable: the
+shipped classifier reads ``n`` samples of each student, and their class histogram is compared with
+the uniform one (the held-out digits are 50 a class): total variation to uniform
+``TV = 1/2 sum_c |share_c - 1/10|`` and the smallest class share. Beside it, the usual metrics
+against the 500 held-out digits: classifier Fréchet distance, k-NN precision and recall.
+
+Reference rows: real training digits (what a perfect generator would score), the teacher's own
+unconditional samples (Heun ODE, ``--teacher-steps``; a student can only match the class balance
+its teacher has) and the generator at its initialisation. Every student row copies its card's
+method, Langevin chain, K, updates, wall time and command, and the sha256 of its checkpoint; a few
+samples travel along as bytes (``samples``) so a reader sees them without the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import torch
+
+from ..runs.checkpoint import CheckpointError, machine, output_path_problem, read_card, run_card, write_json
+from ..distill import method_name
+from ..langevin import chain_label
+
+__all__ = ["class_balance", "chain_name", "budget_of", "student_row", "reference_rows", "decode_samples", "main"]
+
+N_SHOWN = 8          # samples kept per row, as uint8 bytes
+
+
+def class_balance(x01: torch.Tensor, classifier, n_classes: int = 10) -> dict:
+    """The class histogram of digits ``x01`` (pixels in [0, 1]) under ``classifier``: counts, shares,
+    total variation to the uniform histogram and the smallest share."""
+    with torch.no_grad():
+        pred = torch.cat([classifier(x01[i:i + 500]).argmax(1) for i in range(0, len(x01), 500)])
+    counts = torch.bincount(pred, minlength=n_classes)
+    shares = counts.double() / len(pred)
+    return {"class_counts": counts.tolist(), "class_shares": [round(float(s), 4) for s in shares],
+            "tv_uniform": round(float(0.5 * (shares - 1 / n_classes).abs().sum()), 4),
+            "min_share": round(float(shares.min()), 4)}
+
+
+def metrics_row(x01, real01, classifier, **extra) -> dict:
+    """Class balance plus classifier Fréchet distance, precision and recall against ``real01``."""
+    from ..images.metrics import image_report
+
+    rep = image_report(x01, None, real01, classifier)
+    out = {**extra, **class_balance(x01, classifier)}
+    out.update({k: round(rep[k], 4) for k in ("classifier_frechet", "precision", "recall")})
+    out["samples"] = (x01[:N_SHOWN].clamp(0, 1) * 255).round().to(torch.uint8).flatten(1).numpy().tobytes().hex()
+    return out
+
+
+def decode_samples(row: dict, shape=(1, 28, 28)) -> torch.Tensor:
+    """The samples kept in a row, ``(N_SHOWN, *shape)`` in [0, 1]."""
+    raw = torch.frombuffer(bytearray(bytes.fromhex(row["samples"])), dtype=torch.uint8)
+    return raw.reshape(-1, *shape).float() / 255
+
+
+def chain_name(card: dict) -> str:
+    """The E-step's Langevin chain of a student, from its card: ``"(eps, -)"`` and the like, or
+    ``"none"`` for Diff-Instruct."""
+    return "none" if card.get("method") == "di" else chain_label(card["config"]["langevin"])
+
+
+def budget_of(card: dict) -> str:
+    """``"wall time"`` when the run was stopped by ``--minutes``, else ``"updates"``."""
+    return "wall time" if "--minutes" in shlex.split(card["command"]) else "updates"
+
+
+def student_row(path, n: int, real01, classifier, seed: int = 0) -> dict:
+    """One unconditional student, read from ``path``, measured on ``n`` samples."""
+    from ..images.models import load_student
+    from ..images.models import generate
+
+    gen, _, card = load_student(path)
+    if not card.get("unconditional"):
+        raise CheckpointError(f"{path} is a class-conditional student; this table measures students distilled with "
+                              "python -m emd_lib distill_images --unconditional")
+    t0 = time.perf_counter()
+    x, _ = generate(gen, n, cls=gen.n_classes, seed=seed)       # the "no class" label
+    lcfg = card["config"]["langevin"]
+    return metrics_row(x, real01, classifier, model=method_name(card["method"], lcfg),
+                       method=card["method"], chain=chain_name(card),
+                       cancel=lcfg.get("cancel") if card["method"] == "emd" else None,
+                       K=lcfg["K"] if card["method"] == "emd" else None, seed=card["config"]["seed"],
+                       budget=budget_of(card), updates=card["steps"], horizon=card["horizon"],
+                       seconds=card["wall_time_s"], seconds_per_step=card.get("seconds_per_step"),
+                       complete=card.get("complete"), command=card["command"], checkpoint=str(path),
+                       sha256=card["sha256"], n=n, eval_seconds=round(time.perf_counter() - t0, 1))
+
+
+def reference_rows(real01, train01, classifier, teacher_n: int, teacher_steps: int, lam_star: float, seed: int = 0):
+    """Real training digits, the teacher's unconditional samples, the generator at initialisation."""
+    from ..images.data import to_unit
+    from ..images.models import load_teacher
+    from ..images.models import generate
+    from ..nets import TeacherInitGenerator
+
+    rows = [metrics_row(train01, real01, classifier, model="real training digits", n=len(train01))]
+    teacher = load_teacher()
+    if teacher_n:
+        t0 = time.perf_counter()
+        x, nfe = generate(teacher, teacher_n, cls=teacher.num_classes, steps=teacher_steps, seed=seed)
+        rows.append(metrics_row(x, real01, classifier, model=f"teacher, no class, Heun ODE {teacher_steps} steps",
+                                nfe=nfe, n=teacher_n, eval_seconds=round(time.perf_counter() - t0, 1)))
+    gen0 = TeacherInitGenerator(teacher, lam_star).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = to_unit(torch.cat([gen0(torch.randn(250, *teacher.shape, generator=g)) for _ in range(2)]))
+    rows.append(metrics_row(x, real01, classifier, model=f"generator at init, no class (lam* = {lam_star:g})", n=500))
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m emd_lib experiment ch07", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--students", nargs="+", required=True, help="checkpoints written by distill_images --unconditional")
+    p.add_argument("--n", type=int, default=1000, help="samples per student")
+    p.add_argument("--teacher-n", type=int, default=500, help="teacher samples (0: no teacher row)")
+    p.add_argument("--teacher-steps", type=int, default=18, help="Heun steps of the teacher row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/ch07_unconditional.json")
+    args = p.parse_args(argv)
+    if args.n < 10 or args.teacher_n < 0 or args.teacher_steps < 1:
+        p.error(f"--n must be >= 10, --teacher-n >= 0 and --teacher-steps >= 1, got {args.n}, {args.teacher_n} "
+                f"and {args.teacher_steps}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if why := output_path_problem(args.out, make_folders=True):
+        p.error(f"--out {args.out}: {why}")
+    cards = {}
+    for path in args.students:
+        try:
+            cards[path] = read_card(path)
+        except CheckpointError as e:
+            p.error(f"--students {path}: {e}")
+        if not cards[path].get("unconditional"):
+            p.error(f"--students {path}: a class-conditional student; distil one with "
+                    "python -m emd_lib distill_images --unconditional")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from ..images.data import load_images, to_unit
+    from ..images.metrics import load_classifier
+
+    t0 = time.perf_counter()
+    clf = load_classifier()
+    x_tr, _, x_ev, _ = load_images("mnist")
+    real = to_unit(x_ev)
+    idx = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(args.seed))[:len(real)]
+    lam_star = next(iter(cards.values()))["lam_star"]
+    rows = reference_rows(real, to_unit(x_tr[idx]), clf, args.teacher_n, args.teacher_steps, lam_star, args.seed)
+    for r in rows:
+        print({k: v for k, v in r.items() if k != "samples"}, flush=True)
+    for path in args.students:
+        try:
+            rows.append(student_row(path, args.n, real, clf, seed=args.seed))
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print({k: v for k, v in rows[-1].items() if k != "samples"}, flush=True)
+    out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1),
+                   reference="the 500 held-out MNIST digits (50 a class)", n=args.n, rows=rows)
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

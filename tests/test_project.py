@@ -1,4 +1,5 @@
 """The project's own rules: requirements agree, CI runs the README's test command, no notebooks in git."""
+import json
 import re
 import subprocess
 import tomllib
@@ -50,3 +51,15 @@ def test_readme_is_a_newcomers_page_whose_links_resolve():
     assert "docs/commands.md" in links and "docs/results.md" in links
     for link in links:
         assert (ROOT / link).exists(), f"README links {link}, which does not exist"
+
+
+def test_the_result_tables_of_the_docs_are_generated_from_the_stored_results():
+    from emd_lib.book import results
+
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert results.main(["--check"]) == 0, "docs/results.md is stale: run python -m emd_lib.book.results"
+    assert page.count("<!-- generated:") == len(results.TABLES)
+    tampered = page.replace("| ring8 | EMD-8 | 3000 | 8/8 | 0.011 |", "| ring8 | EMD-8 | 3000 | 8/8 | 0.999 |")
+    assert tampered != page and results.render(tampered) == page      # a hand edit inside a table is undone
+    ring8 = json.loads((ROOT / "data" / "results" / "toy_ring8_emd.json").read_text())
+    assert f"| {ring8['tv']:.3f} | {ring8['within_3sd']:.3f} |" in results.toy_table()

@@ -379,3 +379,11 @@ def test_an_unexpected_exception_before_the_first_step_is_one_line(tmp_path, mon
     rc = main(["--config", "toy", *TINY, f"out={tmp_path}"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "before its first step (OSError: disk quota exceeded)" in err, err
+
+
+def test_the_2d_mlp_settings_are_refused_for_a_network_teacher():
+    with pytest.raises(ConfigError, match="width, depth set the 2D mixture's MLP"):
+        load_config("imagenet64", ["width=64", "depth=2"])
+    with pytest.raises(ConfigError, match="init_steps .*teacher.kind=random"):
+        load_config("imagenet64", ["teacher.kind=random", "teacher.arch=tiny-edm", "init_steps=10"])
+    assert load_config("toy", ["width=64"]).width == 64          # the toy's MLPs take them

@@ -117,6 +117,9 @@ class TrainConfig(DistillConfig):
 
 # settings that may change between a run and its resumption (the device within its type: the random
 # stream is tied to it; a changed ``steps`` stretches the cosine learning-rate schedule from that step on)
+#: DistillConfig's settings of the 2D MLPs: a config with a network teacher may not set them.
+MIXTURE_ONLY = ("width", "depth", "init_steps")
+
 RESUMABLE_CHANGES = {"steps", "out", "ckpt_every", "keep", "log_every", "progress", "resume", "device",
                      "tensorboard", "compile", "channels_last"}
 
@@ -222,6 +225,12 @@ def load_config(name, overrides=()) -> TrainConfig:
                 raise ConfigError(f"{p!r} is not a section, so {key!r} cannot be set")
             node = node.setdefault(p, {})
         node[parts[-1]] = value
+    kind = (data.get("teacher") or {}).get("kind", "mixture") if isinstance(data.get("teacher"), dict) else "mixture"
+    mlp_only = [k for k in MIXTURE_ONLY if k in data]
+    if kind != "mixture" and mlp_only:
+        raise ConfigError(f"{', '.join(mlp_only)} set the 2D mixture's MLP generator and student score "
+                          f"(teacher.kind=mixture); with teacher.kind={kind} both are copies of the teacher's "
+                          "network: remove them")
     return _build(TrainConfig, data)
 
 

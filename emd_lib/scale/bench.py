@@ -245,8 +245,8 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
         batch = base.batch if base.teacher.kind == "mixture" else (4 if tiny else min(base.batch, 32))
     tmp = tempfile.mkdtemp(prefix="emd-bench-")          # the trainer's folder; it writes nothing there
     cfg = load_config(config, over + [f"batch={batch}", f"out={tmp}", "progress=false", "resume=false",
-                                      "tensorboard=false", "student_warmup=0", "init_steps=0",
-                                      f"steps={10**9}", f"ckpt_every={10**9}"])
+                                      "tensorboard=false", "student_warmup=0", f"steps={10**9}", f"ckpt_every={10**9}"]
+                      + (["init_steps=0"] if "teacher.kind=random" not in over and base.teacher.kind == "mixture" else []))
     tr = Trainer(cfg, device=device, quiet=True)
     dev = tr.device
     if cuda_graphs and dev.type != "cuda":

@@ -21,7 +21,6 @@ of this teacher.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch

@@ -189,7 +189,8 @@ def coco_eval(sample, captions: list[str], ref=None, extractor=None, clip=None, 
 
 def _load_run(run, device=None):
     from ..runs.checkpoint import load_checkpoint
-    from .train import Trainer, TrainConfig, _build
+    from .config import TrainConfig, _build
+    from .train import Trainer
 
     cards = sorted((Path(run) / "checkpoints").glob("step_*.json"))
     if not cards:
@@ -300,7 +301,7 @@ def load_clip(name, device="cpu"):
         from transformers import CLIPModel, CLIPTokenizer
     except ImportError:
         raise InputError("the CLIP score needs transformers: `pip install transformers`") from None
-    from .adapters import _quiet
+    from .base import _quiet
 
     local = Path(name).expanduser()
     if str(name).startswith(("/", ".", "~")) and not local.is_dir():

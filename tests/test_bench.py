@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emd_lib.commands.bench import main
+from emd_lib.runs.timing import time_round_robin
 from emd_lib.scale.bench import FlopCount, bench, format_table, matmul_peak, pass_counts
 
 
@@ -119,7 +120,7 @@ def test_cuda_graphs_without_a_cuda_device_is_refused(capsys):
 def test_toy_cost_table_and_round_robin_timer(tmp_path):
     from emd_lib.commands import bench_toy
 
-    t = bench_toy.time_round_robin({"a": lambda: None, "b": lambda: sum(range(2000))}, calls=3, rounds=3)
+    t = time_round_robin({"a": lambda: None, "b": lambda: sum(range(2000))}, calls=3, rounds=3)
     assert len(t["a"]["all"]) == 3 and t["b"]["median"] > 0
     for move_z in (False, True):
         out = tmp_path / f"t{move_z}.json"

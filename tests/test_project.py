@@ -63,3 +63,36 @@ def test_the_result_tables_of_the_docs_are_generated_from_the_stored_results():
     assert tampered != page and results.render(tampered) == page      # a hand edit inside a table is undone
     ring8 = json.loads((ROOT / "data" / "results" / "toy_ring8_emd.json").read_text())
     assert f"| {ring8['tv']:.3f} | {ring8['within_3sd']:.3f} |" in results.toy_table()
+
+
+@pytest.mark.parametrize("name", sorted(__import__("emd_lib.__main__", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_answers_help_under_python_m_emd_lib(name, capsys):
+    """``python -m emd_lib --help`` lists the command and ``python -m emd_lib NAME --help`` explains it."""
+    from emd_lib.__main__ import main, usage
+
+    assert f"  {name} " in usage()
+    try:
+        rc = main([name, "--help"])
+    except SystemExit as e:                    # argparse's --help
+        rc = e.code
+    assert rc in (0, None)
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_the_library_layers_import_nothing_from_a_command():
+    """The method imports only itself; nothing outside emd_lib/commands imports a command module."""
+    import ast
+
+    for path in (ROOT / "emd_lib").rglob("*.py"):
+        rel = path.relative_to(ROOT / "emd_lib")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = ("." * node.level) + (node.module or "")
+            names = [a.name for a in node.names]
+            if rel.parts[0] != "commands":
+                assert "commands" not in target.split(".") and "commands" not in names, f"{rel} imports {target}"
+            if len(rel.parts) == 1 and rel.name != "__main__.py":        # the method: only itself
+                assert node.level <= 1 and not any(target.lstrip(".").startswith(p) for p in
+                                                   ("runs", "images", "scale", "book", "exercises", "experiments")), \
+                    f"the method's {rel} imports {target}"

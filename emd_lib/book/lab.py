@@ -57,7 +57,7 @@ def lab_command(extra: list[str] | None = None) -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print("usage: python -m emd_lib lab [jupyter lab options ...]\n\n" + __doc__)
         return 0
     path = write_overrides()
     print(f"chapters open as notebooks (settings: {path})", flush=True)

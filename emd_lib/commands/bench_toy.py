@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import torch
@@ -22,23 +21,7 @@ import torch
 from ..distill import DistillConfig, Distiller
 from ..langevin import LangevinConfig
 from ..mixtures import ring8
-
-
-def time_round_robin(fns: dict, calls: int, rounds: int = 5, warmup: int = 1) -> dict:
-    """Seconds per call of each function, timed round-robin: ``rounds`` rounds of ``calls`` calls
-    each, so that a change of load on a shared machine hits them all alike. Returns
-    ``{name: {"median": s, "all": [per-round means]}}``."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    per = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            per[k].append((time.perf_counter() - t0) / calls)
-    return {k: {"median": statistics.median(v), "all": v} for k, v in per.items()}
+from ..runs.timing import time_round_robin
 
 
 def bench(steps: int = 60, batch: int = 256, ks=(1, 2, 4, 8, 16), move_z: bool = False, threads: int | None = None):

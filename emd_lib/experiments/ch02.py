@@ -156,8 +156,8 @@ def run_label(mix, label: str, seed: int, steps: int, eval_every: int = 100, n_e
 
 def whole_step_seconds(mix, labels, calls: int = 10, rounds: int = 5, batch: int = 256, **overrides) -> dict:
     """Median seconds of one whole training step (the student-score updates and the generator
-    update) of each label, timed round-robin in this process (:func:`emd_lib.commands.bench_toy.time_round_robin`)."""
-    from ..commands.bench_toy import time_round_robin
+    update) of each label, timed round-robin in this process (:func:`emd_lib.runs.timing.time_round_robin`)."""
+    from ..runs.timing import time_round_robin
     from .ch05 import label_config
 
     ds = {lab: Distiller(mix, label_config(lab, steps=10_000, batch=batch, init_steps=0, student_warmup=0,

@@ -203,7 +203,7 @@ def time_per_step(teacher, labels=LABELS, steps: int = 5, reps: int = 3, batch: 
                               **copy.deepcopy(overrides)) for lab in labels}
     for lab, c in (configs or {}).items():
         cfgs[lab] = dataclasses.replace(c, batch=batch, init_steps=0, student_warmup=0, steps=steps * reps)
-    from ..commands.bench_toy import time_round_robin
+    from ..runs.timing import time_round_robin
 
     ds = {lab: Distiller(teacher, c) for lab, c in cfgs.items()}
 

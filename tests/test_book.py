@@ -63,6 +63,12 @@ assert 1 + 1 == 2, "the guarded number"
 assert "a hidden guard" != ""
 
 # %%
+visible_work = 6 * 7
+print("the answer is", visible_work)
+# the guard
+assert visible_work == 42, "trailing_guard"
+
+# %%
 from emd_lib.book import glue, table
 
 glue("tiny_ratio", 3.14159)
@@ -214,7 +220,12 @@ def test_glue_tables_and_tags_on_the_page(built):
     page = (built / "01_tiny.html").read_text()
     assert re.search(r"The ratio is <span[^>]*>3\.14</span>", page), "the glued number in the prose"
     assert '<table class="emd-table">' in page and "0.051" in page
-    assert "the guarded number" not in page, "a cell of asserts is removed from the page"
+    assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the guarded number', page, re.S), \
+        "a cell of asserts is behind a toggle"
+    assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*trailing_guard', page, re.S), \
+        "the asserts that end a cell are split off and hidden"
+    assert not re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the answer is', page, re.S)
+    assert "the answer is 42" in page
     assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the hidden solution', page, re.S), \
         "an exercise's solution is behind a toggle"
     assert "Exercise 1.1: correct." in page
@@ -223,8 +234,8 @@ def test_glue_tables_and_tags_on_the_page(built):
 
 
 @pytest.mark.parametrize("source, tags", [
-    ("assert x == 1\nassert y > 0, 'why'", ["remove-input"]),
-    ("torch.testing.assert_close(a, b)\nassert c", ["remove-input"]),
+    ("assert x == 1\nassert y > 0, 'why'", ["hide-input"]),
+    ("torch.testing.assert_close(a, b)\nassert c", ["hide-input"]),
     ("# hide\nx = 1", ["hide-input"]),
     ("# remove-output\nprint(1)", ["remove-output"]),
     ("import torch\nfrom emd_lib import fast_or", ["hide-input"]),
@@ -237,6 +248,20 @@ def test_auto_tags(source, tags):
     assert book.auto_tags(cell) == tags
     cell.metadata["tags"] = ["hide-output"]
     assert book.auto_tags(cell) == ["hide-output"], "a tag set in the chapter wins"
+
+
+@pytest.mark.parametrize("source, parts", [
+    ("x = f()\nprint(x)\n\n# the guard\nassert x > 0\nassert_close(x, 1)",
+     ["x = f()\nprint(x)", "# the guard\nassert x > 0\nassert_close(x, 1)"]),
+    ("x = f()\nassert x > 0\ny = 2\nassert y", ["x = f()\nassert x > 0\ny = 2", "assert y"]),
+    ("x = f()\nx\nassert x > 0", None),            # the value of x would show: kept whole
+    ("assert x\nassert y", None),                    # asserts only: tagged, not split
+    ("x = 1", None),
+])
+def test_split_guards(source, parts):
+    cell = nbformat.v4.new_code_cell(source)
+    got = [c.source for c in book.split_guards(cell)]
+    assert got == (parts or [source])
 
 
 def test_a_check_at_the_end_of_a_cell_leaves_no_value():

@@ -125,7 +125,7 @@ def auto_tags(cell) -> list[str]:
       give that tag;
     * an exercise's solution (``### BEGIN SOLUTION``) gives ``hide-input``;
     * a cell of asserts only (``assert``, ``torch.testing.assert_close(...)``, ...) gives
-      ``remove-input``: the checks that guard the numbers run but are not shown;
+      ``hide-input``: the checks that guard the numbers run, one click away;
     * a cell of imports only gives ``hide-input``.
 
     Tags set in the chapter (``# %% tags=["hide-output"]``) are kept, and a cell that already has
@@ -147,12 +147,41 @@ def auto_tags(cell) -> list[str]:
         if not body:
             return tags
         if all(_is_guard(s) for s in body):
-            tag = "remove-input"
+            tag = "hide-input"
         elif all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body):
             tag = "hide-input"
         else:
             return tags
     return tags + [tag]
+
+
+def split_guards(cell) -> list:
+    """A code cell that ends with asserts becomes two cells: the computation, then the asserts
+    (with the comment lines just above them), which :func:`auto_tags` hides. The cell is kept
+    whole when its last other statement is an expression whose value the page would then show,
+    when it has tags, or when it is nothing but asserts."""
+    import nbformat
+
+    if cell.cell_type != "code" or cell.metadata.get("tags") or SOLUTION in cell.source:
+        return [cell]
+    body = _statements(cell.source)
+    if not body:
+        return [cell]
+    k = len(body)
+    while k > 0 and _is_guard(body[k - 1]):
+        k -= 1
+    if k == len(body) or k == 0:
+        return [cell]
+    prev = body[k - 1]
+    if isinstance(prev, ast.Expr) and _call_name(prev) not in ("print", "show", "display"):
+        return [cell]
+    lines = cell.source.splitlines()
+    start = body[k].lineno - 1
+    while start > prev.end_lineno and lines[start - 1].lstrip().startswith("#"):
+        start -= 1
+    head, tail = "\n".join(lines[:start]).rstrip(), "\n".join(lines[start:]).strip("\n")
+    return [nbformat.v4.new_code_cell(head, metadata=dict(cell.metadata)),
+            nbformat.v4.new_code_cell(tail, metadata=dict(cell.metadata))]
 
 
 def ends_with_a_check(source: str) -> bool:
@@ -167,13 +196,21 @@ def stage_notebook(path: Path):
     import jupytext
 
     nb = jupytext.read(path)
-    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    count = len(nb.cells)
+    cells, origin = [], []
     for i, cell in enumerate(nb.cells):
-        cell.id = f"{path.stem[:40]}-{i}"
         cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
-        tags = auto_tags(cell)
-        if tags:
-            cell.metadata["tags"] = tags
+        for part in split_guards(cell):
+            tags = auto_tags(part)
+            if tags:
+                part.metadata["tags"] = tags
+            part.id = f"{path.stem[:40]}-{len(cells)}"
+            cells.append(part)
+            origin.append(i)
+    nb.cells = cells
+    # the chapter's own cell numbers, for a failure report (not part of the cache's key)
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
+                   "emd": {"source_cells": origin, "source_count": count}}
     return nb
 
 
@@ -203,7 +240,10 @@ def execute(nb, cwd: Path, timeout: int = 3600):
         for i, cell in enumerate(nb.cells):
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
             if errors and "raises-exception" not in cell.metadata.get("tags", []):
-                e.cell_index, e.cell_count, e.cell_source = i, len(nb.cells), cell.source
+                origin = nb.metadata.get("emd", {})
+                e.cell_index = origin["source_cells"][i] if origin else i
+                e.cell_count = origin["source_count"] if origin else len(nb.cells)
+                e.cell_source = cell.source
                 e.cell_traceback = "\n".join(errors[0].get("traceback", []))
                 break
         raise

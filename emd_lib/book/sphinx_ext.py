@@ -68,10 +68,10 @@ def exec_data(env, docname):
 
 def run_time_note(app, pagename, templatename, context, doctree):
     data = exec_data(app.env, pagename)
-    if not data or "body" not in context:
+    if "body" not in context or not (data or chapter_label(pagename)):
         return
     mode = "fast" if os.environ.get("EMD_FAST", "0").strip().lower() not in ("", "0", "false", "no") else "full"
-    if data.get("runtime") is None:
+    if not data or data.get("runtime") is None:
         note = ("<p class=\"emd-run-time not-run\">Not executed in this build: the page shows "
                 "the chapter's code without its outputs.</p>")
     else:

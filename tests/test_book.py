@@ -72,10 +72,11 @@ assert visible_work == 42, "trailing_guard"
 from emd_lib.book import glue, table
 
 glue("tiny_ratio", 3.14159)
+glue("tiny_e", 2.71828, fmt=".3f")
 table([("EMD-8", 0.051234), ("Diff-Instruct", 0.2)], ["method", "MMD"], fmt="{:.3f}")
 
 # %% [markdown]
-# The ratio is {glue:text}`tiny_ratio:.2f`.
+# The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue}`tiny_e`.
 #
 # :::{admonition} Our convention
 # :class: note
@@ -219,6 +220,7 @@ def test_notation_writing_and_execution_pages(built):
 def test_glue_tables_and_tags_on_the_page(built):
     page = (built / "01_tiny.html").read_text()
     assert re.search(r"The ratio is <span[^>]*>3\.14</span>", page), "the glued number in the prose"
+    assert re.search(r"e is about <span[^>]*>2\.718</span>", page), "a glued formatted text, no quotes"
     assert '<table class="emd-table">' in page and "0.051" in page
     assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the guarded number', page, re.S), \
         "a cell of asserts is behind a toggle"

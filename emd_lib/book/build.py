@@ -530,10 +530,13 @@ def main(argv=None) -> int:
         except Exception as e:  # a timeout, a dead kernel: the chapter did not finish
             print(f"\nchapter {p.name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
-        cache.cache_notebook_bundle(
+        record = cache.cache_notebook_bundle(
             CacheBundleIn(executed, str(p), data={"execution_seconds": seconds, "emd_lib": fp,
                                                  "fast": is_fast()}),
             check_validity=False, overwrite=True)
+        for old in cache.list_cache_records():  # earlier runs of this chapter's earlier code
+            if old.uri == str(p) and old.pk != record.pk:
+                cache.remove_cache(old.pk)
         ran.append(p.stem)
         print(f"  {titles[p.stem]}: {seconds:.1f} s", flush=True)
 

@@ -173,7 +173,8 @@ def test_search_page_and_general_index(built):
     assert "searchindex.js" in (built / "search.html").read_text()
     index = (built / "searchindex.js").read_text()
     assert "tiny" in index.lower() and "01_tiny" in index
-    assert (built / "genindex.html").exists()
+    genindex = (built / "genindex.html").read_text()
+    assert 'href="notation.html#term-score-gap"' in genindex, "the notation page's terms are in the index"
 
 
 def test_chapter_pages_hold_figures_equations_run_time_and_navigation(built):

@@ -564,6 +564,9 @@ def main(argv=None) -> int:
                                                            else len(DOC_ORDER), d))
     elif (src_dir / "api.md").exists():
         (src_dir / "api.md").unlink()
+    for old in src_dir.glob("*.md"):  # a page deleted from docs/ leaves the book
+        if old.stem not in docs and old.stem != "index":
+            old.unlink()
     if (DOCS / "references.bib").exists():
         write_if_changed(src_dir / "references.bib", (DOCS / "references.bib").read_text())
     write_if_changed(src_dir / "index.md", index_page(rows, docs))

@@ -1,6 +1,6 @@
 """Execute the chapters and render the book with Sphinx and MyST-NB (``make book``).
 
-    python -m emd_lib book [--only 01,03] [--rerun] [--out _build] [--chapters DIR] [--api MODULES|none]
+    python -m emd_lib book [--only 01,03] [--rerun] [--fresh] [--out _build] [--chapters DIR] [--api MODULES|none]
 
 The stack is jupyter-book's: Sphinx, MyST-NB, sphinx-book-theme, sphinxcontrib-bibtex,
 sphinx-togglebutton, with ``docs/conf.py`` as the configuration. The build goes in three steps:
@@ -13,7 +13,7 @@ sphinx-togglebutton, with ``docs/conf.py`` as the configuration. The build goes 
    mode unless ``EMD_FAST=1``), and store them in a jupyter-cache, one per mode
    (``_build/jupyter_cache/fast`` or ``full``) with their run time. A chapter needs to run when
    the cache holds no run of its code, or only one made with another ``emd_lib``/``data``
-   (a fingerprint of their files); ``--rerun`` runs every chapter. ``--only 01,03`` runs those
+   (a fingerprint of their files, the build's own code aside); ``--rerun`` runs every chapter. ``--only 01,03`` runs those
    chapters (always) and no other: the others come from the cache, or, with no cached run,
    are shown without outputs. A failing chapter stops the build with a non-zero exit status
    and names the chapter and the cell.
@@ -232,6 +232,7 @@ def execute(nb, cwd: Path, timeout: int = 3600):
     from nbclient.exceptions import CellExecutionError
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(cwd)}})
     t0 = time.perf_counter()
     try:
@@ -285,7 +286,8 @@ def fingerprint() -> str:
     files = sorted((ROOT / "emd_lib").rglob("*.py")) + sorted((ROOT / "emd_lib").rglob("*.yaml"))
     files += sorted((ROOT / "data").rglob("*.json")) if (ROOT / "data").exists() else []
     for f in files:
-        if "__pycache__" in f.parts:
+        # the build's own code changes the staged notebooks (and so the cache's key) by itself
+        if "__pycache__" in f.parts or (f.name in ("build.py", "sphinx_ext.py") and f.parent.name == "book"):
             continue
         h.update(str(f.relative_to(ROOT)).encode())
         h.update(f.read_bytes())

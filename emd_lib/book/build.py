@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import html
 import json
 import os
 import re
@@ -386,33 +387,25 @@ def teaching_text(rows: list[dict]) -> str:
 EXAMPLE = ROOT / "examples" / "distil_mixture.py"
 
 
-def api_modules_page(html_dir: Path, modules: list[str]) -> str:
-    """The library-reference page (Markdown for Sphinx); pdoc's pages go under ``html/api``."""
+def api_modules_page(html_dir: Path) -> str:
+    """The library-reference page (Markdown for Sphinx): a row for each page pdoc wrote under
+    ``html/api`` (:func:`pdoc_pages`), with the first paragraph of the module's docstring."""
     import importlib
-    import pkgutil
 
-    names = []
-    for mod in modules:
-        names.append(mod)
-        try:
-            pkg = importlib.import_module(mod)
-        except Exception:
-            continue
-        if hasattr(pkg, "__path__"):
-            names += [m.name for m in pkgutil.walk_packages(pkg.__path__, mod + ".")
-                      if not m.name.split(".")[-1].startswith("_")]
+    api = html_dir / "api"
     rows = []
-    for name in names:
+    for page in sorted(api.rglob("*.html")):
+        if page.name == "index.html":
+            continue
+        name = ".".join(page.relative_to(api).with_suffix("").parts)
         try:
             doc = (importlib.import_module(name).__doc__ or "").strip()
         except Exception:  # a module that does not import here is listed without a summary
             doc = ""
         summary = doc.split("\n\n")[0].replace("\n", " ")
-        href = "api/" + "/".join(name.split(".")) + ".html"
-        import html as _html
-
+        href = "api/" + page.relative_to(api).as_posix()
         rows.append(f'<tr><td><a class="reference external" href="{href}"><code>{name}</code></a></td>'
-                    f"<td>{_html.escape(summary)}</td></tr>")
+                    f"<td>{html.escape(summary)}</td></tr>")
     text = ("# Library reference\n\n`emd_lib` is the library the chapters import; scripts use the same "
             "code. Each module's page below is generated from its docstrings (pdoc).\n\n"
             '<table class="emd-table"><thead><tr><th>module</th><th>what it holds</th></tr></thead><tbody>\n'
@@ -561,7 +554,9 @@ def main(argv=None) -> int:
         docs.append(md.stem)
     modules = [] if args.api.strip().lower() == "none" else [m for m in args.api.split(",") if m]
     if modules:
-        write_if_changed(src_dir / "api.md", api_modules_page(html_dir, modules))
+        print("library reference (pdoc) ...", flush=True)
+        pdoc_pages(html_dir, modules)
+        write_if_changed(src_dir / "api.md", api_modules_page(html_dir))
         docs = sorted(set(docs) | {"api"}, key=lambda d: (DOC_ORDER.index(d) if d in DOC_ORDER
                                                            else len(DOC_ORDER), d))
     elif (src_dir / "api.md").exists():
@@ -584,9 +579,6 @@ def main(argv=None) -> int:
     if rc:
         print(f"sphinx-build failed (exit status {rc})", file=sys.stderr)
         return 1
-    if modules:
-        print("library reference (pdoc) ...", flush=True)
-        pdoc_pages(html_dir, modules)
     (html_dir / "timings.json").write_text(json.dumps({"fast": is_fast(), "chapters": rows}, indent=1))
     said = warnings.read_text().strip().splitlines() if warnings.exists() else []
     print(f"book written to {html_dir / 'index.html'} in {time.perf_counter() - t_start:.0f} s "

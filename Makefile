@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	EMD_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests chapters --nbval-lax --nbval-current-env -p no:cacheprovider
 
-# Execute every chapter (full mode unless EMD_FAST=1 is set) and render the book to _build/html.
-# `make book ONLY=01,03` rebuilds those chapters only (the contents keep the others).
+# Execute the chapters (full mode unless EMD_FAST=1 is set) and render the book to _build/html with
+# Sphinx, MyST-NB and sphinx-book-theme (docs/conf.py). A chapter runs when its code or emd_lib changed
+# since its cached run (_build/jupyter_cache/{fast,full}); RERUN=1 runs them all.
+# `make book ONLY=01,03` executes those chapters only (the others come from the cache).
 book: $(STAMP)
-	$(BIN)/python -m emd_lib book $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m emd_lib book $(if $(ONLY),--only $(ONLY)) $(if $(RERUN),--rerun)
 
 # JupyterLab on the repository; a double click opens a chapter as a notebook (jupytext).
 lab: $(STAMP)

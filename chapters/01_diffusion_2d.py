@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Chapter 1: Diffusion in 2D
 #
-# A diffusion model is the teacher that EM Distillation compresses into a one-step
+# A diffusion model {cite:p}`ho2020ddpm,song2021sde` is the teacher that EM Distillation {cite:p}`xie2024emd` compresses into a one-step
 # generator. Before distilling anything we need a teacher we can trust completely. In two
 # dimensions there is one: a Gaussian mixture, whose noisy densities, scores and denoisers
 # are closed-form at every noise level. This chapter builds that teacher from scratch and
@@ -63,7 +63,7 @@ print(f"fast mode: {is_fast()}, samples per evaluation: {N}")
 #
 # * **VP** (variance preserving): $\alpha^2 = \mathrm{sigmoid}(\lambda)$,
 #   $\sigma^2 = \mathrm{sigmoid}(-\lambda)$, so $\alpha^2 + \sigma^2 = 1$;
-# * **EDM** (variance exploding): $\alpha = 1$, $\sigma = e^{-\lambda/2}$
+# * **EDM** {cite:p}`karras2022edm` (variance exploding): $\alpha = 1$, $\sigma = e^{-\lambda/2}$
 #   ($\lambda = -8.76$ is EDM's $\sigma_{\max} = 80$).
 #
 # Both give the same ratio $\sigma/\alpha = e^{-\lambda/2}$: the two schedules differ only
@@ -175,7 +175,7 @@ for l in (2.0, 0.0):
 #
 # $$D(x_t) = \mathbb E[x \mid x_t] = \sum_k r_k(x_t)\big(\mu_k + \alpha C_k S_k^{-1}(x_t - \alpha \mu_k)\big).$$
 #
-# *Tweedie's formula* links them: $\alpha D(x_t) = x_t + \sigma^2 \nabla \log p_\lambda(x_t)$,
+# *Tweedie's formula* {cite:p}`efron2011tweedie` links them: $\alpha D(x_t) = x_t + \sigma^2 \nabla \log p_\lambda(x_t)$,
 # i.e. $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$, and the noise prediction is
 # $\hat\epsilon = (x_t - \alpha D)/\sigma = -\sigma \nabla \log p_\lambda$.
 #

@@ -14,7 +14,7 @@
 # A one-step generator $g_\theta(z)$ has to be pulled towards the teacher by *some*
 # divergence. The choice matters most when the generator cannot match the teacher exactly,
 # which is always. EM Distillation minimises the **forward** KL (maximum likelihood);
-# Diff-Instruct, VSD and DMD minimise the **reverse** KL. This chapter shows what each does,
+# Diff-Instruct {cite:p}`luo2023diffinstruct`, VSD {cite:p}`wang2023prolificdreamer` and DMD {cite:p}`yin2024dmd` minimise the **reverse** KL. This chapter shows what each does,
 # first exactly, then with real distillation runs, and it says plainly where the difference
 # shows and where it does not.
 #

@@ -9,7 +9,7 @@ import jupytext
 import nbval.plugin as nbval_plugin
 import pytest
 
-CHAPTER = re.compile(r"^\d\d_.+\.py$")
+CHAPTER = re.compile(r"^\d\d[a-z]?_.+\.py$")  # 04_x.py, and an appendix 04b_x.py
 
 
 class _JupytextNbformat:

@@ -14,7 +14,6 @@ import json
 import re
 import statistics
 import sys
-from pathlib import Path
 
 from .. import DATA_DIR, ROOT
 

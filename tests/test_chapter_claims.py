@@ -216,3 +216,189 @@ def test_ch04_cancel_rerun():
 def test_ch04_zstep_far_rerun():
     """One run of the trust-region sweep on `far`: the recommended joint chain, seed 0, 1000 updates (about 20 s)."""
     ch04_rerun("zstep_far", "(eps, z) none 0.02 clip 0.1", {"tv": 0.02, "within_3sd": 0.02})
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 2 and its appendix (chapter 10): emd_lib/experiments/ch02.py
+
+def ch02_rows(*names, by_mixture=True):
+    rows = {}
+    for name in names:
+        for run in load(name)["runs"]:
+            key = (run["mixture"], run["regime"], run["method"]) if by_mixture else (run["regime"], run["method"])
+            rows.setdefault(key, []).append(run)
+    return rows
+
+
+def test_ch02_gaussian_claims():
+    """Chapter 2, section 5.1: DI and EMD agree seed by seed for a Gaussian generator."""
+    g_rows = ch02_rows("ch02_gaussian.json", by_mixture=False)
+    by_seed = lambda k, m: sorted(g_rows[(k, m)], key=lambda x: x["seed"])  # noqa: E731
+    for k in ("default", "low_noise"):
+        assert all(a["final"]["modes_covered"] == b["final"]["modes_covered"] for a, b in zip(by_seed(k, "di"), by_seed(k, "emd")))
+    collapsed = sum(x["final"]["modes_covered"] == 1 for x in g_rows[("low_noise", "di")])
+    light = sum(x["final"]["masses"][1] > 0.9 for x in g_rows[("low_noise", "di")])
+    start_x = [x["b0"][0] for x in g_rows[("low_noise", "di")]]          # the light mode sits at x = +1.5
+    assert light == collapsed >= 1 and min(start_x) > 0
+    assert all(x["final"]["modes_covered"] == 2 for x in g_rows[("default", "di")] + g_rows[("default", "emd")])
+
+
+def test_ch02_mlp_claims():
+    """Chapter 2, section 5.2: the expressive generator on ring8 and irregular, w = sigma^2 and w = 1."""
+    from emd_lib.mixtures import get_mixture
+
+    rows = ch02_rows("ch02_mlp_sigma2.json", "ch02_mlp_one.json", "ch02_mlp_one_irregular_seeds345.json")
+
+    def stat(runs, key):
+        v = np.array([r["final"][key] for r in runs], dtype=float)
+        return v.mean(), v.std()
+
+    summary = {k: {key: stat(runs, key) for key in ("tv", "modes_covered", "recall", "precision")} | {"n": len(runs)}
+               for k, runs in rows.items()}
+    verdicts = {}
+    for mixture in ("ring8", "irregular"):
+        for wname in ("sigma2", "one"):
+            d, e = summary[(mixture, wname, "di")], summary[(mixture, wname, "emd")]
+            verdicts[(mixture, wname)] = {
+                key: (d[key][0] - e[key][0], math.sqrt(d[key][1] ** 2 / max(d["n"] - 1, 1) + e[key][1] ** 2 / max(e["n"] - 1, 1)))
+                for key in ("tv", "modes_covered", "recall", "precision")}
+    irr_one = verdicts[("irregular", "one")]
+    assert irr_one["recall"][0] < 0 < irr_one["precision"][0]           # EMD more recall, DI more precision ...
+    assert all(abs(v[0]) <= 2 * v[1] for out in verdicts.values() for v in out.values())   # ... none beyond 2 s.e.
+    for mixture in ("ring8", "irregular"):
+        for method in ("di", "emd"):
+            assert summary[(mixture, "one", method)]["tv"][0] > summary[(mixture, "sigma2", method)]["tv"][0]
+    assert all(r["final"]["modes_covered"] == 8 for m in ("di", "emd") for r in rows[("ring8", "sigma2", m)])
+    for m in ("di", "emd"):   # with w = 1 the damage on irregular is done early
+        tv100 = {w: np.mean([r["history"]["tv"][0] for r in rows[("irregular", w, m)]]) for w in ("sigma2", "one")}
+        assert tv100["one"] > 2 * tv100["sigma2"]
+    # which modes go missing
+    irr = get_mixture("irregular")
+    weights = irr.weights.numpy()
+    masses = {(w, m): np.array([r["final"]["masses"] for r in rows[("irregular", w, m)]]) for w in ("sigma2", "one") for m in ("di", "emd")}
+    per_mode = {m: masses[("one", m)].mean(0) for m in ("di", "emd")}
+    lost = {w: np.concatenate([masses[(w, m)] for m in ("di", "emd")]) < 0.2 * weights for w in ("sigma2", "one")}
+    narrow = sorted(range(irr.n_components), key=lambda k: float(irr.var[k, 0]))[:2]
+    heavy = int(np.argmax(weights))
+    assert all(per_mode[m][narrow].sum() < 0.3 * weights[narrow].sum() for m in ("di", "emd"))
+    assert lost["one"][:, heavy].sum() > len(lost["one"]) / 2          # the heaviest mode goes in most w = 1 runs ...
+    lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only,
+    n_di = len(masses[("sigma2", "di")])                                 # in a seed of each method
+    assert len(lost_s2) == 1 and lost_s2[0] == 6 and round(float(weights[6]), 2) == 0.08 and lost["sigma2"][:, heavy].sum() == 0
+    assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
+
+
+def far_table(rec, budget):
+    from emd_lib.experiments.ch02 import keeps
+    w_light = rec["mixture"]["weights"][1]
+    out = {}
+    for lab in rec["labels"]:
+        b = "equal_updates" if budget == "equal_time" and lab == rec.get("equal_time_reference") else budget
+        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == b], key=lambda r: r["seed"])
+        if rs:
+            assert all(r["kept"] == keeps(r["light_mass"], w_light) for r in rs)
+            out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": np.array([r["light_mass"] for r in rs])}
+    return out
+
+
+def test_ch02_far_claims():
+    """Chapter 2, section 5.3: the far, light mode at equal updates and at equal wall time."""
+    from emd_lib.experiments.ch02 import FAR_LABELS, KEEP_FRACTION
+    from emd_lib.mixtures import get_mixture
+
+    far_rec, far_mix = load("ch02_far.json"), get_mixture("far")
+    w_light = float(far_mix.weights[1])
+    assert far_rec["complete"] and far_rec["keep_fraction"] == KEEP_FRACTION == 0.5
+    assert far_rec["mixture"]["weights"] == far_mix.weights.tolist() and far_rec["mixture"]["means"] == far_mix.means.tolist()
+    cfg0 = far_rec["runs"][0]["config"]
+    assert (cfg0["weighting"], cfg0["lam_star"], cfg0["langevin"]["gamma_eps"], cfg0["langevin"]["cancel"]) == ("sigma2", -2.0, 0.3, "full")
+    assert not any(r["config"]["langevin"]["move_z"] for r in far_rec["runs"]) and far_rec["steps"] == 800
+    far_eq, far_time = far_table(far_rec, "equal_updates"), far_table(far_rec, "equal_time")
+    n_far = far_eq["DI"]["n"]
+    assert n_far == 5
+    big_k = [lab for lab in FAR_LABELS if lab not in ("DI", "EMD-1", "EMD-2")]
+    eq_runs = [r for r in far_rec["runs"] if r["budget"] == "equal_updates"]
+    lost_runs, kept_runs = [r for r in eq_runs if not r["kept"]], [r for r in eq_runs if r["kept"]]
+    h200 = far_rec["runs"][0]["history"]["step"].index(200)
+    came_back = [(r["label"], r["seed"]) for r in kept_runs if min(r["history"]["light"]) < 0.01]
+    assert far_eq["DI"]["kept"] < n_far / 2                                  # DI loses it in most seeds ...
+    assert all(far_eq[lab]["kept"] == n_far for lab in big_k)               # ... EMD-4, -8, -16 in none
+    assert all(0 < far_eq[lab]["kept"] < n_far for lab in ("EMD-1", "EMD-2"))
+    assert max(r["light_mass"] for r in lost_runs) < 0.01                  # a lost mode is lost entirely ...
+    assert max(r["history"]["light"][h200] for r in lost_runs) < 0.01      # ... and by update 200
+    assert all(abs(r["light_mass"] - w_light) < 0.04 for r in eq_runs if r["label"] in big_k)
+    assert ("EMD-8", 0) in came_back and all(lab not in ("DI", "EMD-1", "EMD-2") for lab, _ in came_back)
+    seed0 = next(r for r in kept_runs if (r["label"], r["seed"]) == ("EMD-8", 0))
+    assert round(seed0["light_mass"], 2) == 0.17                           # "still ended near 0.17"
+    tm, n_eq = far_rec["timing"], far_rec["equal_time_steps"]
+    assert n_eq["EMD-16"] < n_eq["EMD-8"] < n_eq["EMD-4"] < far_rec["steps"]
+    assert all(far_time[lab]["kept"] == n_far for lab in big_k)
+    assert all(far_time[lab]["mass"].mean() > far_eq[lab]["mass"].mean() for lab in big_k)
+    assert 0.03 < far_time["EMD-16"]["mass"].mean() - w_light < 0.07
+    ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
+    assert 1.4 < ratio["EMD-8"] < 1.8 and 2.0 < ratio["EMD-16"] < 2.6     # the text's "about 1.6" and "about 2.3"
+    assert (far_rec["steps"], n_eq["EMD-8"], n_eq["EMD-16"]) == (800, 507, 353)   # the text's numbers
+
+
+def test_ch10_far_one_and_map_claims():
+    """Chapter 10: the far target under w = 1, and the map of distances and weights."""
+    far_rec, far_one, fmap = load("ch02_far.json"), load("ch02_far_one.json"), load("ch02_far_map.json")
+    w_light = far_rec["mixture"]["weights"][1]
+    far_eq, far_one_eq = far_table(far_rec, "equal_updates"), far_table(far_one, "equal_updates")
+    n_far, n_one = far_eq["DI"]["n"], far_one_eq["DI"]["n"]
+    assert far_one["weighting"] == "one" and far_one["steps"] == far_rec["steps"]
+    assert far_one_eq["DI"]["kept"] == 0 and far_one_eq["EMD-8"]["kept"] < n_one / 2      # both lose it
+    assert far_one_eq["EMD-8"]["kept"] < far_eq["EMD-8"]["kept"] * n_one / n_far
+    assert all(m < 0.7 * w_light for m in far_one_eq["EMD-8"]["mass"])    # even the seed that keeps it, barely
+    assert round(max(far_one_eq["EMD-8"]["mass"]), 3) == 0.095
+    assert fmap["complete"] and fmap["weighting"] == "sigma2"
+    D, W = fmap["distances"], fmap["weights"]
+    kept = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
+    for lab in fmap["labels"]:
+        for i, w in enumerate(W):
+            for j, dist in enumerate(D):
+                rs = [r for r in fmap["runs"] if r["label"] == lab and r["weight"] == w and r["distance"] == dist]
+                assert len(rs) == len(fmap["seeds"])
+                kept[lab][i, j] = np.mean([r["kept"] for r in rs])
+    near, heavy, far_j = 0, len(W) - 1, len(D) - 1
+    assert (kept["DI"][:, near] == 1).all() and (kept["EMD-8"][:, near] == 1).all()     # near: both keep
+    assert (kept["DI"][heavy] == 1).all() and (kept["EMD-8"][heavy] == 1).all()         # heavy: both keep
+    assert (kept["EMD-8"] >= kept["DI"]).all()                                          # EMD-8 never worse
+    light_far = kept["DI"][:heavy, far_j].mean(), kept["EMD-8"][:heavy, far_j].mean()
+    n_map = len(fmap["seeds"])
+    assert round(2 * n_map * light_far[0]) == 1 and round(2 * n_map * light_far[1]) == 3   # one run of six, three
+    i15, j5, j35 = W.index(0.15), D.index(5.0), D.index(3.5)
+    assert round(n_map * kept["DI"][0, j35]) == n_map - 1 and kept["EMD-8"][0, j35] == 1
+    assert round(n_map * kept["EMD-8"][i15, j5]) == 2 and far_eq["EMD-8"]["kept"] == n_far == 5
+    drop_cost = {w: -math.log(1 - w) for w in W}
+    assert drop_cost[W[heavy]] > 5 * drop_cost[W[0]]
+
+
+@pytest.mark.slow
+def test_ch02_gaussian_rerun():
+    """The Gaussian generator, low-noise regime, EMD, seed 0, the stored 500 steps (about 25 s)."""
+    from emd_lib.experiments.ch02 import REGIMES, run_one
+
+    gauss = load("ch02_gaussian.json")
+    for method in ("emd",):
+        stored = [x for x in gauss["runs"] if x["regime"] == "low_noise" and x["method"] == method]
+        live = run_one("bimodal", method, seed=0, steps=gauss["steps"], generator="linear",
+                       eval_every=100, n_final=4000, **REGIMES["low_noise"])
+        seed0 = next(x for x in stored if x["seed"] == 0)
+        assert live["final"]["modes_covered"] == seed0["final"]["modes_covered"]
+        ok, msg = within_spread(live["final"]["tv"], [seed0["final"]["tv"]], 0.05)   # the seed's own stored TV
+        assert ok, f"gaussian low_noise {method}: {msg}"
+
+
+@pytest.mark.slow
+def test_ch10_far_map_rerun():
+    """One cell of the map (distance 2, weight 0.3, Diff-Instruct, seed 0, the stored 400 updates)."""
+    from emd_lib.experiments.ch02 import run_label
+    from emd_lib.mixtures import two_modes
+
+    fmap = load("ch02_far_map.json")
+    cell = dict(distance=fmap["distances"][0], weight=fmap["weights"][-1], label="DI")
+    live = run_label(two_modes(cell["distance"], cell["weight"]), cell["label"], 0, fmap["steps"], eval_every=fmap["steps"])
+    stored = [r["light_mass"] for r in fmap["runs"] if all(r[k] == v for k, v in cell.items())]
+    ok, msg = within_spread(live["light_mass"], stored, 0.03)
+    assert ok, f"far_map {cell}: {msg}"

@@ -15,7 +15,7 @@
 # # Chapter 4: Langevin and noise cancellation
 #
 # Chapter 3 ended with an E-step that runs $K$ Langevin steps on the joint posterior
-# $\rho(x_t, z) \propto p_t(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z; 0, I) / q_\theta^t(x_t)$,
+# $\rho(x_t, z) \propto p_\lambda(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z; 0, I) / q_\theta^\lambda(x_t)$,
 # starting from the generator's own sample (the Langevin update itself is in chapter 3, section 6).
 # This chapter is about how to run that chain well: in which coordinates, with which step sizes,
 # which coordinates to move, and how to keep the chain's injected noise out of the generator's
@@ -32,7 +32,7 @@
 # * cancel the chain's noise in the generator's gradient, and say when that keeps the gradient's
 #   mean (with $z$ frozen) and when it biases it (with $z$ moving).
 #
-# Notation: $\lambda$ is the log-SNR (chapter 1); $ds = \nabla \log p_t - \nabla \log q_\theta^t$ the score
+# Notation: $\lambda$ is the log-SNR (chapter 1); $ds = \nabla \log p_\lambda - \nabla \log q_\theta^\lambda$ the score
 # gap; $\gamma_\epsilon$, $\gamma_x$, $\gamma_z$ the step sizes of the chain in each coordinate; $\eta$ the record
 # of the chain's injected noise (section 4). The list is in `docs/notation_chapters.md`.
 
@@ -80,7 +80,7 @@ def fast_note(what):
 # %% [markdown]
 # ## 1. One target, two coordinate systems
 #
-# Write $ds(x_t) = \nabla \log p_t(x_t) - \nabla \log q_\theta^t(x_t)$ for the score gap (teacher minus
+# Write $ds(x_t) = \nabla \log p_\lambda(x_t) - \nabla \log q_\theta^\lambda(x_t)$ for the score gap (teacher minus
 # student) and $J = \partial g / \partial z$. In $(x_t, z)$:
 #
 # $$\nabla_{x_t} \log \rho = ds(x_t) - \frac{x_t - \alpha g(z)}{\sigma^2}, \qquad

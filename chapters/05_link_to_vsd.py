@@ -14,8 +14,8 @@
 # # Chapter 5: The link to VSD
 #
 # Chapter 2 met Diff-Instruct (DI) and variational score distillation (VSD): a one-step
-# generator trained on the *reverse* KL, $\mathrm{KL}(q_\theta^t \,\|\, p_t)$, which is mode seeking.
-# Chapters 3 and 4 built EMD on the *forward* KL, $\mathrm{KL}(p_t \,\|\, q_\theta^t)$, which is
+# generator trained on the *reverse* KL, $\mathrm{KL}(q_\theta^\lambda \,\|\, p_\lambda)$, which is mode seeking.
+# Chapters 3 and 4 built EMD on the *forward* KL, $\mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda)$, which is
 # mode covering, with an E-step of $K$ Langevin steps. This chapter shows that the two are not
 # strangers: with one Langevin step, EMD's generator gradient **is** the DI/VSD gradient, exactly.
 # The number of Langevin steps $K$ is then a knob that moves the method from DI towards maximum
@@ -65,11 +65,11 @@ t_start = time.perf_counter()
 # (teacher minus student), as in chapter 4.
 #
 # **Diff-Instruct / VSD.** The reverse KL at one noise level is
-# $\mathrm{KL}(q_\theta^t \| p_t) = \mathbb E_{z, \epsilon}\,[\log q_\theta^t(x_t) - \log p_t(x_t)]$ with
+# $\mathrm{KL}(q_\theta^\lambda \| p_\lambda) = \mathbb E_{z, \epsilon}\,[\log q_\theta^\lambda(x_t) - \log p_\lambda(x_t)]$ with
 # $x_t = \alpha g_\theta(z) + \sigma \epsilon$. Its gradient has two parts: the path through $x_t$, and
-# the explicit dependence of $\log q_\theta^t$ on $\theta$, whose expectation
-# $\mathbb E_{q_\theta^t}[\nabla_\theta \log q_\theta^t] = 0$ vanishes (the score-function identity). What
-# is left, with the student score standing in for $\nabla \log q_\theta^t$, is
+# the explicit dependence of $\log q_\theta^\lambda$ on $\theta$, whose expectation
+# $\mathbb E_{q_\theta^\lambda}[\nabla_\theta \log q_\theta^\lambda] = 0$ vanishes (the score-function identity). What
+# is left, with the student score standing in for $\nabla \log q_\theta^\lambda$, is
 #
 # $$\nabla_\theta \mathcal L_{\rm DI} = -\,\mathbb E\Big[ w\, \alpha\, ds(x_t)^\top \frac{\partial g_\theta(z)}{\partial \theta} \Big].$$
 #
@@ -285,17 +285,14 @@ assert tau9[3] > tau9[1]                # and on one batch it dominates near the
 # the reverse KL of DI. As $K \to \infty$ a chain that moves $z$ as well samples $\rho$, and *without*
 # noise cancellation its M-step then follows the forward KL (maximum likelihood, chapter 3), up to
 # the small bias of a finite Langevin step. Noise cancellation keeps the gradient's mean only while
-# $z$ is frozen (chapter 4, section 6), and a chain with $z$ frozen samples a different law (below).
-# With $z$ moving, cancellation shifts the gradient's mean, and the limit is biased. Chapter 4
-# measures the bias in a 1D example (its section 6 table): at the library's default $z$ step,
-# $0.1/(1 + \text{SNR})$, which the $(\epsilon, z)$ runs below use (checked in the code), the cancelled
-# chain's gradient settles a few percent short of the uncancelled one's even in the stationary
-# limit, and a larger plain $z$ step of 0.3 leaves it about a quarter short. The sweeps below
-# measure what that does to a fit.
+# $z$ is frozen, and biases it once $z$ moves (chapter 4, section 4.1, derives and measures this:
+# at the library's default $z$ step, which the $(\epsilon, z)$ runs below use, a few percent of the
+# gradient, even in the stationary limit); a chain with $z$ frozen samples a different law (below).
+# The sweeps below measure what that bias does to a fit.
 # How far along the path do practical $K$ get?
 #
 # A clean way to see it: a **linear** generator $g(z) = Az + b$ (a Gaussian family) fitted to the
-# two-mode mixture of chapter 2, with the **exact** student $q_\theta^t = \mathcal N(\alpha b, \alpha^2 AA^\top + \sigma^2 I)$
+# two-mode mixture of chapter 2, with the **exact** student $q_\theta^\lambda = \mathcal N(\alpha b, \alpha^2 AA^\top + \sigma^2 I)$
 # rebuilt at every step, so that the E-step is the only difference between the methods. The
 # forward-KL answer is known in closed form: moment matching (the mixture's mean and covariance,
 # `emd_lib.divergences.mixture_moments`, chapter 2's forward-KL fit). `linear_knob` runs one fit; the sweep runs DI and
@@ -387,7 +384,7 @@ plt.show()
 #   close to the forward-KL spread.
 # * With full noise cancellation it is not exact: at $K = 16$ the joint chain overshoots the spread,
 #   and its mean stays further from the mixture's mean than DI's does (table above). These runs
-#   cancel the noise while $z$ moves, which chapter 4 (section 6) shows biases the gradient. The
+#   cancel the noise while $z$ moves, which biases the gradient (chapter 4, section 4.1). The
 #   same sweep without cancellation (the dashed curve) climbs with $K$ and stops at the forward-KL
 #   spread, within its seeds' spread, instead of passing it: the overshoot is the cancellation's
 #   bias, not the short chain's. What cancellation buys is visible too: without it the seeds
@@ -442,7 +439,7 @@ assert float(diff.mean()) > 2 * se_diff
 #
 
 # %% [markdown]
-# ### What moving $z$ buys: leaving the mode $z$ maps to
+# ### 4.1 What moving $z$ buys: leaving the mode $z$ maps to
 #
 # The sweeps above use $w = \sigma^2$. Chapter 2 shows that $w = 1$, which weights low noise
 # as much as high, is where the reverse KL seeks modes hardest. The same linear generator and
@@ -507,7 +504,7 @@ for st in ("narrow", "fit"):
 # little wider, $(\epsilon, z)$ within 0.05 of the fit.
 #
 # Why the $(\epsilon, -)$ chain follows Diff-Instruct here: with $z$ frozen, the chain for a
-# given $z$ samples $\rho(x_t \mid z) \propto p_t(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)$, and at low
+# given $z$ samples $\rho(x_t \mid z) \propto p_\lambda(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)$, and at low
 # noise the second factor keeps $x_t$ within a few $\sigma$ of $\alpha g(z)$: the M-step's target for
 # $g(z)$ stays in the mode that $z$ already maps to, and each latent is pulled to the middle of
 # its own mode. A linear map can do that only by shrinking, which is Diff-Instruct's pull too.

@@ -23,7 +23,7 @@
 # * the full loop, in about 30 lines of torch, reproducing `emd_lib.distill.Distiller` step for step;
 # * how the generator is initialised from the teacher's denoiser at a log-SNR $\lambda^*$, what it
 #   looks like at step 0 for several $\lambda^*$, and how much the start matters at the end;
-# * the weighting $w(t)$ of the noise levels;
+# * the weighting $w(\lambda)$ of the noise levels;
 # * test-time MCMC correction: many Langevin steps from the generator's samples that remove the
 #   bridges a continuous generator draws between separated modes;
 # * what a step costs, EMD-$K$ against Diff-Instruct, counted in network evaluations and measured;
@@ -75,7 +75,7 @@ def pm(s, k, fmt=".3f"):
 #
 # 1. **Student score** (`student_updates` times, `emd_lib.distill.student_loss`): denoising score
 #    matching on detached generator samples, $\|\hat\epsilon_\psi(\alpha g(z) + \sigma\epsilon, \lambda) - \epsilon\|^2$,
-#    so that $s_\psi$ tracks the score of the generator's noisy marginal $q_\theta^t$.
+#    so that $s_\psi$ tracks the score of the generator's noisy marginal $q_\theta^\lambda$.
 # 2. **Generator** (`Distiller.generator_step`): draw $(z, \epsilon, \lambda)$, run the E-step
 #    (`emd_lib.langevin.estep`: $K$ Langevin steps on $\epsilon$ driven by the score gap
 #    $\sigma\, ds = \hat\epsilon_\psi - \hat\epsilon_\phi$, with the noise record $\eta$ of chapter 4), then the
@@ -167,7 +167,7 @@ for name, mine, lib in (("generator", gen, d.generator), ("EMA", ema, d.ema), ("
 
 # %% [markdown]
 # The thirty lines above are the whole method; the library adds the other chain variants of
-# chapter 4 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
+# chapters 4 and 9 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
 # loop (`method="di"`), and bookkeeping.
 #
 # ## 2. Where the generator starts: $\lambda^*$
@@ -278,7 +278,7 @@ assert L["lam* = 0"]["recall"]["mean"] > L["lam* = -2"]["recall"]["mean"]
 # used; on this 2D target $\lambda^* = 0$ is at least as good. (The paper shows iteration-0 samples
 # for $\lambda^* = 0, -6, -10$ on images; which value its runs train from is not known to us.)
 #
-# ## 3. The weighting $w(t)$
+# ## 3. The weighting $w(\lambda)$
 #
 # The loss averages over noise levels $\lambda \sim U[-6, 6]$ with a weight $w(\lambda)$. Since Adam
 # normalises the overall scale of the gradient, only the *shape* of $w$ matters: how the levels are
@@ -344,7 +344,7 @@ assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["me
 # run many Langevin steps on $\rho(x_t, z)$, the E-step's target, starting from the generator's
 # samples (its caption shows the updated $x$ after 300 steps). Our readout differs: we read the
 # chain's end out with the teacher's denoiser, a choice of ours. The student score is still
-# needed (it is $\nabla \log q_\theta^t$ inside $\rho$), so we use the raw generator that the student
+# needed (it is $\nabla \log q_\theta^\lambda$ inside $\rho$), so we use the raw generator that the student
 # has been tracking, not its EMA.
 #
 # `emd_lib.langevin.mcmc_correct(generator, teacher, student, z, lam, steps=300, gamma_eps=0.1, gamma_z=0.05)`
@@ -608,11 +608,11 @@ why = {
     "langevin.move_z": "chapters 4, 5: z moves go further, at about twice the chain's cost (section 5)",
     "langevin.gamma_eps": "sweep below (0.1, 0.6 around 0.3)",
     "langevin.gamma_x": "only for space = 'x'",
-    "langevin.gamma_z": "chapter 4 (with the SNR preconditioning)",
-    "langevin.z_precondition": "chapter 4",
+    "langevin.gamma_z": "chapters 4 and 9 (with the SNR preconditioning)",
+    "langevin.z_precondition": "chapters 4 and 9",
     "langevin.cancel": "chapter 4: 'full' removes the noise terms (mean-preserving with z fixed, as here)",
     "langevin.cancel_z": "chapter 4",
-    "langevin.z_clip": "chapter 4 (a trust region for the z step)",
+    "langevin.z_clip": "chapter 9 (a trust region for the z step)",
 }
 defaults = DistillConfig()
 print(f"{'setting':>26} {'default':>14}   how we chose it")

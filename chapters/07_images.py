@@ -428,11 +428,11 @@ assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3 and 1.6 < cost < 2.0
 #   budget settles.
 
 # %% [markdown]
-# ### The joint chain on digits
+# ### 6.1 The joint chain on digits
 #
-# Chapter 4 made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
+# The appendix (chapter 9, section 4.1) made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
 # drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation. One EMD-4 student was
-# distilled with such a chain (z step 0.05; chapter 4's recommendation, `JOINT_CHAIN`, later settled
+# distilled with such a chain (z step 0.05; chapter 9's recommendation, `JOINT_CHAIN`, later settled
 # on 0.02, which gave the same TV in 2D and the far target's light mode closer to its weight) on the
 # same teacher
 # (`data/mnist_emd_z`, one seed) and measured the same way (`data/results/ch07_joint.json`). Its
@@ -465,7 +465,7 @@ assert z_row["classes_covered"] == 10
 # of the three (more of the real digits lie near one of its samples) but the worst classifier Fréchet
 # distance and class accuracy: its digits cover more of the data's variety and are less often the
 # class they were asked for. One seed and an unequal budget: a first data point, not a verdict on
-# the chain, which chapter 4 found no better than $(\epsilon, -)$ in 2D.
+# the chain, which chapter 9 found no better than $(\epsilon, -)$ in 2D.
 
 # %% [markdown]
 # ## 7. Test-time MCMC correction on images

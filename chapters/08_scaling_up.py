@@ -65,7 +65,7 @@ TMP = Path(tempfile.mkdtemp(prefix="emd-ch08-"))
 # eps-prediction follow from it (chapter 1). Published networks answer slightly different questions,
 # and an *adapter* translates.
 #
-# ### EDM: $D(x; \sigma, c)$ with $\alpha = 1$
+# ### 1.1 EDM: $D(x; \sigma, c)$ with $\alpha = 1$
 #
 # NVlabs' EDM networks (the paper's ImageNet 64x64 teacher is `edm-imagenet-64x64-cond-adm.pkl`) are
 # denoisers already, parametrised by $\sigma$ with $\alpha = 1$, so $\sigma = e^{-\lambda/2}$, and they
@@ -99,7 +99,7 @@ for kw in ({}, {"trust_pickle": True}):
         print(f"{kw}: {e}\n")
 
 # %% [markdown]
-# ### Discrete-time eps-prediction: ADM and Stable Diffusion
+# ### 1.2 Discrete-time eps-prediction: ADM and Stable Diffusion
 #
 # DDPM-style networks were trained at integer timesteps $t = 0..T-1$ with $\bar\alpha_t$ from a fixed
 # schedule, and predict $\epsilon$ (or $v$). Under VP, $\alpha^2 = \bar\alpha_t$ means
@@ -125,7 +125,7 @@ print(f"ADM's (linear betas) range: [{adm.schedule.lam_min:.2f}, {adm.schedule.l
 # `DiscreteVPTeacher` with ADM's linear schedule that drops the learned-variance channels. Numbers
 # distilled from it are not comparable with the paper's 128x128 results.
 #
-# ### Stable Diffusion: latents, text, and guidance on the teacher only
+# ### 1.3 Stable Diffusion: latents, text, and guidance on the teacher only
 #
 # Stable Diffusion v1.5 predicts $\epsilon$ for 4x64x64 latents of its VAE, conditioned on CLIP text
 # embeddings. `load_sd` reads a diffusers folder (or a hub id, for users who have the network). Here
@@ -260,7 +260,7 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
       "and lam")
 
 # %% [markdown]
-# ### Leaving the process group cleanly
+# ### 4.1 Leaving the process group cleanly
 #
 # A run that trained well must also *end* well on every process, or torchrun reports it as failed
 # and a scheduler that retries failed jobs trains it again. Two rules in `emd_lib.scale.train` see to it:

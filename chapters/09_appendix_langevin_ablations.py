@@ -151,15 +151,15 @@ print(f"The (x, z) chain needs {relax_xz[hi]:.0f} steps at lam = +6 and {relax_x
 #
 # $$-\nabla_z^2 \log \rho = I - \alpha^2 J^\top \big(\nabla_x ds\big) J + (\text{terms with } \nabla J),$$
 #
-# and $\nabla_x ds = \nabla^2 \log p_t - \nabla^2 \log q_\theta^t$. For two broad Gaussians the two
+# and $\nabla_x ds = \nabla^2 \log p_\lambda - \nabla^2 \log q_\theta^\lambda$. For two broad Gaussians the two
 # Hessians nearly cancel and the curvature stays at or below 1 (for this pair it falls with the SNR).
 # For a mixture with narrow modes (standard deviations 0.1 to 0.3 in `irregular`), the teacher's
 # Hessian near a mode $j$ of standard deviation $\omega_j$ is about $-1/(\alpha^2 \omega_j^2 + \sigma^2)$,
 # which the student only matches where the generator already put its modes; the mismatch is
 # multiplied by $\alpha^2 |J|^2$ and grows with the SNR. `emd_lib.experiments.ch04.z_curvature`
 # measures it by differentiating $\nabla_z \log \rho$ with autograd. We check it on the linear pair,
-# where $-\nabla_z^2 \log \rho = I - \alpha^2 A^\top (P_q - P_p) A$ with $P$ the precisions of $p_t$ and
-# $q_\theta^t$, and then measure it for an MLP generator initialised from the `irregular` teacher,
+# where $-\nabla_z^2 \log \rho = I - \alpha^2 A^\top (P_q - P_p) A$ with $P$ the precisions of $p_\lambda$ and
+# $q_\theta^\lambda$, and then measure it for an MLP generator initialised from the `irregular` teacher,
 # with a student score fitted to it (the state at the start of a distillation run).
 
 # %%
@@ -611,7 +611,7 @@ for sch in ("snr", "none"):
 # mechanism is a feedback. The drift of $z$ is $\gamma_z(\alpha J^\top \Delta s - z)$; where the
 # generator is steep (between modes $J$ is large) one step carries $z$ far, to latents whose images
 # the student score never saw, where its score is wrong and the gap $\Delta s$ larger still, and the
-# next step goes further. (A Metropolis correction would stop it, but it needs $\log q_t$, which a
+# next step goes further. (A Metropolis correction would stop it, but it needs $\log q_\lambda$, which a
 # score network does not give.)
 #
 # What worked is a trust region: no sample's $z$ drifts by more than $0.1\sqrt{\dim z}$ in one step

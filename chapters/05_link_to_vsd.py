@@ -161,8 +161,8 @@ print(f"largest difference over {len(rows)} cases: {max_gap:.2e} (relative to th
 assert max_rel < 1e-5, "the K = 1 identity should hold to float rounding"
 
 # %% [markdown]
-# The two gradients agree to float rounding (the relative difference printed above is a few
-# units of float32 precision), for both weightings and every random network: with $K = 1$,
+# The two gradients agree to float rounding (the largest relative difference over all cases is below
+# $10^{-5}$, a few units of float32 precision; the assert above guards it), for both weightings and every random network: with $K = 1$,
 # $\gamma_\epsilon = 1$ and full noise cancellation, EMD **is** Diff-Instruct. The library and the
 # from-scratch lines agree too. The tests of the library check the same identity.
 
@@ -428,8 +428,8 @@ assert float(diff.mean()) > 2 * se_diff
 
 # %% [markdown]
 # At the forward-KL fit the fully cancelled $K = 16$ gradient pushes the spread outwards, by more than
-# two of its standard errors, while the uncancelled gradient with the same random numbers does not
-# (printed above). With this chain, then, the forward-KL fit is not where the cancelled gradient
+# two of its standard errors, while the uncancelled gradient with the same random numbers does not.
+# With this chain, then, the forward-KL fit is not where the cancelled gradient
 # vanishes, and the gradient there points towards the overshoot that the sweep measured; the
 # uncancelled sweep, whose gradient does vanish there, does not overshoot.
 #
@@ -684,11 +684,11 @@ plt.show()
 # chain consumes random numbers, so the two runs see different batches. The joint chain,
 # EMD-8 $(\epsilon, z)$, is no different in quality either, at a higher cost per step.
 #
-# What $K$ certainly changes is the cost (printed above, measured round-robin against DI). The
+# What $K$ certainly changes is the cost, measured round-robin against DI in the cells above. The
 # right panel's time axis counts whole steps, the two student-score updates of every step included,
 # since those are part of every run's wall time: they cost the same for every method, so the
-# ratios shrink (EMD-16 against DI, printed above: from the generator step's ratio to the whole
-# step's). On that axis DI and small $K$ still reach a given TV sooner. With an expressive generator and
+# ratios shrink (EMD-16 against DI: from the generator step's ratio to the whole step's, both
+# measured above on this machine). On that axis DI and small $K$ still reach a given TV sooner. With an expressive generator and
 # noise levels spread over $[-6, 6]$, the reverse KL's mode seeking hardly bites on these toys
 # (chapter 2 looks for where it does), so the knob of section 4 has little to fix here.
 #

@@ -272,7 +272,7 @@ assert L["lam* = 0"]["recall"]["mean"] > L["lam* = -2"]["recall"]["mean"]
 # The start matters. From the collapsed starts ($\lambda^* = -6, -10$) the generator first has to
 # grow out of a point: after the same number of steps $\lambda^* = -10$ is still far behind in every
 # metric, and $\lambda^* = -6$ has caught up in mode masses (TV) but not in spread (its MMD is
-# higher and its recall lower, as printed above: the modes are there but too narrow). Between
+# higher and its recall lower than those of $\lambda^* = 0$ and $-2$: the modes are there but too narrow). Between
 # $\lambda^* = 0$ and our default $-2$ the sweep shows no clear winner in TV or MMD, and
 # $\lambda^* = 0$ has the better recall on the ring. We kept $-2$, the value our first prototype
 # used; on this 2D target $\lambda^* = 0$ is at least as good. (The paper shows iteration-0 samples
@@ -600,7 +600,7 @@ why = {
     "init_steps": "enough to match D(z, lam*) closely (section 2 prints the distance)",
     "width": "an expressive generator for the 2D toys",
     "depth": "3 hidden layers",
-    "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (printed below)",
+    "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (checked below)",
     "seed": "any; the sweeps average over seeds",
     "langevin.K": "chapter 5 (K as the knob) and section 5 (cost)",
     "langevin.space": "chapter 4: one step size works at every noise level in eps",
@@ -671,7 +671,8 @@ assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                     
 #   run; we kept the EMA from our first prototype, where it helped on long runs, but this sweep does
 #   not show a benefit.
 #
-# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (printed above). With
+# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction 0 of their
+# steps, asserted above). With
 # $w = 1$ it acted now and then, and with the SNR weighting in every step, whose gradient norms run
 # to the hundreds: under Adam, which normalises the scale anyway, that mostly rescales the step.
 #

@@ -715,7 +715,7 @@ assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_
     [(0.303, 0.462), (0.235, 0.395)]
 
 # %% [markdown]
-# What the nine runs say (numbers printed above):
+# What the nine runs say (the numbers are the stored runs', asserted above):
 #
 # * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
 #   uniform is 0.235 to 0.462; by chance alone, 1,000 draws from the uniform histogram stay below

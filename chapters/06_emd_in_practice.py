@@ -258,15 +258,6 @@ for lab in ("lam* = -6", "lam* = -10"):
     print(f"{lab}: TV {L[lab]['tv']['mean']:.3f}, MMD {L[lab]['mmd']['mean']:.4f}, recall {L[lab]['recall']['mean']:.2f} "
           f"against the best of lam* = 0 / -2: TV {min(L[g]['tv']['mean'] for g in good):.3f}, "
           f"MMD {min(L[g]['mmd']['mean'] for g in good):.4f}, recall {max(L[g]['recall']['mean'] for g in good):.2f}")
-# the collapsed starts are behind after the same number of steps
-assert L["lam* = -10"]["tv"]["mean"] > 2 * max(L[g]["tv"]["mean"] for g in good)
-for lab in ("lam* = -6", "lam* = -10"):
-    assert L[lab]["mmd"]["mean"] > max(L[g]["mmd"]["mean"] for g in good)
-    assert L[lab]["recall"]["mean"] < min(L[g]["recall"]["mean"] for g in good)
-# lam* = -6 catches up in the masses; lam* = 0 and -2 are alike in TV and MMD, and 0 has the better recall
-assert L["lam* = -6"]["tv"]["mean"] < max(L[g]["tv"]["mean"] for g in good) + 2 * L["lam* = -6"]["tv"]["std"]
-assert abs(L["lam* = 0"]["tv"]["mean"] - L["lam* = -2"]["tv"]["mean"]) < 2 * max(L[g]["tv"]["std"] for g in good)
-assert L["lam* = 0"]["recall"]["mean"] > L["lam* = -2"]["recall"]["mean"]
 
 # %% [markdown]
 # The start matters. From the collapsed starts ($\lambda^* = -6, -10$) the generator first has to
@@ -322,9 +313,6 @@ Wt = weighting["summary"]
 ratio_one = Wt["w = 1"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
 ratio_snr = Wt["w = SNR"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
 print(f"mode-mass TV relative to w = sigma^2: w = 1 x{ratio_one:.1f}, w = SNR x{ratio_snr:.1f}")
-assert Wt["w = sigma^2"]["tv"]["mean"] < min(Wt["w = 1"]["tv"]["mean"], Wt["w = SNR"]["tv"]["mean"])
-assert Wt["w = sigma^2"]["mmd"]["mean"] < min(Wt["w = 1"]["mmd"]["mean"], Wt["w = SNR"]["mmd"]["mean"])
-assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["mean"] < 0.75 for k in Wt)
 
 # %% [markdown]
 # Here the choice is clear: $w = \sigma^2$ beats both alternatives in mode masses and in MMD, by more
@@ -468,7 +456,6 @@ checks = {
 }
 for k, v in checks.items():
     print(f"{k:>46}: {v}")
-assert all(checks.values())
 
 # %% [markdown]
 # What the sweep shows (each line above is checked in code):
@@ -643,7 +630,6 @@ for (sw, lab), (frac, gn) in clip_by.items():
         print(f"  {sw}, {lab}: up to {frac:.3f} of the steps (mean norm {gn:.1f})")
 clip_sigma2 = max(frac for (sw, lab), (frac, gn) in clip_by.items() if not lab.startswith("w = ") or lab == "w = sigma^2")
 print(f"  every run with w = sigma^2: at most {clip_sigma2:.3f}")
-assert clip_sigma2 == 0.0
 
 H = hp["summary"]
 d0 = H["defaults"]
@@ -651,10 +637,6 @@ close = lambda lab, k: abs(H[lab][k]["mean"] - d0[k]["mean"]) <= 2 * max(H[lab][
 same = ("gamma_eps = 0.1", "gamma_eps = 0.6", "student_updates = 1", "Adam betas (0.9, 0.999)")
 for lab in same:
     print(f"{lab:>26}: TV within two seed-stds of the defaults: {close(lab, 'tv')}, MMD: {close(lab, 'mmd')}")
-assert all(close(lab, "tv") and close(lab, "mmd") for lab in same)
-assert H["lr_g = 5e-4"]["tv"]["mean"] > d0["tv"]["mean"] + 2 * d0["tv"]["std"]         # too slow
-assert H["lr_g = 5e-3"]["mmd"]["mean"] > 2 * d0["mmd"]["mean"]                          # loses spread
-assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                             # the EMA lags at this length
 
 # %% [markdown]
 # What the sweep says, one setting at a time:
@@ -672,7 +654,7 @@ assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                     
 #   not show a benefit.
 #
 # The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction 0 of their
-# steps, asserted above). With
+# steps; `tests/test_chapter_claims.py` checks it). With
 # $w = 1$ it acted now and then, and with the SNR weighting in every step, whose gradient norms run
 # to the hundreds: under Adam, which normalises the scale anyway, that mostly rescales the step.
 #

@@ -384,14 +384,6 @@ for row in seed1["rows"]:
               f"{row['classifier_frechet']:.1f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
               f"class acc. {row['class_accuracy']:.3f}")
 
-# the comparisons the text below makes, checked against the shipped tables
-s_emd, s_di = (next(r for r in seed1["rows"] if r["model"].startswith(p) and "one step" in r["model"])
-               for p in ("EMD", "Diff-Instruct"))
-for e, d in ((emd_row, di_row), (s_emd, s_di)):
-    assert d["classifier_frechet"] < e["classifier_frechet"] and d["recall"] > e["recall"]  # DI ahead
-assert emd_row["precision"] > di_row["precision"] and di_row["class_accuracy"] > emd_row["class_accuracy"]
-assert s_emd["class_accuracy"] > s_di["class_accuracy"]
-assert emd_row["classes_covered"] == di_row["classes_covered"] == 10
 cards = {key: students[key][2] for key in ("emd", "di")}
 ev = {key: evals_per_step(c["config"]["method"], c["config"]["langevin"]["K"], c["config"]["langevin"]["move_z"])
       for key, c in cards.items()}
@@ -399,7 +391,6 @@ cost = cards["emd"]["seconds_per_step"] / cards["di"]["seconds_per_step"]
 print(f"\nper generator update: EMD-4 {ev['emd']['teacher']} teacher and {ev['emd']['student']} student-score "
       f"evaluations, Diff-Instruct {ev['di']['teacher']} and {ev['di']['student']}; seconds per step "
       f"{cards['emd']['seconds_per_step']} against {cards['di']['seconds_per_step']} ({cost:.2f}x)")
-assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3 and 1.6 < cost < 2.0
 
 # %% [markdown]
 # What the shipped table says (500 samples; the shipped students are one seed each, and a second
@@ -453,12 +444,6 @@ for row, card in ((emd_row, cards["emd"]), (di_row, cards["di"]), (z_row, card_z
           f"{row['precision']:>11.3f}{row['recall']:>8.3f}{row['class_accuracy']:>12.3f}")
 print(f"updates: {card_z['steps']} against the shipped EMD-4's {cards['emd']['steps']} "
       f"({card_z['steps'] / cards['emd']['steps']:.2f})")
-assert lz["move_z"] and lz["z_clip"] == 0.1 and lz["cancel"] == "none"
-assert 0.6 < card_z["steps"] / cards["emd"]["steps"] < 0.75                             # about two thirds
-assert z_row["recall"] > max(emd_row["recall"], di_row["recall"])                       # the highest recall
-assert z_row["classifier_frechet"] > max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
-assert z_row["class_accuracy"] < min(emd_row["class_accuracy"], di_row["class_accuracy"])
-assert z_row["classes_covered"] == 10
 
 # %% [markdown]
 # With about two thirds of the shipped EMD-4's updates, the joint-chain student has the highest recall
@@ -715,7 +700,7 @@ assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_
     [(0.303, 0.462), (0.235, 0.395)]
 
 # %% [markdown]
-# What the nine runs say (the numbers are the stored runs', asserted above):
+# What the nine runs say (the numbers are the stored runs'):
 #
 # * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
 #   uniform is 0.235 to 0.462; by chance alone, 1,000 draws from the uniform histogram stay below

@@ -595,7 +595,7 @@ for sch in ("snr", "none"):
 # seeds, but the sharpness does: in both schemes the fraction within 3 standard deviations and the
 # precision fall as the $z$ step grows, from the smallest to the largest stable step by more than the
 # seeds' spread (plain step: 0.662 to 0.563 within 3 sd, precision 0.740 to 0.666), and the MMD rises
-# with it. Larger $z$ steps smear the samples, as the $z$ step's bias of section 2 leads one to expect.
+# with it. Larger $z$ steps smear the samples.
 # So $(\epsilon, z)$ with `z_precondition="snr"` is stable for base steps up to 0.3, and we keep the
 # library's default of 0.1, inside it; its samples are as sharp as those of 0.03 within the seeds'
 # spread, while 0.3 is visibly blurrier. What we did not find, in 2D, is a gain from moving $z$ at

@@ -41,7 +41,7 @@ def assert_same_settings(built, stored, where="config"):
     Settings added to the library after the sweep ran are not in the JSON; they must keep their
     neutral defaults, which the rerun's result then checks.
     """
-    built = json.loads(json.dumps(built))
+    built, stored = json.loads(json.dumps(built)), json.loads(json.dumps(stored))
     for k, v in stored.items():
         if k == "seed":
             continue
@@ -402,3 +402,243 @@ def test_ch10_far_map_rerun():
     stored = [r["light_mass"] for r in fmap["runs"] if all(r[k] == v for k, v in cell.items())]
     ok, msg = within_spread(live["light_mass"], stored, 0.03)
     assert ok, f"far_map {cell}: {msg}"
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 5: emd_lib/experiments/ch05.py
+
+@pytest.mark.slow
+def test_ch05_ksweep_rerun():
+    """The K sweep on grid25: EMD-4 from seed 0's shared start, the stored 400 steps (about 25 s)."""
+    from emd_lib.experiments import ch05
+    from emd_lib.mixtures import get_mixture
+
+    ks = load("ch05_ksweep_grid25.json")
+    mixture = get_mixture(ks["mixture"])
+    ov = {k: ks["config"][k] for k in ("batch", "init_steps", "student_warmup")}
+    cfg = ch05.label_config("EMD-4", seed=0, steps=ks["steps"], **ov)
+    assert_same_settings({k: v for k, v in cfg.to_dict().items() if k != "langevin"},
+                         {k: v for k, v in ks["config"].items() if k not in ("langevin", "steps")})
+    start = ch05.prepare(mixture, ch05.label_config("DI", seed=0, steps=ks["steps"], **ov))
+    live = ch05.run_one(mixture, cfg, n_eval=2000, eval_every=ks["steps"], start=start)
+    for key, floor in (("tv", 0.02), ("mmd", 0.005)):
+        ok, msg = within_spread(live["metrics"][key], [r["metrics"][key] for r in ks["runs"]["EMD-4"]], floor)
+        assert ok, f"ksweep EMD-4 {key}: {msg}"
+
+
+@pytest.mark.slow
+def test_ch05_linear_rerun():
+    """The linear generator on bimodal with the exact student: EMD-8, seed 0, the stored 1000 steps."""
+    from emd_lib.experiments import ch05
+    from emd_lib.mixtures import get_mixture
+
+    lin = load("ch05_linear_bimodal.json")
+    live = ch05.linear_knob(get_mixture(lin["mixture"]), "EMD-8", steps=lin["steps"], seed=0)
+    stored = lin["runs"]["EMD-8"]
+    for i, key in ((0, "std"), (0, "b")):
+        ok, msg = within_spread(live[key][i], [r[key][i] for r in stored], 0.02)
+        assert ok, f"linear EMD-8 {key}[{i}]: {msg}"
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 6: emd_lib/experiments/ch06.py
+
+def ch06_rerun(sweep, label, floors):
+    from emd_lib.experiments import ch06
+    from emd_lib.mixtures import get_mixture
+
+    res = load(f"ch06_{sweep}.json")
+    base = {k: res["defaults"][k] for k in ("batch", "init_steps", "student_warmup")}
+    cfg = ch06.variant_config(ch06.SWEEPS[sweep][label], seed=0, steps=res["steps"], base=base)
+    assert_same_settings(ch06.variant_config({}, seed=0, steps=res["steps"], base=base).to_dict(), res["defaults"])
+    assert res["variants"][label] == ch06.SWEEPS[sweep][label]
+    runs = ch06.run_sweep(sweep, get_mixture(res["mixture"]), seeds=(0,), steps=res["steps"], n_eval=2000,
+                          eval_every=res["steps"], variants={label: res["variants"][label]}, progress=False, base=base)
+    live = runs[label][0]
+    assert not live["diverged"]
+    for key, floor in floors.items():
+        ok, msg = within_spread(live["metrics"][key], [r["metrics"][key] for r in res["runs"][label]], floor)
+        assert ok, f"ch06 {sweep} {label} {key}: {msg}"
+
+
+@pytest.mark.slow
+def test_ch06_weighting_rerun():
+    """The weighting sweep on ring8: w = sigma^2, seed 0, the stored 400 steps."""
+    ch06_rerun("weighting", "w = sigma^2", {"tv": 0.02, "mmd": 0.005})
+
+
+def test_ch05_linear_claims():
+    """Chapter 5, section 4: how far along the path from DI to the forward-KL fit each chain takes a linear fit."""
+    lin, lin_z, lin_nc = load("ch05_linear_bimodal.json"), load("ch05_linear_bimodal_z.json"), load("ch05_linear_bimodal_z_nocancel.json")
+    st = lin_nc["settings"]
+    assert st["cancel"] == "none" and lin_nc["steps"] == lin["steps"] == lin_z["steps"] and lin_nc["seeds"] == lin_z["seeds"]
+    summ = {**lin["summary"], **lin_z["summary"]}
+    fwd_std, di_std = lin["forward_kl_fit"]["std"][0], summ["DI"]["std_mean"][0]
+
+    def ks_and_std(summary):
+        labs = [k for k in summary if k != "DI"]
+        return ([int(k.split("-")[1].split()[0]) for k in labs], [summary[k]["std_mean"][0] for k in labs],
+                [summary[k]["std_std"][0] for k in labs])
+
+    K_e, std_e, err_e = ks_and_std(lin["summary"])
+    K_z, std_z, err_z = ks_and_std(lin_z["summary"])
+    K_n, std_n, err_n = ks_and_std(lin_nc["summary"])
+    way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)  # noqa: E731
+    assert max(std_e) > di_std and way(max(std_e)) < 50          # eps only: towards covering, but not far
+    assert way(summ["EMD-8 (eps, z)"]["std_mean"][0]) > 75        # the joint chain gets (nearly) there
+    assert abs(std_e[-1] - std_e[-2]) < 0.02                        # eps only: the last doubling of K adds ~nothing
+    assert summ["EMD-16 (eps, z)"]["std_mean"][0] > fwd_std         # the joint chain overshoots at K = 16 ...
+    assert K_n == K_z and all(a < b for a, b in zip(std_n, std_n[1:])) and std_n[-1] < fwd_std + 2 * err_n[-1]
+    assert abs(std_n[-1] - fwd_std) < abs(std_z[-1] - fwd_std) / 2  # ... and without cancellation it does not
+    assert sum(err_n) > 2 * sum(err_z)                               # the price: more spread between seeds
+    m_fwd0 = lin["forward_kl_fit"]["mean"][0]
+    assert abs(summ["EMD-8 (eps, z)"]["b_mean"][0] - m_fwd0) > abs(summ["DI"]["b_mean"][0] - m_fwd0)
+
+
+def test_ch05_moving_z_claims():
+    """Chapter 5, section 4.1: under w = 1 DI and the frozen-z chain collapse, the joint chain does not."""
+    from emd_lib.experiments import ch05
+    from emd_lib.mixtures import bimodal
+
+    mz, bi = load("ch05_linear_moving_z.json"), bimodal()
+    assert mz["methods"]["EMD-16 (eps, z), no cancel"]["langevin"] == {"cancel": "none", "z_precondition": "none", "gamma_z": 0.05}
+    assert mz["methods"] == {k: {"label": lab, "langevin": lang} for k, (lab, lang) in ch05.MOVING_Z.items()}
+    fit_b, fit_std = mz["forward_kl_fit"]["mean"][0], mz["forward_kl_fit"]["std"][0]
+    MZ = {}
+    for r in mz["runs"]:
+        MZ.setdefault((r["weighting"], r["start"], r["method"]), []).append((r["b"][0], r["std"][0]))
+    MZ = {k: (np.mean([b for b, _ in v]), np.mean([s for _, s in v])) for k, v in MZ.items()}
+    heavy_x, one_sd = float(bi.means[0, 0]), float(bi.var[0, 0].sqrt())
+    EPS_, Z_ = "EMD-16 (eps, -)", "EMD-16 (eps, z), no cancel"
+    for st in ("narrow", "fit"):
+        for m in ("DI", EPS_):                    # w = 1: collapsed onto the heavy mode, from either start
+            b_, sd_ = MZ[("one", st, m)]
+            assert abs(b_ - heavy_x) < 0.1 and sd_ < one_sd + 0.1
+        assert MZ[("one", st, EPS_)][1] - MZ[("one", st, "DI")][1] < 0.1          # (eps, -) hardly wider than DI
+        assert 0 < MZ[("one", st, Z_)][1] - fit_std < 0.15 and abs(MZ[("one", st, Z_)][0] - fit_b) < 0.2
+        sig = [MZ[("sigma2", st, m)][1] for m in ("DI", EPS_, Z_)]             # w = sigma^2: no collapse
+        assert 1.0 < sig[0] < sig[1] < sig[2] and abs(sig[2] - fit_std) < 0.05
+
+
+def test_ch05_ksweep_claims():
+    """Chapter 5, section 5: K on 25 narrow modes; every method within the seeds' spread of DI."""
+    ks, ks_z = load("ch05_ksweep_grid25.json"), load("ch05_ksweep_grid25_z.json")
+    assert ks_z["seeds"] == ks["seeds"] and ks_z["steps"] == ks["steps"]   # same starts: the runs are paired
+    S = {**ks["summary"], **ks_z["summary"]}
+    labels = ks["labels"] + ks_z["labels"]
+    T = dict(ks["timing"])
+    for lab in ks_z["labels"]:
+        T[lab] = {"median": ks_z["timing"][lab]["median"] * ks["timing"]["DI"]["median"] / ks_z["timing"]["DI"]["median"]}
+    runs = {**ks["runs"], **ks_z["runs"]}
+    assert all(S[lab]["modes_covered"]["mean"] == 25 for lab in labels)
+    assert max(S[lab]["within_3sd"]["mean"] for lab in labels) < 0.2          # most samples lie between the modes
+    assert max(r["clipped_frac"] for rs in runs.values() for r in rs) == 0     # the gradient clip never acted
+    assert all(abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
+               for lab in labels)
+    assert T["EMD-16"]["median"] / T["DI"]["median"] > 2.5 and T["EMD-8 (eps, z)"]["median"] / T["EMD-8"]["median"] > 1.3
+
+
+def test_ch06_claims():
+    """Chapter 6: the starts (lam*), the weighting, test-time correction and the hyperparameters."""
+    L = load("ch06_lamstar.json")["summary"]
+    good = ("lam* = 0", "lam* = -2")
+    assert L["lam* = -10"]["tv"]["mean"] > 2 * max(L[g]["tv"]["mean"] for g in good)
+    for lab in ("lam* = -6", "lam* = -10"):
+        assert L[lab]["mmd"]["mean"] > max(L[g]["mmd"]["mean"] for g in good)
+        assert L[lab]["recall"]["mean"] < min(L[g]["recall"]["mean"] for g in good)
+    assert L["lam* = -6"]["tv"]["mean"] < max(L[g]["tv"]["mean"] for g in good) + 2 * L["lam* = -6"]["tv"]["std"]
+    assert abs(L["lam* = 0"]["tv"]["mean"] - L["lam* = -2"]["tv"]["mean"]) < 2 * max(L[g]["tv"]["std"] for g in good)
+    assert L["lam* = 0"]["recall"]["mean"] > L["lam* = -2"]["recall"]["mean"]
+
+    Wt = load("ch06_weighting.json")["summary"]
+    assert Wt["w = sigma^2"]["tv"]["mean"] < min(Wt["w = 1"]["tv"]["mean"], Wt["w = SNR"]["tv"]["mean"])
+    assert Wt["w = sigma^2"]["mmd"]["mean"] < min(Wt["w = 1"]["mmd"]["mean"], Wt["w = SNR"]["mmd"]["mean"])
+    assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["mean"] < 0.75 for k in Wt)
+
+    mc = load("ch06_mcmc.json")
+    labels_mc = list(mc["runs"][0]["settings"])
+    den = lambda lab, k="within_3sd": float(np.mean([r["settings"][lab]["denoised"][k] for r in mc["runs"]]))  # noqa: E731
+    gen_mmd = np.mean([r["generator"]["mmd"] for r in mc["runs"]])
+    gen_tv = np.mean([r["generator"]["tv"] for r in mc["runs"]])
+    assert den("lam 6, 300 steps") > den("lam 6, denoise only") + 0.3                      # the chain does the work
+    assert den("lam 6, 300 steps", "mmd") < min(gen_mmd, den("lam 6, denoise only", "mmd"))
+    assert den("lam 2, 300 steps") < 0.6                                                    # lam 2: little repair
+    assert den("lam 4, denoise only") > 0.8                                                 # lam 4: the denoiser snaps
+    assert den("lam 4, 300 steps", "recall") < den("lam 6, 300 steps", "recall")
+    assert den("lam 6, denoise only") < den("lam 6, 300 steps, eps only") < den("lam 6, 300 steps")
+    assert den("lam 6, 30 steps") > 0.95
+    for lab in ("lam 6, 300 steps, gamma_z 0.2", "lam 6, 300 steps, gamma_eps 0.3"):
+        assert den(lab) >= den("lam 6, 300 steps") - 0.02 and den(lab, "mmd") <= den("lam 6, 300 steps", "mmd") + 0.005
+    assert den("lam 6, 300 steps, gamma_z 1", "tv") > 0.5                                  # gamma_z = 1 breaks the masses
+    assert all(abs(den(lab, "tv") - gen_tv) < 0.05 for lab in labels_mc                    # no sane setting fixes them
+               if "gamma_z 1" not in lab and not lab.startswith("lam 2"))
+
+    hp, lamstar, weighting = load("ch06_hparams.json"), load("ch06_lamstar.json"), load("ch06_weighting.json")
+    clip_by = {(res["sweep"], lab): max(r["clipped_frac"] for r in rs) for res in (hp, lamstar, weighting)
+               for lab, rs in res["runs"].items()}
+    assert max(f for (sw, lab), f in clip_by.items() if not lab.startswith("w = ") or lab == "w = sigma^2") == 0.0
+    H = hp["summary"]
+    d0 = H["defaults"]
+    close = lambda lab, k: abs(H[lab][k]["mean"] - d0[k]["mean"]) <= 2 * max(H[lab][k]["std"], d0[k]["std"]) + 1e-3  # noqa: E731
+    assert all(close(lab, "tv") and close(lab, "mmd")
+               for lab in ("gamma_eps = 0.1", "gamma_eps = 0.6", "student_updates = 1", "Adam betas (0.9, 0.999)"))
+    assert H["lr_g = 5e-4"]["tv"]["mean"] > d0["tv"]["mean"] + 2 * d0["tv"]["std"]         # too slow
+    assert H["lr_g = 5e-3"]["mmd"]["mean"] > 2 * d0["mmd"]["mean"]                          # loses spread
+    assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                             # the EMA lags at this length
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 7: the shipped MNIST students, evaluated by emd_lib/commands/eval_images.py
+
+def ch07_rows():
+    table, seed1 = load("ch07_table.json"), load("ch07_seed1.json")
+    emd_row = next(r for r in table["rows"] if r["model"].startswith("EMD") and r["model"].endswith("one step"))
+    di_row = next(r for r in table["rows"] if r["model"].startswith("Diff-Instruct"))
+    s_emd, s_di = (next(r for r in seed1["rows"] if r["model"].startswith(p) and "one step" in r["model"])
+                   for p in ("EMD", "Diff-Instruct"))
+    return emd_row, di_row, s_emd, s_di
+
+
+def test_ch07_table_and_joint_claims():
+    """Chapter 7, section 6 and 6.1: EMD-4 against Diff-Instruct, and the joint-chain student."""
+    from emd_lib.distill import evals_per_step
+
+    emd_row, di_row, s_emd, s_di = ch07_rows()
+    for e, d in ((emd_row, di_row), (s_emd, s_di)):
+        assert d["classifier_frechet"] < e["classifier_frechet"] and d["recall"] > e["recall"]  # DI ahead
+    assert emd_row["precision"] > di_row["precision"] and di_row["class_accuracy"] > emd_row["class_accuracy"]
+    assert s_emd["class_accuracy"] > s_di["class_accuracy"]
+    assert emd_row["classes_covered"] == di_row["classes_covered"] == 10
+    cards = {key: json.loads((DATA_DIR / f"mnist_{key}.json").read_text()) for key in ("emd", "di")}
+    ev = {key: evals_per_step(c["config"]["method"], c["config"]["langevin"]["K"], c["config"]["langevin"]["move_z"])
+          for key, c in cards.items()}
+    assert ev["emd"]["teacher"] - ev["di"]["teacher"] == 3
+    assert 1.6 < cards["emd"]["seconds_per_step"] / cards["di"]["seconds_per_step"] < 2.0
+    joint, card_z = load("ch07_joint.json"), json.loads((DATA_DIR / "mnist_emd_z.json").read_text())
+    z_row = next(r for r in joint["rows"] if r["model"].startswith("EMD-4 (eps, z)"))
+    lz = card_z["config"]["langevin"]
+    assert lz["move_z"] and lz["z_clip"] == 0.1 and lz["cancel"] == "none"
+    assert 0.6 < card_z["steps"] / cards["emd"]["steps"] < 0.75                             # about two thirds
+    assert z_row["recall"] > max(emd_row["recall"], di_row["recall"])                       # the highest recall
+    assert z_row["classifier_frechet"] > max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
+    assert z_row["class_accuracy"] < min(emd_row["class_accuracy"], di_row["class_accuracy"])
+    assert z_row["classes_covered"] == 10
+
+
+@pytest.mark.slow
+def test_ch07_joint_rerun(tmp_path):
+    """Re-evaluate the shipped joint-chain student as `ch07_joint.json` was made (500 samples, no teacher
+    rows, no correction; the cards are not annotated) and compare with the stored row. Training an MNIST
+    student takes minutes, so the rerun is the evaluation: it guards the generator, the classifier and
+    the metrics code the chapter's numbers come from."""
+    from emd_lib.commands import eval_images
+
+    out = tmp_path / "joint.json"
+    eval_images.main(["--n", "500", "--teacher-steps", "--emd", str(DATA_DIR / "mnist_emd_z"), "--di", "none",
+                      "--correction-steps", "0", "--threads", "1", "--out", str(out)])
+    live = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in load("ch07_joint.json")["rows"]:
+        got = live[row["model"]]
+        for key, tol in (("precision", 0.02), ("recall", 0.02), ("class_accuracy", 0.02), ("classes_covered", 0)):
+            assert abs(got[key] - row[key]) <= tol, f"{row['model']} {key}: {got[key]} now, {row[key]} stored"
+        assert abs(got["classifier_frechet"] - row["classifier_frechet"]) <= 0.05 * row["classifier_frechet"] + 1.0

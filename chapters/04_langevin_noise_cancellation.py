@@ -10,7 +10,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Chapter 4: Langevin and noise cancellation
 #

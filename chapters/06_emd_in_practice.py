@@ -275,12 +275,12 @@ for lab in ("lam* = -6", "lam* = -10"):
 # normalises the overall scale of the gradient, only the *shape* of $w$ matters: how the levels are
 # weighted against each other. The M-step gradient at one level is
 # $-(w\alpha/\sigma)\,\tilde\epsilon^\top \partial g/\partial\theta$ with $\tilde\epsilon \approx \gamma\,\sigma\, ds$ for a short chain,
-# so its size is about $w\,\alpha\,\|ds\|$. For a mode of width $s$ displaced by $\delta$, the score gap is
-# about $ds \approx \alpha\delta / (\alpha^2 s^2 + \sigma^2)$: it grows like $1/\sigma^2$ as the noise falls, until
+# so its size is about $w\,\alpha\,\|ds\|$. For a mode of width $\omega$ displaced by $\delta$, the score gap is
+# about $ds \approx \alpha\delta / (\alpha^2 \omega^2 + \sigma^2)$: it grows like $1/\sigma^2$ as the noise falls, until
 # $\sigma$ reaches the mode's width. So $w = 1$ lets the least noisy levels dominate, $w = \alpha^2/\sigma^2$
 # (the SNR) even more so, and $w = \sigma^2$ (our default) puts the weight in the middle of the range,
 # where the noisy versions of neighbouring modes still overlap and mass can move between them.
-# The figure draws $w\,\alpha^2/(\alpha^2 s^2 + \sigma^2)$ for the ring's mode width $s = 0.15$.
+# The figure draws $w\,\alpha^2/(\alpha^2 \omega^2 + \sigma^2)$ for the ring's mode width $\omega = 0.15$.
 
 # %%
 lam_grid = torch.linspace(-6, 6, 121)

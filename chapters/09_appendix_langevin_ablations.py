@@ -10,7 +10,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Chapter 9: Appendix: Langevin ablations
 #

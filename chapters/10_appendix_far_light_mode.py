@@ -8,7 +8,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Chapter 10: Appendix: when a far, light mode survives
 #

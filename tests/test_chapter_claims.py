@@ -642,3 +642,23 @@ def test_ch07_joint_rerun(tmp_path):
         for key, tol in (("precision", 0.02), ("recall", 0.02), ("class_accuracy", 0.02), ("classes_covered", 0)):
             assert abs(got[key] - row[key]) <= tol, f"{row['model']} {key}: {got[key]} now, {row[key]} stored"
         assert abs(got["classifier_frechet"] - row["classifier_frechet"]) <= 0.05 * row["classifier_frechet"] + 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 8: the GPU benchmarks (python -m emd_lib bench; rerunning them needs a CUDA GPU)
+
+def test_ch08_gpu_bench_claims():
+    """Chapter 8, section 5: EMD-8 against Diff-Instruct eager and compiled, and CUDA graphs on a tiny network."""
+    gpu = {f.stem.removeprefix("bench_gpu_"): json.loads(f.read_text()) for f in sorted(RESULTS.glob("bench_gpu_*.json"))}
+    assert {"imagenet64", "imagenet64_compile", "tiny", "tiny_graphs"} <= set(gpu)
+    eager = {r["method"]: r for r in gpu["imagenet64"]["rows"]}
+    comp = {r["method"]: r for r in gpu["imagenet64_compile"]["rows"]}
+    e8 = eager["EMD-8"]
+    step_s = (comp["EMD-4"]["sec_per_step"] - comp["EMD-2"]["sec_per_step"]) / 2
+    emd8_c = comp["EMD-4"]["sec_per_step"] + 4 * step_s                 # extrapolated, not measured
+    assert 4.0 < e8["ratio_to_di"] < 5.0 and abs(e8["predicted_sec"] / e8["sec_per_step"] - 1) < 0.05
+    assert all(c["pct_peak"] > 1.6 * eager[m]["pct_peak"] for m, c in comp.items())
+    assert max(r["pct_peak"] for r in comp.values()) < 40 and 1.7 < e8["sec_per_step"] / emd8_c < 1.9
+    t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
+    t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
+    assert min(t0[m]["sec_per_step"] / t1[m]["sec_per_step"] for m in t0) > 3

@@ -504,21 +504,22 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 # %% [markdown]
 # ## Summary
 #
-# * A one-step generator is a latent-variable model; its noisy marginal
-#   $q_\theta^\lambda(x_t) = \int \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z)\, dz$ is an
-#   integral with no closed form unless $g$ is linear.
-# * Maximum likelihood on teacher samples is the forward KL, $\mathbb E_{p_\lambda} \log q_\theta^\lambda = -\mathrm{KL}(p_\lambda\|q_\theta^\lambda) - H(p_\lambda)$.
-# * Fisher's identity: $\nabla_\theta \log q_\theta^\lambda(x_t)$ is the posterior average of the
-#   complete-data gradient; we checked it three ways.
-# * Averaged over the teacher, the pairs come from $\rho(x_t, z) = p_\lambda(x_t)\, q_\theta(z \mid x_t)$
-#   (E-step), and the forward-KL gradient is the gradient of the regression
-#   $\mathbb E_\rho \|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$ (M-step).
-# * Sampling $\rho$ needs the student score $\nabla \log q_\theta^\lambda$, which importance sampling
-#   cannot supply at low noise; EMD learns it with denoising score matching.
-# * On a linear-Gaussian generator, exact EM and EM with a Langevin E-step and an SGD M-step
-#   both converge to $A A^\top = C$, $b = m$.
-
-# %% [markdown]
+# You can now:
+#
+# * write a one-step generator's noisy marginal $q_\theta^\lambda$ as an integral over its latent, say why
+#   distillation works with noisy marginals rather than clean ones, and compute the integral in closed
+#   form for a linear generator;
+# * show that maximum likelihood on teacher samples is the forward KL, and derive its gradient with
+#   Fisher's identity as a posterior average of the complete-data gradient;
+# * derive the EM bound $\log q_\theta^\lambda(x_t) \ge \mathbb E_r[\log q_\theta(x_t, z)] + H(r)$ with gap
+#   $\mathrm{KL}(r \,\|\, q_\theta(z \mid x_t))$, and explain why a full M-step cannot lower the likelihood;
+# * state the E-step target $\rho(x_t, z) = p_\lambda(x_t)\, q_\theta(z \mid x_t)$ and the M-step regression
+#   $\mathbb E_\rho \|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$, whose gradient is the forward-KL gradient;
+# * explain why $\nabla \log q_\theta^\lambda$ needs a learned student score (importance sampling collapses at
+#   low noise);
+# * run Langevin dynamics ($u \leftarrow u + \gamma \nabla \log \pi + \sqrt{2\gamma}\, n$) and EM with a
+#   Langevin E-step on a linear generator, and check that it reaches $A A^\top = C$, $b = m$.
+#
 # ## Exercise 3.1: the latent posterior
 #
 # Write `posterior(A, b, x_t, alpha, sigma)` returning the mean `(B, d)` and covariance `(d, d)` of

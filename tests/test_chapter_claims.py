@@ -213,6 +213,24 @@ def test_ch04_cancel_rerun():
 
 
 @pytest.mark.slow
+def test_ch09_gamma_z_divergence_rerun():
+    """The plain z step 0.1 of the gamma_z sweep, seed 0: it still diverges, and as early as the stored runs
+    (they stopped after 11 to 16 of 400 updates), so the rerun takes seconds."""
+    from emd_lib.experiments import ch04
+    from emd_lib.mixtures import get_mixture
+
+    res = load("ch04_gamma_z.json")
+    stored_cfg = res["variants"]["none 0.1"]
+    cfg = ch04.variant_config(ch04.SWEEPS["gamma_z"]["none 0.1"], seed=0, steps=res["steps"], width=res["width"], K=res["K"],
+                              **{k: stored_cfg[k] for k in ("batch", "init_steps", "student_warmup")})
+    assert_same_settings(cfg.to_dict(), stored_cfg)
+    live = ch04.run_variant(get_mixture(res["mixture"]), cfg, n_eval=500)
+    stored = [r["steps_done"] for r in res["runs"]["none 0.1"]]
+    assert live["diverged"] and all(r["diverged"] for r in res["runs"]["none 0.1"])
+    assert min(stored) - 5 <= live["steps_done"] <= max(stored) + 5, (live["steps_done"], stored)
+
+
+@pytest.mark.slow
 def test_ch04_zstep_far_rerun():
     """One run of the trust-region sweep on `far`: the recommended joint chain, seed 0, 1000 updates (about 20 s)."""
     ch04_rerun("zstep_far", "(eps, z) none 0.02 clip 0.1", {"tv": 0.02, "within_3sd": 0.02})
@@ -438,6 +456,18 @@ def test_ch05_linear_rerun():
     for i, key in ((0, "std"), (0, "b")):
         ok, msg = within_spread(live[key][i], [r[key][i] for r in stored], 0.02)
         assert ok, f"linear EMD-8 {key}[{i}]: {msg}"
+
+
+@pytest.mark.slow
+def test_ch05_linear_joint_rerun():
+    """The linear generator with the joint chain: EMD-8 (eps, z), seed 0, the stored 1000 steps."""
+    from emd_lib.experiments import ch05
+    from emd_lib.mixtures import get_mixture
+
+    lin = load("ch05_linear_bimodal_z.json")
+    live = ch05.linear_knob(get_mixture(lin["mixture"]), "EMD-8 (eps, z)", steps=lin["steps"], seed=0)
+    ok, msg = within_spread(live["std"][0], [r["std"][0] for r in lin["runs"]["EMD-8 (eps, z)"]], 0.02)
+    assert ok, f"linear EMD-8 (eps, z) std: {msg}"
 
 
 # ---------------------------------------------------------------------------------------------

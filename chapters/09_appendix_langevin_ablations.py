@@ -260,10 +260,11 @@ print(f"At lam = 0 the fixed x step is {GX / level(0.0)[1] ** 2:.4f} in eps unit
       f"{err0:.3f}, the fixed-step (x, z) chain at {err_end[fx_z]:.3f} with trace(AA^T) {tr[fx_z]:.2f} from {tr0:.2f}; "
       f"the per-level (x, z) chain ends with trace {tr['(x, z), gamma_x = 0.3 sigma^2']:.2f} against "
       f"trace(C) = {float(torch.trace(C)):.2f}" + fast_note(f"{em_iters} EM iterations; the full run uses 200") + ".")
+assert 150 < 0.3 * level(0.0)[1] ** 2 / GX < 250                  # "about 200 times smaller"
 
 # %% [markdown]
 # Both $\epsilon$-chains reach the fit (up to the Monte Carlo floor of chapter 3). The fixed-step
-# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2$, is about 400 times
+# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2$, is about 200 times
 # smaller than the $\epsilon$-chain's, so in $K = 8$ steps the chain carries almost nothing from the
 # teacher. The fixed-step $(x, -)$ chain moves the generator only a little towards the fit (its error
 # ends a little below the starting one). The fixed-step $(x, z)$ chain moves it the wrong way:

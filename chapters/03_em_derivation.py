@@ -71,8 +71,8 @@ gen = LinearGenerator(A, b)
 
 def level(lam):
     """(alpha, sigma) of the VP schedule at log-SNR lam, as floats."""
-    a, s = VP.alpha_sigma(torch.tensor(float(lam)))
-    return float(a), float(s)
+    alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
+    return float(alpha), float(sigma)
 
 
 # %% [markdown]
@@ -311,10 +311,10 @@ ess_frac, rel_err = [], []
 g = torch.Generator().manual_seed(1)
 student = exact_student(A, b)
 for lam in lams_is:
-    a_, s_ = level(lam)
-    pt = torch.distributions.MultivariateNormal(a_ * m, a_**2 * C + s_**2 * torch.eye(2))
+    a_, sig_ = level(lam)
+    pt = torch.distributions.MultivariateNormal(a_ * m, a_**2 * C + sig_**2 * torch.eye(2))
     xq = pt.sample((200,))
-    sc, ess = mc_student_score(gen, xq, a_, s_, n_is, generator=g)
+    sc, ess = mc_student_score(gen, xq, a_, sig_, n_is, generator=g)
     exact = student.score(xq, torch.full((200,), lam))
     ess_frac.append(float(ess.median()) / n_is)
     rel_err.append(float(((sc - exact).norm(dim=1) / exact.norm(dim=1)).median()))
@@ -417,24 +417,24 @@ from emd_lib.em import langevin_em_step
 lcfg = LangevinConfig(K=8, space="eps", move_z=True, gamma_eps=0.3, gamma_z=0.3, z_precondition="none",
                       cancel="none")
 lam_em = 0.0
-a_em, s_em = level(lam_em)
+a_em, sig_em = level(lam_em)
 batch = fast_or(1024, 256)
 
 # from scratch
 g1 = LinearGenerator(A_init, b_init)
-opt1 = torch.optim.SGD(g1.parameters(), lr=0.5 * s_em**2 / a_em**2)
+opt1 = torch.optim.SGD(g1.parameters(), lr=0.5 * sig_em**2 / a_em**2)
 rng = torch.Generator().manual_seed(7)
 z0, eps0 = torch.randn(batch, 2, generator=rng), torch.randn(batch, 2, generator=rng)
 res = estep(g1, teacher, exact_student(g1.A.detach(), g1.b.detach()), z0, eps0,
             torch.full((batch,), lam_em), lcfg, rng=rng)                 # E-step: K Langevin steps on rho
 with torch.no_grad():
-    x_target = a_em * g1(res.z) + s_em * res.eps                          # x_t^K, held fixed
-loss1 = ((x_target - a_em * g1(res.z)) ** 2).sum(1).mean() / (2 * s_em**2)   # M-step regression
+    x_target = a_em * g1(res.z) + sig_em * res.eps                          # x_t^K, held fixed
+loss1 = ((x_target - a_em * g1(res.z)) ** 2).sum(1).mean() / (2 * sig_em**2)   # M-step regression
 opt1.zero_grad(), loss1.backward(), opt1.step()
 
 # the library
 g2 = LinearGenerator(A_init, b_init)
-opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * s_em**2 / a_em**2)
+opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * sig_em**2 / a_em**2)
 loss2 = langevin_em_step(g2, teacher, lam_em, lcfg, opt2, batch=batch, rng=torch.Generator().manual_seed(7))
 torch.testing.assert_close(torch.tensor(loss1.item()), torch.tensor(loss2))
 torch.testing.assert_close(g1.A, g2.A)

@@ -519,7 +519,8 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 #   low noise);
 # * run Langevin dynamics ($u \leftarrow u + \gamma \nabla \log \pi + \sqrt{2\gamma}\, n$) and EM with a
 #   Langevin E-step on a linear generator, and check that it reaches $A A^\top = C$, $b = m$.
-#
+
+# %% [markdown]
 # ## Exercise 3.1: the latent posterior
 #
 # Write `posterior(A, b, x_t, alpha, sigma)` returning the mean `(B, d)` and covariance `(d, d)` of
@@ -548,7 +549,7 @@ check("3.1", posterior)
 # Write `grad_b(A, b, x_t, alpha, sigma)` returning, per sample `(B, d)`, the posterior average
 # $\mathbb E_{q(z|x_t)}\big[\nabla_b \log \mathcal N(x_t; \alpha(Az + b), \sigma^2 I)\big]$. Use
 # `emd_lib.em.latent_posterior` for the posterior mean. The check compares it with autograd
-# of $\log q_\theta^\lambda(x_t)$.
+# of $\log q_\theta^t(x_t)$.
 
 # %%
 import torch

@@ -661,25 +661,20 @@ plt.show()
 #
 # ## Summary
 #
-# * With one Langevin step on $\epsilon$, $\gamma_\epsilon = 1$ and full noise cancellation, EMD's generator
-#   gradient *is* the Diff-Instruct / VSD gradient $-w\alpha\, ds^\top \partial g/\partial\theta$, sample by sample; the
-#   two agree to float rounding on random networks.
-# * Other step sizes give $\gamma$ times that gradient, which Adam does not notice, so EMD-1 trains
-#   like DI. Cancelling only the injected noise leaves a zero-mean term $(1-\gamma)\epsilon_0$ that
-#   dominates single batches near the fit: cancel the initial noise too.
-# * $K$ moves EMD from the reverse KL towards maximum likelihood, but with a chain on $\epsilon$
-#   alone it saturates part of the way; a chain that also moves $z$ brings the spread close to the
-#   forward-KL fit's within a few steps, though its mean stays further from the mixture's mean than
-#   DI's. With full noise cancellation it overshoots at $K = 16$, because with $z$
-#   moving cancellation biases the gradient (at the forward-KL fit it pushes the spread outwards);
-#   without cancellation the fit stops at the forward-KL spread, with more spread between seeds.
-# * Under $w = 1$ the difference is a collapse or not: DI and EMD-16 on $(\epsilon, -)$ collapse onto
-#   the heavy mode even from the forward-KL fit, because with $z$ frozen each target stays in the
-#   mode its $z$ maps to; EMD-16 on $(\epsilon, z)$ without cancellation stays near the fit.
-# * With networks on 25 narrow modes, at equal generator steps, DI and EMD-$K$ were within the
-#   seeds' spread of each other, while a step of EMD-$K$ costs roughly $K$ teacher and student
-#   evaluations (a whole training step, the student updates included, costs less than $K$ times
-#   as much). The choice of $K$ is a trade of time for how far the E-step can travel.
+# You can now:
+#
+# * prove, and check to float rounding, that EMD with one Langevin step on $\epsilon$, $\gamma_\epsilon = 1$ and full
+#   noise cancellation has exactly the Diff-Instruct / VSD gradient $-w\alpha\, ds^\top \partial g/\partial\theta$;
+# * predict what other step sizes do ($\gamma$ times that gradient, which Adam undoes, so EMD-1 trains like
+#   DI) and why cancelling only the injected noise leaves a zero-mean term $(1-\gamma)\epsilon_0$ that
+#   dominates single batches near the fit;
+# * use $K$ as the knob from the reverse KL towards maximum likelihood, knowing where it stops: with
+#   $\epsilon$ alone it saturates part of the way, a chain that also moves $z$ reaches the forward-KL spread,
+#   and with $z$ moving, noise cancellation biases the fit (chapter 4, section 4.1: it overshoots);
+# * explain a collapse under $w = 1$: with $z$ frozen each target stays in the mode its $z$ maps to, so
+#   DI and EMD on $(\epsilon, -)$ collapse even from the forward-KL fit, and only the joint chain does not;
+# * weigh $K$ against its cost: a step of EMD-$K$ makes about $K$ teacher and student evaluations, and on
+#   25 narrow modes at equal steps DI and EMD-$K$ stayed within the seeds' spread of each other.
 
 # %% [markdown]
 # ## Exercise 5.1: EMD-1's M-step target

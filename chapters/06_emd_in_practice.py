@@ -660,21 +660,20 @@ for lab in same:
 #
 # ## Summary
 #
-# * The loop is three pieces: the student's denoising score matching, the E-step and M-step of
-#   the generator, and an EMA. Thirty lines of torch reproduce the library's weights to float rounding.
-# * The generator starts as the teacher's denoiser read at $\lambda^*$. In 2D a low $\lambda^*$ means a
-#   start collapsed at the data mean, and a start from a point catches up slowly; $\lambda^* = 0$ and
-#   $-2$ did best on the ring.
-# * $w = \sigma^2$ balances the noise levels; $w = 1$ and the SNR weighting let the least noisy levels
-#   dominate and matched the mode masses worse.
-# * Test-time MCMC at the top of the student's range ($\lambda = 6$), moving $z$, removes the bridges a
-#   continuous generator draws between narrow modes; it does not fix the mode masses. The noise
-#   level, moving $z$ and a $z$ step that is not too large matter more than the number of steps.
-# * A generator step of EMD-$K$ costs $K$ teacher and $K$ student evaluations, DI's one of each;
-#   moving $z$ adds a generator pass and a vector-Jacobian product per Langevin step.
-# * Of our hyperparameters, the generator's learning rate and the weighting mattered most on the
-#   toys; $\gamma_\epsilon$, the number of student updates and Adam's $\beta_1$ did not, and the EMA lags early
-#   in training.
+# You can now:
+#
+# * write the whole EMD loop in about thirty lines (the student's denoising score matching, the E-step
+#   and M-step of the generator, an EMA) and check it against the library's weights;
+# * initialise the generator from the teacher's denoiser at $\lambda^*$, and recognise a start collapsed
+#   at the data mean (low $\lambda^*$), which catches up slowly;
+# * choose a weighting: $w = \sigma^2$ balances the noise levels, while $w = 1$ and the SNR weighting let
+#   the least noisy levels dominate and matched the mode masses worse on the toys;
+# * repair samples at test time with many Langevin steps at the top of the student's range, moving $z$,
+#   and know its limit: it removes bridges between modes, not errors in the mode masses;
+# * count what a step costs ($K$ teacher and $K$ student evaluations for EMD-$K$, plus a generator pass and
+#   a vector-Jacobian product per step when $z$ moves) and which hyperparameters matter (the
+#   generator's learning rate and the weighting most; $\gamma_\epsilon$, the student updates and Adam's
+#   $\beta_1$ hardly).
 
 # %% [markdown]
 # ## Exercise 6.1: the generator's starting map

@@ -728,25 +728,21 @@ assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_
 # %% [markdown]
 # ## Summary
 #
-# * The library's loop needed no fork for images: `Distiller`, `estep` and the two losses act on
-#   `(B, C, H, W)` tensors and pass class labels as `cond`; the generator and the student score are
-#   copies of the teacher, the generator read at $\lambda^*$.
-# * A UNet denoiser with EDM's preconditioning is a teacher like any other; trained on 4,500 real
-#   digits on a CPU it samples recognisable digits in tens of function evaluations.
-# * Without downloads, a classifier trained here gives a Fréchet distance of its features (not FID),
-#   k-NN precision and recall, class accuracy and class coverage.
-# * In the shipped runs (one seed each, 14 CPU minutes each) both one-step students come within a
-#   factor of two of the teacher's classifier Fréchet distance at 1 function evaluation instead of 35;
-#   at equal wall time Diff-Instruct was ahead of EMD-4 (slightly for the shipped pair, clearly for a
-#   second pair), because an EMD-4 step costs about 1.8 times as much; the test-time correction, at the
-#   20 steps a CPU allows, did not improve the metrics.
-# * Without labels (section 8: three seeds, 8-minute runs) neither student draws the ten digits
-#   evenly: TV to uniform 0.235 to 0.462 against the teacher's 0.098, with every run drawing far too
-#   many 1s. EMD-4 was ahead of Diff-Instruct in 2 of 3 seeds at equal updates and behind in 2 of 3
-#   at equal wall time, by less than the spread between seeds: these runs do not show EMD covering
-#   the classes better. Every EMD student in this chapter but one uses the $(\epsilon, -)$ chain (z
-#   frozen, full noise cancellation, $K = 4$); the joint-chain student of section 6 had the highest
-#   recall and the worst classifier Fréchet distance and class accuracy, from fewer updates.
+# You can now:
+#
+# * run the library's loop on images unchanged: `Distiller`, `estep` and the two losses act on
+#   `(B, C, H, W)` tensors with class labels as `cond`, the generator and the student score start as
+#   copies of the teacher;
+# * train a small UNet teacher with EDM's preconditioning on a CPU, and evaluate students without
+#   downloads: a classifier's Fréchet distance (not FID), k-NN precision and recall, class accuracy
+#   and coverage;
+# * compare EMD and Diff-Instruct honestly on images: at equal wall time Diff-Instruct was ahead of
+#   EMD-4 in our shipped runs (an EMD-4 step costs about 1.8 times as much), both within a factor of two
+#   of the teacher's Fréchet distance at one function evaluation instead of 35;
+# * test whether a student covers the classes without labels: none drew the ten digits evenly (TV to
+#   uniform 0.235 to 0.462 against the teacher's 0.098), and the differences between EMD-4 and
+#   Diff-Instruct were smaller than the spread between seeds;
+# * read a checkpoint's card to tell which chain a student used: all but one ran $(\epsilon, -)$.
 #
 # ## Exercise 7.1: the teacher's training loss
 #

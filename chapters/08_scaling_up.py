@@ -520,25 +520,19 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 # %% [markdown]
 # ## Summary
 #
-# * Adapters turn published networks into the one teacher interface: EDM's $D(x; \sigma = e^{-\lambda/2}, c)$
-#   directly, DDPM-style eps- or v-prediction networks through a timestep read off the log-SNR table,
-#   Stable Diffusion with its text encoder and VAE beside the UNet.
-# * Classifier-free guidance belongs to the teacher's score; the student score and the generator are
-#   unguided copies of the same UNet.
-# * The generator starts as the teacher read at $\lambda^*$, the student as the teacher.
-# * `python -m emd_lib train --config NAME` runs every scale with the library's loss functions;
-#   checkpoints resume bitwise on the CPU; faults stop the run without overwriting good weights.
-# * `torchrun` + DistributedDataParallel: every process draws the whole batch's randomness and keeps
-#   its rows, so the number of GPUs does not change the result.
-# * A step of EMD-$K$ makes about $K$ teacher-and-student evaluations (and $K$ generator VJPs) where
-#   Diff-Instruct makes one: on an H200, EMD-8 at batch 64 takes about 4.4 Diff-Instruct steps, and
-#   compiled steps reach 36-38% of the card's measured bf16 matrix rate.
-# * FID, IS, precision/recall and CLIP score are computed from features; install torch-fidelity or
-#   clean-fid for the Inception network.
-# * Precision: the networks' bodies run in bf16 under autocast; EDM's preconditioning, the eps-to-denoiser
-#   arithmetic, the guidance combination and the E-step stay float32; float16 is never used. One bf16
-#   evaluation agrees with float32 within 3% (rms), and at low $\lambda$ a VP teacher's denoiser carries
-#   $\sigma/\alpha$ times eps's error.
+# You can now:
+#
+# * put a published network behind the one teacher interface: EDM's $D(x; \sigma = e^{-\lambda/2}, c)$
+#   directly, eps- or v-prediction networks through a timestep read off the log-SNR table, Stable
+#   Diffusion with its text encoder and VAE, with classifier-free guidance on the teacher only;
+# * start the generator as the teacher read at $\lambda^*$ and the student as the teacher, and run every
+#   scale with `python -m emd_lib train --config NAME`, resuming bitwise from checkpoints;
+# * scale out with `torchrun` and DistributedDataParallel without changing the result (every process
+#   draws the whole batch's randomness and keeps its rows);
+# * predict and measure a step's cost: EMD-8 at batch 64 on an H200 took about 4.4 Diff-Instruct steps,
+#   as its pass count predicts, and compiled steps reached 36-38% of the card's bf16 matrix rate;
+# * evaluate at scale (FID, IS, precision/recall, CLIP score from features) and keep precision where it
+#   matters: bf16 bodies under autocast, float32 preconditioning, guidance and E-step.
 
 # %% [markdown]
 # ## Exercise 8.1: an EDM network behind the teacher interface

@@ -58,6 +58,7 @@ from emd_lib.schedules import VP
 
 torch.set_num_threads(1)
 use_style()
+torch.manual_seed(0)                      # the Monte Carlo checks below draw from torch's global generator
 t_start = time.perf_counter()
 
 # the teacher p_0 = N(m, C) and a linear generator g(z) = A z + b that does not fit it yet

@@ -692,3 +692,93 @@ def test_ch08_gpu_bench_claims():
     t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
     t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
     assert min(t0[m]["sec_per_step"] / t1[m]["sec_per_step"] for m in t0) > 3
+
+
+def test_ch07_unconditional_claims():
+    """Chapter 7, section 8: nine unconditional students (three seeds of EMD-4 and of Diff-Instruct at equal
+    updates and at equal wall time), their class balance, and which chain every shipped student ran."""
+    import shlex
+
+    from emd_lib.commands.distill_images import build_parser, config_from_args
+    from emd_lib.experiments.ch07 import chain_name
+
+    emd_row, di_row, _, _ = ch07_rows()
+    unc = load("ch07_unconditional.json")
+    ref_u = {r["model"]: r for r in unc["rows"] if "method" not in r}
+    runs_u = [r for r in unc["rows"] if "method" in r]
+    group_of = lambda r: (r["model"] if r["method"] == "emd" else  # noqa: E731
+                          f"Diff-Instruct, equal {'time' if r['budget'] == 'wall time' else 'updates'}")
+    groups = {}
+    for r in runs_u:
+        groups.setdefault(group_of(r), []).append(r)
+    for r in unc["rows"]:                          # every row's TV and smallest share follow from its histogram
+        sh = np.array(r["class_counts"]) / sum(r["class_counts"])
+        assert abs(0.5 * np.abs(sh - 0.1).sum() - r["tv_uniform"]) < 1e-3 and abs(sh.min() - r["min_share"]) < 1e-3
+    teacher_u = next(r for m, r in ref_u.items() if m.startswith("teacher"))
+    init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
+    summary_u = {name: {k: (float(np.mean([r[k] for r in rs])), float(np.min([r[k] for r in rs])),
+                            float(np.max([r[k] for r in rs]))) for k in ("tv_uniform", "classifier_frechet")}
+                 for name, rs in groups.items()}
+    # the chains: every EMD student but the joint-chain one runs (eps, -) with full cancellation and K = 4
+    cards = {key: json.loads((DATA_DIR / f"mnist_{key}.json").read_text()) for key in ("emd", "di")}
+    card_z = json.loads((DATA_DIR / "mnist_emd_z.json").read_text())
+
+    def chain_of_command(command):
+        cfg = config_from_args(build_parser().parse_args(shlex.split(command)[3:]))
+        if cfg.method == "di":
+            return "none", None, None
+        return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+
+    chains = {"data/mnist_emd": (chain_name(cards["emd"]), cards["emd"]["config"]["langevin"]["cancel"],
+                                 cards["emd"]["config"]["langevin"]["K"]),
+              "data/mnist_emd_z": (chain_name(card_z), card_z["config"]["langevin"]["cancel"], card_z["config"]["langevin"]["K"])}
+    for key, st in load("ch07_seed1.json")["students"].items():
+        chains[f"seed 1, {key}"] = chain_of_command(st["command"])
+    for r in runs_u:
+        chains[f"no class, {group_of(r)}, seed {r['seed']}"] = chain_of_command(r["command"])
+        assert chains[f"no class, {group_of(r)}, seed {r['seed']}"][0] == r["chain"]
+    assert {ch for k, ch in chains.items() if ch[0] != "none" and k != "data/mnist_emd_z"} == {("(eps, -)", "full", 4)}
+    assert chains["data/mnist_emd_z"] == ("(eps, z)", "none", 4)
+    assert cards["emd"]["config"]["langevin"]["gamma_eps"] == 0.3
+    # the numbers of the text
+    seeds_u = sorted({r["seed"] for r in runs_u})
+    by = {(group_of(r), r["seed"]): r for r in runs_u}
+    emd_name, di_upd, di_time = "EMD-4", "Diff-Instruct, equal updates", "Diff-Instruct, equal time"
+    assert set(groups) == {emd_name, di_upd, di_time} and all((g, s) in by for g in groups for s in seeds_u)
+    for s in seeds_u:                                    # equal updates: the same updates and learning-rate horizon
+        assert by[(emd_name, s)]["updates"] == by[(di_upd, s)]["updates"]
+        assert by[(emd_name, s)]["horizon"] == by[(di_upd, s)]["horizon"]
+    torch.manual_seed(0)
+    n_u = runs_u[0]["n"]
+    tv_noise = 0.5 * (torch.distributions.Multinomial(n_u, torch.full((10,), 0.1)).sample((2000,)) / n_u - 0.1).abs().sum(1)
+    tv_all = [r["tv_uniform"] for r in runs_u]
+    ones = [r["class_shares"][1] for r in runs_u]
+    assert len(seeds_u) == 3 and len(runs_u) == 9 and round(sum(r["seconds"] for r in runs_u) / 60) == 57
+    assert round(min(tv_all), 3) == 0.235 and round(max(tv_all), 3) == 0.462
+    assert 0.045 < tv_noise.quantile(0.95) < 0.06 and teacher_u["tv_uniform"] == 0.098 and teacher_u["min_share"] == 0.066
+    assert {int(np.argmax(r["class_shares"])) for r in runs_u} == {1} and (round(min(ones), 2), round(max(ones), 2)) == (0.23, 0.48)
+    assert teacher_u["class_shares"][1] == 0.066
+    assert round(min(r["min_share"] for r in runs_u), 3) == 0.007       # no class dropped outright
+    assert init_u["class_counts"][8] == init_u["n"] == 500              # the start: one class
+    wins = {(g, k): sum(by[(emd_name, s)][k] < by[(g, s)][k] for s in seeds_u)
+            for g in (di_upd, di_time) for k in ("tv_uniform", "classifier_frechet")}
+    assert wins[(di_upd, "tv_uniform")] == 2 and wins[(di_upd, "classifier_frechet")] == 2
+    assert wins[(di_time, "tv_uniform")] == 1 and wins[(di_time, "classifier_frechet")] == 1
+    su = {g: {k: summary_u[g][k][0] for k in ("tv_uniform", "classifier_frechet")} for g in groups}
+    assert [round(su[g]["tv_uniform"], 3) for g in (emd_name, di_upd, di_time)] == [0.364, 0.381, 0.330]
+    assert [round(su[g]["classifier_frechet"]) for g in (emd_name, di_upd, di_time)] == [394, 474, 292]
+    more_updates = [by[(di_time, s)]["updates"] / by[(emd_name, s)]["updates"] for s in seeds_u]
+    assert (round(min(more_updates), 1), round(max(more_updates), 1)) == (1.2, 3.6)
+    assert sorted(by[(emd_name, s)]["updates"] for s in seeds_u) == [339, 561, 731]
+    for g in (di_upd, di_time):   # the gaps between the means are smaller than the spread between seeds
+        assert abs(su[emd_name]["tv_uniform"] - su[g]["tv_uniform"]) < summary_u[g]["tv_uniform"][2] - summary_u[g]["tv_uniform"][1]
+    fd_u = [r["classifier_frechet"] for r in runs_u]
+    assert (round(min(fd_u)), round(max(fd_u)), round(teacher_u["classifier_frechet"])) == (220, 655, 101)
+    assert min(fd_u) > 2 * teacher_u["classifier_frechet"]
+    assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
+    spd = [r["seconds_per_step"] for r in runs_u]
+    assert (round(min(spd), 2), round(max(spd), 2)) == (0.21, 1.28)
+    capped = [r for r in runs_u if r["updates"] >= build_parser().get_default("steps")]
+    assert len(capped) == 1 and group_of(capped[0]) == di_time and capped[0]["seed"] == 2 and round(capped[0]["seconds"]) == 425
+    assert build_parser().parse_args(shlex.split(capped[0]["command"])[3:]).minutes * 60 == 480
+    assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_upd, di_time)] == [(0.303, 0.462), (0.235, 0.395)]

@@ -367,7 +367,7 @@ print(f"(x, z) at the steps above: slope {1 - shrink['the steps above', 'K = 8']
 # below $C$. The same pull explains the fixed-step $(x, z)$ run: its $z$ step is the library's default
 # whatever $\gamma_x$ is, so the pull keeps most of its strength while the tiny $x$ step brings almost
 # no teacher signal to oppose it, and EM shrinks the generator. This is **the $z$ step's bias**;
-# sections 3 and 4 refer back here.
+# section 3 refers back here.
 #
 # Noise cancellation does not help the $(x, z)$ chain either. Chapter 4 derived it in the $\epsilon$
 # coordinates; in $(x, z)$ the cancelled target is (nearly) $\alpha g(z^0)$ plus the drift, regressed on

@@ -50,7 +50,7 @@ N = fast_or(4000, 1000)          # samples per evaluation
 print(f"fast mode: {is_fast()}, samples per evaluation: {N}")
 
 # %% [markdown]
-# ## 1.1 Noising in log-SNR
+# ## 1. Noising in log-SNR
 #
 # A clean sample $x$ is noised as $x_t = \alpha x + \sigma \epsilon$ with
 # $\epsilon \sim \mathcal N(0, I)$. Rather than a time $t$, we name the noise level by its
@@ -103,7 +103,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 1.2 The noisy marginals of a mixture
+# ## 2. The noisy marginals of a mixture
 #
 # Our first target is `ring8`: eight Gaussian modes on a circle of radius 2, standard
 # deviation 0.15, with unequal weights. If $x \sim \sum_k w_k \mathcal N(\mu_k, C_k)$, then
@@ -159,7 +159,7 @@ for l in (2.0, 0.0):
     assert abs(angle - 315) < 10
 
 # %% [markdown]
-# ## 1.3 The exact teacher: score and denoiser of a noisy mixture
+# ## 3. The exact teacher: score and denoiser of a noisy mixture
 #
 # A diffusion model is a **denoiser** $D(x_t, \lambda) \approx \mathbb E[x \mid x_t]$, or
 # equivalently a **score** $\nabla_{x_t} \log p_\lambda(x_t)$. For the mixture both are exact.
@@ -175,18 +175,27 @@ for l in (2.0, 0.0):
 #
 # $$D(x_t) = \mathbb E[x \mid x_t] = \sum_k r_k(x_t)\big(\mu_k + \alpha C_k S_k^{-1}(x_t - \alpha \mu_k)\big).$$
 #
-# *Tweedie's formula* {cite:p}`efron2011tweedie` links them: $\alpha D(x_t) = x_t + \sigma^2 \nabla \log p_\lambda(x_t)$,
-# i.e. $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$, and the noise prediction is
-# $\hat\epsilon = (x_t - \alpha D)/\sigma = -\sigma \nabla \log p_\lambda$.
+# *Tweedie's formula* links them for any data distribution {cite:p}`efron2011tweedie`. The noisy density is
+# $p_\lambda(x_t) = \int \mathcal N(x_t; \alpha x, \sigma^2 I)\, p(x)\, dx$. Differentiate under the integral, using
+# $\nabla_{x_t} \mathcal N(x_t; \alpha x, \sigma^2 I) = \frac{\alpha x - x_t}{\sigma^2}\, \mathcal N(x_t; \alpha x, \sigma^2 I)$,
+# and divide by $p_\lambda(x_t)$:
 #
-# From scratch, for isotropic components ($C_k = s_k^2 I$, so $S_k = (\alpha^2 s_k^2 + \sigma^2) I$):
+# $$\nabla \log p_\lambda(x_t) = \int \frac{\alpha x - x_t}{\sigma^2}\,
+#   \underbrace{\frac{\mathcal N(x_t; \alpha x, \sigma^2 I)\, p(x)}{p_\lambda(x_t)}}_{p(x \mid x_t)} dx
+#   = \frac{\alpha\, \mathbb E[x \mid x_t] - x_t}{\sigma^2} .$$
+#
+# So $\alpha D(x_t) = x_t + \sigma^2 \nabla \log p_\lambda(x_t)$, i.e. $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$.
+# Since $x_t = \alpha x + \sigma\epsilon$, the noise prediction $\hat\epsilon = \mathbb E[\epsilon \mid x_t] = (x_t - \alpha D)/\sigma$ is
+# $-\sigma \nabla \log p_\lambda$. (For the mixture, both formulas above satisfy it: the check below.)
+#
+# From scratch, for isotropic components ($C_k = \omega_k^2 I$, so $S_k = (\alpha^2 \omega_k^2 + \sigma^2) I$):
 
 # %%
 def mixture_from_scratch(x_t, lam, weights, means, stds, schedule=VP):
     """log p, score and denoiser of an isotropic Gaussian mixture noised at log-SNR lam (a scalar)."""
     alpha, sigma = schedule.alpha_sigma(torch.as_tensor(lam))
     d = x_t.shape[1]
-    # S_k = (alpha^2 s_k^2 + sigma^2) I
+    # S_k = (alpha^2 omega_k^2 + sigma^2) I, omega_k = stds[k]
     var = alpha**2 * stds**2 + sigma**2                                   # (K,)
     diff = x_t[:, None, :] - alpha * means[None]                          # (B, K, d)
     # log N(x_t; alpha mu_k, S_k)
@@ -265,19 +274,33 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 1.4 Sampling: the probability-flow ODE and the reverse SDE
+# ## 4. Sampling: the probability-flow ODE and the reverse SDE
 #
-# Write $y = x_t/\alpha$ and $s = \sigma/\alpha = e^{-\lambda/2}$. Then $y = x + s\,\epsilon$
-# for *every* schedule, and the probability-flow ODE, whose solution has the noisy marginal
-# at every $s$, is EDM's
+# Write $y = x_t/\alpha$ and $s = \sigma/\alpha = e^{-\lambda/2}$ (EDM's $\sigma$ {cite}`karras2022edm`; in this book
+# $s$ means this ratio and nothing else). Then $y = x + s\,\epsilon$ for *every* schedule: the noise
+# level is one number, and the schedule only rescales $x_t$.
+#
+# *The probability-flow ODE in $(y, s)$* {cite}`song2021sde`. Let $p(y; s)$ be the density of $y$, the data
+# convolved with $\mathcal N(0, s^2 I)$. A Gaussian convolution of variance $v = s^2$ obeys the heat equation
+# $\partial p/\partial v = \tfrac12 \Delta p$, so $\partial p / \partial s = s\, \Delta p$. A deterministic flow
+# $dy/ds = u(y, s)$ moves a density by the continuity equation $\partial p/\partial s = -\nabla\cdot(p\, u)$.
+# The choice $u = -s \nabla_y \log p$ matches the two: $-\nabla\cdot(p \cdot (-s \nabla \log p)) = s\, \nabla \cdot \nabla p = s \Delta p$.
+# So samples of $p(y; s_{\max})$ carried by $dy/ds = -s \nabla_y \log p(y; s)$ have the marginal $p(y; s)$ at
+# every $s$. Tweedie's formula in these coordinates ($\alpha = 1$, noise $s$) reads
+# $\nabla_y \log p(y; s) = (D(y, s) - y)/s^2$, which gives EDM's form
 #
 # $$\frac{dy}{ds} = \frac{y - D(y, s)}{s}.$$
 #
 # Start from $y \sim \mathcal N(0, s_{\max}^2 I)$ and integrate down to $s = 0$ on EDM's
-# grid $s_i = \big(s_{\max}^{1/\rho} + \tfrac{i}{n-1}(s_{\min}^{1/\rho} - s_{\max}^{1/\rho})\big)^\rho$,
-# $\rho = 7$, then $0$. Heun's method averages the slope at both ends of each step: two
+# grid $s_i = \big(s_{\max}^{1/\kappa} + \tfrac{i}{n-1}(s_{\min}^{1/\kappa} - s_{\max}^{1/\kappa})\big)^\kappa$,
+# with the EDM exponent $\kappa = 7$ (EDM calls it $\rho$; in this book $\rho$ is the E-step's joint
+# posterior, chapter 3), then $0$. Heun's method averages the slope at both ends of each step: two
 # denoiser calls per step, one on the last (Euler) step into $s=0$, so NFE $= 2n - 1$.
-# The reverse SDE (Euler-Maruyama) takes one call per step:
+#
+# *The reverse SDE.* The forward noising in $s$ is $dy = \sqrt{2s}\, dW$ (its variance grows by
+# $d(s^2) = 2s\, ds$), whose time reversal is $dy = -2s \nabla_y \log p\, ds + \sqrt{2s}\, d\bar W$ with $s$
+# decreasing. One Euler-Maruyama step from $s$ to $s' < s$ adds $2s(s - s') \approx s^2 - s'^2$ times the score
+# and noise of that variance; with Tweedie's formula, one denoiser call per step:
 # $y \leftarrow y + \frac{s^2 - s'^2}{s^2}(D(y) - y) + \sqrt{s^2 - s'^2}\,n$.
 #
 # From scratch, then checked against `emd_lib.sampling` from the same starting noise:
@@ -341,7 +364,7 @@ torch.testing.assert_close(x_vp, x_edm, rtol=1e-3, atol=1e-3)
 print(f"VP and EDM teachers, same ODE: max difference {(x_vp - x_edm).abs().max():.2e}")
 
 # %% [markdown]
-# ## 1.5 Sample quality against the number of function evaluations
+# ## 5. Sample quality against the number of function evaluations
 #
 # Now the question that motivates the whole book: how good are the samples as we cut the
 # number of denoiser calls? We measure, against exact samples of the mixture
@@ -448,8 +471,9 @@ plt.show()
 # * The SDE fails the same way at 2 calls: its first step injects noise of size about
 #   $s_{\max}$, and the one call left cannot remove it (our sampler is a plain
 #   Euler-Maruyama discretisation, not an ancestral one). From about 8 calls on it keeps the
-#   samples in place, but it needs many calls to remove the noise it injects. Which sampler
-#   reaches the floor first, and at what NFE, is printed below.
+#   samples in place, but it needs many calls to remove the noise it injects.
+# * Both reach the floor set by exact samples within tens of calls; the next cell finds, per target,
+#   the NFE from which each sampler's TV stays within twice that floor plus 0.02.
 
 # %%
 def nfe_to_reach(rows, floor_tv, factor=2.0, slack=0.02):
@@ -467,7 +491,8 @@ for tname, res in results.items():
     n_ode, n_sde = nfe_to_reach(res["ode"], res["floor"]["tv"]), nfe_to_reach(res["sde"], res["floor"]["tv"])
     print(f"{tname}: NFE 1 -> TV {o1['tv']:.2f}, precision {o1['precision']:.2f}, modes covered {o1['modes_covered']}"
           f"/{res['floor']['n_modes']};  ODE NFE {ob['nfe']} -> TV {ob['tv']:.3f};  SDE NFE {sb['nfe']} -> TV {sb['tv']:.3f}")
-    print(f"    NFE from which TV stays within 2x the exact-sample floor + 0.02: ODE {n_ode}, SDE {n_sde}")
+    print(f"    The ODE stays within 2x the exact-sample floor + 0.02 from NFE {n_ode} on, the SDE from NFE {n_sde}"
+          + (f" (fast mode: {N} samples per evaluation, so a higher floor; the full run uses 4000)" if is_fast() else ""))
     worst_ode = max(res["ode"][1:4], key=lambda r: r["far"])
     print(f"    the few-step ODE flings samples away: {worst_ode['far']:.0%} outside the box at NFE {worst_ode['nfe']}")
     # the qualitative claims of the text, as checks
@@ -486,16 +511,18 @@ for tname, res in results.items():
 #
 # ## Summary
 #
-# * Noise levels are named by the log-SNR $\lambda = \log(\alpha^2/\sigma^2)$; VP and EDM
-#   share $\sigma/\alpha = e^{-\lambda/2}$, and in $y = x_t/\alpha$ they are the same process.
-# * A Gaussian mixture stays a mixture under noising: $\mathcal N(\alpha\mu_k, \alpha^2 C_k + \sigma^2 I)$.
-#   Its score and denoiser are exact, related by Tweedie's formula
-#   $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$: the exact teacher of the 2D chapters.
-# * The probability-flow ODE $dy/ds = (y - D)/s$ (Heun, NFE $= 2n-1$) and the reverse SDE
-#   turn noise into samples; a VP and an EDM teacher give the same ODE trajectories.
-# * Quality collapses at few NFE: at one call every sample is the mixture mean, and a few
-#   large Heun steps overshoot; tens of calls are needed to reach the exact-sample floor.
-#   That cost is what one-step distillation removes.
+# You can now:
+#
+# * name a noise level by its log-SNR $\lambda = \log(\alpha^2/\sigma^2)$ and move between VP and EDM, which
+#   share $s = \sigma/\alpha = e^{-\lambda/2}$ and are the same process in $y = x_t/\alpha$;
+# * write the noisy marginal, score and denoiser of a Gaussian mixture in closed form, and derive
+#   Tweedie's formula $\nabla\log p_\lambda = (\alpha D - x_t)/\sigma^2$ for any data distribution: the exact
+#   teacher of the 2D chapters;
+# * derive the probability-flow ODE $dy/ds = (y - D)/s$ from the heat equation and the reverse SDE's
+#   step, and sample with Heun (NFE $= 2n - 1$) or Euler-Maruyama;
+# * measure sample quality against the number of denoiser calls (TV of mode masses, MMD, precision,
+#   recall, against the floor of exact samples), and explain why one call is useless: that cost is
+#   what one-step distillation removes.
 #
 # ## Exercise 1.1: the log-SNR of the cosine schedule
 #

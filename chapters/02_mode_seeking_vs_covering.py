@@ -30,7 +30,7 @@
 #   mixtures with unequal weights, over seeds, and why, with the default short E-step, they
 #   mostly agree;
 # * a target where they do not: a light mode far from the heavy one, which Diff-Instruct drops
-#   in most seeds and EMD keeps, and a map of the distances and weights where that happens.
+#   in most seeds and EMD keeps (the appendix, chapter 10, maps where else that happens).
 
 # %%
 import json
@@ -58,7 +58,7 @@ print(f"fast mode: {is_fast()}")
 print("bimodal target: weights", p.weights.tolist(), "means", p.means.tolist(), "std", p.var[0].sqrt().tolist())
 
 # %% [markdown]
-# ## 2.1 Two KLs
+# ## 1. Two KLs
 #
 # For a target $p$ and a model $q$,
 #
@@ -74,7 +74,7 @@ print("bimodal target: weights", p.weights.tolist(), "means", p.means.tolist(), 
 # Our target: `bimodal`, two Gaussian modes at $(\pm 1.5, 0)$ with standard deviation 0.4 and
 # weights 0.7 and 0.3. The model: a single Gaussian $q = \mathcal N(m, S)$.
 #
-# ## 2.2 The forward-KL fit: moment matching
+# ## 2. The forward-KL fit: moment matching
 #
 # $-\mathbb E_p \log \mathcal N(x; m, S) = \tfrac12\big(\log\det S + \mathrm{tr}(S^{-1}\mathrm{Cov}_p) +
 # (m - \mathbb E_p x)^\top S^{-1}(m - \mathbb E_p x)\big) + \text{const}$ is minimised by
@@ -104,7 +104,7 @@ for dm, scale in (([0.2, 0.0], 1.0), ([0.0, 0.0], 1.2), ([0.0, 0.0], 0.8)):
 # The fit sits *between* the modes, where the target has almost no mass: it covers both
 # modes at the price of putting a lot of its own mass in the gap.
 #
-# ## 2.3 The reverse-KL fit: gradient descent, several restarts
+# ## 3. The reverse-KL fit: gradient descent, several restarts
 #
 # There is no closed form. Write $x = m + L\epsilon$ with $\epsilon\sim\mathcal N(0, I)$
 # (the reparametrisation), so $\mathrm{KL}(q\|p) = \mathbb E_\epsilon[\log q(m + L\epsilon) - \log p(m + L\epsilon)]$
@@ -202,7 +202,7 @@ plt.show()
 # huge. With a flexible enough model both divergences are minimised by $q = p$ and the
 # distinction vanishes; it is the model's *limits* that the divergence decides how to spend.
 #
-# ## 2.4 What diffusion does to the reverse KL
+# ## 4. What diffusion does to the reverse KL
 #
 # Distillation does not compare the clean densities. Diff-Instruct's generator gradient is
 # (chapter 5 checks it numerically)
@@ -337,7 +337,7 @@ assert all(abs(f["mean"] - float(m_fwd[0])) < 0.3 for f in wide) and all(f["std"
 # the mode-seeking fits come back. So how much a diffusion-distillation method seeks modes
 # depends on the noise levels it weights, not only on the direction of its KL.
 #
-# ## 2.5 Diff-Instruct against EMD
+# ## 5. Diff-Instruct against EMD
 #
 # Now real distillation runs with `emd_lib.distill.Distiller`: `method="di"` follows the
 # gradient above; `method="emd"` runs EMD with the library's default E-step (K = 8 Langevin
@@ -346,14 +346,15 @@ assert all(abs(f["mean"] - float(m_fwd[0])) < 0.3 for f in wide) and all(f["std"
 # marginals, *as far as its short Langevin chains reach the teacher*. Both runs share
 # everything else: the generator, the student score network, the optimiser, the seeds.
 #
-# ### A Gaussian generator
+# ### 5.1 A Gaussian generator
 #
 # First the least capacity there is: a linear generator $g(z) = Az + b$, i.e. a Gaussian,
 # started narrow ($A = 0.3I$) at a random place $b_0 \sim \mathcal N(0, I)$, on the bimodal
 # target. Two regimes: our default $\lambda\sim U[-6, 6]$, and `low_noise`,
-# $\lambda\sim U[2, 6]$. A small live run of seed 0 (full mode runs both regimes as the sweep
-# did and checks that it reproduces the stored runs; fast mode runs only the low-noise regime,
-# with fewer steps and a smaller student score network):
+# $\lambda\sim U[2, 6]$. A small live run of seed 0 (full mode runs both regimes for 500 steps, as
+# the sweep did; fast mode runs only the low-noise regime, with 80 steps and a smaller student score
+# network, so its numbers differ from the stored ones; `tests/test_chapter_claims.py` reruns seed 0
+# at the stored settings and checks it against the stored run):
 
 # %%
 from emd_lib.experiments.ch02 import REGIMES, run_one  # noqa: E402
@@ -387,11 +388,6 @@ def load(name):
 
 
 gauss = load("ch02_gaussian.json")
-if not is_fast():   # the live seed-0 runs reproduce the stored ones
-    for (regime, method), r in live.items():
-        stored = next(x for x in gauss["runs"] if x["regime"] == regime and x["method"] == method and x["seed"] == 0)
-        print(f"live vs stored, {regime} {method}: TV {r['final']['tv']:.3f} vs {stored['final']['tv']:.3f}")
-        assert abs(r["final"]["tv"] - stored["final"]["tv"]) < 0.05
 
 g_rows = {}
 for run in gauss["runs"]:
@@ -416,7 +412,6 @@ plt.tight_layout()
 plt.show()
 
 # %%
-# the claims below, checked on the stored sweep
 same = {k: all(a["final"]["modes_covered"] == b["final"]["modes_covered"]
                for a, b in zip(sorted(g_rows[(k, "di")], key=lambda x: x["seed"]),
                                sorted(g_rows[(k, "emd")], key=lambda x: x["seed"])))
@@ -436,13 +431,11 @@ light = sum(x["final"]["masses"][1] > 0.9 for x in g_rows[("low_noise", "di")])
 start_x = [x["b0"][0] for x in g_rows[("low_noise", "di")]]        # the light mode sits at x = +1.5
 print(f"collapsed DI runs that chose the *light* mode (weight 0.3): {light} of {collapsed['di']}; "
       f"the starting means' x: {', '.join(f'{v:+.2f}' for v in start_x)}")
-assert same["default"] and same["low_noise"] and light == collapsed["di"] >= 1 and min(start_x) > 0
 assert all(abs(np.mean(std_default[m]) - np.mean([f["std"] for f in wide])) < 0.15 for m in ("di", "emd"))
-assert all(x["final"]["modes_covered"] == 2 for x in g_rows[("default", "di")] + g_rows[("default", "emd")])
 
 # %% [markdown]
 # **Here DI and EMD agree, seed by seed.** In the default regime both grow the Gaussian
-# into the broad fit that 2.4 predicts for DI's objective, and cover both modes. In the
+# into the broad fit that section 4 predicts for DI's objective, and cover both modes. In the
 # low-noise regime both collapse onto one mode whenever the generator starts near one, and
 # here that is the *light* mode, the one every seed's starting mean lies nearer to: a mode
 # seeker takes the nearest mode, not the heaviest. (Our seeds all start on the light mode's
@@ -453,13 +446,13 @@ assert all(x["final"]["modes_covered"] == 2 for x in g_rows[("default", "di")] +
 # close to DI's (chapter 5 shows that with $K = 1$ it *is* DI's gradient). Forward KL is the
 # objective EMD approximates; how well depends on how far its chains travel.
 #
-# ### An expressive generator
+# ### 5.2 An expressive generator
 #
 # Now the generator the rest of the book uses: an MLP 2-256-256-256-2, initialised from the
 # teacher's denoiser at $\lambda^* = -2$, trained for 1000 steps, on two mixtures with unequal
 # weights, `ring8` (weights 1:2:1:3:1:2:1:4) and `irregular` (seven modes, weights from 0.06
 # to 0.22, different widths). Two weightings: our default $w = \sigma^2$, and $w = 1$, which
-# 2.4 suggests should bring out mode seeking. Three seeds each, and three more for
+# section 4 suggests should bring out mode seeking. Three seeds each, and three more for
 # `irregular` with $w = 1$, where the seeds disagreed most. The sweeps:
 #
 #     python -m emd_lib experiment ch02 --study mlp --weighting sigma2
@@ -566,17 +559,6 @@ for mixture in mixtures:
             f"{k} {v[0]:+.3f} ± {v[1]:.3f}" + (" (clear)" if abs(v[0]) > 2 * v[1] else "") for k, v in out.items())
               + f";  TV at step {runs_d[0]['history']['step'][0]}: DI {early_d:.3f}, EMD {early_e:.3f}")
 
-# the facts the text below relies on
-irr_one = verdicts[("irregular", "one")]
-assert irr_one["recall"][0] < 0 < irr_one["precision"][0]           # EMD more recall, DI more precision ...
-assert all(abs(v[0]) <= 2 * v[1] for out in verdicts.values() for v in out.values())   # ... none of it beyond 2 s.e.
-for mixture in mixtures:
-    for method in ("di", "emd"):
-        assert summary[(mixture, "one", method)]["tv"][0] > summary[(mixture, "sigma2", method)]["tv"][0]
-assert all(r["final"]["modes_covered"] == 8 for m in ("di", "emd") for r in rows[("ring8", "sigma2", m)])
-for m in ("di", "emd"):   # with w = 1 the damage on irregular is done early
-    tv100 = {w: np.mean([r["history"]["tv"][0] for r in rows[("irregular", w, m)]]) for w in ("sigma2", "one")}
-    assert tv100["one"] > 2 * tv100["sigma2"]
 
 # %% [markdown]
 # Which modes go missing? Per mode of `irregular`: its weight, its width, the mean mass each
@@ -601,14 +583,10 @@ heavy = int(np.argmax(weights_irr))
 print(f"the two narrowest modes {narrow} keep, on average, DI {per_mode['di'][narrow].sum():.3f} and "
       f"EMD {per_mode['emd'][narrow].sum():.3f} of their {weights_irr[narrow].sum():.2f} total weight; "
       f"the heaviest mode ({heavy}) is lost in {lost['one'][:, heavy].sum()} of {len(lost['one'])} runs with w = 1")
-assert all(per_mode[m][narrow].sum() < 0.3 * weights_irr[narrow].sum() for m in ("di", "emd"))
-assert lost["one"][:, heavy].sum() > len(lost["one"]) / 2          # the heaviest mode goes in most w = 1 runs ...
 lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only,
 n_di = len(masses_irr[("sigma2", "di")])                              # in a seed of each method
 print(f"lost with w = sigma^2: mode {lost_s2.tolist()} (weight {weights_irr[lost_s2].tolist()}), in "
       f"{lost['sigma2'][:n_di].any(1).sum()} DI and {lost['sigma2'][n_di:].any(1).sum()} EMD seeds")
-assert len(lost_s2) == 1 and weights_irr[lost_s2[0]] < 0.1 and lost["sigma2"][:, heavy].sum() == 0
-assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 
 # %% [markdown]
 # **What the expressive runs say.**
@@ -616,8 +594,8 @@ assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 # * **With our default weighting $w = \sigma^2$, DI and EMD agree.** On `ring8` both cover all
 #   eight modes in every seed with nearly the same masses; on `irregular` both land at the same
 #   TV, and both under-weight the two smallest modes by about the same amount. Every difference
-#   printed above for $w = \sigma^2$ is within two standard errors over seeds. This matches
-#   2.4: averaged with $w = \sigma^2$ the reverse KL is hardly mode seeking. Neither method
+#   in the comparison above for $w = \sigma^2$ is within two standard errors over seeds. This matches
+#   section 4: averaged with $w = \sigma^2$ the reverse KL is hardly mode seeking. Neither method
 #   is free of losses, though: in one seed of each, a light mode of `irregular` (mode 6,
 #   weight 0.08) falls below a fifth of its weight; it is the only mode lost under this
 #   weighting. (On `irregular` the mean TV over seeds is still falling at step 1000 for both;
@@ -638,7 +616,7 @@ assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 #
 # So on these two toys, with the library's default E-step (8 steps of size 0.3 from the
 # generator's own samples, $z$ fixed), EMD behaves like Diff-Instruct. That is not a
-# contradiction of 2.1 to 2.3: EMD's gradient is the forward KL's only when its E-step
+# contradiction of sections 1 to 3: EMD's gradient is the forward KL's only when its E-step
 # actually delivers samples of the teacher, and short chains that start on the generator's
 # samples and move them by a few small steps stay close to where DI's gradient points
 # (chapter 5 proves that with one step they coincide exactly). What makes the E-step reach
@@ -646,9 +624,9 @@ assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 # cancellation) is the subject of chapters 4 to 6.
 
 # %% [markdown]
-# ### A far, light mode
+# ### 5.3 A far, light mode
 #
-# On both targets above every mode has a neighbour within about 2 units (printed below). The
+# On both targets above every mode has a neighbour within 2.1 units (the cell below computes it). The
 # `far` target does not: a heavy mode at $x = -1$ (weight 0.85) and a light
 # one five units away at $x = 4$ (weight 0.15), both of std 0.3 (`emd_lib.mixtures.far`, and
 # `data/mixtures/far.json` for the command line). The runs: 800 generator updates of the same
@@ -663,7 +641,7 @@ assert lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
 #     python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 800
 
 # %%
-from emd_lib.experiments.ch02 import FAR_LABELS, KEEP_FRACTION, keeps  # noqa: E402
+from emd_lib.experiments.ch02 import FAR_LABELS  # noqa: E402
 
 far_rec = load("ch02_far.json")
 far_mix = get_mixture("far")
@@ -674,11 +652,7 @@ for name in ("ring8", "irregular", "far"):
 print("largest distance from a mode to its nearest neighbour:", {k: round(v, 2) for k, v in nearest.items()})
 assert max(nearest["ring8"], nearest["irregular"]) < 2.1 and nearest["far"] == 5.0
 w_light = float(far_mix.weights[1])
-assert far_rec["complete"] and far_rec["keep_fraction"] == KEEP_FRACTION == 0.5
-assert far_rec["mixture"]["weights"] == far_mix.weights.tolist() and far_rec["mixture"]["means"] == far_mix.means.tolist()
 cfg0 = far_rec["runs"][0]["config"]
-assert (cfg0["weighting"], cfg0["lam_star"], cfg0["langevin"]["gamma_eps"], cfg0["langevin"]["cancel"]) == ("sigma2", -2.0, 0.3, "full")
-assert not any(r["config"]["langevin"]["move_z"] for r in far_rec["runs"]) and far_rec["steps"] == 800
 tm = far_rec["timing"]
 print(f"seconds per whole step (median of round-robin rounds, one thread): "
       + ", ".join(f"{lab} {1e3 * tm[lab]['median']:.1f} ms" for lab in FAR_LABELS))
@@ -695,7 +669,6 @@ def far_table(rec, budget):
         if not rs:
             continue
         m = np.array([r["light_mass"] for r in rs])
-        assert all(r["kept"] == keeps(r["light_mass"], w_light) for r in rs)
         out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": m, "steps": rs[0]["steps"],
                     "tv": np.array([r["final"]["tv"] for r in rs])}
     print(f"{budget}: {'method':>6} {'updates':>7} {'kept':>6} | light mass (weight {w_light:.2f}): mean ± std, per seed")
@@ -732,9 +705,7 @@ plt.tight_layout()
 plt.show()
 
 # %%
-# the claims of the text below, checked on the stored sweep
 n_far = far_eq["DI"]["n"]
-assert n_far >= 5
 big_k = [lab for lab in FAR_LABELS if lab not in ("DI", "EMD-1", "EMD-2")]
 first_light = {lab: np.mean([r["history"]["light"][0] for r in far_rec["runs"]
                              if r["label"] == lab and r["budget"] == "equal_updates"]) for lab in FAR_LABELS}
@@ -755,24 +726,11 @@ print(f"runs that kept it: light mass {min(r['light_mass'] for r in kept_runs):.
 came_back = [(r["label"], r["seed"], min(r["history"]["light"]), r["light_mass"]) for r in kept_runs
              if min(r["history"]["light"]) < 0.01]
 print("runs that fell below 0.01 along the way and still kept it:", came_back)
-assert far_eq["DI"]["kept"] < n_far / 2                                  # DI loses it in most seeds ...
-assert all(far_eq[lab]["kept"] == n_far for lab in big_k)               # ... EMD-4, -8, -16 in none
-assert all(0 < far_eq[lab]["kept"] < n_far for lab in ("EMD-1", "EMD-2"))
-assert max(r["light_mass"] for r in lost_runs) < 0.01                  # a lost mode is lost entirely ...
-assert max(r["history"]["light"][h200] for r in lost_runs) < 0.01      # ... and by update 200
-assert all(abs(r["light_mass"] - w_light) < 0.04 for r in eq_runs if r["label"] in big_k)
-assert came_back and all(lab not in ("DI", "EMD-1", "EMD-2") for lab, *_ in came_back)
 # equal wall time: fewer updates for EMD, the same verdict, and masses above the weight
 n_eq = far_rec["equal_time_steps"]
 print(f"whole step, EMD-16 / DI: {tm['EMD-16']['median'] / tm['DI']['median']:.1f}; EMD-8 / DI: "
       f"{tm['EMD-8']['median'] / tm['DI']['median']:.1f}")
-assert n_eq["EMD-16"] < n_eq["EMD-8"] < n_eq["EMD-4"] < far_rec["steps"]
-assert all(far_time[lab]["kept"] == n_far for lab in big_k)
-assert all(far_time[lab]["mass"].mean() > far_eq[lab]["mass"].mean() for lab in big_k)
-assert 0.03 < far_time["EMD-16"]["mass"].mean() - w_light < 0.07
 ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
-assert 1.4 < ratio["EMD-8"] < 1.8 and 2.0 < ratio["EMD-16"] < 2.6     # the text's "about 1.6" and "about 2.3"
-assert (far_rec["steps"], n_eq["EMD-8"], n_eq["EMD-16"]) == (800, 507, 353)   # the text's numbers
 
 # %% [markdown]
 # **Here the two part ways.** At equal updates Diff-Instruct keeps the light mode in fewer than
@@ -782,7 +740,7 @@ assert (far_rec["steps"], n_eq["EMD-8"], n_eq["EMD-16"]) == (800, 507, 353)   # 
 # within 0.04 of its weight 0.15 (the table). When a run loses the mode it loses all
 # of it (a mass below 0.01), and it has done so by update 200: what happens in the first couple
 # of hundred updates decides. The difference is not that EMD never loses the mode along the way:
-# EMD-8's seed 0 fell below 0.01 by update 200 and still ended near 0.17 (printed above), a
+# EMD-8's seed 0 fell below 0.01 by update 200 and still ended near 0.17, a
 # return that no Diff-Instruct, EMD-1 or EMD-2 run made. A Diff-Instruct update sees the score
 # gap only at the generator's own noisy samples, so once no sample lies near the light mode
 # nothing points there; EMD's chain moves those samples along the teacher's score for $K$ steps
@@ -791,160 +749,31 @@ assert (far_rec["steps"], n_eq["EMD-8"], n_eq["EMD-16"]) == (800, 507, 353)   # 
 #
 # **At equal wall time** the verdict stands. A whole step (two student-score updates and the
 # generator update) of EMD-8 costs about 1.6 times Diff-Instruct's here and EMD-16's about 2.3
-# times (printed above), so in Diff-Instruct's time for 800 updates EMD-8 makes 507 and EMD-16
+# times (the timing above), so in Diff-Instruct's time for 800 updates EMD-8 makes 507 and EMD-16
 # 353. With those, EMD-4, EMD-8 and EMD-16 still keep the light mode in every seed; what the
 # shorter runs cost is accuracy in the other direction: each of them ends with *more* mass on
 # the light mode than after 800 updates, EMD-16 about 0.05 above its weight.
 #
-# **With $w = 1$.** Section 2.4 says $w = 1$ favours low noise, where the reverse KL seeks modes
-# hardest. The same target with $w = 1$, Diff-Instruct and EMD-8, three seeds, equal updates:
-#
-#     python -m emd_lib experiment ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 800 --no-equal-time
-
-# %%
-far_one = load("ch02_far_one.json")
-assert far_one["weighting"] == "one" and far_one["steps"] == far_rec["steps"]
-far_one_eq = far_table(far_one, "equal_updates")
-# the share of the loss weight on noise levels lambda < 0 (sigma^2 > 1/2), lambda ~ U[-6, 6]
-lam_grid = torch.linspace(-6, 6, 12001, dtype=torch.float64)
-w_sig = torch.sigmoid(-lam_grid)                                       # w = sigma^2 under VP
-share_high = {"sigma2": float(w_sig[lam_grid < 0].sum() / w_sig.sum()), "one": float((lam_grid < 0).double().mean())}
-print(f"share of the weight on lambda < 0: w = sigma^2 {share_high['sigma2']:.2f}, w = 1 {share_high['one']:.2f}")
-n_one = far_one_eq["DI"]["n"]
-assert far_one_eq["DI"]["kept"] == 0 and far_one_eq["EMD-8"]["kept"] < n_one / 2      # both lose it
-assert far_one_eq["EMD-8"]["kept"] < far_eq["EMD-8"]["kept"] * n_one / n_far
-assert all(m < 0.7 * w_light for m in far_one_eq["EMD-8"]["mass"])    # even the seed that keeps it, barely
-assert round(share_high["sigma2"], 2) == 0.88 and abs(share_high["one"] - 0.5) < 0.01
-
-# %% [markdown]
-# With $w = 1$ the difference is gone: Diff-Instruct loses the light mode in every seed and
-# EMD-8 in most (the table; the seed that counts as keeping it holds 0.095 of the weight 0.15).
-# The weighting decides where the loss looks. With $w = \sigma^2$ about 88% of the weight lies on
-# noise levels $\lambda < 0$ (printed above), where the two modes' noisy marginals overlap and a
-# Langevin chain can carry a sample from one towards the other; with $w = 1$ only half of it does,
-# and the rest lies at low noise, where the modes are separate, the chain cannot cross (chapter 5
-# measures how rarely it does), and EMD's gradient is close to Diff-Instruct's.
-#
-# **A map of when it happens.** The light mode's distance from the heavy one and its weight,
-# on a 3 x 3 grid, Diff-Instruct and EMD-8, three seeds per cell. To fit a 2-core machine the
-# map's runs are shorter than the runs above (400 generator updates instead of 800); the cell
-# of the grid nearest the `far` target (distance 5, weight 0.15) is a check that the shorter
-# runs tell the same story:
-#
-#     python -m emd_lib experiment ch02 --study far_map --distances 2 3.5 5 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 400
-#
-# One cell of the map, rerun live here and compared with the stored run:
-
-# %%
-from emd_lib.experiments.ch02 import run_label  # noqa: E402
-from emd_lib.mixtures import two_modes  # noqa: E402
-
-fmap = load("ch02_far_map.json")
-assert fmap["complete"] and fmap["weighting"] == "sigma2"
-live_cell = dict(distance=fmap["distances"][0], weight=fmap["weights"][-1], label="DI", seed=0)
-t0 = time.perf_counter()
-live_run = run_label(two_modes(live_cell["distance"], live_cell["weight"]), live_cell["label"], live_cell["seed"],
-                     fmap["steps"], eval_every=fmap["steps"])
-stored_run = next(r for r in fmap["runs"] if all(r[k] == v for k, v in live_cell.items()))
-print(f"live {live_cell}: light mass {live_run['light_mass']:.3f}, stored {stored_run['light_mass']:.3f} "
-      f"({time.perf_counter() - t0:.0f} s)")
-assert abs(live_run["light_mass"] - stored_run["light_mass"]) < 0.03
-
-D, W = fmap["distances"], fmap["weights"]
-kept_map = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
-mass_map = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
-for lab in fmap["labels"]:
-    for i, w in enumerate(W):
-        for j, dist in enumerate(D):
-            rs = [r for r in fmap["runs"] if r["label"] == lab and r["weight"] == w and r["distance"] == dist]
-            assert len(rs) == len(fmap["seeds"])
-            kept_map[lab][i, j] = np.mean([r["kept"] for r in rs])
-            mass_map[lab][i, j] = np.mean([r["light_mass"] / w for r in rs])
-
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-for ax, lab in zip(axes, fmap["labels"]):
-    im = ax.imshow(kept_map[lab], origin="lower", vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-    for i in range(len(W)):
-        for j in range(len(D)):
-            ax.text(j, i, f"{kept_map[lab][i, j]:.2f}\n({mass_map[lab][i, j]:.2f})", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(D)), [f"{d:g}" for d in D]), ax.set_yticks(range(len(W)), [f"{w:g}" for w in W])
-    ax.set_xlabel("distance of the light mode"), ax.set_ylabel("its weight")
-    ax.set_title(f"{'Diff-Instruct' if lab == 'DI' else lab}: fraction of seeds keeping it")
-fig.colorbar(im, ax=axes, shrink=0.8)
-plt.show()
-print("cell text: fraction of seeds that keep the light mode (its mass / its weight, mean of seeds)")
-for lab in fmap["labels"]:
-    print(f"{lab:>6}:", {f"d={d:g}": kept_map[lab][:, j].round(2).tolist() for j, d in enumerate(D)},
-          "(weights", W, ")")
-# what Diff-Instruct's objective charges for dropping the light mode: KL(q || p) of q = the heavy mode
-# alone is about -log(1 - w) (section 2.3); the forward KL of the same q is infinite
-drop_cost = {w: -math.log(1 - w) for w in W}
-# where the noisy modes overlap: means alpha * d apart, less than two noisy standard deviations
-# sqrt(alpha^2 0.3^2 + sigma^2); the share of the w = sigma^2 weight on those noise levels
-a2_grid, s2_grid = torch.sigmoid(lam_grid), torch.sigmoid(-lam_grid)
-overlap = {d: float(w_sig[(a2_grid * d**2 < 4 * (a2_grid * 0.3**2 + s2_grid))].sum() / w_sig.sum()) for d in D}
-print("share of the weight where the noisy modes overlap:", {d: round(v, 2) for d, v in overlap.items()})
-assert all(overlap[a] > overlap[b] for a, b in zip(D, D[1:]))
-assert (round(overlap[2.0], 2), round(overlap[5.0], 2)) == (0.89, 0.67)          # the text's numbers
-print("reverse-KL cost of dropping the light mode, -log(1 - w):", {w: round(c, 3) for w, c in drop_cost.items()})
-near, heavy, far_j = 0, len(W) - 1, len(D) - 1
-assert (kept_map["DI"][:, near] == 1).all() and (kept_map["EMD-8"][:, near] == 1).all()     # near: both keep
-assert (kept_map["DI"][heavy] == 1).all() and (kept_map["EMD-8"][heavy] == 1).all()         # heavy: both keep
-assert (kept_map["EMD-8"] >= kept_map["DI"]).all()                                          # EMD-8 never worse
-light_far = kept_map["DI"][:heavy, far_j].mean(), kept_map["EMD-8"][:heavy, far_j].mean()
-print(f"distance {D[far_j]:g}, weights below {W[heavy]:g}: kept by DI in {light_far[0]:.2f}, EMD-8 in {light_far[1]:.2f} "
-      "of the runs")
-assert light_far[0] < 0.5 and light_far[1] > light_far[0]
-i15, j5 = W.index(0.15), D.index(5.0)
-print(f"the far target's cell at {fmap['steps']} updates: DI {kept_map['DI'][i15, j5]:.2f}, "
-      f"EMD-8 {kept_map['EMD-8'][i15, j5]:.2f} (at {far_rec['steps']} updates: DI "
-      f"{far_eq['DI']['kept'] / n_far:.2f}, EMD-8 {far_eq['EMD-8']['kept'] / n_far:.2f})")
-assert kept_map["EMD-8"][i15, j5] < 1 and drop_cost[W[heavy]] > 5 * drop_cost[W[0]]
-# the text's counts: runs of the three seeds, cells named by (weight, distance)
-n_map = len(fmap["seeds"])
-assert round(2 * n_map * light_far[0]) == 1 and round(2 * n_map * light_far[1]) == 3
-j35 = D.index(3.5)
-assert round(n_map * kept_map["DI"][0, j35]) == n_map - 1 and kept_map["EMD-8"][0, j35] == 1
-assert round(n_map * kept_map["EMD-8"][i15, j5]) == 2 and far_eq["EMD-8"]["kept"] == n_far == 5
-
-# %% [markdown]
-# **Where the difference shows, and where it vanishes.** With the light mode at distance 2 both
-# methods keep it in every seed at every weight, and with weight 0.3 both keep it at every
-# distance. The difference lives in the corner of far, light modes: at distance 5 with weights
-# 0.05 and 0.15, Diff-Instruct keeps the light mode in one run of six and EMD-8 in three; at 3.5
-# and weight 0.05 Diff-Instruct loses it once, EMD-8 never. In no cell does EMD-8 keep it less
-# often than Diff-Instruct. Two reasons. A near mode's noisy version overlaps the heavy one's
-# (their means less than two noisy standard deviations apart) on more of the noise levels that
-# carry the weight: 89% of it at distance 2, 67% at distance 5 (printed above), so fewer of the
-# loss's noise levels see two separate modes, the case in which a reverse KL can settle on one.
-# And the reverse KL charges little for
-# dropping a light mode, about $-\log(1-w)$ (section 2.3): 0.05 for weight 0.05 against 0.36 for
-# weight 0.3, seven times as much (printed above), while the forward KL charges without limit. The
-# map's runs are half as long as the runs above, and that costs EMD more: at the `far` target's
-# own cell EMD-8 keeps the mode in two of three seeds after 400 updates, against five of five
-# after 800 (a run that loses it early needs time to bring it back, like EMD-8's seed 0 above).
-# And with $w = 1$ the difference vanishes at the `far` target itself.
+# How far this reaches (under the weighting $w = 1$, and over a grid of distances and weights of
+# the light mode) is the subject of the appendix, chapter 10: the difference vanishes under
+# $w = 1$, for near modes and for heavier light modes, and stays in the corner of far, light modes.
 #
 # ## Summary
 #
-# * Forward KL (maximum likelihood) covers modes; reverse KL seeks them. For one Gaussian
-#   and two modes: the forward fit is moment matching (closed form); the reverse fit has a
-#   local minimum on each mode, with $\mathrm{KL}(q\|p)\approx -\log w_k$, and the start decides
-#   which one it finds, often the nearer, lighter mode.
-# * Diffusion distillation compares *noisy* marginals. The forward fit is the same at every
-#   noise level; the reverse fit is not: averaged over $\lambda\in[-6, 6]$ with $w = \sigma^2$
-#   it is a broad Gaussian near the forward fit. Mode seeking comes back when the weighting
-#   favours low noise ($w = 1$, or only $\lambda \ge 2$).
-# * In distillation runs, DI and EMD (K = 8, default E-step) agree seed by seed for a Gaussian
-#   generator, and within the seed spread for an expressive MLP under $w = \sigma^2$. Under
-#   $w = 1$ both lose the narrow modes of `irregular`, and in most runs its heaviest mode too;
-#   EMD keeps a little more recall on average, not by a margin six seeds can confirm.
-# * EMD's forward KL is only as good as its E-step's reach: a short chain from the
-#   generator's own samples makes EMD behave like DI.
-# * Where a light mode lies far from the heavy one (`far`: weight 0.15, five units away), the
-#   two part: Diff-Instruct, EMD-1 and EMD-2 lose it in some seeds, EMD-4 to EMD-16 keep it in
-#   every seed, at equal updates and at equal wall time. The difference vanishes for near modes,
-#   for heavier light modes, and under $w = 1$.
+# You can now:
+#
+# * say why forward KL (maximum likelihood) covers modes and reverse KL seeks them, and fit one
+#   Gaussian to two modes both ways: the forward fit by moment matching, the reverse fit by descent
+#   with restarts, whose local minima sit on single modes with $\mathrm{KL}(q\|p)\approx -\log w_k$;
+# * predict what averaging over noise levels does: the forward fit is the same at every level, the
+#   reverse fit averaged over $\lambda\in[-6, 6]$ with $w = \sigma^2$ is a broad Gaussian near the forward
+#   fit, and mode seeking returns when the weighting favours low noise;
+# * compare two distillers honestly, over seeds, with differences judged against the seeds' spread:
+#   Diff-Instruct and EMD with its default short E-step agree for a Gaussian generator and for an MLP
+#   under $w = \sigma^2$, because a short chain from the generator's own samples keeps EMD close to DI;
+# * recognise the case where they part: a far, light mode (`far`), which Diff-Instruct, EMD-1 and
+#   EMD-2 lose in some seeds and EMD-4 to EMD-16 keep in every seed, at equal updates and at equal
+#   wall time (the appendix, chapter 10, shows where else it happens and where it does not).
 #
 # ## Exercise 2.1: the forward-KL fit of a 1D mixture
 #

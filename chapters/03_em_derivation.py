@@ -22,18 +22,23 @@
 #
 # **What you will learn**
 #
-# * the noisy student marginal $q_\theta^t(x_t)$ as an integral over the latent, and why
-#   maximum likelihood is the forward KL $\mathrm{KL}(p_t \,\|\, q_\theta^t)$;
+# * the noisy student marginal $q_\theta^\lambda(x_t)$ as an integral over the latent, and why
+#   maximum likelihood is the forward KL $\mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda)$;
 # * Fisher's identity, checked numerically on a linear generator;
 # * the E-step target $\rho(x_t, z)$ and the M-step regression, and that their combination
 #   has exactly the gradient of the forward KL;
-# * why EMD needs a student score network: $\nabla \log q_\theta^t$ has no usable estimate
+# * why EMD needs a student score network: $\nabla \log q_\theta^\lambda$ has no usable estimate
 #   for a neural generator;
 # * exact EM on a linear-Gaussian generator against EM with the Langevin E-step and a
 #   stochastic M-step: both reach $A A^\top = C$, $b = m$.
 #
 # Everything here is exact or Monte Carlo with a known answer: the generator is linear,
 # $g(z) = A z + b$, and the teacher is a Gaussian $p_0 = \mathcal N(m, C)$.
+#
+# Notation: a noise level is named by its log-SNR $\lambda$ (chapter 1); $p_\lambda$ and $q_\theta^\lambda$ are the
+# teacher's and the student's densities at that level. A noisy sample is written $x_t$: the subscript
+# is the paper's time $t$, kept only as a label (the library's code calls it `x_t` too). The joint
+# posterior of the E-step is $\rho$ (section 4).
 
 # %%
 import math
@@ -53,6 +58,7 @@ from emd_lib.schedules import VP
 
 torch.set_num_threads(1)
 use_style()
+torch.manual_seed(0)                      # the Monte Carlo checks below draw from torch's global generator
 t_start = time.perf_counter()
 
 # the teacher p_0 = N(m, C) and a linear generator g(z) = A z + b that does not fit it yet
@@ -66,8 +72,8 @@ gen = LinearGenerator(A, b)
 
 def level(lam):
     """(alpha, sigma) of the VP schedule at log-SNR lam, as floats."""
-    a, s = VP.alpha_sigma(torch.tensor(float(lam)))
-    return float(a), float(s)
+    alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
+    return float(alpha), float(sigma)
 
 
 # %% [markdown]
@@ -76,10 +82,21 @@ def level(lam):
 # Noise the generator's output like a diffusion model does, $x_t = \alpha\, g(z) + \sigma \epsilon$.
 # The noisy student is a continuous mixture of Gaussians, one per latent:
 #
-# $$q_\theta^t(x_t) = \int \mathcal N\big(x_t;\, \alpha g_\theta(z),\, \sigma^2 I\big)\, \mathcal N(z; 0, I)\, dz .$$
+# $$q_\theta^\lambda(x_t) = \int \mathcal N\big(x_t;\, \alpha g_\theta(z),\, \sigma^2 I\big)\, \mathcal N(z; 0, I)\, dz .$$
+#
+# *Why noisy marginals at all?* Without noise ($\sigma = 0$) the student is the push-forward of
+# $\mathcal N(0, I)$ through $g$: its density needs $|\det \partial g/\partial z|^{-1}$ summed over every $z$ that
+# maps to $x$, which is intractable for a network and undefined where $g$ folds or squeezes space,
+# and off the image of $g$ a teacher sample has likelihood zero, so $\log q_\theta(x) = -\infty$ and there is
+# no gradient to follow. The latent's posterior is then a point mass, and EM has nothing to average.
+# Adding noise $\mathcal N(0, \sigma^2 I)$ fixes all three: every $x_t$ has a positive density, the
+# complete-data likelihood $\mathcal N(x_t; \alpha g(z), \sigma^2 I)$ is a plain Gaussian, and the teacher
+# gives exactly what the E-step needs at each level, the score $\nabla \log p_\lambda$ of its noisy
+# marginal, which a diffusion model is trained to provide. Matching the noisy marginals at every
+# level still matches the clean ones (at $\lambda \to \infty$ they coincide).
 #
 # For a neural $g$ this integral has no closed form. For $g(z) = A z + b$ it does:
-# $q_\theta^t = \mathcal N(\alpha b,\ \alpha^2 A A^\top + \sigma^2 I)$. We estimate the integral
+# $q_\theta^\lambda = \mathcal N(\alpha b,\ \alpha^2 A A^\top + \sigma^2 I)$. We estimate the integral
 # by plain Monte Carlo over $z$ and compare with the closed form (and with the library's
 # `exact_student`, which is this Gaussian with the teacher interface).
 
@@ -109,12 +126,12 @@ torch.testing.assert_close(log_q_mc, log_q_exact, rtol=0, atol=0.02)
 #
 # Fit the generator to the teacher's noisy samples by maximum likelihood:
 #
-# $$\mathbb E_{x_t \sim p_t}\big[\log q_\theta^t(x_t)\big] = -\mathrm{KL}(p_t \,\|\, q_\theta^t) - H(p_t).$$
+# $$\mathbb E_{x_t \sim p_\lambda}\big[\log q_\theta^\lambda(x_t)\big] = -\mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda) - H(p_\lambda).$$
 #
-# The entropy $H(p_t)$ does not depend on $\theta$, so maximising the expected log-likelihood
+# The entropy $H(p_\lambda)$ does not depend on $\theta$, so maximising the expected log-likelihood
 # *is* minimising the forward KL: the student pays for every region where the teacher has
 # mass and it has little (mode covering, chapter 2). EMD minimises
-# $\mathbb E_t\, w(t)\, \mathrm{KL}(p_t \,\|\, q_\theta^t)$ over noise levels. We check the identity at
+# $\mathbb E_\lambda\, w(\lambda)\, \mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda)$ over noise levels. We check the identity at
 # one level with teacher samples.
 
 # %%
@@ -132,11 +149,11 @@ assert abs(avg_loglik - (-kl_pq - H_p)) < 0.02
 # %% [markdown]
 # ## 3. Fisher's identity
 #
-# The gradient of the log-likelihood needs $\nabla_\theta \log q_\theta^t(x_t)$, the gradient of
+# The gradient of the log-likelihood needs $\nabla_\theta \log q_\theta^\lambda(x_t)$, the gradient of
 # the log of an integral. Differentiate under the integral and divide by $q$:
 #
-# $$\nabla_\theta \log q_\theta^t(x_t)
-#   = \frac{\int \nabla_\theta \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\, \mathcal N(z)\, dz}{q_\theta^t(x_t)}
+# $$\nabla_\theta \log q_\theta^\lambda(x_t)
+#   = \frac{\int \nabla_\theta \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\, \mathcal N(z)\, dz}{q_\theta^\lambda(x_t)}
 #   = \mathbb E_{z \sim q_\theta(z \mid x_t)}\Big[\nabla_\theta \log \mathcal N\big(x_t;\, \alpha g_\theta(z),\, \sigma^2 I\big)\Big],$$
 #
 # with the posterior $q_\theta(z \mid x_t) \propto \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z)$.
@@ -146,7 +163,7 @@ assert abs(avg_loglik - (-kl_pq - H_p)) < 0.02
 # and $M = \tfrac{\alpha}{\sigma^2} S_z A^\top$.
 #
 # Three ways to compute the same gradient, for one point $x_t$:
-# autograd of the closed-form $\log q_\theta^t$; the posterior expectation in closed form
+# autograd of the closed-form $\log q_\theta^\lambda$; the posterior expectation in closed form
 # (`emd_lib.em.fisher_grad`); and Monte Carlo: draw $z$ from the posterior and average
 # autograd of $\log \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)$.
 
@@ -179,21 +196,43 @@ torch.testing.assert_close(gb_mc, gb_auto, rtol=0, atol=0.03)
 # %% [markdown]
 # ## 4. The E-step target $\rho$ and the M-step
 #
-# Average Fisher's identity over teacher samples $x_t \sim p_t$. The pairs $(x_t, z)$ are then
+# Average Fisher's identity over teacher samples $x_t \sim p_\lambda$. The pairs $(x_t, z)$ are then
 # drawn from
 #
-# $$\rho(x_t, z) = p_t(x_t)\, q_\theta(z \mid x_t)
-#   = \frac{p_t(x_t)\; \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\; \mathcal N(z; 0, I)}{q_\theta^t(x_t)}:$$
+# $$\rho(x_t, z) = p_\lambda(x_t)\, q_\theta(z \mid x_t)
+#   = \frac{p_\lambda(x_t)\; \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\; \mathcal N(z; 0, I)}{q_\theta^\lambda(x_t)}:$$
 #
 # a teacher sample together with the latent that most plausibly produced it. With
 # $\rho$ frozen at the current $\theta$ (the **E-step**), the gradient of the forward KL is
 #
-# $$\nabla_\theta\, \mathrm{KL}(p_t \,\|\, q_\theta^t)
+# $$\nabla_\theta\, \mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda)
 #   = -\mathbb E_{\rho}\big[\nabla_\theta \log \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\big]
 #   = \nabla_\theta\, \mathbb E_{\rho}\Big[\frac{\| x_t - \alpha g_\theta(z) \|^2}{2 \sigma^2}\Big],$$
 #
 # the gradient of a **regression** of the generator onto the E-step's pairs (the **M-step**).
-# EM alternates the two; each full M-step cannot decrease the likelihood.
+#
+# *Why alternating the two cannot lower the likelihood* (the EM bound). For one $x_t$ and any
+# distribution $r(z)$, Jensen's inequality on the log of an average gives
+#
+# $$\log q_\theta^\lambda(x_t) = \log \mathbb E_{r}\Big[\frac{q_\theta(x_t, z)}{r(z)}\Big]
+#   \;\ge\; \mathbb E_{r}\big[\log q_\theta(x_t, z)\big] + H(r) \;=:\; \mathcal L(r, \theta),$$
+#
+# with $q_\theta(x_t, z) = \mathcal N(x_t; \alpha g_\theta(z), \sigma^2 I)\, \mathcal N(z; 0, I)$. Writing
+# $q_\theta(x_t, z) = q_\theta^\lambda(x_t)\, q_\theta(z \mid x_t)$ shows the gap exactly:
+# $\log q_\theta^\lambda(x_t) - \mathcal L(r, \theta) = \mathrm{KL}\big(r \,\|\, q_\theta(z \mid x_t)\big) \ge 0$.
+# The **E-step** sets $r = q_{\theta_k}(z \mid x_t)$, which closes the gap at the current $\theta_k$. The
+# **M-step** maximises $\mathcal L(r, \theta)$ over $\theta$ with $r$ held fixed; only $\mathbb E_r[\log q_\theta(x_t, z)]$ depends
+# on $\theta$, and up to a constant it is $-\mathbb E_r\|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$, the regression above. Then
+#
+# $$\log q_{\theta_{k+1}}^\lambda(x_t) \ge \mathcal L(r, \theta_{k+1}) \ge \mathcal L(r, \theta_k) = \log q_{\theta_k}^\lambda(x_t):$$
+#
+# the first inequality is the bound, the second the M-step, the equality the E-step. Averaging over
+# $x_t \sim p_\lambda$ turns $r$ into $\rho$ and the log-likelihood into $-\mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda) - H(p_\lambda)$, so
+# a full M-step never increases the forward KL. At $\theta = \theta_k$ the bound touches the
+# log-likelihood, so their gradients agree there: that is the gradient identity above. EMD takes one
+# gradient step on the regression instead of a full M-step (a generalised EM step), and its
+# E-step is approximate (section 6 and chapter 4), so the guarantee becomes a direction, not a
+# promise.
 #
 # For the linear generator $\rho$ is a Gaussian over $(x_t, z)$ with closed-form moments
 # (`emd_lib.em.rho_moments`). We check the gradient identity with exact samples of $\rho$ and
@@ -237,20 +276,20 @@ assert fit_error(A_new_lib, b_new_lib, m, C) < fit_error(A, b, m, C)
 # ## 5. Why EMD needs a student score
 #
 # Exact samples of $\rho$ are out of reach for a real teacher, so EMD runs Langevin dynamics on
-# $\rho$ (chapter 4). Its gradient in $x_t$ is
+# $\rho$ (its update rule is in section 6; chapter 4 is about running it well). Its gradient in $x_t$ is
 #
-# $$\nabla_{x_t} \log \rho = \underbrace{\nabla \log p_t(x_t)}_{\text{teacher score}}
-#    - \underbrace{\nabla \log q_\theta^t(x_t)}_{\text{student score}}
+# $$\nabla_{x_t} \log \rho = \underbrace{\nabla \log p_\lambda(x_t)}_{\text{teacher score}}
+#    - \underbrace{\nabla \log q_\theta^\lambda(x_t)}_{\text{student score}}
 #    - \frac{x_t - \alpha g(z)}{\sigma^2}.$$
 #
 # The teacher's score is what a diffusion model provides. The student's is the score of the
 # integral in section 1, and for a neural generator there is no closed form. Could Monte Carlo
-# do? By Fisher's identity once more, $\nabla \log q_\theta^t(x_t)$ is a posterior average,
+# do? By Fisher's identity once more, $\nabla \log q_\theta^\lambda(x_t)$ is a posterior average,
 # which self-normalised importance sampling from the prior estimates with weights
 # $w_i \propto \mathcal N(x_t; \alpha g(z_i), \sigma^2 I)$. When $\sigma$ is small, almost every
 # $z_i$ lands far from $x_t$, and one weight takes all: the effective sample size
 # $(\sum_i w_i)^2 / \sum_i w_i^2$ collapses. We measure it for the linear generator, where the
-# exact score is known, at points $x_t$ drawn from $p_t$, where the E-step needs it.
+# exact score is known, at points $x_t$ drawn from $p_\lambda$, where the E-step needs it.
 
 # %%
 def mc_student_score(gen, x_t, alpha, sigma, n, generator=None):
@@ -273,10 +312,10 @@ ess_frac, rel_err = [], []
 g = torch.Generator().manual_seed(1)
 student = exact_student(A, b)
 for lam in lams_is:
-    a_, s_ = level(lam)
-    pt = torch.distributions.MultivariateNormal(a_ * m, a_**2 * C + s_**2 * torch.eye(2))
+    a_, sig_ = level(lam)
+    pt = torch.distributions.MultivariateNormal(a_ * m, a_**2 * C + sig_**2 * torch.eye(2))
     xq = pt.sample((200,))
-    sc, ess = mc_student_score(gen, xq, a_, s_, n_is, generator=g)
+    sc, ess = mc_student_score(gen, xq, a_, sig_, n_is, generator=g)
     exact = student.score(xq, torch.full((200,), lam))
     ess_frac.append(float(ess.median()) / n_is)
     rel_err.append(float(((sc - exact).norm(dim=1) / exact.norm(dim=1)).median()))
@@ -298,7 +337,7 @@ plt.show()
 # %% [markdown]
 # At high noise the prior is a fine proposal; at low noise the estimate rests on a handful of
 # draws, and that is for a 2D linear generator, the easiest case there is. So EMD learns
-# the student score $s_\psi \approx \nabla \log q_\theta^t$ the way a diffusion model is trained:
+# the student score $s_\psi \approx \nabla \log q_\theta^\lambda$ the way a diffusion model is trained:
 # denoising score matching on the generator's own (detached) samples, updated as the generator
 # moves (`emd_lib.distill.student_loss`). In the rest of this chapter the generator is linear
 # and we use the exact student `exact_student(A, b)`, so that any error is the E-step's own.
@@ -329,14 +368,45 @@ for lam, e in em_curves.items():
     print(f"exact EM at lam = {lam:+.0f}: error after 10 steps {e[9]:.2e}, after {em_iters}: {e[-1]:.2e}; "
           f"steps to error < 1e-3: {hit if hit else f'> {em_iters}'}")
 assert min(em_curves, key=lambda l: em_curves[l][9]) not in (-4.0, 4.0)   # fastest in the middle
+assert next(i + 1 for i, v in enumerate(em_curves[0.0]) if v < 1e-3) == 15      # the text's count at lam = 0
+
+# %% [markdown]
+# **Langevin dynamics, in one paragraph.** To sample a density $\pi(u)$ known through its score
+# $\nabla \log \pi$ (the normaliser is not needed), repeat
+#
+# $$u \leftarrow u + \gamma\, \nabla_u \log \pi(u) + \sqrt{2\gamma}\; n, \qquad n \sim \mathcal N(0, I),$$
+#
+# with a step size $\gamma > 0$ (our convention; some authors write $\gamma/2$ for the drift). It is the
+# Euler discretisation of the Langevin diffusion $du = \nabla \log \pi\, dt + \sqrt 2\, dW$, whose density
+# evolves by the Fokker-Planck equation $\partial_t p = -\nabla\cdot(p \nabla \log \pi) + \Delta p$; at $p = \pi$
+# the right side is $-\Delta \pi + \Delta \pi = 0$, so $\pi$ is its stationary law, and the chain forgets its
+# start. The discrete chain with a finite $\gamma$ samples $\pi$ only approximately (unadjusted
+# Langevin: a bias that shrinks with $\gamma$), and $\gamma$ must stay below about $2/\text{curvature}$
+# of $-\log \pi$ or the chain diverges. For $\pi = \mathcal N(0, 1)$ the step is
+# $u \leftarrow (1 - \gamma) u + \sqrt{2\gamma}\, n$: it forgets its start in about $1/\gamma$ steps and settles
+# at the variance $2\gamma / (1 - (1-\gamma)^2) = 1/(1 - \gamma/2)$, a bias of about $\gamma/2$. The E-step
+# applies this to $\pi = \rho$, whose score needs only the teacher's and the student's scores (section 5).
+# A check of those two numbers:
+
+# %%
+gamma_lg, K_lg = 0.3, 40
+u = 3.0 + torch.zeros(fast_or(200_000, 50_000))                  # every chain starts at u = 3
+g_lg = torch.Generator().manual_seed(3)
+for _ in range(K_lg):
+    u = u + gamma_lg * (-u) + math.sqrt(2 * gamma_lg) * torch.randn(u.shape, generator=g_lg)   # score of N(0, 1): -u
+print(f"after {K_lg} steps of size {gamma_lg}: mean {u.mean():.3f} (start 3, decayed by (1 - gamma)^K = "
+      f"{(1 - gamma_lg) ** K_lg:.1e}), variance {u.var():.3f} (stationary law of the chain: 1 / (1 - gamma / 2) = "
+      f"{1 / (1 - gamma_lg / 2):.3f}; the target's: 1)")
+assert abs(u.mean()) < 0.02 and abs(u.var() - 1 / (1 - gamma_lg / 2)) < 0.03
 
 # %% [markdown]
 # **EM with the Langevin E-step.** Now the E-step is what EMD does: start from the generator's
 # own joint sample $(z, \epsilon)$, run $K$ Langevin steps on $\rho$ in the $(\epsilon, z)$
 # coordinates (chapter 4) with the exact student score, and hand the final pairs to an M-step
 # that takes *one* SGD step on the regression loss. The learning rate is scaled by the inverse of
-# the regression's curvature $\alpha^2 / \sigma^2$, that is $\eta\, \sigma^2 / \alpha^2$, and decays as
-# $t_0 / (t_0 + t)$ to average out the Monte Carlo noise. The noise in the chain is not cancelled here
+# the regression's curvature $\alpha^2 / \sigma^2$, that is $0.5\, \sigma^2 / \alpha^2$, and in the full runs below it
+# decays as $t_0 / (t_0 + k)$ over the EM iterations $k$, with $t_0 = 30$ (`langevin_em`'s default), to
+# average out the Monte Carlo noise. The noise in the chain is not cancelled here
 # (`cancel="none"`; chapter 4 is about cancelling it).
 #
 # One iteration from scratch, then the library's `langevin_em_step` with the same random numbers:
@@ -348,24 +418,24 @@ from emd_lib.em import langevin_em_step
 lcfg = LangevinConfig(K=8, space="eps", move_z=True, gamma_eps=0.3, gamma_z=0.3, z_precondition="none",
                       cancel="none")
 lam_em = 0.0
-a_em, s_em = level(lam_em)
+a_em, sig_em = level(lam_em)
 batch = fast_or(1024, 256)
 
 # from scratch
 g1 = LinearGenerator(A_init, b_init)
-opt1 = torch.optim.SGD(g1.parameters(), lr=0.5 * s_em**2 / a_em**2)
+opt1 = torch.optim.SGD(g1.parameters(), lr=0.5 * sig_em**2 / a_em**2)
 rng = torch.Generator().manual_seed(7)
 z0, eps0 = torch.randn(batch, 2, generator=rng), torch.randn(batch, 2, generator=rng)
 res = estep(g1, teacher, exact_student(g1.A.detach(), g1.b.detach()), z0, eps0,
             torch.full((batch,), lam_em), lcfg, rng=rng)                 # E-step: K Langevin steps on rho
 with torch.no_grad():
-    x_target = a_em * g1(res.z) + s_em * res.eps                          # x_t^K, held fixed
-loss1 = ((x_target - a_em * g1(res.z)) ** 2).sum(1).mean() / (2 * s_em**2)   # M-step regression
+    x_target = a_em * g1(res.z) + sig_em * res.eps                          # x_t^K, held fixed
+loss1 = ((x_target - a_em * g1(res.z)) ** 2).sum(1).mean() / (2 * sig_em**2)   # M-step regression
 opt1.zero_grad(), loss1.backward(), opt1.step()
 
 # the library
 g2 = LinearGenerator(A_init, b_init)
-opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * s_em**2 / a_em**2)
+opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * sig_em**2 / a_em**2)
 loss2 = langevin_em_step(g2, teacher, lam_em, lcfg, opt2, batch=batch, rng=torch.Generator().manual_seed(7))
 torch.testing.assert_close(torch.tensor(loss1.item()), torch.tensor(loss2))
 torch.testing.assert_close(g1.A, g2.A)
@@ -415,10 +485,10 @@ for h in hist.values():
 
 # %% [markdown]
 # Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
-# Exact EM gets there quickly (the iteration counts printed earlier) with no noise at all; the Langevin version
-# stalls at a Monte Carlo floor set by the batch and the decaying learning rate (the printed
-# final errors; chapter 4 removes that floor by cancelling the chain's noise). Even the chain
-# that never moves $z$ converges to the same place: at the fixed point $q_\theta^t = p_t$ the score
+# Exact EM gets there quickly (below 1e-3 after 15 iterations at $\lambda = 0$) with no noise at all; the
+# Langevin version stalls at a Monte Carlo floor set by the batch and the decaying learning rate (its
+# final errors, in the sentence above; chapter 4 removes that floor by cancelling the chain's noise). Even the chain
+# that never moves $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score
 # gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
 # $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point
 # the chains differ (a frozen $z$ samples a different joint than $\rho$). Here that changes only the
@@ -435,19 +505,21 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 # %% [markdown]
 # ## Summary
 #
-# * A one-step generator is a latent-variable model; its noisy marginal
-#   $q_\theta^t(x_t) = \int \mathcal N(x_t; \alpha g(z), \sigma^2 I)\, \mathcal N(z)\, dz$ is an
-#   integral with no closed form unless $g$ is linear.
-# * Maximum likelihood on teacher samples is the forward KL, $\mathbb E_{p_t} \log q_\theta^t = -\mathrm{KL}(p_t\|q_\theta^t) - H(p_t)$.
-# * Fisher's identity: $\nabla_\theta \log q_\theta^t(x_t)$ is the posterior average of the
-#   complete-data gradient; we checked it three ways.
-# * Averaged over the teacher, the pairs come from $\rho(x_t, z) = p_t(x_t)\, q_\theta(z \mid x_t)$
-#   (E-step), and the forward-KL gradient is the gradient of the regression
-#   $\mathbb E_\rho \|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$ (M-step).
-# * Sampling $\rho$ needs the student score $\nabla \log q_\theta^t$, which importance sampling
-#   cannot supply at low noise; EMD learns it with denoising score matching.
-# * On a linear-Gaussian generator, exact EM and EM with a Langevin E-step and an SGD M-step
-#   both converge to $A A^\top = C$, $b = m$.
+# You can now:
+#
+# * write a one-step generator's noisy marginal $q_\theta^\lambda$ as an integral over its latent, say why
+#   distillation works with noisy marginals rather than clean ones, and compute the integral in closed
+#   form for a linear generator;
+# * show that maximum likelihood on teacher samples is the forward KL, and derive its gradient with
+#   Fisher's identity as a posterior average of the complete-data gradient;
+# * derive the EM bound $\log q_\theta^\lambda(x_t) \ge \mathbb E_r[\log q_\theta(x_t, z)] + H(r)$ with gap
+#   $\mathrm{KL}(r \,\|\, q_\theta(z \mid x_t))$, and explain why a full M-step cannot lower the likelihood;
+# * state the E-step target $\rho(x_t, z) = p_\lambda(x_t)\, q_\theta(z \mid x_t)$ and the M-step regression
+#   $\mathbb E_\rho \|x_t - \alpha g_\theta(z)\|^2 / 2\sigma^2$, whose gradient is the forward-KL gradient;
+# * explain why $\nabla \log q_\theta^\lambda$ needs a learned student score (importance sampling collapses at
+#   low noise);
+# * run Langevin dynamics ($u \leftarrow u + \gamma \nabla \log \pi + \sqrt{2\gamma}\, n$) and EM with a
+#   Langevin E-step on a linear generator, and check that it reaches $A A^\top = C$, $b = m$.
 
 # %% [markdown]
 # ## Exercise 3.1: the latent posterior

@@ -23,7 +23,7 @@
 # * the full loop, in about 30 lines of torch, reproducing `emd_lib.distill.Distiller` step for step;
 # * how the generator is initialised from the teacher's denoiser at a log-SNR $\lambda^*$, what it
 #   looks like at step 0 for several $\lambda^*$, and how much the start matters at the end;
-# * the weighting $w(t)$ of the noise levels;
+# * the weighting $w(\lambda)$ of the noise levels;
 # * test-time MCMC correction: many Langevin steps from the generator's samples that remove the
 #   bridges a continuous generator draws between separated modes;
 # * what a step costs, EMD-$K$ against Diff-Instruct, counted in network evaluations and measured;
@@ -75,7 +75,7 @@ def pm(s, k, fmt=".3f"):
 #
 # 1. **Student score** (`student_updates` times, `emd_lib.distill.student_loss`): denoising score
 #    matching on detached generator samples, $\|\hat\epsilon_\psi(\alpha g(z) + \sigma\epsilon, \lambda) - \epsilon\|^2$,
-#    so that $s_\psi$ tracks the score of the generator's noisy marginal $q_\theta^t$.
+#    so that $s_\psi$ tracks the score of the generator's noisy marginal $q_\theta^\lambda$.
 # 2. **Generator** (`Distiller.generator_step`): draw $(z, \epsilon, \lambda)$, run the E-step
 #    (`emd_lib.langevin.estep`: $K$ Langevin steps on $\epsilon$ driven by the score gap
 #    $\sigma\, ds = \hat\epsilon_\psi - \hat\epsilon_\phi$, with the noise record $\eta$ of chapter 4), then the
@@ -167,7 +167,7 @@ for name, mine, lib in (("generator", gen, d.generator), ("EMA", ema, d.ema), ("
 
 # %% [markdown]
 # The thirty lines above are the whole method; the library adds the other chain variants of
-# chapter 4 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
+# chapters 4 and 9 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
 # loop (`method="di"`), and bookkeeping.
 #
 # ## 2. Where the generator starts: $\lambda^*$
@@ -258,38 +258,29 @@ for lab in ("lam* = -6", "lam* = -10"):
     print(f"{lab}: TV {L[lab]['tv']['mean']:.3f}, MMD {L[lab]['mmd']['mean']:.4f}, recall {L[lab]['recall']['mean']:.2f} "
           f"against the best of lam* = 0 / -2: TV {min(L[g]['tv']['mean'] for g in good):.3f}, "
           f"MMD {min(L[g]['mmd']['mean'] for g in good):.4f}, recall {max(L[g]['recall']['mean'] for g in good):.2f}")
-# the collapsed starts are behind after the same number of steps
-assert L["lam* = -10"]["tv"]["mean"] > 2 * max(L[g]["tv"]["mean"] for g in good)
-for lab in ("lam* = -6", "lam* = -10"):
-    assert L[lab]["mmd"]["mean"] > max(L[g]["mmd"]["mean"] for g in good)
-    assert L[lab]["recall"]["mean"] < min(L[g]["recall"]["mean"] for g in good)
-# lam* = -6 catches up in the masses; lam* = 0 and -2 are alike in TV and MMD, and 0 has the better recall
-assert L["lam* = -6"]["tv"]["mean"] < max(L[g]["tv"]["mean"] for g in good) + 2 * L["lam* = -6"]["tv"]["std"]
-assert abs(L["lam* = 0"]["tv"]["mean"] - L["lam* = -2"]["tv"]["mean"]) < 2 * max(L[g]["tv"]["std"] for g in good)
-assert L["lam* = 0"]["recall"]["mean"] > L["lam* = -2"]["recall"]["mean"]
 
 # %% [markdown]
 # The start matters. From the collapsed starts ($\lambda^* = -6, -10$) the generator first has to
 # grow out of a point: after the same number of steps $\lambda^* = -10$ is still far behind in every
 # metric, and $\lambda^* = -6$ has caught up in mode masses (TV) but not in spread (its MMD is
-# higher and its recall lower, as printed above: the modes are there but too narrow). Between
+# higher and its recall lower than those of $\lambda^* = 0$ and $-2$: the modes are there but too narrow). Between
 # $\lambda^* = 0$ and our default $-2$ the sweep shows no clear winner in TV or MMD, and
 # $\lambda^* = 0$ has the better recall on the ring. We kept $-2$, the value our first prototype
 # used; on this 2D target $\lambda^* = 0$ is at least as good. (The paper shows iteration-0 samples
 # for $\lambda^* = 0, -6, -10$ on images; which value its runs train from is not known to us.)
 #
-# ## 3. The weighting $w(t)$
+# ## 3. The weighting $w(\lambda)$
 #
 # The loss averages over noise levels $\lambda \sim U[-6, 6]$ with a weight $w(\lambda)$. Since Adam
 # normalises the overall scale of the gradient, only the *shape* of $w$ matters: how the levels are
 # weighted against each other. The M-step gradient at one level is
 # $-(w\alpha/\sigma)\,\tilde\epsilon^\top \partial g/\partial\theta$ with $\tilde\epsilon \approx \gamma\,\sigma\, ds$ for a short chain,
-# so its size is about $w\,\alpha\,\|ds\|$. For a mode of width $s$ displaced by $\delta$, the score gap is
-# about $ds \approx \alpha\delta / (\alpha^2 s^2 + \sigma^2)$: it grows like $1/\sigma^2$ as the noise falls, until
+# so its size is about $w\,\alpha\,\|ds\|$. For a mode of width $\omega$ displaced by $\delta$, the score gap is
+# about $ds \approx \alpha\delta / (\alpha^2 \omega^2 + \sigma^2)$: it grows like $1/\sigma^2$ as the noise falls, until
 # $\sigma$ reaches the mode's width. So $w = 1$ lets the least noisy levels dominate, $w = \alpha^2/\sigma^2$
 # (the SNR) even more so, and $w = \sigma^2$ (our default) puts the weight in the middle of the range,
 # where the noisy versions of neighbouring modes still overlap and mass can move between them.
-# The figure draws $w\,\alpha^2/(\alpha^2 s^2 + \sigma^2)$ for the ring's mode width $s = 0.15$.
+# The figure draws $w\,\alpha^2/(\alpha^2 \omega^2 + \sigma^2)$ for the ring's mode width $\omega = 0.15$.
 
 # %%
 lam_grid = torch.linspace(-6, 6, 121)
@@ -322,9 +313,6 @@ Wt = weighting["summary"]
 ratio_one = Wt["w = 1"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
 ratio_snr = Wt["w = SNR"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
 print(f"mode-mass TV relative to w = sigma^2: w = 1 x{ratio_one:.1f}, w = SNR x{ratio_snr:.1f}")
-assert Wt["w = sigma^2"]["tv"]["mean"] < min(Wt["w = 1"]["tv"]["mean"], Wt["w = SNR"]["tv"]["mean"])
-assert Wt["w = sigma^2"]["mmd"]["mean"] < min(Wt["w = 1"]["mmd"]["mean"], Wt["w = SNR"]["mmd"]["mean"])
-assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["mean"] < 0.75 for k in Wt)
 
 # %% [markdown]
 # Here the choice is clear: $w = \sigma^2$ beats both alternatives in mode masses and in MMD, by more
@@ -344,7 +332,7 @@ assert all(Wt[k]["modes_covered"]["mean"] == 8 and 0.6 < Wt[k]["within_3sd"]["me
 # run many Langevin steps on $\rho(x_t, z)$, the E-step's target, starting from the generator's
 # samples (its caption shows the updated $x$ after 300 steps). Our readout differs: we read the
 # chain's end out with the teacher's denoiser, a choice of ours. The student score is still
-# needed (it is $\nabla \log q_\theta^t$ inside $\rho$), so we use the raw generator that the student
+# needed (it is $\nabla \log q_\theta^\lambda$ inside $\rho$), so we use the raw generator that the student
 # has been tracking, not its EMA.
 #
 # `emd_lib.langevin.mcmc_correct(generator, teacher, student, z, lam, steps=300, gamma_eps=0.1, gamma_z=0.05)`
@@ -468,7 +456,6 @@ checks = {
 }
 for k, v in checks.items():
     print(f"{k:>46}: {v}")
-assert all(checks.values())
 
 # %% [markdown]
 # What the sweep shows (each line above is checked in code):
@@ -600,7 +587,7 @@ why = {
     "init_steps": "enough to match D(z, lam*) closely (section 2 prints the distance)",
     "width": "an expressive generator for the 2D toys",
     "depth": "3 hidden layers",
-    "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (printed below)",
+    "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (checked below)",
     "seed": "any; the sweeps average over seeds",
     "langevin.K": "chapter 5 (K as the knob) and section 5 (cost)",
     "langevin.space": "chapter 4: one step size works at every noise level in eps",
@@ -608,11 +595,11 @@ why = {
     "langevin.move_z": "chapters 4, 5: z moves go further, at about twice the chain's cost (section 5)",
     "langevin.gamma_eps": "sweep below (0.1, 0.6 around 0.3)",
     "langevin.gamma_x": "only for space = 'x'",
-    "langevin.gamma_z": "chapter 4 (with the SNR preconditioning)",
-    "langevin.z_precondition": "chapter 4",
+    "langevin.gamma_z": "chapters 4 and 9 (with the SNR preconditioning)",
+    "langevin.z_precondition": "chapters 4 and 9",
     "langevin.cancel": "chapter 4: 'full' removes the noise terms (mean-preserving with z fixed, as here)",
     "langevin.cancel_z": "chapter 4",
-    "langevin.z_clip": "chapter 4 (a trust region for the z step)",
+    "langevin.z_clip": "chapter 9 (a trust region for the z step)",
 }
 defaults = DistillConfig()
 print(f"{'setting':>26} {'default':>14}   how we chose it")
@@ -643,7 +630,6 @@ for (sw, lab), (frac, gn) in clip_by.items():
         print(f"  {sw}, {lab}: up to {frac:.3f} of the steps (mean norm {gn:.1f})")
 clip_sigma2 = max(frac for (sw, lab), (frac, gn) in clip_by.items() if not lab.startswith("w = ") or lab == "w = sigma^2")
 print(f"  every run with w = sigma^2: at most {clip_sigma2:.3f}")
-assert clip_sigma2 == 0.0
 
 H = hp["summary"]
 d0 = H["defaults"]
@@ -651,10 +637,6 @@ close = lambda lab, k: abs(H[lab][k]["mean"] - d0[k]["mean"]) <= 2 * max(H[lab][
 same = ("gamma_eps = 0.1", "gamma_eps = 0.6", "student_updates = 1", "Adam betas (0.9, 0.999)")
 for lab in same:
     print(f"{lab:>26}: TV within two seed-stds of the defaults: {close(lab, 'tv')}, MMD: {close(lab, 'mmd')}")
-assert all(close(lab, "tv") and close(lab, "mmd") for lab in same)
-assert H["lr_g = 5e-4"]["tv"]["mean"] > d0["tv"]["mean"] + 2 * d0["tv"]["std"]         # too slow
-assert H["lr_g = 5e-3"]["mmd"]["mean"] > 2 * d0["mmd"]["mean"]                          # loses spread
-assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                             # the EMA lags at this length
 
 # %% [markdown]
 # What the sweep says, one setting at a time:
@@ -671,27 +653,27 @@ assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                     
 #   run; we kept the EMA from our first prototype, where it helped on long runs, but this sweep does
 #   not show a benefit.
 #
-# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (printed above). With
+# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction 0 of their
+# steps; `tests/test_chapter_claims.py` checks it). With
 # $w = 1$ it acted now and then, and with the SNR weighting in every step, whose gradient norms run
 # to the hundreds: under Adam, which normalises the scale anyway, that mostly rescales the step.
 #
 # ## Summary
 #
-# * The loop is three pieces: the student's denoising score matching, the E-step and M-step of
-#   the generator, and an EMA. Thirty lines of torch reproduce the library's weights to float rounding.
-# * The generator starts as the teacher's denoiser read at $\lambda^*$. In 2D a low $\lambda^*$ means a
-#   start collapsed at the data mean, and a start from a point catches up slowly; $\lambda^* = 0$ and
-#   $-2$ did best on the ring.
-# * $w = \sigma^2$ balances the noise levels; $w = 1$ and the SNR weighting let the least noisy levels
-#   dominate and matched the mode masses worse.
-# * Test-time MCMC at the top of the student's range ($\lambda = 6$), moving $z$, removes the bridges a
-#   continuous generator draws between narrow modes; it does not fix the mode masses. The noise
-#   level, moving $z$ and a $z$ step that is not too large matter more than the number of steps.
-# * A generator step of EMD-$K$ costs $K$ teacher and $K$ student evaluations, DI's one of each;
-#   moving $z$ adds a generator pass and a vector-Jacobian product per Langevin step.
-# * Of our hyperparameters, the generator's learning rate and the weighting mattered most on the
-#   toys; $\gamma_\epsilon$, the number of student updates and Adam's $\beta_1$ did not, and the EMA lags early
-#   in training.
+# You can now:
+#
+# * write the whole EMD loop in about thirty lines (the student's denoising score matching, the E-step
+#   and M-step of the generator, an EMA) and check it against the library's weights;
+# * initialise the generator from the teacher's denoiser at $\lambda^*$, and recognise a start collapsed
+#   at the data mean (low $\lambda^*$), which catches up slowly;
+# * choose a weighting: $w = \sigma^2$ balances the noise levels, while $w = 1$ and the SNR weighting let
+#   the least noisy levels dominate and matched the mode masses worse on the toys;
+# * repair samples at test time with many Langevin steps at the top of the student's range, moving $z$,
+#   and know its limit: it removes bridges between modes, not errors in the mode masses;
+# * count what a step costs ($K$ teacher and $K$ student evaluations for EMD-$K$, plus a generator pass and
+#   a vector-Jacobian product per step when $z$ moves) and which hyperparameters matter (the
+#   generator's learning rate and the weighting most; $\gamma_\epsilon$, the student updates and Adam's
+#   $\beta_1$ hardly).
 
 # %% [markdown]
 # ## Exercise 6.1: the generator's starting map

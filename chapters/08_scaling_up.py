@@ -66,7 +66,7 @@ TMP = Path(tempfile.mkdtemp(prefix="emd-ch08-"))
 # eps-prediction follow from it (chapter 1). Published networks answer slightly different questions,
 # and an *adapter* translates.
 #
-# ### EDM: $D(x; \sigma, c)$ with $\alpha = 1$
+# ### 1.1 EDM: $D(x; \sigma, c)$ with $\alpha = 1$
 #
 # NVlabs' EDM networks (the paper's ImageNet 64x64 teacher is `edm-imagenet-64x64-cond-adm.pkl`) are
 # denoisers already, parametrised by $\sigma$ with $\alpha = 1$, so $\sigma = e^{-\lambda/2}$, and they
@@ -100,7 +100,7 @@ for kw in ({}, {"trust_pickle": True}):
         print(f"{kw}: {e}\n")
 
 # %% [markdown]
-# ### Discrete-time eps-prediction: ADM and Stable Diffusion
+# ### 1.2 Discrete-time eps-prediction: ADM and Stable Diffusion
 #
 # DDPM-style networks were trained at integer timesteps $t = 0..T-1$ with $\bar\alpha_t$ from a fixed
 # schedule, and predict $\epsilon$ (or $v$). Under VP, $\alpha^2 = \bar\alpha_t$ means
@@ -126,7 +126,7 @@ print(f"ADM's (linear betas) range: [{adm.schedule.lam_min:.2f}, {adm.schedule.l
 # `DiscreteVPTeacher` with ADM's linear schedule that drops the learned-variance channels. Numbers
 # distilled from it are not comparable with the paper's 128x128 results.
 #
-# ### Stable Diffusion: latents, text, and guidance on the teacher only
+# ### 1.3 Stable Diffusion: latents, text, and guidance on the teacher only
 #
 # Stable Diffusion v1.5 predicts $\epsilon$ for 4x64x64 latents of its VAE, conditioned on CLIP text
 # embeddings. `load_sd` reads a diffusers folder (or a hub id, for users who have the network). Here
@@ -261,7 +261,7 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
       "and lam")
 
 # %% [markdown]
-# ### Leaving the process group cleanly
+# ### 4.1 Leaving the process group cleanly
 #
 # A run that trained well must also *end* well on every process, or torchrun reports it as failed
 # and a scheduler that retries failed jobs trains it again. Two rules in `emd_lib.scale.train` see to it:
@@ -361,15 +361,11 @@ if {"imagenet64", "imagenet64_compile"} <= set(gpu):
     print(f"passes per step: EMD-8 {e8['passes']}, Diff-Instruct {di['passes']}; peak memory "
           f"{max(r['peak_mb'] for r in eager.values()) / 1024:.0f} GiB eager, "
           f"{max(r['peak_mb'] for r in comp.values()) / 1024:.0f} GiB compiled")
-    assert 4.0 < e8["ratio_to_di"] < 5.0 and abs(e8["predicted_sec"] / e8["sec_per_step"] - 1) < 0.05
-    assert all(c["pct_peak"] > 1.6 * eager[m]["pct_peak"] for m, c in comp.items())
-    assert max(r["pct_peak"] for r in comp.values()) < 40 and 1.7 < e8["sec_per_step"] / emd8_c < 1.9
 if {"tiny", "tiny_graphs"} <= set(gpu):
     t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
     t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
     speed = {m: t0[m]["sec_per_step"] / t1[m]["sec_per_step"] for m in t0}
     print("tiny network, CUDA graphs against eager: " + ", ".join(f"{m} {v:.1f}x" for m, v in speed.items()))
-    assert min(speed.values()) > 3
 
 # %% [markdown]
 # * **EMD-$K$ against Diff-Instruct.** Eager, EMD-8 costs about 4.4 Diff-Instruct steps, as counting its
@@ -525,25 +521,19 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 # %% [markdown]
 # ## Summary
 #
-# * Adapters turn published networks into the one teacher interface: EDM's $D(x; \sigma = e^{-\lambda/2}, c)$
-#   directly, DDPM-style eps- or v-prediction networks through a timestep read off the log-SNR table,
-#   Stable Diffusion with its text encoder and VAE beside the UNet.
-# * Classifier-free guidance belongs to the teacher's score; the student score and the generator are
-#   unguided copies of the same UNet.
-# * The generator starts as the teacher read at $\lambda^*$, the student as the teacher.
-# * `python -m emd_lib train --config NAME` runs every scale with the library's loss functions;
-#   checkpoints resume bitwise on the CPU; faults stop the run without overwriting good weights.
-# * `torchrun` + DistributedDataParallel: every process draws the whole batch's randomness and keeps
-#   its rows, so the number of GPUs does not change the result.
-# * A step of EMD-$K$ makes about $K$ teacher-and-student evaluations (and $K$ generator VJPs) where
-#   Diff-Instruct makes one: on an H200, EMD-8 at batch 64 takes about 4.4 Diff-Instruct steps, and
-#   compiled steps reach 36-38% of the card's measured bf16 matrix rate.
-# * FID, IS, precision/recall and CLIP score are computed from features; install torch-fidelity or
-#   clean-fid for the Inception network.
-# * Precision: the networks' bodies run in bf16 under autocast; EDM's preconditioning, the eps-to-denoiser
-#   arithmetic, the guidance combination and the E-step stay float32; float16 is never used. One bf16
-#   evaluation agrees with float32 within 3% (rms), and at low $\lambda$ a VP teacher's denoiser carries
-#   $\sigma/\alpha$ times eps's error.
+# You can now:
+#
+# * put a published network behind the one teacher interface: EDM's $D(x; \sigma = e^{-\lambda/2}, c)$
+#   directly, eps- or v-prediction networks through a timestep read off the log-SNR table, Stable
+#   Diffusion with its text encoder and VAE, with classifier-free guidance on the teacher only;
+# * start the generator as the teacher read at $\lambda^*$ and the student as the teacher, and run every
+#   scale with `python -m emd_lib train --config NAME`, resuming bitwise from checkpoints;
+# * scale out with `torchrun` and DistributedDataParallel without changing the result (every process
+#   draws the whole batch's randomness and keeps its rows);
+# * predict and measure a step's cost: EMD-8 at batch 64 on an H200 took about 4.4 Diff-Instruct steps,
+#   as its pass count predicts, and compiled steps reached 36-38% of the card's bf16 matrix rate;
+# * evaluate at scale (FID, IS, precision/recall, CLIP score from features) and keep precision where it
+#   matters: bf16 bodies under autocast, float32 preconditioning, guidance and E-step.
 
 # %% [markdown]
 # ## Exercise 8.1: an EDM network behind the teacher interface

@@ -308,7 +308,7 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
 
 def test_every_chapter_reference_passes_in_the_grader(capsys):
     """Every check works on the values a cell sends back (a loss the check differentiates included)."""
-    chapters = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+    chapters = [p for p in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py")) if "appendix" not in p.stem]  # no exercises
     grades = grading.grade_all([str(p) for p in chapters], timeout=60)
     assert len(grades) == len(chapters)
     for g in grades:

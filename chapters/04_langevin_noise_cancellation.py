@@ -33,7 +33,7 @@
 #
 # Notation: $\lambda$ is the log-SNR (chapter 1); $ds = \nabla \log p_\lambda - \nabla \log q_\theta^\lambda$ the score
 # gap; $\gamma_\epsilon$, $\gamma_x$, $\gamma_z$ the step sizes of the chain in each coordinate; $\eta$ the record
-# of the chain's injected noise (section 4). The list is in `docs/notation_chapters.md`.
+# of the chain's injected noise (section 4). The book's notation page (`docs/notation.md`) lists every symbol.
 
 # %%
 import json

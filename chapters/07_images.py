@@ -293,8 +293,11 @@ g_scratch = flat_grad(-(s**2 * a * ds * x).flatten(1).sum(1).mean())   # w = sig
 g_di = flat_grad(di_generator_loss(gen_c, teacher, student_c, z, eps, lam, "sigma2", cond=c)[0])
 g_emd1 = flat_grad(emd_generator_loss(gen_c, teacher, student_c, z, eps, lam,
                                       LangevinConfig(K=1, gamma_eps=1.0, cancel="full"), "sigma2", cond=c)[0])
-torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=1e-7)
-torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=1e-7)
+# equal up to float32 rounding: the sums of 645k-entry gradients run in an order the CPU kernels do not
+# fix from run to run, so entries near zero differ by ~1e-7 of the largest one; the tolerance scales with it
+tol = 1e-6 * float(g_di.abs().max())
+torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
+torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
 print(f"K = 1 identity on the MNIST teacher: max |EMD-1 - DI| = {float((g_emd1 - g_di).abs().max()):.2e} "
       f"(gradient norm {float(g_di.norm()):.3g})")
 

@@ -21,7 +21,16 @@ def _init_noisy_input(teacher, lam_star, z):             # builds x_t = alpha z 
     return teacher.denoise(a[:, None] * z + s[:, None] * torch.randn_like(z), lam)
 
 
-@register("6.1", title="the generator's starting map D(z_in(z), lam*)", wrong=[_init_no_edm_scale, _init_noisy_input])
+def _route_init(teacher, lam_star, z):
+    from emd_lib.experiments.ch06 import init_target
+
+    return init_target(teacher, lam_star, z)
+
+
+@register("6.1", title="the generator's starting map D(z_in(z), lam*)", wrong=[_init_no_edm_scale, _init_noisy_input],
+          points=1, minutes=10, kind="derivation", route=_route_init,
+          forbid=["emd_lib.experiments.ch06:init_target", "emd_lib.nets:init_generator_from_teacher",
+                  "emd_lib.schedules:Schedule.z_in_scale"])
 def _check_6_1(init_map):
     from ..experiments.ch06 import init_target
     from ..mixtures import ring8
@@ -88,8 +97,22 @@ def _step_sequential(generator, teacher, student, z, eps, lam, gamma_eps, gamma_
     return z_new, eps_new
 
 
+def _route_correction(generator, teacher, student, z, eps, lam, gamma_eps, gamma_z, n_eps, n_z):
+    from emd_lib.langevin import LangevinConfig, estep
+
+    noise = iter([n_eps, n_z])
+    res = estep(generator, teacher, student, z, eps, lam, LangevinConfig(K=1, move_z=True, gamma_eps=gamma_eps,
+                gamma_z=gamma_z, cancel="none"), rng=lambda like: next(noise))
+    return res.z_chain, res.eps_chain
+
+
+_CHAIN = ["emd_lib.langevin:estep", "emd_lib.langevin:mcmc_correct", "emd_lib.langevin:log_rho_grads",
+          "emd_lib.langevin:_vjp", "emd_lib.experiments.ch06:correct"]
+
+
 @register("6.2", title="one Langevin step of the test-time correction on (eps, z)",
-          wrong=[_step_no_precondition, _step_sequential])
+          wrong=[_step_no_precondition, _step_sequential],
+          points=3, minutes=25, kind="method", route=_route_correction, forbid=_CHAIN)
 def _check_6_2(correction_step):
     from ..langevin import LangevinConfig, estep
 
@@ -125,7 +148,14 @@ def _w_snr_inverted(lam, kind):                           # 1 / SNR
     return {"sigma2": s2, "one": torch.ones_like(lam), "snr": s2 / (1 - s2)}[kind]
 
 
-@register("6.3", title="the noise-level weightings under VP", wrong=[_w_sigma, _w_snr_inverted])
+def _route_w(lam, kind):
+    from emd_lib.schedules import VP, weight
+
+    return weight(lam, VP, kind)
+
+
+@register("6.3", title="the noise-level weightings under VP", wrong=[_w_sigma, _w_snr_inverted],
+          points=1, minutes=5, kind="derivation", route=_route_w, forbid=["emd_lib.schedules:weight"])
 def _check_6_3(w):
     from ..schedules import VP, weight
 
@@ -136,3 +166,157 @@ def _check_6_3(w):
         except ExerciseFailed as e:
             raise ExerciseFailed(f"{e}. Under VP alpha^2 = sigmoid(lam) and sigma^2 = sigmoid(-lam); the SNR is "
                                  "alpha^2 / sigma^2 = exp(lam)") from None
+
+
+# ---- 6.4 the whole loop, graded by its result ----------------------------------------------------------
+
+def _loop_teacher():
+    from ..teachers import GaussianMixture
+
+    g = torch.Generator().manual_seed(64)
+    means = torch.tensor([[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]]) + 0.3 * torch.randn(3, 2, generator=g)
+    weights = torch.tensor([0.5, 0.3, 0.2])[torch.randperm(3, generator=g)]
+    return GaussianMixture(weights, means, [0.3, 0.3, 0.3])
+
+
+def _loop(teacher, z_eval, steps, seed, K=4):
+    """A compact EMD-K loop (the wrong answers below change one thing in it)."""
+    from ..nets import MLPGenerator, MLPScore
+    from ..teachers import NetworkTeacher
+
+    torch.manual_seed(seed)
+    gen = MLPGenerator(2, 64, 2)
+    student = NetworkTeacher(MLPScore(2, 64, 2), teacher.schedule, predicts="eps")
+    opt_g = torch.optim.Adam(gen.parameters(), lr=2e-3, betas=(0.0, 0.999))
+    opt_s = torch.optim.Adam(student.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    B, gamma = 256, 0.3
+
+    def draw():
+        lam = -6 + 12 * torch.rand(B)
+        return torch.randn(B, 2), torch.randn(B, 2), lam, torch.sigmoid(lam).sqrt()[:, None], torch.sigmoid(-lam).sqrt()[:, None]
+
+    for _ in range(150):
+        z = torch.randn(B, 2)
+        with torch.no_grad():
+            target = teacher.denoise(z, torch.full((B,), -2.0))
+        loss = ((gen(z) - target) ** 2).sum(1).mean()
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+
+    def student_update():
+        z, eps, lam, a, s = draw()
+        with torch.no_grad():
+            x = gen(z)
+        loss = ((student.eps(a * x + s * eps, lam) - eps) ** 2).sum(1).mean()
+        opt_s.zero_grad()
+        loss.backward()
+        opt_s.step()
+
+    for _ in range(100):
+        student_update()
+    for _ in range(steps):
+        student_update()
+        student_update()
+        z, eps, lam, a, s = draw()
+        x = gen(z)
+        with torch.no_grad():
+            u, eta = eps.clone(), eps.clone()
+            for _ in range(K):
+                sds = student.eps(a * x + s * u, lam) - teacher.eps(a * x + s * u, lam)
+                n = torch.randn_like(u)
+                u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * n
+                eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * n
+            x_target = a * x + s * (u - eta)
+        loss = ((x_target - a * x) ** 2 / 2).sum(1).mean()            # w = sigma^2 cancels the 1 / sigma^2
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+    with torch.no_grad():
+        return gen(z_eval)
+
+
+def _loop_no_estep(teacher, z_eval, steps, seed):                 # K = 0: the generator stays at its start
+    return _loop(teacher, z_eval, steps, seed, K=0)
+
+
+def _route_loop(teacher, z_eval, steps, seed):
+    from emd_lib.distill import DistillConfig, Distiller
+
+    d = Distiller(teacher, DistillConfig(steps=steps, batch=256, width=64, depth=2, seed=seed))
+    d.train(progress=False)
+    with torch.no_grad():
+        return d.ema(z_eval)
+
+
+LOOP_STEPS = 300
+MASS_TOL = 0.1            # each mode's share within 0.1 of its weight
+INSIDE = 0.45             # at least this share of samples within 3 standard deviations of their mode
+                          # (the compact loop above: 0.59 to 0.64 over three seeds; its start, K = 0: 0.23 to 0.26)
+
+
+@register("6.4", title="the assembled EMD loop, graded by the mixture it learns",
+          wrong=[_loop_no_estep],
+          points=5, minutes=60, kind="method", route=_route_loop,
+          forbid=["emd_lib.distill:Distiller", "emd_lib.distill:emd_generator_loss", "emd_lib.distill:di_generator_loss",
+                  "emd_lib.distill:student_loss", "emd_lib.langevin:estep", "emd_lib.langevin:log_rho_grads",
+                  "emd_lib.langevin:mcmc_correct", "emd_lib.teachers:GaussianMixture.sample"])
+def _check_6_4(distill):
+    teacher = _loop_teacher()
+    z_eval = torch.randn(4000, 2, generator=torch.Generator().manual_seed(640))
+    x = torch.as_tensor(distill(teacher, z_eval.clone(), LOOP_STEPS, 0)).detach().float()
+    if x.shape != z_eval.shape:
+        raise ExerciseFailed(f"return the trained generator's samples g(z_eval), shape {tuple(z_eval.shape)}")
+    if not torch.isfinite(x).all():
+        raise ExerciseFailed("some samples are not finite: lower the learning rate or the Langevin step size")
+    k, maha = teacher.assign(x)
+    masses = torch.bincount(k, minlength=3).double() / len(k)
+    inside = float((maha < 3).double().mean())
+    w = teacher.weights.double()
+    if not bool(((masses - w).abs() <= MASS_TOL).all()):
+        raise ExerciseFailed(f"the modes' shares {[round(v, 3) for v in masses.tolist()]} are not within {MASS_TOL} of "
+                             f"the weights {[round(v, 3) for v in w.tolist()]}")
+    if inside < INSIDE:
+        raise ExerciseFailed(f"only {inside:.2f} of the samples lie within 3 standard deviations of their mode (at least "
+                             f"{INSIDE} expected after {LOOP_STEPS} steps): is the E-step moving the samples, and the "
+                             "generator regressing onto them?")
+
+
+# ---- 6.5 what a step costs -------------------------------------------------------------------------
+
+def _cost_ref(K, move_z):
+    """Forward-pass equivalents of one EMD-K generator step relative to DI's (a backward or a VJP = 2 forwards)."""
+    emd = 2 * K + 1 + 2 + ((K + 2 * K) if (move_z and K > 0) else 0)
+    return emd / (1 + 1 + 1 + 2)
+
+
+def _cost_no_vjp(K, move_z):                              # forgets the VJPs of a moving z
+    return (2 * K + 3 + (K if move_z else 0)) / 5
+
+
+def _cost_backward_one(K, move_z):                        # counts a backward as one forward
+    return (2 * K + 2 + (2 * K if move_z else 0)) / 4
+
+
+def _route_cost(K, move_z):
+    from emd_lib.distill import evals_per_step
+
+    def total(d):
+        return d["teacher"] + d["student"] + d["generator_fwd"] + 2 * d["generator_bwd"]
+
+    return total(evals_per_step("emd", K, move_z)) / total(evals_per_step("di"))
+
+
+@register("6.5", title="what an EMD-K step costs against a Diff-Instruct step",
+          wrong=[_cost_no_vjp, _cost_backward_one],
+          points=1, minutes=10, kind="derivation", route=_route_cost, forbid=["emd_lib.distill:evals_per_step"])
+def _check_6_5(cost_ratio):
+    for K in (1, 4, 8, 16):
+        for move_z in (False, True):
+            got, want = float(cost_ratio(K, move_z)), _cost_ref(K, move_z)
+            if not math.isclose(got, want, rel_tol=1e-9):
+                raise ExerciseFailed(f"for K = {K}, move_z = {move_z} you gave {got:.4g}. Count forward-pass "
+                                     "equivalents: each Langevin step calls the teacher and the student once; with z "
+                                     "moving it also runs g and a vector-Jacobian product through it; the M-step runs g "
+                                     "forward and backward. A backward or a VJP costs two forwards. DI: one teacher, "
+                                     "one student, one generator forward and backward")

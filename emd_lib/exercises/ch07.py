@@ -22,7 +22,12 @@ def _loss_swapped(denoise, x, cond, lam, eps):              # alpha and sigma sw
     return (((denoise(x_t, lam, cond) - x) / c_out) ** 2).mean()
 
 
-@register("7.1", title="the teacher's preconditioned denoising loss", wrong=[_loss_unweighted, _loss_swapped])
+def _route_teacher_loss(denoise, x, cond, lam, eps):
+    return denoise.loss(x, cond, lam, eps)
+
+
+@register("7.1", title="the teacher's preconditioned denoising loss", wrong=[_loss_unweighted, _loss_swapped],
+          points=2, minutes=20, kind="method", route=_route_teacher_loss, forbid=["emd_lib.images.unet:UNet.loss"])
 def _check_7_1(loss_fn):
     from ..images.unet import UNet
 
@@ -65,7 +70,15 @@ def _coverage_strict(pred, n_classes, cover_frac):         # a share exactly at 
     return int((share > cover_frac / n_classes).sum())
 
 
-@register("7.2", title="classes covered", wrong=[_coverage_any, _coverage_no_share, _coverage_strict])
+def _route_coverage(pred, n_classes, cover_frac):
+    from emd_lib.images.metrics import class_coverage
+
+    return class_coverage(pred, lambda x: torch.nn.functional.one_hot(x, n_classes).float(), n_classes, cover_frac)[0]
+
+
+@register("7.2", title="classes covered", wrong=[_coverage_any, _coverage_no_share, _coverage_strict],
+          points=1, minutes=10, kind="tool", route=_route_coverage,
+          forbid=["emd_lib.images.metrics:class_coverage", "emd_lib.metrics:mixture_report"])
 def _check_7_2(coverage):
     g = torch.Generator().manual_seed(72)
     cases = [(torch.arange(100) % 10, 0.2),                                       # all ten, evenly
@@ -96,7 +109,15 @@ def _precision_self_neighbour(real, fake, k):              # forgets that the ne
     return float((torch.cdist(fake, real) <= r[None]).any(1).float().mean())
 
 
-@register("7.3", title="k-NN precision in feature space", wrong=[_precision_fake_radii, _precision_self_neighbour])
+def _route_precision(real, fake, k):
+    from emd_lib.metrics import knn_precision_recall
+
+    return knn_precision_recall(real, fake, k=k)[0]
+
+
+@register("7.3", title="k-NN precision in feature space", wrong=[_precision_fake_radii, _precision_self_neighbour],
+          points=2, minutes=15, kind="tool", route=_route_precision,
+          forbid=["emd_lib.metrics:knn_precision_recall"])
 def _check_7_3(precision):
     from ..metrics import knn_precision_recall
 

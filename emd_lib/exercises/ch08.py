@@ -36,8 +36,15 @@ def _edm_vp_scaled(net, x_t, lam, labels):                 # treats EDM like VP:
     return net(x_t / alpha, sigma, nn.functional.one_hot(labels, net.label_dim).float())
 
 
+def _route_edm(net, x_t, lam, labels):
+    from emd_lib.scale.adapters import EDMTeacher
+
+    return EDMTeacher(net).denoise(x_t, lam, labels)
+
+
 @register("8.1", title="an EDM network as a teacher: D(x_t; sigma = exp(-lam/2), one-hot class)",
-          wrong=[_edm_sigma_wrong, _edm_vp_scaled])
+          wrong=[_edm_sigma_wrong, _edm_vp_scaled], points=2, minutes=15, kind="tool", route=_route_edm,
+          forbid=["emd_lib.scale.adapters:EDMTeacher.denoise", "emd_lib.scale.adapters:EDMTeacher.class_labels"])
 def _check_8_1(edm_denoise):
     from ..scale.adapters import EDMTeacher
 
@@ -91,7 +98,17 @@ def _cfg_swapped(unet, x_t, t, text, empty, w):            # guides away from th
     return e_c + w * (e_u - e_c)
 
 
-@register("8.2", title="classifier-free guidance of the teacher's eps", wrong=[_cfg_plus_one, _cfg_swapped])
+def _route_cfg(unet, x_t, t, text, empty, w):
+    from emd_lib.scale.adapters import StableDiffusionTeacher, linear_alphas_cumprod
+
+    teacher = StableDiffusionTeacher(unet, linear_alphas_cumprod(1000, 0.00085, 0.012, scaled=True), tuple(x_t.shape[1:]),
+                                     guidance_scale=w, uncond=empty[:1])
+    return teacher.call_net(x_t, t, text)
+
+
+@register("8.2", title="classifier-free guidance of the teacher's eps", wrong=[_cfg_plus_one, _cfg_swapped],
+          points=2, minutes=15, kind="tool", route=_route_cfg,
+          forbid=["emd_lib.scale.adapters:StableDiffusionTeacher.call_net"])
 def _check_8_2(guided_eps):
     from ..scale.adapters import StableDiffusionTeacher, linear_alphas_cumprod
 

@@ -782,3 +782,107 @@ check("6.3", w)
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercise 6.4: the whole loop, graded by what it learns
+#
+# Assemble EMD from your own pieces: write `distill(teacher, z_eval, steps, seed)` that trains a
+# one-step generator on a 2D mixture teacher for `steps` generator updates and returns its samples
+# at the latents `z_eval`. You may use the library's networks (`emd_lib.nets.MLPGenerator`,
+# `MLPScore`, `emd_lib.teachers.NetworkTeacher`) and the teacher's `denoise` and `eps`; the losses,
+# the E-step and the `Distiller` refuse to run inside your answer, and so does `teacher.sample`.
+# A recipe that works (section 6): start the generator at the teacher's denoiser at
+# $\lambda^* = -2$, warm the student score up, then per step two score-matching updates and one
+# EMD-4 generator update ($\gamma_\epsilon = 0.3$, full cancellation, $w = \sigma^2$, $\lambda \sim U[-6, 6]$,
+# Adam with $\beta_1 = 0$). The check picks a three-mode mixture, runs 300 steps, and grades the
+# result: each mode's share of the samples within 0.1 of its weight, and at least 45% of the
+# samples within three standard deviations of their mode. Keep it to a few seconds on a CPU.
+
+# %%
+import math
+
+import torch
+from emd_lib.exercises import check
+from emd_lib.nets import MLPGenerator, MLPScore
+from emd_lib.teachers import NetworkTeacher
+
+
+def distill(teacher, z_eval, steps, seed):
+    ### BEGIN SOLUTION
+    torch.manual_seed(seed)
+    gen = MLPGenerator(2, 64, 2)
+    student = NetworkTeacher(MLPScore(2, 64, 2), teacher.schedule, predicts="eps")
+    opt_g = torch.optim.Adam(gen.parameters(), lr=2e-3, betas=(0.0, 0.999))
+    opt_s = torch.optim.Adam(student.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    B, K, gamma = 256, 4, 0.3
+
+    def draw():
+        lam = -6 + 12 * torch.rand(B)
+        a, s = teacher.schedule.alpha_sigma(lam)
+        return torch.randn(B, 2), torch.randn(B, 2), lam, a[:, None], s[:, None]
+
+    def step(opt, loss):
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    # the start: g(z) regressed onto the teacher's denoiser at lam* = -2 (VP: z_in = z)
+    for _ in range(150):
+        z = torch.randn(B, 2)
+        with torch.no_grad():
+            target = teacher.denoise(z, torch.full((B,), -2.0))
+        step(opt_g, ((gen(z) - target) ** 2).sum(1).mean())
+
+    def student_update():                                              # denoising score matching
+        z, eps, lam, a, s = draw()
+        with torch.no_grad():
+            x = gen(z)
+        step(opt_s, ((student.eps(a * x + s * eps, lam) - eps) ** 2).sum(1).mean())
+
+    for _ in range(100):
+        student_update()
+    for _ in range(steps):
+        student_update()
+        student_update()
+        z, eps, lam, a, s = draw()
+        x = gen(z)
+        with torch.no_grad():                                          # E-step on eps, full cancellation
+            u, eta = eps.clone(), eps.clone()
+            for _ in range(K):
+                sds = student.eps(a * x + s * u, lam) - teacher.eps(a * x + s * u, lam)
+                n = torch.randn_like(u)
+                u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * n
+                eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * n
+            x_target = a * x + s * (u - eta)
+        step(opt_g, (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean())   # M-step
+    with torch.no_grad():
+        return gen(z_eval)
+    ### END SOLUTION
+
+
+check("6.4", distill)
+
+# %% [markdown]
+# ## Exercise 6.5: what an EMD-$K$ step costs against a Diff-Instruct step
+#
+# Count the work of one generator update in forward-pass equivalents, with a backward pass or a
+# vector-Jacobian product through the generator costing two forwards, and the student-score updates
+# (equal for both methods) left out. Write `cost_ratio(K, move_z)`: the cost of an EMD-$K$ update on
+# the $(\epsilon, z)$ chain ($z$ frozen unless `move_z`) divided by a Diff-Instruct update's. Where does
+# EMD-8 with $z$ moving stand?
+
+# %%
+from emd_lib.exercises import check
+
+
+def cost_ratio(K, move_z):
+    ### BEGIN SOLUTION
+    di = 1 + 1 + 1 + 2                                   # teacher, student, generator forward and backward
+    emd = 2 * K + 1 + 2                                  # K teacher and K student calls, the M-step's g
+    if move_z and K > 0:
+        emd += K + 2 * K                                 # g(z_k) and its VJP at every step
+    return emd / di
+    ### END SOLUTION
+
+
+check("6.5", cost_ratio)

@@ -159,3 +159,74 @@ def test_hint_of_5_1_does_not_give_the_return_value():
     with pytest.raises(ExerciseFailed) as info:
         check("5.1", lambda eps0, sds, n, gamma: eps0)
     assert "gamma * sds" not in str(info.value)
+
+
+# ---- the exercises build the method, and the library cannot answer them ------------------------------
+
+from emd_lib.exercises import KINDS  # noqa: E402
+from emd_lib.exercises.refuse import MESSAGE  # noqa: E402
+
+
+def test_the_course_has_enough_exercises_that_build_the_method():
+    reg = registry()
+    assert len(reg) >= 30
+    method = [k for k, ex in reg.items() if ex.kind == "method"]
+    assert len(method) >= 8, method
+    for ex_id, ex in reg.items():
+        assert ex.points > 0 and isinstance(ex.minutes, int) and ex.minutes > 0, ex_id
+        assert ex.kind in KINDS, ex_id
+        assert ex.forbid and callable(ex.route), f"exercise {ex_id} declares no forbidden functions or no route"
+    # every chapter has at least one derivation or experiment whose result the check evaluates
+    for chapter in {k.split(".")[0] for k in reg}:
+        assert any(ex.kind in ("derivation", "experiment", "method") for k, ex in reg.items()
+                   if k.split(".")[0] == chapter)
+
+
+@pytest.mark.parametrize("ex_id, ex", _registered(), ids=[k for k, _ in _registered()])
+def test_the_library_route_fails_with_write_it_yourself(ex_id, ex):
+    """An answer that just calls the library's own implementation fails, and the message says so."""
+    with pytest.raises(ExerciseFailed, match=MESSAGE):
+        check(ex_id, ex.route)
+
+
+def test_the_library_is_restored_after_a_check():
+    import emd_lib.em as em
+    import emd_lib.teachers as teachers
+
+    before = (em.latent_posterior, teachers.GaussianMixture.__dict__["score"])
+    with pytest.raises(ExerciseFailed):
+        check("3.1", registry()["3.1"].route)
+    with pytest.raises(ExerciseFailed):
+        check("1.2", registry()["1.2"].route)
+    assert (em.latent_posterior, teachers.GaussianMixture.__dict__["score"]) == before
+
+
+def test_an_alias_imported_into_the_notebook_is_refused_too():
+    ns = {"__name__": "__main__"}
+    exec("from emd_lib.em import latent_posterior as lp, gaussian_kl\n"
+         "import torch\n"
+         "def bound_gap(A, b, x_t, alpha, sigma, m, S):\n"
+         "    mu, Sz = lp(A, b, x_t, alpha, sigma)\n"
+         "    return torch.tensor([gaussian_kl(m[i], S, mu[i], Sz) for i in range(len(m))])\n", ns)
+    with pytest.raises(ExerciseFailed, match=MESSAGE):
+        check("3.1", ns["bound_gap"])
+    from emd_lib.em import latent_posterior
+    assert ns["lp"] is latent_posterior          # put back afterwards
+
+
+def test_the_loop_cannot_hand_back_the_teachers_samples():
+    def distill(teacher, z_eval, steps, seed):
+        return teacher.sample(len(z_eval))
+
+    with pytest.raises(ExerciseFailed, match=MESSAGE):
+        check("6.4", distill)
+
+
+def test_check_prints_and_returns_nothing(capsys):
+    import torch
+
+    def cosine_lam(t):
+        return -2.0 * torch.log(torch.tan(torch.pi * torch.as_tensor(t) / 2))
+
+    assert check("1.1", cosine_lam) is None
+    assert "Exercise 1.1: correct" in capsys.readouterr().out

@@ -27,7 +27,7 @@ FAST = dict(timeout=5, memory_mb=2048)      # short limits: every failure case s
 # wrong answers, as edits of the reference solutions
 WRONG = {
     "1.1": ("return -2.0 * torch.log(torch.tan(math.pi * t / 2))", "return -1.0 * torch.log(torch.tan(math.pi * t / 2))"),
-    "1.3": ("return y + (s_next - s) * slope", "return y - (s_next - s) * slope"),
+    "1.3": ("return alpha2 * D + sigma2 * (x_t - alpha * D) / sigma", "return alpha2 * D - sigma2 * (x_t - alpha * D) / sigma"),
     "3.2": ("return alpha / sigma**2 * (x_t - alpha * mu @ A.T - alpha * b)",
             "return -alpha / sigma**2 * (x_t - alpha * mu @ A.T - alpha * b)"),
 }
@@ -66,7 +66,7 @@ def submission(folder: Path, chapter: Path, name: str | None = None, prepend: di
 def test_the_reference_passes_in_isolation(tmp_path):
     g = grading.grade(submission(tmp_path, CH1), **FAST)
     assert g.passed and [r.id for r in g.results.values()] == ["1.1", "1.2", "1.3"], g.verdicts()
-    assert g.score == g.max_score == 3
+    assert g.score == g.max_score == sum(registry()[k].points for k in ("1.1", "1.2", "1.3"))
     assert all(r.seconds > 0 for r in g.results.values())
 
 
@@ -315,3 +315,27 @@ def test_every_chapter_reference_passes_in_the_grader(capsys):
         assert g.passed, (g.name, g.verdicts())
     assert {k for g in grades for k in g.results} == set(registry())
     assert "score" in capsys.readouterr().out.splitlines()[-len(chapters) - 1]
+
+
+def test_an_answer_that_calls_the_library_fails_in_the_grader(tmp_path):
+    """Exercise 1.2 answered with the library's own exact teacher: the grader fails it, and says why."""
+    text = CH1.read_text()
+    head = "def mixture_score(x_t, lam, weights, means, stds):\n    ### BEGIN SOLUTION\n"
+    assert text.count(head) == 1
+    text = text.replace(head, head + "    from emd_lib.teachers import GaussianMixture\n"
+                        "    return GaussianMixture(weights, means, stds).score(x_t, torch.full((x_t.shape[0],), float(lam)))\n")
+    path = tmp_path / CH1.name
+    path.write_text(text)
+    ok = grading.grade(path, **FAST).verdicts()
+    assert ok["1.2"][0] is False and "write it yourself" in ok["1.2"][1], ok["1.2"]
+    assert ok["1.1"][0] and ok["1.3"][0], ok
+
+
+def test_grading_reports_points(tmp_path, capsys):
+    path = submission(tmp_path, CH1, wrong=("1.3",))
+    assert grading.main([str(path), "--timeout", "30"]) == 1
+    out = capsys.readouterr().out
+    reg = registry()
+    got = reg["1.1"].points + reg["1.2"].points
+    assert f"score {got:g}/{got + reg['1.3'].points:g} points" in out
+    assert f"1.3: FAIL 0/{reg['1.3'].points:g} points" in out

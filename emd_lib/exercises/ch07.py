@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import ExerciseFailed, expect_close, register
+from ..langevin import LangevinConfig, estep
 
 
 # ---- 7.1 the teacher's training loss ------------------------------------------------------------------
@@ -132,3 +133,81 @@ def _check_7_3(precision):
                                  f"expected {want:.4f}. The manifold is the union of balls around the REAL points, "
                                  "each with radius the distance to its k-th nearest real neighbour (not counting "
                                  "itself); precision is the fraction of fakes inside it")
+
+
+# ---- 7.4 the E-step on class-conditional images ------------------------------------------------------
+
+class _TinyEps(torch.nn.Module):
+    """An eps-predictor ``net(x_t, lam, cond)`` on (B, 1, 8, 8) images with 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.label = torch.nn.Embedding(4, 1)
+
+    def forward(self, x, lam, cond):
+        return self.conv(x) * (1 + lam[:, None, None, None] / 10) + self.label(cond)[:, :, None, None]
+
+
+class _TinyGen(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.label = torch.nn.Embedding(4, 1)
+
+    def forward(self, z, cond):
+        return torch.tanh(self.conv(z) + self.label(cond)[:, :, None, None])
+
+
+def _image_case(seed):
+    from ..schedules import VP
+    from ..teachers import NetworkTeacher
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen, t_net, s_net = _TinyGen(), _TinyEps(), _TinyEps()
+    g = torch.Generator().manual_seed(seed + 1)
+    z, eps = torch.randn(6, 1, 8, 8, generator=g), torch.randn(6, 1, 8, 8, generator=g)
+    lam = -6 + 12 * torch.rand(6, generator=g)
+    cond = torch.randint(0, 4, (6,), generator=g)
+    return gen, NetworkTeacher(t_net, VP, "eps"), NetworkTeacher(s_net, VP, "eps"), z, eps, lam, cond
+
+
+def _image_ref(gen, teacher, student, z, eps, lam, cond, K, gamma, noises, cancel="full"):
+    it = iter(noises)
+    return estep(gen, teacher, student, z, eps, lam, LangevinConfig(K=K, gamma_eps=gamma, cancel=cancel), cond=cond,
+                 rng=lambda like: next(it)).eps
+
+
+def _image_no_cancel(gen, teacher, student, z, eps, lam, cond, K, gamma, noises):
+    return _image_ref(gen, teacher, student, z, eps, lam, cond, K, gamma, noises, cancel="none")
+
+
+def _image_injected(gen, teacher, student, z, eps, lam, cond, K, gamma, noises):
+    return _image_ref(gen, teacher, student, z, eps, lam, cond, K, gamma, noises, cancel="injected")
+
+
+def _route_image_estep(gen, teacher, student, z, eps, lam, cond, K, gamma, noises):
+    from emd_lib.langevin import LangevinConfig as _C, estep as _estep
+
+    it = iter(noises)
+    return _estep(gen, teacher, student, z, eps, lam, _C(K=K, gamma_eps=gamma, cancel="full"), cond=cond,
+                  rng=lambda like: next(it)).eps
+
+
+@register("7.4", title="the E-step on class-conditional images", wrong=[_image_no_cancel, _image_injected],
+          points=2, minutes=20, kind="method", route=_route_image_estep,
+          forbid=["emd_lib.langevin:estep", "emd_lib.distill:emd_generator_loss", "emd_lib.langevin:mcmc_correct",
+                  "emd_lib.langevin:log_rho_grads"])
+def _check_7_4(mstep_eps):
+    for seed, (K, gamma) in ((74, (3, 0.3)), (75, (1, 1.0))):
+        gen, teacher, student, z, eps, lam, cond = _image_case(seed)
+        noises = torch.randn(K, *z.shape, generator=torch.Generator().manual_seed(seed + 2))
+        want = _image_ref(gen, teacher, student, z, eps, lam, cond, K, gamma, noises)
+        got = mstep_eps(gen, teacher, student, z.clone(), eps.clone(), lam.clone(), cond.clone(), K, gamma, noises.clone())
+        try:
+            expect_close(f"the M-step's eps (K = {K}, gamma = {gamma})", torch.as_tensor(got).detach(), want, 1e-4)
+        except ExerciseFailed as e:
+            raise ExerciseFailed(f"{e}. The eps-chain of chapter 4 on (B, C, H, W) tensors: alpha and sigma per sample "
+                                 "shaped (B, 1, 1, 1), the class labels passed to the generator g(z, c) and to both "
+                                 "scores, full cancellation (eta_0 = eps_0)") from None

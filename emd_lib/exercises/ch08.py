@@ -43,7 +43,7 @@ def _route_edm(net, x_t, lam, labels):
 
 
 @register("8.1", title="an EDM network as a teacher: D(x_t; sigma = exp(-lam/2), one-hot class)",
-          wrong=[_edm_sigma_wrong, _edm_vp_scaled], points=2, minutes=15, kind="tool", route=_route_edm,
+          wrong=[_edm_sigma_wrong, _edm_vp_scaled], points=2, minutes=15, kind="derivation", route=_route_edm,
           forbid=["emd_lib.scale.adapters:EDMTeacher.denoise", "emd_lib.scale.adapters:EDMTeacher.class_labels"])
 def _check_8_1(edm_denoise):
     from ..scale.adapters import EDMTeacher

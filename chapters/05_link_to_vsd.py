@@ -756,14 +756,17 @@ def emd_loss(generator, teacher, student, z, eps, lam, K, gamma, cancel, noises)
 check("5.1", emd_loss)
 
 # %% [markdown]
-# ## Exercise 5.2: the $K = 1$ identity, with your own losses
+# ## Exercise 5.2: the $K = 1$ identity, and what breaks it, with your own losses
 #
-# Verify this chapter's identity with nothing of the library's: write
-# `k1_gradients(generator, teacher, student, z, eps, lam, gamma, n)` returning the flat gradients in
-# the generator's weights of your EMD loss (exercise 5.1, $K = 1$, step `gamma`, `cancel="full"`,
-# injected noise `n`) and of your Diff-Instruct surrogate (exercise 2.3). The cell is graded on its
-# own, so copy both losses into it. The check compares each with ours and then tests the identity
-# on your two numbers: EMD-1 equals `gamma` times Diff-Instruct, whatever the noise.
+# Verify this chapter's identity with nothing of the library's, and find what the initial noise
+# adds when it is not cancelled. Write
+# `k1_gradients(generator, teacher, student, z, eps, lam, gamma, n, cancel)` returning the flat
+# gradients in the generator's weights of your EMD loss (exercise 5.1, $K = 1$, step `gamma`, the
+# given `cancel`, injected noise `n`) and of your Diff-Instruct surrogate (exercise 2.3), $w = \sigma^2$
+# for both. The cell is graded on its own, so bring both losses into it. The check compares each
+# gradient with ours, for `cancel="full"` and `"injected"`, and then tests the identity on your two
+# numbers: EMD-1 minus `gamma` times Diff-Instruct must vanish with full cancellation. With
+# injected-only cancellation it does not: derive what is left (section 3 and exercise 5.3 help).
 
 # %%
 import math
@@ -772,25 +775,21 @@ import torch
 from emd_lib.exercises import check
 
 
-def k1_gradients(generator, teacher, student, z, eps, lam, gamma, n):
+def k1_gradients(generator, teacher, student, z, eps, lam, gamma, n, cancel):
     ### BEGIN SOLUTION
-    def emd_loss(K, cancel, noises):
-        alpha, sigma = teacher.schedule.alpha_sigma(lam)
-        a, s = alpha[:, None], sigma[:, None]
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+
+    def emd_loss():                                                  # exercise 5.1 with K = 1
         x = generator(z)
         with torch.no_grad():
-            u = eps.clone()
-            eta = eps.clone() if cancel == "full" else torch.zeros_like(eps)
-            for k in range(K):
-                sds = student.eps(a * x + s * u, lam) - teacher.eps(a * x + s * u, lam)
-                u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * noises[k]
-                eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * noises[k]
+            u = eps + gamma * (student.eps(a * x + s * eps, lam) - teacher.eps(a * x + s * eps, lam) - eps) \
+                + math.sqrt(2 * gamma) * n
+            eta = (1 - gamma) * (eps if cancel == "full" else torch.zeros_like(eps)) + math.sqrt(2 * gamma) * n
             x_target = a * x + s * (u if cancel == "none" else u - eta)
         return (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean()
 
-    def di_loss():
-        alpha, sigma = teacher.schedule.alpha_sigma(lam)
-        a, s = alpha[:, None], sigma[:, None]
+    def di_loss():                                                   # exercise 2.3
         x = generator(z)
         x_t = a * x.detach() + s * eps
         with torch.no_grad():
@@ -802,7 +801,7 @@ def k1_gradients(generator, teacher, student, z, eps, lam, gamma, n):
     def flat(loss):
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
 
-    return flat(emd_loss(1, "full", n[None])), flat(di_loss())
+    return flat(emd_loss()), flat(di_loss())
     ### END SOLUTION
 
 

@@ -424,7 +424,7 @@ def test_instructor_kit_agrees_with_the_registry():
     text = (ROOT / "docs" / "instructors.md").read_text()
     assert plan_tables() in text, "regenerate the tables: python -m emd_lib.book.instructors"
     total = sum(ex.minutes for ex in registry().values())
-    assert text.count(f"| **total** | | **{total}** |") == 2
+    assert f"| **total** | | **{total}** |" in text          # the one-term course assigns every exercise
     assert "instructors.md" in (ROOT / "docs" / "teaching.md").read_text()
     for needle in ("arXiv:2405.16852", "Diff-Instruct", "ProlificDreamer", "Distribution Matching", "Elucidating",
                    "rubric", "Notation", "misconceptions"):

@@ -9,38 +9,41 @@ from __future__ import annotations
 
 BEGIN, END = "<!-- BEGIN GENERATED: python -m emd_lib.book.instructors -->", "<!-- END GENERATED -->"
 
-#: sessions of the two courses: (name, chapters whose exercises it assigns)
-ONE_WEEK = [("Day 1: diffusion in 2D, mode seeking", (1, 2)),
-            ("Day 2: the EM derivation", (3,)),
-            ("Day 3: Langevin and noise cancellation", (4,)),
-            ("Day 4: the link to VSD, EMD in practice", (5, 6)),
-            ("Day 5: images and scale; project start", (7, 8))]
-ONE_TERM = [("Weeks 1-2: diffusion in 2D", (1,)),
-            ("Weeks 3-4: mode seeking vs mode covering", (2,)),
-            ("Weeks 5-6: the EM derivation", (3,)),
-            ("Weeks 7-8: Langevin and noise cancellation", (4,)),
-            ("Week 9: the link to VSD", (5,)),
-            ("Week 10: EMD in practice", (6,)),
-            ("Week 11: images", (7,)),
-            ("Week 12: scaling up; project", (8,))]
+#: sessions of the two courses (as docs/teaching.md plans them): (name, chapters or exercise ids it assigns)
+ONE_WEEK = [("Day 1: diffusion in 2D (ch. 1)", (1,)),
+            ("Day 2: mode seeking vs mode covering (ch. 2)", (2,)),
+            ("Day 3: the EM derivation (ch. 3)", (3,)),
+            ("Day 4: the two chains and noise cancellation (ch. 4.1, 4.6), the link to VSD (ch. 5)",
+             ("4.1", "4.3", "5.1", "5.2", "5.4")),
+            ("Day 5: EMD in practice (ch. 6)", (6,))]
+ONE_TERM = [("Weeks 1-2: diffusion in 2D (ch. 1)", (1,)),
+            ("Week 3: mode seeking vs mode covering (ch. 2)", (2,)),
+            ("Weeks 4-5: the EM derivation (ch. 3)", (3,)),
+            ("Weeks 6-7: Langevin and noise cancellation (ch. 4)", (4,)),
+            ("Week 8: the link to VSD (ch. 5)", (5,)),
+            ("Weeks 9-10: EMD in practice (ch. 6)", (6,)),
+            ("Weeks 11-12: real images (ch. 7)", (7,)),
+            ("Week 13: scaling up (ch. 8), and the project", (8,))]
 
 
 def _key(ex_id: str):
     return tuple(int(p) for p in ex_id.split("."))
 
 
-def exercises_of(chapters) -> list:
+def exercises_of(selector) -> list:
+    """The registered exercises of some chapters (ints) or with some ids (strings), in course order."""
     from ..exercises import registry
 
     reg = registry()
-    return [reg[k] for k in sorted(reg, key=_key) if int(k.split(".")[0]) in chapters]
+    chosen = [k for k in reg if k in selector or int(k.split(".")[0]) in selector]
+    return [reg[k] for k in sorted(chosen, key=_key)]
 
 
 def plan_table(plan) -> str:
     rows = ["| session | exercises (points, minutes) | minutes | points |", "|---|---|---|---|"]
     total_m = total_p = 0
-    for name, chapters in plan:
-        exs = exercises_of(chapters)
+    for name, selector in plan:
+        exs = exercises_of(selector)
         m, p = sum(e.minutes for e in exs), sum(e.points for e in exs)
         total_m, total_p = total_m + m, total_p + p
         listed = "; ".join(f"{e.id}{'*' if e.kind == 'method' else ''} ({e.points:g}, {e.minutes})" for e in exs)

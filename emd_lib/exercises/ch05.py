@@ -126,53 +126,62 @@ def _check_5_1(emd_loss):
 
 # ---- 5.2 the K = 1 identity, with your own losses ---------------------------------------------------
 
-def _k1_ref(gen, teacher, student, z, eps, lam, gamma, n):
-    return (_flat_grad(_emd_ref(gen, teacher, student, z, eps, lam, 1, gamma, "full", n[None]), gen),
+def _k1_ref(gen, teacher, student, z, eps, lam, gamma, n, cancel):
+    return (_flat_grad(_emd_ref(gen, teacher, student, z, eps, lam, 1, gamma, cancel, n[None]), gen),
             _flat_grad(_di_ref(gen, teacher, student, z, eps, lam), gen))
 
 
-def _k1_injected(gen, teacher, student, z, eps, lam, gamma, n):      # keeps the initial noise: not the identity
-    return (_flat_grad(_emd_ref(gen, teacher, student, z, eps, lam, 1, gamma, "injected", n[None]), gen),
-            _flat_grad(_di_ref(gen, teacher, student, z, eps, lam), gen))
+def _k1_always_full(gen, teacher, student, z, eps, lam, gamma, n, cancel):     # ignores cancel
+    return _k1_ref(gen, teacher, student, z, eps, lam, gamma, n, "full")
 
 
-def _k1_di_sign(gen, teacher, student, z, eps, lam, gamma, n):
-    ge, gd = _k1_ref(gen, teacher, student, z, eps, lam, gamma, n)
-    return -ge, -gd
+def _k1_di_sign(gen, teacher, student, z, eps, lam, gamma, n, cancel):
+    ge, gd = _k1_ref(gen, teacher, student, z, eps, lam, gamma, n, cancel)
+    return ge, -gd
 
 
-def _k1_di_as_emd(gen, teacher, student, z, eps, lam, gamma, n):     # "verifies" the identity by copying
-    ge, _ = _k1_ref(gen, teacher, student, z, eps, lam, gamma, n)
-    return ge, ge / gamma * 1.01
+def _k1_no_cancel(gen, teacher, student, z, eps, lam, gamma, n, cancel):       # hands over the chain's eps
+    return _k1_ref(gen, teacher, student, z, eps, lam, gamma, n, "none")
 
 
-def _route_k1(gen, teacher, student, z, eps, lam, gamma, n):
-    from emd_lib.experiments.ch05 import k1_gradients
+def _route_k1(gen, teacher, student, z, eps, lam, gamma, n, cancel):
+    from emd_lib.distill import di_generator_loss, emd_generator_loss
+    from emd_lib.experiments.ch05 import flat_grad
+    from emd_lib.langevin import LangevinConfig
 
-    return k1_gradients(teacher, gen, student, gamma=gamma)
+    it = iter([n])
+    emd, _ = emd_generator_loss(gen, teacher, student, z, eps, lam, LangevinConfig(K=1, gamma_eps=gamma, cancel=cancel),
+                                rng=lambda like: next(it))
+    return flat_grad(emd, gen, retain_graph=True), flat_grad(di_generator_loss(gen, teacher, student, z, eps, lam)[0], gen)
 
 
-@register("5.2", title="the K = 1 identity with your own EMD and Diff-Instruct losses",
-          wrong=[_k1_injected, _k1_di_sign, _k1_di_as_emd],
-          points=3, minutes=20, kind="method", route=_route_k1, forbid=_LOSSES)
+@register("5.2", title="the K = 1 identity, and what breaks it, with your own losses",
+          wrong=[_k1_always_full, _k1_di_sign, _k1_no_cancel],
+          points=3, minutes=25, kind="method", route=_route_k1, forbid=_LOSSES)
 def _check_5_2(k1_gradients):
     for seed, gamma in ((2, 1.0), (3, 0.3)):
         gen, teacher, student, z, eps, lam = _networks(seed)
         n = torch.randn(z.shape, generator=torch.Generator().manual_seed(52 + seed))
-        want_e, want_d = _k1_ref(gen, teacher, student, z, eps, lam, gamma, n)
-        ge, gd = (torch.as_tensor(v).detach().flatten() for v in
-                  k1_gradients(gen, teacher, student, z.clone(), eps.clone(), lam.clone(), gamma, n.clone()))
-        try:
-            expect_close("your Diff-Instruct gradient", gd, want_d, tol=1e-4)
-        except ExerciseFailed as e:
-            raise ExerciseFailed(f"{e}: the surrogate of exercise 2.3, with w = sigma^2") from None
-        try:
-            expect_close(f"your EMD-1 gradient at gamma = {gamma}", ge, want_e, tol=1e-4)
-        except ExerciseFailed as e:
-            raise ExerciseFailed(f"{e}: your loss of exercise 5.1 with K = 1, this gamma, cancel = 'full' and the "
-                                 "noise n") from None
-        # the identity itself, on the student's own numbers
-        expect_close(f"EMD-1 against gamma times Diff-Instruct (gamma = {gamma})", ge, gamma * gd, tol=1e-4)
+        g_eps0 = _flat_grad(eps0_gradient(gen, teacher, z, eps, lam, "sigma2"), gen)
+        for cancel in ("full", "injected"):
+            want_e, want_d = _k1_ref(gen, teacher, student, z, eps, lam, gamma, n, cancel)
+            out = k1_gradients(gen, teacher, student, z.clone(), eps.clone(), lam.clone(), gamma, n.clone(), cancel)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ExerciseFailed("return a pair of flat gradients (EMD-1, Diff-Instruct)")
+            ge, gd = (torch.as_tensor(v).detach().flatten() for v in out)
+            try:
+                expect_close("your Diff-Instruct gradient", gd, want_d, tol=1e-4)
+            except ExerciseFailed as e:
+                raise ExerciseFailed(f"{e}: the surrogate of exercise 2.3, with w = sigma^2") from None
+            try:
+                expect_close(f"your EMD-1 gradient (gamma = {gamma}, cancel = {cancel!r})", ge, want_e, tol=1e-4)
+            except ExerciseFailed as e:
+                raise ExerciseFailed(f"{e}: your loss of exercise 5.1 with K = 1, this gamma and cancel, and the "
+                                     "noise n") from None
+            # the identity, and what the initial noise adds, on the student's own numbers
+            extra = torch.zeros_like(gd) if cancel == "full" else (1 - gamma) * g_eps0
+            expect_close(f"EMD-1 minus gamma times Diff-Instruct (gamma = {gamma}, cancel = {cancel!r})",
+                         ge - gamma * gd, extra, tol=1e-4)
 
 
 # ---- 5.3 the zero-mean term of injected-only cancellation --------------------------------------------

@@ -872,3 +872,26 @@ def mstep_eps(generator, teacher, student, z, eps, lam, cond, K, gamma, noises):
 
 
 check("7.4", mstep_eps)
+
+# %% [markdown]
+# ## Exercise 7.5: the Fréchet distance of two Gaussians with diagonal covariances
+#
+# Simplify the Fréchet distance of section 3 for two Gaussians whose covariances are diagonal,
+# $C_1 = \mathrm{diag}(v_1)$ and $C_2 = \mathrm{diag}(v_2)$, until no matrix function is left, and
+# write `frechet_diagonal(mu1, var1, mu2, var2)` (vectors of length $d$) returning it as a number.
+# Then read your formula: a generator whose samples have the right mean but half the teacher's
+# spread in every feature, how far is it?
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def frechet_diagonal(mu1, var1, mu2, var2):
+    ### BEGIN SOLUTION
+    # (C1 C2)^(1/2) = diag(sqrt(v1 v2)), so the trace term is sum (s1 - s2)^2 with s = sqrt(v)
+    return float(((mu1 - mu2) ** 2).sum() + ((var1.sqrt() - var2.sqrt()) ** 2).sum())
+    ### END SOLUTION
+
+
+check("7.5", frechet_diagonal)

@@ -211,3 +211,47 @@ def _check_7_4(mstep_eps):
             raise ExerciseFailed(f"{e}. The eps-chain of chapter 4 on (B, C, H, W) tensors: alpha and sigma per sample "
                                  "shaped (B, 1, 1, 1), the class labels passed to the generator g(z, c) and to both "
                                  "scores, full cancellation (eta_0 = eps_0)") from None
+
+
+# ---- 7.5 the Fréchet distance between Gaussians with diagonal covariances -------------------------------
+
+def _fd_ref(mu1, var1, mu2, var2):
+    from ..images.metrics import frechet_distance
+
+    return frechet_distance(mu1, torch.diag(var1), mu2, torch.diag(var2))
+
+
+def _fd_variances(mu1, var1, mu2, var2):                   # differences of variances, not of standard deviations
+    return float(((mu1 - mu2) ** 2).sum() + ((var1 - var2) ** 2).sum())
+
+
+def _fd_means_only(mu1, var1, mu2, var2):                  # the covariance term forgotten
+    return float(((mu1 - mu2) ** 2).sum())
+
+
+def _fd_no_square(mu1, var1, mu2, var2):                   # |s1 - s2| instead of (s1 - s2)^2
+    return float(((mu1 - mu2) ** 2).sum() + (var1.sqrt() - var2.sqrt()).abs().sum())
+
+
+def _route_fd(mu1, var1, mu2, var2):
+    from emd_lib.images.metrics import frechet_distance
+
+    return frechet_distance(mu1, torch.diag(var1), mu2, torch.diag(var2))
+
+
+@register("7.5", title="the Fréchet distance of two Gaussians with diagonal covariances",
+          wrong=[_fd_variances, _fd_means_only, _fd_no_square],
+          points=1, minutes=10, kind="derivation", route=_route_fd,
+          forbid=["emd_lib.images.metrics:frechet_distance", "emd_lib.images.metrics:classifier_frechet_distance"])
+def _check_7_5(frechet_diagonal):
+    g = torch.Generator().manual_seed(75)
+    for d in (1, 3, 16):
+        mu1, mu2 = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+        var1 = 0.1 + 2 * torch.rand(d, generator=g, dtype=torch.float64)
+        var2 = 0.1 + 2 * torch.rand(d, generator=g, dtype=torch.float64)
+        got = float(frechet_diagonal(mu1.clone(), var1.clone(), mu2.clone(), var2.clone()))
+        want = _fd_ref(mu1, var1, mu2, var2)
+        if not abs(got - want) <= 1e-6 * max(abs(want), 1.0):
+            raise ExerciseFailed(f"in {d} dimensions you gave {got:.6g}, expected {want:.6g}. Start from "
+                                 "|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)); what is (C1 C2)^(1/2) when both are "
+                                 "diagonal?")

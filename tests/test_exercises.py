@@ -231,3 +231,15 @@ def test_check_prints_and_returns_nothing(capsys):
 
     assert check("1.1", cosine_lam) is None
     assert "Exercise 1.1: correct" in capsys.readouterr().out
+
+
+def test_a_checks_own_helpers_do_not_get_round_the_refusal():
+    """The checks compute their references with the library; an answer that borrows those helpers
+    reaches the refused functions through the student's own frame, and fails."""
+    from emd_lib.exercises import ch05
+
+    def emd_loss(generator, teacher, student, z, eps, lam, K, gamma, cancel, noises):
+        return ch05._emd_ref(generator, teacher, student, z, eps, lam, K, gamma, cancel, noises)
+
+    with pytest.raises(ExerciseFailed, match=MESSAGE):
+        check("5.1", emd_loss)

@@ -203,6 +203,21 @@ def test_every_wrong_answer_of_the_registry_fails_from_its_sent_back_values():
     assert n >= 2 * len(registry())
 
 
+def test_every_library_route_fails_from_its_sent_back_values():
+    """An answer that calls the library's own implementation, recorded as a cell's process records it
+    and sent through JSON, fails in the grader's process too, with the message that says why."""
+    from emd_lib.exercises import ExerciseFailed, judge
+    from emd_lib.exercises.record import recorder
+    from emd_lib.exercises.refuse import MESSAGE
+
+    for ex_id, ex in sorted(registry().items()):
+        rec = {"id": ex_id, "calls": []}
+        with pytest.raises(ExerciseFailed, match=MESSAGE):
+            judge(ex_id, recorder(ex.route, rec["calls"]))
+        passed, msg = grading.judge_record(ex_id, json.loads(json.dumps(rec)))
+        assert not passed and MESSAGE in msg, (ex_id, msg)
+
+
 # ---- the command: a folder into one table, the JSON and Gradescope reports ----------------------------
 
 def test_a_folder_of_submissions_within_the_time_bound(tmp_path):

@@ -160,7 +160,7 @@ def _refusing_library(answer, forbid):
     to run (:func:`emd_lib.exercises.refuse.refusing`); the check's own code runs outside."""
     import functools
 
-    from .refuse import namespaces_of, refusing
+    from .refuse import call_refusing, namespaces_of
 
     if not forbid or not callable(answer):
         return answer
@@ -168,8 +168,7 @@ def _refusing_library(answer, forbid):
 
     @functools.wraps(answer)
     def wrapped(*args, **kwargs):
-        with refusing(forbid, namespaces):
-            return answer(*args, **kwargs)
+        return call_refusing(forbid, namespaces, answer, args, kwargs)
 
     return wrapped
 

@@ -4,11 +4,11 @@ Each exercise names the library functions that implement it (``forbid=`` in
 :func:`emd_lib.exercises.register`). While the check calls the student's function, those
 functions are replaced by a stub that raises :class:`LibraryRefused`, whose message says that
 the exercise asks the student to write it; afterwards the originals are restored. The check's
-own references are computed outside the student's calls, and the check modules keep their own
-imports (their private copies). A stub lets a call through only when the code that made it (the
-first caller outside the library) is a check's own wrong answer, so that the tests can still feed
-the checks wrong answers built on the library; a check's library route (``_route*``) and the
-student's code meet the refusal.
+own references are computed outside the student's calls. A stub lets a call through only when
+nothing but the library and a check's own wrong answer stands between it and the check (the
+tests feed the checks wrong answers built on the library); a call that passes through the
+student's code, or a check's library route (``_route*``), meets the refusal, even by way of a
+check's helper functions.
 
 A name is ``"module:attribute"`` or ``"module:Class.attribute"``, e.g. ``"emd_lib.em:latent_posterior"``
 or ``"emd_lib.teachers:GaussianMixture.score"``. Besides the attribute itself, every other name that
@@ -52,20 +52,24 @@ def resolve(name: str):
 
 
 def _called_by_a_check(frame) -> bool:
-    """Whether the code that called the library (the first frame outside the library's own modules)
-    is a check's own answer, one of the wrong answers the tests feed the checks, which may use the
-    library; its library routes (functions named ``_route*``) may not, nor may anything else."""
+    """Whether a refused function was reached from a check's own wrong answer (which the tests feed
+    the checks, and which may use the library) rather than from the answer under test.
+
+    The stack from the call up to :func:`call_refusing` is read: any frame of other code than the
+    library's (the student's, a test's) or of a check's library route (``_route*``) means the
+    answer under test made the call; a stack of library and check frames only is a wrong answer's."""
+    from_check = False
     while frame is not None:
+        if frame.f_code is call_refusing.__code__:
+            return from_check
         mod = str(frame.f_globals.get("__name__", ""))
         if mod.startswith("emd_lib.exercises.ch"):
-            if frame.f_code.co_name.startswith("<"):     # a comprehension or a lambda: who holds it?
-                frame = frame.f_back
-                continue
-            return not frame.f_code.co_name.startswith("_route")
-        if mod == "emd_lib" or (mod.startswith("emd_lib.") and not mod.startswith("emd_lib.exercises")):
-            frame = frame.f_back          # inside the library: look at who called it
-            continue
-        return False
+            if frame.f_code.co_name.startswith("_route"):
+                return False
+            from_check = True
+        elif not (mod == "emd_lib" or mod.startswith("emd_lib.")):
+            return False
+        frame = frame.f_back
     return False
 
 
@@ -119,7 +123,7 @@ def refusing(names, namespaces=()):
             for mod_name, mod in list(sys.modules.items()):
                 if mod is None or mod is owner or not (mod_name == "emd_lib" or mod_name.startswith("emd_lib.")):
                     continue
-                if mod_name.startswith("emd_lib.exercises"):       # the checks keep their private copies
+                if mod_name in ("emd_lib.exercises", "emd_lib.exercises.refuse"):
                     continue
                 d = getattr(mod, "__dict__", None)
                 if not isinstance(d, dict):
@@ -142,6 +146,12 @@ def refusing(names, namespaces=()):
                 delattr(owner, key)
             else:
                 setattr(owner, key, value)
+
+
+def call_refusing(names, namespaces, fn, args, kwargs):
+    """``fn(*args, **kwargs)`` with the functions ``names`` refused (the frame the stubs look for)."""
+    with refusing(names, namespaces):
+        return fn(*args, **kwargs)
 
 
 def namespaces_of(answer) -> list:

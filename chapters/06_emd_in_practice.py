@@ -780,9 +780,6 @@ def w(lam, kind):
 
 check("6.3", w)
 
-# %%
-print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")
-
 # %% [markdown]
 # ## Exercise 6.4: the whole loop, graded by what it learns
 #
@@ -886,3 +883,6 @@ def cost_ratio(K, move_z):
 
 
 check("6.5", cost_ratio)
+
+# %%
+print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -834,9 +834,6 @@ def precision(real, fake, k):
 
 check("7.3", precision)
 
-# %%
-print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")
-
 # %% [markdown]
 # ## Exercise 7.4: the E-step on class-conditional images
 #
@@ -895,3 +892,6 @@ def frechet_diagonal(mu1, var1, mu2, var2):
 
 
 check("7.5", frechet_diagonal)
+
+# %%
+print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -243,3 +243,31 @@ def test_a_checks_own_helpers_do_not_get_round_the_refusal():
 
     with pytest.raises(ExerciseFailed, match=MESSAGE):
         check("5.1", emd_loss)
+
+
+def test_the_checks_private_references_agree_with_the_library():
+    """Where a check computes its reference itself, it agrees with the library's implementation."""
+    import torch
+
+    from emd_lib.exercises import ch01, ch04
+    from emd_lib.langevin import LangevinConfig, estep
+    from emd_lib.mixtures import ring8
+    from emd_lib.sampling import ddim_step
+
+    mix = ring8()
+    x_t = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    ref = ch01._ddim_ref(lambda x, lam: mix.denoise(x, torch.full((len(x),), float(lam))), x_t, -1.0, 2.0)
+    torch.testing.assert_close(ref, ddim_step(mix, x_t, -1.0, 2.0), rtol=1e-5, atol=1e-5)
+
+    gen, teacher, student, z, eps, _ = ch04._networks(3)
+    lam = torch.full((len(z),), 4.0)
+    g = torch.Generator().manual_seed(1)
+    n_eps, n_z = torch.randn(z.shape, generator=g), torch.randn(z.shape, generator=g)
+    noise = iter([n_eps, n_z])
+    res = estep(gen, teacher, student, z, eps, lam,
+                LangevinConfig(K=1, move_z=True, z_precondition="none", gamma_eps=0.3, gamma_z=0.05, z_clip=0.1,
+                               cancel="injected", cancel_z=True), rng=lambda like: next(noise))
+    zero = torch.zeros_like(z)
+    z1, e1, h1, hz1 = ch04._step_ref(gen, teacher, student, z, eps, zero, zero, lam, 0.3, 0.05, 0.1, n_eps, n_z)
+    for mine, lib in ((z1, res.z_chain), (e1, res.eps_chain), (h1, res.eps_chain - res.eps), (hz1, res.z_chain - res.z)):
+        torch.testing.assert_close(mine, lib, rtol=1e-5, atol=1e-5)

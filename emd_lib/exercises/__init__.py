@@ -220,8 +220,9 @@ def check(id: str, answer) -> None:
 
 
 def check_modules() -> list[str]:
-    """Every ``emd_lib`` module the checks import, so a grader can import them all before it runs
-    any student code (a check imports some of them only when it first runs)."""
+    """Every ``emd_lib`` module the checks import or whose functions they forbid, so a grader can
+    import them all before it runs any student code (a check imports some of them only when it
+    first runs)."""
     import re
     from pathlib import Path
 
@@ -230,4 +231,6 @@ def check_modules() -> list[str]:
         if mod.name.startswith("ch"):
             text = (Path(__file__).parent / f"{mod.name}.py").read_text()
             names |= {f"emd_lib.{m}" for m in re.findall(r"^\s*from \.\.([\w.]+) import", text, re.M)}
+    # and the modules of the functions the exercises forbid (their stubs replace attributes there)
+    names |= {name.partition(":")[0] for ex in registry().values() for name in ex.forbid}
     return sorted(names)

@@ -908,62 +908,28 @@ assert round(n_map * kept_map["DI"][0, j35]) == n_map - 1 and kept_map["EMD-8"][
 assert round(n_map * kept_map["EMD-8"][i15, j5]) == 2 and far_eq["EMD-8"]["kept"] == n_far == 5
 
 # %% [markdown]
-# **Where the difference shows, and where it vanishes.** With the light mode at distance 2 both
-# methods keep it in every seed at every weight, and with weight 0.3 both keep it at every
-# distance. The difference lives in the corner of far, light modes: at distance 5 with weights
-# 0.05 and 0.15, Diff-Instruct keeps the light mode in one run of six and EMD-8 in three; at 3.5
-# and weight 0.05 Diff-Instruct loses it once, EMD-8 never. In no cell does EMD-8 keep it less
-# often than Diff-Instruct. Two reasons. A near mode's noisy version overlaps the heavy one's
-# (their means less than two noisy standard deviations apart) on more of the noise levels that
-# carry the weight: 89% of it at distance 2, 67% at distance 5 (printed above), so fewer of the
-# loss's noise levels see two separate modes, the case in which a reverse KL can settle on one.
-# And the reverse KL charges little for
-# dropping a light mode, about $-\log(1-w)$ (section 2.3): 0.05 for weight 0.05 against 0.36 for
-# weight 0.3, seven times as much (printed above), while the forward KL charges without limit. The
-# map's runs are half as long as the runs above, and that costs EMD more: at the `far` target's
-# own cell EMD-8 keeps the mode in two of three seeds after 400 updates, against five of five
-# after 800 (a run that loses it early needs time to bring it back, like EMD-8's seed 0 above).
-# And with $w = 1$ the difference vanishes at the `far` target itself.
+# ## Exercise 2.1: the forward-KL fit of a mixture by an isotropic Gaussian
 #
-# ## Summary
-#
-# * Forward KL (maximum likelihood) covers modes; reverse KL seeks them. For one Gaussian
-#   and two modes: the forward fit is moment matching (closed form); the reverse fit has a
-#   local minimum on each mode, with $\mathrm{KL}(q\|p)\approx -\log w_k$, and the start decides
-#   which one it finds, often the nearer, lighter mode.
-# * Diffusion distillation compares *noisy* marginals. The forward fit is the same at every
-#   noise level; the reverse fit is not: averaged over $\lambda\in[-6, 6]$ with $w = \sigma^2$
-#   it is a broad Gaussian near the forward fit. Mode seeking comes back when the weighting
-#   favours low noise ($w = 1$, or only $\lambda \ge 2$).
-# * In distillation runs, DI and EMD (K = 8, default E-step) agree seed by seed for a Gaussian
-#   generator, and within the seed spread for an expressive MLP under $w = \sigma^2$. Under
-#   $w = 1$ both lose the narrow modes of `irregular`, and in most runs its heaviest mode too;
-#   EMD keeps a little more recall on average, not by a margin six seeds can confirm.
-# * EMD's forward KL is only as good as its E-step's reach: a short chain from the
-#   generator's own samples makes EMD behave like DI.
-# * Where a light mode lies far from the heavy one (`far`: weight 0.15, five units away), the
-#   two part: Diff-Instruct, EMD-1 and EMD-2 lose it in some seeds, EMD-4 to EMD-16 keep it in
-#   every seed, at equal updates and at equal wall time. The difference vanishes for near modes,
-#   for heavier light modes, and under $w = 1$.
-#
-# ## Exercise 2.1: the forward-KL fit of a 1D mixture
-#
-# Write `forward_kl_fit(weights, means, stds)` returning `(mean, variance)` of the Gaussian
-# that minimises $\mathrm{KL}(p\|q)$ for the 1D mixture $p = \sum_k w_k \mathcal N(\mu_k, s_k^2)$.
+# Section 2.2 fits a Gaussian with a full covariance. Restrict the fit to $q = \mathcal N(m, s^2 I)$
+# in $d$ dimensions and derive the $m$ and $s^2$ that minimise $\mathrm{KL}(p\|q)$ for the isotropic
+# mixture $p = \sum_k w_k \mathcal N(\mu_k, s_k^2 I)$. Write `isotropic_fit(weights, means, stds)`
+# (shapes $(K,)$, $(K, d)$, $(K,)$) returning `(mean, variance)`: the mean $(d,)$ and the number $s^2$.
 
 # %%
 from emd_lib.exercises import check
 
 
-def forward_kl_fit(weights, means, stds):
+def isotropic_fit(weights, means, stds):
     ### BEGIN SOLUTION
-    mean = (weights * means).sum()
-    var = (weights * (stds**2 + means**2)).sum() - mean**2
-    return mean, var
+    d = means.shape[1]
+    mean = (weights[:, None] * means).sum(0)
+    # S = s^2 I: minimise d log s^2 + tr(Cov_p) / s^2, so s^2 = tr(Cov_p) / d
+    second = (weights * (d * stds**2 + (means**2).sum(1))).sum()        # E_p |x|^2
+    return mean, (second - (mean**2).sum()) / d
     ### END SOLUTION
 
 
-check("2.1", forward_kl_fit)
+check("2.1", isotropic_fit)
 
 # %% [markdown]
 # ## Exercise 2.2: a Monte-Carlo reverse KL

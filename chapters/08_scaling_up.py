@@ -545,11 +545,14 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 #   $\sigma/\alpha$ times eps's error.
 
 # %% [markdown]
-# ## Exercise 8.1: an EDM network behind the teacher interface
+# ## Exercise 8.1: an EDM network behind a VP caller
 #
-# Write `edm_denoise(net, x_t, lam, labels)`: the teacher's $\hat x_0$ at log-SNR `lam` (shape `(B,)`)
-# for an EDM network `net(x, sigma, class_labels)`, which takes $\sigma$ of shape `(B,)` and the
-# classes as one-hot rows `(B, net.label_dim)`; `labels` are integers. Remember EDM's $\alpha$.
+# Section 1 reads an EDM network at its own noise levels ($\alpha = 1$). A chain written for the VP
+# schedule hands it $x_t = \alpha x + \sigma \epsilon$ with $\alpha^2 = \mathrm{sigmoid}(\lambda)$ instead.
+# Write `vp_denoise(net, x_t, lam, labels)`: the clean-sample estimate $\hat x_0$ of an EDM network
+# `net(x, sigma, class_labels)` (which takes $\sigma$ of shape `(B,)` and one-hot rows
+# `(B, net.label_dim)`) for a VP batch `x_t` at log-SNR `lam` $(B,)$, integer `labels`. Chapter 1's
+# $y = x_t/\alpha$ tells you what the network must see; decide whether its output needs rescaling.
 
 # %%
 import torch
@@ -557,15 +560,17 @@ import torch
 from emd_lib.exercises import check
 
 
-def edm_denoise(net, x_t, lam, labels):
+def vp_denoise(net, x_t, lam, labels):
     ### BEGIN SOLUTION
-    noise_level = torch.exp(-0.5 * lam)                  # alpha = 1 in EDM
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]             # VP: alpha^2 = sigmoid(lam)
+    y = x_t / alpha                                                     # = x + (sigma / alpha) eps: EDM's input
+    noise_level = torch.exp(-0.5 * lam)                                 # sigma / alpha, the same for every schedule
     onehot = torch.nn.functional.one_hot(labels.long(), net.label_dim).to(x_t.dtype)
-    return net(x_t, noise_level, onehot)
+    return net(y, noise_level, onehot)                                  # an estimate of x: no rescaling
     ### END SOLUTION
 
 
-check("8.1", edm_denoise)
+check("8.1", vp_denoise)
 
 # %% [markdown]
 # ## Exercise 8.2: guidance on the teacher

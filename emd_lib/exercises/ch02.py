@@ -9,47 +9,62 @@ from . import ExerciseFailed, expect_close, register
 from ..distill import di_generator_loss, student_loss
 
 
-# ---- 2.1: the forward-KL Gaussian fit of a 1D mixture is moment matching ------------------------
-def _wrong_moments_no_within(weights, means, stds):
-    m = (weights * means).sum()
-    return m, (weights * means**2).sum() - m**2            # forgets the components' own variance
+# ---- 2.1: the forward-KL fit of a mixture by an isotropic Gaussian -------------------------------------
+
+def _iso_ref(weights, means, stds):
+    d = means.shape[1]
+    m = (weights[:, None] * means).sum(0)
+    # E|x|^2 = sum_k w_k (d s_k^2 + |mu_k|^2); the best s^2 is tr Cov / d
+    s2 = ((weights * (d * stds**2 + (means**2).sum(1))).sum() - (m**2).sum()) / d
+    return m, s2
 
 
-def _wrong_moments_unweighted(weights, means, stds):
-    m = means.mean()
-    return m, (stds**2 + means**2).mean() - m**2            # ignores the weights
+def _iso_first_axis(weights, means, stds):                  # the 1D formula on the first coordinate only
+    m = (weights[:, None] * means).sum(0)
+    return m, (weights * (stds**2 + means[:, 0] ** 2)).sum() - m[0] ** 2
 
 
-def _route_moments(weights, means, stds):                                # the library's moment matching
+def _iso_no_d(weights, means, stds):                        # the trace, not divided by d
+    m, s2 = _iso_ref(weights, means, stds)
+    return m, s2 * means.shape[1]
+
+
+def _iso_no_within(weights, means, stds):                   # forgets the components' own spread
+    d = means.shape[1]
+    m = (weights[:, None] * means).sum(0)
+    return m, ((weights * (means**2).sum(1)).sum() - (m**2).sum()) / d
+
+
+def _route_iso(weights, means, stds):                       # the library's full-covariance moment matching
     from emd_lib.divergences import forward_kl_gaussian_fit
     from emd_lib.teachers import GaussianMixture
 
-    m, cov = forward_kl_gaussian_fit(GaussianMixture(weights, means[:, None], stds))
-    return m[0], cov[0, 0]
+    m, cov = forward_kl_gaussian_fit(GaussianMixture(weights, means, stds))
+    return m, torch.diagonal(cov).mean()
 
 
-@register("2.1", title="forward-KL fit by moment matching", wrong=[_wrong_moments_no_within, _wrong_moments_unweighted],
-          points=1, minutes=10, kind="derivation", route=_route_moments,
+@register("2.1", title="the forward-KL fit of a mixture by an isotropic Gaussian",
+          wrong=[_iso_first_axis, _iso_no_d, _iso_no_within],
+          points=2, minutes=15, kind="derivation", route=_route_iso,
           forbid=["emd_lib.divergences:forward_kl_gaussian_fit", "emd_lib.divergences:mixture_moments"])
-def check_moment_matching(fn):
-    cases = [
-        (torch.tensor([0.7, 0.3]), torch.tensor([-1.5, 1.5]), torch.tensor([0.4, 0.4])),
-        (torch.tensor([0.2, 0.5, 0.3]), torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([0.3, 1.0, 0.5])),
-        (torch.tensor([1.0]), torch.tensor([0.7]), torch.tensor([2.0])),
-    ]
+def check_isotropic_fit(fn):
+    g = torch.Generator().manual_seed(21)
+    cases = [(torch.tensor([0.7, 0.3]), torch.tensor([[-1.5], [1.5]]), torch.tensor([0.4, 0.4]))]
+    for K, d in ((3, 2), (4, 5)):
+        w = torch.rand(K, generator=g) + 0.2
+        cases.append((w / w.sum(), 2 * torch.randn(K, d, generator=g), 0.2 + torch.rand(K, generator=g)))
     for w, mu, sd in cases:
-        out = fn(w, mu, sd)
+        out = fn(w.clone(), mu.clone(), sd.clone())
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ExerciseFailed("return a pair (mean, variance)")
-        m, v = (float(torch.as_tensor(t)) for t in out)
-        m_ref = float((w * mu).sum())
-        # Var = sum_k w_k (s_k^2 + mu_k^2) - m^2
-        v_ref = float((w * (sd**2 + mu**2)).sum()) - m_ref**2
-        if not abs(m - m_ref) <= 1e-4:   # also false for NaN
-            raise ExerciseFailed(f"wrong mean for weights {w.tolist()}: the mean is sum_k w_k mu_k")
-        if not abs(v - v_ref) <= 1e-4:
-            raise ExerciseFailed(f"wrong variance for weights {w.tolist()}: the law of total variance adds the "
-                                 "components' own variances to the spread of their means")
+            raise ExerciseFailed("return a pair (mean (d,), variance s^2)")
+        m_ref, s2_ref = _iso_ref(w, mu, sd)
+        m, s2 = torch.as_tensor(out[0], dtype=torch.float64).reshape(-1), float(torch.as_tensor(out[1]))
+        if m.shape != m_ref.shape or not torch.allclose(m, m_ref.double(), atol=1e-4):
+            raise ExerciseFailed(f"wrong mean for {len(w)} components in {mu.shape[1]}D: the mean is sum_k w_k mu_k")
+        if not abs(s2 - float(s2_ref)) <= 1e-4 * max(1.0, float(s2_ref)):   # also false for NaN
+            raise ExerciseFailed(f"wrong variance for {len(w)} components in {mu.shape[1]}D (you gave {s2:.4g}). With "
+                                 "S = s^2 I, minimise log det S + tr(S^-1 Cov_p) over s^2; Cov_p follows from the law "
+                                 "of total variance")
 
 
 # ---- 2.2: a Monte-Carlo estimate of the reverse KL ---------------------------------------------

@@ -26,44 +26,65 @@ class _TinyEDM(nn.Module):
         return c_skip * x + c_out * (self.conv(h) + self.label(class_labels)[:, :, None, None])
 
 
-def _edm_sigma_wrong(net, x_t, lam, labels):               # sigma = exp(-lam): the /2 forgotten
-    return net(x_t, torch.exp(-lam), nn.functional.one_hot(labels, net.label_dim).float())
+def _onehot(labels, n):
+    return nn.functional.one_hot(labels, n).float()
 
 
-def _edm_vp_scaled(net, x_t, lam, labels):                 # treats EDM like VP: rescales by alpha
+def _vp_ref(net, x_t, lam, labels):
+    """The EDM network read by a VP caller: y = x_t / alpha, EDM's sigma = sigma / alpha = exp(-lam / 2)."""
     alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]
-    sigma = torch.exp(-lam / 2)
-    return net(x_t / alpha, sigma, nn.functional.one_hot(labels, net.label_dim).float())
+    return net(x_t / alpha, torch.exp(-lam / 2), _onehot(labels, net.label_dim))
 
 
-def _route_edm(net, x_t, lam, labels):
+def _vp_unscaled(net, x_t, lam, labels):                    # EDM's own call: x_t fed as if alpha = 1
+    return net(x_t, torch.exp(-lam / 2), _onehot(labels, net.label_dim))
+
+
+def _vp_sigma(net, x_t, lam, labels):                       # VP's sigma, not sigma / alpha
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]
+    return net(x_t / alpha, torch.sigmoid(-lam).sqrt(), _onehot(labels, net.label_dim))
+
+
+def _vp_rescaled_output(net, x_t, lam, labels):             # scales the clean estimate back by alpha
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]
+    return alpha * _vp_ref(net, x_t, lam, labels)
+
+
+def _route_vp(net, x_t, lam, labels):
     from emd_lib.scale.adapters import EDMTeacher
 
-    return EDMTeacher(net).denoise(x_t, lam, labels)
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]
+    return EDMTeacher(net).denoise(x_t / alpha, lam, labels)
 
 
-@register("8.1", title="an EDM network as a teacher: D(x_t; sigma = exp(-lam/2), one-hot class)",
-          wrong=[_edm_sigma_wrong, _edm_vp_scaled], points=2, minutes=15, kind="derivation", route=_route_edm,
+@register("8.1", title="an EDM network behind a VP caller: D(x_t / alpha; sigma / alpha, one-hot class)",
+          wrong=[_vp_unscaled, _vp_sigma, _vp_rescaled_output], points=2, minutes=15, kind="derivation",
+          route=_route_vp,
           forbid=["emd_lib.scale.adapters:EDMTeacher.denoise", "emd_lib.scale.adapters:EDMTeacher.class_labels"])
-def _check_8_1(edm_denoise):
+def _check_8_1(vp_denoise):
     from ..scale.adapters import EDMTeacher
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(81)
         net = _TinyEDM().eval()
-    teacher = EDMTeacher(net)
     g = torch.Generator().manual_seed(810)
-    x = torch.randn(5, 3, 8, 8, generator=g) * 3
+    x = torch.randn(5, 3, 8, 8, generator=g)
     lam = torch.tensor([-8.0, -3.0, 0.0, 2.5, 9.0])
     labels = torch.tensor([0, 3, 1, 2, 3])
+    alpha, sigma = torch.sigmoid(lam).sqrt()[:, None, None, None], torch.sigmoid(-lam).sqrt()[:, None, None, None]
+    x_t = alpha * x + sigma * torch.randn(x.shape, generator=g)                  # a VP noisy batch
     with torch.no_grad():
-        got = edm_denoise(net, x.clone(), lam.clone(), labels.clone())
-        want = teacher.denoise(x, lam, labels)
+        want = _vp_ref(net, x_t, lam, labels)
+        # the same network at the same noise level, through the library's EDM teacher in y = x_t / alpha
+        torch.testing.assert_close(EDMTeacher(net).denoise(x_t / alpha, lam, labels), want)
+        got = vp_denoise(net, x_t.clone(), lam.clone(), labels.clone())
     try:
         expect_close("the denoised batch", torch.as_tensor(got).detach(), want, 1e-5)
     except ExerciseFailed as e:
-        raise ExerciseFailed(f"{e}. EDM has alpha = 1 and sigma = exp(-lam / 2): pass x_t unchanged, that sigma, and "
-                             "the labels as one-hot rows of length net.label_dim") from None
+        raise ExerciseFailed(f"{e}. A VP x_t = alpha x + sigma eps is y = x_t / alpha = x + (sigma / alpha) eps in EDM's "
+                             "coordinates (chapter 1): which input and which sigma does the EDM network want, and does "
+                             "its output, an estimate of x, need any rescaling? Labels as one-hot rows of length "
+                             "net.label_dim") from None
 
 
 # ---- 8.2 classifier-free guidance on the teacher ------------------------------------------------------

@@ -694,30 +694,33 @@ assert H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]                     
 #   in training.
 
 # %% [markdown]
-# ## Exercise 6.1: the generator's starting map
+# ## Exercise 6.1: how collapsed the generator's start is
 #
-# Write `init_map(teacher, lam_star, z)`: the map $g(z) = D_\phi(z_{\rm in}(z), \lambda^*)$ the generator is
-# initialised to, for a VP teacher ($z_{\rm in} = z$) and an EDM teacher ($z_{\rm in} = \sigma^* z$ with
-# $\sigma^* = e^{-\lambda^*/2}$). `teacher.schedule.kind` is `"vp"` or `"edm"`, and
-# `teacher.denoise(x_t, lam)` takes `lam` of shape `(B,)`.
+# Section 2 starts the generator at $g(z) = D_\phi(z_{\rm in}(z), \lambda^*)$ and finds the start collapsed
+# at small $\lambda^*$. Make that exact for a 1D Gaussian teacher $\mathcal N(0, v)$, whose denoiser is
+# linear: write `start_spread(v, lam_star, kind)` returning the standard deviation of $g(z)$,
+# $z \sim \mathcal N(0, 1)$, under the VP schedule (`kind="vp"`) and under EDM (`kind="edm"`), each with
+# its own $z_{\rm in}$. Which $\lambda^*$ gives the widest start under VP when $v = 1$?
 
 # %%
-import torch
+import math
 
 from emd_lib.exercises import check
 
 
-def init_map(teacher, lam_star, z):
+def start_spread(v, lam_star, kind):
     ### BEGIN SOLUTION
-    lam = torch.full((z.shape[0],), float(lam_star))
-    _, sigma = teacher.schedule.alpha_sigma(lam)
-    z_in = z if teacher.schedule.kind == "vp" else sigma[:, None] * z
-    with torch.no_grad():
-        return teacher.denoise(z_in, lam)
+    if kind == "vp":
+        alpha2, sigma2 = 1 / (1 + math.exp(-lam_star)), 1 / (1 + math.exp(lam_star))
+        # D(x_t) = E[x | x_t] = alpha v x_t / (alpha^2 v + sigma^2), fed x_t = z
+        return math.sqrt(alpha2) * v / (alpha2 * v + sigma2)
+    sigma_star = math.exp(-lam_star / 2)
+    # EDM: alpha = 1, D(y) = v y / (v + sigma*^2), fed y = sigma* z
+    return v * sigma_star / (v + sigma_star**2)
     ### END SOLUTION
 
 
-check("6.1", init_map)
+check("6.1", start_spread)
 
 # %% [markdown]
 # ## Exercise 6.2: one step of the correction chain
@@ -759,26 +762,32 @@ def correction_step(generator, teacher, student, z, eps, lam, gamma_eps, gamma_z
 check("6.2", correction_step)
 
 # %% [markdown]
-# ## Exercise 6.3: the weightings
+# ## Exercise 6.3: where each weighting puts the M-step's gradient
 #
-# Write `w(lam, kind)` for the VP schedule: `"sigma2"` ($\sigma^2$), `"one"` ($1$) and `"snr"`
-# ($\alpha^2/\sigma^2$), for a tensor of log-SNRs `lam`.
+# Section 3 sizes the M-step's gradient at one noise level as about
+# $w(\lambda)\, \alpha^2 / (\alpha^2 s^2 + \sigma^2)$ for a mode of width $s$. Under VP, find the log-SNR at
+# which it is largest, for $w = \sigma^2$, $w = 1$ and $w = \alpha^2/\sigma^2$: write
+# `gradient_peak(s, kind)` returning that $\lambda$, or `math.inf` where the size only grows toward the
+# clean end. (Write it in $a = \alpha^2$, with $\sigma^2 = 1 - a$.) What does the answer say about the
+# levels $w = \sigma^2$ trains on for the ring's modes, $s = 0.15$?
 
 # %%
-import torch
+import math
 
 from emd_lib.exercises import check
 
 
-def w(lam, kind):
+def gradient_peak(s, kind):
     ### BEGIN SOLUTION
-    sigma2 = torch.sigmoid(-lam)
-    alpha2 = torch.sigmoid(lam)
-    return {"sigma2": sigma2, "one": torch.ones_like(lam), "snr": alpha2 / sigma2}[kind]
+    if kind != "sigma2":
+        return math.inf              # a / (a s^2 + 1 - a) and a / (1 - a) times it grow all the way to a = 1
+    # f(a) = a (1 - a) / (1 - (1 - s^2) a): f' = 0 at 1 - 2a + (1 - s^2) a^2 = 0, a = 1 / (1 + s)
+    a = 1 / (1 + s)
+    return math.log(a / (1 - a))     # = -log s
     ### END SOLUTION
 
 
-check("6.3", w)
+check("6.3", gradient_peak)
 
 # %% [markdown]
 # ## Exercise 6.4: the whole loop, graded by what it learns

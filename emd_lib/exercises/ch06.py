@@ -8,45 +8,68 @@ import torch
 from . import ExerciseFailed, expect_close, register
 
 
-# ---- 6.1 the generator's starting map ------------------------------------------------------------
+# ---- 6.1 how collapsed the start is ----------------------------------------------------------------
 
-def _init_no_edm_scale(teacher, lam_star, z):            # feeds z unscaled to an EDM teacher
-    lam = torch.full((z.shape[0],), float(lam_star))
-    return teacher.denoise(z, lam)
-
-
-def _init_noisy_input(teacher, lam_star, z):             # builds x_t = alpha z + sigma eps instead of z_in(z)
-    lam = torch.full((z.shape[0],), float(lam_star))
-    a, s = teacher.schedule.alpha_sigma(lam)
-    return teacher.denoise(a[:, None] * z + s[:, None] * torch.randn_like(z), lam)
+def _spread_ref(v, lam_star, kind):
+    """The std of g(z) = D(z_in(z), lam*) for a 1D teacher N(0, v) and z ~ N(0, 1)."""
+    if kind == "vp":
+        a2, s2 = 1 / (1 + math.exp(-lam_star)), 1 / (1 + math.exp(lam_star))
+        return math.sqrt(a2) * v / (a2 * v + s2)          # D(x_t) = alpha v x_t / (alpha^2 v + sigma^2), x_t = z
+    s = math.exp(-lam_star / 2)
+    return v * s / (v + s**2)                             # EDM: D(y) = v y / (v + sigma^2), y = sigma* z
 
 
-def _route_init(teacher, lam_star, z):
+def _spread_no_alpha(v, lam_star, kind):                  # VP's alpha forgotten in the numerator
+    if kind == "vp":
+        a2, s2 = 1 / (1 + math.exp(-lam_star)), 1 / (1 + math.exp(lam_star))
+        return v / (a2 * v + s2)
+    return _spread_ref(v, lam_star, kind)
+
+
+def _spread_edm_unscaled(v, lam_star, kind):              # EDM's z fed without sigma*
+    if kind == "edm":
+        s = math.exp(-lam_star / 2)
+        return v / (v + s**2)
+    return _spread_ref(v, lam_star, kind)
+
+
+def _spread_variance(v, lam_star, kind):                  # the variance, not the standard deviation
+    return _spread_ref(v, lam_star, kind) ** 2
+
+
+def _route_spread(v, lam_star, kind):
+    from emd_lib.em import gaussian_teacher
     from emd_lib.experiments.ch06 import init_target
+    from emd_lib.schedules import EDM, VP
 
-    return init_target(teacher, lam_star, z)
+    teacher = gaussian_teacher(torch.zeros(1), torch.full((1, 1), float(v)), VP if kind == "vp" else EDM)
+    return float(init_target(teacher, lam_star, torch.randn(100_000, 1)).std())
 
 
-@register("6.1", title="the generator's starting map D(z_in(z), lam*)", wrong=[_init_no_edm_scale, _init_noisy_input],
-          points=1, minutes=10, kind="derivation", route=_route_init,
+@register("6.1", title="how collapsed the generator's start D(z_in(z), lam*) is",
+          wrong=[_spread_no_alpha, _spread_edm_unscaled, _spread_variance],
+          points=2, minutes=20, kind="derivation", route=_route_spread,
           forbid=["emd_lib.experiments.ch06:init_target", "emd_lib.nets:init_generator_from_teacher",
-                  "emd_lib.schedules:Schedule.z_in_scale"])
-def _check_6_1(init_map):
+                  "emd_lib.schedules:Schedule.z_in_scale", "emd_lib.teachers:GaussianMixture.denoise",
+                  "emd_lib.teachers:GaussianMixture.eps", "emd_lib.teachers:GaussianMixture.score"])
+def _check_6_1(start_spread):
+    from ..em import gaussian_teacher
     from ..experiments.ch06 import init_target
-    from ..mixtures import ring8
     from ..schedules import EDM, VP
 
-    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(61))
-    for sch in (VP, EDM):
-        teacher = ring8(sch)
-        for lam_star in (-2.0, -6.0):
-            got = init_map(teacher, lam_star, z.clone())
-            try:
-                expect_close(f"g(z) under {sch.kind.upper()} at lam* = {lam_star}", got, init_target(teacher, lam_star, z))
-            except ExerciseFailed as e:
-                raise ExerciseFailed(f"{e}. The start is the teacher's denoiser at lam* applied to z_in(z): z itself "
-                                     "under VP (unit variance, like x_t there), sigma* z under EDM (alpha = 1, "
-                                     "sigma* = exp(-lam*/2)); no fresh noise is drawn") from None
+    for kind, sch in (("vp", VP), ("edm", EDM)):
+        for v, lam_star in ((1.0, -2.0), (0.25, 0.0), (4.0, -6.0), (0.5, 3.0)):
+            want = _spread_ref(v, lam_star, kind)
+            # the closed form agrees with the library's start for a Gaussian teacher (a linear map of z)
+            t = gaussian_teacher(torch.zeros(1), torch.full((1, 1), v), sch)
+            slope = float(init_target(t, lam_star, torch.ones(1, 1)) - init_target(t, lam_star, torch.zeros(1, 1)))
+            assert math.isclose(abs(slope), want, rel_tol=1e-4), (kind, v, lam_star, slope, want)
+            got = float(start_spread(v, lam_star, kind))
+            if not math.isclose(got, want, rel_tol=1e-6):
+                raise ExerciseFailed(f"for a teacher N(0, {v:g}) under {kind.upper()} at lam* = {lam_star:g} you gave "
+                                     f"{got:.6g}. For a Gaussian teacher the denoiser is linear, D = E[x | x_t]; the "
+                                     "start feeds it z (VP) or sigma* z (EDM, alpha = 1) with z ~ N(0, 1): return the "
+                                     "standard deviation of g(z)")
 
 
 # ---- 6.2 one step of the test-time correction chain ------------------------------------------------
@@ -136,36 +159,51 @@ def _check_6_2(correction_step):
                                  "/ sigma^2)") from None
 
 
-# ---- 6.3 the weighting w(lam) ------------------------------------------------------------------------
+# ---- 6.3 where each weighting puts the gradient ---------------------------------------------------------
 
-def _w_sigma(lam, kind):                                  # sigma, not sigma^2
-    s2 = torch.sigmoid(-lam)
-    return {"sigma2": s2.sqrt(), "one": torch.ones_like(lam), "snr": (1 - s2) / s2}[kind]
-
-
-def _w_snr_inverted(lam, kind):                           # 1 / SNR
-    s2 = torch.sigmoid(-lam)
-    return {"sigma2": s2, "one": torch.ones_like(lam), "snr": s2 / (1 - s2)}[kind]
+def _peak_ref(s, kind):
+    """The log-SNR that maximises w(lam) alpha^2 / (alpha^2 s^2 + sigma^2) under VP (inf: no interior peak)."""
+    return -math.log(s) if kind == "sigma2" else math.inf
 
 
-def _route_w(lam, kind):
+def _peak_sqrt(s, kind):                                  # where sigma / alpha = s
+    return -2 * math.log(s) if kind == "sigma2" else math.inf
+
+
+def _peak_finite(s, kind):                                # claims a peak for every weighting
+    return -math.log(s)
+
+
+def _peak_zero(s, kind):                                  # alpha = sigma
+    return 0.0 if kind == "sigma2" else math.inf
+
+
+def _route_peak(s, kind):
+    import torch as _t
+
     from emd_lib.schedules import VP, weight
 
-    return weight(lam, VP, kind)
+    lam = _t.linspace(-20, 20, 40001, dtype=_t.float64)
+    a2, s2 = _t.sigmoid(lam), _t.sigmoid(-lam)
+    f = weight(lam, VP, kind) * a2 / (a2 * s**2 + s2)
+    return float(lam[f.argmax()])
 
 
-@register("6.3", title="the noise-level weightings under VP", wrong=[_w_sigma, _w_snr_inverted],
-          points=1, minutes=5, kind="derivation", route=_route_w, forbid=["emd_lib.schedules:weight"])
-def _check_6_3(w):
-    from ..schedules import VP, weight
-
-    lam = torch.linspace(-6, 6, 13)
-    for kind in ("sigma2", "one", "snr"):
-        try:
-            expect_close(f"w for {kind!r}", w(lam.clone(), kind), weight(lam, VP, kind), 1e-4)
-        except ExerciseFailed as e:
-            raise ExerciseFailed(f"{e}. Under VP alpha^2 = sigmoid(lam) and sigma^2 = sigmoid(-lam); the SNR is "
-                                 "alpha^2 / sigma^2 = exp(lam)") from None
+@register("6.3", title="where each weighting puts the M-step's gradient",
+          wrong=[_peak_sqrt, _peak_finite, _peak_zero],
+          points=2, minutes=20, kind="derivation", route=_route_peak, forbid=["emd_lib.schedules:weight"])
+def _check_6_3(gradient_peak):
+    for s in (0.15, 0.3, 0.05):
+        for kind in ("sigma2", "one", "snr"):
+            want = _peak_ref(s, kind)
+            got = float(gradient_peak(s, kind))
+            ok = math.isinf(want) and math.isinf(got) and got > 0 if math.isinf(want) else \
+                math.isclose(got, want, rel_tol=1e-6)
+            if not ok:
+                raise ExerciseFailed(f"for a mode of width s = {s} and w = {kind!r} you gave {got:.6g}. Section 3's "
+                                     "gradient size at one level is about w alpha^2 / (alpha^2 s^2 + sigma^2); write it "
+                                     "in a = alpha^2 (VP: sigma^2 = 1 - a) and maximise over 0 < a < 1; where it only "
+                                     "grows towards the clean end, return math.inf")
 
 
 # ---- 6.4 the whole loop, graded by its result ----------------------------------------------------------

@@ -596,5 +596,28 @@ def guided_eps(unet, x_t, t, text, empty, w):
 
 check("8.2", guided_eps)
 
+# %% [markdown]
+# ## Exercise 8.3: the distribution a guided teacher asks the student to learn
+#
+# With guidance the teacher's score is $s_w = s_u + w\,(s_c - s_u)$, and EMD distils the generator
+# toward whatever density has that score. Take 1D Gaussians $p(x \mid c) = \mathcal N(\mu_c, v_c)$ and
+# $p(x) = \mathcal N(\mu_u, v_u)$ (at the clean end) and derive that density. Write
+# `guided_target(mu_c, v_c, mu_u, v_u, w)` returning its `(mean, variance)`. What happens to the
+# variance as $w$ grows when $v_c < v_u$, and what does that predict for a guided student's diversity?
+
+# %%
+from emd_lib.exercises import check
+
+
+def guided_target(mu_c, v_c, mu_u, v_u, w):
+    ### BEGIN SOLUTION
+    # scores -(x - m) / v add up: the guided score is -(x - m_w) / v_w with
+    precision = w / v_c + (1 - w) / v_u
+    return (w * mu_c / v_c + (1 - w) * mu_u / v_u) / precision, 1 / precision
+    ### END SOLUTION
+
+
+check("8.3", guided_target)
+
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -1,6 +1,8 @@
 """Checks for chapter 8 (scaling up)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -154,3 +156,57 @@ def _check_8_2(guided_eps):
             raise ExerciseFailed(f"{e}. Evaluate the network with the text and with the empty prompt; the guided eps "
                                  "is eps_empty + w (eps_text - eps_empty), so w = 1 is the plain conditional model") \
                 from None
+
+
+# ---- 8.3 what a guided teacher asks the student to learn -----------------------------------------------
+
+def _tilt_ref(mu_c, v_c, mu_u, v_u, w):
+    """p(x | c)^w p(x)^(1 - w) for 1D Gaussians: (mean, variance); its score is the guided score."""
+    prec = w / v_c + (1 - w) / v_u
+    return (w * mu_c / v_c + (1 - w) * mu_u / v_u) / prec, 1 / prec
+
+
+def _tilt_linear(mu_c, v_c, mu_u, v_u, w):               # mixes the moments, not the scores
+    return w * mu_c + (1 - w) * mu_u, w * v_c + (1 - w) * v_u
+
+
+def _tilt_mean_unweighted(mu_c, v_c, mu_u, v_u, w):      # the mean without the precisions
+    return w * mu_c + (1 - w) * mu_u, _tilt_ref(mu_c, v_c, mu_u, v_u, w)[1]
+
+
+def _tilt_precision(mu_c, v_c, mu_u, v_u, w):            # returns the precision for the variance
+    m, v = _tilt_ref(mu_c, v_c, mu_u, v_u, w)
+    return m, 1 / v
+
+
+def _route_tilt(mu_c, v_c, mu_u, v_u, w):
+    """Read off the guided score of the library's exact teachers at an almost clean level: a line in x."""
+    import torch as _t
+
+    from emd_lib.teachers import GaussianMixture
+
+    p_c = GaussianMixture([1.0], [[mu_c]], [math.sqrt(v_c)], dtype=_t.float64)
+    p_u = GaussianMixture([1.0], [[mu_u]], [math.sqrt(v_u)], dtype=_t.float64)
+    x, lam = _t.tensor([[0.0], [1.0]], dtype=_t.float64), _t.full((2,), 10.0, dtype=_t.float64)
+    s = p_u.score(x, lam) + w * (p_c.score(x, lam) - p_u.score(x, lam))
+    v = float(-1 / (s[1] - s[0]))
+    return float(s[0]) * v, v
+
+
+@register("8.3", title="the distribution a guided teacher asks the student to learn",
+          wrong=[_tilt_linear, _tilt_mean_unweighted, _tilt_precision],
+          points=2, minutes=20, kind="derivation", route=_route_tilt,
+          forbid=[f"emd_lib.teachers:GaussianMixture.{m}" for m in ("score", "eps", "denoise", "log_prob")])
+def _check_8_3(guided_target):
+    for mu_c, v_c, mu_u, v_u, w in ((1.0, 0.5, 0.0, 2.0, 1.0), (1.0, 0.5, 0.0, 2.0, 3.0), (2.0, 1.0, -1.0, 4.0, 7.5),
+                                    (0.5, 0.2, 0.3, 0.25, 2.0)):
+        want_m, want_v = _tilt_ref(mu_c, v_c, mu_u, v_u, w)
+        out = guided_target(mu_c, v_c, mu_u, v_u, w)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ExerciseFailed("return a pair (mean, variance)")
+        m, v = float(out[0]), float(out[1])
+        if not (math.isclose(m, want_m, rel_tol=1e-6, abs_tol=1e-9) and math.isclose(v, want_v, rel_tol=1e-6)):
+            raise ExerciseFailed(f"for p(x | c) = N({mu_c:g}, {v_c:g}), p(x) = N({mu_u:g}, {v_u:g}) and w = {w:g} you gave "
+                                 f"mean {m:.5g}, variance {v:.5g}. The guided score s_u + w (s_c - s_u) is the score of "
+                                 "one Gaussian: add the two scores' slopes and intercepts (a score of N(m, v) is "
+                                 "-(x - m) / v)")

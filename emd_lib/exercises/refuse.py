@@ -13,7 +13,7 @@ check's helper functions.
 A name is ``"module:attribute"`` or ``"module:Class.attribute"``, e.g. ``"emd_lib.em:latent_posterior"``
 or ``"emd_lib.teachers:GaussianMixture.score"``. Besides the attribute itself, every other name that
 holds the same function is replaced for the duration: aliases in the library's modules (``from .em
-import latent_posterior``), and in the namespace of the student's function (the chapter's, or the
+import latent_posterior``, the checks' own imports included), and in the namespace of the student's function (the chapter's, or the
 graded cell's), so that ``from emd_lib.em import latent_posterior`` at the top of a notebook does
 not get round it.
 """
@@ -24,7 +24,7 @@ import importlib
 import inspect
 import sys
 
-__all__ = ["MESSAGE", "LibraryRefused", "refusing", "resolve"]
+__all__ = ["MESSAGE", "LibraryRefused", "refusing", "call_refusing", "namespaces_of", "resolve"]
 
 MESSAGE = "this exercise asks you to write it yourself"
 

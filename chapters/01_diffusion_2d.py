@@ -579,20 +579,31 @@ def mixture_score(x_t, lam, weights, means, stds):
 check("1.2", mixture_score)
 
 # %% [markdown]
-# ## Exercise 1.3: one Euler step of the probability-flow ODE
+# ## Exercise 1.3: one Euler step of the probability-flow ODE, in $x_t$ (DDIM)
 #
-# Write `euler_step(denoise, y, s, s_next)`: one Euler step of $dy/ds = (y - D(y, s))/s$ from
-# noise level `s` down to `s_next` (with `s_next < s`). `denoise(y, s)` returns $D(y, s)$.
+# Section 1.4 integrates the ODE in $y = x_t/\alpha$ and $s = \sigma/\alpha$. A sampler that keeps
+# its state in $x_t$ (DDIM's deterministic sampler) takes *the same* Euler step, written back in
+# $x_t$. Write `ddim_step(denoise, x_t, lam, lam_next)`: one Euler step of the VP teacher's
+# probability-flow ODE from the log-SNR `lam` to `lam_next` (floats, `lam_next > lam`), where
+# `denoise(x_t, lam)` returns $D(x_t, \lambda)$. Derive the update first: it needs one denoiser
+# call, and it can be written without $y$ or $s$ at all, in $\alpha, \sigma, \alpha', \sigma'$ only.
+# The check runs it on the exact ring teacher at three pairs of noise levels.
 
 # %%
+import math
+
+import torch
 from emd_lib.exercises import check
 
 
-def euler_step(denoise, y, s, s_next):
+def ddim_step(denoise, x_t, lam, lam_next):
     ### BEGIN SOLUTION
-    slope = (y - denoise(y, s)) / s
-    return y + (s_next - s) * slope
+    alpha, sigma = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
+    alpha2, sigma2 = math.sqrt(1 / (1 + math.exp(-lam_next))), math.sqrt(1 / (1 + math.exp(lam_next)))
+    D = denoise(x_t, lam)
+    # y' = y + (s' - s)(y - D) / s = D + (s' / s)(y - D), and x_t' = alpha' y'
+    return alpha2 * D + sigma2 * (x_t - alpha * D) / sigma
     ### END SOLUTION
 
 
-check("1.3", euler_step)
+check("1.3", ddim_step)

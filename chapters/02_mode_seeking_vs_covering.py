@@ -774,25 +774,30 @@ ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
 # * recognise the case where they part: a far, light mode (`far`), which Diff-Instruct, EMD-1 and
 #   EMD-2 lose in some seeds and EMD-4 to EMD-16 keep in every seed, at equal updates and at equal
 #   wall time (the appendix, chapter 10, shows where else it happens and where it does not).
+
+# %% [markdown]
+# ## Exercise 2.1: the forward-KL fit of a mixture by an isotropic Gaussian
 #
-# ## Exercise 2.1: the forward-KL fit of a 1D mixture
-#
-# Write `forward_kl_fit(weights, means, stds)` returning `(mean, variance)` of the Gaussian
-# that minimises $\mathrm{KL}(p\|q)$ for the 1D mixture $p = \sum_k w_k \mathcal N(\mu_k, s_k^2)$.
+# Section 2.2 fits a Gaussian with a full covariance. Restrict the fit to $q = \mathcal N(m, s^2 I)$
+# in $d$ dimensions and derive the $m$ and $s^2$ that minimise $\mathrm{KL}(p\|q)$ for the isotropic
+# mixture $p = \sum_k w_k \mathcal N(\mu_k, s_k^2 I)$. Write `isotropic_fit(weights, means, stds)`
+# (shapes $(K,)$, $(K, d)$, $(K,)$) returning `(mean, variance)`: the mean $(d,)$ and the number $s^2$.
 
 # %%
 from emd_lib.exercises import check
 
 
-def forward_kl_fit(weights, means, stds):
+def isotropic_fit(weights, means, stds):
     ### BEGIN SOLUTION
-    mean = (weights * means).sum()
-    var = (weights * (stds**2 + means**2)).sum() - mean**2
-    return mean, var
+    d = means.shape[1]
+    mean = (weights[:, None] * means).sum(0)
+    # S = s^2 I: minimise d log s^2 + tr(Cov_p) / s^2, so s^2 = tr(Cov_p) / d
+    second = (weights * (d * stds**2 + (means**2).sum(1))).sum()        # E_p |x|^2
+    return mean, (second - (mean**2).sum()) / d
     ### END SOLUTION
 
 
-check("2.1", forward_kl_fit)
+check("2.1", isotropic_fit)
 
 # %% [markdown]
 # ## Exercise 2.2: a Monte-Carlo reverse KL
@@ -820,21 +825,107 @@ def reverse_kl(q_mean, q_std, log_p, n, generator):
 check("2.2", reverse_kl)
 
 # %% [markdown]
-# ## Exercise 2.3: the Diff-Instruct surrogate
+# ## Exercise 2.3: the Diff-Instruct surrogate of a network generator
 #
-# Diff-Instruct needs a scalar whose gradient in $\theta$ is
-# $-\frac1B\sum_i w_i\,\alpha_i\, \Delta s_i^\top\, \partial_\theta x_i$, with $x_i = g_\theta(z_i)$
-# and the score gap $\Delta s_i = s_\phi - s_\psi$ held constant. Write `di_loss(x, ds, w, alpha)`
-# (`x`, `ds`: $(B, d)$; `w`, `alpha`: $(B,)$) returning that surrogate.
+# Diff-Instruct descends the reverse KL with the gradient
+# $-\mathbb E\big[w(\lambda)\, \alpha\, ds(x_t)^\top \partial g_\theta(z)/\partial\theta\big]$, where
+# $ds = \nabla\log p_t - \nabla\log q_\theta^t$ is evaluated at $x_t = \alpha g(z) + \sigma\epsilon$ and
+# held fixed. Write `di_loss(generator, teacher, student, z, eps, lam)`: a scalar whose gradient
+# with respect to the generator's weights is that one (mean over the batch, $w = \sigma^2$). The
+# teacher and the student score are eps-predictors (`teacher.eps(x_t, lam)`,
+# `student.eps(x_t, lam)`); the schedule is `teacher.schedule`. The check differentiates your loss
+# for a random MLP generator and student score facing the exact ring, and checks that the student
+# score's weights get no gradient. `emd_lib.distill` has its own version: it refuses to run inside
+# your answer.
 
 # %%
+import torch
 from emd_lib.exercises import check
 
 
-def di_loss(x, ds, w, alpha):
+def di_loss(generator, teacher, student, z, eps, lam):
     ### BEGIN SOLUTION
-    return -(w[:, None] * alpha[:, None] * ds.detach() * x).sum(1).mean()
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]                              # (B, 1)
+    x = generator(z)                                                   # (B, d), carries the graph
+    x_t = a * x.detach() + s * eps
+    with torch.no_grad():
+        gap = (student.eps(x_t, lam) - teacher.eps(x_t, lam)) / s      # ds = s_teacher - s_student
+    return -(s**2 * a * gap * x).sum(1).mean()
     ### END SOLUTION
 
 
 check("2.3", di_loss)
+
+# %% [markdown]
+# ## Exercise 2.4: the student score's denoising score-matching loss
+#
+# Diff-Instruct and EMD both need $s_\psi \approx \nabla \log q_\theta^t$, the score of the
+# generator's own noisy samples, learned the way a diffusion model is. Write
+# `dsm_loss(student, generator, z, eps, lam)`: the denoising score-matching loss of an
+# eps-predicting student score on the generator's samples, the mean over the batch of the squared
+# error (summed over coordinates) of its noise prediction. The generator must not be trained by
+# this loss. The check compares the loss and its gradient in the student's weights with ours.
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def dsm_loss(student, generator, z, eps, lam):
+    ### BEGIN SOLUTION
+    alpha, sigma = student.schedule.alpha_sigma(lam)
+    with torch.no_grad():
+        x = generator(z)                                               # detached: the generator is not trained here
+    x_t = alpha[:, None] * x + sigma[:, None] * eps
+    return ((student.eps(x_t, lam) - eps) ** 2).sum(1).mean()
+    ### END SOLUTION
+
+
+check("2.4", dsm_loss)
+
+# %% [markdown]
+# ## Exercise 2.5: an experiment, the light mode's basin under Diff-Instruct
+#
+# Take the 1D target $0.8\,\mathcal N(-1, 0.3^2) + 0.2\,\mathcal N(3, 0.3^2)$ and a Gaussian generator
+# $x = m + s z$, whose noisy marginal $q^t = \mathcal N(\alpha m, \alpha^2 s^2 + \sigma^2)$ is known: an
+# exact student score. Write `di_gaussian_fit(teacher, m0, lam_min, lam_max, steps, lr, generator)`:
+# one Diff-Instruct fit per entry of the starting means `m0` (start $s = 1$), `steps` steps of plain
+# gradient descent with learning rate `lr` on $(m, \log s)$, batches of 128 draws of
+# $(z, \epsilon)$ per fit, $\lambda$ uniform in $[\lambda_{\min}, \lambda_{\max}]$, $w = \sigma^2$, draws from
+# `generator`; return the final means and standard deviations. The check runs it from 17 starting
+# means in $[-3, 5]$, once with low noise only ($\lambda \in [2, 6]$) and once over $[-6, 6]$, and
+# measures the share of fits that end on the light mode; each share must fall in the band we
+# measured. Before you run it: which share do you expect to shrink, and why? Write the two
+# shares you measure below your code.
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def di_gaussian_fit(teacher, m0, lam_min, lam_max, steps, lr, generator):
+    ### BEGIN SOLUTION
+    m = m0.clone().double().requires_grad_(True)
+    log_s = torch.zeros_like(m).requires_grad_(True)
+    S, B = m.shape[0], 128
+    for _ in range(steps):
+        z = torch.randn(S, B, generator=generator, dtype=torch.float64)
+        eps = torch.randn(S, B, generator=generator, dtype=torch.float64)
+        lam = lam_min + (lam_max - lam_min) * torch.rand(S, B, generator=generator, dtype=torch.float64)
+        a2, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)                  # alpha^2, sigma^2
+        x = m[:, None] + log_s.exp()[:, None] * z                         # (S, B)
+        x_t = a2.sqrt() * x.detach() + s2.sqrt() * eps
+        with torch.no_grad():
+            s_p = teacher.score(x_t.reshape(-1, 1).float(), lam.reshape(-1).float()).reshape(S, B).double()
+            s_q = -(x_t - a2.sqrt() * m[:, None]) / (a2 * (2 * log_s).exp()[:, None] + s2)
+        loss = -(s2 * a2.sqrt() * (s_p - s_q) * x).mean(1).sum()          # one surrogate per fit
+        g_m, g_s = torch.autograd.grad(loss, (m, log_s))
+        with torch.no_grad():
+            m -= lr * g_m
+            log_s -= lr * g_s
+    return m.detach(), log_s.exp().detach()
+    ### END SOLUTION
+
+
+check("2.5", di_gaussian_fit)

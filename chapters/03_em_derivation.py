@@ -522,27 +522,35 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 #   Langevin E-step on a linear generator, and check that it reaches $A A^\top = C$, $b = m$.
 
 # %% [markdown]
-# ## Exercise 3.1: the latent posterior
+# ## Exercise 3.1: the gap of the EM bound
 #
-# Write `posterior(A, b, x_t, alpha, sigma)` returning the mean `(B, d)` and covariance `(d, d)` of
-# $q(z \mid x_t)$ for the linear generator $g(z) = Az + b$: complete the square in
-# $\log \mathcal N(x_t; \alpha(Az + b), \sigma^2 I) + \log \mathcal N(z; 0, I)$.
+# For any distribution $r(z)$ over the latent, Jensen's inequality gives the bound
+# $\log q_\theta^t(x_t) \ge \mathbb E_{r}\big[\log \mathcal N(x_t; \alpha g(z), \sigma^2 I) + \log \mathcal N(z; 0, I) - \log r(z)\big]$,
+# which EM's E-step makes tight. Derive the gap (left side minus right side) in closed form for
+# the linear generator and a Gaussian $r = \mathcal N(m_i, S)$, and write
+# `bound_gap(A, b, x_t, alpha, sigma, m, S)`: the gap for each row of `x_t` $(n, d)$ with its own
+# mean `m[i]` and the shared covariance `S` (float64 tensors), shape $(n,)$. The check evaluates
+# it at random points and covariances, and at $r$ = the posterior, where it must vanish.
+# `emd_lib.em` refuses to run inside your answer.
 
 # %%
 import torch
 from emd_lib.exercises import check
 
 
-def posterior(A, b, x_t, alpha, sigma):
+def bound_gap(A, b, x_t, alpha, sigma, m, S):
     ### BEGIN SOLUTION
-    d = A.shape[1]
-    cov = torch.linalg.inv(torch.eye(d, dtype=A.dtype) + alpha**2 / sigma**2 * A.T @ A)
-    mean = (x_t - alpha * b) @ (alpha / sigma**2 * cov @ A.T).T
-    return mean, cov
+    eye = torch.eye(A.shape[1], dtype=A.dtype)
+    S_z = torch.linalg.inv(eye + alpha**2 / sigma**2 * A.T @ A)             # the posterior's covariance
+    mu = (x_t - alpha * b) @ (alpha / sigma**2 * S_z @ A.T).T                # and its means, (n, d)
+    # log q_t(x_t) - bound(r) = KL(r(z) || q(z | x_t)), a KL between Gaussians
+    P = torch.linalg.inv(S_z)
+    dm = mu - m
+    return 0.5 * (torch.trace(P @ S) + ((dm @ P) * dm).sum(1) - len(b) + torch.logdet(S_z) - torch.logdet(S))
     ### END SOLUTION
 
 
-check("3.1", posterior)
+check("3.1", bound_gap)
 
 # %% [markdown]
 # ## Exercise 3.2: Fisher's identity for the offset
@@ -568,23 +576,36 @@ def grad_b(A, b, x_t, alpha, sigma):
 check("3.2", grad_b)
 
 # %% [markdown]
-# ## Exercise 3.3: the M-step as least squares
+# ## Exercise 3.3: one exact EM step
 #
-# Given E-step pairs `x_t` `(n, d)` and `z` `(n, d)` at one noise level, write
-# `m_step(x_t, z, alpha)` returning the `(A, b)` that minimise
-# $\sum_i \|x_{t,i} - \alpha (A z_i + b)\|^2$ (a full M-step). Mind the intercept and the $\alpha$.
+# Section 4 did one EM step by least squares on samples of $\rho$. Do it without samples: under
+# $\rho$, $x_t \sim p_t = \mathcal N(\alpha m, \alpha^2 C + \sigma^2 I)$ and $z \mid x_t$ is the Gaussian
+# posterior of section 3, and the least squares of $x_t/\alpha$ on $[z, 1]$ needs only the first and
+# second moments of $(x_t, z)$. Write `em_step(A, b, m, C, alpha, sigma)` returning the new
+# $(A, b)$ (float64 tensors). The check compares it at three noise levels with our closed form;
+# `emd_lib.em` refuses to run inside your answer.
 
 # %%
 import torch
 from emd_lib.exercises import check
 
 
-def m_step(x_t, z, alpha):
+def em_step(A, b, m, C, alpha, sigma):
     ### BEGIN SOLUTION
-    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
-    W = torch.linalg.lstsq(design, x_t / alpha).solution.T
-    return W[:, :-1], W[:, -1]
+    d = len(b)
+    eye = torch.eye(d, dtype=A.dtype)
+    P = alpha**2 * C + sigma**2 * eye                                        # Cov of x_t ~ p_t
+    S_z = torch.linalg.inv(eye + alpha**2 / sigma**2 * A.T @ A)
+    M = alpha / sigma**2 * S_z @ A.T                                         # E[z | x_t] = M (x_t - alpha b)
+    Ex = alpha * m
+    Ez = M @ (Ex - alpha * b)
+    Ezz = S_z + M @ P @ M.T + torch.outer(Ez, Ez)                            # E[z z^T]
+    Exz = P @ M.T + torch.outer(Ex, Ez)                                      # E[x_t z^T]
+    # normal equations of x_t / alpha ~ [A | b] [z; 1]
+    G = torch.cat([torch.cat([Ezz, Ez[:, None]], 1), torch.cat([Ez[None], torch.ones(1, 1, dtype=A.dtype)], 1)], 0)
+    W = torch.cat([Exz, Ex[:, None]], 1) / alpha @ torch.linalg.inv(G)
+    return W[:, :d], W[:, d]
     ### END SOLUTION
 
 
-check("3.3", m_step)
+check("3.3", em_step)

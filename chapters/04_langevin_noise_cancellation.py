@@ -727,72 +727,131 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 # four-way table of coordinates, and which $z$ steps stay stable in training.
 
 # %% [markdown]
-# ## Exercise 4.1: from $(x, z)$ to $(\epsilon, z)$
+# ## Exercise 4.1: the $(\epsilon, z)$ gradients of $\log\rho$ for a network generator
 #
-# Given the gradients of $\log \rho$ in $(x_t, z)$, `grad_x` and `grad_z_x` `(B, d)`, the generator's
-# Jacobians `J` `(B, d, d)` (`J[b, i, j]` $= \partial g_i / \partial z_j$ at sample `b`) and floats
-# `alpha`, `sigma`, return the gradients in $(\epsilon, z)$ with $x_t = \alpha g(z) + \sigma\epsilon$.
+# Section 1 wrote the gradients for the linear generator, where $J = A$. For a network, $J^\top v$ is
+# a vector-Jacobian product. Write `grad_log_rho(generator, teacher, student, z, eps, lam)`
+# returning `(grad_eps, grad_z)` at $x_t = \alpha g(z) + \sigma \epsilon$; the teacher and the student
+# score are eps-predictors, `lam` is $(B,)$. Use one backward pass through the generator, not a
+# Jacobian. The check runs it on a random MLP generator and student score facing the exact ring;
+# `emd_lib.langevin` refuses to run inside your answer.
 
 # %%
 import torch
 from emd_lib.exercises import check
 
 
-def to_eps_coords(grad_x, grad_z_x, J, alpha, sigma):
+def grad_log_rho(generator, teacher, student, z, eps, lam):
     ### BEGIN SOLUTION
-    grad_eps = sigma * grad_x
-    grad_z = grad_z_x + alpha * torch.einsum("bij,bi->bj", J, grad_x)
-    return grad_eps, grad_z
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+    z = z.detach().requires_grad_(True)
+    x = generator(z)
+    x_t = a * x.detach() + s * eps
+    with torch.no_grad():
+        sds = student.eps(x_t, lam) - teacher.eps(x_t, lam)              # sigma ds
+    (jtv,) = torch.autograd.grad(x, z, grad_outputs=a / s * sds)          # J^T (alpha ds)
+    return sds - eps, jtv - z.detach()
     ### END SOLUTION
 
 
-check("4.1", to_eps_coords)
+check("4.1", grad_log_rho)
 
 # %% [markdown]
-# ## Exercise 4.2: the largest fixed step in $x$
+# ## Exercise 4.2: the largest stable step, and the variance below it
 #
-# EMD draws $\lambda \in [\lambda_{\min}, \lambda_{\max}]$ on the VP schedule. Return the largest fixed
-# step $\gamma_x$ for which the linear part of the $x$-chain, $x_t - \alpha g(z) \mapsto (1 - \gamma_x/\sigma^2)(x_t - \alpha g(z))$,
-# does not grow at any of those levels.
-
-# %%
-import torch
-from emd_lib.exercises import check
-
-
-def max_stable_gamma_x(lam_min, lam_max):
-    ### BEGIN SOLUTION
-    sigma2_min = torch.sigmoid(torch.tensor(-float(lam_max))).item()
-    return 2 * sigma2_min
-    ### END SOLUTION
-
-
-check("4.2", max_stable_gamma_x)
-
-# %% [markdown]
-# ## Exercise 4.3: noise cancellation
-#
-# The $\epsilon$-chain with $z$ frozen is $\epsilon \leftarrow \epsilon + \gamma (d_k - \epsilon) + \sqrt{2\gamma}\, n_k$
-# with drift $d_k = \sigma\, ds_k$. Given `eps0` `(B, d)`, the drifts and noises `(K, B, d)` (here
-# fixed in advance), `gamma` and `mode`, return what the M-step receives: the final $\epsilon$
-# (`"none"`), or $\epsilon^K - \eta^K$ with $\eta \leftarrow (1-\gamma)\eta + \sqrt{2\gamma}\, n_k$ started at
-# $0$ (`"injected"`) or at $\epsilon^0$ (`"full"`).
+# Run one Langevin step $u \leftarrow u + \gamma \nabla \log \mathcal N(u; 0, v) + \sqrt{2\gamma}\, n$ on a
+# Gaussian target of variance $v$ (the $x$-chain's residual sees $v = \sigma^2$). The chain is not
+# exact: derive the variance it settles at, and the step beyond which it has none. Write
+# `stationary_variance(gamma, v)` returning that variance, or `math.inf` where the chain diverges.
+# What does it say about a fixed $\gamma_x$ at $\lambda = 6$ (where $\sigma^2 \approx 0.0025$)?
 
 # %%
 import math
+
+from emd_lib.exercises import check
+
+
+def stationary_variance(gamma, v):
+    ### BEGIN SOLUTION
+    # V' = (1 - gamma / v)^2 V + 2 gamma; fixed point V = 2 gamma / (1 - (1 - gamma / v)^2)
+    if gamma >= 2 * v:
+        return math.inf
+    return v / (1 - gamma / (2 * v))
+    ### END SOLUTION
+
+
+check("4.2", stationary_variance)
+
+# %% [markdown]
+# ## Exercise 4.3: one step of the joint chain, with a trust region and noise records
+#
+# Write `langevin_step(generator, teacher, student, z, eps, eta, eta_z, lam, gamma_eps, gamma_z,
+# z_clip, n_eps, n_z)`: one step of the $(\epsilon, z)$ chain as `emd_lib.langevin.estep` takes it with
+# `move_z=True`, `z_precondition="none"` and a trust region `z_clip`, given the noise draws
+# `n_eps`, `n_z`. Both coordinates move from the *same* gradients (your exercise 4.1); the $z$ drift
+# $\gamma_z \nabla_z \log\rho$ of each sample is shortened to a norm of at most
+# `z_clip` $\sqrt{\dim z}$ (the injected noise is not); and both noise records move on, `eta` for
+# $\epsilon$ and `eta_z` for $z$, each decaying as its coordinate's linear part does (section 6).
+# Return `(z, eps, eta, eta_z)` after the step. The check runs it at $\lambda = 0$ and $\lambda = 4$,
+# where the trust region bites.
+
+# %%
+import math
+
 import torch
 from emd_lib.exercises import check
 
 
-def cancelled_eps(eps0, drifts, noises, gamma, mode):
+def langevin_step(generator, teacher, student, z, eps, eta, eta_z, lam, gamma_eps, gamma_z, z_clip, n_eps, n_z):
     ### BEGIN SOLUTION
-    eps = eps0.clone()
-    eta = eps0.clone() if mode == "full" else torch.zeros_like(eps0)
-    for d, n in zip(drifts, noises):
-        eps = eps + gamma * (d - eps) + math.sqrt(2 * gamma) * n
-        eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * n
-    return eps if mode == "none" else eps - eta
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+    zg = z.detach().requires_grad_(True)
+    x = generator(zg)
+    x_t = a * x.detach() + s * eps
+    with torch.no_grad():
+        sds = student.eps(x_t, lam) - teacher.eps(x_t, lam)                # sigma ds
+    grad_z = torch.autograd.grad(x, zg, grad_outputs=a / s * sds)[0] - z    # alpha J^T ds - z
+    drift = gamma_z * grad_z
+    limit = z_clip * math.sqrt(z.shape[1])                                   # per sample
+    drift = drift * (limit / drift.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+    root_eps, root_z = math.sqrt(2 * gamma_eps), math.sqrt(2 * gamma_z)
+    eps_new = eps + gamma_eps * (sds - eps) + root_eps * n_eps
+    eta_new = (1 - gamma_eps) * eta + root_eps * n_eps
+    z_new = z + drift + root_z * n_z
+    eta_z_new = (1 - gamma_z) * eta_z + root_z * n_z
+    return z_new.detach(), eps_new, eta_new, eta_z_new
     ### END SOLUTION
 
 
-check("4.3", cancelled_eps)
+check("4.3", langevin_step)
+
+# %% [markdown]
+# ## Exercise 4.4: the $(x, z)$ gradients of $\log\rho$ for a network generator
+#
+# The other coordinate system: write `grad_log_rho_x(generator, teacher, student, z, x_t, lam)`
+# returning `(grad_x, grad_z)` of $\log\rho$ at a given $(x_t, z)$, where $x_t$ is *not* tied to $z$ by
+# a current $\epsilon$. One vector-Jacobian product again. Then compare with exercise 4.1: which
+# term of $\nabla_z$ changed, and why?
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def grad_log_rho_x(generator, teacher, student, z, x_t, lam):
+    ### BEGIN SOLUTION
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+    z = z.detach().requires_grad_(True)
+    x = generator(z)
+    r = x_t - a * x.detach()                                                 # x_t - alpha g(z)
+    with torch.no_grad():
+        ds = (student.eps(x_t, lam) - teacher.eps(x_t, lam)) / s             # s_teacher - s_student
+    (jtv,) = torch.autograd.grad(x, z, grad_outputs=a / s**2 * r)
+    return ds - r / s**2, jtv - z.detach()
+    ### END SOLUTION
+
+
+check("4.4", grad_log_rho_x)

@@ -677,54 +677,94 @@ plt.show()
 #   25 narrow modes at equal steps DI and EMD-$K$ stayed within the seeds' spread of each other.
 
 # %% [markdown]
-# ## Exercise 5.1: EMD-1's M-step target
+# ## Exercise 5.1: the EMD generator loss
 #
-# Given the starting noise `eps0`, the scaled score gap `sds` $= \sigma\, ds(x_t^0)$ at the start, the
-# injected noise `n` and the step size `gamma`, run one Langevin step on $\epsilon$, keep the noise
-# record with $\eta_0 = \epsilon_0$ (full cancellation), and return $\tilde\epsilon = \epsilon_1 - \eta_1$, the $\epsilon$ the M-step sees.
+# Put the E-step and the M-step together for a network generator. Write
+# `emd_loss(generator, teacher, student, z, eps, lam, K, gamma, cancel, noises)`: $K$ Langevin
+# steps on $\epsilon$ with $z$ frozen, step `gamma`, the injected noise of step $k$ given as
+# `noises[k]`, the noise record of chapter 4 for `cancel` in `"none"`, `"injected"`, `"full"`;
+# then the M-step loss $w\,\|x_t^K - \alpha g_\theta(z)\|^2 / (2\sigma^2)$, $w = \sigma^2$, mean over the
+# batch, with the E-step's $x_t^K$ held fixed, so that the loss's gradient is the M-step's. The
+# check compares the loss and its gradient in the generator's weights with ours for $K = 3$ and
+# $K = 1$ and each `cancel`; `emd_lib.distill` and `emd_lib.langevin` refuse to run inside your answer.
 
 # %%
 import math
 
 import torch
-
 from emd_lib.exercises import check
 
 
-def k1_eps_tilde(eps0, sds, n, gamma):
+def emd_loss(generator, teacher, student, z, eps, lam, K, gamma, cancel, noises):
     ### BEGIN SOLUTION
-    eps1 = eps0 + gamma * (sds - eps0) + math.sqrt(2 * gamma) * n
-    eta1 = (1 - gamma) * eps0 + math.sqrt(2 * gamma) * n
-    return eps1 - eta1
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+    x = generator(z)                                                   # (B, d), carries the graph
+    with torch.no_grad():                                              # E-step: theta and z frozen
+        u = eps.clone()
+        eta = eps.clone() if cancel == "full" else torch.zeros_like(eps)
+        for k in range(K):
+            sds = student.eps(a * x + s * u, lam) - teacher.eps(a * x + s * u, lam)
+            u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * noises[k]
+            eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * noises[k]
+        x_target = a * x + s * (u if cancel == "none" else u - eta)    # x_t^K, held fixed
+    return (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean()
     ### END SOLUTION
 
 
-check("5.1", k1_eps_tilde)
+check("5.1", emd_loss)
 
 # %% [markdown]
-# ## Exercise 5.2: the drift of $K$ steps
+# ## Exercise 5.2: the $K = 1$ identity, and what breaks it, with your own losses
 #
-# With full cancellation the M-step receives the pure drift of the chain. Given the list
-# `sds_list` of scaled score gaps $\sigma\, ds(x_t^k)$ met at steps $k = 0, \dots, K-1$ and the step size
-# `gamma`, return $\sum_k (1-\gamma)^{K-1-k}\, \gamma\, \sigma\, ds(x_t^k)$. (Hint: it obeys a one-line recursion.)
-# For a constant gap, what total weight do the $K$ steps give it?
+# Verify this chapter's identity with nothing of the library's, and find what the initial noise
+# adds when it is not cancelled. Write
+# `k1_gradients(generator, teacher, student, z, eps, lam, gamma, n, cancel)` returning the flat
+# gradients in the generator's weights of your EMD loss (exercise 5.1, $K = 1$, step `gamma`, the
+# given `cancel`, injected noise `n`) and of your Diff-Instruct surrogate (exercise 2.3), $w = \sigma^2$
+# for both. The cell is graded on its own, so bring both losses into it. The check compares each
+# gradient with ours, for `cancel="full"` and `"injected"`, and then tests the identity on your two
+# numbers: EMD-1 minus `gamma` times Diff-Instruct must vanish with full cancellation. With
+# injected-only cancellation it does not: derive what is left (section 3 and exercise 5.3 help).
 
 # %%
-import torch
+import math
 
+import torch
 from emd_lib.exercises import check
 
 
-def drift(sds_list, gamma):
+def k1_gradients(generator, teacher, student, z, eps, lam, gamma, n, cancel):
     ### BEGIN SOLUTION
-    d = torch.zeros_like(sds_list[0])
-    for sds in sds_list:
-        d = (1 - gamma) * d + gamma * sds
-    return d
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None], sigma[:, None]
+
+    def emd_loss():                                                  # exercise 5.1 with K = 1
+        x = generator(z)
+        with torch.no_grad():
+            u = eps + gamma * (student.eps(a * x + s * eps, lam) - teacher.eps(a * x + s * eps, lam) - eps) \
+                + math.sqrt(2 * gamma) * n
+            eta = (1 - gamma) * (eps if cancel == "full" else torch.zeros_like(eps)) + math.sqrt(2 * gamma) * n
+            x_target = a * x + s * (u if cancel == "none" else u - eta)
+        return (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean()
+
+    def di_loss():                                                   # exercise 2.3
+        x = generator(z)
+        x_t = a * x.detach() + s * eps
+        with torch.no_grad():
+            gap = (student.eps(x_t, lam) - teacher.eps(x_t, lam)) / s
+        return -(s**2 * a * gap * x).sum(1).mean()
+
+    params = list(generator.parameters())
+
+    def flat(loss):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    return flat(emd_loss()), flat(di_loss())
     ### END SOLUTION
 
 
-check("5.2", drift)
+check("5.2", k1_gradients)
 
 # %% [markdown]
 # ## Exercise 5.3: the zero-mean term
@@ -755,3 +795,26 @@ check("5.3", eps0_term)
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")
+
+# %% [markdown]
+# ## Exercise 5.4: how many Langevin steps for a share of the score gap
+#
+# With full noise cancellation and a score gap that stays constant along the chain, the M-step of
+# EMD-$K$ sees a fixed fraction of $\sigma\, ds$, which grows with $K$ toward all of it. Derive that
+# fraction, and write `steps_for_share(gamma, f)`: the smallest whole $K$ for which it reaches `f`
+# (with $0 < \gamma < 1$, $0 < f < 1$). How many steps does $\gamma_\epsilon = 0.3$ need for 90%?
+
+# %%
+import math
+
+from emd_lib.exercises import check
+
+
+def steps_for_share(gamma, f):
+    ### BEGIN SOLUTION
+    # the weights gamma (1 - gamma)^(K-1-k) add up to 1 - (1 - gamma)^K
+    return math.ceil(math.log(1 - f) / math.log(1 - gamma))
+    ### END SOLUTION
+
+
+check("5.4", steps_for_share)

@@ -676,30 +676,33 @@ for lab in same:
 #   $\beta_1$ hardly).
 
 # %% [markdown]
-# ## Exercise 6.1: the generator's starting map
+# ## Exercise 6.1: how collapsed the generator's start is
 #
-# Write `init_map(teacher, lam_star, z)`: the map $g(z) = D_\phi(z_{\rm in}(z), \lambda^*)$ the generator is
-# initialised to, for a VP teacher ($z_{\rm in} = z$) and an EDM teacher ($z_{\rm in} = \sigma^* z$ with
-# $\sigma^* = e^{-\lambda^*/2}$). `teacher.schedule.kind` is `"vp"` or `"edm"`, and
-# `teacher.denoise(x_t, lam)` takes `lam` of shape `(B,)`.
+# Section 2 starts the generator at $g(z) = D_\phi(z_{\rm in}(z), \lambda^*)$ and finds the start collapsed
+# at small $\lambda^*$. Make that exact for a 1D Gaussian teacher $\mathcal N(0, v)$, whose denoiser is
+# linear: write `start_spread(v, lam_star, kind)` returning the standard deviation of $g(z)$,
+# $z \sim \mathcal N(0, 1)$, under the VP schedule (`kind="vp"`) and under EDM (`kind="edm"`), each with
+# its own $z_{\rm in}$. Which $\lambda^*$ gives the widest start under VP when $v = 1$?
 
 # %%
-import torch
+import math
 
 from emd_lib.exercises import check
 
 
-def init_map(teacher, lam_star, z):
+def start_spread(v, lam_star, kind):
     ### BEGIN SOLUTION
-    lam = torch.full((z.shape[0],), float(lam_star))
-    _, sigma = teacher.schedule.alpha_sigma(lam)
-    z_in = z if teacher.schedule.kind == "vp" else sigma[:, None] * z
-    with torch.no_grad():
-        return teacher.denoise(z_in, lam)
+    if kind == "vp":
+        alpha2, sigma2 = 1 / (1 + math.exp(-lam_star)), 1 / (1 + math.exp(lam_star))
+        # D(x_t) = E[x | x_t] = alpha v x_t / (alpha^2 v + sigma^2), fed x_t = z
+        return math.sqrt(alpha2) * v / (alpha2 * v + sigma2)
+    sigma_star = math.exp(-lam_star / 2)
+    # EDM: alpha = 1, D(y) = v y / (v + sigma*^2), fed y = sigma* z
+    return v * sigma_star / (v + sigma_star**2)
     ### END SOLUTION
 
 
-check("6.1", init_map)
+check("6.1", start_spread)
 
 # %% [markdown]
 # ## Exercise 6.2: one step of the correction chain
@@ -741,26 +744,136 @@ def correction_step(generator, teacher, student, z, eps, lam, gamma_eps, gamma_z
 check("6.2", correction_step)
 
 # %% [markdown]
-# ## Exercise 6.3: the weightings
+# ## Exercise 6.3: where each weighting puts the M-step's gradient
 #
-# Write `w(lam, kind)` for the VP schedule: `"sigma2"` ($\sigma^2$), `"one"` ($1$) and `"snr"`
-# ($\alpha^2/\sigma^2$), for a tensor of log-SNRs `lam`.
+# Section 3 sizes the M-step's gradient at one noise level as about
+# $w(\lambda)\, \alpha^2 / (\alpha^2 s^2 + \sigma^2)$ for a mode of width $s$. Under VP, find the log-SNR at
+# which it is largest, for $w = \sigma^2$, $w = 1$ and $w = \alpha^2/\sigma^2$: write
+# `gradient_peak(s, kind)` returning that $\lambda$, or `math.inf` where the size only grows toward the
+# clean end. (Write it in $a = \alpha^2$, with $\sigma^2 = 1 - a$.) What does the answer say about the
+# levels $w = \sigma^2$ trains on for the ring's modes, $s = 0.15$?
 
 # %%
-import torch
+import math
 
 from emd_lib.exercises import check
 
 
-def w(lam, kind):
+def gradient_peak(s, kind):
     ### BEGIN SOLUTION
-    sigma2 = torch.sigmoid(-lam)
-    alpha2 = torch.sigmoid(lam)
-    return {"sigma2": sigma2, "one": torch.ones_like(lam), "snr": alpha2 / sigma2}[kind]
+    if kind != "sigma2":
+        return math.inf              # a / (a s^2 + 1 - a) and a / (1 - a) times it grow all the way to a = 1
+    # f(a) = a (1 - a) / (1 - (1 - s^2) a): f' = 0 at 1 - 2a + (1 - s^2) a^2 = 0, a = 1 / (1 + s)
+    a = 1 / (1 + s)
+    return math.log(a / (1 - a))     # = -log s
     ### END SOLUTION
 
 
-check("6.3", w)
+check("6.3", gradient_peak)
+
+# %% [markdown]
+# ## Exercise 6.4: the whole loop, graded by what it learns
+#
+# Assemble EMD from your own pieces: write `distill(teacher, z_eval, steps, seed)` that trains a
+# one-step generator on a 2D mixture teacher for `steps` generator updates and returns its samples
+# at the latents `z_eval`. You may use the library's networks (`emd_lib.nets.MLPGenerator`,
+# `MLPScore`, `emd_lib.teachers.NetworkTeacher`) and the teacher's `denoise` and `eps`; the losses,
+# the E-step and the `Distiller` refuse to run inside your answer, and so does `teacher.sample`.
+# A recipe that works (section 6): start the generator at the teacher's denoiser at
+# $\lambda^* = -2$, warm the student score up, then per step two score-matching updates and one
+# EMD-4 generator update ($\gamma_\epsilon = 0.3$, full cancellation, $w = \sigma^2$, $\lambda \sim U[-6, 6]$,
+# Adam with $\beta_1 = 0$). The check picks a three-mode mixture, runs 300 steps, and grades the
+# result: each mode's share of the samples within 0.1 of its weight, and at least 45% of the
+# samples within three standard deviations of their mode. Keep it to a few seconds on a CPU.
+
+# %%
+import math
+
+import torch
+from emd_lib.exercises import check
+from emd_lib.nets import MLPGenerator, MLPScore
+from emd_lib.teachers import NetworkTeacher
+
+
+def distill(teacher, z_eval, steps, seed):
+    ### BEGIN SOLUTION
+    torch.manual_seed(seed)
+    gen = MLPGenerator(2, 64, 2)
+    student = NetworkTeacher(MLPScore(2, 64, 2), teacher.schedule, predicts="eps")
+    opt_g = torch.optim.Adam(gen.parameters(), lr=2e-3, betas=(0.0, 0.999))
+    opt_s = torch.optim.Adam(student.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    B, K, gamma = 256, 4, 0.3
+
+    def draw():
+        lam = -6 + 12 * torch.rand(B)
+        a, s = teacher.schedule.alpha_sigma(lam)
+        return torch.randn(B, 2), torch.randn(B, 2), lam, a[:, None], s[:, None]
+
+    def step(opt, loss):
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    # the start: g(z) regressed onto the teacher's denoiser at lam* = -2 (VP: z_in = z)
+    for _ in range(150):
+        z = torch.randn(B, 2)
+        with torch.no_grad():
+            target = teacher.denoise(z, torch.full((B,), -2.0))
+        step(opt_g, ((gen(z) - target) ** 2).sum(1).mean())
+
+    def student_update():                                              # denoising score matching
+        z, eps, lam, a, s = draw()
+        with torch.no_grad():
+            x = gen(z)
+        step(opt_s, ((student.eps(a * x + s * eps, lam) - eps) ** 2).sum(1).mean())
+
+    for _ in range(100):
+        student_update()
+    for _ in range(steps):
+        student_update()
+        student_update()
+        z, eps, lam, a, s = draw()
+        x = gen(z)
+        with torch.no_grad():                                          # E-step on eps, full cancellation
+            u, eta = eps.clone(), eps.clone()
+            for _ in range(K):
+                sds = student.eps(a * x + s * u, lam) - teacher.eps(a * x + s * u, lam)
+                n = torch.randn_like(u)
+                u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * n
+                eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * n
+            x_target = a * x + s * (u - eta)
+        step(opt_g, (s**2 * (x_target - a * x) ** 2 / (2 * s**2)).sum(1).mean())   # M-step
+    with torch.no_grad():
+        return gen(z_eval)
+    ### END SOLUTION
+
+
+check("6.4", distill)
+
+# %% [markdown]
+# ## Exercise 6.5: what an EMD-$K$ step costs against a Diff-Instruct step
+#
+# Count the work of one generator update in forward-pass equivalents, with a backward pass or a
+# vector-Jacobian product through the generator costing two forwards, and the student-score updates
+# (equal for both methods) left out. Write `cost_ratio(K, move_z)`: the cost of an EMD-$K$ update on
+# the $(\epsilon, z)$ chain ($z$ frozen unless `move_z`) divided by a Diff-Instruct update's. Where does
+# EMD-8 with $z$ moving stand?
+
+# %%
+from emd_lib.exercises import check
+
+
+def cost_ratio(K, move_z):
+    ### BEGIN SOLUTION
+    di = 1 + 1 + 1 + 2                                   # teacher, student, generator forward and backward
+    emd = 2 * K + 1 + 2                                  # K teacher and K student calls, the M-step's g
+    if move_z and K > 0:
+        emd += K + 2 * K                                 # g(z_k) and its VJP at every step
+    return emd / di
+    ### END SOLUTION
+
+
+check("6.5", cost_ratio)
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -780,5 +780,64 @@ def precision(real, fake, k):
 
 check("7.3", precision)
 
+# %% [markdown]
+# ## Exercise 7.4: the E-step on class-conditional images
+#
+# The same chain as in 2D, on images. Write
+# `mstep_eps(generator, teacher, student, z, eps, lam, cond, K, gamma, noises)`: $K$ Langevin steps on
+# $\epsilon$ (shape $(B, C, H, W)$) with $z$ frozen, the class labels `cond` $(B,)$ passed to the
+# generator `generator(z, cond)` and to both scores (`teacher.eps(x_t, lam, cond)`), the injected
+# noise of step $k$ given as `noises[k]`; return the $\epsilon$ the M-step uses with full noise
+# cancellation. The check runs it on small conditional convolutional networks;
+# `emd_lib.langevin` refuses to run inside your answer.
+
+# %%
+import math
+
+import torch
+from emd_lib.exercises import check
+
+
+def mstep_eps(generator, teacher, student, z, eps, lam, cond, K, gamma, noises):
+    ### BEGIN SOLUTION
+    alpha, sigma = teacher.schedule.alpha_sigma(lam)
+    a, s = alpha[:, None, None, None], sigma[:, None, None, None]          # (B, 1, 1, 1)
+    with torch.no_grad():
+        x = generator(z, cond)
+        u, eta = eps.clone(), eps.clone()                                  # full cancellation: eta_0 = eps_0
+        for k in range(K):
+            x_t = a * x + s * u
+            sds = student.eps(x_t, lam, cond) - teacher.eps(x_t, lam, cond)
+            u = u + gamma * (sds - u) + math.sqrt(2 * gamma) * noises[k]
+            eta = (1 - gamma) * eta + math.sqrt(2 * gamma) * noises[k]
+    return u - eta
+    ### END SOLUTION
+
+
+check("7.4", mstep_eps)
+
+# %% [markdown]
+# ## Exercise 7.5: the Fréchet distance of two Gaussians with diagonal covariances
+#
+# Simplify the Fréchet distance of section 3 for two Gaussians whose covariances are diagonal,
+# $C_1 = \mathrm{diag}(v_1)$ and $C_2 = \mathrm{diag}(v_2)$, until no matrix function is left, and
+# write `frechet_diagonal(mu1, var1, mu2, var2)` (vectors of length $d$) returning it as a number.
+# Then read your formula: a generator whose samples have the right mean but half the teacher's
+# spread in every feature, how far is it?
+
+# %%
+import torch
+from emd_lib.exercises import check
+
+
+def frechet_diagonal(mu1, var1, mu2, var2):
+    ### BEGIN SOLUTION
+    # (C1 C2)^(1/2) = diag(sqrt(v1 v2)), so the trace term is sum (s1 - s2)^2 with s = sqrt(v)
+    return float(((mu1 - mu2) ** 2).sum() + ((var1.sqrt() - var2.sqrt()) ** 2).sum())
+    ### END SOLUTION
+
+
+check("7.5", frechet_diagonal)
+
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -536,11 +536,14 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 #   matters: bf16 bodies under autocast, float32 preconditioning, guidance and E-step.
 
 # %% [markdown]
-# ## Exercise 8.1: an EDM network behind the teacher interface
+# ## Exercise 8.1: an EDM network behind a VP caller
 #
-# Write `edm_denoise(net, x_t, lam, labels)`: the teacher's $\hat x_0$ at log-SNR `lam` (shape `(B,)`)
-# for an EDM network `net(x, sigma, class_labels)`, which takes $\sigma$ of shape `(B,)` and the
-# classes as one-hot rows `(B, net.label_dim)`; `labels` are integers. Remember EDM's $\alpha$.
+# Section 1 reads an EDM network at its own noise levels ($\alpha = 1$). A chain written for the VP
+# schedule hands it $x_t = \alpha x + \sigma \epsilon$ with $\alpha^2 = \mathrm{sigmoid}(\lambda)$ instead.
+# Write `vp_denoise(net, x_t, lam, labels)`: the clean-sample estimate $\hat x_0$ of an EDM network
+# `net(x, sigma, class_labels)` (which takes $\sigma$ of shape `(B,)` and one-hot rows
+# `(B, net.label_dim)`) for a VP batch `x_t` at log-SNR `lam` $(B,)$, integer `labels`. Chapter 1's
+# $y = x_t/\alpha$ tells you what the network must see; decide whether its output needs rescaling.
 
 # %%
 import torch
@@ -548,15 +551,17 @@ import torch
 from emd_lib.exercises import check
 
 
-def edm_denoise(net, x_t, lam, labels):
+def vp_denoise(net, x_t, lam, labels):
     ### BEGIN SOLUTION
-    noise_level = torch.exp(-0.5 * lam)                  # alpha = 1 in EDM
+    alpha = torch.sigmoid(lam).sqrt()[:, None, None, None]             # VP: alpha^2 = sigmoid(lam)
+    y = x_t / alpha                                                     # = x + (sigma / alpha) eps: EDM's input
+    noise_level = torch.exp(-0.5 * lam)                                 # sigma / alpha, the same for every schedule
     onehot = torch.nn.functional.one_hot(labels.long(), net.label_dim).to(x_t.dtype)
-    return net(x_t, noise_level, onehot)
+    return net(y, noise_level, onehot)                                  # an estimate of x: no rescaling
     ### END SOLUTION
 
 
-check("8.1", edm_denoise)
+check("8.1", vp_denoise)
 
 # %% [markdown]
 # ## Exercise 8.2: guidance on the teacher
@@ -581,6 +586,29 @@ def guided_eps(unet, x_t, t, text, empty, w):
 
 
 check("8.2", guided_eps)
+
+# %% [markdown]
+# ## Exercise 8.3: the distribution a guided teacher asks the student to learn
+#
+# With guidance the teacher's score is $s_w = s_u + w\,(s_c - s_u)$, and EMD distils the generator
+# toward whatever density has that score. Take 1D Gaussians $p(x \mid c) = \mathcal N(\mu_c, v_c)$ and
+# $p(x) = \mathcal N(\mu_u, v_u)$ (at the clean end) and derive that density. Write
+# `guided_target(mu_c, v_c, mu_u, v_u, w)` returning its `(mean, variance)`. What happens to the
+# variance as $w$ grows when $v_c < v_u$, and what does that predict for a guided student's diversity?
+
+# %%
+from emd_lib.exercises import check
+
+
+def guided_target(mu_c, v_c, mu_u, v_u, w):
+    ### BEGIN SOLUTION
+    # scores -(x - m) / v add up: the guided score is -(x - m_w) / v_w with
+    precision = w / v_c + (1 - w) / v_u
+    return (w * mu_c / v_c + (1 - w) * mu_u / v_u) / precision, 1 / precision
+    ### END SOLUTION
+
+
+check("8.3", guided_target)
 
 # %%
 print(f"chapter run time: {time.perf_counter() - t_start:.0f} s")

@@ -22,7 +22,7 @@ import torch
 from . import randn
 from .schedules import bcast
 
-__all__ = ["sigma_grid", "sample_ode", "sample_sde"]
+__all__ = ["sigma_grid", "sample_ode", "sample_sde", "ddim_step"]
 
 
 def sigma_grid(n_steps: int, s_min: float, s_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -61,6 +61,19 @@ def _denoise(teacher, y, s, cond):
     lam = torch.full((y.shape[0],), -2.0 * math.log(s), dtype=y.dtype, device=y.device)
     alpha, _ = teacher.schedule.alpha_sigma(lam)
     return teacher.denoise(bcast(alpha, y) * y, lam, cond)
+
+
+def ddim_step(teacher, x_t: torch.Tensor, lam: float, lam_next: float, cond=None) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE from log-SNR ``lam`` to ``lam_next``, in ``x_t``:
+
+        x_t' = alpha' D + sigma' (x_t - alpha D) / sigma     (DDIM's deterministic update)
+
+    which is the Euler step ``y' = y + (s' - s)(y - D) / s`` of ``dy/ds`` written back in ``x_t``."""
+    lam_b = torch.full((x_t.shape[0],), float(lam), dtype=x_t.dtype, device=x_t.device)
+    a, s = (bcast(v, x_t) for v in teacher.schedule.alpha_sigma(lam_b))
+    a2, s2 = (bcast(v, x_t) for v in teacher.schedule.alpha_sigma(torch.full_like(lam_b, float(lam_next))))
+    D = teacher.denoise(x_t, lam_b, cond)
+    return a2 * D + s2 * (x_t - a * D) / s
 
 
 @torch.no_grad()

@@ -396,3 +396,37 @@ def test_grading_works_where_the_clone_has_no_chapters(tmp_path, monkeypatch):
     graded = grading.grade(good)
     res = graded.verdicts()
     assert all(ok for ok, _ in res.values()) and len(res) == 3
+
+
+
+def test_student_edition_shows_points_and_minutes(edition):
+    from emd_lib.exercises import registry
+
+    reg = registry()
+    for path in CHAPTERS:
+        text = edition.joinpath(path.name).read_text()
+        for ex_id in re.findall(r"^# ## Exercise (\d+\.\d+):", path.read_text(), re.M):
+            line = student.points_line(ex_id)
+            assert f"{reg[ex_id].minutes} minutes" in line and line in text, ex_id
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_full_edition_grades_full_marks_and_student_edition_none(path, edition):
+    full = grading.grade(path)
+    assert full.passed and full.score == full.max_score > 0, full.verdicts()
+    stub = grading.grade(edition / path.name)
+    assert stub.score == 0 and not any(ok for ok, _ in stub.verdicts().values())
+
+
+def test_instructor_kit_agrees_with_the_registry():
+    from emd_lib.book.instructors import plan_tables
+    from emd_lib.exercises import registry
+
+    text = (ROOT / "docs" / "instructors.md").read_text()
+    assert plan_tables() in text, "regenerate the tables: python -m emd_lib.book.instructors"
+    total = sum(ex.minutes for ex in registry().values())
+    assert f"| **total** | | **{total}** |" in text          # the one-term course assigns every exercise
+    assert "instructors.md" in (ROOT / "docs" / "teaching.md").read_text()
+    for needle in ("arXiv:2405.16852", "Diff-Instruct", "ProlificDreamer", "Distribution Matching", "Elucidating",
+                   "rubric", "Notation", "misconceptions"):
+        assert needle.lower() in text.lower(), needle

@@ -27,7 +27,7 @@ FAST = dict(timeout=5, memory_mb=2048)      # short limits: every failure case s
 # wrong answers, as edits of the reference solutions
 WRONG = {
     "1.1": ("return -2.0 * torch.log(torch.tan(math.pi * t / 2))", "return -1.0 * torch.log(torch.tan(math.pi * t / 2))"),
-    "1.3": ("return y + (s_next - s) * slope", "return y - (s_next - s) * slope"),
+    "1.3": ("return alpha2 * D + sigma2 * (x_t - alpha * D) / sigma", "return alpha2 * D - sigma2 * (x_t - alpha * D) / sigma"),
     "3.2": ("return alpha / sigma**2 * (x_t - alpha * mu @ A.T - alpha * b)",
             "return -alpha / sigma**2 * (x_t - alpha * mu @ A.T - alpha * b)"),
 }
@@ -66,7 +66,7 @@ def submission(folder: Path, chapter: Path, name: str | None = None, prepend: di
 def test_the_reference_passes_in_isolation(tmp_path):
     g = grading.grade(submission(tmp_path, CH1), **FAST)
     assert g.passed and [r.id for r in g.results.values()] == ["1.1", "1.2", "1.3"], g.verdicts()
-    assert g.score == g.max_score == 3
+    assert g.score == g.max_score == sum(registry()[k].points for k in ("1.1", "1.2", "1.3"))
     assert all(r.seconds > 0 for r in g.results.values())
 
 
@@ -180,7 +180,7 @@ def test_tampering_in_one_cell_does_not_reach_another(tmp_path):
     # the cell of 1.1 (right) rewrites the checks of 1.2 and 1.3; the cell of 1.3 holds a wrong answer
     tamper = ("import emd_lib.exercises.ch01 as C\n"
               "C.check_mixture_score.__code__ = (lambda fn: None).__code__\n"
-              "C.check_euler_step.__code__ = (lambda fn: None).__code__")
+              "C.check_ddim_step.__code__ = (lambda fn: None).__code__")
     ok = grading.grade(submission(tmp_path, CH1, prepend={"1.1": tamper}, wrong=("1.3",)), **FAST).verdicts()
     assert ok["1.1"][0] and ok["1.2"][0] and ok["1.3"][0] is False, ok
 
@@ -201,6 +201,21 @@ def test_every_wrong_answer_of_the_registry_fails_from_its_sent_back_values():
             assert not passed and msg.startswith(f"Exercise {ex_id}"), (ex_id, wrong.__name__)
             n += 1
     assert n >= 2 * len(registry())
+
+
+def test_every_library_route_fails_from_its_sent_back_values():
+    """An answer that calls the library's own implementation, recorded as a cell's process records it
+    and sent through JSON, fails in the grader's process too, with the message that says why."""
+    from emd_lib.exercises import ExerciseFailed, judge
+    from emd_lib.exercises.record import recorder
+    from emd_lib.exercises.refuse import MESSAGE
+
+    for ex_id, ex in sorted(registry().items()):
+        rec = {"id": ex_id, "calls": []}
+        with pytest.raises(ExerciseFailed, match=MESSAGE):
+            judge(ex_id, recorder(ex.route, rec["calls"]))
+        passed, msg = grading.judge_record(ex_id, json.loads(json.dumps(rec)))
+        assert not passed and MESSAGE in msg, (ex_id, msg)
 
 
 # ---- the command: a folder into one table, the JSON and Gradescope reports ----------------------------
@@ -231,26 +246,29 @@ def test_a_folder_of_submissions_within_the_time_bound(tmp_path):
                         ("alice/01_diffusion_2d.py", "1.3"): False, ("bob/03_em_derivation.ipynb", "3.1"): False,
                         ("bob/03_em_derivation.ipynb", "3.2"): False, ("bob/03_em_derivation.ipynb", "3.3"): True}
     alice = files["alice/01_diffusion_2d.py"]
-    assert alice["score"] == 1 and alice["max_score"] == 3
+    pts = {k: registry()[k].points for k in ("1.1", "1.2", "1.3", "3.1", "3.2", "3.3")}
+    assert alice["score"] == pts["1.2"] and alice["max_score"] == pts["1.1"] + pts["1.2"] + pts["1.3"]
     e11 = alice["exercises"][0]
     assert e11["message"] == f"timed out after {timeout} s" and set(e11) >= {
         "id", "passed", "score", "max_score", "message", "seconds"}
     assert timeout <= e11["seconds"] < timeout + 10
 
     gs = json.loads((tmp_path / "results.json").read_text())
-    assert gs["score"] == 2 and len(gs["tests"]) == 6
+    assert gs["score"] == pts["1.2"] + pts["3.3"] and len(gs["tests"]) == 6
     for t in gs["tests"]:
-        assert set(t) >= {"name", "score", "max_score", "output"} and t["max_score"] == 1
-    assert sum(t["max_score"] for t in gs["tests"]) == 6
+        assert set(t) >= {"name", "score", "max_score", "output"} and t["max_score"] == pts[t["number"]]
+    assert sum(t["max_score"] for t in gs["tests"]) == sum(pts.values())
 
 
 def test_weights_come_from_the_registry(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry()["1.2"], "weight", 2)
+    reg = registry()
+    monkeypatch.setattr(reg["1.2"], "weight", 7)
     g = grading.grade(submission(tmp_path, CH1, wrong=("1.1",)), **FAST)
-    assert (g.score, g.max_score) == (3, 4)
+    p1, p3 = reg["1.1"].points, reg["1.3"].points
+    assert (g.score, g.max_score) == (7 + p3, p1 + 7 + p3)
     report = grading.to_gradescope([g], 1.0)
-    assert [(t["score"], t["max_score"]) for t in report["tests"]] == [(0, 1), (2, 2), (1, 1)]
-    assert grading.to_json([g], 5)["files"][0]["exercises"][1]["max_score"] == 2
+    assert [(t["score"], t["max_score"]) for t in report["tests"]] == [(0, p1), (7, 7), (p3, p3)]
+    assert grading.to_json([g], 5)["files"][0]["exercises"][1]["max_score"] == 7
 
 
 @pytest.mark.skipif(not LINUX, reason="reads the cell's state from /proc")
@@ -294,7 +312,8 @@ def test_the_command_and_its_older_name(tmp_path, capsys):
     good = submission(tmp_path, CH1, name="01_good.py")
     assert student.main(["--grade", str(good), "--timeout", "30", "--json", str(tmp_path / "g.json")]) == 0
     report = json.loads((tmp_path / "g.json").read_text())
-    assert report["files"][0]["score"] == 3 and report["timeout_s"] == 30
+    assert report["files"][0]["score"] == sum(registry()[k].points for k in ("1.1", "1.2", "1.3"))
+    assert report["timeout_s"] == 30
 
 
 def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
@@ -315,3 +334,27 @@ def test_every_chapter_reference_passes_in_the_grader(capsys):
         assert g.passed, (g.name, g.verdicts())
     assert {k for g in grades for k in g.results} == set(registry())
     assert "score" in capsys.readouterr().out.splitlines()[-len(chapters) - 1]
+
+
+def test_an_answer_that_calls_the_library_fails_in_the_grader(tmp_path):
+    """Exercise 1.2 answered with the library's own exact teacher: the grader fails it, and says why."""
+    text = CH1.read_text()
+    head = "def mixture_score(x_t, lam, weights, means, stds):\n    ### BEGIN SOLUTION\n"
+    assert text.count(head) == 1
+    text = text.replace(head, head + "    from emd_lib.teachers import GaussianMixture\n"
+                        "    return GaussianMixture(weights, means, stds).score(x_t, torch.full((x_t.shape[0],), float(lam)))\n")
+    path = tmp_path / CH1.name
+    path.write_text(text)
+    ok = grading.grade(path, **FAST).verdicts()
+    assert ok["1.2"][0] is False and "write it yourself" in ok["1.2"][1], ok["1.2"]
+    assert ok["1.1"][0] and ok["1.3"][0], ok
+
+
+def test_grading_reports_points(tmp_path, capsys):
+    path = submission(tmp_path, CH1, wrong=("1.3",))
+    assert grading.main([str(path), "--timeout", "30"]) == 1
+    out = capsys.readouterr().out
+    reg = registry()
+    got = reg["1.1"].points + reg["1.2"].points
+    assert f"score {got:g}/{got + reg['1.3'].points:g} points" in out
+    assert f"1.3: FAIL 0/{reg['1.3'].points:g} points" in out

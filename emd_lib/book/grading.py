@@ -571,12 +571,12 @@ def print_grades(g: Grades, out=None) -> None:
         print(f"{g.name}: {g.error}", file=out)
         return
     for ex_id, r in g.results.items():
-        print(f"{g.name}  {ex_id}: {'PASS' if r.passed else 'FAIL'}" + ("" if r.passed else f"  {r.message}"),
-              file=out)
+        print(f"{g.name}  {ex_id}: {'PASS' if r.passed else 'FAIL'} {_fmt(r.score)}/{_fmt(r.max_score)} points"
+              + ("" if r.passed else f"  {r.message}"), file=out)
     for note in g.notes:
         print(f"{g.name}  note: {note}", file=out)
     n_pass = sum(r.passed for r in g.results.values())
-    print(f"{g.name}: {n_pass}/{len(g.results)} exercises pass, score {_fmt(g.score)}/{_fmt(g.max_score)}",
+    print(f"{g.name}: {n_pass}/{len(g.results)} exercises pass, score {_fmt(g.score)}/{_fmt(g.max_score)} points",
           file=out)
 
 

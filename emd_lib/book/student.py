@@ -5,8 +5,8 @@
 
 Lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (markers included) become
 ``raise NotImplementedError(...)`` at the marker's indentation, so each exercise's check
-fails until the student writes an answer, and a note under each exercise heading says that
-the exercise's cell is graded on its own. The edition goes to ``_build/``, never into git:
+fails until the student writes an answer; under each exercise heading a line gives its points
+and minutes (from the registry), and a note says that the exercise's cell is graded on its own. The edition goes to ``_build/``, never into git:
 the ``.py`` files open as notebooks in ``make lab``, the ``.ipynb`` files (with the install
 cell of :mod:`emd_lib.book.notebooks`, which clones ``--repo`` and removes the clone's
 ``chapters/``) in Colab.
@@ -63,12 +63,28 @@ NOTE = ("> **Graded on its own:** the grader runs this exercise's code cell by i
         "cells included), and keep its `check(...)` call there.")
 
 
+def points_line(ex_id: str) -> str:
+    """What an exercise is worth and how long it takes, from the registry (a line under its heading)."""
+    from ..exercises import registry
+
+    ex = registry().get(ex_id)
+    if ex is None:
+        return ""
+    pts = f"{ex.points:g} point{'s' if ex.points != 1 else ''}"
+    return f"> **{pts}, about {ex.minutes} minutes.**"
+
+
 def add_grading_notes(text: str) -> str:
-    """A chapter's py:percent source with :data:`NOTE` under every ``## Exercise N.k`` heading."""
+    """A chapter's py:percent source with the exercise's points and minutes and :data:`NOTE` under
+    every ``## Exercise N.k`` heading."""
     out = []
     for line in text.splitlines(keepends=True):
         out.append(line)
-        if line.startswith("# ") and EXERCISE_HEADING.match(line):
+        m = EXERCISE_HEADING.match(line) if line.startswith("# ") else None
+        if m:
+            pts = points_line(m.group(1))
+            if pts:
+                out.append("#\n# " + pts + "\n")
             out.append("#\n# " + NOTE + "\n")
     return "".join(out)
 

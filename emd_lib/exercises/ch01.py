@@ -24,7 +24,16 @@ def _wrong_cosine_sign(t):
     return 2 * torch.log(torch.tan(math.pi * torch.as_tensor(t) / 2))    # sign flipped: noise grows with lam
 
 
-@register("1.1", title="the log-SNR of the cosine schedule", wrong=[_wrong_cosine_no_two, _wrong_cosine_sign])
+def _route_cosine(t):                                                  # the library's inverse of alpha_sigma
+    from emd_lib.schedules import VP as _VP
+
+    t = torch.as_tensor(t)
+    return _VP.lam(torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2))
+
+
+@register("1.1", title="the log-SNR of the cosine schedule", wrong=[_wrong_cosine_no_two, _wrong_cosine_sign],
+          points=1, minutes=5, kind="derivation", route=_route_cosine,
+          forbid=["emd_lib.schedules:Schedule.lam", "emd_lib.schedules:lam_from_sigma"])
 def check_cosine_lam(fn):
     t = torch.linspace(0.02, 0.98, 49)
     lam = torch.as_tensor(fn(t.clone()), dtype=torch.float64)
@@ -61,7 +70,19 @@ def _wrong_score_sign(x_t, lam, weights, means, stds):
     return (r[..., None] * diff / var[None, :, None]).sum(1)    # sign error: points away from the modes
 
 
-@register("1.2", title="the score of a noisy Gaussian mixture", wrong=[_wrong_score_no_alpha, _wrong_score_sign])
+def _route_score(x_t, lam, weights, means, stds):                      # the exact teacher of the library
+    from emd_lib.teachers import GaussianMixture as _GM
+
+    mix = _GM(weights, means, stds)
+    return mix.score(x_t, torch.full((x_t.shape[0],), float(lam)))
+
+
+_MIXTURE_METHODS = [f"emd_lib.teachers:GaussianMixture.{m}"
+                    for m in ("score", "eps", "denoise", "log_prob", "responsibilities", "_components")]
+
+
+@register("1.2", title="the score of a noisy Gaussian mixture", wrong=[_wrong_score_no_alpha, _wrong_score_sign],
+          points=2, minutes=20, kind="method", route=_route_score, forbid=_MIXTURE_METHODS)
 def check_mixture_score(fn):
     g = torch.Generator().manual_seed(1)
     for K, d, lam in ((1, 1, 0.5), (3, 2, -1.0), (4, 2, 2.0), (2, 3, 0.0)):
@@ -83,33 +104,67 @@ def check_mixture_score(fn):
                                  "becomes N(alpha mu_k, (alpha^2 std_k^2 + sigma^2) I)")
 
 
-# ---- 1.3: one Euler step of the probability-flow ODE --------------------------------------------
-def _wrong_euler_sign(denoise, y, s, s_next):
-    return y - (s_next - s) * (y - denoise(y, s)) / s
+# ---- 1.3: one Euler step of the probability-flow ODE, written in x_t (DDIM) ----------------------
+def _ab(lam):
+    return math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))      # VP: (alpha, sigma)
 
 
-def _wrong_euler_no_div(denoise, y, s, s_next):
-    return y + (s_next - s) * (y - denoise(y, s))
+def _ddim_ref(denoise, x_t, lam, lam_next):
+    """The Euler step of dy/ds = (y - D) / s in y = x_t / alpha, s = sigma / alpha, mapped back to x_t."""
+    (a, s_), (a2, s2_) = _ab(lam), _ab(lam_next)
+    y, s, s_next = x_t / a, s_ / a, s2_ / a2
+    D = denoise(x_t, lam)
+    return a2 * (y + (s_next - s) * (y - D) / s)
 
 
-@register("1.3", title="one Euler step of the PF ODE", wrong=[_wrong_euler_sign, _wrong_euler_no_div])
-def check_euler_step(fn):
+def _wrong_ddim_y_formula(denoise, x_t, lam, lam_next):      # the y-step applied to x_t without the scalings
+    (a, s), (a2, s2) = _ab(lam), _ab(lam_next)
+    D = denoise(x_t, lam)
+    return D + (s2 / s) * (x_t - D)
+
+
+def _wrong_ddim_no_alpha(denoise, x_t, lam, lam_next):       # forgets alpha on the denoised part
+    (a, s), (a2, s2) = _ab(lam), _ab(lam_next)
+    D = denoise(x_t, lam)
+    return D + s2 * (x_t - a * D) / s
+
+
+def _wrong_ddim_swapped(denoise, x_t, lam, lam_next):        # alpha' and sigma' swapped
+    (a, s), (a2, s2) = _ab(lam), _ab(lam_next)
+    D = denoise(x_t, lam)
+    return s2 * D + a2 * (x_t - a * D) / s
+
+
+def _route_ddim(denoise, x_t, lam, lam_next):
+    from types import SimpleNamespace
+
+    from emd_lib.sampling import ddim_step
+
+    teacher = SimpleNamespace(schedule=VP, denoise=lambda x, l, c=None: denoise(x, float(l[0])))
+    return ddim_step(teacher, x_t, lam, lam_next)
+
+
+@register("1.3", title="one Euler step of the PF ODE, in x_t (DDIM)",
+          wrong=[_wrong_ddim_y_formula, _wrong_ddim_no_alpha, _wrong_ddim_swapped],
+          points=2, minutes=15, kind="method", route=_route_ddim,
+          forbid=["emd_lib.sampling:ddim_step", "emd_lib.sampling:sample_ode", "emd_lib.sampling:sample_sde"])
+def check_ddim_step(fn):
     from ..mixtures import ring8
-    from ..sampling import _denoise
 
     mix = ring8()
 
-    def denoise(y, s):  # D at y = x_t / alpha and s = sigma / alpha
-        return _denoise(mix, y, float(s), None)
+    def denoise(x_t, lam):   # the exact teacher's D(x_t, lam) at a scalar log-SNR
+        return mix.denoise(x_t, torch.full((x_t.shape[0],), float(lam)))
 
     g = torch.Generator().manual_seed(3)
-    for s, s_next in ((5.0, 3.0), (1.0, 0.6), (0.3, 0.1)):
-        y = torch.randn(128, 2, generator=g) * math.sqrt(2 + s**2)
-        # dy/ds = (y - D(y, s)) / s, one Euler step from s to s_next
-        ref = y + (s_next - s) * (y - denoise(y, s)) / s
-        out = torch.as_tensor(fn(denoise, y.clone(), s, s_next))
-        if out.shape != y.shape:
-            raise ExerciseFailed(f"return the new y with shape {tuple(y.shape)}")
+    for lam, lam_next in ((-4.0, -1.5), (0.0, 1.0), (2.5, 5.0)):
+        a, s = _ab(lam)
+        x_t = a * mix.sample(128, generator=g) + s * torch.randn(128, 2, generator=g)
+        ref = _ddim_ref(denoise, x_t, lam, lam_next)
+        out = torch.as_tensor(fn(denoise, x_t.clone(), lam, lam_next))
+        if out.shape != x_t.shape:
+            raise ExerciseFailed(f"return the new x_t with shape {tuple(x_t.shape)}")
         if not _close(out, ref, atol=1e-4, rtol=1e-4):
-            raise ExerciseFailed(f"wrong step from s={s} to s={s_next}; the slope is (y - D(y, s)) / s and the "
-                                 "step is (s_next - s) (negative: s decreases)")
+            raise ExerciseFailed(f"wrong step from lam={lam} to lam={lam_next}. Write y = x_t / alpha and "
+                                 "s = sigma / alpha, take the Euler step of dy/ds = (y - D) / s, and map back "
+                                 "with x_t' = alpha' y' (alpha, sigma and alpha', sigma' of the VP schedule)")

@@ -6,7 +6,7 @@ import functools
 import torch
 
 from . import ExerciseFailed, expect_close, register
-from ..em import LinearGenerator, latent_posterior, marginal_log_prob
+from ..em import LinearGenerator, exact_em_step, latent_posterior, marginal_log_prob, rho_moments
 
 
 def _case(seed=0, n=6):
@@ -20,39 +20,76 @@ def _case(seed=0, n=6):
 _close = functools.partial(expect_close, relative=False)     # absolute tolerances here
 
 
-# ---- 3.1 the latent posterior -------------------------------------------------------------------
+# ---- 3.1 the EM bound's gap ---------------------------------------------------------------------
 
-def _posterior_wrong_alpha(A, b, x_t, alpha, sigma):          # forgets alpha in the precision
-    cov = torch.linalg.inv(torch.eye(2, dtype=A.dtype) + A.T @ A / sigma**2)
-    return (x_t - alpha * b) @ (alpha / sigma**2 * cov @ A.T).T, cov
-
-
-def _posterior_prior(A, b, x_t, alpha, sigma):                 # returns the prior
-    return torch.zeros_like(x_t), torch.eye(2, dtype=A.dtype)
+def _post(A, b, x_t, alpha, sigma):
+    eye = torch.eye(A.shape[1], dtype=torch.float64)
+    S = torch.linalg.inv(eye + alpha**2 / sigma**2 * A.T @ A)
+    return (x_t - alpha * b) @ (alpha / sigma**2 * S @ A.T).T, S
 
 
-def _posterior_no_offset(A, b, x_t, alpha, sigma):             # forgets to subtract alpha b
-    cov = torch.linalg.inv(torch.eye(2, dtype=A.dtype) + alpha**2 / sigma**2 * A.T @ A)
-    return x_t @ (alpha / sigma**2 * cov @ A.T).T, cov
+def _kl(m0, S0, m1, S1):
+    """KL(N(m0_i, S0) || N(m1_i, S1)) row by row, (n,)."""
+    P1 = torch.linalg.inv(S1)
+    dm = m1 - m0
+    return 0.5 * (torch.trace(P1 @ S0) + ((dm @ P1) * dm).sum(1) - S0.shape[0]
+                  + torch.logdet(S1) - torch.logdet(S0))
 
 
-@register("3.1", title="the latent posterior q(z | x_t)",
-          wrong=[_posterior_wrong_alpha, _posterior_prior, _posterior_no_offset])
-def _check_3_1(posterior):
+def _gap_ref(A, b, x_t, alpha, sigma, m, S):
+    mu, Sz = _post(A, b, x_t, alpha, sigma)
+    return _kl(m, S, mu, Sz)
+
+
+def _gap_reversed(A, b, x_t, alpha, sigma, m, S):              # KL the wrong way round
+    mu, Sz = _post(A, b, x_t, alpha, sigma)
+    return _kl(mu, Sz, m, S)
+
+
+def _gap_prior(A, b, x_t, alpha, sigma, m, S):                 # measures the distance to the prior
+    return _kl(m, S, torch.zeros_like(m), torch.eye(2, dtype=m.dtype))
+
+
+def _gap_no_logdet(A, b, x_t, alpha, sigma, m, S):             # forgets the entropy of the bound's q
+    mu, Sz = _post(A, b, x_t, alpha, sigma)
+    P = torch.linalg.inv(Sz)
+    dm = mu - m
+    return 0.5 * (torch.trace(P @ S) + ((dm @ P) * dm).sum(1) - 2)
+
+
+def _route_gap(A, b, x_t, alpha, sigma, m, S):
+    from emd_lib.em import gaussian_kl, latent_posterior
+
+    mu, Sz = latent_posterior(A, b, x_t, alpha, sigma)
+    return torch.tensor([gaussian_kl(m[i], S, mu[i], Sz) for i in range(len(m))])
+
+
+_POSTERIOR = ["emd_lib.em:latent_posterior", "emd_lib.em:marginal_log_prob", "emd_lib.em:gaussian_kl",
+              "emd_lib.em:fisher_grad", "emd_lib.em:rho_moments", "emd_lib.em:exact_em_step",
+              "emd_lib.em:frozen_z_moments", "emd_lib.em:exact_em"]
+
+
+@register("3.1", title="the gap of the EM bound at a given q(z)",
+          wrong=[_gap_reversed, _gap_prior, _gap_no_logdet],
+          points=2, minutes=25, kind="derivation", route=_route_gap, forbid=_POSTERIOR)
+def _check_3_1(bound_gap):
     for seed, (alpha, sigma) in enumerate([(0.8, 0.6), (0.3, 0.95), (0.99, 0.14)]):
         A, b, x_t = _case(seed)
-        mean, cov = posterior(A, b, x_t, alpha, sigma)
-        want_mean, want_cov = latent_posterior(A, b, x_t, alpha, sigma)
+        g = torch.Generator().manual_seed(100 + seed)
+        m = torch.randn(len(x_t), 2, generator=g, dtype=torch.float64)
+        L = torch.randn(2, 2, generator=g, dtype=torch.float64) * 0.5
+        S = L @ L.T + 0.2 * torch.eye(2, dtype=torch.float64)
+        got = bound_gap(A, b, x_t, alpha, sigma, m, S)
         try:
-            _close("the covariance", cov, want_cov)
+            _close("the gap", got, _gap_ref(A, b, x_t, alpha, sigma, m, S), tol=1e-6)
         except ExerciseFailed as e:
-            raise ExerciseFailed(f"{e} at alpha={alpha}, sigma={sigma}: the posterior precision is "
-                                 "I + (alpha^2 / sigma^2) A^T A") from None
-        try:
-            _close("the mean", mean, want_mean)
-        except ExerciseFailed as e:
-            raise ExerciseFailed(f"{e} at alpha={alpha}, sigma={sigma}: the mean is "
-                                 "cov A^T (alpha / sigma^2) (x_t - alpha b)") from None
+            raise ExerciseFailed(f"{e} at alpha={alpha}, sigma={sigma}. log q_t(x_t) minus the bound "
+                                 "E_q[log N(x_t; alpha g(z), sigma^2 I) + log N(z) - log q(z)] is a KL divergence "
+                                 "between two Gaussians over z: which two, and in which order?") from None
+        # at the posterior itself the bound is tight
+        mu, Sz = _post(A, b, x_t, alpha, sigma)
+        _close("the gap at q(z) = q(z | x_t)", bound_gap(A, b, x_t, alpha, sigma, mu, Sz), torch.zeros(len(x_t)),
+               tol=1e-6)
 
 
 # ---- 3.2 Fisher's identity for b ----------------------------------------------------------------
@@ -71,8 +108,16 @@ def _grad_b_no_alpha(A, b, x_t, alpha, sigma):                # drops the outer 
     return (x_t - alpha * mu @ A.T - alpha * b) / sigma**2
 
 
+def _route_grad_b(A, b, x_t, alpha, sigma):
+    from emd_lib.em import fisher_grad
+
+    return fisher_grad(A, b, x_t, alpha, sigma)[1]
+
+
 @register("3.2", title="Fisher's identity for the offset b",
-          wrong=[_grad_b_prior_mean, _grad_b_sign, _grad_b_no_alpha])
+          wrong=[_grad_b_prior_mean, _grad_b_sign, _grad_b_no_alpha],
+          points=2, minutes=20, kind="method", route=_route_grad_b,
+          forbid=[f for f in _POSTERIOR if f != "emd_lib.em:latent_posterior"])   # the posterior is given
 def _check_3_2(grad_b):
     for seed, (alpha, sigma) in enumerate([(0.8, 0.6), (0.5, 0.87)]):
         A, b, x_t = _case(seed + 10)
@@ -90,31 +135,61 @@ def _check_3_2(grad_b):
                                  "(alpha / sigma^2)(x_t - alpha (A z + b)) over z ~ q(z | x_t)") from None
 
 
-# ---- 3.3 the M-step ------------------------------------------------------------------------------
+# ---- 3.3 one exact EM step --------------------------------------------------------------------------
 
-def _m_step_no_alpha(x_t, z, alpha):                          # regresses x_t, not x_t / alpha
-    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
-    W = torch.linalg.lstsq(design, x_t).solution.T
-    return W[:, :-1], W[:, -1]
+def _em_step_ref(A, b, m, C, alpha, sigma):
+    return exact_em_step(A, b, m, C, alpha, sigma)
 
 
-def _m_step_no_intercept(x_t, z, alpha):                      # forgets the offset
-    W = torch.linalg.lstsq(z, x_t / alpha).solution.T
-    return W, torch.zeros(x_t.shape[1], dtype=x_t.dtype)
+def _em_no_posterior_cov(A, b, m, C, alpha, sigma):              # E[z z^T] without the posterior's own spread
+    mean, cov = rho_moments(A, b, m, C, alpha, sigma)
+    d = len(b)
+    M = cov[d:, :d] @ torch.linalg.inv(cov[:d, :d])
+    cov = cov.clone()
+    cov[d:, d:] = M @ cov[:d, :d] @ M.T
+    return _ls(mean, cov, d, alpha)
 
 
-@register("3.3", title="the M-step as least squares", wrong=[_m_step_no_alpha, _m_step_no_intercept])
-def _check_3_3(m_step):
-    g = torch.Generator().manual_seed(3)
-    A = torch.tensor([[0.9, 0.1], [-0.4, 0.6]], dtype=torch.float64)
-    b = torch.tensor([1.0, -0.7], dtype=torch.float64)
-    alpha, sigma = 0.7, 0.71
-    z = torch.randn(500, 2, generator=g, dtype=torch.float64)
-    x_t = alpha * (z @ A.T + b) + sigma * torch.randn(500, 2, generator=g, dtype=torch.float64)
-    design = torch.cat([z, torch.ones(500, 1, dtype=z.dtype)], 1)
-    W = torch.linalg.lstsq(design, x_t / alpha).solution.T
-    out = m_step(x_t, z, alpha)
-    if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise ExerciseFailed("return a pair (A, b)")
-    _close("b", out[1], W[:, -1], tol=1e-6)
-    _close("A", out[0], W[:, :-1], tol=1e-6)
+def _em_no_alpha(A, b, m, C, alpha, sigma):                      # regresses x_t, not x_t / alpha
+    A2, b2 = exact_em_step(A, b, m, C, alpha, sigma)
+    return alpha * A2, alpha * b2
+
+
+def _em_prior(A, b, m, C, alpha, sigma):                         # z from the prior, independent of x_t
+    return torch.zeros(2, 2, dtype=torch.float64), torch.as_tensor(m, dtype=torch.float64)
+
+
+def _ls(mean, cov, d, alpha):
+    second = cov + torch.outer(mean, mean)
+    Exz, Ezz, Ex, Ez = second[:d, d:], second[d:, d:], mean[:d], mean[d:]
+    G = torch.cat([torch.cat([Ezz, Ez[:, None]], 1), torch.cat([Ez[None], torch.ones(1, 1, dtype=Ez.dtype)], 1)], 0)
+    W = torch.cat([Exz, Ex[:, None]], 1) / alpha @ torch.linalg.inv(G)
+    return W[:, :d], W[:, d]
+
+
+def _route_em_step(A, b, m, C, alpha, sigma):
+    from emd_lib.em import exact_em_step
+
+    return exact_em_step(A, b, m, C, alpha, sigma)
+
+
+@register("3.3", title="one exact EM step for the linear generator",
+          wrong=[_em_no_posterior_cov, _em_no_alpha, _em_prior],
+          points=3, minutes=30, kind="method", route=_route_em_step, forbid=_POSTERIOR)
+def _check_3_3(em_step):
+    m = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    C = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
+    for seed, (alpha, sigma) in enumerate([(0.8, 0.6), (0.5, 0.87), (0.95, 0.31)]):
+        A, b, _ = _case(seed + 20)
+        want_A, want_b = _em_step_ref(A, b, m, C, alpha, sigma)
+        out = em_step(A.clone(), b.clone(), m.clone(), C.clone(), alpha, sigma)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ExerciseFailed("return a pair (A_new, b_new)")
+        try:
+            _close("b_new", out[1], want_b, tol=1e-6)
+            _close("A_new", out[0], want_A, tol=1e-6)
+        except ExerciseFailed as e:
+            raise ExerciseFailed(f"{e} at alpha={alpha}, sigma={sigma}. Under rho, x_t ~ p_t = N(alpha m, alpha^2 C + "
+                                 "sigma^2 I) and z | x_t is the posterior of section 3; the M-step is the least "
+                                 "squares of x_t / alpha on [z, 1], which needs only E[z], E[z z^T], E[x_t] and "
+                                 "E[x_t z^T] under rho") from None

@@ -14,8 +14,9 @@ only data travels, as JSON (never pickle, which would run code on loading):
 A submission can send anything it likes; it is only ever read as the values its function
 returned, so the only data that passes a check is a right answer to the grader's inputs.
 
-A scalar that depends on tensors the check passed in with ``requires_grad`` (a loss the check
-differentiates) also carries its gradient with respect to them; the replayed scalar is its value
+A scalar that depends on tensors the check passed in with ``requires_grad``, or on the weights of a
+network the check passed in (a loss the check differentiates), also carries its gradient with
+respect to them; the replayed scalar is its value
 plus the first-order term in those inputs, so the check's ``autograd.grad`` gives the student's
 gradient. A non-scalar output comes back without its graph.
 """
@@ -97,7 +98,8 @@ def encode(value, budget: _Budget | None = None, depth: int = 0):
 
 
 def _grad_inputs(args, kwargs) -> list:
-    """The tensors among a call's arguments that require a gradient, in a fixed order."""
+    """The tensors among a call's arguments that require a gradient (a network's trainable weights
+    among them), in a fixed order."""
     import torch
 
     found = []
@@ -105,7 +107,9 @@ def _grad_inputs(args, kwargs) -> list:
     def walk(v, depth=0):
         if depth > MAX_DEPTH:
             return
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, torch.nn.Module):        # a network the check passed in: its trainable weights
+            found.extend(p for p in v.parameters() if p.requires_grad)
+        elif isinstance(v, torch.Tensor):
             if v.requires_grad:
                 found.append(v)
         elif isinstance(v, (tuple, list)):

@@ -778,10 +778,10 @@ ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
 # %% [markdown]
 # ## Exercise 2.1: the forward-KL fit of a mixture by an isotropic Gaussian
 #
-# Section 2.2 fits a Gaussian with a full covariance. Restrict the fit to $q = \mathcal N(m, s^2 I)$
-# in $d$ dimensions and derive the $m$ and $s^2$ that minimise $\mathrm{KL}(p\|q)$ for the isotropic
-# mixture $p = \sum_k w_k \mathcal N(\mu_k, s_k^2 I)$. Write `isotropic_fit(weights, means, stds)`
-# (shapes $(K,)$, $(K, d)$, $(K,)$) returning `(mean, variance)`: the mean $(d,)$ and the number $s^2$.
+# Section 2.2 fits a Gaussian with a full covariance. Restrict the fit to $q = \mathcal N(m, v I)$
+# in $d$ dimensions and derive the $m$ and $v$ that minimise $\mathrm{KL}(p\|q)$ for the isotropic
+# mixture $p = \sum_k w_k \mathcal N(\mu_k, \omega_k^2 I)$. Write `isotropic_fit(weights, means, stds)`
+# (shapes $(K,)$, $(K, d)$, $(K,)$) returning `(mean, variance)`: the mean $(d,)$ and the number $v$.
 
 # %%
 from emd_lib.exercises import check
@@ -803,7 +803,7 @@ check("2.1", isotropic_fit)
 # ## Exercise 2.2: a Monte-Carlo reverse KL
 #
 # Write `reverse_kl(q_mean, q_std, log_p, n, generator)`: an estimate of
-# $\mathrm{KL}(\mathcal N(m, s^2)\,\|\,p)$ in 1D from `n` samples of $q$ drawn with
+# $\mathrm{KL}(\mathcal N(m, b^2)\,\|\,p)$ in 1D from `n` samples of $q$ drawn with
 # `generator`, where `log_p(x)` returns $\log p(x)$ for a tensor `x`. Return a float.
 
 # %%
@@ -829,7 +829,7 @@ check("2.2", reverse_kl)
 #
 # Diff-Instruct descends the reverse KL with the gradient
 # $-\mathbb E\big[w(\lambda)\, \alpha\, ds(x_t)^\top \partial g_\theta(z)/\partial\theta\big]$, where
-# $ds = \nabla\log p_t - \nabla\log q_\theta^t$ is evaluated at $x_t = \alpha g(z) + \sigma\epsilon$ and
+# $ds = \nabla\log p_\lambda - \nabla\log q_\theta^\lambda$ is evaluated at $x_t = \alpha g(z) + \sigma\epsilon$ and
 # held fixed. Write `di_loss(generator, teacher, student, z, eps, lam)`: a scalar whose gradient
 # with respect to the generator's weights is that one (mean over the batch, $w = \sigma^2$). The
 # teacher and the student score are eps-predictors (`teacher.eps(x_t, lam)`,
@@ -860,7 +860,7 @@ check("2.3", di_loss)
 # %% [markdown]
 # ## Exercise 2.4: the student score's denoising score-matching loss
 #
-# Diff-Instruct and EMD both need $s_\psi \approx \nabla \log q_\theta^t$, the score of the
+# Diff-Instruct and EMD both need $s_\psi \approx \nabla \log q_\theta^\lambda$, the score of the
 # generator's own noisy samples, learned the way a diffusion model is. Write
 # `dsm_loss(student, generator, z, eps, lam)`: the denoising score-matching loss of an
 # eps-predicting student score on the generator's samples, the mean over the batch of the squared
@@ -888,10 +888,10 @@ check("2.4", dsm_loss)
 # ## Exercise 2.5: an experiment, the light mode's basin under Diff-Instruct
 #
 # Take the 1D target $0.8\,\mathcal N(-1, 0.3^2) + 0.2\,\mathcal N(3, 0.3^2)$ and a Gaussian generator
-# $x = m + s z$, whose noisy marginal $q^t = \mathcal N(\alpha m, \alpha^2 s^2 + \sigma^2)$ is known: an
+# $x = m + b z$, whose noisy marginal $q_\theta^\lambda = \mathcal N(\alpha m, \alpha^2 b^2 + \sigma^2)$ is known: an
 # exact student score. Write `di_gaussian_fit(teacher, m0, lam_min, lam_max, steps, lr, generator)`:
-# one Diff-Instruct fit per entry of the starting means `m0` (start $s = 1$), `steps` steps of plain
-# gradient descent with learning rate `lr` on $(m, \log s)$, batches of 128 draws of
+# one Diff-Instruct fit per entry of the starting means `m0` (start $b = 1$), `steps` steps of plain
+# gradient descent with learning rate `lr` on $(m, \log b)$, batches of 128 draws of
 # $(z, \epsilon)$ per fit, $\lambda$ uniform in $[\lambda_{\min}, \lambda_{\max}]$, $w = \sigma^2$, draws from
 # `generator`; return the final means and standard deviations. The check runs it from 17 starting
 # means in $[-3, 5]$, once with low noise only ($\lambda \in [2, 6]$) and once over $[-6, 6]$, and

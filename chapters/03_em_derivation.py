@@ -525,7 +525,7 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 # ## Exercise 3.1: the gap of the EM bound
 #
 # For any distribution $r(z)$ over the latent, Jensen's inequality gives the bound
-# $\log q_\theta^t(x_t) \ge \mathbb E_{r}\big[\log \mathcal N(x_t; \alpha g(z), \sigma^2 I) + \log \mathcal N(z; 0, I) - \log r(z)\big]$,
+# $\log q_\theta^\lambda(x_t) \ge \mathbb E_{r}\big[\log \mathcal N(x_t; \alpha g(z), \sigma^2 I) + \log \mathcal N(z; 0, I) - \log r(z)\big]$,
 # which EM's E-step makes tight. Derive the gap (left side minus right side) in closed form for
 # the linear generator and a Gaussian $r = \mathcal N(m_i, S)$, and write
 # `bound_gap(A, b, x_t, alpha, sigma, m, S)`: the gap for each row of `x_t` $(n, d)$ with its own
@@ -558,7 +558,7 @@ check("3.1", bound_gap)
 # Write `grad_b(A, b, x_t, alpha, sigma)` returning, per sample `(B, d)`, the posterior average
 # $\mathbb E_{q(z|x_t)}\big[\nabla_b \log \mathcal N(x_t; \alpha(Az + b), \sigma^2 I)\big]$. Use
 # `emd_lib.em.latent_posterior` for the posterior mean. The check compares it with autograd
-# of $\log q_\theta^t(x_t)$.
+# of $\log q_\theta^\lambda(x_t)$.
 
 # %%
 import torch
@@ -579,7 +579,7 @@ check("3.2", grad_b)
 # ## Exercise 3.3: one exact EM step
 #
 # Section 4 did one EM step by least squares on samples of $\rho$. Do it without samples: under
-# $\rho$, $x_t \sim p_t = \mathcal N(\alpha m, \alpha^2 C + \sigma^2 I)$ and $z \mid x_t$ is the Gaussian
+# $\rho$, $x_t \sim p_\lambda = \mathcal N(\alpha m, \alpha^2 C + \sigma^2 I)$ and $z \mid x_t$ is the Gaussian
 # posterior of section 3, and the least squares of $x_t/\alpha$ on $[z, 1]$ needs only the first and
 # second moments of $(x_t, z)$. Write `em_step(A, b, m, C, alpha, sigma)` returning the new
 # $(A, b)$ (float64 tensors). The check compares it at three noise levels with our closed form;

@@ -45,7 +45,7 @@ from ..mixtures import get_mixture
 from ..schedules import VP
 
 __all__ = ["GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
-           "main"]
+           "time_per_update", "run_equal_time", "main"]
 
 GAMMA_EPS = 0.3
 LAM_MAX = 6.0
@@ -267,15 +267,22 @@ def run_sweep(name: str, seeds=(0, 1, 2), steps: int = 1500, width: int = 128, m
             "gamma_x_fixed": GX, "variants": configs, "runs": runs}
 
 
-def equal_time_steps(result: dict, ref: str, base: str, steps: int) -> int:
-    """Generator updates that give ``base`` the training seconds ``ref`` took for ``steps`` updates (means of
-    the seconds per update over the seeds of ``result``, a sweep run at equal updates)."""
-    def spp(name):
-        vals = [r["seconds_per_step"] for r in result["runs"][name] if not r["diverged"]]
-        if not vals:
-            raise ValueError(f"no finished run of {name!r} to time")
-        return sum(vals) / len(vals)
-    return max(1, round(steps * spp(ref) / spp(base)))
+def time_per_update(mixture, overrides: dict, n: int = 40, width: int = 128, K: int = 8, **extra) -> dict:
+    """Seconds per whole training step (student updates and one generator update) of each variant in
+    ``overrides`` (label -> overrides), timed in turns: every round times one step of each variant, so
+    that the load of a shared machine falls on all of them alike; returns label -> median over ``n`` rounds."""
+    ds = {v: Distiller(mixture, variant_config(ov, seed=0, steps=n, width=width, K=K, **extra))
+          for v, ov in overrides.items()}
+    for d in ds.values():
+        d.warmup()
+    times = {v: [] for v in ds}
+    for _ in range(n):
+        for v, d in ds.items():
+            t0 = time.perf_counter()
+            d.train_step()
+            d.step_count += 1
+            times[v].append(time.perf_counter() - t0)
+    return {v: sorted(t)[len(t) // 2] for v, t in times.items()}
 
 
 def run_equal_time(result: dict, ref: str, baselines=("(eps, -)", "DI"), width: int = 128, K: int = 8,
@@ -285,10 +292,15 @@ def run_equal_time(result: dict, ref: str, baselines=("(eps, -)", "DI"), width: 
     spec = SWEEPS[result["sweep"]]
     mix = get_mixture(result["mixture"])
     out = {"runs": {}, "variants": {}, "equal_time": {}}
+    # the cost of a step, timed in turns (the runs' own timings depend on what else the machine did then)
+    small = {**extra, "init_steps": min(extra.get("init_steps", 50), 50)}
+    cost = time_per_update(mix, {v: spec[v] for v in (ref, *baselines)}, width=width, K=K, **small)
     for base in baselines:
-        n_steps = equal_time_steps(result, ref, base, result["steps"])
+        n_steps = max(1, round(result["steps"] * cost[ref] / cost[base]))
         label = f"{base} @ time of {ref}"
-        out["equal_time"][label] = {"steps": n_steps, "reference": ref, "reference_steps": result["steps"]}
+        out["equal_time"][label] = {"steps": n_steps, "reference": ref, "reference_steps": result["steps"],
+                                    "seconds_per_step": {ref: cost[ref], base: cost[base]},
+                                    "timing": "whole training steps timed in turns, median of 40"}
         out["runs"][label] = []
         seeds = result["seeds"]
         it = seeds

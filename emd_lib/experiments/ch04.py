@@ -340,6 +340,8 @@ def main(argv=None):
     p.add_argument("--equal-time", metavar="VARIANT", default=None,
                    help="run (eps, -) and DI again with the generator updates that match VARIANT's seconds in the "
                         "existing output JSON (a sweep at equal updates), and add them to it")
+    p.add_argument("--baselines", nargs="+", default=["(eps, -)", "DI"], choices=["(eps, -)", "DI"],
+                   help="with --equal-time: the chains to run again (default both)")
     p.add_argument("--merge", action="store_true",
                    help="add the variants run now to an existing output JSON (same sweep, seeds, steps, width, K)")
     args = p.parse_args(argv)
@@ -377,7 +379,8 @@ def main(argv=None):
     load0 = _loadavg()
     t0 = time.perf_counter()
     if args.equal_time is not None:
-        res = run_equal_time(prev, args.equal_time, width=prev["width"], K=prev["K"], **extra)
+        res = run_equal_time(prev, args.equal_time, baselines=tuple(args.baselines), width=prev["width"],
+                             K=prev["K"], **extra)
         res.update({k: prev[k] for k in ("sweep", "mixture", "seeds", "steps", "width", "K")})
         args.merge = True
     else:

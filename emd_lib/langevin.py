@@ -143,9 +143,13 @@ class LangevinConfig:
 
 
 #: The joint (eps, z) chain's settings that the book recommends for network generators (chapter 4,
-#: "A trust region for the z step"): a plain z step of 0.02, its drift limited to 0.1 sqrt(dim) per
-#: step, and no noise cancellation (with z moving, cancelling shifts the M-step gradient's mean).
-JOINT_CHAIN = {"move_z": True, "z_precondition": "none", "gamma_z": 0.02, "z_clip": 0.1, "cancel": "none"}
+#: "A stable z step"): the z step scaled by the generator's Jacobian, ``1 / (1 + alpha^2 ||J||^2 / sigma^2)``
+#: (the curvature that a narrow teacher mode can put on z at high SNR, which with a fixed step blows the
+#: chain up), each step Metropolis-adjusted (which removes the discretisation bias of so large a step and
+#: rejects what overshoots), and no noise cancellation (with z moving, cancelling shifts the M-step
+#: gradient's mean).
+JOINT_CHAIN = {"move_z": True, "z_precondition": "jacobian", "gamma_z": 1.0, "z_clip": None, "cancel": "none",
+               "metropolis": True}
 
 
 @dataclass

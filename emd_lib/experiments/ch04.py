@@ -12,7 +12,7 @@ Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
     python -m emd_lib.experiments.ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
     python -m emd_lib.experiments.ch04 --sweep zstep     # the joint chain's z step: a trust region
     python -m emd_lib.experiments.ch04 --sweep joint     # stable joint chains: Jacobian-scaled step, MALA
-    python -m emd_lib.experiments.ch04 --sweep joint --equal-time '(eps, z) jacobian 1' --merge
+    python -m emd_lib.experiments.ch04 --sweep joint --equal-time '(eps, z) mala jacobian 1'
                                                          # (eps, -) and DI given that chain's seconds
 
 ``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of

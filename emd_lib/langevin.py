@@ -46,7 +46,8 @@ import torch
 from . import randn
 from .schedules import bcast
 
-__all__ = ["LangevinConfig", "JOINT_CHAIN", "EStepResult", "chain_label", "estep", "score_gap_eps", "log_rho_grads", "mcmc_correct", "call_generator"]
+__all__ = ["LangevinConfig", "JOINT_CHAIN", "EStepResult", "chain_label", "estep", "score_gap_eps", "log_rho_grads",
+           "mcmc_correct", "call_generator", "jacobian_norm"]
 
 
 @dataclass
@@ -65,6 +66,23 @@ class LangevinConfig:
         Jacobian, with ``x_t`` held fixed: the curvature the ``"x"`` chain sees. The ``"eps"`` chain
         holds eps fixed instead and sees ``I - alpha^2 J^T (grad_x ds) J`` (plus terms with the
         derivative of J), which the factor does not track.
+        ``"jacobian"`` divides it by ``1 + alpha^2 ||J||^2 / sigma^2``, with ``||J||`` the spectral norm
+        of the generator's Jacobian at the chain's current z, per sample, estimated by ``jac_iters``
+        power iterations (warm-started from the previous step's vector, so a few suffice). In the
+        ``"eps"`` chain ``-grad_x ds`` is the difference of two Hessians of ``-log`` densities, and the
+        teacher's is at most ``I / sigma^2`` (a noised density is no sharper than its noise), so
+        ``1 + alpha^2 ||J||^2 / sigma^2`` bounds the z curvature the teacher can cause; a fixed step
+        must stay below ``2 /`` that curvature, which near a narrow mode at high SNR is hundreds.
+    jac_iters: power iterations per Langevin step for ``z_precondition="jacobian"`` (>= 1); each
+        costs one Jacobian-vector and one vector-Jacobian product through the generator (no extra
+        forward pass).
+    metropolis: a Metropolis-adjusted step (MALA) on the joint ``(eps, z)``: each step's proposal is
+        the Langevin step above, accepted per sample with the Metropolis-Hastings probability. The
+        teacher and the student give scores, not log densities, so the log-ratio of ``rho`` is the
+        trapezoid rule along the move, ``(grad(u) + grad(u'))^T (u' - u) / 2`` (exact for a Gaussian
+        target). A rejected sample keeps its eps and its z for that step. Costs one evaluation more
+        per chain (K + 1: the gradient at each proposal is the next step's). Only in the ``"eps"``
+        space, with ``cancel="none"`` and without ``z_clip`` (both would change the proposal).
     cancel: ``"none"``, ``"injected"`` or ``"full"`` (see the module docstring). Mean-preserving
         only with ``move_z=False``; with z moving it biases the M-step gradient.
     cancel_z: also remove the injected z noise before the M-step. The record decays by
@@ -91,6 +109,8 @@ class LangevinConfig:
     cancel: str = "full"
     cancel_z: bool = False
     z_clip: float | None = None
+    jac_iters: int = 2
+    metropolis: bool = False
 
     def __post_init__(self):
         if isinstance(self.K, bool) or not isinstance(self.K, numbers.Real) or not math.isfinite(self.K) \
@@ -100,8 +120,20 @@ class LangevinConfig:
             raise ValueError(f"space must be 'eps' or 'x', got {self.space!r}")
         if self.cancel not in ("none", "injected", "full"):
             raise ValueError(f"cancel must be 'none', 'injected' or 'full', got {self.cancel!r}")
-        if self.z_precondition not in ("none", "snr"):
-            raise ValueError(f"z_precondition must be 'none' or 'snr', got {self.z_precondition!r}")
+        if self.z_precondition not in ("none", "snr", "jacobian"):
+            raise ValueError(f"z_precondition must be 'none', 'snr' or 'jacobian', got {self.z_precondition!r}")
+        if isinstance(self.jac_iters, bool) or not isinstance(self.jac_iters, numbers.Integral) or self.jac_iters < 1:
+            raise ValueError(f"jac_iters (power iterations for the Jacobian's norm) must be a whole number >= 1, "
+                             f"got {self.jac_iters!r}")
+        if not isinstance(self.metropolis, bool):
+            raise ValueError(f"metropolis must be True or False, got {self.metropolis!r}")
+        if self.metropolis:
+            why = ("space='x'" if self.space != "eps" else f"cancel={self.cancel!r}" if self.cancel != "none"
+                   else "cancel_z=True" if self.cancel_z else f"z_clip={self.z_clip!r}" if self.z_clip is not None
+                   else "")
+            if why:
+                raise ValueError(f"metropolis (MALA) needs space='eps', cancel='none', cancel_z=False and no z_clip "
+                                 f"(a rejected or clipped step has no noise record and no Gaussian proposal); got {why}")
         for name in ("gamma_eps", "gamma_z") + (("gamma_x",) if self.gamma_x is not None else ()) \
                 + (("z_clip",) if self.z_clip is not None else ()):
             v = getattr(self, name)
@@ -111,9 +143,13 @@ class LangevinConfig:
 
 
 #: The joint (eps, z) chain's settings that the book recommends for network generators (chapter 4,
-#: "A trust region for the z step"): a plain z step of 0.02, its drift limited to 0.1 sqrt(dim) per
-#: step, and no noise cancellation (with z moving, cancelling shifts the M-step gradient's mean).
-JOINT_CHAIN = {"move_z": True, "z_precondition": "none", "gamma_z": 0.02, "z_clip": 0.1, "cancel": "none"}
+#: "A stable z step"): the z step scaled by the generator's Jacobian, ``1 / (1 + alpha^2 ||J||^2 / sigma^2)``
+#: (the curvature that a narrow teacher mode can put on z at high SNR, which with a fixed step blows the
+#: chain up), each step Metropolis-adjusted (which removes the discretisation bias of so large a step and
+#: rejects what overshoots), and no noise cancellation (with z moving, cancelling shifts the M-step
+#: gradient's mean).
+JOINT_CHAIN = {"move_z": True, "z_precondition": "jacobian", "gamma_z": 1.0, "z_clip": None, "cancel": "none",
+               "metropolis": True}
 
 
 @dataclass
@@ -144,6 +180,40 @@ def _vjp(x, z, v):
     """``J_z^T v`` for ``x = g(z)``."""
     (g,) = torch.autograd.grad(x, z, grad_outputs=v, retain_graph=False)
     return g
+
+
+def _power_iteration(xg, z, v, iters):
+    """Per-sample spectral norm of ``J = dxg/dz`` by ``iters`` power iterations on ``J^T J`` from ``v``.
+
+    ``xg = g(z)`` must still hold its graph (kept). ``J v`` is the derivative of the linear map
+    ``w -> J^T w`` with respect to ``w`` (a second backward pass through the same graph, no forward
+    pass). Returns ``(||J v||, J^T J v)`` with ``v`` the last unit vector: the first is a lower bound of
+    ``||J||`` that converges to it, the second the start of the next call."""
+    w = torch.zeros_like(xg, requires_grad=True)
+    (jtw,) = torch.autograd.grad(xg, z, grad_outputs=w, create_graph=True)
+    for _ in range(iters):
+        v = v / bcast(v.flatten(1).norm(dim=1).clamp_min(1e-30), v)
+        (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v, retain_graph=True)
+        (v,) = torch.autograd.grad(xg, z, grad_outputs=jv, retain_graph=True)
+    return jv.detach().flatten(1).norm(dim=1), v.detach()
+
+
+def jacobian_norm(generator, z, iters: int = 20, cond=None, v=None) -> torch.Tensor:
+    """Spectral norm of the generator's Jacobian ``dg/dz`` at each sample's ``z``, ``(B,)``, by power
+    iteration (from ``v``, by default ``z`` itself); what ``z_precondition="jacobian"`` uses."""
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        xg = call_generator(generator, z, cond)
+        norm, _ = _power_iteration(xg, z, (z if v is None else v).detach(), iters)
+    return norm
+
+
+def _z_step(cfg, g_z0, a, s, jnorm):
+    """The z step size per sample: ``g_z0`` (already scaled for ``"snr"``), or for ``"jacobian"``
+    ``gamma_z / (1 + alpha^2 ||J||^2 / sigma^2)``."""
+    if cfg.z_precondition != "jacobian":
+        return g_z0
+    return cfg.gamma_z / (1 + a**2 * bcast(jnorm, a).to(a.dtype) ** 2 / s**2)
 
 
 def _randn(like, rng):
@@ -248,6 +318,11 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     eta_z = torch.zeros_like(z)
     grad_data_norms, grad_z_norms, gap_norms = [], [], []
 
+    if cfg.metropolis and K > 0:
+        return _mala(generator, teacher, student, z, eps, lam, a, s, g_eps, g_z, cfg, cond, rng)
+    use_jac = cfg.move_z and cfg.z_precondition == "jacobian"
+    g_z0, v_jac, jac_norms, z_steps = g_z, z, [], []
+
     frozen = frozen_params(generator) if cfg.move_z else contextlib.nullcontext()
     with frozen:                        # the chain differentiates the generator with respect to z only
         for _ in range(K):
@@ -255,6 +330,11 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
                 z = z.detach().requires_grad_(True)
                 with torch.enable_grad():
                     xg = call_generator(generator, z, cond)
+                    if use_jac:
+                        jn, v_jac = _power_iteration(xg, z, v_jac, cfg.jac_iters)
+                        g_z = _z_step(cfg, g_z0, a, s, jn)
+                        jac_norms.append(jn.mean())
+                        z_steps.append(g_z.mean())
                 x = xg.detach()
             x_t = u if in_x else a * x + s * u
             with torch.no_grad():
@@ -308,8 +388,100 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
         "moved_data": float(_norm_t(u - u0)) / (1.0 if not in_x else float(s.mean())),
         "moved_z": float(_norm_t(z - z0)),
     }
+    if use_jac:
+        diag["jac_norm"] = _mean_t(jac_norms)
+        diag["z_step"] = _mean_t(z_steps)
     return EStepResult(z=z_used.detach(), eps=eps_used.detach(), z_chain=z.detach(),
                        eps_chain=eps_chain.detach(), diagnostics=diag)
+
+
+def _mala(generator, teacher, student, z, u, lam, a, s, g_eps, g_z0, cfg, cond, rng):
+    """``cfg.K`` Metropolis-adjusted Langevin steps on the joint (eps, z) (``cfg.metropolis``)."""
+    z0, u0 = z, u
+    d_z = z[0].numel()
+    jac = cfg.move_z and cfg.z_precondition == "jacobian"
+    v_jac = z
+
+    def evaluate(z, u, v_jac):
+        """gradients of log rho in (eps, z) at (u, z), the z step there, the score gap's norm, the power vector"""
+        jn = None
+        if cfg.move_z:
+            zr = z.detach().requires_grad_(True)
+            with torch.enable_grad():
+                xg = call_generator(generator, zr, cond)
+                if jac:
+                    jn, v_jac = _power_iteration(xg, zr, v_jac, cfg.jac_iters)
+            x = xg.detach()
+        else:
+            with torch.no_grad():
+                x = call_generator(generator, z, cond)
+        with torch.no_grad():
+            sds = score_gap_eps(teacher, student, a * x + s * u, lam, cond)
+        grad_u = sds - u
+        grad_z = (_vjp(xg, zr, a / s * sds).detach() - z) if cfg.move_z else None
+        gz = _z_step(cfg, g_z0, a, s, jn) * torch.ones_like(a) if cfg.move_z else None   # (B, 1, ...)
+        return grad_u, grad_z, gz, sds, v_jac, jn
+
+    def sq(t):
+        return t.flatten(1).pow(2).sum(1)
+
+    grad_data_norms, grad_z_norms, gap_norms, accepts, jac_norms = [], [], [], [], []
+    frozen = frozen_params(generator) if cfg.move_z else contextlib.nullcontext()
+    with frozen:
+        grad_u, grad_z, gz, sds, v_jac, jn = evaluate(z, u, v_jac)
+        for _ in range(int(cfg.K)):
+            gap_norms.append(_norm_t(sds))
+            grad_data_norms.append(_norm_t(grad_u))
+            if jn is not None:
+                jac_norms.append(jn.mean())
+            n = _randn(u, rng)
+            u_p = u + g_eps * grad_u + torch.sqrt(2 * g_eps) * n if cfg.move_data else u
+            fwd = -sq(n) / 2 if cfg.move_data else 0.0
+            if cfg.move_z:
+                grad_z_norms.append(_norm_t(grad_z))
+                nz = _randn(z, rng)
+                z_p = z + gz * grad_z + torch.sqrt(2 * gz) * nz
+                fwd = fwd - sq(nz) / 2 - 0.5 * d_z * torch.log(gz.flatten(1)[:, 0])
+            else:
+                z_p = z
+            gu_p, gzr_p, gz_p, sds_p, v_p, jn_p = evaluate(z_p, u_p, v_jac)
+            # log rho(u') - log rho(u) by the trapezoid rule; the proposal densities in both directions
+            dlog = 0.5 * ((grad_u + gu_p) * (u_p - u)).flatten(1).sum(1)
+            rev = 0.0
+            if cfg.move_data:
+                rev = -sq(u - u_p - g_eps * gu_p) / (4 * g_eps)
+            if cfg.move_z:
+                dlog = dlog + 0.5 * ((grad_z + gzr_p) * (z_p - z)).flatten(1).sum(1)
+                rev = rev - sq(z - z_p - gz_p * gzr_p) / (4 * gz_p.flatten(1)[:, 0]) \
+                    - 0.5 * d_z * torch.log(gz_p.flatten(1)[:, 0])
+            log_acc = dlog + rev - fwd
+            log_acc = torch.where(torch.isfinite(log_acc), log_acc, torch.full_like(log_acc, -math.inf))
+            # a uniform number from a normal one (``rng`` may be a function that returns normal noise)
+            unif = 0.5 * (1 + torch.erf(_randn(log_acc[:, None], rng)[:, 0] / math.sqrt(2)))
+            acc = torch.log(unif.clamp_min(1e-38)) < log_acc.clamp(max=0.0)
+            accepts.append(acc.float().mean())
+            m = acc.view(-1, *([1] * (u.dim() - 1)))
+
+            def pick(new, old):
+                return torch.where(m, new, old) if new is not None else None
+
+            u, z = pick(u_p, u), pick(z_p, z)
+            grad_u, grad_z, sds = pick(gu_p, grad_u), pick(gzr_p, grad_z), pick(sds_p, sds)
+            gz = pick(gz_p, gz)
+            if jn_p is not None:
+                jn = torch.where(acc, jn_p, jn)
+                v_jac = v_p
+    diag = {
+        "grad_data_norm": _mean_t(grad_data_norms),
+        "grad_z_norm": _mean_t(grad_z_norms),
+        "score_gap_norm": _mean_t(gap_norms),
+        "moved_data": float(_norm_t(u - u0)),
+        "moved_z": float(_norm_t(z - z0)),
+        "accept": _mean_t(accepts),
+    }
+    if jac_norms:
+        diag["jac_norm"] = _mean_t(jac_norms)
+    return EStepResult(z=z.detach(), eps=u.detach(), z_chain=z.detach(), eps_chain=u.detach(), diagnostics=diag)
 
 
 @torch.no_grad()

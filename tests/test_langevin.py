@@ -283,3 +283,123 @@ def test_runs_are_named_from_their_chain():
     assert method_name("emd", LangevinConfig(K=8)) == "EMD-8"
     assert method_name("emd", LangevinConfig(K=4, **JOINT_CHAIN)) == "EMD-4 (eps, z)"
     assert method_name("emd", {"K": 2, "space": "x"}) == "EMD-2 (x, -)" and method_name("di", {}) == "Diff-Instruct"
+
+
+# ---- the Jacobian-scaled z step and the Metropolis-adjusted chain ---------------------------------
+
+def test_jacobian_norm_is_the_spectral_norm_of_autograds_jacobian():
+    from emd_lib.langevin import jacobian_norm
+    from emd_lib.nets import MLPGenerator
+
+    torch.manual_seed(0)
+    net = MLPGenerator(2, 32, 2)
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(5)) * 2
+    exact = torch.stack([torch.linalg.matrix_norm(torch.autograd.functional.jacobian(net, zi), ord=2) for zi in z])
+    torch.testing.assert_close(jacobian_norm(net, z, iters=40), exact, rtol=1e-4, atol=1e-6)
+    assert (jacobian_norm(net, z, iters=1) <= exact * (1 + 1e-5)).all()              # a lower bound on the way
+    assert float((exact.max() - exact.min()) / exact.max()) > 0.05                   # the norm differs per sample
+
+
+@pytest.mark.parametrize("gamma_z", [0.3, 1.0])
+def test_jacobian_step_contracts_z_by_the_curvature_bound(gamma_z):
+    """Student equal to the teacher (no score gap), a linear generator g(z) = A z + b: with the z step
+    scaled by the Jacobian, each sample's step is g_z = gamma_z / (1 + alpha^2 ||A||_2^2 / sigma^2), and the
+    noise-cancelled z is (1 - g_z)^K z0 per sample."""
+    A = A0 * 3
+    gen = LinearGenerator(A, B0)
+    same = exact_student(A, B0)
+    z0, eps0 = _pair(6)
+    lam = torch.linspace(-4, 5, len(z0))
+    a, s = VP.alpha_sigma(lam)
+    g = gamma_z / (1 + a**2 * torch.linalg.matrix_norm(A, ord=2) ** 2 / s**2)
+    K = 5
+    res = estep(gen, same, same, z0, eps0, lam,
+                LangevinConfig(K=K, move_z=True, gamma_z=gamma_z, z_precondition="jacobian", jac_iters=60,
+                               cancel="full", cancel_z=True), rng=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(res.z, (1 - g[:, None]) ** K * z0, rtol=1e-4, atol=1e-6)
+    assert g.max() / g.min() > 100                                                    # the step does vary
+    torch.testing.assert_close(torch.tensor(res.diagnostics["jac_norm"]), torch.linalg.matrix_norm(A, ord=2),
+                               rtol=1e-4, atol=0.0)
+
+
+def test_metropolis_accepts_with_the_exact_hastings_ratio_on_a_gaussian_target():
+    """One MALA step on (eps, z) with a linear generator and Gaussian teacher and student: rho is Gaussian,
+    the trapezoid rule is exact, and each sample must be accepted exactly when log U < log rho(u') - log rho(u)
+    + log q(u | u') - log q(u' | u), computed here from the closed-form log rho."""
+    gen, teacher, _, _ = setup()
+    student = exact_student(A0 * 0.6, B0 + 0.4)                  # off, so that the score gap is not zero
+    n = 400
+    z0, eps0 = _pair(8, n=n)
+    lam = torch.linspace(-3, 4, n)
+    g_eps, g_z = 0.8, 0.6                                        # large steps: many rejections
+    cfg = LangevinConfig(K=1, move_z=True, gamma_eps=g_eps, gamma_z=g_z, z_precondition="none", cancel="none",
+                         metropolis=True)
+    res = estep(gen, teacher, student, z0, eps0, lam, cfg, rng=torch.Generator().manual_seed(11))
+    # the same random numbers: eps noise, z noise, then one normal per sample for the uniform
+    rng = torch.Generator().manual_seed(11)
+    n_eps, n_z, n_u = torch.randn(n, 2, generator=rng), torch.randn(n, 2, generator=rng), torch.randn(n, 1, generator=rng)
+    a, s = (t[:, None] for t in VP.alpha_sigma(lam))
+
+    def logp(eps, z):                                              # log rho in (eps, z): x_t = a g(z) + s eps
+        gm, tm, sm = LinearGenerator(A0, B0), gaussian_teacher(M, C), exact_student(A0 * 0.6, B0 + 0.4)
+        x_t = a * gm(z) + s * eps
+        return tm.log_prob(x_t, lam) - sm.log_prob(x_t, lam) - 0.5 * (eps**2).sum(1) - 0.5 * (z**2).sum(1)
+
+    def grads(eps, z):
+        e, zz = eps.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        return torch.autograd.grad(logp(e, zz).sum(), (e, zz))
+
+    ge, gz = grads(eps0, z0)
+    e1, z1 = eps0 + g_eps * ge + math.sqrt(2 * g_eps) * n_eps, z0 + g_z * gz + math.sqrt(2 * g_z) * n_z
+    ge1, gz1 = grads(e1, z1)
+    log_q_fwd = -((e1 - eps0 - g_eps * ge) ** 2).sum(1) / (4 * g_eps) - ((z1 - z0 - g_z * gz) ** 2).sum(1) / (4 * g_z)
+    log_q_rev = -((eps0 - e1 - g_eps * ge1) ** 2).sum(1) / (4 * g_eps) - ((z0 - z1 - g_z * gz1) ** 2).sum(1) / (4 * g_z)
+    log_alpha = (logp(e1, z1) - logp(eps0, z0) + log_q_rev - log_q_fwd).detach()
+    unif = 0.5 * (1 + torch.erf(n_u[:, 0] / math.sqrt(2)))
+    accept = torch.log(unif) < log_alpha.clamp(max=0)
+    margin = (torch.log(unif) - log_alpha.clamp(max=0)).abs() > 1e-3                 # leave float ties out
+    moved = (res.z_chain - z0).abs().sum(1) > 0
+    assert 0.2 < accept.float().mean() < 0.9                                          # both outcomes occur
+    assert torch.equal(moved[margin], accept[margin])
+    torch.testing.assert_close(res.z_chain[accept & margin], z1[accept & margin].detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.eps_chain[~accept & margin], eps0[~accept & margin])
+    assert abs(res.diagnostics["accept"] - accept.float().mean().item()) < 0.01
+
+
+def test_metropolis_chain_keeps_a_stiff_z_step_finite_and_samples_rho():
+    """A steep generator (g(z) = 5 A0 z + b) makes the plain z step of 0.1 overshoot and the unadjusted chain
+    leaves for infinity; the Metropolis-adjusted chain with the same steps stays finite and its (x_t, z)
+    has rho's exact moments."""
+    A = A0 * 5
+    gen, teacher, student = LinearGenerator(A, B0), gaussian_teacher(M, C), exact_student(A, B0)
+    n, lam = 3000, 1.0
+    g = torch.Generator().manual_seed(4)
+    z0, eps0 = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+    lam_b = torch.full((n,), lam)
+    kw = dict(K=1000, move_z=True, gamma_eps=0.3, gamma_z=0.1, z_precondition="none", cancel="none")
+    ula = estep(gen, teacher, student, z0, eps0, lam_b, LangevinConfig(**kw), rng=torch.Generator().manual_seed(5))
+    assert not torch.isfinite(ula.z_chain).all() or ula.z_chain.abs().max() > 1e6
+    res = estep(gen, teacher, student, z0, eps0, lam_b, LangevinConfig(**kw, metropolis=True),
+                rng=torch.Generator().manual_seed(5))
+    a, s = (float(v) for v in VP.alpha_sigma(torch.tensor(lam)))
+    with torch.no_grad():
+        x_t = a * gen(res.z_chain) + s * res.eps_chain
+    u = torch.cat([x_t, res.z_chain], 1).double()
+    mean, cov = rho_moments(A, B0, M, C, a, s)
+    assert (u.mean(0) - mean).abs().max() < 0.08, (u.mean(0), mean)           # Monte Carlo error about 0.02
+    assert ((torch.cov(u.T) - cov).abs() / cov.diagonal().sqrt().outer(cov.diagonal().sqrt())).max() < 0.12
+    assert 0.1 < res.diagnostics["accept"] < 0.9
+
+
+def test_new_chain_settings_are_checked():
+    LangevinConfig(move_z=True, z_precondition="jacobian", jac_iters=3, metropolis=True, cancel="none")
+    with pytest.raises(ValueError, match="jac_iters"):
+        LangevinConfig(jac_iters=0)
+    with pytest.raises(ValueError, match="z_precondition"):
+        LangevinConfig(z_precondition="jac")
+    for bad in ({"cancel": "full"}, {"cancel": "none", "z_clip": 0.1}, {"cancel": "none", "space": "x"},
+                {"cancel": "none", "cancel_z": True}):
+        with pytest.raises(ValueError, match="metropolis"):
+            LangevinConfig(metropolis=True, **bad)
+    with pytest.raises(ValueError, match="metropolis"):
+        LangevinConfig(metropolis=1, cancel="none")

@@ -97,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          if k != "move_z"))
     p.add_argument("--cancel", choices=["none", "injected", "full"], default=None,
                    help=f"EMD: noise cancellation of the E-step (default {LangevinConfig.cancel}; "
-                        f"{JOINT_CHAIN['cancel']} with --move-z)")
+                        f"{JOINT_CHAIN['cancel']} with --move-z, where injected or full turns the Metropolis "
+                        "adjustment off)")
     p.add_argument("--gamma-z", type=float, default=None,
                    help=f"EMD with --move-z: Langevin step size of z (default {JOINT_CHAIN['gamma_z']})")
     p.add_argument("--z-clip", type=float, default=None,
-                   help=f"EMD with --move-z: the largest z drift per step, in units of sqrt(dim) "
-                        f"(default {JOINT_CHAIN['z_clip']})")
+                   help="EMD with --move-z: the largest z drift per step, in units of sqrt(dim) (default "
+                        + (f"{JOINT_CHAIN['z_clip']})" if JOINT_CHAIN.get("z_clip") else "none; this trust region "
+                           "replaces the Metropolis adjustment, which cannot take a clipped step)"))
     p.add_argument("--check", action="store_true",
                    help="only check the mixture file and the arguments, print a summary and exit")
     return p
@@ -181,9 +183,15 @@ def _main(argv=None) -> int:
     for key, value in (("cancel", args.cancel), ("gamma_z", args.gamma_z), ("z_clip", args.z_clip)):
         if value is not None:
             lang[key] = value
+    if lang.get("metropolis") and (args.z_clip is not None or args.cancel not in (None, "none")):
+        lang["metropolis"] = False      # a clipped step or a noise record has no Metropolis-Hastings ratio
+    try:
+        lcfg = LangevinConfig(**lang)
+    except ValueError as e:
+        return _fail(str(e))
     cfg = DistillConfig(method=args.method, steps=args.steps, seed=args.seed, init_steps=args.init_steps,
                         student_warmup=args.warmup, depth=args.depth, width=args.width,
-                        weighting=args.weighting, lam_star=args.lam_star, langevin=LangevinConfig(**lang))
+                        weighting=args.weighting, lam_star=args.lam_star, langevin=lcfg)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

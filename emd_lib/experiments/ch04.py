@@ -11,6 +11,9 @@ Sweeps (each writes ``data/results/ch04_<sweep>.json``)::
     python -m emd_lib experiment ch04 --sweep gamma_z   # (eps, z): gamma_z and its preconditioning
     python -m emd_lib experiment ch04 --sweep cancel    # noise cancellation none / injected / full, cancel_z
     python -m emd_lib experiment ch04 --sweep zstep     # the joint chain's z step: a trust region
+    python -m emd_lib experiment ch04 --sweep joint     # stable joint chains: Jacobian-scaled step, MALA
+    python -m emd_lib experiment ch04 --sweep joint --equal-time '(eps, z) mala jacobian 1'
+                                                           # (eps, -) and DI given that chain's seconds
 
 ``--seeds``, ``--steps``, ``--width`` and ``--mixture`` shrink or grow a sweep, ``--variants`` picks some of
 its variants and ``--merge`` adds them to an existing JSON; the JSON records
@@ -42,7 +45,7 @@ from ..mixtures import get_mixture
 from ..schedules import VP
 
 __all__ = ["GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
-           "main"]
+           "time_per_update", "run_equal_time", "main"]
 
 GAMMA_EPS = 0.3
 LAM_MAX = 6.0
@@ -59,7 +62,7 @@ GX = gamma_x_fixed()
 
 #: generator updates per run, per sweep (sized so that each sweep of 3 seeds takes about 10 to 15
 #: minutes on one shared CPU core); the stability sweep is shorter because divergence comes early
-DEFAULT_STEPS = {"space": 600, "space_x": 600, "gamma_z": 400, "cancel": 600, "zstep": 1000}
+DEFAULT_STEPS = {"space": 600, "space_x": 600, "gamma_z": 400, "cancel": 600, "zstep": 1000, "joint": 1000}
 
 #: name -> {variant label -> overrides of DistillConfig (``langevin`` a dict of LangevinConfig fields)}
 SWEEPS: dict[str, dict[str, dict]] = {
@@ -96,6 +99,29 @@ SWEEPS: dict[str, dict[str, dict]] = {
         "(eps, z) none 0.02": {"langevin": {"space": "eps", "move_z": True, "z_precondition": "none",
                                             "gamma_z": 0.02, "cancel": "none"}},
         "DI": {"method": "di"},
+    },
+    # why the plain z step blows up and what makes it stable without a bias: the z step scaled by the
+    # generator's Jacobian (the curvature bound 1 + alpha^2 ||J||^2 / sigma^2), the same with a unit
+    # Jacobian ("snr"), a Metropolis-adjusted step, and a small z step with more Langevin steps,
+    # against the trust region, the plain step, the frozen-z chain and DI
+    "joint": {
+        "(eps, -)": {"langevin": {"space": "eps", "move_z": False}},
+        "DI": {"method": "di"},
+        "(eps, z) none 0.02": {"langevin": {"move_z": True, "z_precondition": "none", "gamma_z": 0.02,
+                                            "cancel": "none"}},
+        "(eps, z) none 0.02 clip 0.1": {"langevin": {"move_z": True, "z_precondition": "none", "gamma_z": 0.02,
+                                                     "cancel": "none", "z_clip": 0.1}},
+        "(eps, z) none 0.002 K 16": {"langevin": {"K": 16, "move_z": True, "z_precondition": "none",
+                                                  "gamma_z": 0.002, "cancel": "none"}},
+        "(eps, z) snr 1": {"langevin": {"move_z": True, "z_precondition": "snr", "gamma_z": 1.0, "cancel": "none"}},
+        "(eps, z) jacobian 0.3": {"langevin": {"move_z": True, "z_precondition": "jacobian", "gamma_z": 0.3,
+                                               "cancel": "none"}},
+        "(eps, z) jacobian 1": {"langevin": {"move_z": True, "z_precondition": "jacobian", "gamma_z": 1.0,
+                                             "cancel": "none"}},
+        "(eps, z) mala 0.02": {"langevin": {"move_z": True, "z_precondition": "none", "gamma_z": 0.02,
+                                            "cancel": "none", "metropolis": True}},
+        "(eps, z) mala jacobian 1": {"langevin": {"move_z": True, "z_precondition": "jacobian", "gamma_z": 1.0,
+                                                  "cancel": "none", "metropolis": True}},
     },
     "cancel": {
         "(eps, -) none": {"langevin": {"space": "eps", "move_z": False, "cancel": "none"}},
@@ -164,18 +190,22 @@ def run_variant(mixture, cfg: DistillConfig, n_eval: int = 5000, every: int = 10
     x = d.sample(n_eval, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
     rep = mixture_report(mixture, x)
     gn = h.get("grad_norm", [])
+    train_s = float(h["seconds"][-1]) if h.get("seconds") else float("nan")
     out = {
         "seed": cfg.seed,
         "diverged": diverged,
         "error": err,
         "steps_done": len(gn),
         "seconds": time.perf_counter() - t0,
+        "train_seconds": train_s,                      # the generator updates alone (no set-up, no evaluation)
+        "seconds_per_step": train_s / max(len(gn), 1),
         "metrics": rep,
         "grad_norm": [float(sum(gn[i:i + every]) / len(gn[i:i + every])) for i in range(0, len(gn), every)],
         "grad_norm_every": every,
         "grad_norm_last": float(sum(gn[-200:]) / max(len(gn[-200:]), 1)) if gn else float("nan"),
     }
-    for key in ("estep_moved_z", "estep_moved_data", "estep_grad_z_norm", "estep_score_gap_norm"):
+    for key in ("estep_moved_z", "estep_moved_data", "estep_grad_z_norm", "estep_score_gap_norm", "estep_accept",
+                "estep_jac_norm", "estep_z_step"):
         v = h.get(key, [])
         if v:
             vals = [t for t in v if math.isfinite(t)]
@@ -183,17 +213,27 @@ def run_variant(mixture, cfg: DistillConfig, n_eval: int = 5000, every: int = 10
     return out
 
 
+def _light_mass(run: dict, weights) -> float:
+    """The mass a run gives the mixture's lightest mode (the first of the lightest)."""
+    i = min(range(len(weights)), key=lambda k: weights[k])
+    return float(run["metrics"]["masses"][i])
+
+
 def summarize(result: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall")) -> dict:
-    """Per-variant mean and standard deviation over seeds of the metrics and the final gradient norm.
+    """Per-variant mean and standard deviation over seeds of the metrics and the final gradient norm
+    (and, where the runs recorded them, the lightest mode's mass and the seconds per generator update).
 
     Diverged runs are counted in ``diverged`` and left out of the means (NaN when every run diverged).
     """
     table = {}
+    weights = get_mixture(result["mixture"]).weights.tolist()
     for name, runs in result["runs"].items():
         ok = [r for r in runs if not r["diverged"]]
         row = {"n": len(runs), "diverged": len(runs) - len(ok)}
-        for k in keys + ("grad_norm_last", "seconds"):
-            vals = torch.tensor([float(r["metrics"][k] if k in r["metrics"] else r[k]) for r in ok],
+        extra = ("light_mass", "seconds_per_step", "steps_done") if all("seconds_per_step" in r for r in runs) else ()
+        for k in keys + ("grad_norm_last", "seconds") + extra:
+            vals = torch.tensor([_light_mass(r, weights) if k == "light_mass" else
+                                 float(r["metrics"][k] if k in r["metrics"] else r[k]) for r in ok],
                                 dtype=torch.float64)
             if len(vals) == 0:
                 row[k] = (float("nan"), float("nan"))
@@ -227,6 +267,56 @@ def run_sweep(name: str, seeds=(0, 1, 2), steps: int = 1500, width: int = 128, m
             "gamma_x_fixed": GX, "variants": configs, "runs": runs}
 
 
+def time_per_update(mixture, overrides: dict, n: int = 40, width: int = 128, K: int = 8, **extra) -> dict:
+    """Seconds per whole training step (student updates and one generator update) of each variant in
+    ``overrides`` (label -> overrides), timed in turns: every round times one step of each variant, so
+    that the load of a shared machine falls on all of them alike; returns label -> median over ``n`` rounds."""
+    ds = {v: Distiller(mixture, variant_config(ov, seed=0, steps=n, width=width, K=K, **extra))
+          for v, ov in overrides.items()}
+    from ..runs.timing import time_round_robin
+
+    for d in ds.values():
+        d.warmup()
+
+    def one_step(d):
+        def step():
+            d.train_step()
+            d.step_count += 1
+        return step
+
+    timed = time_round_robin({v: one_step(d) for v, d in ds.items()}, calls=1, rounds=n, warmup=0)
+    return {v: r["median"] for v, r in timed.items()}
+
+
+def run_equal_time(result: dict, ref: str, baselines=("(eps, -)", "DI"), width: int = 128, K: int = 8,
+                   n_eval: int = 5000, progress: bool = True, **extra) -> dict:
+    """Run each of ``baselines`` again with the updates that match ``ref``'s seconds (the cheaper chain
+    gets more updates); returns ``{"runs": ..., "variants": ..., "equal_time": {label: steps}}``."""
+    spec = SWEEPS[result["sweep"]]
+    mix = get_mixture(result["mixture"])
+    out = {"runs": {}, "variants": {}, "equal_time": {}}
+    # the cost of a step, timed in turns (the runs' own timings depend on what else the machine did then)
+    small = {**extra, "init_steps": min(extra.get("init_steps", 50), 50)}
+    cost = time_per_update(mix, {v: spec[v] for v in (ref, *baselines)}, width=width, K=K, **small)
+    for base in baselines:
+        n_steps = max(1, round(result["steps"] * cost[ref] / cost[base]))
+        label = f"{base} @ time of {ref}"
+        out["equal_time"][label] = {"steps": n_steps, "reference": ref, "reference_steps": result["steps"],
+                                    "seconds_per_step": {ref: cost[ref], base: cost[base]},
+                                    "timing": "whole training steps timed in turns, median of 40"}
+        out["runs"][label] = []
+        seeds = result["seeds"]
+        it = seeds
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(seeds, desc=f"ch04 {label}")
+        for sd in it:
+            cfg = variant_config(spec[base], seed=sd, steps=n_steps, width=width, K=K, **extra)
+            out["variants"][label] = cfg.to_dict() | {"seed": None}
+            out["runs"][label].append(run_variant(mix, cfg, n_eval=n_eval))
+    return out
+
+
 def _loadavg():
     try:
         import os
@@ -250,6 +340,11 @@ def main(argv=None):
     p.add_argument("--student-warmup", type=int, default=None, help="student warm-up steps (default: DistillConfig's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output JSON (default data/results/ch04_<sweep>.json)")
+    p.add_argument("--equal-time", metavar="VARIANT", default=None,
+                   help="run (eps, -) and DI again with the generator updates that match VARIANT's seconds in the "
+                        "existing output JSON (a sweep at equal updates), and add them to it")
+    p.add_argument("--baselines", nargs="+", default=["(eps, -)", "DI"], choices=["(eps, -)", "DI"],
+                   help="with --equal-time: the chains to run again (default both)")
     p.add_argument("--merge", action="store_true",
                    help="add the variants run now to an existing output JSON (same sweep, seeds, steps, width, K)")
     args = p.parse_args(argv)
@@ -275,11 +370,25 @@ def main(argv=None):
             variant_config(known[v], steps=steps, width=args.width, K=args.K, **extra)
         except (TypeError, ValueError) as e:
             p.error(f"variant {v!r}: {e}")
+    out = args.out or DATA_DIR / "results" / f"ch04_{args.sweep}.json"
+    out = type(DATA_DIR)(out)
+    if args.equal_time is not None:
+        if not out.exists():
+            p.error(f"--equal-time needs the sweep at equal updates in {out} first")
+        prev = json.loads(out.read_text())
+        if args.equal_time not in prev["runs"] or not all(b in prev["runs"] for b in ("(eps, -)", "DI")):
+            p.error(f"--equal-time: {out} needs runs of {args.equal_time!r}, '(eps, -)' and 'DI'")
     torch.set_num_threads(args.threads)
     load0 = _loadavg()
     t0 = time.perf_counter()
-    res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
-                    mixture=args.mixture, K=args.K, variants=args.variants, **extra)
+    if args.equal_time is not None:
+        res = run_equal_time(prev, args.equal_time, baselines=tuple(args.baselines), width=prev["width"],
+                             K=prev["K"], **extra)
+        res.update({k: prev[k] for k in ("sweep", "mixture", "seeds", "steps", "width", "K")})
+        args.merge = True
+    else:
+        res = run_sweep(args.sweep, seeds=tuple(range(args.seeds)), steps=steps, width=args.width,
+                        mixture=args.mixture, K=args.K, variants=args.variants, **extra)
     meta = {
         **run_card(argv, module="emd_lib.experiments.ch04"),
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
@@ -287,8 +396,6 @@ def main(argv=None):
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "load_average_start_end": [load0, _loadavg()],   # a shared machine slows every run down
     }
-    out = args.out or DATA_DIR / "results" / f"ch04_{args.sweep}.json"
-    out = type(DATA_DIR)(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.exists():
         old = json.loads(out.read_text())
@@ -297,8 +404,10 @@ def main(argv=None):
                 raise SystemExit(f"--merge: {key} differs ({old[key]} in {out}, {res[key]} now); not merging")
         old["runs"].update(res["runs"])
         old["variants"].update(res["variants"])
-        # keep the variants in the order of SWEEPS
-        order = [v for v in SWEEPS[args.sweep] if v in old["runs"]]
+        if "equal_time" in res:
+            old["equal_time"] = {**old.get("equal_time", {}), **res["equal_time"]}
+        # keep the variants in the order of SWEEPS, the equal-time runs after them
+        order = [v for v in SWEEPS[args.sweep] if v in old["runs"]] + [v for v in old["runs"] if v not in SWEEPS[args.sweep]]
         old["runs"] = {v: old["runs"][v] for v in order}
         old["variants"] = {v: old["variants"][v] for v in order if v in old["variants"]}
         parts = old["meta"].pop("parts", None) or [dict(old["meta"])]
@@ -312,8 +421,11 @@ def main(argv=None):
     write_json(out, res, indent=1)
     print(f"wrote {out} in {res['meta']['wall_seconds']} s")
     for name, row in res["summary"].items():
+        more = (f"  light {row['light_mass'][0]:.3f}±{row['light_mass'][1]:.3f}  rec {row['recall'][0]:.3f}  "
+                f"w3 {row['within_3sd'][0]:.3f}  s/step {row['seconds_per_step'][0] * 1e3:.1f}ms") \
+            if "light_mass" in row else ""
         print(f"{name:22s} tv {row['tv'][0]:.3f}±{row['tv'][1]:.3f}  modes {row['modes_covered'][0]:.1f}  "
-              f"mmd {row['mmd'][0]:.4f}  grad {row['grad_norm_last'][0]:.3f}  diverged {row['diverged']}/{row['n']}")
+              f"mmd {row['mmd'][0]:.4f}  grad {row['grad_norm_last'][0]:.3f}  diverged {row['diverged']}/{row['n']}" + more)
 
 
 if __name__ == "__main__":

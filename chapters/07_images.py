@@ -426,8 +426,8 @@ print(f"\nper generator update: EMD-4 {ev['emd']['teacher']} teacher and {ev['em
 #
 # The appendix (chapter 9, section 4.1) made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
 # drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation. One EMD-4 student was
-# distilled with such a chain (z step 0.05; chapter 9's recommendation, `JOINT_CHAIN`, later settled
-# on 0.02, which gave the same TV in 2D and the far target's light mode closer to its weight) on the
+# distilled with such a chain (z step 0.05; the library's joint chain, `JOINT_CHAIN`, is now chapter 9's
+# Jacobian-scaled, Metropolis-adjusted step of section 4.2, not measured on images) on the
 # same teacher
 # (`data/mnist_emd_z`, one seed) and measured the same way (`data/results/ch07_joint.json`). Its
 # `--minutes 14` sized a learning-rate horizon from the first step's time and ended at that horizon

@@ -74,8 +74,8 @@ def test_knobs_reach_the_run_and_the_report(tmp_path):
     assert "EMD-2 (eps, z)" in r.stdout
     card = json.loads(rep.read_text())
     assert card["weighting"] == "one" and card["lam_star"] == -4.0
-    assert card["chain"] == {"K": 2, "move_z": True, "cancel": "none", "gamma_z": 0.05, "z_precondition": "none",
-                             "z_clip": 0.1}
+    assert card["chain"] == {"K": 2, "move_z": True, "cancel": "none", "gamma_z": 0.05, "z_precondition": "jacobian",
+                             "z_clip": None, "metropolis": True}
     lang = card["config"]["langevin"]
     assert lang["move_z"] is True and lang["cancel"] == "none" and lang["gamma_z"] == 0.05
     assert card["config"]["weighting"] == "one" and card["config"]["lam_star"] == -4.0

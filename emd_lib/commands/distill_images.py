@@ -55,8 +55,11 @@ def build_parser():
     p.add_argument("--move-z", action="store_true",
                    help="EMD: the joint (eps, z) chain (default: z frozen, the (eps, -) chain)")
     p.add_argument("--gamma-z", type=float, default=LangevinConfig.gamma_z, help="with --move-z: z's step size")
-    p.add_argument("--z-precondition", choices=["none", "snr"], default=LangevinConfig.z_precondition,
-                   help="with --move-z: how z's step shrinks with the signal-to-noise ratio")
+    p.add_argument("--z-precondition", choices=["none", "snr", "jacobian"], default=LangevinConfig.z_precondition,
+                   help="with --move-z: how z's step shrinks with the signal-to-noise ratio (jacobian: by "
+                        "1 + alpha^2 |J|^2 / sigma^2, |J| the generator's Jacobian norm by power iteration)")
+    p.add_argument("--metropolis", action="store_true",
+                   help="with --move-z: Metropolis-adjust every joint (eps, z) step (needs --cancel none, no --z-clip)")
     p.add_argument("--z-clip", type=float, default=None,
                    help="with --move-z: the largest z drift per step, in units of sqrt(dim) (default: none)")
     p.add_argument("--cancel", choices=["none", "injected", "full"], default=LangevinConfig.cancel,
@@ -92,7 +95,8 @@ def config_from_args(args) -> DistillConfig:
                          lam_min=args.lam_min, lam_max=args.lam_max, lam_star=args.lam_star, init_steps=0,
                          seed=args.seed, langevin=LangevinConfig(K=args.K, gamma_eps=args.gamma_eps, move_z=args.move_z,
                                                                  gamma_z=args.gamma_z, z_precondition=args.z_precondition,
-                                                                 z_clip=args.z_clip, cancel=args.cancel))
+                                                                 z_clip=args.z_clip, cancel=args.cancel,
+                                                                 metropolis=args.metropolis))
 
 
 def _check_args(parser, args) -> DistillConfig:
@@ -103,6 +107,8 @@ def _check_args(parser, args) -> DistillConfig:
         parser.error("--move-z sets EMD's E-step; --method di has none")
     if not args.move_z and args.z_clip is not None:
         parser.error("--z-clip limits the z step; it needs --move-z")
+    if args.metropolis and not args.move_z:
+        parser.error("--metropolis adjusts the joint (eps, z) step; it needs --move-z")
     for name, low in (("steps", 1), ("batch", 1), ("K", 0)):
         if getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")

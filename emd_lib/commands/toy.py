@@ -224,7 +224,8 @@ def _main(argv=None) -> int:
                                          "cancel": cfg.langevin.cancel,
                                          "gamma_z": cfg.langevin.gamma_z if cfg.langevin.move_z else None,
                                          "z_precondition": cfg.langevin.z_precondition if cfg.langevin.move_z else None,
-                                         "z_clip": cfg.langevin.z_clip if cfg.langevin.move_z else None},
+                                         "z_clip": cfg.langevin.z_clip if cfg.langevin.move_z else None,
+                                         "metropolis": cfg.langevin.metropolis if cfg.langevin.move_z else None},
                                      "config": cfg.to_dict(), **report})
         except OSError as e:
             return _fail(f"cannot write {args.report}: {e.strerror}")

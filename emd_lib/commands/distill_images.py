@@ -175,8 +175,10 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
                              out=args.out, desc=name, quiet=args.quiet,
                              status=lambda: {"loss_g": d.history["loss_g"][-1], "loss_s": d.history["loss_s"][-1]})
     hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
+    # the E-step's diagnostics (z and x moved, Metropolis acceptance, ...), averaged over the run
+    estep = {k[len("estep_"):]: round(sum(v) / len(v), 5) for k, v in d.history.items() if k.startswith("estep_") and v}
     out = save_student(args.out, d, card(seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
-                                         complete=True,
+                                         complete=True, estep_means=estep,
                                          curves={k: [round(v, 5) for v in vs[::5]] for k, vs in hist.items()}))
     if not args.quiet:
         print(f"saved {args.out}.safetensors after {d.step_count} steps of a {cfg.steps}-step horizon "

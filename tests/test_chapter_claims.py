@@ -800,3 +800,15 @@ def test_ch07_unconditional_claims():
     assert len(capped) == 1 and group_of(capped[0]) == di_time and capped[0]["seed"] == 2 and round(capped[0]["seconds"]) == 425
     assert build_parser().parse_args(shlex.split(capped[0]["command"])[3:]).minutes * 60 == 480
     assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_upd, di_time)] == [(0.303, 0.462), (0.235, 0.395)]
+
+
+def test_ch07_mala_student_claims():
+    """Chapter 7, section 6.1: the Metropolis-adjusted joint chain on digits accepted most moves, and its
+    student collapsed (two classes, no precision or recall)."""
+    rows = json.loads((DATA_DIR / "results" / "ch07_joint_mala.json").read_text())["rows"]
+    card = json.loads((DATA_DIR / "mnist_emd_mala.json").read_text())
+    row = next(r for r in rows if r["model"].startswith("EMD-4 (eps, z)"))
+    lang = card["config"]["langevin"]
+    assert lang["metropolis"] and lang["z_precondition"] == "jacobian" and lang["move_z"]
+    assert card["estep_means"]["accept"] > 0.5
+    assert row["classes_covered"] <= 2 and row["precision"] == 0 and row["recall"] == 0

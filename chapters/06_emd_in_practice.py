@@ -600,6 +600,8 @@ why = {
     "langevin.cancel": "chapter 4: 'full' removes the noise terms (mean-preserving with z fixed, as here)",
     "langevin.cancel_z": "chapter 4",
     "langevin.z_clip": "chapter 9 (a trust region for the z step)",
+    "langevin.metropolis": "chapter 9 (a Metropolis test on the joint step)",
+    "langevin.jac_iters": "chapter 9 (power iterations for the Jacobian-scaled z step)",
 }
 defaults = DistillConfig()
 print(f"{'setting':>26} {'default':>14}   how we chose it")

@@ -166,6 +166,11 @@ def _child(source: str, name: str, cwd: str, memory: int | None, conn, timeout: 
     # the checks need no GPU; a GPU driver would also reserve more address space than the limit
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["EMD_DEVICE"] = "cpu"
+    # one thread per cell: the checks are small, and a thread pool inherited through fork (or one
+    # competing with the rest of the machine) can make a cell many times slower than its time limit
+    import torch
+
+    torch.set_num_threads(1)
     _limit_memory(memory)
     os.chdir(cwd)
     try:

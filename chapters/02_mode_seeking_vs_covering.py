@@ -641,7 +641,9 @@ print(f"lost with w = sigma^2: mode {lost_s2.tolist()} (weight {weights_irr[lost
 #     python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 800
 
 # %%
-from emd_lib.experiments.ch02 import FAR_LABELS  # noqa: E402
+import functools  # noqa: E402
+
+from emd_lib.experiments.ch02 import FAR_LABELS, far_study_table  # noqa: E402
 
 far_rec = load("ch02_far.json")
 far_mix = get_mixture("far")
@@ -659,23 +661,7 @@ print(f"seconds per whole step (median of round-robin rounds, one thread): "
 print("updates at equal wall time (Diff-Instruct's", far_rec["steps"], "updates):", far_rec["equal_time_steps"])
 
 
-def far_table(rec, budget):
-    out = {}
-    for lab in rec["labels"]:
-        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == budget], key=lambda r: r["seed"])
-        if budget == "equal_time" and lab == rec.get("equal_time_reference"):
-            rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == "equal_updates"],
-                        key=lambda r: r["seed"])
-        if not rs:
-            continue
-        m = np.array([r["light_mass"] for r in rs])
-        out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": m, "steps": rs[0]["steps"],
-                    "tv": np.array([r["final"]["tv"] for r in rs])}
-    print(f"{budget}: {'method':>6} {'updates':>7} {'kept':>6} | light mass (weight {w_light:.2f}): mean ± std, per seed")
-    for lab, t in out.items():
-        print(f"{'':>{len(budget) + 1}} {lab:>6} {t['steps']:>7} {t['kept']:>3}/{t['n']} | {t['mass'].mean():.3f} ± "
-              f"{t['mass'].std():.3f}  {np.round(t['mass'], 3).tolist()}")
-    return out
+far_table = functools.partial(far_study_table, w_light=w_light)   # per method: seeds keeping the light mode, its mass
 
 
 far_eq = far_table(far_rec, "equal_updates")

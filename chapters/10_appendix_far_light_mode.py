@@ -25,6 +25,7 @@
 #   it, and what the reverse KL charges for dropping it.
 
 # %%
+import functools
 import json
 import math
 
@@ -51,23 +52,9 @@ far_mix = get_mixture("far")
 w_light = float(far_mix.weights[1])
 
 
-def far_table(rec, budget):
-    out = {}
-    for lab in rec["labels"]:
-        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == budget], key=lambda r: r["seed"])
-        if budget == "equal_time" and lab == rec.get("equal_time_reference"):
-            rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == "equal_updates"],
-                        key=lambda r: r["seed"])
-        if not rs:
-            continue
-        m = np.array([r["light_mass"] for r in rs])
-        out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": m, "steps": rs[0]["steps"],
-                    "tv": np.array([r["final"]["tv"] for r in rs])}
-    print(f"{budget}: {'method':>6} {'updates':>7} {'kept':>6} | light mass (weight {w_light:.2f}): mean ± std, per seed")
-    for lab, t in out.items():
-        print(f"{'':>{len(budget) + 1}} {lab:>6} {t['steps']:>7} {t['kept']:>3}/{t['n']} | {t['mass'].mean():.3f} ± "
-              f"{t['mass'].std():.3f}  {np.round(t['mass'], 3).tolist()}")
-    return out
+from emd_lib.experiments.ch02 import far_study_table  # noqa: E402
+
+far_table = functools.partial(far_study_table, w_light=w_light)   # chapter 2's table of the far study
 
 
 far_rec = load("ch02_far.json")

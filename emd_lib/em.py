@@ -24,6 +24,8 @@ Helpers for the book's chapter 3 (the EM derivation) and chapter 4 (the chains' 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ from .teachers import GaussianMixture
 
 __all__ = ["LinearGenerator", "rho_moments", "exact_em_step", "exact_student", "gaussian_teacher",
            "marginal_log_prob", "latent_posterior", "fisher_grad", "frozen_z_moments", "gaussian_kl",
-           "fit_error", "exact_em", "langevin_em_step", "langevin_em"]
+           "fit_error", "exact_em", "langevin_em_step", "langevin_em", "chain_cov_1d"]
 
 
 class LinearGenerator(nn.Module):
@@ -227,3 +229,28 @@ def langevin_em(A0, b0, m, C, lam: float, lcfg, iters: int = 300, batch: int = 1
         losses.append(langevin_em_step(gen, teacher, lam, lcfg, opt, batch=batch, rng=rng))
         errors.append(fit_error(gen.A.detach(), gen.b.detach(), m, C))
     return {"A": gen.A.detach().clone(), "b": gen.b.detach().clone(), "errors": errors, "losses": losses}
+
+
+def chain_cov_1d(space, a, s, c, gamma_u, gamma_z, K, start):
+    """Exact covariance of (u, z, eta) after K steps on a 1D linear pair: g(z) = z, ds(x_t) = c x_t.
+
+    u is eps (space "eps") or x_t (space "x"); eta is the record of the injected noise of u
+    (chapter 4, section 4); gamma_z = 0 freezes z. start: the (3, 3) covariance at step 0 (all means are zero).
+    """
+    r_u, r_z = math.sqrt(2 * gamma_u), math.sqrt(2 * gamma_z)
+    if space == "eps":
+        # eps <- eps + g (sigma ds - eps) + r n,  z <- z + g_z (alpha ds - z) + r_z n_z,  sigma ds = s c (a z + s eps)
+        M = [[1 - gamma_u + gamma_u * c * s * s, gamma_u * c * s * a, 0],
+             [gamma_z * a * c * s, 1 - gamma_z + gamma_z * a * c * a, 0],
+             [0, 0, 1 - gamma_u]]                                        # eta <- (1 - g) eta + r n
+    else:
+        # x <- x + g (ds - (x - a z) / s^2) + r n,  z <- z + g_z (a (x - a z) / s^2 - z) + r_z n_z
+        M = [[1 + gamma_u * c - gamma_u / s**2, gamma_u * a / s**2, 0],
+             [gamma_z * a / s**2, 1 - gamma_z * a**2 / s**2 - gamma_z, 0],
+             [0, 0, 1 - gamma_u / s**2]]                                 # eta <- (1 - g / s^2) eta + r n
+    M = torch.tensor(M, dtype=torch.float64)
+    N = torch.tensor([[r_u, 0], [0, r_z], [r_u, 0]], dtype=torch.float64)   # the same n drives u and eta
+    S = start.clone().double()
+    for _ in range(K):
+        S = M @ S @ M.T + N @ N.T
+    return S

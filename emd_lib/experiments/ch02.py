@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import DATA_DIR
@@ -51,7 +52,7 @@ from ..metrics import mixture_report, mode_masses, total_variation
 from ..mixtures import get_mixture, two_modes
 
 __all__ = ["run_one", "run_label", "whole_step_seconds", "equal_time_steps", "keeps", "REGIMES", "FAR_LABELS",
-           "KEEP_FRACTION", "main"]
+           "KEEP_FRACTION", "main", "far_study_table"]
 
 #: the methods of the ``far`` study
 FAR_LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -328,3 +329,24 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def far_study_table(rec, budget, w_light):
+    """The far study's runs of one budget (``equal_updates`` or ``equal_time``) per method: seeds that kept
+    the light mode, its mass per seed (weight ``w_light``), updates and TV; printed as a table and returned."""
+    out = {}
+    for lab in rec["labels"]:
+        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == budget], key=lambda r: r["seed"])
+        if budget == "equal_time" and lab == rec.get("equal_time_reference"):
+            rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == "equal_updates"],
+                        key=lambda r: r["seed"])
+        if not rs:
+            continue
+        m = np.array([r["light_mass"] for r in rs])
+        out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": m, "steps": rs[0]["steps"],
+                    "tv": np.array([r["final"]["tv"] for r in rs])}
+    print(f"{budget}: {'method':>6} {'updates':>7} {'kept':>6} | light mass (weight {w_light:.2f}): mean ± std, per seed")
+    for lab, t in out.items():
+        print(f"{'':>{len(budget) + 1}} {lab:>6} {t['steps']:>7} {t['kept']:>3}/{t['n']} | {t['mass'].mean():.3f} ± "
+              f"{t['mass'].std():.3f}  {np.round(t['mass'], 3).tolist()}")
+    return out

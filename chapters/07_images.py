@@ -459,8 +459,8 @@ print(f"updates: {card_z['steps']} against the shipped EMD-4's {cards['emd']['st
 # The library's joint chain is now chapter 9's section 4.2: the $z$ step divided by
 # $1 + \alpha^2\|J\|^2/\sigma^2$ and a Metropolis test on every joint step. On digits we used it with
 # steps of 0.01 for both $\epsilon$ and $z$ (far smaller than the 2D steps, 0.3 and 1; not tuned) and
-# distilled one EMD-4 student for 10 minutes (`data/mnist_emd_mala`, one
-# seed; its card keeps the E-step's diagnostics averaged over the run), measured the same way
+# distilled one EMD-4 student for 10 minutes (one seed; its card `data/mnist_emd_mala.json` keeps the
+# E-step's diagnostics averaged over the run; its weights are not shipped), measured the same way
 # (`data/results/ch07_joint_mala.json`):
 
 # %%

@@ -34,7 +34,7 @@ from .nets import MLPGenerator, MLPScore, ema_update, init_generator_from_teache
 from .schedules import bcast, sample_lam, weight
 
 __all__ = ["DistillConfig", "Distiller", "emd_generator_loss", "di_generator_loss", "student_loss", "evals_per_step",
-           "unwrap_parallel", "method_name", "grad_norm"]
+           "unwrap_parallel", "method_name", "grad_norm", "mlp_networks"]
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr: float, decay: float, frac: float) -> float:
@@ -190,6 +190,19 @@ def evals_per_step(method: str, K: int = 8, move_z: bool = False, space: str = "
             "generator_bwd": 1 + (K if moves else 0)}
 
 
+def mlp_networks(teacher, cfg: DistillConfig):
+    """The generator and the student score for a low-dimensional teacher: MLPs of ``cfg.width`` x
+    ``cfg.depth`` with weights drawn from ``cfg.seed`` (the one construction of both, for the
+    Distiller and the training command's 2D config); the student wrapped as an eps-predicting teacher."""
+    from .teachers import NetworkTeacher
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        gen = MLPGenerator(teacher.dim, cfg.width, cfg.depth)
+        score_net = MLPScore(teacher.dim, cfg.width, cfg.depth, schedule=teacher.schedule)
+    return gen, NetworkTeacher(score_net, teacher.schedule, predicts="eps")
+
+
 def grad_norm(params) -> float:
     """The total 2-norm of the parameters' gradients (``inf`` or ``nan`` when any entry is not finite)."""
     norms = [q.grad.detach().float().norm() for q in params if q.grad is not None]
@@ -206,7 +219,6 @@ class Distiller:
 
     def __init__(self, teacher, cfg: DistillConfig | None = None, generator: nn.Module | None = None,
                  student: nn.Module | None = None, device=None, shape: tuple | None = None, n_classes: int = 0):
-        from .teachers import NetworkTeacher
 
         self.cfg = cfg = cfg or DistillConfig()
         self.teacher = teacher
@@ -222,12 +234,9 @@ class Distiller:
             if len(self.shape) != 1:
                 raise ValueError(f"for data of shape {self.shape} pass the generator and the student score "
                                  "(e.g. emd_lib.nets.TeacherInitGenerator and a copy of the teacher)")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                gen_mlp = MLPGenerator(teacher.dim, cfg.width, cfg.depth)
-                score_net = MLPScore(teacher.dim, cfg.width, cfg.depth, schedule=sch)
+            gen_mlp, student_mlp = mlp_networks(teacher, cfg)
         self.generator = generator if generator is not None else gen_mlp
-        self.student = student if student is not None else NetworkTeacher(score_net, sch, predicts="eps")
+        self.student = student if student is not None else student_mlp
         self.rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.history: dict[str, list] = {}
         self.step_count = 0

@@ -44,7 +44,7 @@ from torch import nn
 
 from .. import ROOT, randn
 from ..runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..distill import Distiller, unwrap_parallel
+from ..distill import Distiller, mlp_networks, unwrap_parallel
 from ..langevin import call_generator
 from ..schedules import sample_lam
 from .config import (CONFIG_DIR, DEFAULT_PROMPTS, RESUMABLE_CHANGES, ConfigError, TeacherConfig, TrainConfig,  # noqa: F401
@@ -168,8 +168,7 @@ def _checkpoint_teacher(tc: TeacherConfig):
 def build_problem(cfg: TrainConfig, device) -> Problem:
     """Teacher, generator and student score of a config, on ``device``."""
     from . import adapters as A
-    from ..nets import MLPGenerator, MLPScore, TeacherInitGenerator, init_generator_from_teacher
-    from ..teachers import NetworkTeacher
+    from ..nets import TeacherInitGenerator, init_generator_from_teacher
 
     teacher, cond = load_teacher(cfg.teacher, seed=cfg.seed)
     sch = teacher.schedule
@@ -179,10 +178,7 @@ def build_problem(cfg: TrainConfig, device) -> Problem:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if cfg.teacher.kind == "mixture":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            gen = MLPGenerator(teacher.dim, cfg.width, cfg.depth)
-            student = NetworkTeacher(MLPScore(teacher.dim, cfg.width, cfg.depth, schedule=sch), sch, predicts="eps")
+        gen, student = mlp_networks(teacher, cfg)
         if cfg.init_steps > 0:
             init_generator_from_teacher(gen, teacher, cfg.lam_star, steps=cfg.init_steps,
                                         generator=torch.Generator().manual_seed(cfg.seed))

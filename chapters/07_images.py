@@ -38,7 +38,6 @@
 import copy
 import json
 import math
-import shlex
 import time
 
 import matplotlib.pyplot as plt
@@ -49,7 +48,7 @@ import emd_lib
 from emd_lib import DATA_DIR, fast_or
 from emd_lib.images.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
-from emd_lib.commands.distill_images import build_parser, config_from_args
+from emd_lib.commands.distill_images import build_parser, config_from_command
 from emd_lib.images.models import load_student, load_teacher, make_distiller
 from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.experiments.ch07 import chain_name, class_balance, decode_samples
@@ -641,17 +640,17 @@ for ax, (name, rs) in zip(axes[1:], groups.items()):
 plt.show()
 
 # %% [markdown]
-# **Which chain the shipped students use.** Every EMD student in this chapter but one, the shipped
+# **Which chain the shipped students use.** Every EMD student in this chapter but two, the shipped
 # one (`data/mnist_emd`), the seed-1 one of section 6 and the unconditional ones above, runs its
 # E-step on the $(\epsilon, -)$ chain: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation,
 # $K = 4$ and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains). The
-# exception is section 6's joint-chain student (`data/mnist_emd_z`, $(\epsilon, z)$ without
-# cancellation). Diff-Instruct has no chain. Read from the cards and commands:
+# exceptions are section 6.1's two joint-chain students (`data/mnist_emd_z` and the card
+# `data/mnist_emd_mala.json`, $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. Read from the cards and commands:
 
 # %%
 def chain_of_command(command):
     """The Langevin chain a distill_images command runs with today's defaults."""
-    cfg = config_from_args(build_parser().parse_args(shlex.split(command)[3:]))
+    cfg = config_from_command(command)
     if cfg.method == "di":
         return "none", None, None
     return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
@@ -661,7 +660,8 @@ chains = {"data/mnist_emd": (chain_name(cards["emd"]), cards["emd"]["config"]["l
                              cards["emd"]["config"]["langevin"]["K"]),
           "data/mnist_di": (chain_name(cards["di"]), None, None),
           "data/mnist_emd_z": (chain_name(card_z), card_z["config"]["langevin"]["cancel"],
-                               card_z["config"]["langevin"]["K"])}
+                               card_z["config"]["langevin"]["K"]),
+          "data/mnist_emd_mala.json": chain_of_command(card_m["command"])}
 for key, st in seed1["students"].items():
     chains[f"section 6, seed 1, {key}"] = chain_of_command(st["command"])
 for r in runs_u:

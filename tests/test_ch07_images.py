@@ -332,7 +332,7 @@ def test_class_balance_of_a_known_histogram():
 
 
 def test_shipped_unconditional_table_pairs_its_runs_and_its_histograms_add_up():
-    from emd_lib.commands.distill_images import build_parser
+    from emd_lib.commands.distill_images import args_from_command
     from emd_lib import DATA_DIR
 
     t = json.loads((DATA_DIR / "results" / "ch07_unconditional.json").read_text())
@@ -346,7 +346,7 @@ def test_shipped_unconditional_table_pairs_its_runs_and_its_histograms_add_up():
         assert r["min_share"] == pytest.approx(shares.min(), abs=1e-3)
     by = {}
     for r in runs:
-        args = build_parser().parse_args(r["command"].split()[3:])
+        args = args_from_command(r["command"])
         assert args.unconditional and args.method == r["method"] and args.seed == r["seed"]
         assert (r["budget"] == "wall time") == (args.minutes > 0) and sum(r["class_counts"]) == r["n"]
         by[(r["method"], r["budget"], r["seed"])] = (r, args)

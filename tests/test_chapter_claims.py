@@ -715,9 +715,8 @@ def test_ch08_gpu_bench_claims():
 def test_ch07_unconditional_claims():
     """Chapter 7, section 8: nine unconditional students (three seeds of EMD-4 and of Diff-Instruct at equal
     updates and at equal wall time), their class balance, and which chain every shipped student ran."""
-    import shlex
 
-    from emd_lib.commands.distill_images import build_parser, config_from_args
+    from emd_lib.commands.distill_images import args_from_command, build_parser, config_from_command
     from emd_lib.experiments.ch07 import chain_name
 
     emd_row, di_row, _, _ = ch07_rows()
@@ -742,7 +741,7 @@ def test_ch07_unconditional_claims():
     card_z = json.loads((DATA_DIR / "mnist_emd_z.json").read_text())
 
     def chain_of_command(command):
-        cfg = config_from_args(build_parser().parse_args(shlex.split(command)[3:]))
+        cfg = config_from_command(command)
         if cfg.method == "di":
             return "none", None, None
         return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
@@ -798,7 +797,7 @@ def test_ch07_unconditional_claims():
     assert (round(min(spd), 2), round(max(spd), 2)) == (0.21, 1.28)
     capped = [r for r in runs_u if r["updates"] >= build_parser().get_default("steps")]
     assert len(capped) == 1 and group_of(capped[0]) == di_time and capped[0]["seed"] == 2 and round(capped[0]["seconds"]) == 425
-    assert build_parser().parse_args(shlex.split(capped[0]["command"])[3:]).minutes * 60 == 480
+    assert args_from_command(capped[0]["command"]).minutes * 60 == 480
     assert [tuple(round(v, 3) for v in summary_u[g]["tv_uniform"][1:]) for g in (di_upd, di_time)] == [(0.303, 0.462), (0.235, 0.395)]
 
 

@@ -504,3 +504,14 @@ def test_annotate_gives_the_teacher_its_longest_sampler_row(tmp_path):
              "command": "python -m emd_lib eval_images", "date": "today", "reference": "held-out digits"}
     annotate_cards(table)
     assert read_card(tmp_path / "t")["eval"]["model"] == "teacher, Heun ODE 18 steps"
+
+
+def test_a_recorded_distill_images_command_is_read_in_both_spellings():
+    from emd_lib.commands.distill_images import args_from_command, config_from_command
+
+    old = "python -m emd_lib.distill_images --method emd --K 2 --move-z --out x"
+    new = "python -m emd_lib distill_images --method emd --K 2 --move-z --out x"
+    assert config_from_command(old) == config_from_command(new)
+    assert config_from_command(new).langevin.K == 2 and args_from_command(new).move_z
+    with pytest.raises(ValueError, match="not a distill_images command"):
+        args_from_command("python -m emd_lib toy --mixture far")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from ..runs.checkpoint import (CheckpointError, exit_interrupted, machine, run_c
 from ..distill import DistillConfig, method_name
 from ..langevin import LangevinConfig
 
-__all__ = ["TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student", "main"]
+__all__ = ["args_from_command", "config_from_command", "TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student", "main"]
 
 from ..images.models import (SHAPES, TEACHER_PATH, load_student, load_teacher, make_distiller,  # noqa: F401
                              save_student, unconditional_problem)
@@ -97,6 +98,21 @@ def config_from_args(args) -> DistillConfig:
                                                                  gamma_z=args.gamma_z, z_precondition=args.z_precondition,
                                                                  z_clip=args.z_clip, cancel=args.cancel,
                                                                  metropolis=args.metropolis))
+
+
+def args_from_command(command: str) -> argparse.Namespace:
+    """The arguments of a recorded ``distill_images`` command, in either spelling
+    (``python -m emd_lib distill_images ...`` or the older ``python -m emd_lib.distill_images ...``)."""
+    words = shlex.split(command)
+    start = next((i for i, w in enumerate(words) if w.endswith("distill_images")), None)
+    if start is None:
+        raise ValueError(f"not a distill_images command: {command!r}")
+    return build_parser().parse_args(words[start + 1:])
+
+
+def config_from_command(command: str) -> DistillConfig:
+    """The :class:`DistillConfig` a recorded ``distill_images`` command runs with today's defaults."""
+    return config_from_args(args_from_command(command))
 
 
 def _check_args(parser, args) -> DistillConfig:

@@ -36,22 +36,21 @@
 # of the chain's injected noise (section 4). The book's notation page (`docs/notation.md`) lists every symbol.
 
 # %%
-import json
 import math
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import display
 
-import emd_lib
-from emd_lib import DATA_DIR, fast_or, is_fast
+from emd_lib import fast_or
+from emd_lib.book import fast_note
+from emd_lib.book.plotting import COLORS, use_style
 from emd_lib.distill import emd_generator_loss
 from emd_lib.em import LinearGenerator, exact_student, frozen_z_moments, gaussian_kl, gaussian_teacher, rho_moments
 from emd_lib.experiments import ch04 as sweeps
 from emd_lib.langevin import LangevinConfig, estep, log_rho_grads, score_gap_eps
-from emd_lib.mixtures import irregular
-from emd_lib.book.plotting import COLORS, use_style
 from emd_lib.schedules import VP
 
 torch.set_num_threads(1)
@@ -71,10 +70,6 @@ def level(lam):
     alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
     return float(alpha), float(sigma)
 
-
-def fast_note(what):
-    """A remark to print beside a number that fast mode changes."""
-    return f" (fast mode: {what})" if is_fast() else ""
 
 # %% [markdown]
 # ## 1. One target, two coordinate systems
@@ -599,22 +594,9 @@ assert gstats["(eps, z) full"][-1][0] < 1e-3 * gstats["(eps, -) none"][-1][0]   
 # and checks it against the stored seeds.
 
 # %%
-def load_sweep(name):
-    """A stored sweep of emd_lib.experiments.ch04 and its summary (means over the runs that did not diverge)."""
-    res = json.loads((DATA_DIR / "results" / f"ch04_{name}.json").read_text())
-    res["summary"] = sweeps.summarize(res)
-    meta = res["meta"]
-    print(f"{name}: {len(res['seeds'])} seeds x {len(res['runs'])} variants, {res['steps']} generator steps each; "
-          f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']} ({meta['date']})")
-    return res
-
-
-cancel = load_sweep("cancel")
+cancel = sweeps.load_sweep("cancel")
 C2 = cancel["summary"]
-keys = ("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last")
-print(f"{'variant':20s}" + "".join(k.rjust(16) for k in keys))
-for name, row in C2.items():
-    print(f"{name:20s}" + "".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}".rjust(16) for k in keys))
+display(sweeps.sweep_table(cancel))
 curves = {}                                         # per variant: (steps, runs x points) of the logged gradient norm
 for name, runs in cancel["runs"].items():
     G = np.array([r["grad_norm"] for r in runs])

@@ -31,22 +31,23 @@
 # * choose a $z$ step for the joint chain, and say what a trust region on it buys.
 
 # %%
-import json
 import math
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import display
 
 import emd_lib
-from emd_lib import DATA_DIR, fast_or, is_fast
-from emd_lib.distill import DistillConfig, Distiller
-from emd_lib.em import LinearGenerator, exact_student, gaussian_teacher, rho_moments
-from emd_lib.experiments import ch04 as sweeps
-from emd_lib.langevin import LangevinConfig, estep
-from emd_lib.mixtures import get_mixture, irregular
+from emd_lib import fast_or
+from emd_lib.book import fast_note
 from emd_lib.book.plotting import COLORS, use_style
+from emd_lib.distill import DistillConfig, Distiller
+from emd_lib.em import LinearGenerator, exact_student, gaussian_teacher
+from emd_lib.experiments import ch04 as sweeps
+from emd_lib.langevin import LangevinConfig
+from emd_lib.mixtures import get_mixture, irregular
 from emd_lib.schedules import VP
 
 torch.set_num_threads(1)
@@ -68,10 +69,6 @@ def level(lam):
     alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
     return float(alpha), float(sigma)
 
-
-def fast_note(what):
-    """A remark to print beside a number that fast mode changes."""
-    return f" (fast mode: {what})" if is_fast() else ""
 
 # %% [markdown]
 # ## 1. How stiff the $z$ direction is
@@ -402,33 +399,14 @@ plt.show()
 # more $(x, z)$ chains); the chapter loads their JSON.
 
 # %%
-def load_sweep(name):
-    res = json.loads((DATA_DIR / "results" / f"ch04_{name}.json").read_text())
-    res["summary"] = sweeps.summarize(res)              # means over the runs that did not diverge
-    meta = res["meta"]
-    print(f"{name}: `{meta['command']}`: {len(res['seeds'])} seeds x {len(res['runs'])} variants, "
-          f"{res['steps']} generator steps each, width {res['width']}, K = {res['K']}; "
-          f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']} ({meta['date']})")
-    return res
-
-
-def print_table(res, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last")):
-    heads = {"tv": "TV", "modes_covered": "modes", "within_3sd": "in 3 sd", "mmd": "MMD", "precision": "precision",
-             "recall": "recall", "grad_norm_last": "|grad|"}
-    print(f"{'variant':22s}" + "".join(heads[k].rjust(16) for k in keys) + "diverged".rjust(10))
-    for name, row in res["summary"].items():
-        cells = "".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}".rjust(16) for k in keys)
-        print(f"{name:22s}{cells}{row['diverged']:>7d}/{row['n']}")
-
-
 def per_seed(res, name, key):
     return np.array([r["metrics"][key] if key in r["metrics"] else r[key] for r in res["runs"][name]], dtype=float)
 
 
-space = load_sweep("space")
-print_table(space)
-space_x = load_sweep("space_x")
-print_table(space_x)
+space = sweeps.load_sweep("space")
+display(sweeps.sweep_table(space))
+space_x = sweeps.load_sweep("space_x")
+display(sweeps.sweep_table(space_x))
 
 
 def seed_dots(ax, results, key, title, log=False):
@@ -524,8 +502,8 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 # (`python -m emd_lib experiment ch04 --sweep gamma_z`).
 
 # %%
-gz = load_sweep("gamma_z")
-print_table(gz, keys=("tv", "modes_covered", "within_3sd", "precision", "mmd", "recall"))
+gz = sweeps.load_sweep("gamma_z")
+display(sweeps.sweep_table(gz, keys=("tv", "modes_covered", "within_3sd", "precision", "mmd", "recall")))
 print()
 print(f"{'variant':14s}{'diverged':>10s}{'at steps':>22s}{'mean |z_K - z_0|':>20s}")
 for name, runs in gz["runs"].items():
@@ -599,10 +577,10 @@ for sch in ("snr", "none"):
 # region, the trust region with $\gamma_z = 0.02$, the plain step $\gamma_z = 0.02$ alone, and Diff-Instruct.
 
 # %%
-zstep = {m: load_sweep(f"zstep_{m}") for m in ("far", "irregular", "grid25")}
+zstep = {m: sweeps.load_sweep(f"zstep_{m}") for m in ("far", "irregular", "grid25")}
 for m, res in zstep.items():
     print(f"--- {m}")
-    print_table(res, keys=("tv", "modes_covered", "within_3sd", "mmd", "recall"))
+    display(sweeps.sweep_table(res, keys=("tv", "modes_covered", "within_3sd", "mmd", "recall")))
 far_w = float(get_mixture("far").weights[1])
 light = {n: [r["metrics"]["masses"][1] for r in runs] for n, runs in zstep["far"]["runs"].items()}
 print(f"far target: the light mode's mass (weight {far_w:.2f}) per seed, runs that finished")
@@ -648,9 +626,10 @@ print("the earlier joint setting's light mode, in units of its weight: " + ", ".
 # ### 4.2 A $z$ step scaled by the Jacobian, with a Metropolis test
 #
 # Section 4's curvature bound says where the plain step fails. Near a teacher mode of width $\omega_k$
-# the curvature of $-\log\rho$ in $z$ is about $\alpha^2 \|J\|^2 / (\sigma^2 + \alpha^2 \omega_k^2)$; the
-# generator's first updates sharpen it towards narrow modes, $\|J\|$ grows, and at high SNR a fixed step
-# of 0.02 soon exceeds $2/\text{curvature}$, so every chain step multiplies the error. The teacher's
+# the curvature of $-\log\rho$ in $z$ is about $\alpha^2 \|J\|^2 / (\sigma^2 + \alpha^2 \omega_k^2)$: at high SNR,
+# near a narrow mode, it grows with the generator's Jacobian, and once a fixed step exceeds
+# $2/\text{curvature}$ every chain step multiplies the error (section 4.1's plain step of 0.02 on
+# `grid25` is such a case). The teacher's
 # part of the curvature is bounded by $1/\sigma^2$, which suggests the step
 # $\gamma_z / (1 + \alpha^2 \|J\|^2/\sigma^2)$ per sample, with $\|J\|$ from two power iterations of
 # vector-Jacobian products (`LangevinConfig(z_precondition="jacobian")`). A step this large is stable
@@ -664,11 +643,11 @@ print("the earlier joint setting's light mode, in units of its weight: " + ", ".
 # recommended chain, its cost timed in turns with theirs.
 
 # %%
-joint = {m: load_sweep(f"joint_{m}") for m in ("far", "irregular", "grid25")}
+joint = {m: sweeps.load_sweep(f"joint_{m}") for m in ("far", "irregular", "grid25")}
 REC = "(eps, z) mala jacobian 1"
 for m, res in joint.items():
     print(f"--- {m}")
-    print_table(res, keys=("tv", "within_3sd", "recall"))
+    display(sweeps.sweep_table(res, keys=("tv", "within_3sd", "recall")))
 lang_rec = joint["far"]["variants"][REC]["langevin"]
 print("the recommended chain, JOINT_CHAIN:", {k: lang_rec[k] for k in emd_lib.langevin.JOINT_CHAIN})
 light_j = {n: [r["metrics"]["masses"][1] for r in runs if not r["diverged"]] for n, runs in joint["far"]["runs"].items()}

@@ -115,3 +115,15 @@ def test_ch04_exercise_checks_reject_their_wrong_answers():
         for wrong in ex.wrong:
             with pytest.raises(ExerciseFailed):
                 ex.fn(wrong)
+
+
+def test_a_stored_sweep_loads_with_its_summary_and_shows_as_a_table(capsys):
+    from emd_lib.experiments import ch04
+
+    res = ch04.load_sweep("zstep_grid25")
+    assert "zstep_grid25: `python" in capsys.readouterr().out
+    tab = ch04.sweep_table(res, keys=("tv", "recall"))
+    assert tab.columns == ["variant", "TV", "recall", "diverged"] and len(tab.rows) == len(res["runs"])
+    plain = next(r for r in tab.rows if r[0] == "(eps, z) none 0.05")
+    assert plain[-1] == "3/3" and "nan" in plain[1]                   # every run of the plain step diverged
+    assert "<table" in tab._repr_html_() and "(eps, -)" in str(tab)

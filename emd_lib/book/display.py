@@ -126,3 +126,11 @@ def _is_number(s: str) -> bool:
 def table(rows, columns, fmt=None, title: str | None = None) -> Table:
     """A :class:`Table`: the last expression of a cell, it is drawn as an HTML table."""
     return Table(rows, columns, fmt=fmt, title=title)
+
+
+def fast_note(what: str) -> str:
+    """A remark to print beside a number that fast mode changes: ``" (fast mode: WHAT)"`` under
+    ``EMD_FAST=1``, else nothing."""
+    from .. import is_fast
+
+    return f" (fast mode: {what})" if is_fast() else ""

@@ -44,7 +44,7 @@ from ..metrics import mixture_report
 from ..mixtures import get_mixture
 from ..schedules import VP
 
-__all__ = ["GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
+__all__ = ["load_sweep", "sweep_table", "GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
            "time_per_update", "run_equal_time", "main"]
 
 GAMMA_EPS = 0.3
@@ -430,3 +430,30 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def load_sweep(name: str) -> dict:
+    """A stored sweep ``data/results/ch04_NAME.json`` with its :func:`summarize` under ``"summary"``;
+    prints where it came from (command, seeds, variants, steps, minutes, machine, date)."""
+    res = json.loads((DATA_DIR / "results" / f"ch04_{name}.json").read_text())
+    res["summary"] = summarize(res)                     # means over the runs that did not diverge
+    meta = res["meta"]
+    print(f"{name}: `{meta['command']}`: {len(res['seeds'])} seeds x {len(res['runs'])} variants, "
+          f"{res['steps']} generator steps each, width {res['width']}, K = {res['K']}; "
+          f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']} ({meta['date']})")
+    return res
+
+
+#: column names of :func:`sweep_table`
+HEADS = {"tv": "TV", "modes_covered": "modes", "within_3sd": "in 3 sd", "mmd": "MMD", "precision": "precision",
+         "recall": "recall", "grad_norm_last": "|grad|"}
+
+
+def sweep_table(res: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last")):
+    """A sweep's summary as a table (mean ± sd over the seeds that did not diverge, and how many
+    diverged): an HTML table in the book and Jupyter, aligned text when printed."""
+    from ..book.display import table
+
+    rows = [[name] + [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys] + [f"{row['diverged']}/{row['n']}"]
+            for name, row in res["summary"].items()]
+    return table(rows, ["variant"] + [HEADS[k] for k in keys] + ["diverged"])

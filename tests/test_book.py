@@ -73,10 +73,12 @@ from emd_lib.book import glue, table
 
 glue("tiny_ratio", 3.14159)
 glue("tiny_e", 2.71828, fmt=".3f")
+glue("tiny_light", 0.1234, fmt=".3f", fast="20 updates")
 table([("EMD-8", 0.051234), ("Diff-Instruct", 0.2)], ["method", "MMD"], fmt="{:.3f}")
 
 # %% [markdown]
-# The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue}`tiny_e`.
+# The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue}`tiny_e`. The light mass is
+# {glue:text}`tiny_light`.
 #
 # :::{admonition} Our convention
 # :class: note
@@ -222,6 +224,10 @@ def test_glue_tables_and_tags_on_the_page(built):
     page = (built / "01_tiny.html").read_text()
     assert re.search(r"The ratio is <span[^>]*>3\.14</span>", page), "the glued number in the prose"
     assert re.search(r"e is about <span[^>]*>2\.718</span>", page), "a glued formatted text, no quotes"
+    assert re.search(r"light mass is\s+<span[^>]*>0\.123 \(fast mode: 20 updates\)</span>", page), \
+        "a number that fast mode changes says so beside it"
+    assert "tiny_ratio:" not in page, "in the book the glue cell prints nothing"
+    assert "Built with <code>EMD_FAST=1</code>" in page, "a fast build says its numbers are shortened runs'"
     assert '<table class="emd-table">' in page and "0.051" in page
     assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the guarded number', page, re.S), \
         "a cell of asserts is behind a toggle"
@@ -273,10 +279,18 @@ def test_a_check_at_the_end_of_a_cell_leaves_no_value():
     assert not book.ends_with_a_check("x == 1")
 
 
-def test_glue_is_silent_outside_a_build(monkeypatch, capsys):
+def test_glue_prints_name_and_text_outside_a_build(monkeypatch, capsys):
     monkeypatch.delenv("EMD_BOOK_BUILD", raising=False)
+    monkeypatch.setenv("EMD_FAST", "0")
     assert glue("x", 0.25, fmt=".1f") == 0.25
-    assert capsys.readouterr().out == ""
+    assert glue("n_kept", 3) == 3
+    assert glue("light", 0.1234, fmt=".3f", fast="200 updates") == 0.1234
+    assert capsys.readouterr().out.splitlines() == ["x: 0.2", "n_kept: 3", "light: 0.123"]
+    monkeypatch.setenv("EMD_FAST", "1")
+    glue("light", 0.1234, fmt=".3f", fast="200 updates")
+    assert capsys.readouterr().out.strip() == "light: 0.123 (fast mode: 200 updates)"
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        glue("light mass", 0.1)
 
 
 def test_table_renders_as_html_markdown_and_text():

@@ -1,9 +1,12 @@
 """What a chapter shows: numbers glued into the prose, and tables.
 
-``glue(name, value, fmt=None)`` hands a computed number to the book's prose (MyST-NB's glue):
-the chapter's Markdown then writes ``{glue:text}`name:.3f``` and the rendered page shows the
-value of this build. In plain Jupyter, under nbval, or without MyST-NB installed it shows
-nothing and returns ``value``: the chapter runs the same everywhere.
+``glue(name, value, fmt=None, fast=None)`` hands a computed number to the book's prose
+(MyST-NB's glue): the chapter's Markdown then writes ``{glue:text}`name``` (or
+``{glue:text}`name:.3f``` for an unformatted number) and the rendered page shows the value of
+this build, hiding the cell's own output. ``fast="200 updates"`` marks a number that fast mode
+changes: under ``EMD_FAST=1`` the glued text reads ``0.142 (fast mode: 200 updates)``. In plain
+Jupyter and under nbval, where Markdown shows the role's name, the cell prints ``name: text``
+instead, so the reader finds the number the prose names; the chapter runs the same everywhere.
 
 ``table(rows, columns)`` is a small table that Jupyter and the book draw as an HTML table and a
 terminal prints as aligned text (no pandas)::
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 
 #: set by ``python -m emd_lib book`` in the kernels that execute the chapters
 BUILD_ENV = "EMD_BOOK_BUILD"
@@ -31,13 +35,22 @@ class _Text(str):
         return str(self)
 
 
-def glue(name: str, value, fmt: str | None = None, display: bool = False):
-    """Make ``value`` available to the prose as ``{glue:}`name``` (or ``{glue:text}`name:.3f```).
+def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: str | None = None):
+    """Make ``value`` available to the prose as ``{glue:text}`name``` and return it.
 
-    ``fmt`` (a format spec such as ``".3f"`` or ``","``) glues the formatted text instead of the
-    value, for prose that writes ``{glue:}`name```. Only a book build records anything; elsewhere
-    this returns ``value`` and prints nothing (``display=True`` shows it there as well)."""
-    shown = _Text(format(value, fmt)) if fmt else value
+    ``fmt`` (a format spec such as ``".3f"``, ``","`` or ``".0%"``) glues the formatted text
+    instead of the value. ``fast`` says what fast mode shortens; under ``EMD_FAST=1`` it is
+    appended to the glued text as ``" (fast mode: FAST)"`` (the value is glued as text then).
+    In a book build the value goes to MyST-NB's glue and the cell shows nothing (``display=True``
+    shows it there too); elsewhere the cell prints ``name: text``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"glue name {name!r}: use letters, digits and underscores, as the prose's "
+                         "{glue:text}`name` role needs")
+    text = format(value, fmt) if fmt else (value if isinstance(value, str) else None)
+    note = fast_note(fast) if fast else ""
+    if note:
+        text = (text if text is not None else str(value)) + note
+    shown = _Text(text) if text is not None else value
     if in_book_build():
         try:
             from myst_nb import glue as _glue
@@ -46,10 +59,7 @@ def glue(name: str, value, fmt: str | None = None, display: bool = False):
         if _glue is not None:
             _glue(name, shown, display=display)
             return value
-    if display:
-        from IPython.display import display as _display
-
-        _display(shown)
+    print(f"{name}: {shown}")
     return value
 
 

@@ -78,6 +78,11 @@ def run_time_note(app, pagename, templatename, context, doctree):
         when = datetime.fromtimestamp(data["mtime"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         note = (f'<p class="emd-run-time">Executed in {data["runtime"]:.1f} s ({mode} mode), '
                 f"{when}.</p>")
+        if mode == "fast":
+            note += ('<p class="emd-run-time fast">Built with <code>EMD_FAST=1</code>: the runs on this '
+                     "page are shortened, so the numbers they compute differ from the full book's "
+                     "(<code>make book</code>); a number that fast mode changes says so beside it. "
+                     "Stored sweeps are the full runs.</p>")
     body = context["body"]
     m = re.search(r"</h1>", body)
     context["body"] = body[:m.end()] + note + body[m.end():] if m else note + body

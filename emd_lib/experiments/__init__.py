@@ -7,10 +7,32 @@ Each writes ``data/results/chNN_*.json`` with the command line, date, machine an
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import sys
 
-__all__ = ["available", "main"]
+__all__ = ["available", "load_result", "main"]
+
+
+def load_result(name: str, quiet: bool = False) -> dict:
+    """A stored result ``data/results/NAME.json`` (``.json`` may be left out). Unless ``quiet``,
+    prints where it came from: the command, its date, and the minutes and machine when recorded."""
+    from .. import DATA_DIR
+
+    path = DATA_DIR / "results" / (name if name.endswith(".json") else f"{name}.json")
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.json")))
+        raise FileNotFoundError(f"no stored result {path.name} in {path.parent} (there are: {known})")
+    rec = json.loads(path.read_text())
+    if not quiet:
+        meta = rec.get("meta", rec)
+        machine = meta.get("machine")
+        if isinstance(machine, dict):
+            machine = f"{machine.get('cpu_count', machine.get('cpus', '?'))} CPUs"
+        minutes = f"{meta['wall_seconds'] / 60:.1f} min" if meta.get("wall_seconds") is not None else None
+        where = " on ".join(str(x) for x in (minutes, machine) if x)
+        print(f"{path.name}: `{meta.get('command', '?')}`, {meta.get('date', '?')}" + (f", {where}" if where else ""))
+    return rec
 
 
 def available() -> list[str]:

@@ -73,12 +73,13 @@ from emd_lib.book import glue, table
 
 glue("tiny_ratio", 3.14159)
 glue("tiny_e", 2.71828, fmt=".3f")
+glue("tiny_w", 0.15, fmt=".3f")
 glue("tiny_light", 0.1234, fmt=".3f", fast="20 updates")
 table([("EMD-8", 0.051234), ("Diff-Instruct", 0.2)], ["method", "MMD"], fmt="{:.3f}")
 
 # %% [markdown]
-# The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue}`tiny_e`. The light mass is
-# {glue:text}`tiny_light`.
+# The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue:text}`tiny_e`. The light mass is
+# {glue:text}`tiny_light` of {glue:text}`tiny_w`.
 #
 # :::{admonition} Our convention
 # :class: note
@@ -224,6 +225,7 @@ def test_glue_tables_and_tags_on_the_page(built):
     page = (built / "01_tiny.html").read_text()
     assert re.search(r"The ratio is <span[^>]*>3\.14</span>", page), "the glued number in the prose"
     assert re.search(r"e is about <span[^>]*>2\.718</span>", page), "a glued formatted text, no quotes"
+    assert re.search(r"of <span[^>]*>0\.150</span>", page), "a formatted text keeps its trailing zero"
     assert re.search(r"light mass is\s+<span[^>]*>0\.123 \(fast mode: 20 updates\)</span>", page), \
         "a number that fast mode changes says so beside it"
     assert "tiny_ratio:" not in page, "in the book the glue cell prints nothing"

@@ -29,10 +29,12 @@ def in_book_build() -> bool:
 
 
 class _Text(str):
-    """A string whose repr is itself: glued as text, it shows without quotes."""
+    """Formatted text to glue. MyST-NB's ``{glue:text}`` role reads a glued value's repr back
+    with ``ast.literal_eval``, so the repr is the quoted string: the text comes back as it was
+    (an unquoted "0.150" would come back as the number 0.15 and lose its zero)."""
 
     def __repr__(self) -> str:
-        return str(self)
+        return repr(str(self))
 
 
 def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: str | None = None):

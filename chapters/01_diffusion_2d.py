@@ -252,10 +252,10 @@ for lam_i in (2.0, -4.0):
     logp, score, den = mixture_from_scratch(x_t, lam_i, mix.weights, mix.means, stds, schedule=EDM)
     torch.testing.assert_close(score, mix_edm_chk.score(x_t, lam_b), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(den, mix_edm_chk.denoise(x_t, lam_b), rtol=1e-4, atol=1e-4)
-print("from-scratch log p, score and denoiser match GaussianMixture (VP and EDM); autograd and Tweedie agree")
 
 # %% [markdown]
-# The EDM schedule gives the same check (above), and for full covariances the library solves
+# The from-scratch log-density, score and denoiser match `GaussianMixture` under both schedules,
+# and autograd and Tweedie's formula agree with the score. For full covariances the library solves
 # with Cholesky factors instead of dividing by a variance. One more check of what "denoiser"
 # means: $D$ is the *best* estimate of $x$ from $x_t$ in mean squared error, so any
 # perturbation of it does worse. This is why a network trained to regress $x$ on $x_t$

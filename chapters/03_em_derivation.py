@@ -49,6 +49,7 @@ import torch
 
 import emd_lib
 from emd_lib import fast_or
+from emd_lib.book import glue, table
 from emd_lib.em import (LinearGenerator, exact_em, exact_em_step, exact_student, fisher_grad, fit_error,
                         gaussian_kl, gaussian_teacher, langevin_em, latent_posterior, marginal_log_prob,
                         rho_moments)
@@ -116,10 +117,16 @@ with torch.no_grad():
     log_q_mc = torch.logsumexp(log_kernel, dim=1) - math.log(n_mc)
     log_q_exact = marginal_log_prob(gen, x_t, alpha, sigma)
     log_q_lib = exact_student(A, b).log_prob(x_t, torch.full((3,), lam0))
-print("log q_t by Monte Carlo :", [f"{v:.4f}" for v in log_q_mc.tolist()])
-print("log q_t closed form    :", [f"{v:.4f}" for v in log_q_exact.tolist()])
+glue("ch03_logq_mc_err", float((log_q_mc - log_q_exact).abs().max()), fmt=".4f",
+     fast=f"{n_mc:,} draws; the full run uses 400,000")
 torch.testing.assert_close(log_q_exact, log_q_lib, rtol=1e-5, atol=1e-5)
 torch.testing.assert_close(log_q_mc, log_q_exact, rtol=0, atol=0.02)
+table([(f"({x[0]:.1f}, {x[1]:.1f})", mc, ex) for x, mc, ex in zip(x_t, log_q_mc.tolist(), log_q_exact.tolist())],
+      ["x_t", "log q_t, Monte Carlo", "log q_t, closed form"], fmt="{:.4f}", title=f"lambda = {lam0:.0f}")
+
+# %% [markdown]
+# At the three points the Monte Carlo estimate is within {glue:text}`ch03_logq_mc_err` of the
+# closed form.
 
 # %% [markdown]
 # ## 2. Maximum likelihood is the forward KL
@@ -142,9 +149,17 @@ with torch.no_grad():
     avg_loglik = marginal_log_prob(gen, xs, alpha, sigma).mean().item()
 kl_pq = gaussian_kl(p_t.mean, p_t.covariance_matrix, alpha * b, alpha**2 * A @ A.T + sigma**2 * torch.eye(2))
 H_p = p_t.entropy().item()
-print(f"E_p[log q_t] (Monte Carlo) = {avg_loglik:.4f}")
-print(f"-KL(p_t||q_t) - H(p_t)     = {-kl_pq - H_p:.4f}   (KL = {kl_pq:.4f}, H = {H_p:.4f})")
+glue("ch03_avg_loglik", avg_loglik, fmt=".4f", fast=f"{n_p:,} samples; the full run uses 200,000")
+glue("ch03_kl_h", -float(kl_pq) - H_p, fmt=".4f")
+glue("ch03_kl", float(kl_pq), fmt=".4f")
+glue("ch03_entropy", H_p, fmt=".4f")
 assert abs(avg_loglik - (-kl_pq - H_p)) < 0.02
+
+# %% [markdown]
+# The average log-likelihood of the teacher's samples under the student is
+# {glue:text}`ch03_avg_loglik`; the right side, $-\mathrm{KL} - H$, is {glue:text}`ch03_kl_h`,
+# with $\mathrm{KL}(p_\lambda \,\|\, q_\theta^\lambda) =$ {glue:text}`ch03_kl` and
+# $H(p_\lambda) =$ {glue:text}`ch03_entropy`.
 
 # %% [markdown]
 # ## 3. Fisher's identity
@@ -182,16 +197,32 @@ z_post = torch.distributions.MultivariateNormal(mu_z[0], S_z).sample((n_post,)).
 log_lik = -((x1 - alpha * gen(z_post)) ** 2).sum(-1) / (2 * sigma**2)  # log N(x_t; alpha g(z), sigma^2 I) + const
 gA_mc, gb_mc = torch.autograd.grad(log_lik.mean(), (gen.A, gen.b))
 
-print("grad_A log q_t, autograd :", gA_auto.flatten().numpy().round(4))
-print("  posterior mean (exact) :", gA_post[0].flatten().numpy().round(4))
-print("  posterior Monte Carlo  :", gA_mc.flatten().numpy().round(4))
-print("grad_b log q_t, autograd :", gb_auto.numpy().round(4))
-print("  posterior mean (exact) :", gb_post[0].numpy().round(4))
-print("  posterior Monte Carlo  :", gb_mc.numpy().round(4))
+
+
+def vec(t):
+    """A tensor's entries, flattened, as short text for a table."""
+    return ", ".join(f"{v:.4f}" for v in t.flatten().tolist())
+
+
+def max_diff(pairs):
+    return max(float((u.float() - v.float()).abs().max()) for u, v in pairs)
+
+
+glue("ch03_fisher_exact_err", max_diff([(gA_post[0], gA_auto), (gb_post[0], gb_auto)]), fmt=".1e")
+glue("ch03_fisher_mc_err", max_diff([(gA_mc, gA_auto), (gb_mc, gb_auto)]), fmt=".4f",
+     fast=f"{n_post:,} draws; the full run uses 200,000")
 torch.testing.assert_close(gA_post[0].float(), gA_auto, rtol=1e-4, atol=1e-5)
 torch.testing.assert_close(gb_post[0].float(), gb_auto, rtol=1e-4, atol=1e-5)
 torch.testing.assert_close(gA_mc, gA_auto, rtol=0, atol=0.03)
 torch.testing.assert_close(gb_mc, gb_auto, rtol=0, atol=0.03)
+table([("autograd of log q_t", vec(gA_auto), vec(gb_auto)),
+       ("posterior mean, closed form", vec(gA_post[0]), vec(gb_post[0])),
+       ("posterior mean, Monte Carlo", vec(gA_mc), vec(gb_mc))],
+      ["gradient", "d/dA (A11, A12, A21, A22)", "d/db"], title=f"grad log q_t(x_t) at x_t = ({x1[0, 0]:.1f}, {x1[0, 1]:.1f})")
+
+# %% [markdown]
+# The posterior average in closed form matches autograd to {glue:text}`ch03_fisher_exact_err`
+# (rounding), and the Monte Carlo average over posterior draws to {glue:text}`ch03_fisher_mc_err`.
 
 # %% [markdown]
 # ## 4. The E-step target $\rho$ and the M-step
@@ -252,10 +283,8 @@ gA_reg, gb_reg = torch.autograd.grad(reg, (gen.A, gen.b))
 q_t = torch.distributions.MultivariateNormal(alpha * gen.b, alpha**2 * gen.A @ gen.A.T + sigma**2 * torch.eye(2))
 kl = torch.distributions.kl_divergence(p_t, q_t)
 gA_kl, gb_kl = torch.autograd.grad(kl, (gen.A, gen.b))
-print("grad_A KL(p_t||q_t), closed form :", gA_kl.flatten().numpy().round(4))
-print("grad_A of the M-step regression  :", gA_reg.flatten().numpy().round(4))
-print("grad_b KL(p_t||q_t), closed form :", gb_kl.numpy().round(4))
-print("grad_b of the M-step regression  :", gb_reg.numpy().round(4))
+fast_rho = f"{n_rho:,} samples of rho; the full run uses 400,000"
+glue("ch03_reg_err", max_diff([(gA_reg, gA_kl), (gb_reg, gb_kl)]), fmt=".4f", fast=fast_rho)
 torch.testing.assert_close(gA_reg, gA_kl, rtol=0, atol=0.03)
 torch.testing.assert_close(gb_reg, gb_kl, rtol=0, atol=0.03)
 
@@ -263,14 +292,23 @@ torch.testing.assert_close(gb_reg, gb_kl, rtol=0, atol=0.03)
 design = torch.cat([zr, torch.ones(n_rho, 1)], 1).double()               # (n, 3)
 W = torch.linalg.lstsq(design, (xr / alpha).double()).solution.T          # (2, 3) = [A_new | b_new]
 A_new_lib, b_new_lib = exact_em_step(A, b, m, C, alpha, sigma)
-print("A after one EM step, least squares on samples:", W[:, :2].flatten().numpy().round(3),
-      " exact:", A_new_lib.flatten().numpy().round(3))
-print("b after one EM step, least squares on samples:", W[:, 2].numpy().round(3), " exact:", b_new_lib.numpy().round(3))
+glue("ch03_em_step_err", max_diff([(W[:, :2], A_new_lib), (W[:, 2], b_new_lib)]), fmt=".3f", fast=fast_rho)
 torch.testing.assert_close(W[:, :2], A_new_lib, rtol=0, atol=0.03)
 torch.testing.assert_close(W[:, 2], b_new_lib, rtol=0, atol=0.03)
-print(f"fit error ||AA^T - C|| + ||b - m||: before {fit_error(A, b, m, C):.3f}, "
-      f"after one EM step {fit_error(A_new_lib, b_new_lib, m, C):.3f}")
+glue("ch03_fit_before", float(fit_error(A, b, m, C)), fmt=".3f")
+glue("ch03_fit_after", float(fit_error(A_new_lib, b_new_lib, m, C)), fmt=".3f")
 assert fit_error(A_new_lib, b_new_lib, m, C) < fit_error(A, b, m, C)
+table([("gradient of KL(p_t || q_t), closed form", vec(gA_kl), vec(gb_kl)),
+       ("gradient of the M-step regression", vec(gA_reg), vec(gb_reg)),
+       ("one EM step, least squares on samples", vec(W[:, :2]), vec(W[:, 2])),
+       ("one EM step, exact_em_step", vec(A_new_lib), vec(b_new_lib))],
+      ["", "A (A11, A12, A21, A22)", "b"], title=f"lambda = {lam0:.0f}")
+
+# %% [markdown]
+# The regression's gradient on samples of $\rho$ matches the closed-form gradient of the forward KL
+# to {glue:text}`ch03_reg_err`, and least squares on the same samples finds the exact EM step's
+# $(A, b)$ to {glue:text}`ch03_em_step_err`. That one step lowers the fit error
+# $\|AA^\top - C\|_F + \|b - m\|$ from {glue:text}`ch03_fit_before` to {glue:text}`ch03_fit_after`.
 
 # %% [markdown]
 # ## 5. Why EMD needs a student score
@@ -320,10 +358,15 @@ for lam in lams_is:
     ess_frac.append(float(ess.median()) / n_is)
     rel_err.append(float(((sc - exact).norm(dim=1) / exact.norm(dim=1)).median()))
 
-# the estimator is right where it has samples: check it at the noisiest level
-assert rel_err[0] < 0.05
-for lam, e, r in zip(lams_is, ess_frac, rel_err):
-    print(f"lam = {lam:+.0f}: median ESS = {100 * e:6.2f}% of {n_is} draws, median relative error of the score = {r:.3f}")
+fast_is = f"{n_is} draws; the full run uses 4000"
+glue("ch03_ess_lo", ess_frac[0], fmt=".1%", fast=fast_is)
+glue("ch03_ess_hi", ess_frac[-1], fmt=".2%", fast=fast_is)
+glue("ch03_ess_hi_draws", ess_frac[-1] * n_is, fmt=".1f", fast=fast_is)
+glue("ch03_ess_drop", ess_frac[0] / ess_frac[-1], fmt=".0f", fast=fast_is)
+glue("ch03_relerr_lo", rel_err[0], fmt=".3f", fast=fast_is)
+glue("ch03_relerr_hi", rel_err[-1], fmt=".2f", fast=fast_is)
+# the estimator is right where it has samples (the noisiest level), and collapses at the cleanest
+assert rel_err[0] < 0.05 and ess_frac[-1] < 0.1 * ess_frac[0] and ess_frac[-1] * n_is < 10
 
 fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
 ax[0].semilogy(lams_is, ess_frac, "o-", color=COLORS["emd"])
@@ -333,19 +376,22 @@ ax[1].set_xlabel("log-SNR $\\lambda$"), ax[1].set_ylabel("relative error"),
 ax[1].set_title(f"Monte Carlo student score ({n_is} draws)")
 fig.tight_layout()
 plt.show()
+table(list(zip(lams_is, ess_frac, rel_err)), ["lambda", "median ESS / draws", "median relative error"],
+      fmt={"lambda": "{:+.0f}", "median ESS / draws": "{:.2%}", "median relative error": "{:.3f}"},
+      title=f"Importance sampling of the student score, {n_is} draws from the prior")
 
 # %% [markdown]
-# At high noise the prior is a fine proposal; at low noise the estimate rests on a handful of
-# draws, and that is for a 2D linear generator, the easiest case there is. So EMD learns
+# At high noise the prior is a fine proposal: at $\lambda = -6$ the median effective sample size is
+# {glue:text}`ch03_ess_lo` of the draws and the score's median relative error
+# {glue:text}`ch03_relerr_lo`. At low noise the estimate rests on a handful of draws: at
+# $\lambda = 6$ the effective sample size is {glue:text}`ch03_ess_hi` of the draws
+# ({glue:text}`ch03_ess_hi_draws` draws, {glue:text}`ch03_ess_drop` times fewer than at
+# $\lambda = -6$) and the relative error {glue:text}`ch03_relerr_hi`. And that is for a 2D linear
+# generator, the easiest case there is. So EMD learns
 # the student score $s_\psi \approx \nabla \log q_\theta^\lambda$ the way a diffusion model is trained:
 # denoising score matching on the generator's own (detached) samples, updated as the generator
 # moves (`emd_lib.distill.student_loss`). In the rest of this chapter the generator is linear
 # and we use the exact student `exact_student(A, b)`, so that any error is the E-step's own.
-
-# %%
-ess_drop = ess_frac[0] / ess_frac[-1]
-print(f"the effective sample size falls {ess_drop:.0f}-fold from lam = {lams_is[0]:+.0f} to lam = {lams_is[-1]:+.0f}")
-assert ess_frac[-1] < 0.1 * ess_frac[0]
 
 # %% [markdown]
 # ## 6. Exact EM against the Langevin E-step
@@ -363,12 +409,22 @@ em_iters = fast_or(300, 80)
 em_curves = {}
 for lam in (-4.0, -2.0, 0.0, 2.0, 4.0):
     em_curves[lam] = exact_em(A_init, b_init, m, C, *level(lam), iters=em_iters)[2]
-for lam, e in em_curves.items():
-    hit = next((i + 1 for i, v in enumerate(e) if v < 1e-3), None)
-    print(f"exact EM at lam = {lam:+.0f}: error after 10 steps {e[9]:.2e}, after {em_iters}: {e[-1]:.2e}; "
-          f"steps to error < 1e-3: {hit if hit else f'> {em_iters}'}")
+hits = {lam: next((i + 1 for i, v in enumerate(e) if v < 1e-3), None) for lam, e in em_curves.items()}
+for lam, key in ((-4.0, "m4"), (0.0, "0"), (4.0, "p4")):
+    glue(f"ch03_em10_{key}", float(em_curves[lam][9]), fmt=".2g")
+glue("ch03_em_hit0", hits[0.0])
 assert min(em_curves, key=lambda l: em_curves[l][9]) not in (-4.0, 4.0)   # fastest in the middle
-assert next(i + 1 for i, v in enumerate(em_curves[0.0]) if v < 1e-3) == 15      # the text's count at lam = 0
+assert hits[0.0] == 15 and all(hits[0.0] < (h or em_iters + 1) for l, h in hits.items() if l != 0.0)
+table([(lam, float(e[9]), float(e[-1]), hits[lam] or f"> {em_iters}") for lam, e in em_curves.items()],
+      ["lambda", "error after 10 iterations", f"error after {em_iters}", "iterations to error < 1e-3"],
+      fmt={"lambda": "{:+.0f}", "error after 10 iterations": "{:.2e}", f"error after {em_iters}": "{:.2e}"},
+      title="Exact EM from A = 0.3 I, b = 0: the error ||AA^T - C||_F + ||b - m||")
+
+# %% [markdown]
+# After 10 iterations the error is
+# {glue:text}`ch03_em10_0` at $\lambda = 0$, against {glue:text}`ch03_em10_m4` at $\lambda = -4$ and
+# {glue:text}`ch03_em10_p4` at $\lambda = 4$; at $\lambda = 0$ it falls below $10^{-3}$ after
+# {glue:text}`ch03_em_hit0` iterations, sooner than at any other level.
 
 # %% [markdown]
 # **Langevin dynamics, in one paragraph.** To sample a density $\pi(u)$ known through its score
@@ -394,10 +450,18 @@ u = 3.0 + torch.zeros(fast_or(200_000, 50_000))                  # every chain s
 g_lg = torch.Generator().manual_seed(3)
 for _ in range(K_lg):
     u = u + gamma_lg * (-u) + math.sqrt(2 * gamma_lg) * torch.randn(u.shape, generator=g_lg)   # score of N(0, 1): -u
-print(f"after {K_lg} steps of size {gamma_lg}: mean {u.mean():.3f} (start 3, decayed by (1 - gamma)^K = "
-      f"{(1 - gamma_lg) ** K_lg:.1e}), variance {u.var():.3f} (stationary law of the chain: 1 / (1 - gamma / 2) = "
-      f"{1 / (1 - gamma_lg / 2):.3f}; the target's: 1)")
+fast_u = f"{len(u):,} chains; the full run uses 200,000"
+glue("ch03_lg_mean", float(u.mean()), fmt=".3f", fast=fast_u)
+glue("ch03_lg_var", float(u.var()), fmt=".3f", fast=fast_u)
+glue("ch03_lg_decay", (1 - gamma_lg) ** K_lg, fmt=".1e")
+glue("ch03_lg_stat_var", 1 / (1 - gamma_lg / 2), fmt=".3f")
 assert abs(u.mean()) < 0.02 and abs(u.var() - 1 / (1 - gamma_lg / 2)) < 0.03
+
+# %% [markdown]
+# After 40 steps of size 0.3 the chains' mean is {glue:text}`ch03_lg_mean`: the start 3 has decayed
+# by $(1 - \gamma)^K =$ {glue:text}`ch03_lg_decay`. Their variance is {glue:text}`ch03_lg_var`, the
+# chain's own stationary variance $1/(1 - \gamma/2) =$ {glue:text}`ch03_lg_stat_var`, not the
+# target's 1.
 
 # %% [markdown]
 # **EM with the Langevin E-step.** Now the E-step is what EMD does: start from the generator's
@@ -440,9 +504,12 @@ loss2 = langevin_em_step(g2, teacher, lam_em, lcfg, opt2, batch=batch, rng=torch
 torch.testing.assert_close(torch.tensor(loss1.item()), torch.tensor(loss2))
 torch.testing.assert_close(g1.A, g2.A)
 torch.testing.assert_close(g1.b, g2.b)
-print(f"one Langevin-EM iteration: loss {loss2:.4f}; scratch and library agree")
+glue("ch03_em_loss", loss2, fmt=".4f", fast=f"a batch of {batch}; the full run uses 1024")
 
 # %% [markdown]
+# The iteration from scratch and the library's agree: the same regression loss,
+# {glue:text}`ch03_em_loss`, and the same updated $A$ and $b$.
+#
 # Now the whole run at $\lambda = 0$, against exact EM at the same level. We run the Langevin
 # E-step with $z$ moving, $(\epsilon, z)$, and with $z$ frozen, $(\epsilon, -)$.
 
@@ -474,20 +541,28 @@ ax[1].legend()
 fig.tight_layout()
 plt.show()
 
+A_ex, b_ex, _ = exact_em(A_init, b_init, m, C, a_em, sig_em, iters=iters)
+fast_em = f"{iters} iterations with a batch of {batch}; the full run uses 300 and 1024"
+tails = {name: sum(h["errors"][-10:]) / 10 for name, h in hist.items()}
+glue("ch03_tail_z", tails["Langevin E-step, (eps, z), K=8"], fmt=".3f", fast=fast_em)
+glue("ch03_tail_frozen", tails["Langevin E-step, (eps, -), K=8"], fmt=".3f", fast=fast_em)
+glue("ch03_exact_final", exact_curve[-1], fmt=".0e", fast=f"{iters} iterations; the full run uses 300")
 for name, h in hist.items():
-    AA = h["A"] @ h["A"].T
-    tail = sum(h["errors"][-10:]) / 10
-    print(f"{name}: final error {h['errors'][-1]:.3f} (mean of last 10: {tail:.3f}); "
-          f"AA^T = {AA.flatten().numpy().round(3)}, b = {h['b'].numpy().round(3)}")
-print(f"exact EM: error {exact_curve[-1]:.1e};  target C = {C.flatten().numpy()}, m = {m.numpy()}")
-for h in hist.values():
-    assert sum(h["errors"][-10:]) / 10 < 0.2 * h["errors"][0]
+    assert tails[name] < 0.2 * h["errors"][0]
+table([(name, h["errors"][-1], tails[name], vec(h["A"] @ h["A"].T), vec(h["b"])) for name, h in hist.items()]
+      + [("exact EM", exact_curve[-1], sum(exact_curve[-10:]) / 10, vec(A_ex @ A_ex.T), vec(b_ex)),
+         ("the teacher: C and m", 0.0, 0.0, vec(C), vec(m))],
+      ["E-step", "final error", "mean of the last 10", "AA^T (11, 12, 21, 22)", "b"],
+      fmt={"final error": "{:.2e}", "mean of the last 10": "{:.2e}"},
+      title=f"EM at lambda = {lam_em:.0f} after {iters} iterations")
 
 # %% [markdown]
 # Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
-# Exact EM gets there quickly (below 1e-3 after 15 iterations at $\lambda = 0$) with no noise at all; the
-# Langevin version stalls at a Monte Carlo floor set by the batch and the decaying learning rate (its
-# final errors, in the sentence above; chapter 4 removes that floor by cancelling the chain's noise). Even the chain
+# Exact EM gets there quickly (below $10^{-3}$ after {glue:text}`ch03_em_hit0` iterations at $\lambda = 0$,
+# {glue:text}`ch03_exact_final` at the end) with no noise at all. The Langevin version stalls at a
+# Monte Carlo floor set by the batch and the decaying learning rate: over its last 10 iterations the
+# error averages {glue:text}`ch03_tail_z` with $z$ moving and {glue:text}`ch03_tail_frozen` with $z$
+# frozen (chapter 4 removes that floor by cancelling the chain's noise). Even the chain
 # that never moves $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score
 # gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
 # $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point

@@ -452,14 +452,15 @@ HEADS = {"tv": "TV", "modes_covered": "modes", "within_3sd": "in 3 sd", "mmd": "
          "recall": "recall", "grad_norm_last": "|grad|"}
 
 
-def sweep_table(res: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last")):
+def sweep_table(res: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last"),
+                title: str | None = None):
     """A sweep's summary as a table (mean ± sd over the seeds that did not diverge, and how many
-    diverged): an HTML table in the book and Jupyter, aligned text when printed."""
+    diverged): an HTML table in the book and Jupyter, aligned text when printed; ``title`` its caption."""
     from ..book.display import table
 
     rows = [[name] + [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys] + [f"{row['diverged']}/{row['n']}"]
             for name, row in res["summary"].items()]
-    return table(rows, ["variant"] + [HEADS[k] for k in keys] + ["diverged"])
+    return table(rows, ["variant"] + [HEADS[k] for k in keys] + ["diverged"], title=title)
 
 
 def grad_norm_curves(res: dict) -> dict:

@@ -320,7 +320,7 @@ assert kl_rho["frozen-z target (exact)"][hi] > 0.5 * start_hi                # f
 
 # %% [markdown]
 # At $\lambda = 6$ the chains start {glue:text}`ch04_start_hi` from $\rho$ and the frozen-$z$ target itself is
-# {glue:text}`ch04_frozen_hi` from it: for this Gaussian pair a frozen $z$ leaves most of the gap open at high
+# {glue:text}`ch04_frozen_hi:.2f` from it: for this Gaussian pair a frozen $z$ leaves most of the gap open at high
 # SNR. The $(\epsilon, z)$ chain with a plain $z$ step closes it at every level ({glue:text}`ch04_plain_hi`
 # at $\lambda = 6$), and the SNR-preconditioned $z$ step is so small at high SNR that $z$ hardly moves in
 # $K$ steps, in $\epsilon$ ({glue:text}`ch04_snr_hi`) or in $x$ ({glue:text}`ch04_xz_hi`): a stable
@@ -414,9 +414,9 @@ glue("ch04_var_inj", var_inj, fmt=".3f")
 assert var_init < 0.01 and var_inj > 1
 
 # %% [markdown]
-# At $K = 8$, $\gamma = 0.3$ the initial-noise term has variance {glue:text}`ch04_var_init`, the injected one
-# {glue:text}`ch04_var_inj` (near $1/(1 - \gamma/2)$). The mean $|\epsilon|$ handed to the M-step above is {glue:text}`ch04_eps_none`
-# without cancellation, {glue:text}`ch04_eps_inj` injected, {glue:text}`ch04_eps_full` full (the pure drift).
+# At $K = 8$, $\gamma = 0.3$ the initial-noise term has variance {glue:text}`ch04_var_init:.4f`, the injected one
+# {glue:text}`ch04_var_inj:.3f` (near $1/(1 - \gamma/2)$). The mean $|\epsilon|$ handed to the M-step above is {glue:text}`ch04_eps_none:.3f`
+# without cancellation, {glue:text}`ch04_eps_inj:.3f` injected, {glue:text}`ch04_eps_full:.3f` full (the pure drift).
 #
 # ### 4.1 Cancellation is mean-preserving only with $z$ frozen
 #
@@ -495,10 +495,10 @@ for setting in list(z_settings)[1:]:
 # frozen chain's limit is not the forward-KL value: it samples its own target, section 3.) With $z$
 # moving they part: at $K = 8$ and $\gamma_z = 0.3$ the fully cancelled chain gives a value
 # {glue:text}`ch04_bias` below the uncancelled one (paired standard error {glue:text}`ch04_bias_se`). It is not a
-# short-chain effect. In the stationary limit the uncancelled chain gives {glue:text}`ch04_none_inf` against
-# the exact {glue:text}`ch04_fkl` (its own small discretisation bias), while both cancelled chains stay at
-# {glue:text}`ch04_full_inf`, {glue:text}`ch04_full_short` short. With the library's default, smaller $z$ step,
-# $0.1/(1 + \text{SNR})$, the gap is smaller ({glue:text}`ch04_dflt_full` against {glue:text}`ch04_dflt_none`) but does
+# short-chain effect. In the stationary limit the uncancelled chain gives {glue:text}`ch04_none_inf:.3f` against
+# the exact {glue:text}`ch04_fkl:.3f` (its own small discretisation bias), while both cancelled chains stay at
+# {glue:text}`ch04_full_inf:.3f`, {glue:text}`ch04_full_short` short. With the library's default, smaller $z$ step,
+# $0.1/(1 + \text{SNR})$, the gap is smaller ({glue:text}`ch04_dflt_full:.3f` against {glue:text}`ch04_dflt_none:.3f`) but does
 # not close. (These limits are exact moments, the same in fast mode.)
 #
 # **Cancellation is mean-preserving only with $z$ frozen; with $z$ moving it trades variance for a
@@ -615,17 +615,17 @@ glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left aft
 # What the 2D runs say (means over three seeds, from the stored sweep):
 #
 # * **Gradient norm.** Without cancellation the generator's gradient norm stays at its early level
-#   for the whole run (for $(\epsilon, -)$: {glue:text}`ch04_gn_none_10` at step 10, {glue:text}`ch04_gn_none_20` at
-#   step 20, then between {glue:text}`ch04_gn_none_lo` and {glue:text}`ch04_gn_none_hi`). With full cancellation it
-#   drops over the first 20 generator steps, from {glue:text}`ch04_gn_full_10` to {glue:text}`ch04_gn_full_20`, and
-#   then stays flat within a band ({glue:text}`ch04_gn_full_lo` to {glue:text}`ch04_gn_full_hi`) to the end; over
-#   the last 200 steps it is {glue:text}`ch04_gn_ratio_e` times lower than without cancellation for
-#   $(\epsilon, -)$ and {glue:text}`ch04_gn_ratio_z` times lower for $(\epsilon, z)$. Unlike on the linear pair,
+#   for the whole run (for $(\epsilon, -)$: {glue:text}`ch04_gn_none_10:.3f` at step 10, {glue:text}`ch04_gn_none_20:.3f` at
+#   step 20, then between {glue:text}`ch04_gn_none_lo:.3f` and {glue:text}`ch04_gn_none_hi:.3f`). With full cancellation it
+#   drops over the first 20 generator steps, from {glue:text}`ch04_gn_full_10:.3f` to {glue:text}`ch04_gn_full_20:.3f`, and
+#   then stays flat within a band ({glue:text}`ch04_gn_full_lo:.3f` to {glue:text}`ch04_gn_full_hi:.3f`) to the end; over
+#   the last 200 steps it is {glue:text}`ch04_gn_ratio_e:.1f` times lower than without cancellation for
+#   $(\epsilon, -)$ and {glue:text}`ch04_gn_ratio_z:.1f` times lower for $(\epsilon, z)$. Unlike on the linear pair,
 #   the cancelled norm does not keep falling towards zero. The fully cancelled gradient is the pure
 #   drift, built from the score gap, so its level says that the gap between teacher and student stays
 #   open in these runs.
 # * **Injected against full** are nearly indistinguishable here: after $K = 8$ steps with
-#   $\gamma_\epsilon = 0.3$ only $(1 - \gamma)^K \approx$ {glue:text}`ch04_left` of the initial noise is left.
+#   $\gamma_\epsilon = 0.3$ only $(1 - \gamma)^K \approx$ {glue:text}`ch04_left:.2f` of the initial noise is left.
 # * **$(\epsilon, z)$ with and without cancellation** end with the same TV and MMD within the spread
 #   between seeds: on this mixture, at the library's default $z$ step, the bias of section 4.1 did not
 #   show in the final TV or MMD.
@@ -635,7 +635,7 @@ glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left aft
 #   modes (each at a fifth of its weight or more) in {glue:text}`ch04_kept_none` of 6 paired runs ($(\epsilon, -)$
 #   and $(\epsilon, z)$, three seeds each), the fully cancelled ones in {glue:text}`ch04_kept_full` of 6. The mode
 #   they lose is the central one (weight 0.08, at $(0, 0.2)$), which every run starves: on $(\epsilon, -)$
-#   it gets {glue:text}`ch04_lost_none` of the samples without cancellation and {glue:text}`ch04_lost_full`
+#   it gets {glue:text}`ch04_lost_none:.3f` of the samples without cancellation and {glue:text}`ch04_lost_full:.3f`
 #   with. At this budget the noise costs precision,
 #   and cancelling it cost some coverage of that mode.
 # * **Cancelling the $z$ noise hurt.** With `cancel_z=True` the M-step evaluates the generator at

@@ -122,8 +122,8 @@ i4, hi = lams.index(4.0), lams.index(6.0)
 _, v_slow = relax_steps("x", 6.0, 0.3 / (1 + snr_of[6.0]), direction=True)
 res_slow = float((v_slow[:2] - level(6.0)[0] * A.double() @ v_slow[2:]).norm())
 glue("ch09_res_slow", res_slow, fmt=".4f")
-glue("ch09_relax_hi", relax_xz[hi], fmt=",.0f")
-glue("ch09_relax_4", relax_xz[i4], fmt=",.0f")
+glue("ch09_relax_hi", relax_xz[hi], fmt=".0f")
+glue("ch09_relax_4", relax_xz[i4], fmt=".0f")
 glue("ch09_per_snr_lo", min(per_snr), fmt=".0f")
 glue("ch09_per_snr_hi", max(per_snr), fmt=".0f")
 glue("ch09_relax_plain", max(relax["(eps, z), gamma_z = 0.3, no preconditioning"]), fmt=".0f")
@@ -135,7 +135,7 @@ assert all(10 < v < 30 for v in per_snr)                                        
 # %% [markdown]
 # The factor $1 + \text{SNR}$ is the curvature of $z$ with $x_t$ held fixed, so it keeps the $(x, z)$
 # chain stable. But to reach $\rho$, $x_t$ and $z$ must move together (the chain's slowest direction
-# keeps $x_t - \alpha A z$ near zero: its residual is {glue:text}`ch09_res_slow` at $\lambda = +6$), and along
+# keeps $x_t - \alpha A z$ near zero: its residual is {glue:text}`ch09_res_slow:.4f` at $\lambda = +6$), and along
 # that direction the chain needs {glue:text}`ch09_per_snr_lo` to {glue:text}`ch09_per_snr_hi` times the SNR in steps
 # to relax: {glue:text}`ch09_relax_hi` at $\lambda = +6$ and {glue:text}`ch09_relax_4` at $\lambda = +4$, against at
 # most {glue:text}`ch09_relax_plain` for the plain $z$ step at any level. That is the
@@ -202,7 +202,7 @@ assert lams[int(bound_snr.argmin())] <= 0                                     # 
 # %% [markdown]
 # At low SNR the curvature is the prior's, 1, for both. At high SNR the mixture's climbs far
 # above the Gaussian pair's (at $\lambda = +6$ its 90th percentile is {glue:text}`ch09_p90_hi`, the pair's
-# {glue:text}`ch09_gauss_hi`), so a plain $z$ step must be small enough for the stiffest level (at most
+# {glue:text}`ch09_gauss_hi:.2f`), so a plain $z$ step must be small enough for the stiffest level (at most
 # {glue:text}`ch09_bound_none`), and then it barely moves $z$ at the others. Dividing by $1 + \text{SNR}$
 # over-corrects (the curvature grows more slowly than the SNR), but it turns the binding
 # constraint into the prior's at low SNR: the largest stable base step, {glue:text}`ch09_bound_snr`, is set
@@ -261,14 +261,14 @@ assert 150 < 0.3 * level(0.0)[1] ** 2 / GX < 250                  # a few hundre
 
 # %% [markdown]
 # Both $\epsilon$-chains reach the fit (up to the Monte Carlo floor of chapter 3). The fixed-step
-# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2 =$ {glue:text}`ch09_gx_eps`, is
+# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2 =$ {glue:text}`ch09_gx_eps:.4f`, is
 # {glue:text}`ch09_gx_ratio` times smaller than the $\epsilon$-chain's 0.3, so in $K = 8$ steps the chain carries
 # almost nothing from the teacher. The fixed-step $(x, -)$ chain moves the generator only a little
-# towards the fit: its error ends at {glue:text}`ch09_err_x0`, from {glue:text}`ch09_err0` at the start. The
+# towards the fit: its error ends at {glue:text}`ch09_err_x0`, from {glue:text}`ch09_err0:.3f` at the start. The
 # fixed-step $(x, z)$ chain moves it the wrong way: the trace of $A A^\top$ shrinks to {glue:text}`ch09_tr_xz`,
-# from the starting generator's {glue:text}`ch09_tr0`, and the error ends *above* the starting one, at
+# from the starting generator's {glue:text}`ch09_tr0:.2f`, and the error ends *above* the starting one, at
 # {glue:text}`ch09_err_xz`. The $(x, z)$ chain with the per-level step also settles with $A A^\top$ visibly
-# *smaller* than $C$ (trace {glue:text}`ch09_tr_xs2` against {glue:text}`ch09_trC`; the $(\epsilon, z)$ chain's is
+# *smaller* than $C$ (trace {glue:text}`ch09_tr_xs2` against {glue:text}`ch09_trC:.2f`; the $(\epsilon, z)$ chain's is
 # {glue:text}`ch09_tr_ez`). The M-step is not to blame: chapter 3 showed that with exact samples of $\rho$ its gradient is
 # the forward-KL gradient, zero at the fit. The culprit is the chain's discretisation bias: an
 # unadjusted Langevin chain with a finite step samples a slightly wrong law.
@@ -453,7 +453,7 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 #   MMD, precision and recall are the same within the spread between seeds. On this mixture, with this generator and budget, EMD's forward
 #   KL and DI's reverse KL reach the same place (chapter 2 shows where they part).
 # * **Moving $z$ did not pay in 2D.** $(\epsilon, z)$ covers about as many modes and has a somewhat
-#   higher recall ({glue:text}`ch09_recall_ez` against {glue:text}`ch09_recall_e0`), but its TV ({glue:text}`ch09_tv_ez`)
+#   higher recall ({glue:text}`ch09_recall_ez:.2f` against {glue:text}`ch09_recall_e0:.2f`), but its TV ({glue:text}`ch09_tv_ez`)
 #   and MMD are no better than $(\epsilon, -)$'s. The paper reports
 #   $(\epsilon, z)$ as its best variant on ImageNet; we do not see that advantage here. These runs
 #   cancel the noise while $z$ moves, which biases the gradient (chapter 4, section 4.1). Chapter 4's sweep also
@@ -461,7 +461,7 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 #   $(\epsilon, -)$ without cancellation either; chapter 5's linear fit, with and without
 #   cancellation, shows where a moving $z$ does change the result.
 # * **A fixed step in $x$ is worse, and erratic.** The fixed step moves the chain appreciably only at
-#   the least noisy levels (it exceeds 0.01 in $\epsilon$ units only above $\lambda \approx$ {glue:text}`ch09_lam_moves`),
+#   the least noisy levels (it exceeds 0.01 in $\epsilon$ units only above $\lambda \approx$ {glue:text}`ch09_lam_moves:.1f`),
 #   so the E-step carries the teacher's signal only where mass is no longer moved between modes; the
 #   TV of $(x, -)$, {glue:text}`ch09_tv_x0`, is higher and varies from seed to seed.
 # * **$(x, z)$ with the fixed step collapsed to a single mode in every seed**, with full noise
@@ -471,7 +471,7 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 #   not depend on $\gamma_x$, while the tiny $x$ step carries almost no teacher signal. On the mixture we
 #   did not measure the pull itself.
 # * **$(x, z)$ with the per-level step** keeps all modes, but its samples are the most smeared of
-#   all (the lowest precision, {glue:text}`ch09_prec_xs2` against {glue:text}`ch09_prec_ez` for $(\epsilon, z)$, and the
+#   all (the lowest precision, {glue:text}`ch09_prec_xs2:.2f` against {glue:text}`ch09_prec_ez:.2f` for $(\epsilon, z)$, and the
 #   fewest within 3 standard deviations, {glue:text}`ch09_in3_xs2` against {glue:text}`ch09_in3_ez`). There are two candidates: the
 #   $z$ step's bias (section 2), and noise cancellation while $z$ moves, which
 #   this run used and which biases the gradient (chapter 4, section 4.1; on the linear pair the
@@ -534,12 +534,12 @@ for sch in ("snr", "none"):                             # sharpness falls as the
 # {glue:text}`ch09_where_snr`. Where a measured limit falls below its bound, the curvature grew during
 # training, when the student lags behind the generator. At every stable setting $z$ does move (the
 # mean $|z^K - z^0|$ in the table). The final TV does not depend on $\gamma_z$ beyond the spread between
-# seeds ({glue:text}`ch09_tv_lo` to {glue:text}`ch09_tv_hi` over the stable settings, seed spread up to
-# {glue:text}`ch09_tv_sd`), but the sharpness does: in both schemes the fraction within 3 standard
+# seeds ({glue:text}`ch09_tv_lo:.3f` to {glue:text}`ch09_tv_hi:.3f` over the stable settings, seed spread up to
+# {glue:text}`ch09_tv_sd:.3f`), but the sharpness does: in both schemes the fraction within 3 standard
 # deviations and the precision fall as the $z$ step grows, from the smallest to the largest stable
-# step by more than the seeds' spread (plain step: {glue:text}`ch09_within_3sd_small` to
-# {glue:text}`ch09_within_3sd_large` within 3 sd, precision {glue:text}`ch09_precision_small` to
-# {glue:text}`ch09_precision_large`), and the MMD rises with it. Larger $z$ steps smear the samples.
+# step by more than the seeds' spread (plain step: {glue:text}`ch09_within_3sd_small:.3f` to
+# {glue:text}`ch09_within_3sd_large:.3f` within 3 sd, precision {glue:text}`ch09_precision_small:.3f` to
+# {glue:text}`ch09_precision_large:.3f`), and the MMD rises with it. Larger $z$ steps smear the samples.
 # So $(\epsilon, z)$ with `z_precondition="snr"` is stable for base steps up to 0.3, and we keep the
 # library's default of 0.1, inside it; its samples are as sharp as those of 0.03 within the seeds'
 # spread, while 0.3 is visibly blurrier. What we did not find, in 2D, is a gain from moving $z$ at
@@ -605,10 +605,10 @@ plt.show()
 # diverged, against {glue:text}`ch09_div_plain` of the plain step's {glue:text}`ch09_n_plain` (after
 # {glue:text}`ch09_reach_lo` to {glue:text}`ch09_reach_hi` updates). On the far target it also removes the earlier
 # joint setting's error: cancelling the noise while $z$ moves gave the light mode
-# {glue:text}`ch09_old_lo` to {glue:text}`ch09_old_hi` times its weight, the bias of chapter 4's section 4.1 at
+# {glue:text}`ch09_old_lo:.1f` to {glue:text}`ch09_old_hi:.1f` times its weight, the bias of chapter 4's section 4.1 at
 # full size, while the plain step within its trust region keeps it within {glue:text}`ch09_clip_dev` of its
-# weight in every seed, nearer with $\gamma_z = 0.02$ than with 0.05 (on average {glue:text}`ch09_off_clip2`
-# against {glue:text}`ch09_off_clip` from it); on the other two targets the two steps reach the same TV within
+# weight in every seed, nearer with $\gamma_z = 0.02$ than with 0.05 (on average {glue:text}`ch09_off_clip2:.3f`
+# against {glue:text}`ch09_off_clip:.3f` from it); on the other two targets the two steps reach the same TV within
 # the spread. But neither beats the frozen-$z$ chain: on `far` their TV is the same within the seeds'
 # spread, on `irregular` and `grid25` it is higher, and each update costs more (a generator forward and
 # vector-Jacobian product per Langevin step: {glue:text}`ch09_more_fwd` more generator forwards per update
@@ -668,9 +668,9 @@ table([[m] + [joint[m]["summary"][n]["tv"][0] for n in [REC] + eq] for m in join
 # command): it stayed finite in every run on the three targets and put the far target's light mode
 # at its weight, within the seeds' spread ({glue:text}`ch09_light_rec`), where the same step without the
 # Metropolis test under-weights it badly ({glue:text}`ch09_light_jac`) and the trust region somewhat
-# ({glue:text}`ch09_light_clip`). The Metropolis test accepted {glue:text}`ch09_acc_lo` to {glue:text}`ch09_acc_hi`
+# ({glue:text}`ch09_light_clip`). The Metropolis test accepted {glue:text}`ch09_acc_lo:.2f` to {glue:text}`ch09_acc_hi:.2f`
 # of the moves (mean per run), and the chain moves $z$ further per E-step than the trust region
-# ({glue:text}`ch09_moved_rec` against {glue:text}`ch09_moved_clip` on `far`). It still does not beat the
+# ({glue:text}`ch09_moved_rec:.2f` against {glue:text}`ch09_moved_clip:.2f` on `far`). It still does not beat the
 # frozen-$z$ chain: on `irregular` and `grid25` its TV is higher at equal updates, one of its steps
 # costs several $(\epsilon, -)$ steps, and given the same seconds $(\epsilon, -)$ and Diff-Instruct reach a
 # lower TV on all three targets (the last table). So $(\epsilon, -)$ stays the library's default, and the joint chain is the

@@ -45,7 +45,7 @@ from ..mixtures import get_mixture
 from ..schedules import VP
 
 __all__ = ["load_sweep", "sweep_table", "grad_norm_curves", "kept_all_modes", "mode_masses", "light_masses",
-           "divergence_table", "stability_limits", "GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
+           "divergence_table", "stability_limits", "cancel_numbers", "per_seed", "seed_dots", "GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
            "time_per_update", "run_equal_time", "main"]
 
 GAMMA_EPS = 0.3

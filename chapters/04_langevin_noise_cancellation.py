@@ -45,8 +45,8 @@ import torch
 from IPython.display import display
 
 from emd_lib import fast_or
-from emd_lib.book import fast_note
-from emd_lib.book.plotting import COLORS, use_style
+from emd_lib.book import glue, table
+from emd_lib.book.plotting import use_style
 from emd_lib.distill import emd_generator_loss
 from emd_lib.em import LinearGenerator, exact_student, frozen_z_moments, gaussian_kl, gaussian_teacher, rho_moments
 from emd_lib.experiments import ch04 as sweeps
@@ -221,26 +221,28 @@ for lam in lams:
             xk = x_chain(gen, teacher, student, z, x0, lam_b, spec[1], K_chain, rng)
         kl_frozen[name].append(chain_kl(target, z, xk))
 
-print(f"KL(chain after K = {K_chain} steps || target), z frozen")
-print(f"{'':24s}" + "".join(f"lam={l:+.0f}".rjust(10) for l in lams))
-for name, row in kl_frozen.items():
-    print(f"{name:24s}" + "".join(("diverged" if not math.isfinite(v) else f"{v:.4f}").rjust(10) for v in row))
-
+lam_cols = [f"λ = {l:+.0f}" for l in lams]
+display(table([[name] + ["diverged" if not math.isfinite(v) else v for v in row] for name, row in kl_frozen.items()],
+              ["chain"] + lam_cols, fmt="{:.4f}", title=f"KL(chain after K = {K_chain} steps || target), z frozen"))
+FAST_KL = f"K = {K_chain} steps on {B_chain} samples; the full run uses 32 on 4000"
 eps_row = kl_frozen["eps, gamma_eps = 0.3"]
 i0 = lams.index(0.0)
 big_div = [l for l, v in zip(lams, kl_frozen["x, gamma_x = 0.1"]) if not math.isfinite(v)]
 small_x = kl_frozen["x, gamma_x = 0.001"][i0]
-print(f"\nThe eps-chain's KL stays at or below {max(eps_row):.3f} at every level from lam = -6 to +6; the x step 0.1 "
-      f"diverged at lam = {', '.join(f'{l:+.0f}' for l in big_div)}; the x step 0.001 at lam = 0 is at {small_x:.3f} "
-      f"after {K_chain} steps, against {kl_frozen['start (K = 0)'][i0]:.3f} at the start and {eps_row[i0]:.4f} for the "
-      f"eps-chain" + fast_note(f"K = {K_chain} steps on {B_chain} samples; the full run uses 32 on 4000") + ".")
+glue("ch04_x_div", " and ".join(f"{l:+.0f}" for l in big_div))
+for key, v in (("eps_kl", max(eps_row)), ("x_small", small_x), ("start0", kl_frozen["start (K = 0)"][i0])):
+    glue(f"ch04_{key}", v, fmt=".3f", fast=FAST_KL)
+glue("ch04_eps_kl0", eps_row[i0], fmt=".4f", fast=FAST_KL)
 assert max(eps_row) < 0.05                                   # the eps-chain is fine at every level
 assert not math.isfinite(kl_frozen["x, gamma_x = 0.1"][-1])  # a large x step diverges at low noise
 assert small_x > 5 * eps_row[i0]                             # a small x step has barely moved at lam = 0
 
 # %% [markdown]
-# The $\epsilon$-chain sits at its small discretisation bias over the whole range of $\sigma^2$ (a
-# factor of 400 from $\lambda = -6$ to $6$); every fixed $x$ step is either too small where the noise
+# The $\epsilon$-chain's KL stays at or below {glue:text}`ch04_eps_kl` at every level: it sits at its small
+# discretisation bias over the whole range of $\sigma^2$ (a factor of 400 from $\lambda = -6$ to $6$). The
+# $x$ step 0.1 diverged at $\lambda =$ {glue:text}`ch04_x_div`, and at $\lambda = 0$ the $x$ step 0.001 is at
+# {glue:text}`ch04_x_small`, against {glue:text}`ch04_start0` at the start and {glue:text}`ch04_eps_kl0` for the
+# $\epsilon$-chain. Every fixed $x$ step is either too small where the noise
 # is large (the chain has not left its start) or unstable where the noise is small (the residual
 # grows by $|1 - \gamma_x/\sigma^2|^K$). A step in $x$ must shrink with $\sigma^2$, and the
 # reparametrisation does that for free.
@@ -282,10 +284,8 @@ for lam in lams:
         r = estep(gen, teacher, student, z, eps, lam_b, cfg, rng=torch.Generator().manual_seed(3))
         kl_rho[name].append(chain_kl(rho, r.z_chain, (a_ * gen(r.z_chain) + sig_ * r.eps_chain).detach()))
 
-print(f"KL(chain after K = {K_chain} steps || rho)")
-print(f"{'':58s}" + "".join(f"lam={l:+.0f}".rjust(9) for l in lams))
-for name, row in kl_rho.items():
-    print(f"{name:58s}" + "".join(f"{v:.3f}".rjust(9) for v in row))
+display(table([[name] + row for name, row in kl_rho.items()], ["chain"] + lam_cols, fmt="{:.3f}",
+              title=f"KL(chain after K = {K_chain} steps || rho)"))
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
 styles = ["k:", "o-", "s--", "^--", "v--"]
@@ -295,16 +295,12 @@ for (name, row), st in zip(kl_frozen.items(), styles):
     bad = [l for l, v in zip(lams, row) if not math.isfinite(v)]
     if bad:
         ax[0].plot(bad, [2.0] * len(bad), "x", ms=9, mew=2, color=ax[0].lines[-1].get_color())
-ax[0].set_ylim(1e-3, 4)
-ax[0].set_xlabel(r"log-SNR $\lambda$"), ax[0].set_ylabel("KL to the target")
-ax[0].set_title(f"z frozen, K = {K_chain} (crosses at the top: diverged)")
-ax[0].legend(fontsize=7)
+ax[0].set(ylim=(1e-3, 4), xlabel=r"log-SNR $\lambda$", ylabel="KL to the target",
+          title=f"z frozen, K = {K_chain} (crosses at the top: diverged)"), ax[0].legend(fontsize=7)
 styles = ["k:", "k-", "o-", "s-", "^--", "v--"]
 for (name, row), st in zip(kl_rho.items(), styles):
     ax[1].semilogy(lams, row, st, label=name, alpha=0.5 if name.startswith("frozen") else 1.0)
-ax[1].set_ylim(1e-3, 5)
-ax[1].set_xlabel(r"log-SNR $\lambda$"), ax[1].set_ylabel(r"KL to $\rho$")
-ax[1].set_title(rf"moving z, K = {K_chain}")
+ax[1].set(ylim=(1e-3, 5), xlabel=r"log-SNR $\lambda$", ylabel=r"KL to $\rho$", title=f"moving z, K = {K_chain}")
 ax[1].legend(fontsize=7)
 fig.tight_layout()
 plt.show()
@@ -313,19 +309,21 @@ hi, i4 = lams.index(6.0), lams.index(4.0)
 start_hi = kl_rho["start (K = 0)"][hi]
 plain, snr_z = "(eps, z), gamma_z = 0.3, no preconditioning", "(eps, z), gamma_z = 0.3 / (1 + SNR)"
 xz_name = "(x, z), gamma_x = 0.3 sigma^2, gamma_z = 0.3 / (1 + SNR)"
-print(f"At lam = +6 the chains start {start_hi:.2f} from rho; the frozen-z target itself is "
-      f"{kl_rho['frozen-z target (exact)'][hi]:.2f} from it; after {K_chain} steps the plain z step is at "
-      f"{kl_rho[plain][hi]:.3f}, the SNR-preconditioned z step at {kl_rho[snr_z][hi]:.2f} in eps and "
-      f"{kl_rho[xz_name][hi]:.2f} in x" + fast_note(f"K = {K_chain} steps on {B_chain} samples") + ".")
+glue("ch04_frozen_hi", kl_rho["frozen-z target (exact)"][hi], fmt=".2f")       # exact: no sampling
+glue("ch04_plain_hi", kl_rho[plain][hi], fmt=".3f", fast=FAST_KL)
+for key, v in (("start_hi", start_hi), ("snr_hi", kl_rho[snr_z][hi]), ("xz_hi", kl_rho[xz_name][hi])):
+    glue(f"ch04_{key}", v, fmt=".2f", fast=FAST_KL)
 assert kl_rho[plain][hi] < 0.1 * kl_rho["(eps, -)"][hi]                       # a plain z step closes the gap
 assert kl_rho[snr_z][hi] > 0.5 * start_hi                                    # the preconditioned z barely moves
 assert kl_rho[xz_name][hi] > 0.95 * start_hi and kl_rho[xz_name][i4] > 0.75 * kl_rho["start (K = 0)"][i4]
 assert kl_rho["frozen-z target (exact)"][hi] > 0.5 * start_hi                # freezing z costs most of the gap
 
 # %% [markdown]
-# For this Gaussian pair a frozen $z$ leaves most of the gap to $\rho$ open at high SNR, the
-# $(\epsilon, z)$ chain with a plain $z$ step closes it at every level, and the SNR-preconditioned
-# $z$ step is so small at high SNR that $z$ hardly moves in $K$ steps, in $x$ or in $\epsilon$: a stable
+# At $\lambda = 6$ the chains start {glue:text}`ch04_start_hi` from $\rho$ and the frozen-$z$ target itself is
+# {glue:text}`ch04_frozen_hi:.2f` from it: for this Gaussian pair a frozen $z$ leaves most of the gap open at high
+# SNR. The $(\epsilon, z)$ chain with a plain $z$ step closes it at every level ({glue:text}`ch04_plain_hi`
+# at $\lambda = 6$), and the SNR-preconditioned $z$ step is so small at high SNR that $z$ hardly moves in
+# $K$ steps, in $\epsilon$ ({glue:text}`ch04_snr_hi`) or in $x$ ({glue:text}`ch04_xz_hi`): a stable
 # step need not make a fast chain. Whether a plain $z$ step stays stable for a multimodal teacher,
 # and how large it may be in training, is an ablation: the appendix (chapter 9, sections 1 and 4)
 # measures the curvature of $-\log\rho$ in $z$, which grows with the SNR for a mixture, and the
@@ -374,11 +372,9 @@ assert kl_rho["frozen-z target (exact)"][hi] > 0.5 * start_hi                # f
 # %%
 from emd_lib.em import chain_cov_1d       # M and N as above; S <- M S M^T + N N^T, K times
 
-
 a0, sig0 = level(0.0)
 
 
-# %%
 def eps_chain_cancelled(teacher, student, gen, z, eps0, lam, gamma, K, rng):
     """(eps, -) chain; returns eps_K, eps_K - eta_K with eta_0 = 0, and the pure drift sum."""
     a, s = VP.alpha_sigma(lam)
@@ -405,19 +401,23 @@ for cancel, mine in (("none", eps_K), ("injected", eps_inj), ("full", drift)):
     r = estep(gen, teacher, student, z, eps0, lam_b, LangevinConfig(K=8, gamma_eps=0.3, cancel=cancel),
               rng=torch.Generator().manual_seed(9))
     torch.testing.assert_close(r.eps, mine, rtol=1e-4, atol=1e-5)
-print("noise cancellation: scratch = library for none / injected / full;")
-print(f"  mean |eps| handed to the M-step: none {eps_K.norm(dim=1).mean():.3f}, injected {eps_inj.norm(dim=1).mean():.3f}, "
-      f"full (pure drift) {drift.norm(dim=1).mean():.3f}")
+print("noise cancellation: scratch = library for none / injected / full")
+for cancel, e_ in (("none", eps_K), ("inj", eps_inj), ("full", drift)):
+    glue(f"ch04_eps_{cancel}", float(e_.norm(dim=1).mean()), fmt=".3f")
 
 # the two noise terms' variances per coordinate at K = 8, gamma = 0.3 (z frozen, no score gap: c = 0)
 var_init = (1 - 0.3) ** (2 * 8)                                              # (1 - gamma)^(2K)
 var_inj = float(chain_cov_1d("eps", a0, sig0, 0.0, 0.3, 0.0, 8, torch.zeros(3, 3))[2, 2])
 assert abs(var_inj - 0.6 * (1 - 0.7**16) / (1 - 0.7**2)) < 1e-9                 # 2 gamma sum_k (1 - gamma)^(2k)
-print(f"variance of the initial-noise term {var_init:.4f}, of the injected-noise term {var_inj:.3f} "
-      f"(limit 1 / (1 - gamma / 2) = {1 / 0.85:.3f})")
+glue("ch04_var_init", var_init, fmt=".4f")
+glue("ch04_var_inj", var_inj, fmt=".3f")
 assert var_init < 0.01 and var_inj > 1
 
 # %% [markdown]
+# At $K = 8$, $\gamma = 0.3$ the initial-noise term has variance {glue:text}`ch04_var_init:.4f`, the injected one
+# {glue:text}`ch04_var_inj:.3f` (near $1/(1 - \gamma/2)$). The mean $|\epsilon|$ handed to the M-step above is {glue:text}`ch04_eps_none:.3f`
+# without cancellation, {glue:text}`ch04_eps_inj:.3f` injected, {glue:text}`ch04_eps_full:.3f` full (the pure drift).
+#
 # ### 4.1 Cancellation is mean-preserving only with $z$ frozen
 #
 # The argument above unrolled the chain with $z$ frozen. Then $\eta^K$ is built from noise that the
@@ -466,40 +466,40 @@ for setting, gz in z_settings.items():
         bias_rows[setting, cancel] = dict(mc=float(p.mean()), se=float(p.std() / math.sqrt(B1)),
                                           se_diff=float(d.std() / math.sqrt(B1)), diff=float(d.mean()),
                                           exact8=exact[0], exact_inf=exact[1])
-print(f"E[eps_used z_K], 1D: teacher N(0, 4), g(z) = z, exact student, lam = 0; exact rho (forward KL): {fkl:.4f}")
-print(f"{'':38s}{'cancel':>10s}{f'library, K = 8 (B = {B1})':>28s}{'exact, K = 8':>14s}{'K = 512':>10s}")
-for (setting, cancel), row in bias_rows.items():
-    print(f"{setting:38s}{cancel:>10s}{row['mc']:>19.4f} ± {row['se']:.4f}{row['exact8']:>14.4f}{row['exact_inf']:>10.4f}")
+display(table([[st, c, f"{r['mc']:.4f} ± {r['se']:.4f}", r["exact8"], r["exact_inf"]] for (st, c), r in bias_rows.items()],
+              ["setting", "cancel", f"library, K = 8 (B = {B1:,})", "exact, K = 8", "exact, K = 512"], fmt="{:.4f}",
+              title=f"E[ε̃ z_K], 1D: teacher N(0, 4), g(z) = z, exact student, λ = 0; exact ρ: {fkl:.4f}"))
+mov = {c: bias_rows["z moving, gamma_z = 0.3", c] for c in ("none", "full")}
+dflt = {c: bias_rows["z moving, gamma_z = 0.1 / (1 + SNR)", c]["exact_inf"] for c in ("none", "full")}
+for key, v in (("bias", -mov["full"]["diff"]), ("bias_se", mov["full"]["se_diff"])):
+    glue(f"ch04_{key}", v, fmt=".3f", fast=f"a batch of {B1:,}; the full run uses 100,000")
+for key, v in (("fkl", fkl), ("none_inf", mov["none"]["exact_inf"]), ("full_inf", mov["full"]["exact_inf"]),
+               ("dflt_none", dflt["none"]), ("dflt_full", dflt["full"])):
+    glue(f"ch04_{key}", v, fmt=".3f")                  # exact moments: the same in fast mode
+glue("ch04_full_short", 1 - mov["full"]["exact_inf"] / fkl, fmt=".0%")
 for row in bias_rows.values():
     assert abs(row["mc"] - row["exact8"]) < 4 * row["se"]                     # the library's chain = the exact moments
 for cancel in ("injected", "full"):
-    fro, mov = bias_rows["z frozen", cancel], bias_rows["z moving, gamma_z = 0.3", cancel]
+    fro, mv = bias_rows["z frozen", cancel], bias_rows["z moving, gamma_z = 0.3", cancel]
     assert abs(fro["diff"]) < 3 * fro["se_diff"]                              # z frozen: the same mean ...
-    assert -mov["diff"] > 10 * mov["se_diff"]                                 # z moving: a different mean
-    assert fkl - mov["exact_inf"] > 0.15                                      # and more steps do not remove it
+    assert -mv["diff"] > 10 * mv["se_diff"]                                   # z moving: a different mean
+    assert fkl - mv["exact_inf"] > 0.15                                       # and more steps do not remove it
     assert fkl - bias_rows["z moving, gamma_z = 0.1 / (1 + SNR)", cancel]["exact_inf"] > 0.03
 assert bias_rows["z frozen", "full"]["se"] < 0.5 * bias_rows["z frozen", "none"]["se"]   # ... with less variance
 for setting in list(z_settings)[1:]:
     assert abs(fkl - bias_rows[setting, "none"]["exact_inf"]) < 0.01              # uncancelled: near the forward KL
-mov = {c: bias_rows["z moving, gamma_z = 0.3", c] for c in ("none", "full")}
-print(f"z moving (gamma_z = 0.3), K = 8: full - none = {mov['full']['diff']:.4f} ± {mov['full']['se_diff']:.4f} "
-      f"(paired standard error); stationary limit: none {mov['none']['exact_inf']:.4f}, full {mov['full']['exact_inf']:.4f}, "
-      f"exact rho {fkl:.4f}")
-assert 0.17 < -mov["full"]["diff"] < 0.21 and abs(mov["none"]["exact_inf"] - 0.742) < 5e-4
-assert abs(mov["full"]["exact_inf"] - 0.549) < 5e-4 and abs(fkl - 0.75) < 1e-9
-dflt = {c: bias_rows["z moving, gamma_z = 0.1 / (1 + SNR)", c]["exact_inf"] for c in ("none", "full")}
-assert abs(dflt["full"] - 0.705) < 5e-4 and abs(dflt["none"] - 0.749) < 5e-4
 
 # %% [markdown]
 # With $z$ frozen the three variants have the same mean, to the standard error on the batch and
 # exactly in the covariance propagation; cancellation only shrinks the standard error. (The
 # frozen chain's limit is not the forward-KL value: it samples its own target, section 3.) With $z$
-# moving they part: at $K = 8$ and $\gamma_z = 0.3$ the cancelled chains give a value about 0.19
-# below the uncancelled one, many (paired) standard errors apart. It is not a short-chain effect.
-# In the stationary limit the uncancelled chain gives 0.742 against the exact 0.750 (its own small
-# discretisation bias), while both cancelled chains stay at 0.549, about a quarter short. With the
-# library's default, smaller $z$ step, $0.1/(1 + \text{SNR})$, the gap is smaller (0.705 against 0.749)
-# but does not close. (These are exact moments, the same in fast mode; the asserts above guard them.)
+# moving they part: at $K = 8$ and $\gamma_z = 0.3$ the fully cancelled chain gives a value
+# {glue:text}`ch04_bias` below the uncancelled one (paired standard error {glue:text}`ch04_bias_se`). It is not a
+# short-chain effect. In the stationary limit the uncancelled chain gives {glue:text}`ch04_none_inf:.3f` against
+# the exact {glue:text}`ch04_fkl:.3f` (its own small discretisation bias), while both cancelled chains stay at
+# {glue:text}`ch04_full_inf:.3f`, {glue:text}`ch04_full_short` short. With the library's default, smaller $z$ step,
+# $0.1/(1 + \text{SNR})$, the gap is smaller ({glue:text}`ch04_dflt_full:.3f` against {glue:text}`ch04_dflt_none:.3f`) but does
+# not close. (These limits are exact moments, the same in fast mode.)
 #
 # **Cancellation is mean-preserving only with $z$ frozen; with $z$ moving it trades variance for a
 # bias that more Langevin steps do not remove.** The bias comes from the drift (with the score gap
@@ -552,28 +552,29 @@ for tau in taus:
     s_tau = exact_student(g_tau.A.detach(), g_tau.b.detach())
     for name, lc in cancel_variants.items():
         gstats[name].append(gradient_stats(g_tau, teacher, s_tau, lc, R))
-print(f"EMD generator gradient over {R} batches: mean per-batch norm [norm of the mean]")
-print(f"{'variant':20s}" + "".join(f"tau = {t:g}".rjust(20) for t in taus))
-for name, rows in gstats.items():
-    print(f"{name:20s}" + "".join(f"{per:8.4f} [{mean:7.4f}]".rjust(20) for per, mean, _ in rows))
+display(table([[name] + [f"{per:.4f} [{mean:.4f}]" for per, mean, _ in rows] for name, rows in gstats.items()],
+              ["variant"] + [f"τ = {t:g}" for t in taus],
+              title=f"EMD generator gradient over {R} batches: mean per-batch norm [norm of the mean]"))
 i9 = taus.index(0.9)
 ratio9 = gstats["(eps, -) none"][i9][0] / gstats["(eps, -) full"][i9][0]
 # the same random numbers for both, so compare the means batch by batch: the difference is the cancelled noise
 G_diff = gstats["(eps, -) none"][i9][2] - gstats["(eps, -) full"][i9][2]
 d_mean, d_noise = float(G_diff.mean(0).norm()), float((G_diff.var(0).sum() / R).sqrt())
-print(f"at tau = 0.9 the uncancelled gradient is {ratio9:.1f} times the fully cancelled one in norm; the norm of "
-      f"the difference of their means over the {R} batches is {d_mean:.4f}, against {d_noise:.4f} expected from "
-      f"the noise alone (sqrt(trace Cov / R)): the same mean" + fast_note(f"R = {R} batches of 128; the full run uses "
-                                                                          "64 of 256") + ".")
+FAST_R = f"R = {R} batches of 128; the full run uses 64 of 256"
+glue("ch04_ratio9", ratio9, fmt=".1f", fast=FAST_R)
+for key, v in (("dmean", d_mean), ("dnoise", d_noise)):
+    glue(f"ch04_{key}", v, fmt=".4f", fast=FAST_R)
 assert ratio9 > 2                                                                  # near the fit, noise dominates
 assert d_mean < 2 * d_noise                                                        # z frozen: the same mean
 assert gstats["(eps, -) full"][-1][0] < 1e-3 * gstats["(eps, -) none"][-1][0]     # pure drift: zero at the fit
 assert gstats["(eps, z) full"][-1][0] < 1e-3 * gstats["(eps, -) none"][-1][0]     # with z moving too
 
 # %% [markdown]
-# Near the fit ($\tau = 0.9$) the uncancelled gradient is mostly noise. With $z$ frozen it has the
-# same mean as the cancelled one: the bracketed norm of its average is larger only because $R$
-# batches leave noise in it, and the difference of the two averages is within that noise. Full
+# Near the fit ($\tau = 0.9$) the uncancelled gradient is {glue:text}`ch04_ratio9` times the fully cancelled
+# one in norm: mostly noise. With $z$ frozen it has the same mean as the cancelled one: the bracketed
+# norm of its average is larger only because $R$ batches leave noise in it, and the norm of the
+# difference of the two averages, {glue:text}`ch04_dmean`, is what the noise alone gives,
+# {glue:text}`ch04_dnoise` ($\sqrt{\operatorname{tr} \operatorname{Cov} / R}$, the same random numbers for both). Full
 # cancellation removes the noise exactly where it hurts most, at the end of training: at the fit the
 # cancelled gradient is zero, not zero *on average*. On the linear pair this removes the Monte Carlo
 # floor of chapter 3 altogether. The derivation assumed the $\epsilon$ coordinates; in $(x, z)$ the
@@ -588,74 +589,54 @@ assert gstats["(eps, z) full"][-1][0] < 1e-3 * gstats["(eps, -) none"][-1][0]   
 # $\gamma_\epsilon = 0.3$, moving $z$ with the library's step $0.1/(1 + \text{SNR})$, three seeds per variant.
 # Metrics (`emd_lib.metrics.mixture_report` on 5000 samples of the EMA generator): total variation
 # between the generated and true mode masses (TV, lower is better), the fraction of samples within 3
-# standard deviations of their mode, MMD, and k-NN precision and recall. The sweep ran once
-# (`python -m emd_lib experiment ch04 --sweep cancel`, about 17 minutes on one core); the chapter
-# loads its JSON, and `tests/test_chapter_claims.py` reruns one of its runs with the current code
-# and checks it against the stored seeds.
+# standard deviations of their mode, MMD, and k-NN precision and recall. The chapter loads the stored
+# sweep; `tests/test_chapter_claims.py` reruns one of its runs and checks it against the stored seeds.
 
 # %%
 cancel = sweeps.load_sweep("cancel")
-C2 = cancel["summary"]
 display(sweeps.sweep_table(cancel))
-curves = {}                                         # per variant: (steps, runs x points) of the logged gradient norm
-for name, runs in cancel["runs"].items():
-    G = np.array([r["grad_norm"] for r in runs])
-    curves[name] = (np.arange(1, G.shape[1] + 1) * runs[0]["grad_norm_every"], G)
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
-for name, (steps, G) in curves.items():
+for name, (steps, G) in sweeps.grad_norm_curves(cancel).items():     # G: runs x logged points
     line, = ax[0].plot(steps, G.mean(0), "--" if "none" in name else "-", label=name)
     ax[0].fill_between(steps, G.min(0), G.max(0), color=line.get_color(), alpha=0.15, linewidth=0)
 ax[0].set_yscale("log"), ax[0].set_xlabel("generator step"), ax[0].set_ylabel("gradient norm")
 ax[0].set_title("generator gradient norm (mean and range over seeds)"), ax[0].legend(fontsize=7)
-for i, (name, runs) in enumerate(cancel["runs"].items()):          # final TV: each seed a dot, the mean a bar
-    v = np.array([r["metrics"]["tv"] for r in runs])
-    ax[1].bar(i, v.mean(), color=COLORS["emd"], alpha=0.35, width=0.7)
-    ax[1].plot(np.full(len(v), i), v, "o", color=COLORS["emd"], ms=4)
-ax[1].set_xticks(range(len(curves)), list(curves), rotation=30, ha="right", fontsize=7)
-ax[1].set_title("final total variation (lower is better)")
+sweeps.seed_dots(ax[1], [cancel], "tv", "final total variation (lower is better)")
 fig.tight_layout()
 plt.show()
-
-# %%
-gn_end = {n: float(G[:, -20:].mean()) for n, (steps_, G) in curves.items()}     # the last 200 steps
-steps_c, G_mean = curves["(eps, -) full"][0], {n: G.mean(0) for n, (steps_, G) in curves.items()}
-i10, i20 = list(steps_c).index(10), list(steps_c).index(20)
-for n in ("(eps, -) none", "(eps, -) full"):
-    g_ = G_mean[n]
-    print(f"{n}: mean gradient norm {g_[i10]:.3f} at step 10, {g_[i20]:.3f} at step 20, then between "
-          f"{g_[i20 + 1:].min():.3f} and {g_[i20 + 1:].max():.3f}; {gn_end[n]:.3f} over the last 200 steps")
-all_kept = {n: sum(r["metrics"]["modes_covered"] == r["metrics"]["n_modes"] for r in runs)
-            for n, runs in cancel["runs"].items()}     # runs that keep every mode at a fifth of its weight or more
-print(f"Without cancellation the gradient norm over the last 200 steps is "
-      f"{gn_end['(eps, -) none'] / gn_end['(eps, -) full']:.1f} times the cancelled one for (eps, -) and "
-      f"{gn_end['(eps, z) none'] / gn_end['(eps, z) full']:.1f} times for (eps, z); all 7 modes kept in "
-      f"{all_kept['(eps, -) none'] + all_kept['(eps, z) none']} of 6 runs without cancellation, "
-      f"{all_kept['(eps, -) full'] + all_kept['(eps, z) full']} of 6 with it.")
+nums = sweeps.cancel_numbers(cancel)                 # gradient norms, modes kept, the mode the cancelled runs lose
+assert nums.pop("lost") == 6                         # irregular's central mode, weight 0.08 at (0, 0.2)
+for key, v in nums.items():
+    glue(f"ch04_{key}", v, fmt=".1f" if "ratio" in key else "d" if "kept" in key else ".3f")
+glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left after K = 8 steps of 0.3
 
 # %% [markdown]
-# What the 2D runs say (means over three seeds, from the stored sweep; `tests/test_chapter_claims.py`
-# checks every number of this list against it):
+# What the 2D runs say (means over three seeds, from the stored sweep):
 #
 # * **Gradient norm.** Without cancellation the generator's gradient norm stays at its early level
-#   for the whole run. With full cancellation it drops over the first 20 generator steps and then
-#   stays flat, within a band, to the end; over the last 200 steps it is 2.5 times lower than without
-#   cancellation for $(\epsilon, -)$ and 3.1 times lower for $(\epsilon, z)$. Unlike on the linear pair,
+#   for the whole run (for $(\epsilon, -)$: {glue:text}`ch04_gn_none_10:.3f` at step 10, {glue:text}`ch04_gn_none_20:.3f` at
+#   step 20, then between {glue:text}`ch04_gn_none_lo:.3f` and {glue:text}`ch04_gn_none_hi:.3f`). With full cancellation it
+#   drops over the first 20 generator steps, from {glue:text}`ch04_gn_full_10:.3f` to {glue:text}`ch04_gn_full_20:.3f`, and
+#   then stays flat within a band ({glue:text}`ch04_gn_full_lo:.3f` to {glue:text}`ch04_gn_full_hi:.3f`) to the end; over
+#   the last 200 steps it is {glue:text}`ch04_gn_ratio_e:.1f` times lower than without cancellation for
+#   $(\epsilon, -)$ and {glue:text}`ch04_gn_ratio_z:.1f` times lower for $(\epsilon, z)$. Unlike on the linear pair,
 #   the cancelled norm does not keep falling towards zero. The fully cancelled gradient is the pure
 #   drift, built from the score gap, so its level says that the gap between teacher and student stays
 #   open in these runs.
 # * **Injected against full** are nearly indistinguishable here: after $K = 8$ steps with
-#   $\gamma_\epsilon = 0.3$ only $(1 - \gamma)^K \approx 0.06$ of the initial noise is left.
+#   $\gamma_\epsilon = 0.3$ only $(1 - \gamma)^K \approx$ {glue:text}`ch04_left:.2f` of the initial noise is left.
 # * **$(\epsilon, z)$ with and without cancellation** end with the same TV and MMD within the spread
 #   between seeds: on this mixture, at the library's default $z$ step, the bias of section 4.1 did not
 #   show in the final TV or MMD.
 # * **Quality.** Cancellation gives sharper samples (more of them within 3 standard deviations of
 #   their mode, higher precision, lower MMD), and the mode masses (TV) are the same within the
 #   spread between seeds. Coverage did not gain from it: the runs without cancellation kept all 7
-#   modes (each at a fifth of its weight or more) in 6 of 6 paired runs ($(\epsilon, -)$ and
-#   $(\epsilon, z)$, three seeds each), the fully cancelled ones in 3 of 6. The mode they lose is the
-#   central one (weight 0.08, at $(0, 0.2)$), which every run starves: on $(\epsilon, -)$ it gets 0.025
-#   of the samples without cancellation and 0.015 with. At this budget the noise costs precision,
+#   modes (each at a fifth of its weight or more) in {glue:text}`ch04_kept_none` of 6 paired runs ($(\epsilon, -)$
+#   and $(\epsilon, z)$, three seeds each), the fully cancelled ones in {glue:text}`ch04_kept_full` of 6. The mode
+#   they lose is the central one (weight 0.08, at $(0, 0.2)$), which every run starves: on $(\epsilon, -)$
+#   it gets {glue:text}`ch04_lost_none:.3f` of the samples without cancellation and {glue:text}`ch04_lost_full:.3f`
+#   with. At this budget the noise costs precision,
 #   and cancelling it cost some coverage of that mode.
 # * **Cancelling the $z$ noise hurt.** With `cancel_z=True` the M-step evaluates the generator at
 #   $z^K - \eta_z^K$, a latent the chain never visited, while the drift it regresses onto was

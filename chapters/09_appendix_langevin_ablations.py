@@ -41,8 +41,8 @@ from IPython.display import display
 
 import emd_lib
 from emd_lib import fast_or
-from emd_lib.book import fast_note
-from emd_lib.book.plotting import COLORS, use_style
+from emd_lib.book import glue, table
+from emd_lib.book.plotting import use_style
 from emd_lib.distill import DistillConfig, Distiller
 from emd_lib.em import LinearGenerator, exact_student, gaussian_teacher
 from emd_lib.experiments import ch04 as sweeps
@@ -112,35 +112,33 @@ relax = {"(eps, z), gamma_z = 0.3, no preconditioning": [relax_steps("eps", l, 0
          "(eps, z), gamma_z = 0.3 / (1 + SNR)": [relax_steps("eps", l, 0.3 / (1 + snr_of[l])) for l in lams],
          "(x, z), gamma_x = 0.3 sigma^2, gamma_z = 0.3 / (1 + SNR)": [relax_steps("x", l, 0.3 / (1 + snr_of[l]))
                                                                      for l in lams]}
-print("steps for the slowest direction to relax by a factor e (the chains of chapter 4, section 3)")
-print(f"{'':58s}" + "".join(f"lam={l:+.0f}".rjust(9) for l in lams))
-for name, row in relax.items():
-    print(f"{name:58s}" + "".join(f"{v:.0f}".rjust(9) for v in row))
+lam_cols = [f"λ = {l:+.0f}" for l in lams]
+display(table([[name] + row for name, row in relax.items()], ["chain"] + lam_cols, fmt="{:,.0f}",
+              title="steps for the slowest direction to relax by a factor e (the chains of chapter 4, section 3)"))
 relax_xz = relax["(x, z), gamma_x = 0.3 sigma^2, gamma_z = 0.3 / (1 + SNR)"]
-print("(x, z) chain, relaxation steps / SNR: " + ", ".join(f"lam = {l:+.0f}: {v / snr_of[l]:.1f}"
-                                                       for l, v in zip(lams, relax_xz) if l >= 2))
-i4 = lams.index(4.0)
+per_snr = [v / snr_of[l] for l, v in zip(lams, relax_xz) if l >= 2]       # relaxation steps / SNR at lam >= 2
+i4, hi = lams.index(4.0), lams.index(6.0)
 # the slow direction at lam = +6: x_t and z move together, keeping the residual x_t - alpha A z near zero
 _, v_slow = relax_steps("x", 6.0, 0.3 / (1 + snr_of[6.0]), direction=True)
 res_slow = float((v_slow[:2] - level(6.0)[0] * A.double() @ v_slow[2:]).norm())
-print(f"slowest direction of the (x, z) chain at lam = +6 (unit length): residual |x_t - alpha A z| = {res_slow:.4f}")
+glue("ch09_res_slow", res_slow, fmt=".4f")
+glue("ch09_relax_hi", relax_xz[hi], fmt=".0f")
+glue("ch09_relax_4", relax_xz[i4], fmt=".0f")
+glue("ch09_per_snr_lo", min(per_snr), fmt=".0f")
+glue("ch09_per_snr_hi", max(per_snr), fmt=".0f")
+glue("ch09_relax_plain", max(relax["(eps, z), gamma_z = 0.3, no preconditioning"]), fmt=".0f")
 assert res_slow < 0.01
-
-hi = lams.index(6.0)
 assert max(relax["(eps, z), gamma_z = 0.3, no preconditioning"]) < 20                   # a plain z step: fast everywhere
 assert relax_xz[hi] > 100 * K_chain and relax_xz[i4] > 10 * K_chain                    # the (x, z) chain: stable but slow
-assert all(10 < v / snr_of[l] < 30 for l, v in zip(lams, relax_xz) if l >= 2)           # 15 to 20 x SNR steps
-print(f"The (x, z) chain needs {relax_xz[hi]:.0f} steps at lam = +6 and {relax_xz[i4]:.0f} at lam = +4, "
-      f"{min(v / snr_of[l] for l, v in zip(lams, relax_xz) if l >= 2):.0f} to "
-      f"{max(v / snr_of[l] for l, v in zip(lams, relax_xz) if l >= 2):.0f} times the SNR; the plain z step at most "
-      f"{max(relax['(eps, z), gamma_z = 0.3, no preconditioning']):.0f} steps at any level.")
+assert all(10 < v < 30 for v in per_snr)                                                 # 16 to 20 x SNR steps
 
 # %% [markdown]
 # The factor $1 + \text{SNR}$ is the curvature of $z$ with $x_t$ held fixed, so it keeps the $(x, z)$
 # chain stable. But to reach $\rho$, $x_t$ and $z$ must move together (the chain's slowest direction
-# keeps $x_t - \alpha A z$ near zero: its residual is below 0.01 at $\lambda = +6$), and along that
-# direction the chain needs 15 to 20 times the SNR in steps to relax: thousands at $\lambda = +6$,
-# against about 15 for the plain $z$ step (the sentence above gives the exact counts). That is the
+# keeps $x_t - \alpha A z$ near zero: its residual is {glue:text}`ch09_res_slow:.4f` at $\lambda = +6$), and along
+# that direction the chain needs {glue:text}`ch09_per_snr_lo` to {glue:text}`ch09_per_snr_hi` times the SNR in steps
+# to relax: {glue:text}`ch09_relax_hi` at $\lambda = +6$ and {glue:text}`ch09_relax_4` at $\lambda = +4$, against at
+# most {glue:text}`ch09_relax_plain` for the plain $z$ step at any level. That is the
 # difference between a stable step and a fast chain. Yet on a 2D mixture plain $z$ steps turn out to
 # be unstable (section 4). The reason is the curvature of $-\log \rho$ in $z$, the quantity that
 # bounds a stable step ($\gamma_z \lesssim 2 / \text{curvature}$). In the $(\epsilon, z)$ coordinates it is
@@ -179,33 +177,36 @@ curv = {"linear-Gaussian": [], "mixture (MLP at init)": []}
 for lam in lams:
     curv["linear-Gaussian"].append(sweeps.z_curvature(gen, teacher, student, lam, n=n_curv))
     curv["mixture (MLP at init)"].append(sweeps.z_curvature(d0.generator, mix, d0.student, lam, n=n_curv))
-print("largest curvature of -log rho in z, (eps, z) chain: median [90th percentile]")
-print(f"{'':24s}" + "".join(f"lam={l:+.0f}".rjust(14) for l in lams))
-for name, rows in curv.items():
-    print(f"{name:24s}" + "".join(f"{float(c.median()):6.2f} [{float(c.quantile(0.9)):5.1f}]".rjust(14) for c in rows))
+display(table([[name] + [f"{float(c.median()):.2f} [{float(c.quantile(0.9)):.1f}]" for c in rows]
+               for name, rows in curv.items()], ["pair"] + lam_cols,
+              title="largest curvature of -log ρ in z, (ε, z) chain: median [90th percentile]"))
 p90 = torch.tensor([float(c.quantile(0.9)) for c in curv["mixture (MLP at init)"]])
 snr = torch.tensor([math.exp(l) for l in lams])
 bound_none = 2 / p90                       # stable plain step: gamma_z < 2 / curvature
 bound_snr = 2 * (1 + snr) / p90            # stable base step when the step is gamma_z / (1 + SNR)
-print("largest stable gamma_z at the 90th percentile of the curvature, mixture:")
-print(f"{'  no preconditioning':24s}" + "".join(f"{v:.3f}".rjust(14) for v in bound_none.tolist()))
-print(f"{'  gamma_z / (1 + SNR)':24s}" + "".join(f"{v:.3g}".rjust(14) for v in bound_snr.tolist()))
+display(table([["no preconditioning"] + [f"{v:.3f}" for v in bound_none.tolist()],
+               ["gamma_z / (1 + SNR)"] + [f"{v:.3g}" for v in bound_snr.tolist()]], ["z step"] + lam_cols,
+              title="largest stable gamma_z at the 90th percentile of the curvature, mixture"))
+FAST_CURV = f"{n_curv} latents and a shorter initialisation; the full run uses 500"
+glue("ch09_p90_hi", float(p90[-1]), fmt=".1f", fast=FAST_CURV)
+glue("ch09_gauss_hi", float(curv["linear-Gaussian"][-1].quantile(0.9)), fmt=".2f")   # closed form: the same
+glue("ch09_bound_none", float(bound_none.min()), fmt=".3f", fast=FAST_CURV)
+glue("ch09_bound_snr", float(bound_snr.min()), fmt=".2g", fast=FAST_CURV)
+glue("ch09_bound_snr_at", f"{lams[int(bound_snr.argmin())]:+.0f}", fast=FAST_CURV)
 assert all(float(c.max()) <= 1 + 1e-3 for c in curv["linear-Gaussian"])            # the Gaussian pair: at or below 1
 assert float(curv["linear-Gaussian"][-1].max()) < 0.6
 assert float(p90[-1]) > 5 * float(curv["linear-Gaussian"][-1].quantile(0.9))   # the mixture is far stiffer at high SNR
 assert float(bound_snr.min()) > 5 * float(bound_none.min())                   # and SNR scaling removes most of it
-print(f"At lam = +6 the mixture's curvature (90th percentile) is {float(p90[-1]):.1f}, the Gaussian pair's "
-      f"{float(curv['linear-Gaussian'][-1].quantile(0.9)):.2f}; the largest stable z step is {float(bound_none.min()):.3f} "
-      f"plain and {float(bound_snr.min()):.2g} as a base step divided by 1 + SNR"
-      + fast_note(f"{n_curv} latents and a shorter initialisation; the full run uses 500") + ".")
+assert lams[int(bound_snr.argmin())] <= 0                                     # the binding level is a noisy one
 
 # %% [markdown]
 # At low SNR the curvature is the prior's, 1, for both. At high SNR the mixture's climbs far
-# above the Gaussian pair's (the sentence above), so a plain $z$ step must be small enough for the
-# stiffest level, and then it barely moves $z$ at the others. Dividing by $1 + \text{SNR}$
+# above the Gaussian pair's (at $\lambda = +6$ its 90th percentile is {glue:text}`ch09_p90_hi`, the pair's
+# {glue:text}`ch09_gauss_hi:.2f`), so a plain $z$ step must be small enough for the stiffest level (at most
+# {glue:text}`ch09_bound_none`), and then it barely moves $z$ at the others. Dividing by $1 + \text{SNR}$
 # over-corrects (the curvature grows more slowly than the SNR), but it turns the binding
-# constraint into the prior's at low SNR: the largest stable base step is set by $\lambda \approx -6$
-# to $0$, where it is about 2. These bounds hold at initialisation; during training the student
+# constraint into the prior's at low SNR: the largest stable base step, {glue:text}`ch09_bound_snr`, is set
+# at $\lambda =$ {glue:text}`ch09_bound_snr_at`. These bounds hold at initialisation; during training the student
 # lags the generator and the curvature moves, so the practical limits may be lower. Section 4
 # measures them.
 
@@ -233,41 +234,42 @@ A_init, b_init = A.clone(), b.clone()
 t0 = time.perf_counter()
 em_hist = {name: emd_lib.em.langevin_em(A_init, b_init, m, C, 0.0, cfg, iters=em_iters, batch=em_batch, seed=0)
            for name, cfg in em_chains.items()}
-print(f"{len(em_chains)} EM runs of {em_iters} iterations in {time.perf_counter() - t0:.1f} s; "
-      f"target C = {C.flatten().tolist()}, m = {m.tolist()}")
-for name, h in em_hist.items():
-    AA = h["A"] @ h["A"].T
-    print(f"{name:32s} error {np.mean(h['errors'][-10:]):.3f}   AA^T = {AA.flatten().numpy().round(2)}   "
-          f"b = {h['b'].numpy().round(2)}")
-err_end = {name: float(np.mean(h["errors"][-10:])) for name, h in em_hist.items()}
-print(f"at lam = 0 the fixed x step is {GX / level(0.0)[1] ** 2:.4f} in eps units (the eps-chain's is 0.3)")
+print(f"{len(em_chains)} EM runs of {em_iters} iterations in {time.perf_counter() - t0:.1f} s")
+err_end = {name: float(np.mean(h["errors"][-10:])) for name, h in em_hist.items()}   # the last 10 iterations
 tr = {name: float(torch.trace(h["A"] @ h["A"].T)) for name, h in em_hist.items()}
-print(f"trace(AA^T): (eps, z) {tr['(eps, z)']:.2f}, (x, z) with gamma_x = 0.3 sigma^2 {tr['(x, z), gamma_x = 0.3 sigma^2']:.2f}; "
-      f"trace(C) = {float(torch.trace(C)):.2f}")
-err0 = emd_lib.em.fit_error(A_init, b_init, m, C)
-tr0 = float(torch.trace(A_init @ A_init.T))
-fx_z, fx_0 = f"(x, z), gamma_x = {GX:.2g}", f"(x, -), gamma_x = {GX:.2g}"
-print(f"starting generator: error {err0:.3f}, AA^T = {(A_init @ A_init.T).flatten().numpy().round(2)}, "
-      f"trace {tr0:.2f}; fixed-step (x, z) ends with trace {tr[fx_z]:.2f}")
-assert tr["(x, z), gamma_x = 0.3 sigma^2"] < 0.9 * float(torch.trace(C)) < tr["(eps, z)"]   # (x, z) shrinks A
+err0, tr0 = emd_lib.em.fit_error(A_init, b_init, m, C), float(torch.trace(A_init @ A_init.T))
+em_rows = [["start", err0, tr0, str((A_init @ A_init.T).flatten().numpy().round(2)), str(b_init.numpy().round(2))]]
+em_rows += [[n, err_end[n], tr[n], str((h["A"] @ h["A"].T).flatten().numpy().round(2)), str(h["b"].numpy().round(2))]
+            for n, h in em_hist.items()]
+display(table(em_rows, ["E-step", "error", "trace AA^T", "AA^T", "b"], fmt="{:.3f}",
+              title=f"EM on the linear pair after {em_iters} iterations; C = {C.flatten().numpy().round(2)}, m = {m.numpy()}"))
+fx_z, fx_0, per_lvl = f"(x, z), gamma_x = {GX:.2g}", f"(x, -), gamma_x = {GX:.2g}", "(x, z), gamma_x = 0.3 sigma^2"
+FAST_EM = f"{em_iters} EM iterations; the full run uses 200"
+glue("ch09_gx_eps", GX / level(0.0)[1] ** 2, fmt=".4f")
+glue("ch09_gx_ratio", 0.3 * level(0.0)[1] ** 2 / GX, fmt=".0f")
+glue("ch09_err0", err0, fmt=".3f")
+glue("ch09_tr0", tr0, fmt=".2f")
+glue("ch09_trC", float(torch.trace(C)), fmt=".2f")
+for key, v in (("err_x0", err_end[fx_0]), ("err_xz", err_end[fx_z])):
+    glue(f"ch09_{key}", v, fmt=".3f", fast=FAST_EM)
+for key, v in (("tr_xz", tr[fx_z]), ("tr_xs2", tr[per_lvl]), ("tr_ez", tr["(eps, z)"])):
+    glue(f"ch09_{key}", v, fmt=".2f", fast=FAST_EM)
+assert tr[per_lvl] < 0.9 * float(torch.trace(C)) < tr["(eps, z)"]   # (x, z) shrinks A
 assert err_end[fx_z] > err0 and tr[fx_z] < 0.6 * tr0          # the fixed-step (x, z) chain shrinks the generator
 assert 0.75 * err0 < err_end[fx_0] < err0                     # the fixed-step (x, -) chain moves it only a little
-print(f"At lam = 0 the fixed x step is {GX / level(0.0)[1] ** 2:.4f} in eps units, {0.3 * level(0.0)[1] ** 2 / GX:.0f} "
-      f"times smaller than the eps-chain's; the fixed-step (x, -) chain ends at error {err_end[fx_0]:.3f} from "
-      f"{err0:.3f}, the fixed-step (x, z) chain at {err_end[fx_z]:.3f} with trace(AA^T) {tr[fx_z]:.2f} from {tr0:.2f}; "
-      f"the per-level (x, z) chain ends with trace {tr['(x, z), gamma_x = 0.3 sigma^2']:.2f} against "
-      f"trace(C) = {float(torch.trace(C)):.2f}" + fast_note(f"{em_iters} EM iterations; the full run uses 200") + ".")
-assert 150 < 0.3 * level(0.0)[1] ** 2 / GX < 250                  # "about 200 times smaller"
+assert 150 < 0.3 * level(0.0)[1] ** 2 / GX < 250                  # a few hundred times smaller
 
 # %% [markdown]
 # Both $\epsilon$-chains reach the fit (up to the Monte Carlo floor of chapter 3). The fixed-step
-# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2$, is about 200 times
-# smaller than the $\epsilon$-chain's, so in $K = 8$ steps the chain carries almost nothing from the
-# teacher. The fixed-step $(x, -)$ chain moves the generator only a little towards the fit (its error
-# ends a little below the starting one). The fixed-step $(x, z)$ chain moves it the wrong way:
-# $A A^\top$ shrinks well below the starting generator's and the error ends *above* the starting
-# one. The $(x, z)$ chain with the per-level step also settles with $A A^\top$ visibly *smaller* than
-# $C$. The M-step is not to blame: chapter 3 showed that with exact samples of $\rho$ its gradient is
+# $x$-chains do not: at $\lambda = 0$ their step in $\epsilon$ units, $\gamma_x/\sigma^2 =$ {glue:text}`ch09_gx_eps:.4f`, is
+# {glue:text}`ch09_gx_ratio` times smaller than the $\epsilon$-chain's 0.3, so in $K = 8$ steps the chain carries
+# almost nothing from the teacher. The fixed-step $(x, -)$ chain moves the generator only a little
+# towards the fit: its error ends at {glue:text}`ch09_err_x0`, from {glue:text}`ch09_err0:.3f` at the start. The
+# fixed-step $(x, z)$ chain moves it the wrong way: the trace of $A A^\top$ shrinks to {glue:text}`ch09_tr_xz`,
+# from the starting generator's {glue:text}`ch09_tr0:.2f`, and the error ends *above* the starting one, at
+# {glue:text}`ch09_err_xz`. The $(x, z)$ chain with the per-level step also settles with $A A^\top$ visibly
+# *smaller* than $C$ (trace {glue:text}`ch09_tr_xs2` against {glue:text}`ch09_trC:.2f`; the $(\epsilon, z)$ chain's is
+# {glue:text}`ch09_tr_ez`). The M-step is not to blame: chapter 3 showed that with exact samples of $\rho$ its gradient is
 # the forward-KL gradient, zero at the fit. The culprit is the chain's discretisation bias: an
 # unadjusted Langevin chain with a finite step samples a slightly wrong law.
 #
@@ -299,39 +301,39 @@ for name, (gx_, gz_) in steps_1d.items():
         # slope = E[x_t z] / (alpha E[z^2]), with x_t = alpha z + sigma eps in the eps-chain
         slopes[name, label] = (float(Sx[0, 1] / (a0 * Sx[1, 1])),
                                float((a0 * Se[1, 1] + sig0 * Se[0, 1]) / (a0 * Se[1, 1])))
-print("slope the M-step fits at the fit (exact: 1), 1D linear pair, chains started at exact rho")
-print(f"{'steps':>44s}{'':>12s}{'(x, z)':>12s}{'(eps, z)':>12s}")
-for (name, label), (sx, se) in slopes.items():
-    print(f"{name:>44s}{label:>12s}{sx:12.5f}{se:12.5f}")
 shrink = {k: 1 - v[0] for k, v in slopes.items()}
-for name in list(steps_1d)[1:]:
-    print(f"shrinkage 1 - slope of (x, z), {name} against the steps above: K = 8 "
-          f"{shrink[name, 'K = 8'] / shrink['the steps above', 'K = 8']:.3f}, "
-          f"stationary {shrink[name, 'stationary'] / shrink['the steps above', 'stationary']:.3f}")
 ratio_1d = {(n, k): shrink[n, k] / shrink["the steps above", k] for n, k in shrink}
-fixed_x = f"gamma_x = {GX:.2g} (fixed), gamma_z above"
+display(table([[n, k, sx, se, ratio_1d[n, k]] for (n, k), (sx, se) in slopes.items()],
+              ["steps", "chain run", "(x, z)", "(ε, z)", "(x, z) shrinkage / the steps above's"],
+              fmt={"(x, z)": "{:.5f}", "(ε, z)": "{:.5f}", "(x, z) shrinkage / the steps above's": "{:.3f}"},
+              title="slope the M-step fits at the fit (exact: 1), 1D linear pair, chains started at exact ρ"))
+fixed_x, z10 = f"gamma_x = {GX:.2g} (fixed), gamma_z above", "gamma_x above, gamma_z / 10"
+for key, v in (("k8", shrink["the steps above", "K = 8"]), ("stat", shrink["the steps above", "stationary"]),
+               ("fx_k8", shrink[fixed_x, "K = 8"]), ("fx_stat", shrink[fixed_x, "stationary"]),
+               ("z10", shrink[z10, "stationary"])):
+    glue(f"ch09_shrink_{key}", v, fmt=".1%")              # exact moments: the same in fast mode
+glue("ch09_fade_both", 1 / ratio_1d["both steps / 10", "stationary"], fmt=".0f")
+glue("ch09_fade_z", 1 / ratio_1d[z10, "stationary"], fmt=".0f")
 assert all(abs(se - 1) < 1e-9 for sx, se in slopes.values())         # (eps, z): exact at any step size
 assert all(0.02 < shrink["the steps above", k] < 0.04 for k in ("K = 8", "stationary"))   # (x, z): about 3%
 assert ratio_1d["both steps / 10", "K = 8"] < 0.1                            # both steps smaller: it fades
 assert 0.05 < ratio_1d["both steps / 10", "stationary"] < 0.15
 assert ratio_1d[fixed_x, "K = 8"] > 0.5 and ratio_1d[fixed_x, "stationary"] > 0.75     # the x step hardly matters
 assert 0.02 < shrink[fixed_x, "stationary"] < 0.03 and 0.015 < shrink[fixed_x, "K = 8"] < 0.025
-assert all(0.05 < ratio_1d["gamma_x above, gamma_z / 10", k] < 0.15 for k in ("K = 8", "stationary"))  # the z step does
-assert all(0.002 < shrink["gamma_x above, gamma_z / 10", k] < 0.004 for k in ("K = 8", "stationary"))
-print(f"(x, z) at the steps above: slope {1 - shrink['the steps above', 'K = 8']:.4f} after 8 steps, "
-      f"{1 - shrink['the steps above', 'stationary']:.4f} stationary; both steps / 10: {1 - shrink['both steps / 10', 'stationary']:.4f}; "
-      f"the fixed x step: {1 - shrink[fixed_x, 'K = 8']:.4f} and {1 - shrink[fixed_x, 'stationary']:.4f}; only the z step / 10: "
-      f"{1 - shrink['gamma_x above, gamma_z / 10', 'stationary']:.4f}. (eps, z): exactly 1 at every step.")
+assert all(0.05 < ratio_1d[z10, k] < 0.15 for k in ("K = 8", "stationary"))  # the z step does
+assert all(0.002 < shrink[z10, k] < 0.004 for k in ("K = 8", "stationary"))
 
 # %% [markdown]
-# At the steps used above one E-step of the $(x, z)$ chain shrinks the slope by about 3%, and its
-# stationary law by as much: more Langevin steps do not help. With both steps ten times smaller the
-# stationary shrinkage is about ten times less, so it is a discretisation bias, not a property of the
-# regression. And it is the $z$ step's: with the $x$ step cut to the fixed step of the EM runs, a few
-# hundred times smaller at $\lambda = 0$, and the $z$ step unchanged, the slope is still about 2% low
-# after 8 steps and 2.6% low in the stationary law; with the per-level $x$ step and only the $z$ step
-# ten times smaller, the shrinkage falls about tenfold, to 0.3%. The bias grows with $\gamma_z$ and
-# barely depends on $\gamma_x$ (these are exact moments, the same in fast mode).
+# At the steps used above one E-step of the $(x, z)$ chain shrinks the slope by {glue:text}`ch09_shrink_k8`,
+# and its stationary law by {glue:text}`ch09_shrink_stat`: more Langevin steps do not help. With both steps
+# ten times smaller the stationary shrinkage is {glue:text}`ch09_fade_both` times less, so it is a
+# discretisation bias, not a property of the regression. And it is the $z$ step's: with the $x$ step
+# cut to the fixed step of the EM runs, {glue:text}`ch09_gx_ratio` times smaller at $\lambda = 0$, and the $z$
+# step unchanged, the slope is still {glue:text}`ch09_shrink_fx_k8` low after 8 steps and
+# {glue:text}`ch09_shrink_fx_stat` low in the stationary law; with the per-level $x$ step and only the $z$ step
+# ten times smaller, the shrinkage falls {glue:text}`ch09_fade_z`-fold, to {glue:text}`ch09_shrink_z10`. The
+# $(\epsilon, z)$ chain's slope is exactly 1 at every step. The bias grows with $\gamma_z$ and barely
+# depends on $\gamma_x$ (these are exact moments, the same in fast mode).
 #
 # What *is* structural is where each chain's bias goes. At the fit, with an exact student, the score
 # gap is zero, so the $(\epsilon, z)$ chain moves $\epsilon$ without ever looking at $z$: $\epsilon^K$ stays
@@ -358,10 +360,14 @@ nc_hist = {"(eps, -) none": em_hist["(eps, -)"], "(x, z), gamma_x = 0.3 sigma^2,
 nc_hist.update({name: emd_lib.em.langevin_em(A_init, b_init, m, C, 0.0, cfg, iters=em_iters, batch=em_batch, seed=0)
                 for name, cfg in nc_chains.items()})
 nc_err = {name: float(np.mean(h["errors"][-10:])) for name, h in nc_hist.items()}
-for name, e in nc_err.items():
-    print(f"EM on the linear pair, {name:38s}: error (mean of the last 10 iterations) {e:.4f}")
+display(table(list(nc_err.items()), ["E-step, cancellation", "error"], fmt="{:.4f}",
+              title=f"EM on the linear pair: error, mean of the last 10 of {em_iters} iterations"))
+glue("ch09_nc_fold", nc_err["(eps, -) none"] / nc_err["(eps, -) full"], fmt=".0f", fast=FAST_EM)
+for key, n in (("e_none", "(eps, -) none"), ("e_full", "(eps, -) full"), ("xz_none", f"{per_lvl}, none"),
+               ("xz_full", f"{per_lvl}, full")):
+    glue(f"ch09_nc_{key}", nc_err[n], fmt=".4f", fast=FAST_EM)
 assert nc_err["(eps, -) full"] < 0.2 * nc_err["(eps, -) none"]
-assert nc_err["(x, z), gamma_x = 0.3 sigma^2, full"] > nc_err["(x, z), gamma_x = 0.3 sigma^2, none"]
+assert nc_err[f"{per_lvl}, full"] > nc_err[f"{per_lvl}, none"]
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
 for name, h in em_hist.items():
@@ -375,8 +381,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Full cancellation removes the $(\epsilon, -)$ chain's Monte Carlo floor (its final error falls more than
-# fivefold), and leaves the $(x, z)$ chain further from the fit than without it.
+# Full cancellation removes the $(\epsilon, -)$ chain's Monte Carlo floor: its final error falls
+# {glue:text}`ch09_nc_fold`-fold, from {glue:text}`ch09_nc_e_none` to {glue:text}`ch09_nc_e_full`. It leaves the $(x, z)$
+# chain further from the fit than without it: {glue:text}`ch09_nc_xz_full` against {glue:text}`ch09_nc_xz_none`.
 
 # %% [markdown]
 # ## 3. The four-way table in 2D
@@ -399,35 +406,15 @@ plt.show()
 # more $(x, z)$ chains); the chapter loads their JSON.
 
 # %%
-def per_seed(res, name, key):
-    return np.array([r["metrics"][key] if key in r["metrics"] else r[key] for r in res["runs"][name]], dtype=float)
-
-
 space = sweeps.load_sweep("space")
 display(sweeps.sweep_table(space))
 space_x = sweeps.load_sweep("space_x")
 display(sweeps.sweep_table(space_x))
 
-
-def seed_dots(ax, results, key, title, log=False):
-    """One column per variant: each seed a dot, the mean a bar."""
-    names = [n for res in results for n in res["runs"]]
-    vals = [per_seed(res, n, key) for res in results for n in res["runs"]]
-    for i, (n, v) in enumerate(zip(names, vals)):
-        c = COLORS["di"] if n == "DI" else COLORS["emd"]
-        ax.bar(i, v.mean(), color=c, alpha=0.35, width=0.7)
-        ax.plot(np.full(len(v), i), v, "o", color=c, ms=4)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.replace(" gamma_x = ", "\n") for n in names], rotation=30, ha="right", fontsize=7)
-    ax.set_title(title)
-    if log:
-        ax.set_yscale("log")
-
-
 fig, ax = plt.subplots(1, 3, figsize=(12, 3.8))
-seed_dots(ax[0], [space, space_x], "tv", "total variation of mode masses (lower is better)")
-seed_dots(ax[1], [space, space_x], "mmd", "MMD (lower is better)", log=True)
-seed_dots(ax[2], [space, space_x], "recall", "recall (higher is better)")
+sweeps.seed_dots(ax[0], [space, space_x], "tv", "total variation of mode masses (lower is better)")
+sweeps.seed_dots(ax[1], [space, space_x], "mmd", "MMD (lower is better)", log=True)
+sweeps.seed_dots(ax[2], [space, space_x], "recall", "recall (higher is better)")
 fig.tight_layout()
 plt.show()
 
@@ -438,21 +425,23 @@ tv = {n: S[n]["tv"] for n in S}
 lam_grid = torch.linspace(-6, 6, 1201)
 sig2 = VP.alpha_sigma(lam_grid)[1] ** 2
 lam_moves = float(lam_grid[(GX / sig2) > 0.01].min())
-print(f"TV: (eps, -) {tv['(eps, -)'][0]:.3f} ± {tv['(eps, -)'][1]:.3f}, DI {tv['DI'][0]:.3f} ± {tv['DI'][1]:.3f}, "
-      f"(eps, z) {tv['(eps, z)'][0]:.3f} ± {tv['(eps, z)'][1]:.3f}, (x, -) {tv['(x, -)'][0]:.3f} ± {tv['(x, -)'][1]:.3f}, "
-      f"(x, z) {tv['(x, z)'][0]:.3f} ± {tv['(x, z)'][1]:.3f}")
-print(f"modes covered (of 7): " + ", ".join(f"{n} {S[n]['modes_covered'][0]:.1f}" for n in S))
-print(f"recall: " + ", ".join(f"{n} {S[n]['recall'][0]:.2f}" for n in S))
-print(f"the fixed x step exceeds 0.01 in eps units only for lam > {lam_moves:.1f}")
+for key, n in (("e0", "(eps, -)"), ("di", "DI"), ("ez", "(eps, z)"), ("x0", "(x, -)")):
+    glue(f"ch09_tv_{key}", f"{tv[n][0]:.3f} ± {tv[n][1]:.3f}")
+for key, n in (("e0", "(eps, -)"), ("ez", "(eps, z)")):
+    glue(f"ch09_recall_{key}", S[n]["recall"][0], fmt=".2f")
+glue("ch09_lam_moves", lam_moves, fmt=".1f")
 assert 2.4 < lam_moves < 2.6
-xz_modes = per_seed(space, "(x, z)", "modes_covered")
-xz_nc_modes = per_seed(space_x, "(x, z) no cancel", "modes_covered")
-print(f"(x, z): modes covered per seed {xz_modes.tolist()}; without noise cancellation {xz_nc_modes.tolist()}")
+xz_modes = sweeps.per_seed(space, "(x, z)", "modes_covered")
+xz_nc_modes = sweeps.per_seed(space_x, "(x, z) no cancel", "modes_covered")
+assert (xz_modes == 1).all() and (xz_nc_modes == 1).all()          # (x, z), fixed step: one mode in every seed
 prec = {n: S[n]["precision"][0] for n in S}
 in3 = {n: S[n]["within_3sd"][0] for n in S}
 xs2 = "(x, z) gamma_x = 0.3 sigma^2"
-print(f"{xs2}: precision {prec[xs2]:.2f} and {100 * in3[xs2]:.0f}% within 3 sd, against "
-      f"{prec['(eps, z)']:.2f} and {100 * in3['(eps, z)']:.0f}% for (eps, z)")
+assert prec[xs2] == min(prec.values()) and in3[xs2] == min(in3.values())    # the most smeared samples
+glue("ch09_prec_xs2", prec[xs2], fmt=".2f")
+glue("ch09_in3_xs2", in3[xs2], fmt=".0%")
+glue("ch09_prec_ez", prec["(eps, z)"], fmt=".2f")
+glue("ch09_in3_ez", in3["(eps, z)"], fmt=".0%")
 # the settings the runs used: every chain that moves z cancelled the noise, except the one named so
 lang = {n: res["variants"][n]["langevin"] for res in (space, space_x) for n in res["variants"] if n != "DI"}
 print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['cancel']}" for n, v in lang.items() if v["move_z"]))
@@ -460,20 +449,21 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 # %% [markdown]
 # What the table says, variant by variant:
 #
-# * **$(\epsilon, -)$ and Diff-Instruct agree.** Their TV, MMD, precision and recall are the same
-#   within the spread between seeds. On this mixture, with this generator and budget, EMD's forward
+# * **$(\epsilon, -)$ and Diff-Instruct agree.** Their TV ({glue:text}`ch09_tv_e0` and {glue:text}`ch09_tv_di`),
+#   MMD, precision and recall are the same within the spread between seeds. On this mixture, with this generator and budget, EMD's forward
 #   KL and DI's reverse KL reach the same place (chapter 2 shows where they part).
 # * **Moving $z$ did not pay in 2D.** $(\epsilon, z)$ covers about as many modes and has a somewhat
-#   higher recall, but its TV and MMD are no better than $(\epsilon, -)$'s. The paper reports
+#   higher recall ({glue:text}`ch09_recall_ez:.2f` against {glue:text}`ch09_recall_e0:.2f`), but its TV ({glue:text}`ch09_tv_ez`)
+#   and MMD are no better than $(\epsilon, -)$'s. The paper reports
 #   $(\epsilon, z)$ as its best variant on ImageNet; we do not see that advantage here. These runs
 #   cancel the noise while $z$ moves, which biases the gradient (chapter 4, section 4.1). Chapter 4's sweep also
 #   trains $(\epsilon, z)$ without cancellation, and its TV and MMD are no better than those of
 #   $(\epsilon, -)$ without cancellation either; chapter 5's linear fit, with and without
 #   cancellation, shows where a moving $z$ does change the result.
 # * **A fixed step in $x$ is worse, and erratic.** The fixed step moves the chain appreciably only at
-#   the least noisy levels (above $\lambda \approx 2.5$ it exceeds 0.01 in $\epsilon$ units), so the E-step carries
-#   the teacher's signal only where
-#   mass is no longer moved between modes; the TV of $(x, -)$ is higher and varies from seed to seed.
+#   the least noisy levels (it exceeds 0.01 in $\epsilon$ units only above $\lambda \approx$ {glue:text}`ch09_lam_moves:.1f`),
+#   so the E-step carries the teacher's signal only where mass is no longer moved between modes; the
+#   TV of $(x, -)$, {glue:text}`ch09_tv_x0`, is higher and varies from seed to seed.
 # * **$(x, z)$ with the fixed step collapsed to a single mode in every seed**, with full noise
 #   cancellation and without it, so cancellation is not needed to explain it. Our reading is the pull
 #   of section 2: on the linear pair the same fixed-step $(x, z)$ chain shrank the generator, its
@@ -481,7 +471,8 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 #   not depend on $\gamma_x$, while the tiny $x$ step carries almost no teacher signal. On the mixture we
 #   did not measure the pull itself.
 # * **$(x, z)$ with the per-level step** keeps all modes, but its samples are the most smeared of
-#   all (lowest precision, fewest within 3 standard deviations). There are two candidates: the
+#   all (the lowest precision, {glue:text}`ch09_prec_xs2:.2f` against {glue:text}`ch09_prec_ez:.2f` for $(\epsilon, z)$, and the
+#   fewest within 3 standard deviations, {glue:text}`ch09_in3_xs2` against {glue:text}`ch09_in3_ez`). There are two candidates: the
 #   $z$ step's bias (section 2), and noise cancellation while $z$ moves, which
 #   this run used and which biases the gradient (chapter 4, section 4.1; on the linear pair the
 #   per-level $(x, z)$ chain with full cancellation ends further from the fit than without). This
@@ -504,54 +495,51 @@ print("noise cancellation in the runs where z moves: " + ", ".join(f"{n} {v['can
 # %%
 gz = sweeps.load_sweep("gamma_z")
 display(sweeps.sweep_table(gz, keys=("tv", "modes_covered", "within_3sd", "precision", "mmd", "recall")))
-print()
-print(f"{'variant':14s}{'diverged':>10s}{'at steps':>22s}{'mean |z_K - z_0|':>20s}")
-for name, runs in gz["runs"].items():
-    div = [r["steps_done"] for r in runs if r["diverged"]]
-    moved = [r["mean_moved_z"] for r in runs if not r["diverged"]]       # diverged chains ran off to infinity
-    moved = f"{np.mean(moved):.3f}" if moved else "-"
-    print(f"{name:14s}{len(div):>7d}/{len(runs)}{str(div) if div else '-':>22s}{moved:>20s}")
-
-# %%
-def gamma_of(name):
-    return float(name.split()[-1])
-
-
-div = {n: gz["summary"][n]["diverged"] for n in gz["runs"]}
-stable = {sch: max((gamma_of(n) for n in gz["runs"] if n.startswith(sch) and div[n] == 0), default=float("nan"))
-          for sch in ("snr", "none")}
-unstable = {sch: min((gamma_of(n) for n in gz["runs"] if n.startswith(sch) and div[n] == len(gz["seeds"])),
-                     default=float("nan")) for sch in ("snr", "none")}
+display(sweeps.divergence_table(gz))
+limits = sweeps.stability_limits(gz)                  # per scheme: (largest stable step, smallest diverged step)
 for sch, bound in (("none", float(bound_none.min())), ("snr", float(bound_snr.min()))):
-    where = ("between them" if stable[sch] < bound < unstable[sch] else
-             "above both" if bound >= unstable[sch] else "below both")
-    label = "plain z step" if sch == "none" else "gamma_z / (1 + SNR)"
-    print(f"{label:22s}: stable up to {stable[sch]:g} in every seed, diverged at {unstable[sch]:g} in every seed; "
-          f"the curvature bound at initialisation (section 1), {bound:.3g}, lies {where}")
-tv_stable = [gz["summary"][n]["tv"][0] for n in gz["runs"] if div[n] == 0]
-print(f"final TV over the stable settings: {min(tv_stable):.3f} to {max(tv_stable):.3f} "
-      f"(seed spread within a setting up to {max(gz['summary'][n]['tv'][1] for n in gz['runs'] if div[n] == 0):.3f})")
-div_steps = [r["steps_done"] for n in gz["runs"] for r in gz["runs"][n] if r["diverged"]]
-print(f"the diverged runs completed {min(div_steps)} to {max(div_steps)} generator steps of {gz['steps']}")
-# the quality of the stable settings, per scheme in order of the z step
+    stable, unstable = limits[sch]
+    glue(f"ch09_stable_{sch}", stable, fmt="g")
+    glue(f"ch09_unstable_{sch}", unstable, fmt="g")
+    where = "between them" if stable < bound < unstable else "above both" if bound >= unstable else "below both"
+    glue(f"ch09_where_{sch}", where, fast=FAST_CURV)     # the bound is measured live (section 1)
 GS = gz["summary"]
-for sch in ("snr", "none"):
-    names = sorted((n for n in gz["runs"] if n.startswith(sch) and div[n] == 0), key=gamma_of)
-    print(f"{sch:5s}: " + "; ".join(f"gamma_z {gamma_of(n):g}: in 3 sd {GS[n]['within_3sd'][0]:.3f}, precision "
-                                      f"{GS[n]['precision'][0]:.3f}, MMD {GS[n]['mmd'][0]:.3f}" for n in names))
+ok = [n for n in gz["runs"] if GS[n]["diverged"] == 0]
+glue("ch09_tv_lo", min(GS[n]["tv"][0] for n in ok), fmt=".3f")
+glue("ch09_tv_hi", max(GS[n]["tv"][0] for n in ok), fmt=".3f")
+glue("ch09_tv_sd", max(GS[n]["tv"][1] for n in ok), fmt=".3f")
+div_steps = [r["steps_done"] for runs in gz["runs"].values() for r in runs if r["diverged"]]
+assert all(GS[n]["diverged"] in (0, GS[n]["n"]) for n in gz["runs"])       # a step diverged in every seed or none
+glue("ch09_div_first", min(div_steps))
+glue("ch09_div_last", max(div_steps))
+# the quality of the plain step's stable settings, from the smallest step to the largest
+plain_ok = sorted((n for n in ok if n.startswith("none")), key=lambda n: float(n.split()[-1]))
+for key in ("within_3sd", "precision"):
+    glue(f"ch09_{key}_small", GS[plain_ok[0]][key][0], fmt=".3f")
+    glue(f"ch09_{key}_large", GS[plain_ok[-1]][key][0], fmt=".3f")
+for sch in ("snr", "none"):                             # sharpness falls as the z step grows, beyond the seeds' spread
+    names = sorted((n for n in ok if n.startswith(sch)), key=lambda n: float(n.split()[-1]))
+    for key in ("within_3sd", "precision"):
+        lo, hi = GS[names[-1]][key], GS[names[0]][key]
+        assert hi[0] - lo[0] > max(hi[1], lo[1])
+    assert GS[names[-1]]["mmd"][0] > GS[names[0]]["mmd"][0]
 
 # %% [markdown]
-# The plain $z$ step is stable up to 0.03 and diverged at 0.1; the SNR-preconditioned base step is
-# stable up to 0.3 and diverged at 1, ten times larger. Each step that diverged did so in every seed,
-# early: the runs completed only 11 to 16 of their 400 generator steps. The curvature at
-# initialisation (section 1) predicts the scale of both limits (the comparison above says where each
-# bound falls); where a measured limit falls below its bound, the curvature grew during training,
-# when the student lags behind the generator. At every stable setting $z$ does move (the mean
-# $|z^K - z^0|$ in the table). The final TV does not depend on $\gamma_z$ beyond the spread between
-# seeds, but the sharpness does: in both schemes the fraction within 3 standard deviations and the
-# precision fall as the $z$ step grows, from the smallest to the largest stable step by more than the
-# seeds' spread (plain step: 0.662 to 0.563 within 3 sd, precision 0.740 to 0.666), and the MMD rises
-# with it. Larger $z$ steps smear the samples.
+# The plain $z$ step is stable up to {glue:text}`ch09_stable_none` and diverged at {glue:text}`ch09_unstable_none`;
+# the SNR-preconditioned base step is stable up to {glue:text}`ch09_stable_snr` and diverged at
+# {glue:text}`ch09_unstable_snr`, ten times larger. Each step that diverged did so in every seed, early: the
+# runs completed only {glue:text}`ch09_div_first` to {glue:text}`ch09_div_last` of their 400 generator steps. The
+# curvature at initialisation (section 1) predicts the scale of both limits: the plain step's bound,
+# {glue:text}`ch09_bound_none`, lies {glue:text}`ch09_where_none`, the preconditioned one, {glue:text}`ch09_bound_snr`,
+# {glue:text}`ch09_where_snr`. Where a measured limit falls below its bound, the curvature grew during
+# training, when the student lags behind the generator. At every stable setting $z$ does move (the
+# mean $|z^K - z^0|$ in the table). The final TV does not depend on $\gamma_z$ beyond the spread between
+# seeds ({glue:text}`ch09_tv_lo:.3f` to {glue:text}`ch09_tv_hi:.3f` over the stable settings, seed spread up to
+# {glue:text}`ch09_tv_sd:.3f`), but the sharpness does: in both schemes the fraction within 3 standard
+# deviations and the precision fall as the $z$ step grows, from the smallest to the largest stable
+# step by more than the seeds' spread (plain step: {glue:text}`ch09_within_3sd_small:.3f` to
+# {glue:text}`ch09_within_3sd_large:.3f` within 3 sd, precision {glue:text}`ch09_precision_small:.3f` to
+# {glue:text}`ch09_precision_large:.3f`), and the MMD rises with it. Larger $z$ steps smear the samples.
 # So $(\epsilon, z)$ with `z_precondition="snr"` is stable for base steps up to 0.3, and we keep the
 # library's default of 0.1, inside it; its samples are as sharp as those of 0.03 within the seeds'
 # spread, while 0.3 is visibly blurrier. What we did not find, in 2D, is a gain from moving $z$ at
@@ -579,47 +567,52 @@ for sch in ("snr", "none"):
 # %%
 zstep = {m: sweeps.load_sweep(f"zstep_{m}") for m in ("far", "irregular", "grid25")}
 for m, res in zstep.items():
-    print(f"--- {m}")
-    display(sweeps.sweep_table(res, keys=("tv", "modes_covered", "within_3sd", "mmd", "recall")))
-far_w = float(get_mixture("far").weights[1])
-light = {n: [r["metrics"]["masses"][1] for r in runs] for n, runs in zstep["far"]["runs"].items()}
-print(f"far target: the light mode's mass (weight {far_w:.2f}) per seed, runs that finished")
-for n, v in light.items():
-    done = [r for r in zstep["far"]["runs"][n] if not r["diverged"]]
-    print(f"  {n:28s} " + (", ".join(f"{r['metrics']['masses'][1]:.3f}" for r in done) or "-"))
+    display(sweeps.sweep_table(res, keys=("tv", "modes_covered", "within_3sd", "mmd", "recall"), title=m))
+far_w = float(get_mixture("far").weights.min())
+light = sweeps.light_masses(zstep["far"])              # per variant, the runs that finished
+display(table([[n, ", ".join(f"{v:.3f}" for v in ms) or "-"] for n, ms in light.items()],
+              ["variant", "mass per seed"], title=f"far: the light mode's mass (weight {far_w:.2f})"))
 CLIP, CLIP2 = "(eps, z) none 0.05 clip 0.1", "(eps, z) none 0.02 clip 0.1"
 PLAIN, PLAIN2, OLD = "(eps, z) none 0.05", "(eps, z) none 0.02", "(eps, z) snr 0.1 full"
-div_plain = sum(res["summary"][PLAIN]["diverged"] for res in zstep.values())
-div_clip = sum(res["summary"][c]["diverged"] for res in zstep.values() for c in (CLIP, CLIP2))
+glue("ch09_div_plain", sum(res["summary"][PLAIN]["diverged"] for res in zstep.values()))
+glue("ch09_n_plain", sum(res["summary"][PLAIN]["n"] for res in zstep.values()))
+glue("ch09_div_clip", sum(res["summary"][c]["diverged"] for res in zstep.values() for c in (CLIP, CLIP2)))
+glue("ch09_n_clip", sum(res["summary"][c]["n"] for res in zstep.values() for c in (CLIP, CLIP2)))
 reached = [r["steps_done"] for res in zstep.values() for r in res["runs"][PLAIN]]
-print(f"the plain step diverged in {div_plain} of 9 runs (after {min(reached)} to {max(reached)} updates); with the "
-      f"trust region in {div_clip} of 18")
-off = {c: np.mean([abs(v - far_w) for v in light[c]]) for c in (CLIP, CLIP2, PLAIN2)}
-div2 = {m: res["summary"][PLAIN2]["diverged"] for m, res in zstep.items()}
-print(f"the plain step 0.02 without the trust region diverged in: {div2} (of 3 runs each)")
-print("far: mean distance of the light mode's mass from its weight: " + ", ".join(f"{c} {v:.3f}" for c, v in off.items()))
+glue("ch09_reach_lo", min(reached))
+glue("ch09_reach_hi", max(reached))
+assert {m: res["summary"][PLAIN2]["diverged"] for m, res in zstep.items()} == {"far": 0, "irregular": 0, "grid25": 3}
+off = {c: np.mean([abs(v - far_w) for v in light[c]]) for c in (CLIP, CLIP2)}   # the light mode's distance from its weight
+glue("ch09_off_clip", off[CLIP], fmt=".3f")
+glue("ch09_off_clip2", off[CLIP2], fmt=".3f")
+glue("ch09_clip_dev", max(abs(v / far_w - 1) for c in (CLIP, CLIP2) for v in light[c]), fmt=".0%")
+glue("ch09_old_lo", min(light[OLD]) / far_w, fmt=".1f")
+glue("ch09_old_hi", max(light[OLD]) / far_w, fmt=".1f")
 ev = {n: emd_lib.distill.evals_per_step("emd", 8, move_z=mz) for n, mz in (("(eps, -)", False), (CLIP2, True))}
 print("network evaluations per generator update (K = 8): " + "; ".join(f"{n}: {e}" for n, e in ev.items()))
+glue("ch09_more_fwd", ev[CLIP2]["generator_fwd"] - ev["(eps, -)"]["generator_fwd"])
+assert off[CLIP2] < off[CLIP]
 
 fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
 for a, (m, res) in zip(ax, zstep.items()):
-    seed_dots(a, [{"runs": {n: [r for r in runs if not r["diverged"]] for n, runs in res["runs"].items()
-                            if not all(r["diverged"] for r in runs)}}], "tv", f"{m}: TV of mode masses")
+    sweeps.seed_dots(a, [{"runs": {n: [r for r in runs if not r["diverged"]] for n, runs in res["runs"].items()
+                                   if not all(r["diverged"] for r in runs)}}], "tv", f"{m}: TV of mode masses")
 fig.tight_layout()
 plt.show()
 
-print("the earlier joint setting's light mode, in units of its weight: " + ", ".join(f"{v / far_w:.1f}" for v in light[OLD]))
-
 # %% [markdown]
-# The trust region makes the joint chain usable: none of its eighteen runs diverged, against all nine
-# of the plain step's. On the far target it also removes the earlier joint setting's
-# error: cancelling the noise while $z$ moves gave the light mode 3.6 to 4.2 times its weight, the
-# bias of chapter 4's section 4.1 at full size, while the plain step within its trust region keeps it within 30% of
-# its weight in every seed, nearer with $\gamma_z = 0.02$ than with 0.05; on the other two targets the
-# two steps reach the same TV within the spread. But neither beats the frozen-$z$ chain: on `far`
-# their TV is the same within the seeds' spread, on `irregular` and `grid25` it is higher, and each
-# update costs more (a generator forward and vector-Jacobian product per Langevin step: 8 more generator
-# forwards per update at $K = 8$). Without the trust region, $\gamma_z = 0.02$ was stable on `far` and
+# The trust region makes the joint chain usable: {glue:text}`ch09_div_clip` of its {glue:text}`ch09_n_clip` runs
+# diverged, against {glue:text}`ch09_div_plain` of the plain step's {glue:text}`ch09_n_plain` (after
+# {glue:text}`ch09_reach_lo` to {glue:text}`ch09_reach_hi` updates). On the far target it also removes the earlier
+# joint setting's error: cancelling the noise while $z$ moves gave the light mode
+# {glue:text}`ch09_old_lo:.1f` to {glue:text}`ch09_old_hi:.1f` times its weight, the bias of chapter 4's section 4.1 at
+# full size, while the plain step within its trust region keeps it within {glue:text}`ch09_clip_dev` of its
+# weight in every seed, nearer with $\gamma_z = 0.02$ than with 0.05 (on average {glue:text}`ch09_off_clip2:.3f`
+# against {glue:text}`ch09_off_clip:.3f` from it); on the other two targets the two steps reach the same TV within
+# the spread. But neither beats the frozen-$z$ chain: on `far` their TV is the same within the seeds'
+# spread, on `irregular` and `grid25` it is higher, and each update costs more (a generator forward and
+# vector-Jacobian product per Langevin step: {glue:text}`ch09_more_fwd` more generator forwards per update
+# at $K = 8$). Without the trust region, $\gamma_z = 0.02$ was stable on `far` and
 # `irregular` but diverged on `grid25` in every seed; with it, the light mode of `far` sits somewhat
 # under its weight. Section 4.2 finds why the step blows up, and a step that is stable without the limit.
 #
@@ -646,35 +639,41 @@ print("the earlier joint setting's light mode, in units of its weight: " + ", ".
 joint = {m: sweeps.load_sweep(f"joint_{m}") for m in ("far", "irregular", "grid25")}
 REC = "(eps, z) mala jacobian 1"
 for m, res in joint.items():
-    print(f"--- {m}")
-    display(sweeps.sweep_table(res, keys=("tv", "within_3sd", "recall")))
+    display(sweeps.sweep_table(res, keys=("tv", "within_3sd", "recall"), title=m))
 lang_rec = joint["far"]["variants"][REC]["langevin"]
 print("the recommended chain, JOINT_CHAIN:", {k: lang_rec[k] for k in emd_lib.langevin.JOINT_CHAIN})
-light_j = {n: [r["metrics"]["masses"][1] for r in runs if not r["diverged"]] for n, runs in joint["far"]["runs"].items()}
+light_j = sweeps.light_masses(joint["far"])
 finite = {n: sum(not r["diverged"] for m in joint for r in joint[m]["runs"].get(n, [])) for n in joint["far"]["runs"]}
 n_runs = {n: sum(len(joint[m]["runs"].get(n, [])) for m in joint) for n in joint["far"]["runs"]}
-for n in (REC, "(eps, z) jacobian 1", "(eps, z) none 0.02 clip 0.1", "(eps, z) none 0.02", "(eps, -)", "DI"):
-    v = light_j[n]
-    print(f"{n:30s} finite in {finite[n]} of {n_runs[n]}; far's light mode (weight {far_w:.2f}): "
-          f"{np.mean(v):.3f} +- {np.std(v, ddof=1):.3f}")
+shown = (REC, "(eps, z) jacobian 1", "(eps, z) none 0.02 clip 0.1", "(eps, z) none 0.02", "(eps, -)", "DI")
+light_txt = {n: f"{np.mean(light_j[n]):.3f} ± {np.std(light_j[n], ddof=1):.3f}" for n in shown}
+display(table([[n, f"{finite[n]} of {n_runs[n]}", light_txt[n]] for n in shown],
+              ["chain", "finite runs, three targets", f"far's light mode (weight {far_w:.2f})"]))
+for key, n in (("rec", REC), ("jac", "(eps, z) jacobian 1"), ("clip", "(eps, z) none 0.02 clip 0.1")):
+    glue(f"ch09_light_{key}", light_txt[n])
 acc = [r["mean_accept"] for m in joint for r in joint[m]["runs"][REC]]
-moved = {n: np.mean([r["mean_moved_z"] for r in joint["far"]["runs"][n]]) for n in (REC, "(eps, z) none 0.02 clip 0.1")}
-tv_eq = {m: {n: joint[m]["summary"][n]["tv"][0] for n in joint[m]["summary"] if "@ time" in n or n == REC}
-         for m in joint}
-print(f"acceptance of the Metropolis test: {min(acc):.2f} to {max(acc):.2f}; z moved per chain on far: "
-      + ", ".join(f"{n} {v:.2f}" for n, v in moved.items()))
-for m in joint:
-    print(f"{m}, at the recommended chain's seconds: " + ", ".join(f"{n}: TV {v:.3f}" for n, v in tv_eq[m].items()))
+glue("ch09_acc_lo", min(acc), fmt=".2f")
+glue("ch09_acc_hi", max(acc), fmt=".2f")
+for key, n in (("rec", REC), ("clip", "(eps, z) none 0.02 clip 0.1")):
+    glue(f"ch09_moved_{key}", np.mean([r["mean_moved_z"] for r in joint["far"]["runs"][n]]), fmt=".2f")
+assert finite[REC] == n_runs[REC]
+eq = ["(eps, -) @ time of " + REC, "DI @ time of " + REC]
+assert all(joint[m]["summary"][n]["tv"][0] < joint[m]["summary"][REC]["tv"][0] for m in joint for n in eq)
+table([[m] + [joint[m]["summary"][n]["tv"][0] for n in [REC] + eq] for m in joint],
+      ["target", REC, "(eps, -), its seconds", "DI, its seconds"], fmt="{:.3f}",
+      title="TV at the recommended chain's seconds")
 
 # %% [markdown]
 # The Jacobian-scaled, Metropolis-adjusted step is what `JOINT_CHAIN` now holds (`--move-z` on the toy
 # command): it stayed finite in every run on the three targets and put the far target's light mode
-# at its weight, within the seeds' spread (the numbers above), where the same step without the
-# Metropolis test under-weights it badly and the trust region somewhat. It also moves $z$ further per
-# chain than the trust region. It still does not beat the frozen-$z$ chain: on `irregular` and
-# `grid25` its TV is higher at equal updates, one of its steps costs several $(\epsilon, -)$ steps, and
-# given the same seconds $(\epsilon, -)$ and Diff-Instruct reach a lower TV on all three targets (the
-# last lines above). So $(\epsilon, -)$ stays the library's default, and the joint chain is the
+# at its weight, within the seeds' spread ({glue:text}`ch09_light_rec`), where the same step without the
+# Metropolis test under-weights it badly ({glue:text}`ch09_light_jac`) and the trust region somewhat
+# ({glue:text}`ch09_light_clip`). The Metropolis test accepted {glue:text}`ch09_acc_lo:.2f` to {glue:text}`ch09_acc_hi:.2f`
+# of the moves (mean per run), and the chain moves $z$ further per E-step than the trust region
+# ({glue:text}`ch09_moved_rec:.2f` against {glue:text}`ch09_moved_clip:.2f` on `far`). It still does not beat the
+# frozen-$z$ chain: on `irregular` and `grid25` its TV is higher at equal updates, one of its steps
+# costs several $(\epsilon, -)$ steps, and given the same seconds $(\epsilon, -)$ and Diff-Instruct reach a
+# lower TV on all three targets (the last table). So $(\epsilon, -)$ stays the library's default, and the joint chain is the
 # option to use where moving $z$ matters: chapter 5's linear generator, whose frozen-$z$ chain cannot
 # leave the mode its latents map to. What we have not shown is that it carries over to images: the
 # trapezoid rule is exact only for a Gaussian target, and chapter 7's joint-chain student was
@@ -692,10 +691,10 @@ print(f"chapter run time: {time.perf_counter() - t_start:.1f} s")
 # * bound a stable $z$ step by the curvature of $-\log \rho$ in $z$: at or below 1 for two broad
 #   Gaussians, far larger at high SNR for a mixture with narrow modes, which is why a plain $z$ step
 #   must be small and why dividing it by $1 + \text{SNR}$ allows a base step ten times larger;
-# * tell a stable step from a fast chain: the SNR-scaled $(x, z)$ chain is stable but needs 15 to 20
-#   times the SNR in steps along its slowest direction;
+# * tell a stable step from a fast chain: the SNR-scaled $(x, z)$ chain is stable but needs
+#   {glue:text}`ch09_per_snr_lo` to {glue:text}`ch09_per_snr_hi` times the SNR in steps along its slowest direction;
 # * trace a chain's discretisation bias with exact covariances: the $(x, z)$ chain's $z$ step pulls the
-#   fitted slope in (about 3% at our steps), the $(\epsilon, z)$ chain keeps $\mathbb E[\epsilon^K \mid z^K] = 0$
+#   fitted slope in ({glue:text}`ch09_shrink_stat` at our steps), the $(\epsilon, z)$ chain keeps $\mathbb E[\epsilon^K \mid z^K] = 0$
 #   at the fit for any step;
 # * read the four-way table: in 2D both chains in $\epsilon$ work and agree with Diff-Instruct within the
 #   seeds' spread, both chains in $x$ with a fixed step are worse, and moving $z$ did not help;

@@ -127,3 +127,60 @@ def test_a_stored_sweep_loads_with_its_summary_and_shows_as_a_table(capsys):
     plain = next(r for r in tab.rows if r[0] == "(eps, z) none 0.05")
     assert plain[-1] == "3/3" and "nan" in plain[1]                   # every run of the plain step diverged
     assert "<table" in tab._repr_html_() and "(eps, -)" in str(tab)
+
+
+def test_the_cancel_sweeps_numbers_are_read_from_its_runs(capsys):
+    """Chapter 4, section 4.3 glues these: gradient norms, modes kept, the mode the cancelled runs lose."""
+    res = ch04.load_sweep("cancel")
+    curves = ch04.grad_norm_curves(res)
+    assert set(curves) == set(res["runs"])
+    steps, G = curves["(eps, -) full"]
+    every = res["runs"]["(eps, -) full"][0]["grad_norm_every"]
+    assert G.shape == (len(res["seeds"]), len(steps)) and steps[0] == every and steps[-1] == every * len(steps)
+    nums = ch04.cancel_numbers(res)
+    assert round(nums["gn_ratio_e"], 1) == 2.5 and round(nums["gn_ratio_z"], 1) == 3.1
+    assert nums["kept_none"] == 6 and nums["kept_full"] == 3 and nums["lost"] == 6       # irregular's central mode
+    assert round(nums["lost_none"], 3) == 0.025 and round(nums["lost_full"], 3) == 0.015
+    assert nums["gn_full_20"] < nums["gn_full_10"] and nums["gn_full_lo"] <= nums["gn_full_hi"]
+    kept = ch04.kept_all_modes(res)
+    assert kept["(eps, -) none"] + kept["(eps, z) none"] == 6
+    masses = ch04.mode_masses(res, 6)
+    assert len(masses["(eps, -) none"]) == len(res["seeds"])
+
+
+def test_divergence_table_and_stability_limits_of_the_z_step_sweep(capsys):
+    res = ch04.load_sweep("gamma_z")
+    tab = ch04.divergence_table(res)
+    assert tab.columns == ["variant", "diverged", "at steps", "mean |z_K - z_0|"] and len(tab) == len(res["runs"])
+    rows = {r[0]: r for r in tab.rows}
+    assert rows["none 0.1"][1] == "3/3" and rows["none 0.1"][3] == "-"       # a chain that diverged ran off
+    assert rows["none 0.01"][1] == "0/3" and rows["none 0.01"][2] == "-" and float(rows["none 0.01"][3]) > 0
+    assert ch04.stability_limits(res) == {"snr": (0.3, 1.0), "none": (0.03, 0.1)}
+    # without a summary the runs themselves are counted; a scheme with no such step gives NaN
+    toy = {"runs": {"none 0.1": [{"diverged": True}], "none 0.01": [{"diverged": False}]}}
+    lim = ch04.stability_limits(toy, schemes=("none", "snr"))
+    assert lim["none"] == (0.01, 0.1) and all(math.isnan(v) for v in lim["snr"])
+
+
+def test_light_masses_leave_out_the_runs_that_diverged(capsys):
+    res = ch04.load_sweep("zstep_far")
+    light = ch04.light_masses(res)
+    assert light["(eps, z) none 0.05"] == []                                  # every run of the plain step diverged
+    assert len(light["(eps, -)"]) == 3 and all(0 < v < 1 for v in light["(eps, -)"])
+    assert ch04.per_seed(res, "(eps, -)", "steps_done").tolist() == [1000.0] * 3
+    tab = ch04.sweep_table(res, keys=("tv",), title="far")
+    assert tab.title == "far" and "<caption>far</caption>" in tab._repr_html_()
+
+
+def test_seed_dots_draws_a_bar_and_the_seeds_per_variant(capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = ch04.load_sweep("space")
+    fig, ax = plt.subplots()
+    ch04.seed_dots(ax, [res], "tv", "TV", log=True)
+    assert len(ax.patches) == len(res["runs"]) and len(ax.lines) == len(res["runs"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(res["runs"]) and ax.get_yscale() == "log"
+    plt.close(fig)

@@ -44,7 +44,8 @@ from ..metrics import mixture_report
 from ..mixtures import get_mixture
 from ..schedules import VP
 
-__all__ = ["load_sweep", "sweep_table", "GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
+__all__ = ["load_sweep", "sweep_table", "grad_norm_curves", "kept_all_modes", "mode_masses", "light_masses",
+           "divergence_table", "stability_limits", "cancel_numbers", "per_seed", "seed_dots", "GAMMA_EPS", "gamma_x_fixed", "SWEEPS", "DEFAULT_STEPS", "z_curvature", "variant_config", "run_variant", "run_sweep", "summarize",
            "time_per_update", "run_equal_time", "main"]
 
 GAMMA_EPS = 0.3
@@ -435,7 +436,9 @@ if __name__ == "__main__":
 def load_sweep(name: str) -> dict:
     """A stored sweep ``data/results/ch04_NAME.json`` with its :func:`summarize` under ``"summary"``;
     prints where it came from (command, seeds, variants, steps, minutes, machine, date)."""
-    res = json.loads((DATA_DIR / "results" / f"ch04_{name}.json").read_text())
+    from . import load_result
+
+    res = load_result(f"ch04_{name}", quiet=True)
     res["summary"] = summarize(res)                     # means over the runs that did not diverge
     meta = res["meta"]
     print(f"{name}: `{meta['command']}`: {len(res['seeds'])} seeds x {len(res['runs'])} variants, "
@@ -449,11 +452,133 @@ HEADS = {"tv": "TV", "modes_covered": "modes", "within_3sd": "in 3 sd", "mmd": "
          "recall": "recall", "grad_norm_last": "|grad|"}
 
 
-def sweep_table(res: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last")):
+def sweep_table(res: dict, keys=("tv", "modes_covered", "within_3sd", "mmd", "precision", "recall", "grad_norm_last"),
+                title: str | None = None):
     """A sweep's summary as a table (mean ± sd over the seeds that did not diverge, and how many
-    diverged): an HTML table in the book and Jupyter, aligned text when printed."""
+    diverged): an HTML table in the book and Jupyter, aligned text when printed; ``title`` its caption."""
     from ..book.display import table
 
     rows = [[name] + [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys] + [f"{row['diverged']}/{row['n']}"]
             for name, row in res["summary"].items()]
-    return table(rows, ["variant"] + [HEADS[k] for k in keys] + ["diverged"])
+    return table(rows, ["variant"] + [HEADS[k] for k in keys] + ["diverged"], title=title)
+
+
+def grad_norm_curves(res: dict) -> dict:
+    """Per variant, ``(steps, G)``: the generator steps at which the gradient norm was logged and the
+    array ``G`` (runs x points) of the logged norms (each the mean over ``grad_norm_every`` steps)."""
+    import numpy as np
+
+    out = {}
+    for name, runs in res["runs"].items():
+        G = np.array([r["grad_norm"] for r in runs])
+        out[name] = (np.arange(1, G.shape[1] + 1) * runs[0]["grad_norm_every"], G)
+    return out
+
+
+def kept_all_modes(res: dict) -> dict:
+    """Per variant, how many runs kept every mode (each at a fifth of its weight or more)."""
+    return {name: sum(r["metrics"]["modes_covered"] == r["metrics"]["n_modes"] for r in runs)
+            for name, runs in res["runs"].items()}
+
+
+def mode_masses(res: dict, mode: int) -> dict:
+    """Per variant, the mass each run that did not diverge gives mode ``mode`` of the mixture."""
+    return {name: [float(r["metrics"]["masses"][mode]) for r in runs if not r["diverged"]]
+            for name, runs in res["runs"].items()}
+
+
+def light_masses(res: dict) -> dict:
+    """:func:`mode_masses` of the mixture's lightest mode (the first of the lightest)."""
+    w = get_mixture(res["mixture"]).weights.tolist()
+    return mode_masses(res, min(range(len(w)), key=lambda k: w[k]))
+
+
+def divergence_table(res: dict):
+    """Per variant: how many runs diverged, after how many generator steps, and how far ``z`` moved per
+    E-step (``mean_moved_z``, over the runs that did not diverge: a diverged chain ran off)."""
+    from ..book.display import table
+
+    rows = []
+    for name, runs in res["runs"].items():
+        steps = [r["steps_done"] for r in runs if r["diverged"]]
+        moved = [r["mean_moved_z"] for r in runs if not r["diverged"] and "mean_moved_z" in r]
+        rows.append([name, f"{len(steps)}/{len(runs)}", ", ".join(map(str, steps)) or "-",
+                     f"{sum(moved) / len(moved):.3f}" if moved else "-"])
+    return table(rows, ["variant", "diverged", "at steps", "mean |z_K - z_0|"])
+
+
+def stability_limits(res: dict, schemes=("snr", "none")) -> dict:
+    """For a sweep whose variants are named ``"SCHEME GAMMA"`` (the ``gamma_z`` sweep): per scheme, the
+    largest step at which no run diverged and the smallest at which every run did (NaN if none)."""
+    nan = float("nan")
+    div = {n: res["summary"][n]["diverged"] if "summary" in res else sum(r["diverged"] for r in runs)
+           for n, runs in res["runs"].items()}
+    gamma = {n: float(n.split()[-1]) for n in res["runs"]}
+    out = {}
+    for sch in schemes:
+        names = [n for n in res["runs"] if n.split()[0] == sch]
+        out[sch] = (max((gamma[n] for n in names if div[n] == 0), default=nan),
+                    min((gamma[n] for n in names if div[n] == len(res["runs"][n])), default=nan))
+    return out
+
+
+def cancel_numbers(res: dict) -> dict:
+    """The numbers chapter 4 (section 4.3) reads from the ``cancel`` sweep, by short name.
+
+    ``gn_{none,full}_{10,20,lo,hi}``: the ``(eps, -)`` chain's gradient norm (mean over seeds) at
+    generator steps 10 and 20, and its least and largest value after step 20; ``gn_ratio_e`` and
+    ``gn_ratio_z``: the uncancelled over the fully cancelled norm over the last 200 steps, for
+    ``(eps, -)`` and ``(eps, z)``; ``kept_{none,full}``: runs of both chains that kept every mode;
+    ``lost``: the mode the fully cancelled runs lose (below a fifth of its weight in some run);
+    ``lost_{none,full}``: the mean mass ``(eps, -)`` gives it."""
+    import numpy as np
+
+    curves = grad_norm_curves(res)
+    steps = list(curves["(eps, -) full"][0])
+    i10, i20 = steps.index(10), steps.index(20)
+    out = {}
+    for c in ("none", "full"):
+        g = curves[f"(eps, -) {c}"][1].mean(0)
+        out.update({f"gn_{c}_10": float(g[i10]), f"gn_{c}_20": float(g[i20]),
+                    f"gn_{c}_lo": float(g[i20 + 1:].min()), f"gn_{c}_hi": float(g[i20 + 1:].max())})
+    last = {n: float(G[:, -200 // res["runs"][n][0]["grad_norm_every"]:].mean()) for n, (_, G) in curves.items()}
+    out["gn_ratio_e"] = last["(eps, -) none"] / last["(eps, -) full"]
+    out["gn_ratio_z"] = last["(eps, z) none"] / last["(eps, z) full"]
+    kept = kept_all_modes(res)
+    for c in ("none", "full"):
+        out[f"kept_{c}"] = kept[f"(eps, -) {c}"] + kept[f"(eps, z) {c}"]
+    w = get_mixture(res["mixture"]).weights.tolist()
+    lost = sorted({i for n in ("(eps, -) full", "(eps, z) full") for r in res["runs"][n]
+                   for i, m in enumerate(r["metrics"]["masses"]) if m < 0.2 * w[i]})
+    out["lost"] = lost[0] if len(lost) == 1 else None
+    if out["lost"] is not None:
+        masses = mode_masses(res, out["lost"])
+        for c in ("none", "full"):
+            out[f"lost_{c}"] = float(np.mean(masses[f"(eps, -) {c}"]))
+    return out
+
+
+def per_seed(res: dict, name: str, key: str):
+    """One metric (or a run's own field, such as ``steps_done``) of every run of a variant, as an array."""
+    import numpy as np
+
+    return np.array([r["metrics"][key] if key in r["metrics"] else r[key] for r in res["runs"][name]], dtype=float)
+
+
+def seed_dots(ax, results, key: str, title: str, log: bool = False):
+    """One column per variant of the sweeps ``results``: each seed a dot, the mean a bar (DI in its colour)."""
+    import numpy as np
+
+    from ..book.plotting import COLORS
+
+    names = [n for res in results for n in res["runs"]]
+    vals = [per_seed(res, n, key) for res in results for n in res["runs"]]
+    for i, (n, v) in enumerate(zip(names, vals)):
+        c = COLORS["di"] if n == "DI" else COLORS["emd"]
+        ax.bar(i, v.mean(), color=c, alpha=0.35, width=0.7)
+        ax.plot(np.full(len(v), i), v, "o", color=c, ms=4)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace(" gamma_x = ", "\n") for n in names], rotation=30, ha="right", fontsize=7)
+    ax.set_title(title)
+    if log:
+        ax.set_yscale("log")

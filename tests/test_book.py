@@ -282,6 +282,9 @@ def test_a_check_at_the_end_of_a_cell_leaves_no_value():
 
 
 def test_glue_prints_name_and_text_outside_a_build(monkeypatch, capsys):
+    from emd_lib.book import display
+
+    monkeypatch.setattr(display, "_NOTED", set())
     monkeypatch.delenv("EMD_BOOK_BUILD", raising=False)
     monkeypatch.setenv("EMD_FAST", "0")
     assert glue("x", 0.25, fmt=".1f") == 0.25
@@ -290,7 +293,9 @@ def test_glue_prints_name_and_text_outside_a_build(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == ["x: 0.2", "n_kept: 3", "light: 0.123"]
     monkeypatch.setenv("EMD_FAST", "1")
     glue("light", 0.1234, fmt=".3f", fast="200 updates")
-    assert capsys.readouterr().out.strip() == "light: 0.123 (fast mode: 200 updates)"
+    glue("heavy", 0.8766, fmt=".3f", fast="200 updates")
+    assert capsys.readouterr().out.splitlines() == ["light: 0.123 (fast mode: 200 updates)",
+                                                    "heavy: 0.877 (fast mode)"]
     with pytest.raises(ValueError, match="letters, digits and underscores"):
         glue("light mass", 0.1)
 

@@ -37,12 +37,18 @@ class _Text(str):
         return repr(str(self))
 
 
+#: the ``fast`` remarks a kernel has glued in full; later numbers with the same remark say only
+#: "(fast mode)", so a paragraph of shortened numbers does not repeat the remark each time
+_NOTED: set[str] = set()
+
+
 def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: str | None = None):
     """Make ``value`` available to the prose as ``{glue:text}`name``` and return it.
 
     ``fmt`` (a format spec such as ``".3f"``, ``","`` or ``".0%"``) glues the formatted text
     instead of the value. ``fast`` says what fast mode shortens; under ``EMD_FAST=1`` it is
-    appended to the glued text as ``" (fast mode: FAST)"`` (the value is glued as text then).
+    appended to the glued text as ``" (fast mode: FAST)"`` the first time, ``" (fast mode)"`` after
+    (the value is glued as text then).
     In a book build the value goes to MyST-NB's glue and the cell shows nothing (``display=True``
     shows it there too); elsewhere the cell prints ``name: text``."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -50,6 +56,10 @@ def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: 
                          "{glue:text}`name` role needs")
     text = format(value, fmt) if fmt else (value if isinstance(value, str) else None)
     note = fast_note(fast) if fast else ""
+    if note and fast in _NOTED:
+        note = " (fast mode)"          # the chapter has said what fast mode shortens
+    elif note:
+        _NOTED.add(fast)
     if note:
         text = (text if text is not None else str(value)) + note
     shown = _Text(text) if text is not None else value

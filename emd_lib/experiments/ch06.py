@@ -30,7 +30,7 @@ from ..langevin import LangevinConfig, mcmc_correct
 from ..metrics import mixture_report
 from ..mixtures import get_mixture
 from ..schedules import bcast
-from .ch05 import prepare, run_info, run_one, write_json
+from .ch05 import pm, prepare, run_info, run_one, write_json
 
 __all__ = ["SWEEPS", "DEFAULT_STEPS", "DEFAULT_MIXTURE", "variant_config", "run_sweep", "summarise",
            "evals_per_step", "init_target", "MCMC_SETTINGS", "correct", "mcmc_sweep", "pm", "summary_table",
@@ -233,11 +233,6 @@ def mcmc_sweep(mixture, seeds=(0, 1), steps: int = 400, n: int = 1000, settings:
 
 #: the metrics of a summary table: (key in the summary, column name, format spec)
 SUMMARY_METRICS = (("tv", "TV", ".3f"), ("mmd", "MMD", ".4f"), ("recall", "recall", ".2f"))
-
-
-def pm(entry: dict, key: str, fmt: str = ".3f") -> str:
-    """``"mean ± std"`` of metric ``key`` in one entry of a sweep's summary (:func:`summarise`)."""
-    return f"{entry[key]['mean']:{fmt}} ± {entry[key]['std']:{fmt}}"
 
 
 def summary_table(res: dict, metrics=SUMMARY_METRICS, first: str = "variant", init: bool = False):

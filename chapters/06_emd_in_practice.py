@@ -381,7 +381,7 @@ torch.testing.assert_close(x_lib, sweep6.correct(d_grid.generator, mix, d_grid.s
 rep = {"generator": mixture_report(mix, base_mc["generator"], n_ref=n_mc),
        "denoise only": mixture_report(mix, base_mc["denoised"], n_ref=n_mc),
        f"MCMC, {steps_mc} steps": mixture_report(mix, corr_mc["denoised"], n_ref=n_mc),
-       f"MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
+       "MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
 w_gen, w_den, w_mc = (rep[k]["within_3sd"] for k in ("generator", "denoise only", f"MCMC, {steps_mc} steps"))
 assert w_mc > w_gen and w_mc > w_den, "the chain should put more samples on the modes than either baseline"
 fast_mc = f"{cfg_grid.steps} EMD steps and {n_mc} samples; the full run uses 400 and 2000"

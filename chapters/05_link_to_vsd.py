@@ -35,17 +35,19 @@
 #   step costs.
 
 # %%
-import json
 import math
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import display
 
-from emd_lib import DATA_DIR, fast_or
+from emd_lib import fast_or
+from emd_lib.book import glue, table
 from emd_lib.distill import di_generator_loss, emd_generator_loss
 from emd_lib.experiments import ch05 as sweep
+from emd_lib.experiments import load_result
 from emd_lib.langevin import LangevinConfig
 from emd_lib.mixtures import grid25, ring8
 from emd_lib.nets import MLPGenerator, MLPScore
@@ -151,18 +153,18 @@ for seed in range(5):
         rows.append((seed, weighting, float((l_emd - l_di).abs().max()), float(l_di.abs().max()),
                      float((s_emd - s_di).abs().max())))
 
-print("K = 1, gamma_eps = 1, full cancellation; gradients with respect to the generator's parameters")
-print(f"{'net':>4} {'w(t)':>7} {'max|EMD - DI| (lib)':>20} {'max|DI|':>10} {'max|EMD - DI| (scratch)':>24}")
-for r in rows:
-    print(f"{r[0]:>4} {r[1]:>7} {r[2]:>20.2e} {r[3]:>10.2e} {r[4]:>24.2e}")
-max_gap = max(r[2] for r in rows)
 max_rel = max(r[2] / r[3] for r in rows)
-print(f"largest difference over {len(rows)} cases: {max_gap:.2e} (relative to the gradient's size: {max_rel:.1e})")
 assert max_rel < 1e-5, "the K = 1 identity should hold to float rounding"
+glue("ch05_k1_gap", max(r[2] for r in rows), fmt=".1e")
+glue("ch05_k1_rel", max_rel, fmt=".1e")
+cols = ["net", "w(t)", "max|EMD - DI| (library)", "max|DI|", "max|EMD - DI| (scratch)"]
+table(rows, cols, fmt={c: "{:.2e}" for c in cols[2:]},
+      title="K = 1, gamma_eps = 1, full cancellation: gradients in the generator's parameters")
 
 # %% [markdown]
-# The two gradients agree to float rounding (the largest relative difference over all cases is below
-# $10^{-5}$, a few units of float32 precision; the assert above guards it), for both weightings and every random network: with $K = 1$,
+# The two gradients agree to float rounding: the largest difference over all cases is
+# {glue:text}`ch05_k1_gap`, {glue:text}`ch05_k1_rel` of the gradient's size, a few units of float32
+# precision, for both weightings and every random network: with $K = 1$,
 # $\gamma_\epsilon = 1$ and full noise cancellation, EMD **is** Diff-Instruct. The library and the
 # from-scratch lines agree too. The tests of the library check the same identity.
 
@@ -182,14 +184,16 @@ assert max_rel < 1e-5, "the K = 1 identity should hold to float rounding"
 torch.manual_seed(0)
 gen = MLPGenerator(2, width=64, depth=2)
 student = NetworkTeacher(MLPScore(2, width=64, depth=2), VP, predicts="eps")
-print(f"{'gamma':>6} {'cancel':>9} {'max|EMD - prediction|':>22} {'|EMD| / |DI|':>13}")
+pred_rows = []
 for gamma in (0.1, 0.3, 0.7, 1.0):
     for cancel in ("full", "injected"):
         gr = sweep.k1_gradients(teacher, gen, student, gamma=gamma, cancel=cancel, batch=256)
         pred = gamma * gr["di"] + ((1 - gamma) * gr["eps0"] if cancel == "injected" else 0.0)
         err = float((gr["emd"] - pred).abs().max())
         assert err < 1e-5 * float(gr["di"].abs().max()) + 1e-7
-        print(f"{gamma:>6.1f} {cancel:>9} {err:>22.2e} {float(gr['emd'].norm() / gr['di'].norm()):>13.3f}")
+        pred_rows.append((gamma, cancel, err, float(gr["emd"].norm() / gr["di"].norm())))
+table(pred_rows, ["gamma", "cancel", "max|EMD - prediction|", "|EMD| / |DI|"],
+      fmt={"gamma": "{:.1f}", "max|EMD - prediction|": "{:.2e}", "|EMD| / |DI|": "{:.3f}"})
 
 # %% [markdown]
 # Both predictions hold to rounding. Two consequences are worth spelling out.
@@ -223,12 +227,15 @@ th_emd = adam_run(lambda gen, st, z, e, l: emd_generator_loss(gen, teacher, st, 
 th_0 = adam_run(lambda gen, st, z, e, l: (0 * gen(z).sum(), {}), steps=0)
 moved = float((th_di - th_0).abs().max())
 gap_adam = float((th_emd - th_di).abs().max())
-print(f"after 50 Adam steps the parameters moved by up to {moved:.3e};")
-print(f"EMD-1 (gamma = 0.3, full cancellation) and DI differ by at most {gap_adam:.2e} "
-      f"({100 * gap_adam / moved:.2f}% of that)")
 assert gap_adam < 1e-2 * moved
+glue("ch05_adam_moved", moved, fmt=".3f")
+glue("ch05_adam_gap", gap_adam, fmt=".1e")
+glue("ch05_adam_pct", 100 * gap_adam / moved, fmt=".2f")
 
 # %% [markdown]
+# After 50 Adam steps the parameters have moved by up to {glue:text}`ch05_adam_moved`, and EMD-1
+# ($\gamma = 0.3$, full cancellation) and DI differ by at most {glue:text}`ch05_adam_gap`, which is
+# {glue:text}`ch05_adam_pct`% of that.
 # So any gap between EMD-1 and DI in a training run is seed noise, or the gradient-norm clip of
 # `DistillConfig` (`grad_clip`), which acts on the raw gradient and so sees the factor $\gamma$ (it
 # clips DI's larger gradients more often).
@@ -246,7 +253,6 @@ m_lin, C_lin = torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]])
 teacher_lin = gaussian_teacher(m_lin, C_lin)
 L_lin = torch.linalg.cholesky(C_lin)
 R = fast_or(200, 50)
-print(f"{'tau':>5} {'|G_DI| per batch':>17} {'|mean G_DI|':>12} {'|G_0| per batch':>16} {'|mean G_0|':>11}")
 zero_mean_rows = []
 for tau in (0.0, 0.9):
     # a generator on the path from a poor fit (tau = 0) towards the maximum-likelihood fit (tau = 1)
@@ -263,17 +269,22 @@ for tau in (0.0, 0.9):
     row = (tau, float(G_di.norm(dim=1).mean()), float(G_di.mean(0).norm()), float(G_0.norm(dim=1).mean()),
            float(G_0.mean(0).norm()))
     zero_mean_rows.append(row)
-    print(f"{row[0]:>5.1f} {row[1]:>17.4f} {row[2]:>12.4f} {row[3]:>16.4f} {row[4]:>11.4f}")
 tau9 = zero_mean_rows[1]
-print(f"near the fit (tau = 0.9) the noise term is {tau9[3] / tau9[1]:.1f} times the DI gradient per batch; "
-      f"averaged over {R} batches it shrinks by {tau9[3] / tau9[4]:.0f}x (sqrt(R) = {math.sqrt(R):.0f})")
 assert tau9[4] < 0.3 * tau9[3]          # zero mean: the average shrinks
 assert tau9[3] > tau9[1]                # and on one batch it dominates near the fit
+fast_R = f"{R} batches; the full run uses 200"
+glue("ch05_noise_ratio", tau9[3] / tau9[1], fmt=".1f", fast=fast_R)
+glue("ch05_noise_shrink", tau9[3] / tau9[4], fmt=".0f", fast=fast_R)
+glue("ch05_sqrt_R", math.sqrt(R), fmt=".0f", fast=fast_R)
+table(zero_mean_rows, ["tau", "|G_DI| per batch", "|mean G_DI|", "|G_0| per batch", "|mean G_0|"],
+      fmt={"tau": "{:.1f}", **{c: "{:.4f}" for c in ("|G_DI| per batch", "|mean G_DI|", "|G_0| per batch", "|mean G_0|")}})
 
 # %% [markdown]
 # The noise term does not shrink as the generator improves, while the DI gradient does (it is
-# proportional to the score gap): near the fit, a batch gradient is mostly noise. Its average
-# over batches shrinks roughly like $1/\sqrt{R}$, as a zero-mean term should. This is why the
+# proportional to the score gap): near the fit ($\tau = 0.9$), the noise term is
+# {glue:text}`ch05_noise_ratio` times the DI gradient on one batch, so a batch gradient is mostly noise.
+# Its average over $R$ batches is {glue:text}`ch05_noise_shrink` times smaller, against
+# $\sqrt{R}$ = {glue:text}`ch05_sqrt_R`: roughly the $1/\sqrt{R}$ of a zero-mean term. This is why the
 # library cancels the initial noise as well (`cancel="full"`, chapter 4).
 
 # %% [markdown]
@@ -308,18 +319,20 @@ m_fwd, C_fwd = mixture_moments(bi, torch.float64)
 xs = bi.sample(200_000, generator=torch.Generator().manual_seed(0)).double()
 torch.testing.assert_close(xs.mean(0), m_fwd, atol=0.01, rtol=0)
 torch.testing.assert_close(torch.cov(xs.T), C_fwd, atol=0.02, rtol=0)
-print(f"forward-KL Gaussian fit (moment matching): mean {m_fwd[0]:+.3f}, std along the modes' axis "
-      f"{C_fwd[0, 0].sqrt():.3f}; one mode alone has std {bi.var[0, 0].sqrt():.2f}")
+glue("ch05_fwd_mean", float(m_fwd[0]), fmt="+.2f")
+glue("ch05_fwd_std", float(C_fwd[0, 0].sqrt()), fmt=".2f")
 
 steps_live = fast_or(600, 80)
 live = {lab: sweep.linear_knob(bi, lab, steps=steps_live, seed=0) for lab in ("DI", "EMD-4", "EMD-4 (eps, z)")}
-for lab, r in live.items():
-    print(f"live, {steps_live} steps, {lab:>14}: b = {r['b'][0]:+.3f}, std along the axis {r['std'][0]:.3f}")
+table([(lab, r["b"][0], r["std"][0]) for lab, r in live.items()], ["method", "b_x", "std along the axis"],
+      fmt={"b_x": "{:+.3f}", "std along the axis": "{:.3f}"}, title=f"live, {steps_live} steps, seed 0")
+
+# %% [markdown]
+# The forward-KL fit has mean {glue:text}`ch05_fwd_mean` and standard deviation {glue:text}`ch05_fwd_std`
+# along the modes' axis; one mode alone has standard deviation 0.4. The stored sweeps:
 
 # %%
-lin = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal.json").read_text())
-lin_z = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal_z.json").read_text())
-lin_nc = json.loads((DATA_DIR / "results" / "ch05_linear_bimodal_z_nocancel.json").read_text())
+lin, lin_z, lin_nc = (load_result(f"ch05_linear_bimodal{x}", quiet=True) for x in ("", "_z", "_z_nocancel"))
 for res in (lin, lin_z, lin_nc):
     print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
 st = lin_nc["settings"]            # the first two files were made before the settings were recorded: the same defaults
@@ -327,12 +340,11 @@ print(f"{lin['steps']} steps, batch {st['batch']}, seeds {lin['seeds']}, lambda 
       f"w = sigma^2, gamma_eps = {st['gamma_eps']}; full cancellation except the last file (cancel = {st['cancel']!r})")
 nocancel = {f"{k}, no cancel": v for k, v in lin_nc["summary"].items()}
 summ = {**lin["summary"], **lin_z["summary"], **nocancel}
-print(f"{'method':>27} {'mean b_x':>16} {'std along the axis':>20}")
-for lab, s in summ.items():
-    print(f"{lab:>27} {s['b_mean'][0]:>+9.3f} ± {s['b_std'][0]:.3f} {s['std_mean'][0]:>12.3f} ± {s['std_std'][0]:.3f}")
 fwd_std = lin["forward_kl_fit"]["std"][0]
 di_std = summ["DI"]["std_mean"][0]
-print(f"{'forward-KL fit':>27} {lin['forward_kl_fit']['mean'][0]:>+9.3f} {fwd_std:>20.3f}")
+lin_table = table([(lab, f"{s['b_mean'][0]:+.3f} ± {s['b_std'][0]:.3f}", f"{s['std_mean'][0]:.3f} ± {s['std_std'][0]:.3f}")
+                   for lab, s in summ.items()] + [("forward-KL fit", f"{lin['forward_kl_fit']['mean'][0]:+.3f}", f"{fwd_std:.3f}")],
+                  ["method", "mean b_x", "std along the axis"], title="mean ± std over seeds")
 
 
 def ks_and_std(summary, suffix=""):
@@ -345,9 +357,20 @@ K_e, std_e, err_e = ks_and_std(lin["summary"])
 K_z, std_z, err_z = ks_and_std(lin_z["summary"])
 K_n, std_n, err_n = ks_and_std(lin_nc["summary"])
 way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)          # noqa: E731  percent of the way DI -> forward KL
-print(f"eps only: best EMD-K reaches {way(max(std_e)):.0f}% of the way from DI to the forward-KL fit "
-      f"(EMD-{K_e[-1]}: {way(std_e[-1]):.0f}%)")
-print(f"(eps, z): EMD-{K_z[-1]} reaches {way(std_z[-1]):.0f}%; EMD-8 (eps, z) {way(summ['EMD-8 (eps, z)']['std_mean'][0]):.0f}%")
+glue("ch05_way_best", way(max(std_e)), fmt=".0f")
+glue("ch05_way_last", way(std_e[-1]), fmt=".0f")
+glue("ch05_K_last", K_e[-1])
+glue("ch05_way_next", way(std_e[-2]), fmt=".0f")
+glue("ch05_way_z8", way(summ["EMD-8 (eps, z)"]["std_mean"][0]), fmt=".0f")
+glue("ch05_way_z16", way(std_z[-1]), fmt=".0f")
+glue("ch05_nc16_std", std_n[-1], fmt=".3f")
+glue("ch05_nc16_sd", err_n[-1], fmt=".3f")
+glue("ch05_lin_fwd_std", fwd_std, fmt=".3f")
+assert way(max(std_e)) < 50 and abs(std_e[-1] - std_e[-2]) < 0.01       # eps only: part of the way, then flat
+assert way(std_z[-1]) > 100 and abs(std_n[-1] - fwd_std) < err_n[-1]     # cancelled overshoots; uncancelled stops
+off_mean = {lab: abs(summ[lab]["b_mean"][0] - lin["forward_kl_fit"]["mean"][0]) for lab in ("DI", "EMD-16 (eps, z)")}
+assert off_mean["EMD-16 (eps, z)"] > off_mean["DI"]                      # its mean further from the mixture's
+display(lin_table)
 
 fig, ax = plt.subplots(figsize=(5.8, 3.3))
 ax.errorbar(K_e, std_e, yerr=err_e, fmt="o-", color=COLORS["emd"], capsize=3, label=r"EMD-K, $\epsilon$ only")
@@ -365,17 +388,21 @@ plt.show()
 # Three things show.
 #
 # * With $z$ frozen (the library's default chain), more Langevin steps do move the fit towards
-#   covering, but only part of the way (the percentages above), and the curve flattens: the last
-#   doubling of $K$ adds next to nothing. This is not a shortage of steps. A chain that moves only
+#   covering, but only part of the way: at best {glue:text}`ch05_way_best`% of the way from DI's spread to
+#   the forward-KL fit's. The curve flattens: the last doubling of $K$ adds next to nothing
+#   (EMD-{glue:text}`ch05_K_last`: {glue:text}`ch05_way_last`%, against {glue:text}`ch05_way_next`% with half
+#   the steps). This is not a shortage of steps. A chain that moves only
 #   $\epsilon$ has its own stationary law, $\rho(x_t \mid z)$ with $z$ held at its prior draw (chapter 4),
 #   which is not $\rho$; its drift converges to that law's, not to the forward-KL gradient.
 # * When $z$ moves too, the chain targets $\rho$ itself and the fit travels much further: $K = 8$ lands
-#   close to the forward-KL spread.
-# * With full noise cancellation it is not exact: at $K = 16$ the joint chain overshoots the spread,
-#   and its mean stays further from the mixture's mean than DI's does (table above). These runs
+#   close to the forward-KL spread ({glue:text}`ch05_way_z8`% of the way).
+# * With full noise cancellation it is not exact: at $K = 16$ the joint chain overshoots the spread
+#   ({glue:text}`ch05_way_z16`% of the way), and its mean stays further from the mixture's mean than DI's
+#   does (table above). These runs
 #   cancel the noise while $z$ moves, which biases the gradient (chapter 4, section 4.1). The
 #   same sweep without cancellation (the dashed curve) climbs with $K$ and stops at the forward-KL
-#   spread, within its seeds' spread, instead of passing it: the overshoot is the cancellation's
+#   spread ({glue:text}`ch05_nc16_std` ± {glue:text}`ch05_nc16_sd` at $K = 16$ against
+#   {glue:text}`ch05_lin_fwd_std`), within its seeds' spread, instead of passing it: the overshoot is the cancellation's
 #   bias, not the short chain's. What cancellation buys is visible too: without it the seeds
 #   disagree more (the error bars). The next cell measures the bias directly, as the gradient at the
 #   forward-KL fit with and without cancellation.
@@ -407,17 +434,19 @@ P = {c: torch.tensor(v, dtype=torch.float64) for c, v in push.items()}
 se = {c: float(v.std() / math.sqrt(R_fwd)) for c, v in P.items()}
 diff = P["full"] - P["none"]
 se_diff = float(diff.std() / math.sqrt(R_fwd))
-print(f"{lab16} at the forward-KL fit, {R_fwd} batches of {B_fwd}: -dL/dA[0,0] (> 0 widens the spread)")
-for c in P:
-    print(f"  cancel = {c:4s}: {float(P[c].mean()):+.4f} ± {se[c]:.4f}")
-print(f"  full - none (same random numbers): {float(diff.mean()):+.4f} ± {se_diff:.4f}")
 assert float(P["full"].mean()) > 2 * se["full"]          # with cancellation the fit is pushed outwards
 assert float(P["none"].mean()) < 2 * se["none"]          # without it, not (inwards or within noise)
 assert float(diff.mean()) > 2 * se_diff
+fast_push = f"{R_fwd} batches of {B_fwd}; the full run uses 32"
+for c, v, e_ in (("full", P["full"], se["full"]), ("none", P["none"], se["none"]), ("diff", diff, se_diff)):
+    glue(f"ch05_push_{c}", f"{float(v.mean()):+.4f} ± {e_:.4f}", fast=fast_push)
 
 # %% [markdown]
-# At the forward-KL fit the fully cancelled $K = 16$ gradient pushes the spread outwards, by more than
-# two of its standard errors, while the uncancelled gradient with the same random numbers does not.
+# At the forward-KL fit the fully cancelled $K = 16$ gradient pushes the spread outwards,
+# $-\partial L/\partial A_{00}$ = {glue:text}`ch05_push_full` (mean ± standard error over the batches; a
+# positive value widens the spread), more than two of its standard errors, while the uncancelled
+# gradient with the same random numbers does not ({glue:text}`ch05_push_none`; the difference,
+# batch by batch, is {glue:text}`ch05_push_diff`).
 # With this chain, then, the forward-KL fit is not where the cancelled gradient
 # vanishes, and the gradient there points towards the overshoot that the sweep measured; the
 # uncancelled sweep, whose gradient does vanish there, does not overshoot.
@@ -442,18 +471,17 @@ assert float(diff.mean()) > 2 * se_diff
 # One cell, rerun live and compared with the stored run:
 
 # %%
-mz = json.loads((DATA_DIR / "results" / "ch05_linear_moving_z.json").read_text())
+mz = load_result("ch05_linear_moving_z", quiet=True)
 print("reproduce with:", mz["command"], f"({mz['wall_s'] / 60:.0f} min on {mz['machine']['cpus']} shared CPUs)")
 cell = dict(method="DI", weighting="one", start="fit", seed=0)
 live_mz = sweep.moving_z_run(bi, cell["method"], cell["weighting"], cell["start"], cell["seed"], steps=mz["steps"])
 stored_mz = next(r for r in mz["runs"] if all(r[k] == v for k, v in cell.items()))
-print(f"live {cell}: b_x {live_mz['b'][0]:+.3f}, std {live_mz['std'][0]:.3f}; stored {stored_mz['b'][0]:+.3f}, "
-      f"{stored_mz['std'][0]:.3f} ({live_mz['seconds']:.0f} s)")
 assert abs(live_mz["std"][0] - stored_mz["std"][0]) < 0.03 and abs(live_mz["b"][0] - stored_mz["b"][0]) < 0.03
+glue("ch05_mz_live", f"{live_mz['b'][0]:+.3f} and {live_mz['std'][0]:.3f}")
+glue("ch05_mz_stored", f"{stored_mz['b'][0]:+.3f} and {stored_mz['std'][0]:.3f}")
 
 fit_b, fit_std = mz["forward_kl_fit"]["mean"][0], mz["forward_kl_fit"]["std"][0]
-MZ = {}
-print(f"{'w':>6} {'start':>6} {'method':>27} | {'mean b_x':>15} | {'std along the axis':>18} | per seed (std)")
+MZ, mz_rows = {}, []
 for w in ("one", "sigma2"):
     for st in ("narrow", "fit"):
         for m in mz["methods"]:
@@ -462,20 +490,37 @@ for w in ("one", "sigma2"):
             b = np.array([r["b"][0] for r in rs])
             sd = np.array([r["std"][0] for r in rs])
             MZ[(w, st, m)] = (b.mean(), b.std(), sd.mean(), sd.std(), len(rs))
-            print(f"{w:>6} {st:>6} {m:>27} | {b.mean():+.3f} ± {b.std():.3f} | {sd.mean():>9.3f} ± {sd.std():.3f} | "
-                  f"{np.round(sd, 2).tolist()}")
-print(f"{'':>14} {'forward-KL fit':>27} | {fit_b:+.3f} {'':>7} | {fit_std:>9.3f}")
+            mz_rows.append((w, st, m, f"{b.mean():+.3f} ± {b.std():.3f}", f"{sd.mean():.3f} ± {sd.std():.3f}",
+                            ", ".join(f"{v:.2f}" for v in sd)))
 EPS_, Z_ = "EMD-16 (eps, -)", "EMD-16 (eps, z), no cancel"
+starts_ = ("narrow", "fit")
+glue("ch05_mz_di_b", max((MZ[("one", st, "DI")][0] for st in starts_), key=lambda v: abs(v + 1.5)), fmt="+.2f")
+glue("ch05_mz_di_sd", max(MZ[("one", st, "DI")][2] for st in starts_), fmt=".2f")
+glue("ch05_mz_fit_std", fit_std, fmt=".2f")
+glue("ch05_mz_eps_wider", max(MZ[("one", st, EPS_)][2] - MZ[("one", st, "DI")][2] for st in starts_), fmt=".3f")
+glue("ch05_mz_z_wider", max(MZ[("one", st, Z_)][2] - fit_std for st in starts_), fmt=".2f")
+glue("ch05_mz_z_b", max(abs(MZ[("one", st, Z_)][0] - fit_b) for st in starts_), fmt=".2f")
+glue("ch05_mz_s2_z", max(abs(MZ[("sigma2", st, Z_)][2] - fit_std) for st in starts_), fmt=".3f")
+assert all(MZ[("one", st, "DI")][2] < 0.5 and MZ[("one", st, EPS_)][2] < MZ[("one", st, "DI")][2] + 0.1
+           and 0 < MZ[("one", st, Z_)][2] - fit_std < 0.15 for st in starts_)
+assert all(MZ[("sigma2", st, "DI")][2] < MZ[("sigma2", st, EPS_)][2] < MZ[("sigma2", st, Z_)][2] for st in starts_)
+table(mz_rows + [("", "", "forward-KL fit", f"{fit_b:+.3f}", f"{fit_std:.3f}", "")],
+      ["w", "start", "method", "mean b_x", "std along the axis", "per seed (std)"], title="mean ± std over seeds")
 
 # %% [markdown]
+# The live rerun of one cell (Diff-Instruct, $w = 1$, from the fit, seed 0) ends with $b_x$ and spread
+# {glue:text}`ch05_mz_live`, the stored run with {glue:text}`ch05_mz_stored`.
+#
 # Under $w = 1$ Diff-Instruct collapses the Gaussian onto the heavy mode from *both* starts, the
-# forward-KL fit included: its mean ends within 0.1 of the heavy mode's $-1.5$ and its spread at
-# about one mode's width (0.4), against the fit's 1.43. EMD-16 on $(\epsilon, -)$ does nearly the same:
-# its spread ends less than 0.1 wider than Diff-Instruct's, so sixteen Langevin steps with $z$ frozen
+# forward-KL fit included: its mean ends at {glue:text}`ch05_mz_di_b` (the heavy mode sits at $-1.5$) and
+# its spread at {glue:text}`ch05_mz_di_sd`, about one mode's width (0.4), against the fit's
+# {glue:text}`ch05_mz_fit_std`. EMD-16 on $(\epsilon, -)$ does nearly the same: its spread ends at most
+# {glue:text}`ch05_mz_eps_wider` wider than Diff-Instruct's, so sixteen Langevin steps with $z$ frozen
 # buy almost nothing. EMD-16 on $(\epsilon, z)$ without cancellation ends a little wider than the forward-KL
-# fit (by less than 0.15) from both starts, its mean within 0.2 of the fit's: it keeps both modes. Under $w = \sigma^2$ nothing
-# collapses and the three line up in the order of section 4: Diff-Instruct narrowest, $(\epsilon, -)$ a
-# little wider, $(\epsilon, z)$ within 0.05 of the fit.
+# fit (by at most {glue:text}`ch05_mz_z_wider`) from both starts, its mean within {glue:text}`ch05_mz_z_b`
+# of the fit's: it keeps both modes. Under $w = \sigma^2$ nothing collapses and the three line up in the
+# order of section 4: Diff-Instruct narrowest, $(\epsilon, -)$ a little wider, $(\epsilon, z)$ within
+# {glue:text}`ch05_mz_s2_z` of the fit.
 #
 # Why the $(\epsilon, -)$ chain follows Diff-Instruct here: with $z$ frozen, the chain for a
 # given $z$ samples $\rho(x_t \mid z) \propto p_\lambda(x_t)\, \mathcal N(x_t; \alpha g(z), \sigma^2 I)$, and at low
@@ -510,7 +555,6 @@ for m, lcfg in chains_mz.items():
         x_end = a2 * gen_fwd(res.z_chain) + s2 * res.eps_chain
     mid = float(bi.means[:, 0].mean())                                     # the midpoint between the modes
     cross[m] = float(((x_end[:, 0] / a2[:, 0] > mid) != (x_start[:, 0] / a2[:, 0] > mid)).float().mean())
-    print(f"{m:>27}: {100 * cross[m]:.1f}% of chains at lambda = 2 end across the midpoint")
 push_mz = {m: [] for m in sweep.MOVING_Z}
 for r in range(R_mz):
     for m in push_mz:
@@ -525,21 +569,27 @@ for r in range(R_mz):
         (gA,) = torch.autograd.grad(loss, [gen_fwd.A])
         push_mz[m].append(-float(gA[0, 0]))
 PM = {m: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(R_mz))) for m, v in push_mz.items()}
-print(f"at the forward-KL fit, w = 1, {R_mz} batches of {B_mz}: -dL/dA[0,0] (< 0 shrinks the spread)")
-for m, (v, se_) in PM.items():
-    print(f"  {m:>27}: {v:+.4f} ± {se_:.4f}")
 assert cross[EPS_] < 0.1 and cross[Z_] < 2 * cross[EPS_]      # the frozen-z chain stays on its side
 assert PM[EPS_][0] < -2 * PM[EPS_][1] and PM[EPS_][0] < 0.7 * PM["DI"][0]     # it pulls inwards, most of DI's pull
 assert abs(PM[Z_][0]) < 0.25 * abs(PM["DI"][0])                              # moving z: hardly any pull at the fit
+glue("ch05_cross_eps", cross[EPS_], fmt=".1%")
+glue("ch05_cross_z", cross[Z_], fmt=".1%")
+fast_mz = f"{R_mz} batches of {B_mz}; the full run uses 16"
+glue("ch05_pull_eps", PM[EPS_][0] / PM["DI"][0], fmt=".0%", fast=fast_mz)
+glue("ch05_pull_z", abs(PM[Z_][0]) / abs(PM["DI"][0]), fmt=".0%", fast=fast_mz)
+table([(m, f"{100 * cross[m]:.1f}%" if m in cross else "", f"{v:+.4f} ± {se_:.4f}") for m, (v, se_) in PM.items()],
+      ["method", "chains across the midpoint (lambda = 2)", "-dL/dA[0,0] at the fit (w = 1)"],
+      title=f"at the forward-KL fit: {B_mz} chains; the gradient over {R_mz} batches of {B_mz} (< 0 shrinks the spread)")
 
 # %% [markdown]
-# Fewer than one chain in ten ends on the other side of the midpoint at $\lambda = 2$: with $z$
-# frozen, the target stays in the mode that $z$ already maps to. At the forward-KL fit, the
-# $(\epsilon, -)$ gradient pulls the spread inwards with most of Diff-Instruct's force (above 70% of
-# it), so the fit is no resting point for either, and both walk to the collapse the table shows;
-# the $(\epsilon, z)$ gradient without cancellation pulls with less than a quarter of that force,
-# and the fit is where that run stays. The chain on $(\epsilon, z)$ ends across the midpoint less
-# than twice as often; what changes is the latent the M-step pairs with each target: $z^K$, which
+# Only {glue:text}`ch05_cross_eps` of the $(\epsilon, -)$ chains end on the other side of the midpoint at
+# $\lambda = 2$: with $z$ frozen, the target stays in the mode that $z$ already maps to. At the forward-KL
+# fit, the $(\epsilon, -)$ gradient pulls the spread inwards with most of Diff-Instruct's force
+# ({glue:text}`ch05_pull_eps` of it), so the fit is no resting point for either, and both walk to the
+# collapse the table shows; the $(\epsilon, z)$ gradient without cancellation pulls with
+# {glue:text}`ch05_pull_z` of that force, and the fit is where that run stays. The chain on $(\epsilon, z)$
+# ends across the midpoint ({glue:text}`ch05_cross_z`) less than twice as often; what changes is the
+# latent the M-step pairs with each target: $z^K$, which
 # the chain has moved towards explaining it, instead of the prior draw $z$. That is what moving $z$
 # buys here.
 
@@ -558,13 +608,13 @@ for lab in ("DI", "EMD-4"):
     cfg_mini = sweep.label_config(lab, seed=0, steps=fast_or(200, 20), batch=fast_or(256, 128),
                                   init_steps=fast_or(400, 60), student_warmup=fast_or(300, 40))
     mini[lab] = sweep.run_one(grid25(), cfg_mini, n_eval=fast_or(2000, 500), eval_every=fast_or(100, 10))
-    r = mini[lab]["metrics"]
-    print(f"live, {cfg_mini.steps} steps, {lab:>6}: TV {r['tv']:.3f}, MMD {r['mmd']:.4f}, recall {r['recall']:.2f}, "
-          f"{r['modes_covered']}/25 modes ({mini[lab]['seconds']:.0f} s)")
+table([(lab, r["metrics"]["tv"], r["metrics"]["mmd"], r["metrics"]["recall"], f"{r['metrics']['modes_covered']}/25",
+        r["seconds"]) for lab, r in mini.items()], ["method", "TV", "MMD", "recall", "modes", "seconds"],
+      fmt={"TV": "{:.3f}", "MMD": "{:.4f}", "recall": "{:.2f}", "seconds": "{:.0f}"},
+      title=f"live, {cfg_mini.steps} generator steps, seed 0")
 
 # %%
-ks = json.loads((DATA_DIR / "results" / "ch05_ksweep_grid25.json").read_text())
-ks_z = json.loads((DATA_DIR / "results" / "ch05_ksweep_grid25_z.json").read_text())
+ks, ks_z = load_result("ch05_ksweep_grid25", quiet=True), load_result("ch05_ksweep_grid25_z", quiet=True)
 for res in (ks, ks_z):
     print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
 S = {**ks["summary"], **ks_z["summary"]}
@@ -574,40 +624,33 @@ for lab in ks_z["labels"]:
     T[lab] = {"median": ks_z["timing"][lab]["median"] * ks["timing"]["DI"]["median"] / ks_z["timing"]["DI"]["median"]}
 ks["labels"] = ks["labels"] + ks_z["labels"]
 ks["runs"] = {**ks["runs"], **ks_z["runs"]}
-print(f"{ks['mixture']}, {ks['steps']} generator steps, seeds {ks['seeds']} (mean ± std over seeds)")
-print(f"{'method':>14} {'TV':>15} {'MMD':>17} {'recall':>13} {'precision':>13} {'modes':>6} {'ms/step':>8}")
-for lab in ks["labels"]:
-    s = S[lab]
-    print(f"{lab:>14} {s['tv']['mean']:>7.3f} ± {s['tv']['std']:.3f} {s['mmd']['mean']:>8.4f} ± {s['mmd']['std']:.4f} "
-          f"{s['recall']['mean']:>5.2f} ± {s['recall']['std']:.2f} {s['precision']['mean']:>5.2f} ± {s['precision']['std']:.2f} "
-          f"{s['modes_covered']['mean']:>6.1f} {1e3 * T[lab]['median']:>8.1f}")
 clip = max(r["clipped_frac"] for rs in ks["runs"].values() for r in rs)
-print(f"largest fraction of steps where the gradient clip acted: {clip:.3f}")
+assert clip == 0, "the gradient clip never acted in these sweeps"
+table([(lab, sweep.pm(S[lab], "tv", ".3f"), sweep.pm(S[lab], "mmd", ".4f"), sweep.pm(S[lab], "recall", ".2f"),
+        sweep.pm(S[lab], "precision", ".2f"), S[lab]["modes_covered"]["mean"], 1e3 * T[lab]["median"])
+       for lab in ks["labels"]],
+      ["method", "TV", "MMD", "recall", "precision", "modes", "ms/step"], fmt={"modes": "{:.1f}", "ms/step": "{:.1f}"},
+      title=f"{ks['mixture']}, {ks['steps']} generator steps, seeds {ks['seeds']} (mean ± std over seeds)")
 
+# %%
 tv_mean = {lab: S[lab]["tv"]["mean"] for lab in ks["labels"]}
-tv_std = {lab: S[lab]["tv"]["std"] for lab in ks["labels"]}
-best = min(tv_mean, key=tv_mean.get)
-worst = max(tv_mean, key=tv_mean.get)
-gap = tv_mean[worst] - tv_mean[best]
-spread = float(np.mean(list(tv_std.values())))
-print(f"best mean TV {best} ({tv_mean[best]:.3f}), worst {worst} ({tv_mean[worst]:.3f}): a gap of {gap:.3f} "
-      f"against a typical seed-to-seed std of {spread:.3f}")
+near = {lab: S[lab]["within_3sd"]["mean"] for lab in ks["labels"]}
+glue("ch05_near_min", min(near.values()), fmt=".2f")
+glue("ch05_near_max", max(near.values()), fmt=".2f")
+assert all(abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
+           for lab in ks["labels"]), "every mean TV within two seed-stds of DI's"
+glue("ch05_tv_gap", max(tv_mean.values()) - min(tv_mean.values()), fmt=".3f")
+glue("ch05_tv_spread", float(np.mean([S[lab]["tv"]["std"] for lab in ks["labels"]])), fmt=".3f")
 cost_16 = T["EMD-16"]["median"] / T["DI"]["median"]
 cost_z = T["EMD-8 (eps, z)"]["median"] / T["EMD-8"]["median"]
-print(f"generator step alone (the sweeps' timing): EMD-16 costs {cost_16:.1f} x DI; "
-      f"EMD-1 {T['EMD-1']['median'] / T['DI']['median']:.1f} x; EMD-8 (eps, z) {cost_z:.1f} x EMD-8")
+glue("ch05_cost_16", cost_16, fmt=".1f")
+glue("ch05_cost_z", cost_z, fmt=".1f")
 # a run's wall time is made of whole steps: the student-score updates (2 per step, the same for every
 # method) and the generator step. Timed here, round-robin, on this machine, for the time axis below.
 assert sweep.label_config("DI").student_updates == 2
 TW = sweep.time_per_step(grid25(), ks["labels"], steps=fast_or(5, 2), reps=fast_or(5, 3), whole=True)
 whole_16 = TW["EMD-16"]["median"] / TW["DI"]["median"]
-print(f"whole step (student updates included, measured now): DI {1e3 * TW['DI']['median']:.1f} ms, "
-      f"EMD-16 {whole_16:.1f} x DI, EMD-8 {TW['EMD-8']['median'] / TW['DI']['median']:.1f} x DI")
-near = {lab: S[lab]["within_3sd"]["mean"] for lab in ks["labels"]}
-print(f"fraction of samples within 3 sd of a mode: {min(near.values()):.2f} to {max(near.values()):.2f}")
-within = {lab: abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
-          for lab in ks["labels"]}
-print("mean TV within two seed-stds of DI's:", within)
+glue("ch05_whole_16", whole_16, fmt=".1f", fast=f"{fast_or(5, 3)} rounds of {fast_or(5, 2)} steps; the full run uses 5 of 5")
 assert 1 < whole_16 < cost_16          # the student updates, equal for all, shrink the ratio
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.3))
@@ -641,21 +684,24 @@ plt.show()
 
 # %% [markdown]
 # At equal generator steps the methods are hard to tell apart on this target. After 400 steps no
-# method is near converged: only about one sample in ten lies within 3 sd of a mode, the rest
-# blur the grid. "All 25 modes covered" in the table therefore says little here: the count gives
-# each sample to its nearest mode however far it lies, so a blur lends every mode mass
-# (`emd_lib.metrics.mixture_report` now also counts `modes_hit`, from the samples that land on
-# modes only; these sweeps predate it). Every EMD variant's mean TV lies within two seed-standard-deviations of DI's: the
-# seeds' spread is as large as the differences between methods. The gradient clip never acted, so EMD-1 and
-# DI differ only in their random draws, as section 3 predicts: after the shared start, EMD-1's
-# chain consumes random numbers, so the two runs see different batches. The joint chain,
-# EMD-8 $(\epsilon, z)$, is no different in quality either, at a higher cost per step.
+# method is near converged: only a fraction {glue:text}`ch05_near_min` to {glue:text}`ch05_near_max`
+# of the samples lies within 3 sd of a mode, the rest blur the grid. "All 25 modes covered" in the
+# table therefore says little here: the count gives each sample to its nearest mode however far
+# it lies, so a blur lends every mode mass (`emd_lib.metrics.mixture_report` now also counts
+# `modes_hit`, from the samples that land on modes only; these sweeps predate it). Every EMD
+# variant's mean TV lies within two seed-standard-deviations of DI's: the seeds' spread (a
+# standard deviation of {glue:text}`ch05_tv_spread` on average) is as large as the differences between
+# methods (the best and the worst mean TV lie {glue:text}`ch05_tv_gap` apart). The gradient clip never
+# acted, so EMD-1 and DI differ only in their random draws, as section 3 predicts: after the shared
+# start, EMD-1's chain consumes random numbers, so the two runs see different batches. The joint
+# chain, EMD-8 $(\epsilon, z)$, is no different in quality either, at a higher cost per step
+# ({glue:text}`ch05_cost_z` times EMD-8's generator step).
 #
 # What $K$ certainly changes is the cost, measured round-robin against DI in the cells above. The
 # right panel's time axis counts whole steps, the two student-score updates of every step included,
 # since those are part of every run's wall time: they cost the same for every method, so the
-# ratios shrink (EMD-16 against DI: from the generator step's ratio to the whole step's, both
-# measured above on this machine). On that axis DI and small $K$ still reach a given TV sooner. With an expressive generator and
+# ratios shrink: EMD-16's generator step costs {glue:text}`ch05_cost_16` times DI's (the sweep's timing), its
+# whole step {glue:text}`ch05_whole_16` times (measured now, on this machine). On that axis DI and small $K$ still reach a given TV sooner. With an expressive generator and
 # noise levels spread over $[-6, 6]$, the reverse KL's mode seeking hardly bites on these toys
 # (chapter 2 looks for where it does), so the knob of section 4 has little to fix here.
 #

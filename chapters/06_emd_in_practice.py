@@ -33,7 +33,6 @@
 import copy
 import dataclasses
 import inspect
-import json
 import math
 import time
 
@@ -42,8 +41,10 @@ import numpy as np
 import torch
 
 import emd_lib
-from emd_lib import DATA_DIR, fast_or
+from emd_lib import fast_or
+from emd_lib.book import glue, table
 from emd_lib.distill import DistillConfig, Distiller
+from emd_lib.experiments import load_result
 from emd_lib.experiments import ch05 as sweep5
 from emd_lib.experiments import ch06 as sweep6
 from emd_lib.langevin import LangevinConfig, mcmc_correct
@@ -55,18 +56,6 @@ from emd_lib.schedules import VP
 torch.set_num_threads(1)
 use_style()
 t_start = time.perf_counter()
-RESULTS = DATA_DIR / "results"
-
-
-def load(name):
-    """A results file of this chapter's sweeps (data/results/ch06_<name>.json)."""
-    return json.loads((RESULTS / f"ch06_{name}.json").read_text())
-
-
-def pm(s, k, fmt=".3f"):
-    """'mean ± std' of metric k in a summary entry."""
-    return f"{s[k]['mean']:{fmt}} ± {s[k]['std']:{fmt}}"
-
 
 # %% [markdown]
 # ## 1. The loop, assembled
@@ -163,9 +152,13 @@ d.train(3, progress=False)
 flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
 for name, mine, lib in (("generator", gen, d.generator), ("EMA", ema, d.ema), ("student", student, d.student)):
     torch.testing.assert_close(flat(mine), flat(lib), rtol=1e-5, atol=1e-6)
-    print(f"{name:>9}: scratch and library weights differ by at most {float((flat(mine) - flat(lib)).abs().max()):.1e}")
+glue("ch06_loop_gap", max(float((flat(m) - flat(lib)).abs().max())
+                          for m, lib in ((gen, d.generator), (ema, d.ema), (student, d.student))), fmt=".1e",
+     fast="a shorter initialisation and warm-up; the full run uses 400 and 300 updates")
 
 # %% [markdown]
+# After three iterations the scratch and the library weights (generator, EMA and student) differ
+# by at most {glue:text}`ch06_loop_gap`, float rounding.
 # The thirty lines above are the whole method; the library adds the other chain variants of
 # chapters 4 and 9 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
 # loop (`method="di"`), and bookkeeping.
@@ -198,10 +191,6 @@ n_cloud = fast_or(3000, 1000)
 z_cloud = torch.randn(n_cloud, 2, generator=torch.Generator().manual_seed(0))
 starts = {ls: sweep6.init_target(teacher, ls, z_cloud) for ls in lam_stars}
 start_reports = {ls: mixture_report(teacher, x, n_ref=n_cloud) for ls, x in starts.items()}
-for ls in lam_stars:
-    r, x = start_reports[ls], starts[ls]
-    print(f"lam* = {ls:>5g}: spread (std) {float(x.std(0).mean()):.3f}, mode-mass TV {r['tv']:.3f}, MMD {r['mmd']:.3f}, "
-          f"recall {r['recall']:.2f}")
 spreads = [float(starts[ls].std(0).mean()) for ls in lam_stars]
 assert all(a > b for a, b in zip(spreads, spreads[1:])), "the start should collapse as lam* decreases"
 
@@ -211,8 +200,11 @@ init_losses = emd_lib.nets.init_generator_from_teacher(g_init, teacher, -2.0, st
                                                        generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     init_err = float((g_init(z_cloud) - starts[-2.0]).norm(dim=1).mean())
-print(f"MLP generator after {len(init_losses)} regression steps onto D(z, -2): mean distance to the target {init_err:.3f} "
-      f"(target spread {spreads[1]:.3f})")
+fast_init = f"{len(init_losses)} regression steps and {n_cloud} latents; the full run uses 400 and 3000"
+glue("ch06_init_steps", len(init_losses), fast=fast_init)
+glue("ch06_init_err", init_err, fmt=".3f", fast=fast_init)
+glue("ch06_init_spread", spreads[1], fmt=".3f", fast=fast_init)
+assert init_err < 0.5 * spreads[1], "the regression should land close to D(z, -2)"
 
 fig, axes = plt.subplots(1, 5, figsize=(13, 2.9))
 density2d(axes[0], teacher, title="teacher")
@@ -222,8 +214,16 @@ for ax in axes:
     ax.set_xticks([]), ax.set_yticks([])
 fig.tight_layout()
 plt.show()
+table([(f"{ls:g}", sp, start_reports[ls]["tv"], start_reports[ls]["mmd"], start_reports[ls]["recall"])
+       for ls, sp in zip(lam_stars, spreads)], ["lam*", "spread (std)", "mode-mass TV", "MMD", "recall"],
+      fmt={"spread (std)": "{:.3f}", "mode-mass TV": "{:.3f}", "MMD": "{:.3f}", "recall": "{:.2f}"},
+      title=f"the start g(z) = D(z, lam*) on {n_cloud} latents")
 
 # %% [markdown]
+# The MLP generator, after {glue:text}`ch06_init_steps` regression steps onto $D_\phi(z, -2)$, lies a
+# mean distance {glue:text}`ch06_init_err` from it, against a spread of the target of
+# {glue:text}`ch06_init_spread`.
+#
 # In 2D the picture is the reverse of the paper's images (where $\lambda^* = 0$ looks like noise and
 # lower values show more structure): here lower $\lambda^*$ means a tighter clump at the data mean,
 # because a 2D denoiser at high noise has nothing to go on but the mean. Does the start matter at
@@ -231,13 +231,7 @@ plt.show()
 # seeds each, and reports the EMA generator after the same number of steps.
 
 # %%
-lamstar = load("lamstar")
-print("reproduce with:", lamstar["command"], f"({lamstar['wall_s'] / 60:.0f} min on {lamstar['machine']['cpus']} shared CPUs)")
-print(f"{lamstar['mixture']}, {lamstar['steps']} generator steps, seeds {lamstar['seeds']}")
-print(f"{'start':>12} {'TV at step 0':>14} {'TV':>16} {'MMD':>18} {'recall':>14}")
-for lab, s in lamstar["summary"].items():
-    print(f"{lab:>12} {s['init_tv']['mean']:>14.3f} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14}")
-
+lamstar = load_result("ch06_lamstar")
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 cmap = plt.get_cmap("viridis")
 for i, (lab, rs) in enumerate(lamstar["runs"].items()):
@@ -250,22 +244,30 @@ ax.set_xlabel("generator step"), ax.set_ylabel("mode-mass TV"), ax.set_yscale("l
 ax.set_title(f"EMD-8 on {lamstar['mixture']} from different starts (band: min-max over seeds)")
 ax.legend()
 plt.show()
+sweep6.summary_table(lamstar, first="start", init=True)
 
 # %%
-L = lamstar["summary"]
-good = ("lam* = 0", "lam* = -2")
-for lab in ("lam* = -6", "lam* = -10"):
-    print(f"{lab}: TV {L[lab]['tv']['mean']:.3f}, MMD {L[lab]['mmd']['mean']:.4f}, recall {L[lab]['recall']['mean']:.2f} "
-          f"against the best of lam* = 0 / -2: TV {min(L[g]['tv']['mean'] for g in good):.3f}, "
-          f"MMD {min(L[g]['mmd']['mean'] for g in good):.4f}, recall {max(L[g]['recall']['mean'] for g in good):.2f}")
+L = {lab: {k: s[k]["mean"] for k in ("tv", "mmd", "recall")} for lab, s in lamstar["summary"].items()}
+best = {"tv": min(L["lam* = 0"]["tv"], L["lam* = -2"]["tv"]), "mmd": min(L["lam* = 0"]["mmd"], L["lam* = -2"]["mmd"]),
+        "recall": max(L["lam* = 0"]["recall"], L["lam* = -2"]["recall"])}
+for lab, key in (("lam* = -6", "ls6"), ("lam* = -10", "ls10"), ("lam* = 0", "ls0"), ("lam* = -2", "ls2")):
+    for k, f in (("tv", ".3f"), ("mmd", ".4f"), ("recall", ".2f")):
+        glue(f"ch06_{key}_{k}", L[lab][k], fmt=f)
+assert all(L["lam* = -10"][k] > best[k] for k in ("tv", "mmd")) and L["lam* = -10"]["recall"] < best["recall"]
+assert L["lam* = -6"]["tv"] <= best["tv"] + 0.01                     # -6 has caught up in the mode masses
+assert L["lam* = -6"]["mmd"] > best["mmd"] and L["lam* = -6"]["recall"] < best["recall"]   # but not in spread
+assert L["lam* = 0"]["recall"] > L["lam* = -2"]["recall"]
 
 # %% [markdown]
 # The start matters. From the collapsed starts ($\lambda^* = -6, -10$) the generator first has to
 # grow out of a point: after the same number of steps $\lambda^* = -10$ is still far behind in every
-# metric, and $\lambda^* = -6$ has caught up in mode masses (TV) but not in spread (its MMD is
-# higher and its recall lower than those of $\lambda^* = 0$ and $-2$: the modes are there but too narrow). Between
-# $\lambda^* = 0$ and our default $-2$ the sweep shows no clear winner in TV or MMD, and
-# $\lambda^* = 0$ has the better recall on the ring. We kept $-2$, the value our first prototype
+# metric (TV {glue:text}`ch06_ls10_tv`, MMD {glue:text}`ch06_ls10_mmd`, recall {glue:text}`ch06_ls10_recall`),
+# and $\lambda^* = -6$ has caught up in mode masses (TV {glue:text}`ch06_ls6_tv`) but not in spread: its MMD
+# ({glue:text}`ch06_ls6_mmd`) is higher and its recall ({glue:text}`ch06_ls6_recall`) lower than those of
+# $\lambda^* = 0$ and $-2$, so the modes are there but too narrow. Between $\lambda^* = 0$ and our default
+# $-2$ the sweep shows no clear winner in TV ({glue:text}`ch06_ls0_tv` against {glue:text}`ch06_ls2_tv`)
+# or MMD ({glue:text}`ch06_ls0_mmd` and {glue:text}`ch06_ls2_mmd`), and $\lambda^* = 0$ has the better
+# recall on the ring ({glue:text}`ch06_ls0_recall` against {glue:text}`ch06_ls2_recall`). We kept $-2$, the value our first prototype
 # used; on this 2D target $\lambda^* = 0$ is at least as good. (The paper shows iteration-0 samples
 # for $\lambda^* = 0, -6, -10$ on images; which value its runs train from is not known to us.)
 #
@@ -293,35 +295,44 @@ for kind, ls in (("sigma2", "-"), ("one", "--"), ("snr", ":")):
     eff = w * a_g**2 / (a_g**2 * width**2 + s_g**2)
     ax.plot(lam_grid, eff / eff.max(), ls, label=f"w = {kind}")
     peak = float(lam_grid[eff.argmax()])
-    print(f"w = {kind:>6}: the per-level push peaks at lambda = {peak:+.1f}")
     assert (-4 < peak < 4) if kind == "sigma2" else peak == 6.0
+    if kind == "sigma2":
+        glue("ch06_peak", peak, fmt="+.1f")
 ax.set_yscale("log"), ax.set_xlabel(r"log-SNR $\lambda$"), ax.set_ylabel("relative to its maximum")
 ax.set_title(r"how much each noise level pushes: $w\,\alpha^2/(\alpha^2 s^2 + \sigma^2)$")
 ax.legend()
 plt.show()
 
-weighting = load("weighting")
-print("reproduce with:", weighting["command"], f"({weighting['wall_s'] / 60:.0f} min)")
-print(f"{weighting['mixture']}, {weighting['steps']} generator steps, seeds {weighting['seeds']}")
-print(f"{'weighting':>12} {'TV':>16} {'MMD':>18} {'recall':>14} {'within 3 sd':>14}")
-for lab, s in weighting["summary"].items():
-    print(f"{lab:>12} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14} "
-          f"{pm(s, 'within_3sd', '.3f'):>14}" + (f"  ({s['diverged']} of {s['n']} diverged)" if s["diverged"] else ""))
+
+# %% [markdown]
+# With $w = \sigma^2$ the push peaks at $\lambda$ = {glue:text}`ch06_peak`, inside the range; with $w = 1$
+# and the SNR it only grows towards the clean end, $\lambda = 6$. The sweep trains EMD under each
+# weighting on the ring:
 
 # %%
+weighting = load_result("ch06_weighting")
 Wt = weighting["summary"]
-ratio_one = Wt["w = 1"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
-ratio_snr = Wt["w = SNR"]["tv"]["mean"] / Wt["w = sigma^2"]["tv"]["mean"]
-print(f"mode-mass TV relative to w = sigma^2: w = 1 x{ratio_one:.1f}, w = SNR x{ratio_snr:.1f}")
+ref = Wt["w = sigma^2"]
+for lab, key in (("w = 1", "one"), ("w = SNR", "snr")):
+    glue(f"ch06_w_{key}_tv", Wt[lab]["tv"]["mean"] / ref["tv"]["mean"], fmt=".1f")
+    glue(f"ch06_w_{key}_mmd", Wt[lab]["mmd"]["mean"] / ref["mmd"]["mean"], fmt=".1f")
+    assert all(Wt[lab][k]["mean"] - Wt[lab][k]["std"] > ref[k]["mean"] + ref[k]["std"] for k in ("tv", "mmd"))
+weights = ring8().weights.tolist()
+glue("ch06_w_min_share", min(m / w for rs in weighting["runs"].values() for r in rs
+                             for m, w in zip(r["metrics"]["masses"], weights)), fmt=".2f")
+glue("ch06_w_off", 1 - float(np.mean([s["within_3sd"]["mean"] for s in Wt.values()])), fmt=".2f")
+sweep6.summary_table(weighting, sweep6.SUMMARY_METRICS + (("within_3sd", "within 3 sd", ".3f"),), first="weighting")
 
 # %% [markdown]
 # Here the choice is clear: $w = \sigma^2$ beats both alternatives in mode masses and in MMD, by more
-# than the seeds' spread. With $w = 1$ or the SNR the least noisy levels dominate the gradient, and
+# than the seeds' spread: the mode-mass TV is {glue:text}`ch06_w_one_tv` times as large with $w = 1$
+# and {glue:text}`ch06_w_snr_tv` times with the SNR, the MMD {glue:text}`ch06_w_one_mmd` and
+# {glue:text}`ch06_w_snr_mmd` times. With $w = 1$ or the SNR the least noisy levels dominate the gradient, and
 # at low noise the score gap only moves samples locally, within their mode; moving mass *between*
-# modes is the job of the noisy levels, which those weightings starve. All three give each of the
-# eight modes at least a fifth of its weight by the nearest-mode count (with about a third of the
-# samples off the modes, which that count spreads over them too); what differs is how well the
-# masses are matched. (With the SNR weighting the gradient clip
+# modes is the job of the noisy levels, which those weightings starve. Every run of the three gives
+# each of the eight modes at least {glue:text}`ch06_w_min_share` of its weight by the nearest-mode count
+# (with about {glue:text}`ch06_w_off` of the samples off the modes, which that count spreads over them
+# too); what differs is how well the masses are matched. (With the SNR weighting the gradient clip
 # acted at every step; section 6 comes back to that.)
 #
 # ## 4. Test-time MCMC correction
@@ -370,13 +381,13 @@ torch.testing.assert_close(x_lib, sweep6.correct(d_grid.generator, mix, d_grid.s
 rep = {"generator": mixture_report(mix, base_mc["generator"], n_ref=n_mc),
        "denoise only": mixture_report(mix, base_mc["denoised"], n_ref=n_mc),
        f"MCMC, {steps_mc} steps": mixture_report(mix, corr_mc["denoised"], n_ref=n_mc),
-       f"MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
-print(f"grid25 after {cfg_grid.steps} EMD steps; correction at lam = {lam_mc:g} on {n_mc} samples took {t_mc:.1f} s")
-print(f"{'':>18} {'within 3 sd':>12} {'TV':>7} {'MMD':>8} {'precision':>10} {'recall':>7}")
-for k, r in rep.items():
-    print(f"{k:>18} {r['within_3sd']:>12.3f} {r['tv']:>7.3f} {r['mmd']:>8.4f} {r['precision']:>10.2f} {r['recall']:>7.2f}")
+       "MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
 w_gen, w_den, w_mc = (rep[k]["within_3sd"] for k in ("generator", "denoise only", f"MCMC, {steps_mc} steps"))
 assert w_mc > w_gen and w_mc > w_den, "the chain should put more samples on the modes than either baseline"
+fast_mc = f"{cfg_grid.steps} EMD steps and {n_mc} samples; the full run uses 400 and 2000"
+for name, v in (("gen", w_gen), ("den", w_den), ("mc", w_mc), ("gz", rep["MCMC, g(z_K)"]["within_3sd"])):
+    glue(f"ch06_mc_w3_{name}", v, fmt=".2f", fast=fast_mc)
+glue("ch06_mc_seconds", t_mc, fmt=".1f", fast=fast_mc)
 
 fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.5))
 for ax, (x, title, c) in zip(axes, ((base_mc["generator"], "generator g(z)", COLORS["emd"]),
@@ -392,52 +403,39 @@ plt.show()
 r_gen, r_den, r_mc, r_gz = (rep[k] for k in ("generator", "denoise only", f"MCMC, {steps_mc} steps", "MCMC, g(z_K)"))
 assert r_mc["mmd"] < r_gen["mmd"] and r_gz["within_3sd"] > r_gen["within_3sd"]
 assert abs(r_mc["tv"] - r_gen["tv"]) < 0.5 * r_gen["tv"] + 0.02     # the masses stay about where they were
+table([(k, r["within_3sd"], r["tv"], r["mmd"], r["precision"], r["recall"]) for k, r in rep.items()],
+      ["samples", "within 3 sd", "TV", "MMD", "precision", "recall"],
+      fmt={"within 3 sd": "{:.3f}", "TV": "{:.3f}", "MMD": "{:.4f}", "precision": "{:.2f}", "recall": "{:.2f}"},
+      title=f"grid25 after {cfg_grid.steps} EMD steps; correction at lambda = {lam_mc:g} on {n_mc} samples")
 
 # %% [markdown]
-# The generator's samples spread along bridges between the modes (left): few lie within three
-# standard deviations of a mode. The teacher's denoiser alone, applied to $\alpha g(z) + \sigma\epsilon$,
-# pulls samples towards the modes but leaves many between them (middle). After the Langevin steps
-# nearly every sample sits on a mode (right) and the MMD to the teacher drops (table). A good part
-# of the work is done by the latent: $g(z_K)$, the generator at the chain's final latent, is already
-# much closer to the modes than $g(z)$. The mode masses (TV) stay about where they were: a chain at
+# The generator's samples spread along bridges between the modes (left): a fraction
+# {glue:text}`ch06_mc_w3_gen` of them lies within three standard deviations of a mode. The teacher's
+# denoiser alone, applied to $\alpha g(z) + \sigma\epsilon$, pulls samples towards the modes
+# ({glue:text}`ch06_mc_w3_den` within three standard deviations) but leaves many between them (middle).
+# After the Langevin steps, {glue:text}`ch06_mc_seconds` seconds for all the samples, a fraction
+# {glue:text}`ch06_mc_w3_mc` sits on a mode (right) and the MMD to the teacher drops (table). A good part
+# of the work is done by the latent: $g(z_K)$, the generator at the chain's final latent, already has
+# {glue:text}`ch06_mc_w3_gz` of its samples on the modes. The mode masses (TV) stay about where they were: a chain at
 # low noise moves samples onto the nearest mode, not between modes, so the correction repairs
 # samples, not proportions.
 #
 # Which $\lambda$, how many steps, which step sizes? The sweep below trains EMD on the grid (two
-# seeds; the number of steps is printed) and runs every setting on the same latents. "denoised" is the
+# seeds, {glue:text}`ch06_mc_steps` steps each) and runs every setting on the same latents. "denoised" is the
 # library's output; "$g(z_K)$" shows how far the latent moved by itself.
 
 # %%
-mc = load("mcmc")
-print("reproduce with:", mc["command"], f"({mc['wall_s'] / 60:.0f} min)")
-labels_mc = list(mc["runs"][0]["settings"])
-
-
-def mc_mean(lab, out, k):
-    v = [r["settings"][lab][out][k] for r in mc["runs"]]
-    return float(np.mean(v)), float(np.std(v))
-
-
-gen_w3 = np.mean([r["generator"]["within_3sd"] for r in mc["runs"]])
-gen_mmd = np.mean([r["generator"]["mmd"] for r in mc["runs"]])
-print(f"{mc['mixture']}, EMD {mc['steps']} steps, seeds {mc['seeds']}: generator within 3 sd {gen_w3:.3f}, "
-      f"MMD {gen_mmd:.4f}")
-print(f"{'setting':>32} {'denoised: w3sd':>15} {'MMD':>8} {'recall':>7} {'TV':>6} | {'g(z_K): w3sd':>13} {'s':>6}")
-for lab in labels_mc:
-    w3, _ = mc_mean(lab, "denoised", "within_3sd")
-    mm, _ = mc_mean(lab, "denoised", "mmd")
-    rc, _ = mc_mean(lab, "denoised", "recall")
-    tv, _ = mc_mean(lab, "denoised", "tv")
-    wg, _ = mc_mean(lab, "generator", "within_3sd")
-    sec = np.mean([r["settings"][lab]["seconds"] for r in mc["runs"]])
-    print(f"{lab:>32} {w3:>15.3f} {mm:>8.4f} {rc:>7.2f} {tv:>6.3f} | {wg:>13.3f} {sec:>6.1f}")
+mc = load_result("ch06_mcmc")
+glue("ch06_mc_steps", mc["steps"])
+sweep6.mcmc_table(mc)
 
 # %%
 def den(lab, k="within_3sd"):
-    return mc_mean(lab, "denoised", k)[0]
+    return sweep6.mcmc_mean(mc, lab, "denoised", k)
 
 
-gen_tv = np.mean([r["generator"]["tv"] for r in mc["runs"]])
+gen_w3, gen_mmd, gen_tv = (float(np.mean([r["generator"][k] for r in mc["runs"]])) for k in ("within_3sd", "mmd", "tv"))
+labels_mc = list(mc["runs"][0]["settings"])
 checks = {
     "lam 6: the chain does the work": den("lam 6, 300 steps") > den("lam 6, denoise only") + 0.3,
     "lam 6: MMD below generator and denoiser": den("lam 6, 300 steps", "mmd") < min(gen_mmd, den("lam 6, denoise only", "mmd")),
@@ -454,26 +452,38 @@ checks = {
     "no sane setting fixes the masses": all(abs(den(lab, "tv") - gen_tv) < 0.05 for lab in labels_mc
                                             if "gamma_z 1" not in lab and not lab.startswith("lam 2")),
 }
-for k, v in checks.items():
-    print(f"{k:>46}: {v}")
+assert all(checks.values()), [k for k, v in checks.items() if not v]
+glue("ch06_sw_gen", gen_w3, fmt=".2f")
+glue("ch06_sw_gen_tv", gen_tv, fmt=".3f")
+for name, lab in (("l2", "lam 2, 300 steps"), ("l4_den", "lam 4, denoise only"), ("l6_den", "lam 6, denoise only"),
+                  ("l6", "lam 6, 300 steps"), ("l6_eps", "lam 6, 300 steps, eps only"), ("l6_30", "lam 6, 30 steps")):
+    glue(f"ch06_sw_{name}", den(lab), fmt=".3f")
+glue("ch06_sw_l4_rec", den("lam 4, 300 steps", "recall"), fmt=".2f")
+glue("ch06_sw_l6_rec", den("lam 6, 300 steps", "recall"), fmt=".2f")
+glue("ch06_sw_gz1_tv", den("lam 6, 300 steps, gamma_z 1", "tv"), fmt=".2f")
+glue("ch06_sw_gz_l6", sweep6.mcmc_mean(mc, "lam 6, 300 steps", "generator"), fmt=".2f")
 
 # %% [markdown]
-# What the sweep shows (each line above is checked in code):
+# What the sweep shows (each claim is checked in code; "on the modes" is the fraction within three
+# standard deviations of a mode, {glue:text}`ch06_sw_gen` for the generator itself):
 #
-# * **$\lambda$ matters most.** At $\lambda = 2$ the chain repairs little. At $\lambda = 4$ the denoiser
-#   alone already pulls most samples onto the modes (at that noise level the posterior mean is
-#   close to the nearest mode's centre), at a price in recall: the corrected modes come out too
-#   narrow. At $\lambda = 6$, the top of the student's training range, the denoiser alone leaves most
-#   samples off the modes and the chain itself does the work.
+# * **$\lambda$ matters most.** At $\lambda = 2$ the chain repairs little ({glue:text}`ch06_sw_l2` on the
+#   modes after 300 steps). At $\lambda = 4$ the denoiser alone already pulls most samples onto the
+#   modes ({glue:text}`ch06_sw_l4_den`; at that noise level the posterior mean is close to the nearest
+#   mode's centre), at a price in recall: the corrected modes come out too narrow (recall
+#   {glue:text}`ch06_sw_l4_rec` against {glue:text}`ch06_sw_l6_rec` at $\lambda = 6$). At $\lambda = 6$, the top of
+#   the student's training range, the denoiser alone leaves most samples off the modes
+#   ({glue:text}`ch06_sw_l6_den` on them) and the chain itself does the work ({glue:text}`ch06_sw_l6`).
 # * **Moving $z$ is what removes the bridges.** With $\epsilon$ alone the chain improves on plain
-#   denoising but leaves many samples between modes; with $z$ the latents themselves leave the
-#   bridge regions (the $g(z_K)$ column).
+#   denoising but leaves many samples between modes ({glue:text}`ch06_sw_l6_eps` on them); with $z$ the
+#   latents themselves leave the bridge regions ($g(z_K)$: {glue:text}`ch06_sw_gz_l6` on the modes).
 # * **Far fewer steps than the 300 of our default already do most of it here**: 30 steps at $\lambda = 6$ put
-#   nearly all samples within three standard deviations; more steps keep moving the latents.
+#   {glue:text}`ch06_sw_l6_30` of the samples within three standard deviations; more steps keep moving the latents.
 # * **The default step sizes are safe** ($\gamma_\epsilon = 0.1$, $\gamma_z = 0.05$ with the SNR preconditioning);
 #   $\gamma_z = 0.2$ and $\gamma_\epsilon = 0.3$ do as well, while $\gamma_z = 1$ breaks the chain: samples
-#   pile into a few modes and the mode masses are ruined.
-# * **No setting fixes the mode masses**: a chain at low noise repairs samples, not proportions.
+#   pile into a few modes and the mode masses are ruined (TV {glue:text}`ch06_sw_gz1_tv`).
+# * **No setting fixes the mode masses**: a chain at low noise repairs samples, not proportions (the
+#   generator's TV is {glue:text}`ch06_sw_gen_tv`, and every sane setting stays within 0.05 of it).
 
 # %%
 cl = mc["clouds"]
@@ -515,7 +525,7 @@ class CountEps:
 cost_cfgs = {"DI": DistillConfig(method="di"),
              **{f"EMD-{K}": DistillConfig(langevin=LangevinConfig(K=K)) for K in (1, 2, 4, 8, 16)},
              "EMD-8 (eps, z)": DistillConfig(langevin=LangevinConfig(K=8, move_z=True))}
-print(f"{'method':>15} {'teacher':>8} {'student':>8} {'generator fwd':>14}")
+counts = []
 for lab, c in cost_cfgs.items():
     dd = Distiller(teacher, dataclasses.replace(c, init_steps=0, student_warmup=0, batch=64))
     dd.teacher, dd.student = CountEps(dd.teacher), CountEps(dd.student)
@@ -525,16 +535,14 @@ for lab, c in cost_cfgs.items():
     hook.remove()
     want = sweep6.evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
     assert (dd.teacher.calls, dd.student.calls, len(fwd)) == (want["teacher"], want["student"], want["generator_fwd"])
-    print(f"{lab:>15} {dd.teacher.calls:>8} {dd.student.calls:>8} {len(fwd):>14}")
+    counts.append((lab, dd.teacher.calls, dd.student.calls, len(fwd)))
+table(counts, ["method", "teacher", "student", "generator forward"], title="network evaluations in one generator step")
 
+# %%
 timing = sweep5.time_per_step(teacher, ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"],
                               steps=fast_or(10, 3), reps=fast_or(5, 2),
                               configs={"EMD-8 (eps, z)": cost_cfgs["EMD-8 (eps, z)"]})
 t_di = timing["DI"]["median"]
-print(f"\nseconds per generator step (batch 256, MLP 2-256-256-256-2, one CPU thread, median of "
-      f"{len(timing['DI']['all'])} rounds):")
-for lab, t in timing.items():
-    print(f"{lab:>15}: {1e3 * t['median']:7.1f} ms   ({t['median'] / t_di:4.1f} x DI)")
 assert timing["EMD-16"]["median"] > timing["EMD-2"]["median"]
 
 fig, ax = plt.subplots(figsize=(6, 2.8))
@@ -544,27 +552,34 @@ ax.bar(labs, [1e3 * timing[k]["median"] for k in labs],
 ax.set_ylabel("ms per generator step"), ax.set_title("cost of one generator step (CPU, this run)")
 ax.tick_params(axis="x", rotation=30)
 plt.show()
+table([(lab, 1e3 * t["median"], t["median"] / t_di) for lab, t in timing.items()], ["method", "ms per step", "x DI"],
+      fmt={"ms per step": "{:.1f}", "x DI": "{:.1f}"},
+      title=f"seconds per generator step (batch 256, MLP 2-256-256-256-2, one CPU thread, median of "
+            f"{len(timing['DI']['all'])} rounds)")
 
 # %%
 r1 = timing["EMD-1"]["median"] / t_di
 rz = timing["EMD-8 (eps, z)"]["median"] / timing["EMD-8"]["median"]
-print(f"EMD-1 / DI: {r1:.2f}; EMD-16 / EMD-8: {timing['EMD-16']['median'] / timing['EMD-8']['median']:.2f}; "
-      f"EMD-8 (eps, z) / EMD-8: {rz:.2f}")
+fast_t = f"{fast_or(5, 2)} rounds of {fast_or(10, 3)} steps; the full run uses 5 rounds of 10"
+glue("ch06_cost_1", r1, fmt=".2f", fast=fast_t)
+glue("ch06_cost_16_8", timing["EMD-16"]["median"] / timing["EMD-8"]["median"], fmt=".2f", fast=fast_t)
+glue("ch06_cost_z", rz, fmt=".2f", fast=fast_t)
 assert r1 < 1.5 and rz > 1.2
 
 # %% [markdown]
 # The counts are exact: EMD-$K$ evaluates the teacher and the student $K$ times per generator step,
-# DI once, so EMD-1 costs about what DI costs, and the cost of EMD-$K$ grows roughly linearly in $K$
-# (less than linearly at small $K$, where the generator's forward and backward pass and the fixed
+# DI once, so EMD-1 costs about what DI costs ({glue:text}`ch06_cost_1` times as much here), and the
+# cost of EMD-$K$ grows roughly linearly in $K$ (EMD-16 against EMD-8: {glue:text}`ch06_cost_16_8`; less
+# than linearly at small $K$, where the generator's forward and backward pass and the fixed
 # overheads still weigh). Moving $z$ adds a generator forward pass and a vector-Jacobian product to
-# every Langevin step. The student's updates, equal for all methods, come on top. The milliseconds
+# every Langevin step: EMD-8 on $(\epsilon, z)$ costs {glue:text}`ch06_cost_z` times EMD-8. The student's updates, equal for all methods, come on top. The milliseconds
 # are from this run on a shared CPU; the ratios are what carries over. The paper tabulates seconds
 # per step for Diff-Instruct and EMD-1 to EMD-16 too; its numbers are not known to us.
 #
 # ## 6. Our hyperparameters and how we chose them
 #
 # The paper's hyperparameters are not known to us, so every value below is our own choice for
-# the 2D toys. The table prints `DistillConfig`'s and `LangevinConfig`'s defaults with where each
+# the 2D toys. The table lists `DistillConfig`'s and `LangevinConfig`'s defaults with where each
 # came from; "sweep" rows are backed by the small sweep that follows.
 
 # %%
@@ -584,7 +599,7 @@ why = {
     "lam_max": "6: sigma = 0.05, the width of grid25's modes",
     "weighting": "section 3",
     "lam_star": "section 2",
-    "init_steps": "enough to match D(z, lam*) closely (section 2 prints the distance)",
+    "init_steps": "enough to match D(z, lam*) closely (section 2 gives the distance)",
     "width": "an expressive generator for the 2D toys",
     "depth": "3 hidden layers",
     "grad_clip": "a guard against spikes; with w = sigma^2 it never acted (checked below)",
@@ -604,41 +619,41 @@ why = {
     "langevin.jac_iters": "chapter 9 (power iterations for the Jacobian-scaled z step)",
 }
 defaults = DistillConfig()
-print(f"{'setting':>26} {'default':>14}   how we chose it")
+rows = []
 for f in dataclasses.fields(DistillConfig):
     if f.name == "langevin":
-        for g in dataclasses.fields(LangevinConfig):
-            key = f"langevin.{g.name}"
-            print(f"{key:>26} {str(getattr(defaults.langevin, g.name)):>14}   {why.get(key, '')}")
+        rows += [(f"langevin.{g.name}", str(getattr(defaults.langevin, g.name)), why.get(f"langevin.{g.name}", ""))
+                 for g in dataclasses.fields(LangevinConfig)]
     else:
-        print(f"{f.name:>26} {str(getattr(defaults, f.name)):>14}   {why.get(f.name, '')}")
+        rows.append((f.name, str(getattr(defaults, f.name)), why.get(f.name, "")))
 settings = ({f.name for f in dataclasses.fields(DistillConfig)} - {"langevin"}) \
     | {f"langevin.{g.name}" for g in dataclasses.fields(LangevinConfig)}
 missing = {k for k in settings if not why.get(k, "").strip()}
 assert not missing and set(why) <= settings, f"document every setting: {missing or set(why) - settings}"
+table(rows, ["setting", "default", "how we chose it"], title="DistillConfig and LangevinConfig defaults")
 
-hp = load("hparams")
-print("\nreproduce with:", hp["command"], f"({hp['wall_s'] / 60:.0f} min)")
-print(f"{hp['mixture']}, {hp['steps']} generator steps, seeds {hp['seeds']}, one change at a time from the defaults")
-print(f"{'variant':>26} {'TV':>16} {'MMD':>18} {'recall':>14}")
-for lab, s in hp["summary"].items():
-    print(f"{lab:>26} {pm(s, 'tv'):>16} {pm(s, 'mmd', '.4f'):>18} {pm(s, 'recall', '.2f'):>14}"
-          + (f"  ({s['diverged']} of {s['n']} diverged)" if s["diverged"] else ""))
-clip_by = {(res["sweep"], lab): (max(r["clipped_frac"] for r in rs), float(np.mean([r["grad_norm_mean"] for r in rs])))
-           for res in (hp, lamstar, weighting) for lab, rs in res["runs"].items()}
-print("fraction of generator steps in which the gradient clip (norm 10) acted, and the mean gradient norm:")
-for (sw, lab), (frac, gn) in clip_by.items():
-    if frac > 0:
-        print(f"  {sw}, {lab}: up to {frac:.3f} of the steps (mean norm {gn:.1f})")
+# %%
+hp = load_result("ch06_hparams")
+clip_by = sweep6.clip_fractions(hp, lamstar, weighting)
 clip_sigma2 = max(frac for (sw, lab), (frac, gn) in clip_by.items() if not lab.startswith("w = ") or lab == "w = sigma^2")
-print(f"  every run with w = sigma^2: at most {clip_sigma2:.3f}")
+glue("ch06_clip_sigma2", clip_sigma2, fmt=".3f")
+glue("ch06_clip_one", clip_by[("weighting", "w = 1")][0], fmt=".3f")
+glue("ch06_clip_snr", clip_by[("weighting", "w = SNR")][0], fmt=".3f")
+glue("ch06_norm_snr", clip_by[("weighting", "w = SNR")][1], fmt=".0f")
+assert clip_sigma2 == 0 and 0 < clip_by[("weighting", "w = 1")][0] < 0.1 and clip_by[("weighting", "w = SNR")][0] == 1
 
 H = hp["summary"]
 d0 = H["defaults"]
 close = lambda lab, k: abs(H[lab][k]["mean"] - d0[k]["mean"]) <= 2 * max(H[lab][k]["std"], d0[k]["std"]) + 1e-3  # noqa: E731
-same = ("gamma_eps = 0.1", "gamma_eps = 0.6", "student_updates = 1", "Adam betas (0.9, 0.999)")
-for lab in same:
-    print(f"{lab:>26}: TV within two seed-stds of the defaults: {close(lab, 'tv')}, MMD: {close(lab, 'mmd')}")
+assert all(close(lab, k) for lab in ("gamma_eps = 0.1", "gamma_eps = 0.6", "student_updates = 1",
+                                     "Adam betas (0.9, 0.999)") for k in ("tv", "mmd"))
+for lab, key in (("defaults", "def"), ("lr_g = 5e-4", "slow"), ("lr_g = 5e-3", "fast"), ("no EMA", "noema")):
+    for k, f in (("tv", ".3f"), ("mmd", ".4f"), ("recall", ".2f")):
+        glue(f"ch06_hp_{key}_{k}", H[lab][k]["mean"], fmt=f)
+assert H["lr_g = 5e-4"]["tv"]["mean"] > 2 * d0["tv"]["mean"]
+assert H["lr_g = 5e-3"]["mmd"]["mean"] > 2 * d0["mmd"]["mean"] and H["lr_g = 5e-3"]["recall"]["mean"] < d0["recall"]["mean"]
+assert H["no EMA"]["mmd"]["mean"] < d0["mmd"]["mean"] and H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]
+sweep6.summary_table(hp)
 
 # %% [markdown]
 # What the sweep says, one setting at a time:
@@ -648,17 +663,20 @@ for lab in same:
 #   on this target and at this length they do not matter (chapter 5 explains why a rescaled drift
 #   changes little under Adam);
 # * the generator's learning rate matters most: $5\times 10^{-4}$ is too slow (the mode masses are still
-#   far off after the same steps) and $5\times 10^{-3}$ loses spread (MMD and recall much worse);
-# * the EMA *costs* spread at this length: without it recall and MMD are better after a few hundred
-#   steps, because an average with decay 0.995 spans the last couple of hundred steps of a generator
+#   far off after the same steps: TV {glue:text}`ch06_hp_slow_tv` against {glue:text}`ch06_hp_def_tv`) and
+#   $5\times 10^{-3}$ loses spread (MMD {glue:text}`ch06_hp_fast_mmd` against {glue:text}`ch06_hp_def_mmd`,
+#   recall {glue:text}`ch06_hp_fast_recall` against {glue:text}`ch06_hp_def_recall`);
+# * the EMA *costs* spread at this length: without it recall ({glue:text}`ch06_hp_noema_recall`) and MMD
+#   ({glue:text}`ch06_hp_noema_mmd`) are better after a few hundred steps, because an average with decay 0.995 spans the last couple of hundred steps of a generator
 #   that is still growing its modes. Over the library's 3000 steps that lag is a small part of the
 #   run; we kept the EMA from our first prototype, where it helped on long runs, but this sweep does
 #   not show a benefit.
 #
-# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction 0 of their
-# steps; `tests/test_chapter_claims.py` checks it). With
-# $w = 1$ it acted now and then, and with the SNR weighting in every step, whose gradient norms run
-# to the hundreds: under Adam, which normalises the scale anyway, that mostly rescales the step.
+# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction
+# {glue:text}`ch06_clip_sigma2` of their steps; `tests/test_chapter_claims.py` checks it). With
+# $w = 1$ it acted now and then (in up to {glue:text}`ch06_clip_one` of the steps), and with the SNR
+# weighting in a fraction {glue:text}`ch06_clip_snr` of them, with a mean gradient norm of
+# {glue:text}`ch06_norm_snr`: under Adam, which normalises the scale anyway, that mostly rescales the step.
 #
 # ## Summary
 #

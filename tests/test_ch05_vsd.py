@@ -184,3 +184,12 @@ def test_time_per_step_whole_includes_the_student_updates(monkeypatch):
     calls.update(student=0, generator=0)
     ch05.time_per_step(ring8(), ["DI"], steps=3, reps=2, batch=32, width=16, depth=1)
     assert calls == {"generator": 7, "student": 0}
+
+
+def test_pm_formats_mean_and_std():
+    entry = {"tv": {"mean": 0.0514, "std": 0.0071}, "recall": {"mean": 0.8, "std": 0.05}}
+    assert ch05.pm(entry, "tv") == "0.051 ± 0.007"
+    assert ch05.pm(entry, "recall", ".2f") == "0.80 ± 0.05"
+    s = ch05.summarise({"a": [{"metrics": {**m, "masses": [0.5, 0.5]}, "seconds_train": 1.0}
+                              for m in ({k: 1.0 for k in ch05._METRICS}, {k: 3.0 for k in ch05._METRICS})]})
+    assert ch05.pm(s["a"], "tv", ".1f") == "2.0 ± 1.4"

@@ -112,3 +112,57 @@ def test_cli_mcmc_writes_json(tmp_path):
     row = d["runs"][0]["settings"]["lam 6, 300 steps"]
     assert {"denoised", "noisy", "generator"} <= set(row)
     assert len(d["clouds"]["before"]) == 60
+
+
+def _stored_sweep():
+    entry = lambda m, s: {"mean": m, "std": s}  # noqa: E731
+    summ = {"a": {"tv": entry(0.05, 0.01), "mmd": entry(0.02, 0.001), "recall": entry(0.8, 0.05),
+                  "init_tv": entry(0.2, 0.0), "diverged": 0, "n": 3},
+            "b": {"tv": entry(0.15, 0.03), "mmd": entry(0.06, 0.002), "recall": entry(0.6, 0.1),
+                  "init_tv": entry(0.2, 0.0), "diverged": 1, "n": 3}}
+    runs = {"a": [{"clipped_frac": 0.0, "grad_norm_mean": 2.0}, {"clipped_frac": 0.0, "grad_norm_mean": 4.0}],
+            "b": [{"clipped_frac": 0.5, "grad_norm_mean": 20.0}, {"clipped_frac": 1.0, "grad_norm_mean": 40.0}]}
+    return {"sweep": "s", "mixture": "ring8", "steps": 5, "seeds": [0, 1, 2], "summary": summ, "runs": runs}
+
+
+def test_summary_table_rows_and_columns():
+    res = _stored_sweep()
+    t = ch06.summary_table(res, first="start", init=True)
+    assert t.columns == ["start", "TV at step 0", "TV", "MMD", "recall", "diverged"]
+    assert t.rows[0] == ["a", "0.200", "0.050 ± 0.010", "0.0200 ± 0.0010", "0.80 ± 0.05", "0 of 3"]
+    assert t.rows[1][-1] == "1 of 3" and "ring8, 5 generator steps" in t.title
+    assert "<table" in t._repr_html_()
+    res["summary"]["b"]["diverged"] = 0                # no diverged run: no such column
+    t = ch06.summary_table(res, ch06.SUMMARY_METRICS[:1])
+    assert t.columns == ["variant", "TV"] and t.rows[1] == ["b", "0.150 ± 0.030"]
+    assert ch06.pm(res["summary"]["a"], "recall", ".2f") == "0.80 ± 0.05"
+
+
+def test_clip_fractions():
+    clip = ch06.clip_fractions(_stored_sweep())
+    assert clip == {("s", "a"): (0.0, 3.0), ("s", "b"): (1.0, 30.0)}
+
+
+def test_mcmc_mean_and_table():
+    def setting(w3, sec):
+        rep = {"within_3sd": w3, "mmd": 0.01, "recall": 0.9, "tv": 0.1}
+        return {"denoised": rep, "generator": {**rep, "within_3sd": w3 / 2}, "seconds": sec}
+
+    mc = {"mixture": "grid25", "steps": 4, "seeds": [0, 1],
+          "runs": [{"settings": {"x": setting(0.4, 1.0), "y": setting(1.0, 2.0)}},
+                   {"settings": {"x": setting(0.6, 3.0), "y": setting(0.8, 2.0)}}]}
+    assert ch06.mcmc_mean(mc, "x") == pytest.approx(0.5)
+    assert ch06.mcmc_mean(mc, "y", "generator") == pytest.approx(0.45)
+    t = ch06.mcmc_table(mc)
+    assert [r[0] for r in t.rows] == ["x", "y"]
+    assert t.rows[0] == ["x", "0.500", "0.0100", "0.90", "0.100", "0.250", "2.0"]
+
+
+def test_the_stored_sweeps_tabulate():
+    from emd_lib.experiments import load_result
+
+    for name in ("lamstar", "weighting", "hparams"):
+        res = load_result(f"ch06_{name}", quiet=True)
+        assert len(ch06.summary_table(res)) == len(res["summary"])
+    mc = load_result("ch06_mcmc", quiet=True)
+    assert len(ch06.mcmc_table(mc)) == len(mc["runs"][0]["settings"])

@@ -51,7 +51,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "pm", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -224,6 +224,13 @@ def summarise(runs: dict) -> dict:
         out[lab]["masses"] = {"mean": m.mean(0).tolist(), "std": (m.std(0) if len(rs) > 1 else 0 * m[0]).tolist()}
         out[lab]["seconds_train"] = float(torch.tensor([r["seconds_train"] for r in rs]).mean())
     return out
+
+
+def pm(entry: dict, key: str, fmt: str = ".3f") -> str:
+    """``"mean ± std"`` of metric ``key`` in one entry of a sweep's summary (:func:`summarise`),
+    each formatted with ``fmt``: a table's cell."""
+    return f"{entry[key]['mean']:{fmt}} ± {entry[key]['std']:{fmt}}"
+
 
 
 # ---- the knob with an exact student: a linear generator -----------------------------------------------

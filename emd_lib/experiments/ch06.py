@@ -30,10 +30,11 @@ from ..langevin import LangevinConfig, mcmc_correct
 from ..metrics import mixture_report
 from ..mixtures import get_mixture
 from ..schedules import bcast
-from .ch05 import prepare, run_info, run_one, write_json
+from .ch05 import pm, prepare, run_info, run_one, write_json
 
 __all__ = ["SWEEPS", "DEFAULT_STEPS", "DEFAULT_MIXTURE", "variant_config", "run_sweep", "summarise",
-           "evals_per_step", "init_target", "MCMC_SETTINGS", "correct", "mcmc_sweep", "main"]
+           "evals_per_step", "init_target", "MCMC_SETTINGS", "correct", "mcmc_sweep", "pm", "summary_table",
+           "clip_fractions", "mcmc_mean", "mcmc_table", "main"]
 
 #: sweep -> {variant label -> overrides of DistillConfig (``langevin``: a dict of LangevinConfig fields)}
 SWEEPS: dict[str, dict[str, dict]] = {
@@ -226,6 +227,60 @@ def mcmc_sweep(mixture, seeds=(0, 1), steps: int = 400, n: int = 1000, settings:
     if bar is not None:
         bar.close()
     return {"runs": out, "clouds": clouds}
+
+
+# ---- the stored sweeps, as the chapter shows them --------------------------------------------------------
+
+#: the metrics of a summary table: (key in the summary, column name, format spec)
+SUMMARY_METRICS = (("tv", "TV", ".3f"), ("mmd", "MMD", ".4f"), ("recall", "recall", ".2f"))
+
+
+def summary_table(res: dict, metrics=SUMMARY_METRICS, first: str = "variant", init: bool = False):
+    """A stored sweep (``data/results/ch06_<sweep>.json``) as a table: one row per variant,
+    ``mean ± std`` over seeds per metric (``(key, column, format)``), the step-0 TV first when
+    ``init``, and a column of diverged runs when any run diverged."""
+    from ..book import table
+
+    summ = res["summary"]
+    diverged = any(s["diverged"] for s in summ.values())
+    cols = [first] + (["TV at step 0"] if init else []) + [c for _, c, _ in metrics] + (["diverged"] if diverged else [])
+    rows = []
+    for lab, s in summ.items():
+        row = [lab] + ([f"{s['init_tv']['mean']:.3f}"] if init else []) + [pm(s, k, f) for k, _, f in metrics]
+        rows.append(row + ([f"{s['diverged']} of {s['n']}"] if diverged else []))
+    title = f"{res['mixture']}, {res['steps']} generator steps, seeds {res['seeds']} (mean ± std over seeds)"
+    return table(rows, cols, title=title)
+
+
+def clip_fractions(*results: dict) -> dict:
+    """``{(sweep, label): (largest fraction of steps in which the gradient clip acted, mean gradient
+    norm)}`` over the runs of stored sweeps."""
+    return {(res["sweep"], lab): (max(r["clipped_frac"] for r in rs), sum(r["grad_norm_mean"] for r in rs) / len(rs))
+            for res in results for lab, rs in res["runs"].items()}
+
+
+def mcmc_mean(mc: dict, label: str, out: str = "denoised", key: str = "within_3sd") -> float:
+    """The mean over seeds of metric ``key`` of readout ``out`` (``denoised``, ``noisy``,
+    ``generator``) of correction setting ``label`` in the stored MCMC sweep."""
+    v = [r["settings"][label][out][key] for r in mc["runs"]]
+    return sum(v) / len(v)
+
+
+def mcmc_table(mc: dict):
+    """The stored MCMC sweep as a table: per setting, the denoised samples' fraction within 3 sd of
+    a mode, MMD, recall and TV, the fraction of ``g(z_K)`` within 3 sd, and the seconds, means over seeds."""
+    from ..book import table
+
+    rows = []
+    for lab in mc["runs"][0]["settings"]:
+        sec = sum(r["settings"][lab]["seconds"] for r in mc["runs"]) / len(mc["runs"])
+        rows.append([lab] + [mcmc_mean(mc, lab, "denoised", k) for k in ("within_3sd", "mmd", "recall", "tv")]
+                    + [mcmc_mean(mc, lab, "generator"), sec])
+    fmt = {"within 3 sd": "{:.3f}", "MMD": "{:.4f}", "recall": "{:.2f}", "TV": "{:.3f}", "g(z_K) within 3 sd": "{:.3f}",
+           "seconds": "{:.1f}"}
+    return table(rows, ["setting", "within 3 sd", "MMD", "recall", "TV", "g(z_K) within 3 sd", "seconds"], fmt=fmt,
+                 title=f"{mc['mixture']}, EMD {mc['steps']} steps, seeds {mc['seeds']}: the denoised samples "
+                       "(means over seeds)")
 
 
 def main(argv=None):

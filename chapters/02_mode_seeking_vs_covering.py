@@ -235,10 +235,9 @@ plt.show()
 # blob and the reverse KL happily prefers a broad $q$. So how mode seeking is the average?
 #
 # For a Gaussian $q = \mathcal N(m, S)$ everything is still explicit:
-# $q_\lambda = \mathcal N(\alpha m, \alpha^2 S + \sigma^2 I)$. The **forward** fit does not
-# change at all: $p_\lambda$ has mean $\alpha\,\mathbb E_p x$ and covariance
-# $\alpha^2\mathrm{Cov}_p + \sigma^2 I$, so moment matching gives the same $(m, S)$ at every
-# level and under every weighting. A check:
+# $q_\lambda = \mathcal N(\alpha m, \alpha^2 S + \sigma^2 I)$. The **forward** fit does not change at all: $p_\lambda$ has mean
+# $\alpha\,\mathbb E_p x$ and covariance $\alpha^2\mathrm{Cov}_p + \sigma^2 I$, so moment matching
+# gives the same $(m, S)$ at every level and under every weighting. A check:
 
 # %%
 for lam_i in (3.0, 0.0, -3.0):
@@ -324,9 +323,7 @@ for start, mk in ((-1.0, "o"), (1.0, "s")):
                  label=f"std$_x$, start {start:+.0f}")
     axes[1].plot([f["lam_min"] for f in sel], [f["mean"] for f in sel], marker=mk, color="C4", ls="--",
                  label=f"mean$_x$, start {start:+.0f}")
-for f in noisy_fits:
-    if f["w"] == "one":
-        axes[1].scatter([f["lam_min"]], [f["std"]], marker="x", color="k", zorder=5)
+axes[1].scatter(*zip(*[(f["lam_min"], f["std"]) for f in noisy_fits if f["w"] == "one"]), marker="x", color="k", zorder=5)
 axes[1].axhline(float(S_fwd[0, 0].sqrt()), color="C0", lw=0.8, label="forward fit std$_x$")
 axes[1].axhline(float(m_fwd[0]), color="C0", lw=0.8, ls="--", label="forward fit mean$_x$")
 axes[1].set_xlabel(r"$\lambda_{\min}$ (noise levels $\lambda\in[\lambda_{\min}, 6]$)")
@@ -378,8 +375,7 @@ glue("ch02_one_std", max(f["std"] for f in w_one), fmt=".2f", fast=note_noisy)
 # at the stored settings and checks it against the stored run):
 
 # %%
-from emd_lib.experiments import ch02 as study  # noqa: E402
-from emd_lib.experiments import load_result  # noqa: E402
+from emd_lib.experiments import ch02 as study, load_result  # noqa: E402
 
 live_steps = fast_or(500, 80)
 live = {}
@@ -495,16 +491,12 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-k = 0
-for mixture in mixtures:
-    target = get_mixture(mixture)
-    for method in ("di", "emd"):
-        run = next(x for x in rows[(mixture, "one", method)] if "samples" in x)
-        density2d(axes[k], target, lim=3.2)
-        scatter2d(axes[k], torch.tensor(run["samples"]), color=COLORS[method], lim=3.2, s=2, alpha=0.5,
-                  title=f"{method.upper()}, {mixture}, $w=1$ (TV {run['final']['tv']:.2f})")
-        axes[k].set_xticks([]), axes[k].set_yticks([])
-        k += 1
+for ax, (mixture, method) in zip(axes, [(mx, m) for mx in mixtures for m in ("di", "emd")]):
+    run = next(x for x in rows[(mixture, "one", method)] if "samples" in x)
+    density2d(ax, get_mixture(mixture), lim=3.2)
+    scatter2d(ax, torch.tensor(run["samples"]), color=COLORS[method], lim=3.2, s=2, alpha=0.5,
+              title=f"{method.upper()}, {mixture}, $w=1$ (TV {run['final']['tv']:.2f})")
+    ax.set_xticks([]), ax.set_yticks([])
 plt.tight_layout()
 plt.show()
 
@@ -514,18 +506,15 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.0), sharey=True)
-k = 0
-for mixture in mixtures:
-    for wname in ("sigma2", "one"):
-        for method in ("di", "emd"):
-            runs = rows[(mixture, wname, method)]
-            steps = np.array(runs[0]["history"]["step"])
-            tv = np.array([r["history"]["tv"] for r in runs])
-            axes[k].plot(steps, tv.mean(0), color=COLORS[method], label=method.upper())
-            axes[k].fill_between(steps, tv.min(0), tv.max(0), color=COLORS[method], alpha=0.2, linewidth=0)
-        axes[k].set_title(f"{mixture}, " + (r"$w=\sigma^2$" if wname == "sigma2" else r"$w=1$"))
-        axes[k].set_xlabel("generator step")
-        k += 1
+for ax, (mixture, wname) in zip(axes, [(mx, wn) for mx in mixtures for wn in ("sigma2", "one")]):
+    for method in ("di", "emd"):
+        runs = rows[(mixture, wname, method)]
+        steps = np.array(runs[0]["history"]["step"])
+        tv = np.array([r["history"]["tv"] for r in runs])
+        ax.plot(steps, tv.mean(0), color=COLORS[method], label=method.upper())
+        ax.fill_between(steps, tv.min(0), tv.max(0), color=COLORS[method], alpha=0.2, linewidth=0)
+    ax.set_title(f"{mixture}, " + (r"$w=\sigma^2$" if wname == "sigma2" else r"$w=1$"))
+    ax.set_xlabel("generator step")
 axes[0].set_ylabel("TV of mode masses"), axes[0].legend()
 plt.tight_layout()
 plt.show()
@@ -534,8 +523,7 @@ plt.show()
 # DI - EMD per metric: the difference of the means and its standard error over seeds
 verdicts = {(mx, wn): study.compare(summary[(mx, wn, "di")], summary[(mx, wn, "emd")])
             for mx in mixtures for wn in ("sigma2", "one")}
-tv_early = {(mx, wn, m): np.mean([r["history"]["tv"][0] for r in rows[(mx, wn, m)]])
-            for mx in mixtures for wn in ("sigma2", "one") for m in ("di", "emd")}
+tv_early = study.early_tv(rows)            # the TV at the first evaluation, mean over seeds
 step_early = rows[("irregular", "one", "di")][0]["history"]["step"][0]
 assert all(abs(v[0]) <= 2 * v[1] for out in verdicts.values() for v in out.values())   # none beyond 2 s.e.
 irr_one = verdicts[("irregular", "one")]
@@ -548,29 +536,21 @@ glue("ch02_early_step", step_early)
 for m in ("di", "emd"):
     glue(f"ch02_early_one_{m}", tv_early[("irregular", "one", m)], fmt=".3f")
     glue(f"ch02_early_s2_{m}", tv_early[("irregular", "sigma2", m)], fmt=".3f")
-table([(mx, wn, *(f"{v[0]:+.3f} ± {v[1]:.3f}" for v in verdicts[(mx, wn)].values()),
-        tv_early[(mx, wn, "di")], tv_early[(mx, wn, "emd")]) for mx, wn in verdicts],
-      ["mixture", "w", *(f"DI - EMD, {k}" for k in study.METRICS), f"TV at step {step_early}, DI", "EMD"],
-      fmt="{:.3f}", title="DI against EMD: difference of the means ± its standard error over seeds")
-
+study.compare_table(verdicts, tv_early, step_early)
 
 # %% [markdown]
-# Which modes go missing? Per mode of `irregular`: its weight, its width, the mean mass each
-# method gives it with $w = 1$, and in how many runs (all seeds, both methods) the mode is
-# lost, that is, gets less than a fifth of its weight (the threshold of `modes_covered`),
-# under each weighting.
+# Which modes go missing? Per mode of `irregular`: its weight, its width, the mean mass each method
+# gives it with $w = 1$, and in how many runs (all seeds, both methods) the mode is lost, that is,
+# gets less than a fifth of its weight (the threshold of `modes_covered`), under each weighting.
 
 # %%
 irr = get_mixture("irregular")
 weights_irr = irr.weights.numpy()
-masses_irr = {(w, m): np.array([r["final"]["masses"] for r in rows[("irregular", w, m)]])
-              for w in ("sigma2", "one") for m in ("di", "emd")}
-per_mode = {m: masses_irr[("one", m)].mean(0) for m in ("di", "emd")}
-lost = {w: np.concatenate([masses_irr[(w, m)] for m in ("di", "emd")]) < 0.2 * weights_irr for w in ("sigma2", "one")}
+losses = study.mode_losses(rows, "irregular", weights_irr)   # which runs (DI's first) lose which mode
+per_mode, lost, n_di = {m: losses["mean"][("one", m)] for m in ("di", "emd")}, losses["lost"], losses["n_di"]["sigma2"]
 narrow = sorted(range(irr.n_components), key=lambda k: float(irr.var[k, 0]))[:2]
 heavy = int(np.argmax(weights_irr))
-lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only,
-n_di = len(masses_irr[("sigma2", "di")])                              # in a seed of each method
+lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only
 assert all(per_mode[m][narrow].sum() < 0.3 * weights_irr[narrow].sum() for m in ("di", "emd"))
 assert lost["one"][:, heavy].sum() > len(lost["one"]) / 2 and lost["sigma2"][:, heavy].sum() == 0
 assert len(lost_s2) == 1 and lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
@@ -634,17 +614,16 @@ table([(k, weights_irr[k], float(irr.var[k, 0].sqrt()), per_mode["di"][k], per_m
 # %% [markdown]
 # ### 5.3 A far, light mode
 #
-# On both targets above every mode has a neighbour within {glue:text}`ch02_nearest` units. The
-# `far` target does not: a heavy mode at $x = -1$ (weight 0.85) and a light
-# one five units away at $x = 4$ (weight 0.15), both of std 0.3 (`emd_lib.mixtures.far`, and
-# `data/mixtures/far.json` for the command line). The runs: 800 generator updates of the same
-# MLP generator with the same defaults as above ($w = \sigma^2$, $\lambda^* = -2$), Diff-Instruct and EMD-$K$ for
-# $K = 1, 2, 4, 8, 16$ (the default chain: $\epsilon$ only, step 0.3, full noise
-# cancellation), five seeds, first at **equal generator updates**, then at **equal wall
-# time**: every EMD-$K$ gets the updates that cost what Diff-Instruct's updates cost, from
-# the seconds per whole step (student-score updates included) of each method, timed
-# round-robin in the same process. A run **keeps** the light mode when that mode's sample
-# mass is at least half its weight. The sweep:
+# On both targets above every mode has a neighbour within {glue:text}`ch02_nearest` units. The `far`
+# target does not: a heavy mode at $x = -1$ (weight 0.85) and a light one five units away at $x = 4$
+# (weight 0.15), both of std 0.3 (`emd_lib.mixtures.far`, and `data/mixtures/far.json` for the
+# command line). The runs: 800 generator updates of the same MLP generator with the same defaults as
+# above ($w = \sigma^2$, $\lambda^* = -2$), Diff-Instruct and EMD-$K$ for $K = 1, 2, 4, 8, 16$ (the
+# default chain: $\epsilon$ only, step 0.3, full noise cancellation), five seeds, first at **equal
+# generator updates**, then at **equal wall time**: every EMD-$K$ gets the updates that cost what
+# Diff-Instruct's updates cost, from the seconds per whole step (student-score updates included) of
+# each method, timed round-robin in the same process. A run **keeps** the light mode when that
+# mode's sample mass is at least half its weight. The sweep:
 #
 #     python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 800
 
@@ -665,10 +644,7 @@ tm, n_eq = far_rec["timing"], far_rec["equal_time_steps"]
 ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
 far_eq = study.far_study(far_rec, "equal_updates")       # per method: seeds keeping the light mode, its mass
 far_time = study.far_study(far_rec, "equal_time")
-display(table([(lab, 1e3 * tm[lab]["median"], ratio[lab], n_eq[lab]) for lab in FAR_LABELS],
-              ["method", "ms per whole step", "/ DI", f"updates in DI's time for {far_rec['steps']}"],
-              fmt={"ms per whole step": "{:.1f}", "/ DI": "{:.2f}"},
-              title="seconds per whole step (median of round-robin rounds, one thread)"))
+display(study.far_timing_table(far_rec))
 display(study.far_table(far_eq, w_light, title="equal generator updates"))
 study.far_table(far_time, w_light, title="equal wall time")
 
@@ -698,11 +674,8 @@ plt.show()
 # %%
 n_far = far_eq["DI"]["n"]
 big_k = [lab for lab in FAR_LABELS if lab not in ("DI", "EMD-1", "EMD-2")]
-eq_runs = [r for r in far_rec["runs"] if r["budget"] == "equal_updates"]
-lost_runs = [r for r in eq_runs if not r["kept"]]
-kept_runs = [r for r in eq_runs if r["kept"]]
-h200 = far_rec["runs"][0]["history"]["step"].index(200)
-came_back = [r for r in kept_runs if min(r["history"]["light"]) < 0.01]   # fell below 0.01, still kept it
+fl = study.far_losses(far_rec, at_step=200)     # equal-update runs: lost, kept, and kept after falling below 0.01
+lost_runs, came_back, h200 = fl["lost"], fl["came_back"], fl["at"]
 assert far_eq["DI"]["kept"] < n_far / 2 and all(far_eq[lab]["kept"] == n_far for lab in big_k)
 assert all(0 < far_eq[lab]["kept"] < n_far for lab in ("EMD-1", "EMD-2"))
 assert max(r["light_mass"] for r in lost_runs) < 0.01 and max(r["history"]["light"][h200] for r in lost_runs) < 0.01
@@ -710,7 +683,7 @@ assert all(r["label"] not in ("DI", "EMD-1", "EMD-2") for r in came_back)
 back = next(r for r in came_back if (r["label"], r["seed"]) == ("EMD-8", 0))
 glue("ch02_far_di_kept", far_eq["DI"]["kept"])
 glue("ch02_far_n", n_far)
-glue("ch02_far_dev", max(abs(r["light_mass"] - w_light) for r in eq_runs if r["label"] in big_k), fmt=".3f")
+glue("ch02_far_dev", max(abs(m - w_light) for lab in big_k for m in far_eq[lab]["mass"]), fmt=".3f")
 glue("ch02_far_lost_max", max(max(r["light_mass"], r["history"]["light"][h200]) for r in lost_runs), fmt=".3f")
 glue("ch02_far_back_min", min(back["history"]["light"][: h200 + 1]), fmt=".3f")
 glue("ch02_far_back", back["light_mass"], fmt=".2f")

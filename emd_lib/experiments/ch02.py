@@ -54,7 +54,8 @@ from ..mixtures import get_mixture, two_modes
 
 __all__ = ["run_one", "run_label", "whole_step_seconds", "equal_time_steps", "keeps", "REGIMES", "FAR_LABELS",
            "KEEP_FRACTION", "main", "group_runs", "stat", "gaussian_table", "mlp_summary", "mlp_table", "compare",
-           "far_study", "far_table", "far_map_grid"]
+           "compare_table", "early_tv", "mode_losses", "far_study", "far_table", "far_timing_table", "far_losses",
+           "far_map_grid"]
 
 #: the methods of the ``far`` study
 FAR_LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -408,6 +409,35 @@ def compare(d: dict, e: dict) -> dict:
             for k in METRICS}
 
 
+def early_tv(rows: dict) -> dict:
+    """Per group of ``rows``: the TV of the mode masses at the first evaluation, mean over seeds."""
+    return {k: float(np.mean([r["history"]["tv"][0] for r in runs])) for k, runs in rows.items()}
+
+
+def compare_table(verdicts: dict, tv_first: dict, step: int):
+    """DI against EMD per ``(mixture, weighting)``: :func:`compare`'s differences ± standard errors,
+    and each method's TV at the first evaluation (``tv_first`` from :func:`early_tv`, at ``step``)."""
+    from ..book import table
+
+    rows = [(mx, wn, *(f"{v[0]:+.3f} ± {v[1]:.3f}" for v in out.values()), tv_first[(mx, wn, "di")],
+             tv_first[(mx, wn, "emd")]) for (mx, wn), out in verdicts.items()]
+    return table(rows, ["mixture", "w", *(f"DI - EMD, {k}" for k in METRICS), f"TV at step {step}, DI", "EMD"],
+                 fmt="{:.3f}", title="DI against EMD: difference of the means ± its standard error over seeds")
+
+
+def mode_losses(rows: dict, mixture: str, weights, fraction: float = 0.2) -> dict:
+    """Which modes of ``mixture`` (mode weights ``weights``) the ``(mixture, weighting, method)``
+    groups of ``rows`` lose, per weighting: ``mean[(w, method)]``, the mean mass of each mode over
+    seeds; ``lost[w]``, runs x modes, true where a run's mass is below ``fraction`` of the mode's
+    weight (the threshold of ``modes_covered``), DI's runs first; ``n_di[w]``, how many are DI's."""
+    weights = np.asarray(weights)
+    ws = [w for (mx, w, m) in rows if mx == mixture and m == "di"]
+    masses = {(w, m): np.array([r["final"]["masses"] for r in rows[(mixture, w, m)]]) for w in ws for m in ("di", "emd")}
+    return {"mean": {k: v.mean(0) for k, v in masses.items()},
+            "lost": {w: np.concatenate([masses[(w, "di")], masses[(w, "emd")]]) < fraction * weights for w in ws},
+            "n_di": {w: len(masses[(w, "di")]) for w in ws}}
+
+
 def far_study(rec: dict, budget: str) -> dict:
     """The ``far`` study's runs of one budget (``equal_updates`` or ``equal_time``; at equal time the
     reference method's equal-update runs) per method: seeds that kept the light mode (``kept`` of
@@ -430,6 +460,29 @@ def far_table(study: dict, w_light: float, title: str | None = None):
     rows = [(lab, t["steps"], f"{t['kept']}/{t['n']}", _pm((t["mass"].mean(), t["mass"].std())),
              ", ".join(f"{m:.3f}" for m in t["mass"])) for lab, t in study.items()]
     return table(rows, ["method", "updates", "kept", f"light mass (weight {w_light:.2f})", "per seed"], title=title)
+
+
+def far_timing_table(rec: dict):
+    """The ``far`` study's timing: milliseconds per whole step of each method (median of the
+    round-robin rounds), the ratio to the reference's, and the updates at equal wall time."""
+    from ..book import table
+
+    tm, n_eq, ref = rec["timing"], rec["equal_time_steps"], rec.get("equal_time_reference", "DI")
+    rows = [(lab, 1e3 * tm[lab]["median"], tm[lab]["median"] / tm[ref]["median"], n_eq[lab]) for lab in rec["labels"]]
+    return table(rows, ["method", "ms per whole step", f"/ {ref}", f"updates in {ref}'s time for {rec['steps']}"],
+                 fmt={"ms per whole step": "{:.1f}", f"/ {ref}": "{:.2f}"},
+                 title="seconds per whole step (median of round-robin rounds, one thread)")
+
+
+def far_losses(rec: dict, at_step: int = 200) -> dict:
+    """The ``far`` study's equal-update runs split by the verdict: ``lost`` and ``kept`` (lists of
+    runs), ``came_back`` (kept runs whose light mass fell below 0.01 along the way) and ``at``, the
+    index of update ``at_step`` in the runs' histories."""
+    runs = [r for r in rec["runs"] if r["budget"] == "equal_updates"]
+    kept = [r for r in runs if r["kept"]]
+    return {"lost": [r for r in runs if not r["kept"]], "kept": kept,
+            "came_back": [r for r in kept if min(r["history"]["light"]) < 0.01],
+            "at": runs[0]["history"]["step"].index(at_step)}
 
 
 def far_map_grid(fmap: dict) -> tuple[dict, dict]:

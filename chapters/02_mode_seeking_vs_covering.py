@@ -263,9 +263,6 @@ broad_wins = lam_grid[torch.from_numpy(diff) < -0.005]
 note_lam = f"{n_lam} samples per level; the full run uses 8000"
 glue("ch02_broad_lo", float(broad_wins.min()), fmt=".0f", fast=note_lam)
 glue("ch02_broad_hi", float(broad_wins.max()), fmt=".0f", fast=note_lam)
-table([(float(l), *(kl_by_lam[name][i] for name in cand)) for i, l in enumerate(lam_grid)],
-      ["lambda", *(f"KL, {name}" for name in cand)], fmt={"lambda": "{:+.0f}", **{f"KL, {n}": "{:.3f}" for n in cand}},
-      title="reverse KL between noisy marginals, per noise level")
 # the weighted averages over the grid decide
 averages = {}
 for wname, w in (("sigma^2", VP.alpha_sigma(lam_grid)[1] ** 2), ("1", torch.ones_like(lam_grid))):
@@ -276,6 +273,9 @@ glue("ch02_avg_s2_broad", averages["sigma^2"]["forward-KL Gaussian"], fmt=".3f",
 glue("ch02_avg_s2_mode", averages["sigma^2"]["heavy-mode Gaussian"], fmt=".3f", fast=note_lam)
 glue("ch02_avg_1_broad", averages["1"]["forward-KL Gaussian"], fmt=".3f", fast=note_lam)
 glue("ch02_avg_1_mode", averages["1"]["heavy-mode Gaussian"], fmt=".3f", fast=note_lam)
+table([(float(l), *(kl_by_lam[name][i] for name in cand)) for i, l in enumerate(lam_grid)],
+      ["lambda", *(f"KL, {name}" for name in cand)], fmt={"lambda": "{:+.0f}", **{f"KL, {n}": "{:.3f}" for n in cand}},
+      title="reverse KL between noisy marginals, per noise level")
 
 # %% [markdown]
 # The broad Gaussian wins at the intermediate noise levels (clearly, by more than 0.005, for

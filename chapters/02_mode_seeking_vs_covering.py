@@ -42,8 +42,7 @@ import torch
 import emd_lib
 from emd_lib import fast_or, is_fast
 from emd_lib.book import glue, table
-from emd_lib.divergences import (forward_kl_gaussian_fit, gaussian, kl_monte_carlo, mixture_moments,
-                                 reverse_kl_gaussian_fit)
+from emd_lib.divergences import forward_kl_gaussian_fit, gaussian, kl_monte_carlo, reverse_kl_gaussian_fit
 from emd_lib.mixtures import bimodal, get_mixture
 from emd_lib.book.plotting import COLORS, density2d, mass_bars, scatter2d, use_style
 from emd_lib.schedules import VP

@@ -33,18 +33,16 @@
 #   in most seeds and EMD keeps (the appendix, chapter 10, maps where else that happens).
 
 # %%
-import json
 import math
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 import emd_lib
-from emd_lib import DATA_DIR, fast_or, is_fast
-from emd_lib.divergences import (forward_kl_gaussian_fit, gaussian, kl_monte_carlo, mixture_moments,
-                                 reverse_kl_gaussian_fit)
+from emd_lib import fast_or, is_fast
+from emd_lib.book import glue, table
+from emd_lib.divergences import forward_kl_gaussian_fit, gaussian, kl_monte_carlo, reverse_kl_gaussian_fit
 from emd_lib.mixtures import bimodal, get_mixture
 from emd_lib.book.plotting import COLORS, density2d, mass_bars, scatter2d, use_style
 from emd_lib.schedules import VP
@@ -89,20 +87,25 @@ S_fwd = (p.weights[:, None, None] * (p.covs + p.means[:, :, None] * p.means[:, N
 m_lib, S_lib = forward_kl_gaussian_fit(p)
 torch.testing.assert_close(m_fwd, m_lib)
 torch.testing.assert_close(S_fwd, S_lib)
-print(f"forward-KL fit: mean {m_fwd.numpy().round(3)}, std {S_fwd.diag().sqrt().numpy().round(3)}")
+glue("ch02_fwd_mean", float(m_fwd[0]), fmt="+.2f")
+glue("ch02_fwd_std", float(S_fwd[0, 0].sqrt()), fmt=".2f")
 
 # it is a minimum: with common random numbers, every perturbation raises KL(p || q)
 n_mc = fast_or(40000, 10000)
 kl_best = kl_monte_carlo(p, gaussian(m_fwd, S_fwd), n=n_mc, generator=torch.Generator().manual_seed(0))[0]
+perturbed = [("the fit", kl_best)]
 for dm, scale in (([0.2, 0.0], 1.0), ([0.0, 0.0], 1.2), ([0.0, 0.0], 0.8)):
     kl = kl_monte_carlo(p, gaussian(m_fwd + torch.tensor(dm), S_fwd * scale), n=n_mc,
                         generator=torch.Generator().manual_seed(0))[0]
-    print(f"  mean + {dm}, cov x {scale}: KL(p || q) = {kl:.4f}  (fit: {kl_best:.4f})")
+    perturbed.append((f"mean + {dm}, cov x {scale}", kl))
     assert kl > kl_best
+table(perturbed, ["Gaussian", "KL(p || q)"], fmt="{:.4f}", title="the forward-KL fit and three perturbations")
 
 # %% [markdown]
-# The fit sits *between* the modes, where the target has almost no mass: it covers both
-# modes at the price of putting a lot of its own mass in the gap.
+# The fit sits *between* the modes (its mean $x_1$ is {glue:text}`ch02_fwd_mean`, its standard
+# deviation in $x_1$ {glue:text}`ch02_fwd_std`, against 0.4 per mode), where the target has almost
+# no mass: it covers both modes at the price of putting a lot of its own mass in the gap. Every
+# perturbation in the table raises $\mathrm{KL}(p\|q)$.
 #
 # ## 3. The reverse-KL fit: gradient descent, several restarts
 #
@@ -132,10 +135,11 @@ def reverse_kl_fit_from_scratch(p, m0, steps, n=512, lr=0.05, seed=0):
 steps_rkl = fast_or(600, 150)
 m_s, s_s = reverse_kl_fit_from_scratch(p, [-0.5, 0.3], steps_rkl)
 r = reverse_kl_gaussian_fit(p, [-0.5, 0.3], steps=steps_rkl, n=512, lr=0.05, generator=torch.Generator().manual_seed(0))
-print(f"from scratch: mean {m_s.numpy().round(3)}, std {s_s.numpy().round(3)}; "
-      f"library: mean {r['mean'].numpy().round(3)}, std {r['cov'].diag().sqrt().numpy().round(3)}")
 torch.testing.assert_close(m_s, r["mean"], atol=0.06, rtol=0)
 torch.testing.assert_close(s_s, r["cov"].diag().sqrt(), atol=0.04, rtol=0)
+table([("from scratch (diagonal L)", *m_s.tolist(), *s_s.tolist()),
+       ("library (full L)", *r["mean"].tolist(), *r["cov"].diag().sqrt().tolist())],
+      ["fit", "mean x1", "mean x2", "std x1", "std x2"], fmt="{:.3f}")
 
 # %% [markdown]
 # The reverse KL has a local minimum on each mode, so where you start decides where you end.
@@ -143,18 +147,17 @@ torch.testing.assert_close(s_s, r["cov"].diag().sqrt(), atol=0.04, rtol=0)
 
 # %%
 starts = [[-2.5, 1.0], [-0.3, -0.5], [0.3, 0.5], [2.5, -1.0]]
-rev_fits = []
-for i, s0 in enumerate(starts):
-    r = reverse_kl_gaussian_fit(p, s0, steps=steps_rkl, n=512, lr=0.05, generator=torch.Generator().manual_seed(10 + i))
-    rev_fits.append(r)
-    print(f"start {s0}: mean {r['mean'].numpy().round(2)}, std {r['cov'].diag().sqrt().numpy().round(2)}, "
-          f"KL(q || p) = {r['kl']:.3f}")
+rev_fits = [reverse_kl_gaussian_fit(p, s0, steps=steps_rkl, n=512, lr=0.05, generator=torch.Generator().manual_seed(10 + i))
+            for i, s0 in enumerate(starts)]
+table([(str(s0), *r["mean"].tolist(), *r["cov"].diag().sqrt().tolist(), r["kl"]) for s0, r in zip(starts, rev_fits)],
+      ["start", "mean x1", "mean x2", "std x1", "std x2", "KL(q || p)"], fmt="{:.3f}")
 
 # %% [markdown]
 # When $q$ sits on mode $k$ and the modes barely overlap, $p \approx w_k q$ under $q$, so
 # $\mathrm{KL}(q\|p) \approx -\log w_k$: $-\log 0.7 = 0.357$ on the heavy mode and
-# $-\log 0.3 = 1.204$ on the light one. Both are local minima; only the first is global. Now
-# every fit against every divergence (Monte Carlo, $\pm$ standard error):
+# $-\log 0.3 = 1.204$ on the light one; the restarts that end on them reach
+# {glue:text}`ch02_rkl_heavy` and {glue:text}`ch02_rkl_light`. Both are local minima; only the
+# first is global. Now every fit against every divergence (Monte Carlo, $\pm$ standard error):
 
 # %%
 fits = {"forward-KL fit": gaussian(m_fwd, S_fwd)}
@@ -164,15 +167,21 @@ for k, w in enumerate(p.weights.tolist()):
     best = min(on_k, key=lambda r: r["kl"])
     fits[f"reverse-KL fit, mode {k} (w={w:.1f})"] = gaussian(best["mean"], best["cov"])
     assert abs(best["kl"] - (-math.log(w))) < 0.03
-kl_table = {}
+    glue(f"ch02_rkl_{'heavy' if k == 0 else 'light'}", best["kl"], fmt=".3f",
+         fast=f"{steps_rkl} descent steps; the full run uses 600")
+kl_table, kl_rows = {}, []
 for name, q in fits.items():
     fwd = kl_monte_carlo(p, q, n=n_mc, generator=torch.Generator().manual_seed(1))
     rev = kl_monte_carlo(q, p, n=n_mc, generator=torch.Generator().manual_seed(2))
     kl_table[name] = (fwd[0], rev[0])
-    print(f"{name:>32}:  KL(p || q) = {fwd[0]:7.3f} ± {fwd[1]:.3f}    KL(q || p) = {rev[0]:6.3f} ± {rev[1]:.3f}")
+    kl_rows.append((name, f"{fwd[0]:.3f} ± {fwd[1]:.3f}", f"{rev[0]:.3f} ± {rev[1]:.3f}"))
 names = list(fits)
 assert kl_table[names[0]][0] < min(kl_table[n][0] for n in names[1:])      # forward fit wins the forward KL
 assert kl_table[names[1]][1] < kl_table[names[0]][1]                       # heavy-mode fit wins the reverse KL
+glue("ch02_fwdfit_rev", kl_table[names[0]][1], fmt=".2f", fast=f"{n_mc} samples; the full run uses 40000")
+glue("ch02_heavyfit_fwd", kl_table[names[1]][0], fmt=".1f", fast=f"{n_mc} samples; the full run uses 40000")
+glue("ch02_heavyfit_rev", kl_table[names[1]][1], fmt=".2f", fast=f"{n_mc} samples; the full run uses 40000")
+table(kl_rows, ["fit", "KL(p || q)", "KL(q || p)"])
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.5, 1]})
@@ -197,9 +206,10 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The forward fit covers both modes and wastes mass in the gap: its reverse KL is large.
+# The forward fit covers both modes and wastes mass in the gap: its reverse KL is
+# {glue:text}`ch02_fwdfit_rev`, against {glue:text}`ch02_heavyfit_rev` for the heavy-mode fit.
 # Each reverse fit is a perfect copy of one mode and ignores the other: its forward KL is
-# huge. With a flexible enough model both divergences are minimised by $q = p$ and the
+# huge ({glue:text}`ch02_heavyfit_fwd` for the heavy-mode fit). With a flexible enough model both divergences are minimised by $q = p$ and the
 # distinction vanishes; it is the model's *limits* that the divergence decides how to spend.
 #
 # ## 4. What diffusion does to the reverse KL
@@ -224,10 +234,9 @@ plt.show()
 # blob and the reverse KL happily prefers a broad $q$. So how mode seeking is the average?
 #
 # For a Gaussian $q = \mathcal N(m, S)$ everything is still explicit:
-# $q_\lambda = \mathcal N(\alpha m, \alpha^2 S + \sigma^2 I)$. The **forward** fit does not
-# change at all: $p_\lambda$ has mean $\alpha\,\mathbb E_p x$ and covariance
-# $\alpha^2\mathrm{Cov}_p + \sigma^2 I$, so moment matching gives the same $(m, S)$ at every
-# level and under every weighting. A check:
+# $q_\lambda = \mathcal N(\alpha m, \alpha^2 S + \sigma^2 I)$. The **forward** fit does not change at all: $p_\lambda$ has mean
+# $\alpha\,\mathbb E_p x$ and covariance $\alpha^2\mathrm{Cov}_p + \sigma^2 I$, so moment matching
+# gives the same $(m, S)$ at every level and under every weighting. A check:
 
 # %%
 for lam_i in (3.0, 0.0, -3.0):
@@ -237,7 +246,6 @@ for lam_i in (3.0, 0.0, -3.0):
     m_t, S_t = forward_kl_gaussian_fit(p_lam)
     torch.testing.assert_close(m_t / a, m_fwd, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close((S_t - s**2 * torch.eye(2)) / a**2, S_fwd, atol=1e-4, rtol=1e-4)
-print("the forward-KL Gaussian fit is the same at every noise level")
 
 # %% [markdown]
 # The **reverse** fit does change. First, per noise level, the reverse KL of two candidates:
@@ -246,29 +254,36 @@ print("the forward-KL Gaussian fit is the same at every noise level")
 # %%
 lam_grid = torch.linspace(-6, 6, 13)
 cand = {"heavy-mode Gaussian": fits[names[1]], "forward-KL Gaussian": fits[names[0]]}
-kl_by_lam = {name: [kl_monte_carlo(q, p, n=fast_or(8000, 3000), lam=float(l), generator=torch.Generator().manual_seed(3))[0]
+n_lam = fast_or(8000, 3000)
+kl_by_lam = {name: [kl_monte_carlo(q, p, n=n_lam, lam=float(l), generator=torch.Generator().manual_seed(3))[0]
                     for l in lam_grid] for name, q in cand.items()}
 diff = np.array(kl_by_lam["forward-KL Gaussian"]) - np.array(kl_by_lam["heavy-mode Gaussian"])
-print("lam:                 " + " ".join(f"{float(l):6.1f}" for l in lam_grid))
-for name, v in kl_by_lam.items():
-    print(f"{name:>20}: " + " ".join(f"{x:6.3f}" for x in v))
 broad_wins = lam_grid[torch.from_numpy(diff) < -0.005]
-print(f"the broad Gaussian has the clearly smaller reverse KL for lam in [{float(broad_wins.min()):.0f}, "
-      f"{float(broad_wins.max()):.0f}], the mode above; at very high noise both are nearly 0")
+note_lam = f"{n_lam} samples per level; the full run uses 8000"
+glue("ch02_broad_lo", float(broad_wins.min()), fmt=".0f", fast=note_lam)
+glue("ch02_broad_hi", float(broad_wins.max()), fmt=".0f", fast=note_lam)
 # the weighted averages over the grid decide
 averages = {}
 for wname, w in (("sigma^2", VP.alpha_sigma(lam_grid)[1] ** 2), ("1", torch.ones_like(lam_grid))):
     averages[wname] = {name: float((w * torch.tensor(v)).sum() / w.sum()) for name, v in kl_by_lam.items()}
-    print(f"weighted average with w = {wname:>7}: " +
-          ", ".join(f"{name} {v:.3f}" for name, v in averages[wname].items()))
 assert averages["sigma^2"]["forward-KL Gaussian"] < averages["sigma^2"]["heavy-mode Gaussian"]
 assert averages["1"]["heavy-mode Gaussian"] < averages["1"]["forward-KL Gaussian"]
+glue("ch02_avg_s2_broad", averages["sigma^2"]["forward-KL Gaussian"], fmt=".3f", fast=note_lam)
+glue("ch02_avg_s2_mode", averages["sigma^2"]["heavy-mode Gaussian"], fmt=".3f", fast=note_lam)
+glue("ch02_avg_1_broad", averages["1"]["forward-KL Gaussian"], fmt=".3f", fast=note_lam)
+glue("ch02_avg_1_mode", averages["1"]["heavy-mode Gaussian"], fmt=".3f", fast=note_lam)
+table([(float(l), *(kl_by_lam[name][i] for name in cand)) for i, l in enumerate(lam_grid)],
+      ["lambda", *(f"KL, {name}" for name in cand)], fmt={"lambda": "{:+.0f}", **{f"KL, {n}": "{:.3f}" for n in cand}},
+      title="reverse KL between noisy marginals, per noise level")
 
 # %% [markdown]
-# The broad Gaussian wins at the intermediate noise levels, by a little; the mode wins at low
-# noise, by a lot. The weighting decides: $w = \sigma^2$ is close to 1 at high and medium noise
-# and tiny at low noise ($\sigma^2 = 0.12$ at $\lambda = 2$, $0.018$ at $\lambda = 4$), so under
-# it the broad Gaussian has the smaller average; under $w = 1$ the mode does.
+# The broad Gaussian wins at the intermediate noise levels (clearly, by more than 0.005, for
+# $\lambda$ from {glue:text}`ch02_broad_lo` to {glue:text}`ch02_broad_hi`), by a little; the mode
+# wins at low noise, by a lot; at very high noise both are nearly 0. The weighting decides:
+# $w = \sigma^2$ is close to 1 at high and medium noise and tiny at low noise ($\sigma^2 = 0.12$ at
+# $\lambda = 2$, $0.018$ at $\lambda = 4$), so under it the broad Gaussian has the smaller average
+# ({glue:text}`ch02_avg_s2_broad` against {glue:text}`ch02_avg_s2_mode` for the mode); under
+# $w = 1$ the mode does ({glue:text}`ch02_avg_1_mode` against {glue:text}`ch02_avg_1_broad`).
 #
 # Then the fit itself: minimise $\sum_j w(\lambda_j)\,\mathrm{KL}(q_{\lambda_j}\|p_{\lambda_j})$
 # over a grid of $\lambda_j \in [\lambda_{\min}, 6]$ (`reverse_kl_gaussian_fit` with `lams`
@@ -288,8 +303,9 @@ for wname in ("sigma2", "one"):
                                         weights=w, generator=torch.Generator().manual_seed(20 + i))
             noisy_fits.append({"w": wname, "lam_min": lam_min, "start": m0[0], "mean": float(r["mean"][0]),
                                "std": float(r["cov"][0, 0].sqrt())})
-            print(f"w={wname:>6}, lam in [{lam_min:+.0f}, 6], start {m0[0]:+.0f}: "
-                  f"mean_x {noisy_fits[-1]['mean']:+.2f}, std_x {noisy_fits[-1]['std']:.2f}")
+table([(f["w"], f"[{f['lam_min']:+.0f}, 6]", f["start"], f["mean"], f["std"]) for f in noisy_fits],
+      ["w", "lambda", "start x", "mean x", "std x"], fmt={"start x": "{:+.0f}", "mean x": "{:+.2f}", "std x": "{:.2f}"},
+      title="noise-averaged reverse-KL fits")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -306,9 +322,7 @@ for start, mk in ((-1.0, "o"), (1.0, "s")):
                  label=f"std$_x$, start {start:+.0f}")
     axes[1].plot([f["lam_min"] for f in sel], [f["mean"] for f in sel], marker=mk, color="C4", ls="--",
                  label=f"mean$_x$, start {start:+.0f}")
-for f in noisy_fits:
-    if f["w"] == "one":
-        axes[1].scatter([f["lam_min"]], [f["std"]], marker="x", color="k", zorder=5)
+axes[1].scatter(*zip(*[(f["lam_min"], f["std"]) for f in noisy_fits if f["w"] == "one"]), marker="x", color="k", zorder=5)
 axes[1].axhline(float(S_fwd[0, 0].sqrt()), color="C0", lw=0.8, label="forward fit std$_x$")
 axes[1].axhline(float(m_fwd[0]), color="C0", lw=0.8, ls="--", label="forward fit mean$_x$")
 axes[1].set_xlabel(r"$\lambda_{\min}$ (noise levels $\lambda\in[\lambda_{\min}, 6]$)")
@@ -321,20 +335,23 @@ plt.show()
 clean = [f for f in noisy_fits if f["w"] == "sigma2" and f["lam_min"] == 6.0]
 wide = [f for f in noisy_fits if f["w"] == "sigma2" and f["lam_min"] == -6.0]
 w_one = [f for f in noisy_fits if f["w"] == "one"]
-print(f"lam = 6 only:       std_x {[round(f['std'], 2) for f in clean]}, mean_x {[round(f['mean'], 2) for f in clean]}")
-print(f"lam in [-6, 6], w = sigma^2: std_x {[round(f['std'], 2) for f in wide]}, mean_x {[round(f['mean'], 2) for f in wide]}"
-      f"   (forward fit: std {float(S_fwd[0, 0].sqrt()):.2f}, mean {float(m_fwd[0]):.2f})")
-print(f"lam in [-6, 6], w = 1:       std_x {[round(f['std'], 2) for f in w_one]}, mean_x {[round(f['mean'], 2) for f in w_one]}")
 assert all(f["std"] < 0.5 for f in clean) and all(f["std"] > 1.0 for f in wide)
 assert all(abs(f["mean"] - float(m_fwd[0])) < 0.3 for f in wide) and all(f["std"] < 0.5 for f in w_one)
+note_noisy = f"{steps_noisy} descent steps; the full run uses 600"
+glue("ch02_clean_std", max(f["std"] for f in clean), fmt=".2f", fast=note_noisy)
+glue("ch02_wide_std", f"{min(f['std'] for f in wide):.2f} and {max(f['std'] for f in wide):.2f}", fast=note_noisy)
+glue("ch02_wide_mean", max(abs(f["mean"] - float(m_fwd[0])) for f in wide), fmt=".2f", fast=note_noisy)
+glue("ch02_one_std", max(f["std"] for f in w_one), fmt=".2f", fast=note_noisy)
 
 # %% [markdown]
 # This is the most important picture of the chapter. At a single low noise level the reverse
-# fit is the familiar mode seeker. Averaged over $\lambda \in [-6, 6]$ with $w = \sigma^2$,
-# which puts most of its weight on high noise, where the broad Gaussian wins, **the reverse-KL
-# fit is a broad Gaussian close to the forward-KL fit**, from either start: DI's objective on
-# this problem is hardly mode seeking at all. With $w = 1$ the low-noise levels count more and
-# the mode-seeking fits come back. So how much a diffusion-distillation method seeks modes
+# fit is the familiar mode seeker (std in $x_1$ at most {glue:text}`ch02_clean_std`, one mode's
+# 0.4). Averaged over $\lambda \in [-6, 6]$ with $w = \sigma^2$, which puts most of its weight
+# on high noise, where the broad Gaussian wins, **the reverse-KL fit is a broad Gaussian close to
+# the forward-KL fit**, from either start: std {glue:text}`ch02_wide_std` against the forward
+# fit's {glue:text}`ch02_fwd_std`, the mean within {glue:text}`ch02_wide_mean` of its mean. DI's
+# objective on this problem is hardly mode seeking at all. With $w = 1$ the low-noise levels
+# count more and the mode-seeking fits come back (std at most {glue:text}`ch02_one_std`). So how much a diffusion-distillation method seeks modes
 # depends on the noise levels it weights, not only on the direction of its KL.
 #
 # ## 5. Diff-Instruct against EMD
@@ -357,19 +374,22 @@ assert all(abs(f["mean"] - float(m_fwd[0])) < 0.3 for f in wide) and all(f["std"
 # at the stored settings and checks it against the stored run):
 
 # %%
-from emd_lib.experiments.ch02 import REGIMES, run_one  # noqa: E402
+from emd_lib.experiments import ch02 as study, load_result  # noqa: E402
 
 live_steps = fast_or(500, 80)
 live = {}
 for regime in (("default", "low_noise") if not is_fast() else ("low_noise",)):
     for method in ("di", "emd"):
-        kw = dict(REGIMES[regime])
+        kw = dict(study.REGIMES[regime])
         if is_fast():
             kw.update(student_warmup=50, width=64)
-        live[(regime, method)] = r = run_one("bimodal", method, seed=0, steps=live_steps, generator="linear",
-                                             eval_every=max(live_steps // 5, 1), n_final=fast_or(4000, 1500), **kw)
-        print(f"{regime:>9} {method:>3}: b = {np.round(r['b'], 2)}, std_x = {math.sqrt(r['cov'][0][0]):.2f}, "
-              f"masses {np.round(r['final']['masses'], 2)}, TV {r['final']['tv']:.3f} ({r['seconds']:.0f} s)")
+        live[(regime, method)] = study.run_one("bimodal", method, seed=0, steps=live_steps, generator="linear",
+                                               eval_every=max(live_steps // 5, 1), n_final=fast_or(4000, 1500), **kw)
+table([(regime, method.upper(), ", ".join(f"{v:+.2f}" for v in r["b"]), math.sqrt(r["cov"][0][0]),
+        ", ".join(f"{v:.2f}" for v in r["final"]["masses"]), r["final"]["tv"], r["seconds"])
+       for (regime, method), r in live.items()],
+      ["regime", "method", "b", "std x", "masses", "TV", "seconds"], fmt={"std x": "{:.2f}", "TV": "{:.3f}", "seconds": "{:.0f}"},
+      title=f"live runs, seed 0, {live_steps} steps")
 
 # %% [markdown]
 # The sweep behind the rest of this section ran every regime, method and seed for 500 steps:
@@ -380,25 +400,8 @@ for regime in (("default", "low_noise") if not is_fast() else ("low_noise",)):
 # recorded inside).
 
 # %%
-def load(name):
-    rec = json.loads((DATA_DIR / "results" / name).read_text())
-    print(f"{name}: {len(rec['runs'])} runs, `{rec['command']}`, {rec['date']}, "
-          f"{rec['wall_seconds'] / 60:.1f} min on {rec['machine']['cpu_count']} CPUs")
-    return rec
-
-
-gauss = load("ch02_gaussian.json")
-
-g_rows = {}
-for run in gauss["runs"]:
-    g_rows.setdefault((run["regime"], run["method"]), []).append(run)
-print(f"\n{'regime':>9} {'method':>6} | {'b0_x per seed':>26} | {'final mean_x':>22} | {'final std_x':>22} | modes covered")
-for (regime, method), runs in g_rows.items():
-    runs = sorted(runs, key=lambda x: x["seed"])
-    print(f"{regime:>9} {method:>6} | {str([round(x['b0'][0], 2) for x in runs]):>26} | "
-          f"{str([round(x['b'][0], 2) for x in runs]):>22} | "
-          f"{str([round(math.sqrt(x['cov'][0][0]), 2) for x in runs]):>22} | "
-          f"{[x['final']['modes_covered'] for x in runs]}")
+g_rows = study.group_runs("ch02_gaussian", keys=("regime", "method"))   # each group sorted by seed
+study.gaussian_table(g_rows)
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
@@ -412,32 +415,34 @@ plt.tight_layout()
 plt.show()
 
 # %%
-same = {k: all(a["final"]["modes_covered"] == b["final"]["modes_covered"]
-               for a, b in zip(sorted(g_rows[(k, "di")], key=lambda x: x["seed"]),
-                               sorted(g_rows[(k, "emd")], key=lambda x: x["seed"])))
-        for k in ("default", "low_noise")}
-gap = max(abs(a["b"][0] - b["b"][0]) for k in ("default", "low_noise")
-          for a, b in zip(sorted(g_rows[(k, "di")], key=lambda x: x["seed"]),
-                          sorted(g_rows[(k, "emd")], key=lambda x: x["seed"])))
+pairs = {k: list(zip(g_rows[(k, "di")], g_rows[(k, "emd")])) for k in ("default", "low_noise")}
+assert all(a["seed"] == b["seed"] and a["final"]["modes_covered"] == b["final"]["modes_covered"]
+           for k in pairs for a, b in pairs[k])                        # the same modes, seed by seed
+assert all(x["final"]["modes_covered"] == 2 for m in ("di", "emd") for x in g_rows[("default", m)])
+gap = max(abs(a["b"][0] - b["b"][0]) for k in pairs for a, b in pairs[k])
 std_default = {m: [math.sqrt(x["cov"][0][0]) for x in g_rows[("default", m)]] for m in ("di", "emd")}
 collapsed = {m: sum(x["final"]["modes_covered"] == 1 for x in g_rows[("low_noise", m)]) for m in ("di", "emd")}
-n_seeds = len(g_rows[("default", "di")])
-print(f"same modes covered by DI and EMD, seed by seed: {same}; largest |mean_x(DI) - mean_x(EMD)| = {gap:.2f}")
-for m in ("di", "emd"):
-    print(f"default regime, {m.upper()}: std_x = {np.mean(std_default[m]):.2f} ± {np.std(std_default[m]):.2f} "
-          f"(exact noise-averaged reverse fit {np.mean([f['std'] for f in wide]):.2f}, forward fit {float(S_fwd[0, 0].sqrt()):.2f}); "
-          f"low_noise: {collapsed[m]}/{n_seeds} seeds collapsed onto one mode")
 light = sum(x["final"]["masses"][1] > 0.9 for x in g_rows[("low_noise", "di")])
 start_x = [x["b0"][0] for x in g_rows[("low_noise", "di")]]        # the light mode sits at x = +1.5
-print(f"collapsed DI runs that chose the *light* mode (weight 0.3): {light} of {collapsed['di']}; "
-      f"the starting means' x: {', '.join(f'{v:+.2f}' for v in start_x)}")
 assert all(abs(np.mean(std_default[m]) - np.mean([f["std"] for f in wide])) < 0.15 for m in ("di", "emd"))
+assert light == collapsed["di"] >= 1 and min(start_x) > 0
+glue("ch02_g_gap", gap, fmt=".2f")
+for m in ("di", "emd"):
+    glue(f"ch02_g_std_{m}", f"{np.mean(std_default[m]):.2f} ± {np.std(std_default[m]):.2f}")
+    glue(f"ch02_g_collapsed_{m}", collapsed[m])
+glue("ch02_g_seeds", len(g_rows[("default", "di")]))
+glue("ch02_g_light", light)
 
 # %% [markdown]
-# **Here DI and EMD agree, seed by seed.** In the default regime both grow the Gaussian
-# into the broad fit that section 4 predicts for DI's objective, and cover both modes. In the
-# low-noise regime both collapse onto one mode whenever the generator starts near one, and
-# here that is the *light* mode, the one every seed's starting mean lies nearer to: a mode
+# **Here DI and EMD agree, seed by seed.** Both cover the same modes in every seed, and their
+# final means $x_1$ differ by at most {glue:text}`ch02_g_gap`. In the default regime both grow the
+# Gaussian into the broad fit that section 4 predicts for DI's objective (std in $x_1$
+# {glue:text}`ch02_g_std_di` for DI and {glue:text}`ch02_g_std_emd` for EMD over the
+# {glue:text}`ch02_g_seeds` seeds, against {glue:text}`ch02_wide_std` for the exact fit), and cover
+# both modes. In the low-noise regime both collapse onto one mode whenever the generator starts
+# near one (DI in {glue:text}`ch02_g_collapsed_di` of the {glue:text}`ch02_g_seeds` seeds, EMD in
+# {glue:text}`ch02_g_collapsed_emd`), and here that is the *light* mode ({glue:text}`ch02_g_light`
+# of DI's collapsed runs), the one every seed's starting mean lies nearer to: a mode
 # seeker takes the nearest mode, not the heaviest. (Our seeds all start on the light mode's
 # side, so they do not show the collapse onto the heavy mode that a start on its side gives.)
 # EMD inherits the collapse because its E-step is short-run: 8 Langevin steps from the
@@ -461,29 +466,9 @@ assert all(abs(np.mean(std_default[m]) - np.mean([f["std"] for f in wide])) < 0.
 #         --out data/results/ch02_mlp_one_irregular_seeds345.json
 
 # %%
-rows = {}
-for name in ("ch02_mlp_sigma2.json", "ch02_mlp_one.json", "ch02_mlp_one_irregular_seeds345.json"):
-    for run in load(name)["runs"]:
-        rows.setdefault((run["mixture"], run["regime"], run["method"]), []).append(run)
-
-
-def stat(runs, key):
-    v = np.array([r["final"][key] for r in runs], dtype=float)
-    return v.mean(), v.std()
-
-
-print(f"{'mixture':>9} {'w':>6} {'method':>6} {'seeds':>5} | {'TV':>13} | {'modes':>9} | {'recall':>11} | "
-      f"{'precision':>11} | smallest mass / weight")
-summary = {}
-order = {"ring8": 0, "irregular": 1, "sigma2": 0, "one": 1, "di": 0, "emd": 1}
-for (mixture, wname, method), runs in sorted(rows.items(), key=lambda kv: [order[k] for k in kv[0]]):
-    tw = np.array(runs[0]["true_weights"])
-    ratio = np.array([np.min(np.array(r["final"]["masses"]) / tw) for r in runs])
-    summary[(mixture, wname, method)] = s = {k: stat(runs, k) for k in ("tv", "modes_covered", "recall", "precision")}
-    s["min_ratio"], s["n"] = (ratio.mean(), ratio.std()), len(runs)
-    print(f"{mixture:>9} {wname:>6} {method:>6} {len(runs):>5} | {s['tv'][0]:.3f} ± {s['tv'][1]:.3f} | "
-          f"{s['modes_covered'][0]:.1f} ± {s['modes_covered'][1]:.1f} | {s['recall'][0]:.2f} ± {s['recall'][1]:.2f} | "
-          f"{s['precision'][0]:.2f} ± {s['precision'][1]:.2f} | {s['min_ratio'][0]:.2f} ± {s['min_ratio'][1]:.2f}")
+rows = study.group_runs("ch02_mlp_sigma2", "ch02_mlp_one", "ch02_mlp_one_irregular_seeds345")
+summary = study.mlp_summary(rows)          # per (mixture, w, method): mean and std over seeds
+study.mlp_table(summary)
 
 # %%
 mixtures = ["ring8", "irregular"]
@@ -505,16 +490,12 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-k = 0
-for mixture in mixtures:
-    target = get_mixture(mixture)
-    for method in ("di", "emd"):
-        run = next(x for x in rows[(mixture, "one", method)] if "samples" in x)
-        density2d(axes[k], target, lim=3.2)
-        scatter2d(axes[k], torch.tensor(run["samples"]), color=COLORS[method], lim=3.2, s=2, alpha=0.5,
-                  title=f"{method.upper()}, {mixture}, $w=1$ (TV {run['final']['tv']:.2f})")
-        axes[k].set_xticks([]), axes[k].set_yticks([])
-        k += 1
+for ax, (mixture, method) in zip(axes, [(mx, m) for mx in mixtures for m in ("di", "emd")]):
+    run = next(x for x in rows[(mixture, "one", method)] if "samples" in x)
+    density2d(ax, get_mixture(mixture), lim=3.2)
+    scatter2d(ax, torch.tensor(run["samples"]), color=COLORS[method], lim=3.2, s=2, alpha=0.5,
+              title=f"{method.upper()}, {mixture}, $w=1$ (TV {run['final']['tv']:.2f})")
+    ax.set_xticks([]), ax.set_yticks([])
 plt.tight_layout()
 plt.show()
 
@@ -524,69 +505,69 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.0), sharey=True)
-k = 0
-for mixture in mixtures:
-    for wname in ("sigma2", "one"):
-        for method in ("di", "emd"):
-            runs = rows[(mixture, wname, method)]
-            steps = np.array(runs[0]["history"]["step"])
-            tv = np.array([r["history"]["tv"] for r in runs])
-            axes[k].plot(steps, tv.mean(0), color=COLORS[method], label=method.upper())
-            axes[k].fill_between(steps, tv.min(0), tv.max(0), color=COLORS[method], alpha=0.2, linewidth=0)
-        axes[k].set_title(f"{mixture}, " + (r"$w=\sigma^2$" if wname == "sigma2" else r"$w=1$"))
-        axes[k].set_xlabel("generator step")
-        k += 1
+for ax, (mixture, wname) in zip(axes, [(mx, wn) for mx in mixtures for wn in ("sigma2", "one")]):
+    for method in ("di", "emd"):
+        runs = rows[(mixture, wname, method)]
+        steps = np.array(runs[0]["history"]["step"])
+        tv = np.array([r["history"]["tv"] for r in runs])
+        ax.plot(steps, tv.mean(0), color=COLORS[method], label=method.upper())
+        ax.fill_between(steps, tv.min(0), tv.max(0), color=COLORS[method], alpha=0.2, linewidth=0)
+    ax.set_title(f"{mixture}, " + (r"$w=\sigma^2$" if wname == "sigma2" else r"$w=1$"))
+    ax.set_xlabel("generator step")
 axes[0].set_ylabel("TV of mode masses"), axes[0].legend()
 plt.tight_layout()
 plt.show()
 
 # %%
-verdicts = {}
-for mixture in mixtures:
-    for wname in ("sigma2", "one"):
-        d, e = summary[(mixture, wname, "di")], summary[(mixture, wname, "emd")]
-        out = {}
-        for key in ("tv", "modes_covered", "recall", "precision"):
-            # difference of the means (DI - EMD) and its standard error over seeds
-            diff = d[key][0] - e[key][0]
-            se = math.sqrt(d[key][1] ** 2 / max(d["n"] - 1, 1) + e[key][1] ** 2 / max(e["n"] - 1, 1))
-            out[key] = (diff, se)
-        verdicts[(mixture, wname)] = out
-        runs_d, runs_e = rows[(mixture, wname, "di")], rows[(mixture, wname, "emd")]
-        early_d = np.mean([r["history"]["tv"][0] for r in runs_d])
-        early_e = np.mean([r["history"]["tv"][0] for r in runs_e])
-        print(f"{mixture:>9}, w={wname:>6}: DI - EMD:  " + ",  ".join(
-            f"{k} {v[0]:+.3f} ± {v[1]:.3f}" + (" (clear)" if abs(v[0]) > 2 * v[1] else "") for k, v in out.items())
-              + f";  TV at step {runs_d[0]['history']['step'][0]}: DI {early_d:.3f}, EMD {early_e:.3f}")
-
+# DI - EMD per metric: the difference of the means and its standard error over seeds
+verdicts = {(mx, wn): study.compare(summary[(mx, wn, "di")], summary[(mx, wn, "emd")])
+            for mx in mixtures for wn in ("sigma2", "one")}
+tv_early = study.early_tv(rows)            # the TV at the first evaluation, mean over seeds
+step_early = rows[("irregular", "one", "di")][0]["history"]["step"][0]
+assert all(abs(v[0]) <= 2 * v[1] for out in verdicts.values() for v in out.values())   # none beyond 2 s.e.
+irr_one = verdicts[("irregular", "one")]
+assert irr_one["recall"][0] < 0 < irr_one["precision"][0]           # EMD more recall, DI more precision
+assert all(tv_early[("irregular", "one", m)] > 2 * tv_early[("irregular", "sigma2", m)] for m in ("di", "emd"))
+assert all(summary[(mx, "one", m)]["tv"][0] > summary[(mx, "sigma2", m)]["tv"][0] for mx in mixtures for m in ("di", "emd"))
+glue("ch02_irr_recall", f"{-irr_one['recall'][0]:.3f} ± {irr_one['recall'][1]:.3f}")
+glue("ch02_irr_precision", f"{irr_one['precision'][0]:.3f} ± {irr_one['precision'][1]:.3f}")
+glue("ch02_early_step", step_early)
+for m in ("di", "emd"):
+    glue(f"ch02_early_one_{m}", tv_early[("irregular", "one", m)], fmt=".3f")
+    glue(f"ch02_early_s2_{m}", tv_early[("irregular", "sigma2", m)], fmt=".3f")
+study.compare_table(verdicts, tv_early, step_early)
 
 # %% [markdown]
-# Which modes go missing? Per mode of `irregular`: its weight, its width, the mean mass each
-# method gives it with $w = 1$, and in how many runs (all seeds, both methods) the mode is
-# lost, that is, gets less than a fifth of its weight (the threshold of `modes_covered`),
-# under each weighting.
+# Which modes go missing? Per mode of `irregular`: its weight, its width, the mean mass each method
+# gives it with $w = 1$, and in how many runs (all seeds, both methods) the mode is lost, that is,
+# gets less than a fifth of its weight (the threshold of `modes_covered`), under each weighting.
 
 # %%
 irr = get_mixture("irregular")
 weights_irr = irr.weights.numpy()
-masses_irr = {(w, m): np.array([r["final"]["masses"] for r in rows[("irregular", w, m)]])
-              for w in ("sigma2", "one") for m in ("di", "emd")}
-per_mode = {m: masses_irr[("one", m)].mean(0) for m in ("di", "emd")}
-lost = {w: np.concatenate([masses_irr[(w, m)] for m in ("di", "emd")]) < 0.2 * weights_irr for w in ("sigma2", "one")}
-print(f"{'mode':>4} {'weight':>7} {'std':>5} {'DI mass':>8} {'EMD mass':>9} | lost, w=sigma^2 | lost, w=1")
-for k in range(irr.n_components):
-    print(f"{k:>4} {weights_irr[k]:7.3f} {float(irr.var[k, 0].sqrt()):5.2f} {per_mode['di'][k]:8.3f} "
-          f"{per_mode['emd'][k]:9.3f} | {lost['sigma2'][:, k].sum():>6} of {len(lost['sigma2'])} | "
-          f"{lost['one'][:, k].sum():>3} of {len(lost['one'])}")
+losses = study.mode_losses(rows, "irregular", weights_irr)   # which runs (DI's first) lose which mode
+per_mode, lost, n_di = {m: losses["mean"][("one", m)] for m in ("di", "emd")}, losses["lost"], losses["n_di"]["sigma2"]
 narrow = sorted(range(irr.n_components), key=lambda k: float(irr.var[k, 0]))[:2]
 heavy = int(np.argmax(weights_irr))
-print(f"the two narrowest modes {narrow} keep, on average, DI {per_mode['di'][narrow].sum():.3f} and "
-      f"EMD {per_mode['emd'][narrow].sum():.3f} of their {weights_irr[narrow].sum():.2f} total weight; "
-      f"the heaviest mode ({heavy}) is lost in {lost['one'][:, heavy].sum()} of {len(lost['one'])} runs with w = 1")
-lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only,
-n_di = len(masses_irr[("sigma2", "di")])                              # in a seed of each method
-print(f"lost with w = sigma^2: mode {lost_s2.tolist()} (weight {weights_irr[lost_s2].tolist()}), in "
-      f"{lost['sigma2'][:n_di].any(1).sum()} DI and {lost['sigma2'][n_di:].any(1).sum()} EMD seeds")
+lost_s2 = np.flatnonzero(lost["sigma2"].any(0))                     # w = sigma^2 loses one light mode only
+assert all(per_mode[m][narrow].sum() < 0.3 * weights_irr[narrow].sum() for m in ("di", "emd"))
+assert lost["one"][:, heavy].sum() > len(lost["one"]) / 2 and lost["sigma2"][:, heavy].sum() == 0
+assert len(lost_s2) == 1 and lost["sigma2"][:n_di].any() and lost["sigma2"][n_di:].any()
+glue("ch02_narrow_di", per_mode["di"][narrow].sum(), fmt=".3f")
+glue("ch02_narrow_emd", per_mode["emd"][narrow].sum(), fmt=".3f")
+glue("ch02_narrow_w", weights_irr[narrow].sum(), fmt=".2f")
+glue("ch02_heavy_lost", int(lost["one"][:, heavy].sum()))
+glue("ch02_one_runs", len(lost["one"]))
+glue("ch02_s2_lost_mode", int(lost_s2[0]))
+glue("ch02_s2_lost_w", float(weights_irr[lost_s2[0]]), fmt=".2f")
+glue("ch02_s2_lost_di", int(lost["sigma2"][:n_di].any(1).sum()))
+glue("ch02_s2_lost_emd", int(lost["sigma2"][n_di:].any(1).sum()))
+table([(k, weights_irr[k], float(irr.var[k, 0].sqrt()), per_mode["di"][k], per_mode["emd"][k],
+        f"{lost['sigma2'][:, k].sum()} of {len(lost['sigma2'])}", f"{lost['one'][:, k].sum()} of {len(lost['one'])}")
+       for k in range(irr.n_components)],
+      ["mode", "weight", "std", "DI mass, w=1", "EMD mass, w=1", "lost, w=sigma^2", "lost, w=1"],
+      fmt={"weight": "{:.3f}", "std": "{:.2f}", "DI mass, w=1": "{:.3f}", "EMD mass, w=1": "{:.3f}"},
+      title="irregular, per mode")
 
 # %% [markdown]
 # **What the expressive runs say.**
@@ -596,23 +577,29 @@ print(f"lost with w = sigma^2: mode {lost_s2.tolist()} (weight {weights_irr[lost
 #   TV, and both under-weight the two smallest modes by about the same amount. Every difference
 #   in the comparison above for $w = \sigma^2$ is within two standard errors over seeds. This matches
 #   section 4: averaged with $w = \sigma^2$ the reverse KL is hardly mode seeking. Neither method
-#   is free of losses, though: in one seed of each, a light mode of `irregular` (mode 6,
-#   weight 0.08) falls below a fifth of its weight; it is the only mode lost under this
-#   weighting. (On `irregular` the mean TV over seeds is still falling at step 1000 for both;
+#   is free of losses, though: in {glue:text}`ch02_s2_lost_di` seed of DI and
+#   {glue:text}`ch02_s2_lost_emd` of EMD, a light mode of `irregular` (mode
+#   {glue:text}`ch02_s2_lost_mode`, weight {glue:text}`ch02_s2_lost_w`) falls below a fifth of its
+#   weight; it is the only mode lost under this weighting. (On `irregular` the mean TV over seeds is still falling at step 1000 for both;
 #   longer runs are the business of chapter 6.)
 # * **With $w = 1$ both methods get much worse**, and on `irregular` both lose modes: the
 #   samples collapse onto thin curves that pass through some modes and miss others. The
-#   narrowest modes go first, but not only they: the *heaviest* mode is lost in most of these
-#   runs too (the table above), so this is not a mode seeker settling on the big modes; the
-#   samples simply miss whatever the thin curves do not pass through. There, EMD's recall is on average higher and DI's
-#   precision slightly higher, the direction that mode seeking predicts, but with six seeds
-#   neither difference reaches two standard errors. In fact no DI-EMD difference printed
+#   narrowest modes go first (the two narrowest keep {glue:text}`ch02_narrow_di` under DI and
+#   {glue:text}`ch02_narrow_emd` under EMD of their total weight {glue:text}`ch02_narrow_w`), but
+#   not only they: the *heaviest* mode is lost in {glue:text}`ch02_heavy_lost` of these
+#   {glue:text}`ch02_one_runs` runs too, so this is not a mode seeker settling on the big modes; the
+#   samples simply miss whatever the thin curves do not pass through. There, EMD's recall is on
+#   average higher (by {glue:text}`ch02_irr_recall`) and DI's precision slightly higher (by
+#   {glue:text}`ch02_irr_precision`), the direction that mode seeking predicts, but with six seeds
+#   neither difference reaches two standard errors. In fact no DI-EMD difference in the table
 #   above, in any setting, reaches two standard errors: the seeds disagree more with each
 #   other than the methods do.
 # * **Early in training** the two are indistinguishable too (the curves above, and the TV at
 #   the first evaluation). With $w = 1$ on `irregular` the damage is done within the first
-#   hundred steps, for both methods: the TV at step 100 is far above its value under
-#   $w = \sigma^2$, and it recovers only partly afterwards.
+#   hundred steps, for both methods: the TV at step {glue:text}`ch02_early_step` is
+#   {glue:text}`ch02_early_one_di` for DI and {glue:text}`ch02_early_one_emd` for EMD, against
+#   {glue:text}`ch02_early_s2_di` and {glue:text}`ch02_early_s2_emd` under $w = \sigma^2$, and it
+#   recovers only partly afterwards.
 #
 # So on these two toys, with the library's default E-step (8 steps of size 0.3 from the
 # generator's own samples, $z$ fixed), EMD behaves like Diff-Instruct. That is not a
@@ -626,46 +613,39 @@ print(f"lost with w = sigma^2: mode {lost_s2.tolist()} (weight {weights_irr[lost
 # %% [markdown]
 # ### 5.3 A far, light mode
 #
-# On both targets above every mode has a neighbour within 2.1 units (the cell below computes it). The
-# `far` target does not: a heavy mode at $x = -1$ (weight 0.85) and a light
-# one five units away at $x = 4$ (weight 0.15), both of std 0.3 (`emd_lib.mixtures.far`, and
-# `data/mixtures/far.json` for the command line). The runs: 800 generator updates of the same
-# MLP generator with the same defaults as above ($w = \sigma^2$, $\lambda^* = -2$), Diff-Instruct and EMD-$K$ for
-# $K = 1, 2, 4, 8, 16$ (the default chain: $\epsilon$ only, step 0.3, full noise
-# cancellation), five seeds, first at **equal generator updates**, then at **equal wall
-# time**: every EMD-$K$ gets the updates that cost what Diff-Instruct's updates cost, from
-# the seconds per whole step (student-score updates included) of each method, timed
-# round-robin in the same process. A run **keeps** the light mode when that mode's sample
-# mass is at least half its weight. The sweep:
+# On both targets above every mode has a neighbour within {glue:text}`ch02_nearest` units. The `far`
+# target does not: a heavy mode at $x = -1$ (weight 0.85) and a light one five units away at $x = 4$
+# (weight 0.15), both of std 0.3 (`emd_lib.mixtures.far`, and `data/mixtures/far.json` for the
+# command line). The runs: 800 generator updates of the same MLP generator with the same defaults as
+# above ($w = \sigma^2$, $\lambda^* = -2$), Diff-Instruct and EMD-$K$ for $K = 1, 2, 4, 8, 16$ (the
+# default chain: $\epsilon$ only, step 0.3, full noise cancellation), five seeds, first at **equal
+# generator updates**, then at **equal wall time**: every EMD-$K$ gets the updates that cost what
+# Diff-Instruct's updates cost, from the seconds per whole step (student-score updates included) of
+# each method, timed round-robin in the same process. A run **keeps** the light mode when that
+# mode's sample mass is at least half its weight. The sweep:
 #
 #     python -m emd_lib experiment ch02 --study far --seeds 0 1 2 3 4 --steps 800
 
 # %%
-import functools  # noqa: E402
+from IPython.display import display  # noqa: E402
 
-from emd_lib.experiments.ch02 import FAR_LABELS, far_study_table  # noqa: E402
-
-far_rec = load("ch02_far.json")
+FAR_LABELS = study.FAR_LABELS
+far_rec = load_result("ch02_far")
 far_mix = get_mixture("far")
 nearest = {}
 for name in ("ring8", "irregular", "far"):
     dd = torch.cdist(get_mixture(name).means, get_mixture(name).means).fill_diagonal_(float("inf"))
-    nearest[name] = float(dd.min(1).values.max())
-print("largest distance from a mode to its nearest neighbour:", {k: round(v, 2) for k, v in nearest.items()})
+    nearest[name] = float(dd.min(1).values.max())      # the largest distance from a mode to its nearest neighbour
 assert max(nearest["ring8"], nearest["irregular"]) < 2.1 and nearest["far"] == 5.0
+glue("ch02_nearest", max(nearest["ring8"], nearest["irregular"]), fmt=".2f")
 w_light = float(far_mix.weights[1])
-cfg0 = far_rec["runs"][0]["config"]
-tm = far_rec["timing"]
-print(f"seconds per whole step (median of round-robin rounds, one thread): "
-      + ", ".join(f"{lab} {1e3 * tm[lab]['median']:.1f} ms" for lab in FAR_LABELS))
-print("updates at equal wall time (Diff-Instruct's", far_rec["steps"], "updates):", far_rec["equal_time_steps"])
-
-
-far_table = functools.partial(far_study_table, w_light=w_light)   # per method: seeds keeping the light mode, its mass
-
-
-far_eq = far_table(far_rec, "equal_updates")
-far_time = far_table(far_rec, "equal_time")
+tm, n_eq = far_rec["timing"], far_rec["equal_time_steps"]
+ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
+far_eq = study.far_study(far_rec, "equal_updates")       # per method: seeds keeping the light mode, its mass
+far_time = study.far_study(far_rec, "equal_time")
+display(study.far_timing_table(far_rec))
+display(study.far_table(far_eq, w_light, title="equal generator updates"))
+study.far_table(far_time, w_light, title="equal wall time")
 
 # %%
 fig, axes = plt.subplots(1, len(FAR_LABELS), figsize=(2.2 * len(FAR_LABELS), 2.6))
@@ -693,40 +673,39 @@ plt.show()
 # %%
 n_far = far_eq["DI"]["n"]
 big_k = [lab for lab in FAR_LABELS if lab not in ("DI", "EMD-1", "EMD-2")]
-first_light = {lab: np.mean([r["history"]["light"][0] for r in far_rec["runs"]
-                             if r["label"] == lab and r["budget"] == "equal_updates"]) for lab in FAR_LABELS}
-print(f"light mass at update {far_rec['runs'][0]['history']['step'][0]} (mean of seeds): "
-      + ", ".join(f"{lab} {v:.3f}" for lab, v in first_light.items()))
-print(f"kept at equal updates: DI {far_eq['DI']['kept']}/{n_far}, " +
-      ", ".join(f"{lab} {far_eq[lab]['kept']}/{n_far}" for lab in FAR_LABELS[1:]))
-print(f"kept at equal time:    DI {far_time['DI']['kept']}/{n_far}, " +
-      ", ".join(f"{lab} {far_time[lab]['kept']}/{n_far}" for lab in FAR_LABELS[1:]))
-eq_runs = [r for r in far_rec["runs"] if r["budget"] == "equal_updates"]
-lost_runs = [r for r in eq_runs if not r["kept"]]
-kept_runs = [r for r in eq_runs if r["kept"]]
-h200 = far_rec["runs"][0]["history"]["step"].index(200)
-print(f"runs that lost it: {len(lost_runs)} of {len(eq_runs)}, largest final light mass among them "
-      f"{max(r['light_mass'] for r in lost_runs):.4f}, largest at update 200 {max(r['history']['light'][h200] for r in lost_runs):.4f}")
-print(f"runs that kept it: light mass {min(r['light_mass'] for r in kept_runs):.3f} to "
-      f"{max(r['light_mass'] for r in kept_runs):.3f} (weight {w_light:.2f})")
-came_back = [(r["label"], r["seed"], min(r["history"]["light"]), r["light_mass"]) for r in kept_runs
-             if min(r["history"]["light"]) < 0.01]
-print("runs that fell below 0.01 along the way and still kept it:", came_back)
+fl = study.far_losses(far_rec, at_step=200)     # equal-update runs: lost, kept, and kept after falling below 0.01
+lost_runs, came_back, h200 = fl["lost"], fl["came_back"], fl["at"]
+assert far_eq["DI"]["kept"] < n_far / 2 and all(far_eq[lab]["kept"] == n_far for lab in big_k)
+assert all(0 < far_eq[lab]["kept"] < n_far for lab in ("EMD-1", "EMD-2"))
+assert max(r["light_mass"] for r in lost_runs) < 0.01 and max(r["history"]["light"][h200] for r in lost_runs) < 0.01
+assert all(r["label"] not in ("DI", "EMD-1", "EMD-2") for r in came_back)
+back = next(r for r in came_back if (r["label"], r["seed"]) == ("EMD-8", 0))
+glue("ch02_far_di_kept", far_eq["DI"]["kept"])
+glue("ch02_far_n", n_far)
+glue("ch02_far_dev", max(abs(m - w_light) for lab in big_k for m in far_eq[lab]["mass"]), fmt=".3f")
+glue("ch02_far_lost_max", max(max(r["light_mass"], r["history"]["light"][h200]) for r in lost_runs), fmt=".3f")
+glue("ch02_far_back_min", min(back["history"]["light"][: h200 + 1]), fmt=".3f")
+glue("ch02_far_back", back["light_mass"], fmt=".2f")
 # equal wall time: fewer updates for EMD, the same verdict, and masses above the weight
-n_eq = far_rec["equal_time_steps"]
-print(f"whole step, EMD-16 / DI: {tm['EMD-16']['median'] / tm['DI']['median']:.1f}; EMD-8 / DI: "
-      f"{tm['EMD-8']['median'] / tm['DI']['median']:.1f}")
-ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
+assert n_eq["EMD-16"] < n_eq["EMD-8"] < n_eq["EMD-4"] < far_rec["steps"]
+assert all(far_time[lab]["kept"] == n_far for lab in big_k)
+assert all(far_time[lab]["mass"].mean() > far_eq[lab]["mass"].mean() for lab in big_k)
+glue("ch02_t_emd8", ratio["EMD-8"], fmt=".1f")
+glue("ch02_t_emd16", ratio["EMD-16"], fmt=".1f")
+glue("ch02_steps_emd8", n_eq["EMD-8"])
+glue("ch02_steps_emd16", n_eq["EMD-16"])
+glue("ch02_over_emd16", far_time["EMD-16"]["mass"].mean() - w_light, fmt=".3f")
 
 # %% [markdown]
-# **Here the two part ways.** At equal updates Diff-Instruct keeps the light mode in fewer than
-# half of the five seeds. EMD-1 and EMD-2 keep it in some seeds and lose it in others, like
-# Diff-Instruct (their E-step hardly travels, and chapter 5 shows that EMD-1's gradient *is*
-# Diff-Instruct's up to a scale). EMD-4, EMD-8 and EMD-16 keep it in every seed, with masses
-# within 0.04 of its weight 0.15 (the table). When a run loses the mode it loses all
-# of it (a mass below 0.01), and it has done so by update 200: what happens in the first couple
-# of hundred updates decides. The difference is not that EMD never loses the mode along the way:
-# EMD-8's seed 0 fell below 0.01 by update 200 and still ended near 0.17, a
+# **Here the two part ways.** At equal updates Diff-Instruct keeps the light mode in
+# {glue:text}`ch02_far_di_kept` of the {glue:text}`ch02_far_n` seeds. EMD-1 and EMD-2 keep it in
+# some seeds and lose it in others, like Diff-Instruct (their E-step hardly travels, and chapter 5
+# shows that EMD-1's gradient *is* Diff-Instruct's up to a scale). EMD-4, EMD-8 and EMD-16 keep it
+# in every seed, with masses within {glue:text}`ch02_far_dev` of its weight 0.15 (the table). When
+# a run loses the mode it loses all of it (a mass of at most {glue:text}`ch02_far_lost_max`), and
+# it has done so by update 200: what happens in the first couple of hundred updates decides. The
+# difference is not that EMD never loses the mode along the way: EMD-8's seed 0 fell to a mass of
+# {glue:text}`ch02_far_back_min` by update 200 and still ended near {glue:text}`ch02_far_back`, a
 # return that no Diff-Instruct, EMD-1 or EMD-2 run made. A Diff-Instruct update sees the score
 # gap only at the generator's own noisy samples, so once no sample lies near the light mode
 # nothing points there; EMD's chain moves those samples along the teacher's score for $K$ steps
@@ -734,11 +713,12 @@ ratio = {lab: tm[lab]["median"] / tm["DI"]["median"] for lab in FAR_LABELS}
 # reaches the heavy mode's samples, that can bring targets back to it.
 #
 # **At equal wall time** the verdict stands. A whole step (two student-score updates and the
-# generator update) of EMD-8 costs about 1.6 times Diff-Instruct's here and EMD-16's about 2.3
-# times (the timing above), so in Diff-Instruct's time for 800 updates EMD-8 makes 507 and EMD-16
-# 353. With those, EMD-4, EMD-8 and EMD-16 still keep the light mode in every seed; what the
-# shorter runs cost is accuracy in the other direction: each of them ends with *more* mass on
-# the light mode than after 800 updates, EMD-16 about 0.05 above its weight.
+# generator update) of EMD-8 costs {glue:text}`ch02_t_emd8` times Diff-Instruct's here and
+# EMD-16's {glue:text}`ch02_t_emd16` times (the timing above), so in Diff-Instruct's time for 800
+# updates EMD-8 makes {glue:text}`ch02_steps_emd8` and EMD-16 {glue:text}`ch02_steps_emd16`. With
+# those, EMD-4, EMD-8 and EMD-16 still keep the light mode in every seed; what the shorter runs
+# cost is accuracy in the other direction: each of them ends with *more* mass on the light mode
+# than after 800 updates, EMD-16 {glue:text}`ch02_over_emd16` above its weight.
 #
 # How far this reaches (under the weighting $w = 1$, and over a grid of distances and weights of
 # the light mode) is the subject of the appendix, chapter 10: the difference vanishes under

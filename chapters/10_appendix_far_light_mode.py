@@ -25,41 +25,25 @@
 #   it, and what the reverse KL charges for dropping it.
 
 # %%
-import functools
-import json
 import math
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
-from emd_lib import DATA_DIR
-from emd_lib.mixtures import get_mixture
+from emd_lib.book import glue, table
 from emd_lib.book.plotting import use_style
+from emd_lib.experiments import ch02 as study, load_result
+from emd_lib.mixtures import get_mixture
 
 torch.set_num_threads(1)
 use_style()
 
-
-def load(name):
-    rec = json.loads((DATA_DIR / "results" / name).read_text())
-    print(f"{name}: {len(rec['runs'])} runs, `{rec['command']}`, {rec['date']}, "
-          f"{rec['wall_seconds'] / 60:.1f} min on {rec['machine']['cpu_count']} CPUs")
-    return rec
-
-
 far_mix = get_mixture("far")
 w_light = float(far_mix.weights[1])
-
-
-from emd_lib.experiments.ch02 import far_study_table  # noqa: E402
-
-far_table = functools.partial(far_study_table, w_light=w_light)   # chapter 2's table of the far study
-
-
-far_rec = load("ch02_far.json")
-far_eq = far_table(far_rec, "equal_updates")
+far_rec = load_result("ch02_far")
+far_eq = study.far_study(far_rec, "equal_updates")     # chapter 2's far study: seeds keeping the light mode
 n_far = far_eq["DI"]["n"]
+study.far_table(far_eq, w_light, title="chapter 2's far study, w = sigma^2, equal updates")
 
 # %% [markdown]
 # ## 1. The `far` target with $w = 1$
@@ -70,25 +54,33 @@ n_far = far_eq["DI"]["n"]
 #     python -m emd_lib experiment ch02 --study far --weighting one --labels DI EMD-8 --seeds 0 1 2 --steps 800 --no-equal-time
 
 # %%
-far_one = load("ch02_far_one.json")
-far_one_eq = far_table(far_one, "equal_updates")
+far_one = load_result("ch02_far_one")
+far_one_eq = study.far_study(far_one, "equal_updates")
+n_one = far_one_eq["DI"]["n"]
 # the share of the loss weight on noise levels lambda < 0 (sigma^2 > 1/2), lambda ~ U[-6, 6]
 lam_grid = torch.linspace(-6, 6, 12001, dtype=torch.float64)
 w_sig = torch.sigmoid(-lam_grid)                                       # w = sigma^2 under VP
 share_high = {"sigma2": float(w_sig[lam_grid < 0].sum() / w_sig.sum()), "one": float((lam_grid < 0).double().mean())}
-print(f"With w = sigma^2, {100 * share_high['sigma2']:.0f}% of the loss weight lies on lambda < 0; with w = 1, "
-      f"{100 * share_high['one']:.0f}%. Light mode kept with w = 1: DI in {far_one_eq['DI']['kept']} of {far_one_eq['DI']['n']} "
-      f"seeds, EMD-8 in {far_one_eq['EMD-8']['kept']} of {far_one_eq['EMD-8']['n']} (with w = sigma^2: "
-      f"{far_eq['EMD-8']['kept']} of {n_far}).")
-n_one = far_one_eq["DI"]["n"]
-
+assert far_one_eq["DI"]["kept"] == 0 and far_one_eq["EMD-8"]["kept"] < n_one / 2      # both lose it
+assert all(m < 0.7 * w_light for m in far_one_eq["EMD-8"]["mass"])    # even the seed that keeps it, barely
+glue("ch10_share_s2", share_high["sigma2"], fmt=".0%")
+glue("ch10_share_one", share_high["one"], fmt=".0%")
+glue("ch10_one_di", far_one_eq["DI"]["kept"])
+glue("ch10_one_emd", far_one_eq["EMD-8"]["kept"])
+glue("ch10_one_n", n_one)
+glue("ch10_s2_emd", far_eq["EMD-8"]["kept"])
+glue("ch10_s2_n", n_far)
+glue("ch10_one_best", max(far_one_eq["EMD-8"]["mass"]), fmt=".3f")
+study.far_table(far_one_eq, w_light, title="the far target with w = 1, equal updates")
 
 # %% [markdown]
-# With $w = 1$ the difference is gone: Diff-Instruct loses the light mode in every seed and
-# EMD-8 in most (the seed that counts as keeping it holds 0.095 of the weight 0.15).
-# The weighting decides where the loss looks. With $w = \sigma^2$ about 88% of the weight lies on
-# noise levels $\lambda < 0$, where the two modes' noisy marginals overlap and a
-# Langevin chain can carry a sample from one towards the other; with $w = 1$ only half of it does,
+# With $w = 1$ the difference is gone: Diff-Instruct keeps the light mode in
+# {glue:text}`ch10_one_di` of {glue:text}`ch10_one_n` seeds and EMD-8 in {glue:text}`ch10_one_emd`
+# (with $w = \sigma^2$: {glue:text}`ch10_s2_emd` of {glue:text}`ch10_s2_n`), and the seed that counts
+# as keeping it holds {glue:text}`ch10_one_best` of the weight 0.15. The weighting decides where the
+# loss looks. With $w = \sigma^2$, {glue:text}`ch10_share_s2` of the weight lies on noise levels
+# $\lambda < 0$, where the two modes' noisy marginals overlap and a Langevin chain can carry a
+# sample from one towards the other; with $w = 1$ only {glue:text}`ch10_share_one` does,
 # and the rest lies at low noise, where the modes are separate, the chain cannot cross (chapter 5
 # measures how rarely it does), and EMD's gradient is close to Diff-Instruct's.
 #
@@ -103,17 +95,9 @@ n_one = far_one_eq["DI"]["n"]
 #     python -m emd_lib experiment ch02 --study far_map --distances 2 3.5 5 --weights 0.05 0.15 0.3 --seeds 0 1 2 --steps 400
 
 # %%
-
-fmap = load("ch02_far_map.json")
+fmap = load_result("ch02_far_map")
 D, W = fmap["distances"], fmap["weights"]
-kept_map = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
-mass_map = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
-for lab in fmap["labels"]:
-    for i, w in enumerate(W):
-        for j, dist in enumerate(D):
-            rs = [r for r in fmap["runs"] if r["label"] == lab and r["weight"] == w and r["distance"] == dist]
-            kept_map[lab][i, j] = np.mean([r["kept"] for r in rs])
-            mass_map[lab][i, j] = np.mean([r["light_mass"] / w for r in rs])
+kept_map, mass_map = study.far_map_grid(fmap)    # weights x distances: share of seeds keeping it, mass / weight
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
 for ax, lab in zip(axes, fmap["labels"]):
@@ -126,10 +110,11 @@ for ax, lab in zip(axes, fmap["labels"]):
     ax.set_title(f"{'Diff-Instruct' if lab == 'DI' else lab}: fraction of seeds keeping it")
 fig.colorbar(im, ax=axes, shrink=0.8)
 plt.show()
-print("cell text: fraction of seeds that keep the light mode (its mass / its weight, mean of seeds)")
-for lab in fmap["labels"]:
-    print(f"{lab:>6}:", {f"d={d:g}": kept_map[lab][:, j].round(2).tolist() for j, d in enumerate(D)},
-          "(weights", W, ")")
+table([(lab, f"{w:g}", *(f"{kept_map[lab][i, j]:.2f} ({mass_map[lab][i, j]:.2f})" for j in range(len(D))))
+       for lab in fmap["labels"] for i, w in enumerate(W)], ["method", "weight", *(f"distance {d:g}" for d in D)],
+      title="share of seeds that keep the light mode (its mass / its weight, mean of seeds)")
+
+# %%
 # what Diff-Instruct's objective charges for dropping the light mode: KL(q || p) of q = the heavy mode
 # alone is about -log(1 - w) (section 2.3); the forward KL of the same q is infinite
 drop_cost = {w: -math.log(1 - w) for w in W}
@@ -137,39 +122,49 @@ drop_cost = {w: -math.log(1 - w) for w in W}
 # sqrt(alpha^2 0.3^2 + sigma^2); the share of the w = sigma^2 weight on those noise levels
 a2_grid, s2_grid = torch.sigmoid(lam_grid), torch.sigmoid(-lam_grid)
 overlap = {d: float(w_sig[(a2_grid * d**2 < 4 * (a2_grid * 0.3**2 + s2_grid))].sum() / w_sig.sum()) for d in D}
-print("share of the weight where the noisy modes overlap:", {d: round(v, 2) for d, v in overlap.items()})
-print("reverse-KL cost of dropping the light mode, -log(1 - w):", {w: round(c, 3) for w, c in drop_cost.items()})
-print(f"The noisy modes overlap on {100 * overlap[D[0]]:.0f}% of the w = sigma^2 weight at distance {D[0]:g} and "
-      f"{100 * overlap[D[-1]]:.0f}% at distance {D[-1]:g}; dropping the light mode costs the reverse KL "
-      f"{drop_cost[W[0]]:.2f} at weight {W[0]:g} and {drop_cost[W[-1]]:.2f} at weight {W[-1]:g}.")
 near, heavy, far_j = 0, len(W) - 1, len(D) - 1
-light_far = kept_map["DI"][:heavy, far_j].mean(), kept_map["EMD-8"][:heavy, far_j].mean()
-print(f"distance {D[far_j]:g}, weights below {W[heavy]:g}: kept by DI in {light_far[0]:.2f}, EMD-8 in {light_far[1]:.2f} "
-      "of the runs")
-i15, j5 = W.index(0.15), D.index(5.0)
-print(f"the far target's cell at {fmap['steps']} updates: DI {kept_map['DI'][i15, j5]:.2f}, "
-      f"EMD-8 {kept_map['EMD-8'][i15, j5]:.2f} (at {far_rec['steps']} updates: DI "
-      f"{far_eq['DI']['kept'] / n_far:.2f}, EMD-8 {far_eq['EMD-8']['kept'] / n_far:.2f})")
 n_map = len(fmap["seeds"])
-j35 = D.index(3.5)
+i15, j5, j35 = W.index(0.15), D.index(5.0), D.index(3.5)
+kept_n = {lab: (n_map * kept_map[lab]).round().astype(int) for lab in fmap["labels"]}   # seeds keeping it, per cell
+assert all((kept_map[lab][:, near] == 1).all() and (kept_map[lab][heavy] == 1).all() for lab in kept_map)
+assert (kept_map["EMD-8"] >= kept_map["DI"]).all()                      # EMD-8 never keeps it less often
+assert drop_cost[W[heavy]] > 5 * drop_cost[W[0]]
+for lab in ("DI", "EMD-8"):
+    tag = lab.replace("-", "").lower()
+    glue(f"ch10_corner_{tag}", int(kept_n[lab][:heavy, far_j].sum()))         # distance 5, the two lighter weights
+    glue(f"ch10_lost35_{tag}", int(n_map - kept_n[lab][0, j35]))              # distance 3.5, weight 0.05
+    glue(f"ch10_cell_{tag}", int(kept_n[lab][i15, j5]))                       # the far target's cell
+glue("ch10_corner_n", heavy * n_map)
+glue("ch10_map_n", n_map)
+glue("ch10_far_emd", far_eq["EMD-8"]["kept"])
+glue("ch10_far_n", n_far)
+glue("ch10_overlap_near", overlap[D[0]], fmt=".0%")
+glue("ch10_overlap_far", overlap[D[-1]], fmt=".0%")
+glue("ch10_cost_light", drop_cost[W[0]], fmt=".2f")
+glue("ch10_cost_heavy", drop_cost[W[-1]], fmt=".2f")
+glue("ch10_cost_ratio", drop_cost[W[-1]] / drop_cost[W[0]], fmt=".0f")
 
 
 # %% [markdown]
 # **Where the difference shows, and where it vanishes.** With the light mode at distance 2 both
 # methods keep it in every seed at every weight, and with weight 0.3 both keep it at every
 # distance. The difference lives in the corner of far, light modes: at distance 5 with weights
-# 0.05 and 0.15, Diff-Instruct keeps the light mode in one run of six and EMD-8 in three; at 3.5
-# and weight 0.05 Diff-Instruct loses it once, EMD-8 never. In no cell does EMD-8 keep it less
-# often than Diff-Instruct. Two reasons. A near mode's noisy version overlaps the heavy one's
-# (their means less than two noisy standard deviations apart) on more of the noise levels that
-# carry the weight: 89% of it at distance 2, 67% at distance 5, so fewer of the
-# loss's noise levels see two separate modes, the case in which a reverse KL can settle on one.
-# And the reverse KL charges little for
-# dropping a light mode, about $-\log(1-w)$ (chapter 2, section 3): 0.05 for weight 0.05 against 0.36 for
-# weight 0.3, seven times as much, while the forward KL charges without limit. The
-# map's runs are half as long as the runs above, and that costs EMD more: at the `far` target's
-# own cell EMD-8 keeps the mode in two of three seeds after 400 updates, against five of five
-# after 800 (a run that loses it early needs time to bring it back, like EMD-8's seed 0 in chapter 2).
+# 0.05 and 0.15, Diff-Instruct keeps the light mode in {glue:text}`ch10_corner_di` of
+# {glue:text}`ch10_corner_n` runs and EMD-8 in {glue:text}`ch10_corner_emd8`; at 3.5 and weight
+# 0.05 Diff-Instruct loses it in {glue:text}`ch10_lost35_di` of {glue:text}`ch10_map_n` seeds,
+# EMD-8 in {glue:text}`ch10_lost35_emd8`. In no cell does EMD-8 keep it less often than
+# Diff-Instruct. Two reasons. A near mode's noisy version overlaps the heavy one's (their means
+# less than two noisy standard deviations apart) on more of the noise levels that carry the
+# weight: {glue:text}`ch10_overlap_near` of it at distance 2, {glue:text}`ch10_overlap_far` at
+# distance 5, so fewer of the loss's noise levels see two separate modes, the case in which a
+# reverse KL can settle on one. And the reverse KL charges little for dropping a light mode, about
+# $-\log(1-w)$ (chapter 2, section 3): {glue:text}`ch10_cost_light` for weight 0.05 against
+# {glue:text}`ch10_cost_heavy` for weight 0.3, {glue:text}`ch10_cost_ratio` times as much, while
+# the forward KL charges without limit. The map's runs are half as long as the runs above, and
+# that costs EMD more: at the `far` target's own cell EMD-8 keeps the mode in
+# {glue:text}`ch10_cell_emd8` of {glue:text}`ch10_map_n` seeds after 400 updates (Diff-Instruct in
+# {glue:text}`ch10_cell_di`), against {glue:text}`ch10_far_emd` of {glue:text}`ch10_far_n` after
+# 800 (a run that loses it early needs time to bring it back, like EMD-8's seed 0 in chapter 2).
 # And with $w = 1$ the difference vanishes at the `far` target itself (section 1).
 
 # %% [markdown]
@@ -177,8 +172,9 @@ j35 = D.index(3.5)
 #
 # You can now:
 #
-# * read a weighting by where it puts the loss: $w = \sigma^2$ puts 88% of it on $\lambda < 0$, where
-#   noisy modes overlap and a short chain can move samples between them; $w = 1$ only half, and
+# * read a weighting by where it puts the loss: $w = \sigma^2$ puts {glue:text}`ch10_share_s2` of it
+#   on $\lambda < 0$, where noisy modes overlap and a short chain can move samples between them;
+#   $w = 1$ only {glue:text}`ch10_share_one`, and
 #   under $w = 1$ EMD-8 loses the far, light mode almost as often as Diff-Instruct;
 # * place a light mode on the map: near modes (distance 2) and heavier light modes (weight 0.3) are
 #   kept by both methods; the difference lives in the corner of far, light modes, where the reverse

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import sys
@@ -52,7 +53,9 @@ from ..metrics import mixture_report, mode_masses, total_variation
 from ..mixtures import get_mixture, two_modes
 
 __all__ = ["run_one", "run_label", "whole_step_seconds", "equal_time_steps", "keeps", "REGIMES", "FAR_LABELS",
-           "KEEP_FRACTION", "main", "far_study_table"]
+           "KEEP_FRACTION", "main", "group_runs", "stat", "gaussian_table", "mlp_summary", "mlp_table", "compare",
+           "compare_table", "early_tv", "mode_losses", "far_study", "far_table", "far_timing_table", "far_losses",
+           "far_map_grid"]
 
 #: the methods of the ``far`` study
 FAR_LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -327,26 +330,175 @@ def main(argv=None):
     return record
 
 
-if __name__ == "__main__":
-    main()
+
+# ---------------------------------------------------------------------------------------------
+# reading the stored sweeps back: what chapters 2 and 10 show of them
+
+METRICS = ("tv", "modes_covered", "recall", "precision")
+_ORDER = {"default": 0, "low_noise": 1, "ring8": 0, "irregular": 1, "sigma2": 0, "one": 1, "di": 0, "emd": 1}
 
 
-def far_study_table(rec, budget, w_light):
-    """The far study's runs of one budget (``equal_updates`` or ``equal_time``) per method: seeds that kept
-    the light mode, its mass per seed (weight ``w_light``), updates and TV; printed as a table and returned."""
+def group_runs(*names, keys=("mixture", "regime", "method"), quiet=False) -> dict:
+    """The runs of the stored results ``names`` (``data/results/NAME.json``, read with
+    :func:`emd_lib.experiments.load_result`), grouped by the tuple of their ``keys``; each group
+    sorted by seed, the groups in the order the chapter shows them (regime, mixture, weighting, method)."""
+    from . import load_result
+
+    rows = {}
+    for name in names:
+        for run in load_result(name, quiet=quiet)["runs"]:
+            rows.setdefault(tuple(run[k] for k in keys), []).append(run)
+    return {k: sorted(v, key=lambda r: r["seed"])
+            for k, v in sorted(rows.items(), key=lambda kv: [_ORDER.get(x, 9) for x in kv[0]])}
+
+
+def stat(runs, key: str) -> tuple[float, float]:
+    """Mean and standard deviation (``ddof=0``) over ``runs`` of the final metric ``key``."""
+    v = np.array([r["final"][key] for r in runs], dtype=float)
+    return float(v.mean()), float(v.std())
+
+
+def gaussian_table(rows: dict):
+    """The ``gaussian`` study as a table: per regime and method, each seed's starting and final
+    mean ``x``, final std ``x`` and modes covered (``rows`` from ``group_runs(..., keys=("regime", "method"))``)."""
+    from ..book import table
+
+    def per_seed(runs, f):
+        return ", ".join(f(r) for r in runs)
+
+    out = [(regime, method.upper(), per_seed(runs, lambda r: f"{r['b0'][0]:+.2f}"),
+            per_seed(runs, lambda r: f"{r['b'][0]:+.2f}"), per_seed(runs, lambda r: f"{r['cov'][0][0] ** 0.5:.2f}"),
+            per_seed(runs, lambda r: str(r["final"]["modes_covered"]))) for (regime, method), runs in rows.items()]
+    return table(out, ["regime", "method", "b0_x per seed", "final mean_x", "final std_x", "modes covered"],
+                 title="Gaussian generator on bimodal, per seed")
+
+
+def mlp_summary(rows: dict) -> dict:
+    """Per ``(mixture, weighting, method)`` group of ``rows``: mean and std over seeds of each final
+    metric (:data:`METRICS`), of the smallest ratio of a mode's mass to its weight (``min_ratio``),
+    and the number of seeds ``n``."""
+    summary = {}
+    for key, runs in rows.items():
+        tw = np.array(runs[0]["true_weights"])
+        ratio = np.array([np.min(np.array(r["final"]["masses"]) / tw) for r in runs])
+        s = {k: stat(runs, k) for k in METRICS}
+        s["min_ratio"], s["n"] = (float(ratio.mean()), float(ratio.std())), len(runs)
+        summary[key] = s
+    return summary
+
+
+def _pm(v, fmt=".3f") -> str:
+    return f"{v[0]:{fmt}} ± {v[1]:{fmt}}"
+
+
+def mlp_table(summary: dict):
+    """:func:`mlp_summary` as a table: mean ± std over seeds per mixture, weighting and method."""
+    from ..book import table
+
+    out = [(mixture, wname, method.upper(), s["n"], _pm(s["tv"]), _pm(s["modes_covered"], ".1f"),
+            _pm(s["recall"], ".2f"), _pm(s["precision"], ".2f"), _pm(s["min_ratio"], ".2f"))
+           for (mixture, wname, method), s in summary.items()]
+    return table(out, ["mixture", "w", "method", "seeds", "TV", "modes", "recall", "precision",
+                       "smallest mass / weight"], title="MLP generator: mean ± std over seeds")
+
+
+def compare(d: dict, e: dict) -> dict:
+    """DI against EMD for two :func:`mlp_summary` entries: per metric, the difference of the means
+    (``d - e``) and its standard error over seeds (each std rescaled to ``ddof=1``)."""
+    return {k: (d[k][0] - e[k][0], math.sqrt(d[k][1] ** 2 / max(d["n"] - 1, 1) + e[k][1] ** 2 / max(e["n"] - 1, 1)))
+            for k in METRICS}
+
+
+def early_tv(rows: dict) -> dict:
+    """Per group of ``rows``: the TV of the mode masses at the first evaluation, mean over seeds."""
+    return {k: float(np.mean([r["history"]["tv"][0] for r in runs])) for k, runs in rows.items()}
+
+
+def compare_table(verdicts: dict, tv_first: dict, step: int):
+    """DI against EMD per ``(mixture, weighting)``: :func:`compare`'s differences ± standard errors,
+    and each method's TV at the first evaluation (``tv_first`` from :func:`early_tv`, at ``step``)."""
+    from ..book import table
+
+    rows = [(mx, wn, *(f"{v[0]:+.3f} ± {v[1]:.3f}" for v in out.values()), tv_first[(mx, wn, "di")],
+             tv_first[(mx, wn, "emd")]) for (mx, wn), out in verdicts.items()]
+    return table(rows, ["mixture", "w", *(f"DI - EMD, {k}" for k in METRICS), f"TV at step {step}, DI", "EMD"],
+                 fmt="{:.3f}", title="DI against EMD: difference of the means ± its standard error over seeds")
+
+
+def mode_losses(rows: dict, mixture: str, weights, fraction: float = 0.2) -> dict:
+    """Which modes of ``mixture`` (mode weights ``weights``) the ``(mixture, weighting, method)``
+    groups of ``rows`` lose, per weighting: ``mean[(w, method)]``, the mean mass of each mode over
+    seeds; ``lost[w]``, runs x modes, true where a run's mass is below ``fraction`` of the mode's
+    weight (the threshold of ``modes_covered``), DI's runs first; ``n_di[w]``, how many are DI's."""
+    weights = np.asarray(weights)
+    ws = [w for (mx, w, m) in rows if mx == mixture and m == "di"]
+    masses = {(w, m): np.array([r["final"]["masses"] for r in rows[(mixture, w, m)]]) for w in ws for m in ("di", "emd")}
+    return {"mean": {k: v.mean(0) for k, v in masses.items()},
+            "lost": {w: np.concatenate([masses[(w, "di")], masses[(w, "emd")]]) < fraction * weights for w in ws},
+            "n_di": {w: len(masses[(w, "di")]) for w in ws}}
+
+
+def far_study(rec: dict, budget: str) -> dict:
+    """The ``far`` study's runs of one budget (``equal_updates`` or ``equal_time``; at equal time the
+    reference method's equal-update runs) per method: seeds that kept the light mode (``kept`` of
+    ``n``), the light mass per seed (``mass``, by seed), the updates (``steps``) and the final TVs."""
     out = {}
     for lab in rec["labels"]:
-        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == budget], key=lambda r: r["seed"])
-        if budget == "equal_time" and lab == rec.get("equal_time_reference"):
-            rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == "equal_updates"],
-                        key=lambda r: r["seed"])
-        if not rs:
-            continue
-        m = np.array([r["light_mass"] for r in rs])
-        out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "mass": m, "steps": rs[0]["steps"],
-                    "tv": np.array([r["final"]["tv"] for r in rs])}
-    print(f"{budget}: {'method':>6} {'updates':>7} {'kept':>6} | light mass (weight {w_light:.2f}): mean ± std, per seed")
-    for lab, t in out.items():
-        print(f"{'':>{len(budget) + 1}} {lab:>6} {t['steps']:>7} {t['kept']:>3}/{t['n']} | {t['mass'].mean():.3f} ± "
-              f"{t['mass'].std():.3f}  {np.round(t['mass'], 3).tolist()}")
+        b = "equal_updates" if budget == "equal_time" and lab == rec.get("equal_time_reference") else budget
+        rs = sorted([r for r in rec["runs"] if r["label"] == lab and r["budget"] == b], key=lambda r: r["seed"])
+        if rs:
+            out[lab] = {"kept": sum(r["kept"] for r in rs), "n": len(rs), "steps": rs[0]["steps"],
+                        "mass": np.array([r["light_mass"] for r in rs]),
+                        "tv": np.array([r["final"]["tv"] for r in rs])}
     return out
+
+
+def far_table(study: dict, w_light: float, title: str | None = None):
+    """:func:`far_study` as a table: updates, seeds keeping the light mode, and its mass (weight ``w_light``)."""
+    from ..book import table
+
+    rows = [(lab, t["steps"], f"{t['kept']}/{t['n']}", _pm((t["mass"].mean(), t["mass"].std())),
+             ", ".join(f"{m:.3f}" for m in t["mass"])) for lab, t in study.items()]
+    return table(rows, ["method", "updates", "kept", f"light mass (weight {w_light:.2f})", "per seed"], title=title)
+
+
+def far_timing_table(rec: dict):
+    """The ``far`` study's timing: milliseconds per whole step of each method (median of the
+    round-robin rounds), the ratio to the reference's, and the updates at equal wall time."""
+    from ..book import table
+
+    tm, n_eq, ref = rec["timing"], rec["equal_time_steps"], rec.get("equal_time_reference", "DI")
+    rows = [(lab, 1e3 * tm[lab]["median"], tm[lab]["median"] / tm[ref]["median"], n_eq[lab]) for lab in rec["labels"]]
+    return table(rows, ["method", "ms per whole step", f"/ {ref}", f"updates in {ref}'s time for {rec['steps']}"],
+                 fmt={"ms per whole step": "{:.1f}", f"/ {ref}": "{:.2f}"},
+                 title="seconds per whole step (median of round-robin rounds, one thread)")
+
+
+def far_losses(rec: dict, at_step: int = 200) -> dict:
+    """The ``far`` study's equal-update runs split by the verdict: ``lost`` and ``kept`` (lists of
+    runs), ``came_back`` (kept runs whose light mass fell below 0.01 along the way) and ``at``, the
+    index of update ``at_step`` in the runs' histories."""
+    runs = [r for r in rec["runs"] if r["budget"] == "equal_updates"]
+    kept = [r for r in runs if r["kept"]]
+    return {"lost": [r for r in runs if not r["kept"]], "kept": kept,
+            "came_back": [r for r in kept if min(r["history"]["light"]) < 0.01],
+            "at": runs[0]["history"]["step"].index(at_step)}
+
+
+def far_map_grid(fmap: dict) -> tuple[dict, dict]:
+    """The ``far_map`` study on its grid: per method, arrays (weights x distances) of the fraction of
+    seeds keeping the light mode and of its mass over its weight (mean of seeds)."""
+    D, W = fmap["distances"], fmap["weights"]
+    kept = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
+    mass = {lab: np.zeros((len(W), len(D))) for lab in fmap["labels"]}
+    for lab in fmap["labels"]:
+        for i, w in enumerate(W):
+            for j, dist in enumerate(D):
+                rs = [r for r in fmap["runs"] if r["label"] == lab and r["weight"] == w and r["distance"] == dist]
+                kept[lab][i, j] = np.mean([r["kept"] for r in rs])
+                mass[lab][i, j] = np.mean([r["light_mass"] / w for r in rs])
+    return kept, mass
+
+
+if __name__ == "__main__":
+    main()

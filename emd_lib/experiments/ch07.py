@@ -30,7 +30,8 @@ from ..runs.checkpoint import CheckpointError, machine, output_path_problem, rea
 from ..distill import method_name
 from ..langevin import chain_label
 
-__all__ = ["class_balance", "chain_name", "budget_of", "student_row", "reference_rows", "decode_samples", "main"]
+__all__ = ["class_balance", "chain_name", "chain_of_command", "budget_of", "group_of", "student_row", "reference_rows",
+           "decode_samples", "unconditional_runs", "main"]
 
 N_SHOWN = 8          # samples kept per row, as uint8 bytes
 
@@ -68,6 +69,35 @@ def chain_name(card: dict) -> str:
     """The E-step's Langevin chain of a student, from its card: ``"(eps, -)"`` and the like, or
     ``"none"`` for Diff-Instruct."""
     return "none" if card.get("method") == "di" else chain_label(card["config"]["langevin"])
+
+
+def chain_of_command(command: str):
+    """The Langevin chain, its noise cancellation and K that a distill_images ``command`` runs with
+    today's defaults: ``("none", None, None)`` for Diff-Instruct."""
+    from ..commands.distill_images import config_from_command
+
+    cfg = config_from_command(command)
+    if cfg.method == "di":
+        return "none", None, None
+    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+
+
+def group_of(row: dict) -> str:
+    """An unconditional student's group: EMD-4, or Diff-Instruct at equal updates / at equal wall time."""
+    if row["method"] == "emd":
+        return row["model"]
+    return f"Diff-Instruct, equal {'time' if row['budget'] == 'wall time' else 'updates'}"
+
+
+def unconditional_runs(rec: dict):
+    """The stored unconditional table ``rec`` split into its reference rows (by model), its student
+    runs, and the runs by group (:func:`group_of`)."""
+    ref = {r["model"]: r for r in rec["rows"] if "method" not in r}
+    runs = [r for r in rec["rows"] if "method" in r]
+    groups = {}
+    for r in runs:
+        groups.setdefault(group_of(r), []).append(r)
+    return ref, runs, groups
 
 
 def budget_of(card: dict) -> str:

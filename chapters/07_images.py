@@ -35,7 +35,6 @@
 #   Diff-Instruct.
 
 # %%
-import copy
 import json
 import math
 import time
@@ -44,7 +43,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import emd_lib
 from emd_lib import DATA_DIR, fast_or
 from emd_lib.images.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
@@ -53,8 +51,8 @@ from emd_lib.images.models import load_student, load_teacher, make_distiller
 from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.book import glue, table
 from emd_lib.experiments import load_result
-from emd_lib.experiments.ch07 import (chain_name, chain_of_command, class_balance, decode_samples, group_of,
-                                      unconditional_runs)
+from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_command, class_balance, decode_samples,
+                                      grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers, unconditional_runs)
 from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classifier
 from emd_lib.langevin import LangevinConfig
 from emd_lib.book.plotting import use_style
@@ -64,27 +62,6 @@ from emd_lib.nets import TeacherInitGenerator
 torch.set_num_threads(1)
 use_style()
 t_start = time.perf_counter()
-
-
-def grid(x, nrow=10, ax=None, title=None):
-    """Show images (n, 1, 28, 28) in [0, 1] as a grid with ``nrow`` columns."""
-    x = torch.as_tensor(x).detach().float().clamp(0, 1)
-    n = len(x)
-    rows = (n + nrow - 1) // nrow
-    canvas = torch.ones(rows * 30, nrow * 30)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        canvas[r * 30 + 1:r * 30 + 29, c * 30 + 1:c * 30 + 29] = x[i, 0]
-    ax = ax or plt.gca()
-    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=9)
-
-
-def card_line(card):
-    return (f"{card['steps']} steps, {card['wall_time_s'] / 60:.0f} min on {card['machine']} ({card['date']})\n"
-            f"  made by: {card['command']}")
 
 
 # %% [markdown]
@@ -227,8 +204,7 @@ glue("ch07_fd_floor", mine)
 # Between 500 real training digits and the 500 held-out ones the classifier Fréchet distance is
 # {glue:text}`ch07_fd_floor:.2f`: the floor that this sample size allows, the best any generator can
 # score here.
-
-# %% [markdown]
+#
 # ## 4. Where the generator starts: $\lambda^*$ on images
 #
 # As in chapter 6, the one-step generator starts as the teacher's denoiser read at a fixed
@@ -245,14 +221,12 @@ c_show = torch.arange(20) % 10
 lam_stars = [0.0, -2.0, -6.0, -10.0]
 n_init = fast_or(200, 50)                 # samples per lam* for the metrics
 fig, axes = plt.subplots(len(lam_stars), 1, figsize=(8, 1.1 * len(lam_stars)))
-init_rows = []
 for ax, ls in zip(axes, lam_stars):
     gen0 = TeacherInitGenerator(teacher, ls, copy_weights=False)
     with torch.no_grad():
         x0 = to_unit(gen0(z_show, c_show))
         xs = to_unit(gen0(torch.randn(n_init, 1, 28, 28, generator=torch.Generator().manual_seed(3)), torch.arange(n_init) % 10))
     rep = evaluate_images(xs, torch.arange(n_init) % 10, real_eval, clf)
-    init_rows.append((ls, rep))
     grid(x0, nrow=20, ax=ax, title=f"lam* = {ls:g}: class accuracy {rep['class_accuracy']:.2f}, "
                                    f"recall {rep['recall']:.2f}, pixel std across samples of a class "
                                    f"{float(xs.view(n_init // 10, 10, -1).std(0).mean()):.3f}")
@@ -331,8 +305,7 @@ glue("ch07_live_loss1", d_live.history["loss_g"][-1], fmt=".3g", fast=live_fast)
 # %% [markdown]
 # Each live step took {glue:text}`ch07_live_s` seconds; the generator loss went from
 # {glue:text}`ch07_live_loss0` to {glue:text}`ch07_live_loss1`, finite throughout.
-
-# %% [markdown]
+#
 # ## 6. Teacher, EMD and Diff-Instruct
 #
 # Both students were distilled from the shipped teacher by `python -m emd_lib distill_images`
@@ -419,8 +392,8 @@ glue("ch07_ev_emd", ev["emd"]["teacher"])
 glue("ch07_ev_di", ev["di"]["teacher"])
 glue("ch07_ev_more", ev["emd"]["teacher"] - ev["di"]["teacher"])
 glue("ch07_cost", cards["emd"]["seconds_per_step"] / cards["di"]["seconds_per_step"], fmt=".1f")
-teacher35, teacher7, init_row, real_row = (next(r for r in stored["rows"] if r["model"].startswith(p)) for p in
-                                           ("teacher, Heun ODE 18", "teacher, Heun ODE 4", "generator at init", "real"))
+teacher35, teacher7, init_row = (next(r for r in stored["rows"] if r["model"].startswith(p)) for p in
+                                 ("teacher, Heun ODE 18", "teacher, Heun ODE 4", "generator at init"))
 glue("ch07_nfe_teacher", teacher35["nfe"])
 glue("ch07_fd_teacher", teacher35["classifier_frechet"], fmt=".0f")
 glue("ch07_fd_teacher7", teacher7["classifier_frechet"], fmt=".0f")
@@ -481,8 +454,7 @@ table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"
 # The appendix (chapter 9, section 4.1) made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
 # drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation. One EMD-4 student was
 # distilled with such a chain (z step 0.05; the library's joint chain, `JOINT_CHAIN`, is now chapter 9's
-# Jacobian-scaled, Metropolis-adjusted step of section 4.2, not measured on images) on the
-# same teacher
+# Jacobian-scaled, Metropolis-adjusted step of section 4.2, measured below) on the same teacher
 # (`data/mnist_emd_z`, one seed) and measured the same way (`data/results/ch07_joint.json`). Its
 # `--minutes 14` sized a learning-rate horizon from the first step's time and ended at that horizon
 # after {glue:text}`ch07_z_min` minutes, so it had fewer updates than the shipped students, not equal time:
@@ -503,14 +475,7 @@ assert z_row["recall"] > max(emd_row["recall"], di_row["recall"])               
 assert z_row["classifier_frechet"] > max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
 assert z_row["class_accuracy"] < min(emd_row["class_accuracy"], di_row["class_accuracy"])
 JOINT_COLS = ["model", "updates", "minutes", "cls. Fréchet", "precision", "recall", "class acc.", "classes"]
-
-
-def joint_row(row, card, name=None):
-    return (name or row["model"], card["steps"], card["wall_time_s"] / 60, row["classifier_frechet"], row["precision"],
-            row["recall"], row["class_accuracy"], row["classes_covered"])
-
-
-table([joint_row(emd_row, cards["emd"]), joint_row(di_row, cards["di"]), joint_row(z_row, card_z)], JOINT_COLS, fmt=FMT)
+table([row_with_card(emd_row, cards["emd"]), row_with_card(di_row, cards["di"]), row_with_card(z_row, card_z)], JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
 # With {glue:text}`ch07_z_share` of the shipped EMD-4's updates, the joint-chain student has the
@@ -543,7 +508,7 @@ glue("ch07_m_classes", m_row["classes_covered"])
 glue("ch07_m_prec", m_row["precision"], fmt=".3f")
 glue("ch07_m_rec", m_row["recall"], fmt=".3f")
 assert em["accept"] > 0.5 and m_row["classes_covered"] <= 2 and m_row["precision"] == m_row["recall"] == 0
-table([joint_row(emd_row, cards["emd"]), joint_row(z_row, card_z), joint_row(m_row, card_m, z_row["model"] + " MALA")],
+table([row_with_card(emd_row, cards["emd"]), row_with_card(z_row, card_z), row_with_card(m_row, card_m, z_row["model"] + " MALA")],
       JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
@@ -581,12 +546,6 @@ grid(to_unit(before), nrow=20, ax=axes[0], title="EMD, one step")
 grid(to_unit(after0), nrow=20, ax=axes[1], title="noised to lam = 0 and denoised by the teacher (0 Langevin steps)")
 grid(to_unit(after), nrow=20, ax=axes[2], title=f"after {steps_corr} Langevin steps on eps at lam = 0 and a teacher denoise")
 plt.show()
-
-# %% [markdown]
-# The same, measured by `eval_images` on 500 digits (`data/results/ch07_table.json`), with the chain of
-# 20 steps and a baseline of none:
-
-# %%
 c0_row, c20_row = (next(r for r in stored["rows"] if r["model"].startswith("EMD") and p in r["model"])
                    for p in ("(0 steps)", "MCMC"))
 for pre, row in (("c0", c0_row), ("c20", c20_row)):
@@ -601,7 +560,8 @@ table([(r["model"], r["nfe"], r["classifier_frechet"], r["precision"], r["recall
       fmt={**FMT, "cls. Fréchet": "{:.2f}"})
 
 # %% [markdown]
-# In these runs the correction did not help. After 20 Langevin steps on $\epsilon$ at $\lambda = 0$ and a teacher
+# In these runs the correction did not help. The table is `eval_images`'s measurement on 500 digits
+# (`data/results/ch07_table.json`). After 20 Langevin steps on $\epsilon$ at $\lambda = 0$ and a teacher
 # denoise, the classifier Fréchet distance is {glue:text}`ch07_c20_fd` against {glue:text}`ch07_emd_fd`
 # for the raw one-step samples, the same as the zero-step baseline that only noises to $\lambda = 0$ and
 # denoises ({glue:text}`ch07_c0_fd`): what changes the numbers is the noise-and-denoise, not the chain.
@@ -669,22 +629,14 @@ x_tr_u, _, _, _ = load_images("mnist")
 idx_u = torch.randperm(len(x_tr_u), generator=torch.Generator().manual_seed(0))[:500]
 live_real = class_balance(to_unit(x_tr_u[idx_u]), clf)
 assert live_real["class_counts"] == ref_u["real training digits"]["class_counts"]
-# sampling noise: the TV to uniform of n draws from the uniform histogram itself
-n_u = runs_u[0]["n"]
-torch.manual_seed(0)
-tv_noise = 0.5 * (torch.distributions.Multinomial(n_u, torch.full((10,), 0.1)).sample((2000,)) / n_u - 0.1).abs().sum(1)
-glue("ch07_tv_noise95", float(tv_noise.quantile(0.95)), fmt=".3f")
+n_u = runs_u[0]["n"]                              # sampling noise: n draws from the uniform histogram itself
+glue("ch07_tv_noise95", float(tv_noise(n_u).quantile(0.95)), fmt=".3f")
+glue("ch07_u_n", n_u, fmt=",")
 teacher_u = next(r for m, r in ref_u.items() if m.startswith("teacher"))
 init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
-sh_teacher = np.array(teacher_u["class_shares"])
-for r in runs_u:                                  # the class balance the students could reach: the teacher's
-    r["tv_teacher"] = float(0.5 * np.abs(np.array(r["class_shares"]) - sh_teacher).sum())
-summary_u = {}
-for name, rs in groups.items():
-    summary_u[name] = {k: (float(np.mean([r[k] for r in rs])), float(np.min([r[k] for r in rs])),
-                           float(np.max([r[k] for r in rs])))
-                       for k in ("tv_uniform", "min_share", "tv_teacher", "classifier_frechet", "precision", "recall",
-                                 "updates", "seconds_per_step")}
+assert init_u["class_counts"][8] == init_u["n"]                                        # the start: one class
+glue("ch07_init_u_n", init_u["n"])
+summary_u = seed_summary(groups, teacher_u)        # tv_teacher: to the teacher's histogram, what a student could reach
 table([[name] + [f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in su.values()] for name, su in summary_u.items()],
       ["group", "TV", "min share", "TV to teacher", "cls. Fréchet", "precision", "recall", "updates", "s/step"],
       title="mean [min, max] over the seeds")
@@ -723,12 +675,9 @@ plt.show()
 # `data/mnist_emd_mala.json`, $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. Read from the cards and commands:
 
 # %%
-def chain_row(card):
-    return chain_name(card), card["config"]["langevin"]["cancel"], card["config"]["langevin"]["K"]
-
-
-chains = {"data/mnist_emd": chain_row(cards["emd"]), "data/mnist_di": (chain_name(cards["di"]), None, None),
-          "data/mnist_emd_z": chain_row(card_z), "data/mnist_emd_mala.json": chain_of_command(card_m["command"])}
+chains = {name: (chain_name(c), c["config"]["langevin"]["cancel"], c["config"]["langevin"]["K"])
+          for name, c in (("data/mnist_emd", cards["emd"]), ("data/mnist_emd_z", card_z))}
+chains.update({"data/mnist_di": ("none", None, None), "data/mnist_emd_mala.json": chain_of_command(card_m["command"])})
 for key, st in seed1["students"].items():
     chains[f"section 6, seed 1, {key}"] = chain_of_command(st["command"])
 for r in runs_u:
@@ -739,50 +688,20 @@ assert {ch for ch in chains.values() if ch[0] not in ("none", "(eps, z)")} == {(
 table([(name, *("-" if v is None else str(v) for v in ch)) for name, ch in chains.items()], ["student", "chain", "cancel", "K"])
 
 # %%
-seeds_u = sorted({r["seed"] for r in runs_u})
-by = {(group_of(r), r["seed"]): r for r in runs_u}
-G = {"emd": "EMD-4", "upd": "Diff-Instruct, equal updates", "time": "Diff-Instruct, equal time"}
-assert set(groups) == set(G.values()) and len(seeds_u) == 3 and len(runs_u) == 9        # "the nine runs"
-glue("ch07_u_minutes", sum(r["seconds"] for r in runs_u) / 60, fmt=".0f")
-tv_all, fd_u, spd = ([r[k] for r in runs_u] for k in ("tv_uniform", "classifier_frechet", "seconds_per_step"))
-ones = [r["class_shares"][1] for r in runs_u]
+for name, (value, f) in unconditional_numbers(runs_u, summary_u, teacher_u).items():
+    glue(f"ch07_{name}", value, fmt=f)                                # ch07_u_tv_lo, ch07_upd_emd_tv_wins, ...
+assert set(groups) == set(U_GROUPS.values()) and len(runs_u) == 9 and len({r["seed"] for r in runs_u}) == 3
 assert {int(np.argmax(r["class_shares"])) for r in runs_u} == {1}                       # "1" most often, every run
-for name, v, f in (("tv", tv_all, ".3f"), ("one", ones, ".0%"), ("fd", fd_u, ".0f"), ("spd", spd, ".2f")):
-    glue(f"ch07_u_{name}_lo", min(v), fmt=f)
-    glue(f"ch07_u_{name}_hi", max(v), fmt=f)
-glue("ch07_t_tv", teacher_u["tv_uniform"], fmt=".3f")
-glue("ch07_t_min", teacher_u["min_share"], fmt=".3f")
-glue("ch07_t_one", teacher_u["class_shares"][1], fmt=".1%")
-glue("ch07_t_fd", teacher_u["classifier_frechet"], fmt=".0f")
-min_share = min(r["min_share"] for r in runs_u)
-assert min_share > 0                                                                   # no class dropped outright
-glue("ch07_u_min", min_share, fmt=".3f")
-glue("ch07_u_min_n", round(min_share * n_u))
-glue("ch07_u_n", n_u, fmt=",")
-assert init_u["class_counts"][8] == init_u["n"]                                        # the start: one class
-glue("ch07_init_u_n", init_u["n"])
-for g in ("upd", "time"):              # in how many seeds each side is lower, and the means over the seeds
-    for k, short in (("tv_uniform", "tv"), ("classifier_frechet", "fd")):
-        glue(f"ch07_{g}_emd_{short}_wins", sum(by[(G["emd"], s)][k] < by[(G[g], s)][k] for s in seeds_u))
-        glue(f"ch07_{g}_di_{short}_wins", sum(by[(G[g], s)][k] < by[(G["emd"], s)][k] for s in seeds_u))
-for g, name in G.items():
-    glue(f"ch07_u_{g}_tv", summary_u[name]["tv_uniform"][0], fmt=".3f")
-    glue(f"ch07_u_{g}_fd", summary_u[name]["classifier_frechet"][0], fmt=".0f")
-    glue(f"ch07_u_{g}_tv_lo", summary_u[name]["tv_uniform"][1], fmt=".3f")
-    glue(f"ch07_u_{g}_tv_hi", summary_u[name]["tv_uniform"][2], fmt=".3f")
-    if g != "emd":                     # the gap between the means is smaller than the spread between seeds
-        gap = abs(summary_u[G["emd"]]["tv_uniform"][0] - summary_u[name]["tv_uniform"][0])
-        assert gap < summary_u[name]["tv_uniform"][2] - summary_u[name]["tv_uniform"][1]
-more_updates = [by[(G["time"], s)]["updates"] / by[(G["emd"], s)]["updates"] for s in seeds_u]
-glue("ch07_more_lo", min(more_updates), fmt=".1f")
-glue("ch07_more_hi", max(more_updates), fmt=".1f")
-upd_emd = sorted(by[(G["emd"], s)]["updates"] for s in seeds_u)
-glue("ch07_emd_u_upd", ", ".join(map(str, upd_emd[:-1])) + f" and {upd_emd[-1]}")
+assert min(r["min_share"] for r in runs_u) > 0                                         # no class dropped outright
+for g in ("upd", "time"):                  # the gap between the means is smaller than the spread between seeds
+    su, se = summary_u[U_GROUPS[g]]["tv_uniform"], summary_u[U_GROUPS["emd"]]["tv_uniform"]
+    assert abs(se[0] - su[0]) < su[2] - su[1]
+fd_u = [r["classifier_frechet"] for r in runs_u]
 assert min(fd_u) > 2 * teacher_u["classifier_frechet"]
 assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
 cap = build_parser().get_default("steps")
 capped = [r for r in runs_u if r["updates"] >= cap]
-assert len(capped) == 1 and group_of(capped[0]) == G["time"]
+assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
 glue("ch07_cap", cap, fmt=",")
 glue("ch07_cap_seed", capped[0]["seed"])
 glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
@@ -797,7 +716,7 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 #   smallest class share {glue:text}`ch07_t_min`). Every run draws "1" most often,
 #   {glue:text}`ch07_u_one_lo` to {glue:text}`ch07_u_one_hi` of its samples against the teacher's
 #   {glue:text}`ch07_t_one`. No run drops a class outright (the smallest share in any run is
-#   {glue:text}`ch07_u_min`, {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n`), and all start
+#   {glue:text}`ch07_u_min_lo`, {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n`), and all start
 #   from one class: the generator at initialisation, the teacher's "no class" denoiser read at
 #   $\lambda^* = -6$, gives samples the classifier reads as 8, all {glue:text}`ch07_init_u_n` of them.
 # * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At

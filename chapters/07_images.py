@@ -298,7 +298,7 @@ t0 = time.perf_counter()
 d_live.train(progress=False)
 assert all(np.isfinite(d_live.history["loss_g"]))
 live_fast = "4 steps of batch 8; the full run makes 40 of batch 16"
-glue("ch07_live_s", (time.perf_counter() - t0) / cfg_live.steps, fmt=".2f", fast=live_fast)
+glue("ch07_live_s", (time.perf_counter() - t0) / cfg_live.steps, fmt=".3g", fast=live_fast)
 glue("ch07_live_loss0", d_live.history["loss_g"][0], fmt=".3g", fast=live_fast)
 glue("ch07_live_loss1", d_live.history["loss_g"][-1], fmt=".3g", fast=live_fast)
 
@@ -382,9 +382,9 @@ cards = {key: students[key][2] for key in ("emd", "di")}
 ev = {key: evals_per_step(c["config"]["method"], c["config"]["langevin"]["K"], c["config"]["langevin"]["move_z"])
       for key, c in cards.items()}
 assert ev["emd"]["teacher"] == ev["emd"]["student"] and ev["di"]["teacher"] == ev["di"]["student"]
-SHORT = {"classifier_frechet": ("fd", ".1f"), "precision": ("prec", ".3f"), "recall": ("rec", ".3f"),
-         "class_accuracy": ("acc", ".3f"), "train_steps": ("upd", ","), "train_minutes": ("min", ".0f")}
-for pre, pair in (("", (emd_row, di_row)), ("s1_", (s_emd, s_di))):       # ch07_emd_fd, ch07_s1_di_rec, ...
+SHORT = {"classifier_frechet": ("fd", ".1f"), "precision": ("prec", None), "recall": ("rec", None),
+         "class_accuracy": ("acc", None), "train_steps": ("upd", None), "train_minutes": ("min", ".0f")}
+for pre, pair in (("", (emd_row, di_row)), ("s1_", (s_emd, s_di))):   # None: the prose formats it (0.830)
     for key, row in zip(("emd", "di"), pair):
         for k, (short, f) in SHORT.items():
             glue(f"ch07_{pre}{key}_{short}", row[k], fmt=f)
@@ -398,7 +398,7 @@ glue("ch07_nfe_teacher", teacher35["nfe"])
 glue("ch07_fd_teacher", teacher35["classifier_frechet"], fmt=".0f")
 glue("ch07_fd_teacher7", teacher7["classifier_frechet"], fmt=".0f")
 glue("ch07_fd_init", init_row["classifier_frechet"], fmt=".0f")
-glue("ch07_rec_init", init_row["recall"], fmt=".2f")
+glue("ch07_rec_init", init_row["recall"])
 glue("ch07_speedup", min(emd_row["images_per_s"], di_row["images_per_s"]) / teacher35["images_per_s"], fmt=".0f")
 # the claims of the text below
 assert init_row["class_accuracy"] == 1.0 and emd_row["classes_covered"] == di_row["classes_covered"] == 10
@@ -419,32 +419,32 @@ table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"
 #
 # * **Both one-step students work.** They start from the teacher's smooth class averages (the
 #   "generator at init" row: every class right, classifier Fréchet distance {glue:text}`ch07_fd_init`,
-#   recall {glue:text}`ch07_rec_init`) and, after about {glue:text}`ch07_emd_min` minutes on one CPU
+#   recall {glue:text}`ch07_rec_init:.2f`) and, after about {glue:text}`ch07_emd_min` minutes on one CPU
 #   thread each, reach classifier Fréchet distances of {glue:text}`ch07_emd_fd` (EMD-4) and
-#   {glue:text}`ch07_di_fd` (Diff-Instruct) with recall {glue:text}`ch07_emd_rec` and
-#   {glue:text}`ch07_di_rec`, at 1 function evaluation instead of the teacher's
+#   {glue:text}`ch07_di_fd` (Diff-Instruct) with recall {glue:text}`ch07_emd_rec:.3f` and
+#   {glue:text}`ch07_di_rec:.3f`, at 1 function evaluation instead of the teacher's
 #   {glue:text}`ch07_nfe_teacher`, about {glue:text}`ch07_speedup` times more images per second. The
 #   teacher at {glue:text}`ch07_nfe_teacher` NFE ({glue:text}`ch07_fd_teacher`) sits at the floor set by
 #   two sets of 500 real digits ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE
 #   ({glue:text}`ch07_fd_teacher7`) is worse than either student.
 # * **EMD did not beat Diff-Instruct here.** At equal wall time Diff-Instruct is slightly ahead on the
 #   classifier Fréchet distance ({glue:text}`ch07_di_fd` against {glue:text}`ch07_emd_fd`), recall
-#   ({glue:text}`ch07_di_rec` against {glue:text}`ch07_emd_rec`) and class accuracy
-#   ({glue:text}`ch07_di_acc` against {glue:text}`ch07_emd_acc`); EMD-4 is slightly ahead on precision
-#   ({glue:text}`ch07_emd_prec` against {glue:text}`ch07_di_prec`). An EMD-4 step makes
+#   ({glue:text}`ch07_di_rec:.3f` against {glue:text}`ch07_emd_rec:.3f`) and class accuracy
+#   ({glue:text}`ch07_di_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`); EMD-4 is slightly ahead on precision
+#   ({glue:text}`ch07_emd_prec:.3f` against {glue:text}`ch07_di_prec:.3f`). An EMD-4 step makes
 #   {glue:text}`ch07_ev_more` more teacher and {glue:text}`ch07_ev_more` more student-score evaluations
 #   than a Diff-Instruct step ({glue:text}`ch07_ev_emd` of each against {glue:text}`ch07_ev_di`) and
-#   took about {glue:text}`ch07_cost` times as long, so it made {glue:text}`ch07_emd_upd` generator
-#   updates to Diff-Instruct's {glue:text}`ch07_di_upd` in the same time. Both cover all 10 classes,
+#   took about {glue:text}`ch07_cost` times as long, so it made {glue:text}`ch07_emd_upd:,` generator
+#   updates to Diff-Instruct's {glue:text}`ch07_di_upd:,` in the same time. Both cover all 10 classes,
 #   as they must when every sample is asked for its class by name; section 8 takes the label away and
 #   measures which digits each student then draws.
 # * **The second pair of students** (seed 1; a more loaded machine cut their runs to about
 #   {glue:text}`ch07_s1_emd_min` and {glue:text}`ch07_s1_di_min` minutes, EMD-4
-#   {glue:text}`ch07_s1_emd_upd` updates, Diff-Instruct {glue:text}`ch07_s1_di_upd`) points the same
+#   {glue:text}`ch07_s1_emd_upd:,` updates, Diff-Instruct {glue:text}`ch07_s1_di_upd:,`) points the same
 #   way, more clearly: Diff-Instruct {glue:text}`ch07_s1_di_fd` against EMD-4 {glue:text}`ch07_s1_emd_fd`
-#   in classifier Fréchet distance, recall {glue:text}`ch07_s1_di_rec` against
-#   {glue:text}`ch07_s1_emd_rec`; EMD-4 had the better class accuracy ({glue:text}`ch07_s1_emd_acc`
-#   against {glue:text}`ch07_s1_di_acc`). On this problem and budget, Diff-Instruct is the better use
+#   in classifier Fréchet distance, recall {glue:text}`ch07_s1_di_rec:.3f` against
+#   {glue:text}`ch07_s1_emd_rec:.3f`; EMD-4 had the better class accuracy ({glue:text}`ch07_s1_emd_acc:.3f`
+#   against {glue:text}`ch07_s1_di_acc:.3f`). On this problem and budget, Diff-Instruct is the better use
 #   of CPU time. Whether EMD's mode covering pays off within a class, at equal numbers of updates, or
 #   over GPU-length runs is not something this CPU budget settles.
 
@@ -469,7 +469,7 @@ print(f"chain: move_z {lz['move_z']}, gamma_z {lz['gamma_z']}, z_precondition {l
 for k in ("classifier_frechet", "recall", "class_accuracy"):
     glue(f"ch07_z_{SHORT[k][0]}", z_row[k], fmt=SHORT[k][1])
 glue("ch07_z_min", card_z["wall_time_s"] / 60, fmt=".1f")
-glue("ch07_z_share", card_z["steps"] / cards["emd"]["steps"], fmt=".2f")
+glue("ch07_z_share", card_z["steps"] / cards["emd"]["steps"])
 assert 0.6 < card_z["steps"] / cards["emd"]["steps"] < 0.75                             # about two thirds
 assert z_row["recall"] > max(emd_row["recall"], di_row["recall"])                       # the highest recall
 assert z_row["classifier_frechet"] > max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
@@ -478,10 +478,10 @@ JOINT_COLS = ["model", "updates", "minutes", "cls. Fréchet", "precision", "reca
 table([row_with_card(emd_row, cards["emd"]), row_with_card(di_row, cards["di"]), row_with_card(z_row, card_z)], JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
-# With {glue:text}`ch07_z_share` of the shipped EMD-4's updates, the joint-chain student has the
-# highest recall of the three ({glue:text}`ch07_z_rec`: more of the real digits lie near one of its
+# With {glue:text}`ch07_z_share:.2f` of the shipped EMD-4's updates, the joint-chain student has the
+# highest recall of the three ({glue:text}`ch07_z_rec:.3f`: more of the real digits lie near one of its
 # samples) but the worst classifier Fréchet distance ({glue:text}`ch07_z_fd`) and class accuracy
-# ({glue:text}`ch07_z_acc`): its digits cover more of the data's variety and are less often the
+# ({glue:text}`ch07_z_acc:.3f`): its digits cover more of the data's variety and are less often the
 # class they were asked for. One seed and an unequal budget: a first data point, not a verdict on
 # the chain, which chapter 9 found no better than $(\epsilon, -)$ in 2D.
 
@@ -501,21 +501,21 @@ lm, em = card_m["config"]["langevin"], card_m["estep_means"]
 print(f"student: `{card_m['command']}`")
 print(f"chain: z_precondition {lm['z_precondition']}, metropolis {lm['metropolis']}, gamma_eps {lm['gamma_eps']}, "
       f"gamma_z {lm['gamma_z']}, cancel {lm['cancel']}, K {lm['K']}")
-glue("ch07_m_accept", em["accept"], fmt=".2f")
-glue("ch07_m_moved_z", em["moved_z"], fmt=".2f")
-glue("ch07_m_moved_x", em["moved_data"], fmt=".2f")
+glue("ch07_m_accept", em["accept"])
+glue("ch07_m_moved_z", em["moved_z"])
+glue("ch07_m_moved_x", em["moved_data"])
 glue("ch07_m_classes", m_row["classes_covered"])
-glue("ch07_m_prec", m_row["precision"], fmt=".3f")
-glue("ch07_m_rec", m_row["recall"], fmt=".3f")
+glue("ch07_m_prec", m_row["precision"])
+glue("ch07_m_rec", m_row["recall"])
 assert em["accept"] > 0.5 and m_row["classes_covered"] <= 2 and m_row["precision"] == m_row["recall"] == 0
 table([row_with_card(emd_row, cards["emd"]), row_with_card(z_row, card_z), row_with_card(m_row, card_m, z_row["model"] + " MALA")],
       JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
 # This student collapsed: its samples cover {glue:text}`ch07_m_classes` of the ten classes, with
-# precision {glue:text}`ch07_m_prec` and recall {glue:text}`ch07_m_rec` against the real digits, though
-# the chain accepted most of its moves (a fraction {glue:text}`ch07_m_accept` over the run, moving $z$
-# by {glue:text}`ch07_m_moved_z` and $x_t$ by {glue:text}`ch07_m_moved_x` per chain). The 2D
+# precision {glue:text}`ch07_m_prec:.3f` and recall {glue:text}`ch07_m_rec:.3f` against the real digits, though
+# the chain accepted most of its moves (a fraction {glue:text}`ch07_m_accept:.2f` over the run, moving $z$
+# by {glue:text}`ch07_m_moved_z:.2f` and $x_t$ by {glue:text}`ch07_m_moved_x:.2f` per chain). The 2D
 # result does not carry over as it is; why the generator collapses under this E-step on images
 # (the step sizes, the trapezoid rule's error in 784 dimensions, the student score lagging a
 # generator that the chain pulls further) we have not measured. One seed and 10 minutes: a failure
@@ -565,8 +565,8 @@ table([(r["model"], r["nfe"], r["classifier_frechet"], r["precision"], r["recall
 # denoise, the classifier Fréchet distance is {glue:text}`ch07_c20_fd` against {glue:text}`ch07_emd_fd`
 # for the raw one-step samples, the same as the zero-step baseline that only noises to $\lambda = 0$ and
 # denoises ({glue:text}`ch07_c0_fd`): what changes the numbers is the noise-and-denoise, not the chain.
-# Precision rises a little ({glue:text}`ch07_c20_prec` against {glue:text}`ch07_emd_prec`) and class
-# accuracy falls ({glue:text}`ch07_c20_acc` against {glue:text}`ch07_emd_acc`). The paper shows the correction as long chains run jointly on
+# Precision rises a little ({glue:text}`ch07_c20_prec:.3f` against {glue:text}`ch07_emd_prec:.3f`) and class
+# accuracy falls ({glue:text}`ch07_c20_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`). The paper shows the correction as long chains run jointly on
 # $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain here is 20 steps on $\epsilon$ alone
 # (with $z$ frozen), which is what a CPU affords for 500 digits. It
 # barely moves the samples, and the one-step digits here have few of the off-manifold defects the
@@ -630,8 +630,8 @@ idx_u = torch.randperm(len(x_tr_u), generator=torch.Generator().manual_seed(0))[
 live_real = class_balance(to_unit(x_tr_u[idx_u]), clf)
 assert live_real["class_counts"] == ref_u["real training digits"]["class_counts"]
 n_u = runs_u[0]["n"]                              # sampling noise: n draws from the uniform histogram itself
-glue("ch07_tv_noise95", float(tv_noise(n_u).quantile(0.95)), fmt=".3f")
-glue("ch07_u_n", n_u, fmt=",")
+glue("ch07_tv_noise95", float(tv_noise(n_u).quantile(0.95)))
+glue("ch07_u_n", n_u)
 teacher_u = next(r for m, r in ref_u.items() if m.startswith("teacher"))
 init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
 assert init_u["class_counts"][8] == init_u["n"]                                        # the start: one class
@@ -702,7 +702,7 @@ assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_fre
 cap = build_parser().get_default("steps")
 capped = [r for r in runs_u if r["updates"] >= cap]
 assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
-glue("ch07_cap", cap, fmt=",")
+glue("ch07_cap", cap)
 glue("ch07_cap_seed", capped[0]["seed"])
 glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 
@@ -710,26 +710,26 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 # What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks them too):
 #
 # * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
-#   uniform is {glue:text}`ch07_u_tv_lo` to {glue:text}`ch07_u_tv_hi`; by chance alone,
-#   {glue:text}`ch07_u_n` draws from the uniform histogram stay below {glue:text}`ch07_tv_noise95` in
-#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv` (its
-#   smallest class share {glue:text}`ch07_t_min`). Every run draws "1" most often,
+#   uniform is {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f`; by chance alone,
+#   {glue:text}`ch07_u_n:,` draws from the uniform histogram stay below {glue:text}`ch07_tv_noise95:.3f` in
+#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f` (its
+#   smallest class share {glue:text}`ch07_t_min:.3f`). Every run draws "1" most often,
 #   {glue:text}`ch07_u_one_lo` to {glue:text}`ch07_u_one_hi` of its samples against the teacher's
 #   {glue:text}`ch07_t_one`. No run drops a class outright (the smallest share in any run is
-#   {glue:text}`ch07_u_min_lo`, {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n`), and all start
+#   {glue:text}`ch07_u_min_lo:.3f`, {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n:,`), and all start
 #   from one class: the generator at initialisation, the teacher's "no class" denoiser read at
 #   $\lambda^* = -6$, gives samples the classifier reads as 8, all {glue:text}`ch07_init_u_n` of them.
 # * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At
 #   equal updates EMD-4 had the lower TV in {glue:text}`ch07_upd_emd_tv_wins` of 3 seeds (mean
-#   {glue:text}`ch07_u_emd_tv` against {glue:text}`ch07_u_upd_tv`) and the lower classifier Fréchet
+#   {glue:text}`ch07_u_emd_tv:.3f` against {glue:text}`ch07_u_upd_tv:.3f`) and the lower classifier Fréchet
 #   distance in {glue:text}`ch07_upd_emd_fd_wins` of 3 ({glue:text}`ch07_u_emd_fd` against
 #   {glue:text}`ch07_u_upd_fd`); at equal wall time Diff-Instruct, with {glue:text}`ch07_more_lo` to
 #   {glue:text}`ch07_more_hi` times as many updates, had the lower TV in
-#   {glue:text}`ch07_time_di_tv_wins` of 3 (mean {glue:text}`ch07_u_time_tv`) and the lower Fréchet
+#   {glue:text}`ch07_time_di_tv_wins` of 3 (mean {glue:text}`ch07_u_time_tv:.3f`) and the lower Fréchet
 #   distance in {glue:text}`ch07_time_di_fd_wins` of 3 ({glue:text}`ch07_u_time_fd`). Each gap between
 #   the means is smaller than the spread of Diff-Instruct's TV between seeds
-#   ({glue:text}`ch07_u_upd_tv_lo` to {glue:text}`ch07_u_upd_tv_hi` at equal updates,
-#   {glue:text}`ch07_u_time_tv_lo` to {glue:text}`ch07_u_time_tv_hi` at equal time). Every EMD student here
+#   ({glue:text}`ch07_u_upd_tv_lo:.3f` to {glue:text}`ch07_u_upd_tv_hi:.3f` at equal updates,
+#   {glue:text}`ch07_u_time_tv_lo:.3f` to {glue:text}`ch07_u_time_tv_hi:.3f` at equal time). Every EMD student here
 #   moves $\epsilon$ with $z$ frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run
 #   without labels.
 # * **Without the label the students are far from the teacher.** Their classifier Fréchet distances
@@ -737,10 +737,10 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 #   unconditional {glue:text}`ch07_t_fd` and over five times the {glue:text}`ch07_di_fd` and
 #   {glue:text}`ch07_emd_fd` that section 6's class-conditional students reached.
 # * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from
-#   {glue:text}`ch07_u_spd_lo` to {glue:text}`ch07_u_spd_hi` between runs as the machine's load
+#   {glue:text}`ch07_u_spd_lo:.2f` to {glue:text}`ch07_u_spd_hi:.2f` between runs as the machine's load
 #   changed; the `--minutes` horizon is sized from the first step's time, so EMD-4 made
 #   {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's seed-{glue:text}`ch07_cap_seed`
-#   run at equal time stopped at the command's cap of {glue:text}`ch07_cap` updates after
+#   run at equal time stopped at the command's cap of {glue:text}`ch07_cap:,` updates after
 #   {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs share their updates and
 #   learning-rate horizon exactly.
 
@@ -760,8 +760,8 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 #   within a factor of two of the teacher's Fréchet distance at one function evaluation instead of
 #   {glue:text}`ch07_nfe_teacher`;
 # * test whether a student covers the classes without labels: none drew the ten digits evenly (TV to
-#   uniform {glue:text}`ch07_u_tv_lo` to {glue:text}`ch07_u_tv_hi` against the teacher's
-#   {glue:text}`ch07_t_tv`), and the differences between EMD-4 and Diff-Instruct were smaller than the
+#   uniform {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f` against the teacher's
+#   {glue:text}`ch07_t_tv:.3f`), and the differences between EMD-4 and Diff-Instruct were smaller than the
 #   spread between seeds;
 # * read a checkpoint's card to tell which chain a student used: all but the {glue:text}`ch07_n_joint`
 #   joint-chain students of section 6.1 ran $(\epsilon, -)$.

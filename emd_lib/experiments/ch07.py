@@ -131,18 +131,19 @@ def tv_noise(n: int, trials: int = 2000, seed: int = 0, n_classes: int = 10) -> 
 def unconditional_numbers(runs: list, summary: dict, teacher: dict) -> dict:
     """The numbers chapter 7's text quotes about the unconditional students: ``{name: (value, format)}``
     (ranges over the runs, the teacher's class balance, in how many seeds each side of a pair is lower,
-    the means and spreads over the seeds)."""
+    the means and spreads over the seeds). A format of None leaves it to the prose (``name:.3f``), which
+    keeps trailing zeros: the book reads a glued text such as ``0.330`` back as the number 0.33."""
     seeds = sorted({r["seed"] for r in runs})
     by = {(group_of(r), r["seed"]): r for r in runs}
     out = {"u_minutes": (sum(r["seconds"] for r in runs) / 60, ".0f")}
-    for name, key, f in (("tv", "tv_uniform", ".3f"), ("fd", "classifier_frechet", ".0f"),
-                         ("spd", "seconds_per_step", ".2f"), ("min", "min_share", ".3f")):
+    for name, key, f in (("tv", "tv_uniform", None), ("fd", "classifier_frechet", ".0f"),
+                         ("spd", "seconds_per_step", None), ("min", "min_share", None)):
         v = [r[key] for r in runs]
         out[f"u_{name}_lo"], out[f"u_{name}_hi"] = (min(v), f), (max(v), f)
     ones = [r["class_shares"][1] for r in runs]
     out["u_one_lo"], out["u_one_hi"] = (min(ones), ".0%"), (max(ones), ".0%")
     out["u_min_n"] = (round(min(r["min_share"] for r in runs) * runs[0]["n"]), "d")
-    out.update(t_tv=(teacher["tv_uniform"], ".3f"), t_min=(teacher["min_share"], ".3f"),
+    out.update(t_tv=(teacher["tv_uniform"], None), t_min=(teacher["min_share"], None),
                t_one=(teacher["class_shares"][1], ".1%"), t_fd=(teacher["classifier_frechet"], ".0f"))
     emd = U_GROUPS["emd"]
     for g in ("upd", "time"):
@@ -151,8 +152,8 @@ def unconditional_numbers(runs: list, summary: dict, teacher: dict) -> dict:
             out[f"{g}_di_{short}_wins"] = (sum(by[(U_GROUPS[g], s)][k] < by[(emd, s)][k] for s in seeds), "d")
     for g, name in U_GROUPS.items():
         tv, fd = summary[name]["tv_uniform"], summary[name]["classifier_frechet"]
-        out.update({f"u_{g}_tv": (tv[0], ".3f"), f"u_{g}_fd": (fd[0], ".0f"), f"u_{g}_tv_lo": (tv[1], ".3f"),
-                    f"u_{g}_tv_hi": (tv[2], ".3f")})
+        out.update({f"u_{g}_tv": (tv[0], None), f"u_{g}_fd": (fd[0], ".0f"), f"u_{g}_tv_lo": (tv[1], None),
+                    f"u_{g}_tv_hi": (tv[2], None)})
     more = [by[(U_GROUPS["time"], s)]["updates"] / by[(emd, s)]["updates"] for s in seeds]
     out["more_lo"], out["more_hi"] = (min(more), ".1f"), (max(more), ".1f")
     upd = sorted(by[(emd, s)]["updates"] for s in seeds)

@@ -52,7 +52,8 @@ from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.book import glue, table
 from emd_lib.experiments import load_result
 from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_command, class_balance, decode_samples,
-                                      grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers, unconditional_runs)
+                                      grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers,
+                                      unconditional_runs)
 from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classifier
 from emd_lib.langevin import LangevinConfig
 from emd_lib.book.plotting import use_style
@@ -417,36 +418,36 @@ table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"
 # What the shipped table says (500 samples; the shipped students are one seed each, and the second
 # pair gives an idea of the spread; images per second depend on how loaded the shared CPU was):
 #
-# * **Both one-step students work.** They start from the teacher's smooth class averages (the
-#   "generator at init" row: every class right, classifier Fréchet distance {glue:text}`ch07_fd_init`,
-#   recall {glue:text}`ch07_rec_init:.2f`) and, after about {glue:text}`ch07_emd_min` minutes on one CPU
-#   thread each, reach classifier Fréchet distances of {glue:text}`ch07_emd_fd` (EMD-4) and
-#   {glue:text}`ch07_di_fd` (Diff-Instruct) with recall {glue:text}`ch07_emd_rec:.3f` and
-#   {glue:text}`ch07_di_rec:.3f`, at 1 function evaluation instead of the teacher's
-#   {glue:text}`ch07_nfe_teacher`, about {glue:text}`ch07_speedup` times more images per second. The
-#   teacher at {glue:text}`ch07_nfe_teacher` NFE ({glue:text}`ch07_fd_teacher`) sits at the floor set by
-#   two sets of 500 real digits ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE
-#   ({glue:text}`ch07_fd_teacher7`) is worse than either student.
+# * **Both one-step students work.** They start from the teacher's smooth class averages (the "generator at
+#   init" row: every class right, classifier Fréchet distance {glue:text}`ch07_fd_init`, recall
+#   {glue:text}`ch07_rec_init:.2f`) and, after about {glue:text}`ch07_emd_min` minutes on one CPU thread
+#   each, reach classifier Fréchet distances of {glue:text}`ch07_emd_fd` (EMD-4) and {glue:text}`ch07_di_fd`
+#   (Diff-Instruct) with recall {glue:text}`ch07_emd_rec:.3f` and {glue:text}`ch07_di_rec:.3f`, at 1
+#   function evaluation instead of the teacher's {glue:text}`ch07_nfe_teacher`, about
+#   {glue:text}`ch07_speedup` times more images per second. The teacher at {glue:text}`ch07_nfe_teacher` NFE
+#   ({glue:text}`ch07_fd_teacher`) sits at the floor set by two sets of 500 real digits
+#   ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
+#   worse than either student.
 # * **EMD did not beat Diff-Instruct here.** At equal wall time Diff-Instruct is slightly ahead on the
 #   classifier Fréchet distance ({glue:text}`ch07_di_fd` against {glue:text}`ch07_emd_fd`), recall
 #   ({glue:text}`ch07_di_rec:.3f` against {glue:text}`ch07_emd_rec:.3f`) and class accuracy
-#   ({glue:text}`ch07_di_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`); EMD-4 is slightly ahead on precision
-#   ({glue:text}`ch07_emd_prec:.3f` against {glue:text}`ch07_di_prec:.3f`). An EMD-4 step makes
-#   {glue:text}`ch07_ev_more` more teacher and {glue:text}`ch07_ev_more` more student-score evaluations
-#   than a Diff-Instruct step ({glue:text}`ch07_ev_emd` of each against {glue:text}`ch07_ev_di`) and
-#   took about {glue:text}`ch07_cost` times as long, so it made {glue:text}`ch07_emd_upd:,` generator
-#   updates to Diff-Instruct's {glue:text}`ch07_di_upd:,` in the same time. Both cover all 10 classes,
-#   as they must when every sample is asked for its class by name; section 8 takes the label away and
-#   measures which digits each student then draws.
+#   ({glue:text}`ch07_di_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`); EMD-4 is slightly ahead on
+#   precision ({glue:text}`ch07_emd_prec:.3f` against {glue:text}`ch07_di_prec:.3f`). An EMD-4 step makes
+#   {glue:text}`ch07_ev_more` more teacher and {glue:text}`ch07_ev_more` more student-score evaluations than
+#   a Diff-Instruct step ({glue:text}`ch07_ev_emd` of each against {glue:text}`ch07_ev_di`) and took about
+#   {glue:text}`ch07_cost` times as long, so it made {glue:text}`ch07_emd_upd:,` generator updates to
+#   Diff-Instruct's {glue:text}`ch07_di_upd:,` in the same time. Both cover all 10 classes, as they must
+#   when every sample is asked for its class by name; section 8 takes the label away and measures which
+#   digits each student then draws.
 # * **The second pair of students** (seed 1; a more loaded machine cut their runs to about
 #   {glue:text}`ch07_s1_emd_min` and {glue:text}`ch07_s1_di_min` minutes, EMD-4
 #   {glue:text}`ch07_s1_emd_upd:,` updates, Diff-Instruct {glue:text}`ch07_s1_di_upd:,`) points the same
-#   way, more clearly: Diff-Instruct {glue:text}`ch07_s1_di_fd` against EMD-4 {glue:text}`ch07_s1_emd_fd`
-#   in classifier Fréchet distance, recall {glue:text}`ch07_s1_di_rec:.3f` against
+#   way, more clearly: Diff-Instruct {glue:text}`ch07_s1_di_fd` against EMD-4 {glue:text}`ch07_s1_emd_fd` in
+#   classifier Fréchet distance, recall {glue:text}`ch07_s1_di_rec:.3f` against
 #   {glue:text}`ch07_s1_emd_rec:.3f`; EMD-4 had the better class accuracy ({glue:text}`ch07_s1_emd_acc:.3f`
-#   against {glue:text}`ch07_s1_di_acc:.3f`). On this problem and budget, Diff-Instruct is the better use
-#   of CPU time. Whether EMD's mode covering pays off within a class, at equal numbers of updates, or
-#   over GPU-length runs is not something this CPU budget settles.
+#   against {glue:text}`ch07_s1_di_acc:.3f`). On this problem and budget, Diff-Instruct is the better use of
+#   CPU time. Whether EMD's mode covering pays off within a class, at equal numbers of updates, or over
+#   GPU-length runs is not something this CPU budget settles.
 
 # %% [markdown]
 # ### 6.1 The joint chain on digits
@@ -562,15 +563,15 @@ table([(r["model"], r["nfe"], r["classifier_frechet"], r["precision"], r["recall
 # %% [markdown]
 # In these runs the correction did not help. The table is `eval_images`'s measurement on 500 digits
 # (`data/results/ch07_table.json`). After 20 Langevin steps on $\epsilon$ at $\lambda = 0$ and a teacher
-# denoise, the classifier Fréchet distance is {glue:text}`ch07_c20_fd` against {glue:text}`ch07_emd_fd`
-# for the raw one-step samples, the same as the zero-step baseline that only noises to $\lambda = 0$ and
+# denoise, the classifier Fréchet distance is {glue:text}`ch07_c20_fd` against {glue:text}`ch07_emd_fd` for
+# the raw one-step samples, the same as the zero-step baseline that only noises to $\lambda = 0$ and
 # denoises ({glue:text}`ch07_c0_fd`): what changes the numbers is the noise-and-denoise, not the chain.
 # Precision rises a little ({glue:text}`ch07_c20_prec:.3f` against {glue:text}`ch07_emd_prec:.3f`) and class
-# accuracy falls ({glue:text}`ch07_c20_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`). The paper shows the correction as long chains run jointly on
-# $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain here is 20 steps on $\epsilon$ alone
-# (with $z$ frozen), which is what a CPU affords for 500 digits. It
-# barely moves the samples, and the one-step digits here have few of the off-manifold defects the
-# correction is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
+# accuracy falls ({glue:text}`ch07_c20_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`). The paper shows the
+# correction as long chains run jointly on $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain
+# here is 20 steps on $\epsilon$ alone (with $z$ frozen), which is what a CPU affords for 500 digits. It
+# barely moves the samples, and the one-step digits here have few of the off-manifold defects the correction
+# is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
 
 # %% [markdown]
 # ## 8. Without labels: which digits does each student draw?
@@ -667,12 +668,12 @@ for ax, (name, rs) in zip(axes[1:], groups.items()):
 plt.show()
 
 # %% [markdown]
-# **Which chain the shipped students use.** Every EMD student in this chapter but two runs its E-step
-# on the $(\epsilon, -)$ chain, the shipped one (`data/mnist_emd`), the seed-1 one of section 6 and the
-# unconditional ones above: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation,
-# $K = 4$ and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains). The
-# exceptions are section 6.1's two joint-chain students (`data/mnist_emd_z` and the card
-# `data/mnist_emd_mala.json`, $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. Read from the cards and commands:
+# **Which chain the shipped students use.** Every EMD student in this chapter but {glue:text}`ch07_n_joint`
+# runs its E-step on the $(\epsilon, -)$ chain, the shipped one (`data/mnist_emd`), the seed-1 one of section 6
+# and the unconditional ones above: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation, $K = 4$
+# and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains). The exceptions are
+# section 6.1's joint-chain students (`data/mnist_emd_z` and the card `data/mnist_emd_mala.json`,
+# $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. From the cards and commands:
 
 # %%
 chains = {name: (chain_name(c), c["config"]["langevin"]["cancel"], c["config"]["langevin"]["K"])
@@ -709,29 +710,28 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 # %% [markdown]
 # What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks them too):
 #
-# * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
-#   uniform is {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f`; by chance alone,
+# * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to uniform
+#   is {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f`; by chance alone,
 #   {glue:text}`ch07_u_n:,` draws from the uniform histogram stay below {glue:text}`ch07_tv_noise95:.3f` in
-#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f` (its
-#   smallest class share {glue:text}`ch07_t_min:.3f`). Every run draws "1" most often,
-#   {glue:text}`ch07_u_one_lo` to {glue:text}`ch07_u_one_hi` of its samples against the teacher's
-#   {glue:text}`ch07_t_one`. No run drops a class outright (the smallest share in any run is
-#   {glue:text}`ch07_u_min_lo:.3f`, {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n:,`), and all start
-#   from one class: the generator at initialisation, the teacher's "no class" denoiser read at
-#   $\lambda^* = -6$, gives samples the classifier reads as 8, all {glue:text}`ch07_init_u_n` of them.
-# * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At
-#   equal updates EMD-4 had the lower TV in {glue:text}`ch07_upd_emd_tv_wins` of 3 seeds (mean
+#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f` (its smallest
+#   class share {glue:text}`ch07_t_min:.3f`). Every run draws "1" most often, {glue:text}`ch07_u_one_lo` to
+#   {glue:text}`ch07_u_one_hi` of its samples against the teacher's {glue:text}`ch07_t_one`. No run drops a
+#   class outright (the smallest share in any run is {glue:text}`ch07_u_min_lo:.3f`,
+#   {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n:,`), and all start from one class: the
+#   generator at initialisation, the teacher's "no class" denoiser read at $\lambda^* = -6$, gives samples
+#   the classifier reads as 8, all {glue:text}`ch07_init_u_n` of them.
+# * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At equal
+#   updates EMD-4 had the lower TV in {glue:text}`ch07_upd_emd_tv_wins` of 3 seeds (mean
 #   {glue:text}`ch07_u_emd_tv:.3f` against {glue:text}`ch07_u_upd_tv:.3f`) and the lower classifier Fréchet
 #   distance in {glue:text}`ch07_upd_emd_fd_wins` of 3 ({glue:text}`ch07_u_emd_fd` against
 #   {glue:text}`ch07_u_upd_fd`); at equal wall time Diff-Instruct, with {glue:text}`ch07_more_lo` to
-#   {glue:text}`ch07_more_hi` times as many updates, had the lower TV in
-#   {glue:text}`ch07_time_di_tv_wins` of 3 (mean {glue:text}`ch07_u_time_tv:.3f`) and the lower Fréchet
-#   distance in {glue:text}`ch07_time_di_fd_wins` of 3 ({glue:text}`ch07_u_time_fd`). Each gap between
-#   the means is smaller than the spread of Diff-Instruct's TV between seeds
-#   ({glue:text}`ch07_u_upd_tv_lo:.3f` to {glue:text}`ch07_u_upd_tv_hi:.3f` at equal updates,
-#   {glue:text}`ch07_u_time_tv_lo:.3f` to {glue:text}`ch07_u_time_tv_hi:.3f` at equal time). Every EMD student here
-#   moves $\epsilon$ with $z$ frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run
-#   without labels.
+#   {glue:text}`ch07_more_hi` times as many updates, had the lower TV in {glue:text}`ch07_time_di_tv_wins`
+#   of 3 (mean {glue:text}`ch07_u_time_tv:.3f`) and the lower Fréchet distance in
+#   {glue:text}`ch07_time_di_fd_wins` of 3 ({glue:text}`ch07_u_time_fd`). Each gap between the means is
+#   smaller than the spread of Diff-Instruct's TV between seeds ({glue:text}`ch07_u_upd_tv_lo:.3f` to
+#   {glue:text}`ch07_u_upd_tv_hi:.3f` at equal updates, {glue:text}`ch07_u_time_tv_lo:.3f` to
+#   {glue:text}`ch07_u_time_tv_hi:.3f` at equal time). Every EMD student here moves $\epsilon$ with $z$
+#   frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run without labels.
 # * **Without the label the students are far from the teacher.** Their classifier Fréchet distances
 #   ({glue:text}`ch07_u_fd_lo` to {glue:text}`ch07_u_fd_hi`) are more than twice the teacher's
 #   unconditional {glue:text}`ch07_t_fd` and over five times the {glue:text}`ch07_di_fd` and
@@ -739,10 +739,10 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 # * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from
 #   {glue:text}`ch07_u_spd_lo:.2f` to {glue:text}`ch07_u_spd_hi:.2f` between runs as the machine's load
 #   changed; the `--minutes` horizon is sized from the first step's time, so EMD-4 made
-#   {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's seed-{glue:text}`ch07_cap_seed`
-#   run at equal time stopped at the command's cap of {glue:text}`ch07_cap:,` updates after
-#   {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs share their updates and
-#   learning-rate horizon exactly.
+#   {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's
+#   seed-{glue:text}`ch07_cap_seed` run at equal time stopped at the command's cap of
+#   {glue:text}`ch07_cap:,` updates after {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs
+#   share their updates and learning-rate horizon exactly.
 
 # %% [markdown]
 # ## Summary

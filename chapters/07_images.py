@@ -35,7 +35,6 @@
 #   Diff-Instruct.
 
 # %%
-import copy
 import json
 import math
 import time
@@ -44,14 +43,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-import emd_lib
 from emd_lib import DATA_DIR, fast_or
 from emd_lib.images.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
-from emd_lib.commands.distill_images import build_parser, config_from_command
+from emd_lib.commands.distill_images import build_parser
 from emd_lib.images.models import load_student, load_teacher, make_distiller
 from emd_lib.commands.eval_images import correct_images, evaluate_images
-from emd_lib.experiments.ch07 import chain_name, class_balance, decode_samples
+from emd_lib.book import glue, table
+from emd_lib.experiments import load_result
+from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_command, class_balance, decode_samples,
+                                      grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers,
+                                      unconditional_runs)
 from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classifier
 from emd_lib.langevin import LangevinConfig
 from emd_lib.book.plotting import use_style
@@ -61,27 +63,6 @@ from emd_lib.nets import TeacherInitGenerator
 torch.set_num_threads(1)
 use_style()
 t_start = time.perf_counter()
-
-
-def grid(x, nrow=10, ax=None, title=None):
-    """Show images (n, 1, 28, 28) in [0, 1] as a grid with ``nrow`` columns."""
-    x = torch.as_tensor(x).detach().float().clamp(0, 1)
-    n = len(x)
-    rows = (n + nrow - 1) // nrow
-    canvas = torch.ones(rows * 30, nrow * 30)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        canvas[r * 30 + 1:r * 30 + 29, c * 30 + 1:c * 30 + 29] = x[i, 0]
-    ax = ax or plt.gca()
-    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=9)
-
-
-def card_line(card):
-    return (f"{card['steps']} steps, {card['wall_time_s'] / 60:.0f} min on {card['machine']} ({card['date']})\n"
-            f"  made by: {card['command']}")
 
 
 # %% [markdown]
@@ -216,12 +197,15 @@ with torch.no_grad():
     f_train = clf.features(to_unit(x_train[pick]))
 mine = fd_from_scratch(f_train, f_eval)
 assert abs(mine - frechet_distance(*gaussian_stats(f_train), *gaussian_stats(f_eval))) < 1e-6 * max(mine, 1)
-table = json.loads((DATA_DIR / "results" / "ch07_table.json").read_text())         # section 6's shipped table
-assert abs(mine - next(r for r in table["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
-print(f"classifier Fréchet distance, 500 real training digits vs the 500 held-out ones: {mine:.2f} "
-      "(the floor that sample size allows)")
+stored = load_result("ch07_table", quiet=True)                         # section 6's shipped table
+assert abs(mine - next(r for r in stored["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
+glue("ch07_fd_floor", mine)
 
 # %% [markdown]
+# Between 500 real training digits and the 500 held-out ones the classifier Fréchet distance is
+# {glue:text}`ch07_fd_floor:.2f`: the floor that this sample size allows, the best any generator can
+# score here.
+#
 # ## 4. Where the generator starts: $\lambda^*$ on images
 #
 # As in chapter 6, the one-step generator starts as the teacher's denoiser read at a fixed
@@ -238,14 +222,12 @@ c_show = torch.arange(20) % 10
 lam_stars = [0.0, -2.0, -6.0, -10.0]
 n_init = fast_or(200, 50)                 # samples per lam* for the metrics
 fig, axes = plt.subplots(len(lam_stars), 1, figsize=(8, 1.1 * len(lam_stars)))
-init_rows = []
 for ax, ls in zip(axes, lam_stars):
     gen0 = TeacherInitGenerator(teacher, ls, copy_weights=False)
     with torch.no_grad():
         x0 = to_unit(gen0(z_show, c_show))
         xs = to_unit(gen0(torch.randn(n_init, 1, 28, 28, generator=torch.Generator().manual_seed(3)), torch.arange(n_init) % 10))
     rep = evaluate_images(xs, torch.arange(n_init) % 10, real_eval, clf)
-    init_rows.append((ls, rep))
     grid(x0, nrow=20, ax=ax, title=f"lam* = {ls:g}: class accuracy {rep['class_accuracy']:.2f}, "
                                    f"recall {rep['recall']:.2f}, pixel std across samples of a class "
                                    f"{float(xs.view(n_init // 10, 10, -1).std(0).mean()):.3f}")
@@ -297,10 +279,13 @@ g_emd1 = flat_grad(emd_generator_loss(gen_c, teacher, student_c, z, eps, lam,
 tol = 1e-6 * float(g_di.abs().max())
 torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
 torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
-print(f"K = 1 identity on the MNIST teacher: max |EMD-1 - DI| = {float((g_emd1 - g_di).abs().max()):.2e} "
-      f"(gradient norm {float(g_di.norm()):.3g})")
+glue("ch07_k1_gap", float((g_emd1 - g_di).abs().max()), fmt=".1e")
+glue("ch07_k1_norm", float(g_di.norm()), fmt=".3g")
 
 # %% [markdown]
+# On the MNIST teacher the two gradients differ by at most {glue:text}`ch07_k1_gap` in any entry, for
+# a gradient of norm {glue:text}`ch07_k1_norm`: the identity holds on images, up to float32 rounding.
+#
 # A short live run of EMD-4 with the settings in the shipped student's card apart from its length:
 # 40 steps of batch 16 in full mode, 4 steps of batch 8 in fast mode. It shows the
 # loop running on images; the shipped students are where the results come from.
@@ -312,13 +297,16 @@ cfg_live = DistillConfig(**{**shipped, "steps": fast_or(40, 4), "batch": fast_or
 d_live = make_distiller(teacher, cfg_live)
 t0 = time.perf_counter()
 d_live.train(progress=False)
-live_s = (time.perf_counter() - t0) / cfg_live.steps
-print(f"{cfg_live.steps} EMD-4 steps at batch {cfg_live.batch}: {live_s:.2f} s a step; "
-      f"generator loss {d_live.history['loss_g'][0]:.3g} -> {d_live.history['loss_g'][-1]:.3g}, "
-      f"E-step score-gap norm {d_live.history['estep_score_gap_norm'][-1]:.3g}")
 assert all(np.isfinite(d_live.history["loss_g"]))
+live_fast = "4 steps of batch 8; the full run makes 40 of batch 16"
+glue("ch07_live_s", (time.perf_counter() - t0) / cfg_live.steps, fmt=".3g", fast=live_fast)
+glue("ch07_live_loss0", d_live.history["loss_g"][0], fmt=".3g", fast=live_fast)
+glue("ch07_live_loss1", d_live.history["loss_g"][-1], fmt=".3g", fast=live_fast)
 
 # %% [markdown]
+# Each live step took {glue:text}`ch07_live_s` seconds; the generator loss went from
+# {glue:text}`ch07_live_loss0` to {glue:text}`ch07_live_loss1`, finite throughout.
+#
 # ## 6. Teacher, EMD and Diff-Instruct
 #
 # Both students were distilled from the shipped teacher by `python -m emd_lib distill_images`
@@ -334,7 +322,7 @@ for key in ("emd", "di"):
     print(f"{key}: {card_line(card_k)}")
 z_grid = torch.randn(len(cls), 1, 28, 28, generator=torch.Generator().manual_seed(5))
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-grid(to_unit(x_teacher), nrow=n_show, ax=axes[0], title=f"teacher, Heun 18 steps (NFE {nfe})")
+grid(to_unit(x_teacher), nrow=n_show, ax=axes[0], title=f"teacher, Heun {steps} steps (NFE {nfe})")
 for ax, key, name in zip(axes[1:], ("emd", "di"), ("EMD", "Diff-Instruct")):
     with torch.no_grad():
         xk = students[key][0](z_grid, cls)
@@ -349,12 +337,13 @@ plt.show()
 # (`data/README.md` gives the command that rewrites it; by default the command writes to `runs/`).
 
 # %%
-print(f"{table['command']}\n{table['machine']}, {table['date']}; reference: {table['reference']}\n")
+stored = load_result("ch07_table")
 cols = ["model", "nfe", "classifier_frechet", "precision", "recall", "class_accuracy", "classes_covered", "images_per_s"]
 heads = ["model", "NFE", "cls. Fréchet", "precision", "recall", "class acc.", "classes", "images/s"]
-print(f"{heads[0]:<62}" + "".join(f"{h:>13}" for h in heads[1:]))
-for row in table["rows"]:
-    print(f"{row['model']:<62}" + "".join(f"{'-' if row.get(k) is None else row[k]:>13}" for k in cols[1:]))
+FMT = {"cls. Fréchet": "{:.1f}", "precision": "{:.3f}", "recall": "{:.3f}", "class acc.": "{:.3f}", "images/s": "{:.1f}",
+       "minutes": "{:.1f}"}
+table([["-" if r.get(k) is None else r[k] for k in cols] for r in stored["rows"]], heads, fmt=FMT,
+      title=f"{stored['n']} samples against {stored['reference']}")
 
 # %% [markdown]
 # A live re-measurement of the two students (one step is cheap; fewer samples in fast mode, so
@@ -370,55 +359,95 @@ for key in ("emd", "di"):
         xk = to_unit(students[key][0](torch.randn(n_live, 1, 28, 28, generator=torch.Generator().manual_seed(6)), lab_live))
         ips = n_live / (time.perf_counter() - t0)
     live[key] = evaluate_images(xk, lab_live, real_eval, clf, images_per_s=round(ips, 1))
-    print(key, live[key])
-emd_row = next(r for r in table["rows"] if r["model"].startswith("EMD") and r["model"].endswith("one step"))
-di_row = next(r for r in table["rows"] if r["model"].startswith("Diff-Instruct"))
+emd_row = next(r for r in stored["rows"] if r["model"].startswith("EMD") and r["model"].endswith("one step"))
+di_row = next(r for r in stored["rows"] if r["model"].startswith("Diff-Instruct"))
 for key, row in (("emd", emd_row), ("di", di_row)):   # the shipped students still score as their table rows:
     p = row["class_accuracy"]                          # class accuracy within 4 standard errors of n_live draws,
     assert abs(live[key]["class_accuracy"] - p) < 4 * math.sqrt(p * (1 - p) / n_live), key
     # the Fréchet distance within -20% / +35% (+60% in fast mode: it is biased upwards for small samples)
     assert 0.8 < live[key]["classifier_frechet"] / row["classifier_frechet"] < fast_or(1.35, 1.6), key
-seed1 = json.loads((DATA_DIR / "results" / "ch07_seed1.json").read_text())
-print("\na second pair of students (seed 1, not shipped):")
-for row in seed1["rows"]:
-    if "one step" in row["model"]:
-        print(f"  {row['model']:<28} {row['train_steps']:>4} updates in {row['train_minutes']:.1f} min: cls. Fréchet "
-              f"{row['classifier_frechet']:.1f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
-              f"class acc. {row['class_accuracy']:.3f}")
+table([(f"{row['model']}, {src}", n, r["classifier_frechet"], r["precision"], r["recall"],
+        r["class_accuracy"]) for key, row in (("emd", emd_row), ("di", di_row))
+       for src, r, n in (("live", live[key], n_live), ("stored", row, stored["n"]))],
+      ["model", "samples", "cls. Fréchet", "precision", "recall", "class acc."], fmt=FMT)
 
+# %% [markdown]
+# A second pair of students (seed 1, `data/results/ch07_seed1.json`, not shipped), and what a step of
+# each costs, from the shipped students' cards:
+
+# %%
+seed1 = load_result("ch07_seed1")
+s_emd, s_di = (next(r for r in seed1["rows"] if r["model"].startswith(p) and "one step" in r["model"])
+               for p in ("EMD", "Diff-Instruct"))
 cards = {key: students[key][2] for key in ("emd", "di")}
 ev = {key: evals_per_step(c["config"]["method"], c["config"]["langevin"]["K"], c["config"]["langevin"]["move_z"])
       for key, c in cards.items()}
-cost = cards["emd"]["seconds_per_step"] / cards["di"]["seconds_per_step"]
-print(f"\nper generator update: EMD-4 {ev['emd']['teacher']} teacher and {ev['emd']['student']} student-score "
-      f"evaluations, Diff-Instruct {ev['di']['teacher']} and {ev['di']['student']}; seconds per step "
-      f"{cards['emd']['seconds_per_step']} against {cards['di']['seconds_per_step']} ({cost:.2f}x)")
+assert ev["emd"]["teacher"] == ev["emd"]["student"] and ev["di"]["teacher"] == ev["di"]["student"]
+SHORT = {"classifier_frechet": ("fd", ".1f"), "precision": ("prec", None), "recall": ("rec", None),
+         "class_accuracy": ("acc", None), "train_steps": ("upd", None), "train_minutes": ("min", ".0f")}
+for pre, pair in (("", (emd_row, di_row)), ("s1_", (s_emd, s_di))):   # None: the prose formats it (0.830)
+    for key, row in zip(("emd", "di"), pair):
+        for k, (short, f) in SHORT.items():
+            glue(f"ch07_{pre}{key}_{short}", row[k], fmt=f)
+glue("ch07_ev_emd", ev["emd"]["teacher"])
+glue("ch07_ev_di", ev["di"]["teacher"])
+glue("ch07_ev_more", ev["emd"]["teacher"] - ev["di"]["teacher"])
+glue("ch07_cost", cards["emd"]["seconds_per_step"] / cards["di"]["seconds_per_step"], fmt=".1f")
+teacher35, teacher7, init_row = (next(r for r in stored["rows"] if r["model"].startswith(p)) for p in
+                                 ("teacher, Heun ODE 18", "teacher, Heun ODE 4", "generator at init"))
+glue("ch07_nfe_teacher", teacher35["nfe"])
+glue("ch07_fd_teacher", teacher35["classifier_frechet"], fmt=".0f")
+glue("ch07_fd_teacher7", teacher7["classifier_frechet"], fmt=".0f")
+glue("ch07_fd_init", init_row["classifier_frechet"], fmt=".0f")
+glue("ch07_rec_init", init_row["recall"])
+glue("ch07_speedup", min(emd_row["images_per_s"], di_row["images_per_s"]) / teacher35["images_per_s"], fmt=".0f")
+# the claims of the text below
+assert init_row["class_accuracy"] == 1.0 and emd_row["classes_covered"] == di_row["classes_covered"] == 10
+assert max(emd_row["classifier_frechet"], di_row["classifier_frechet"]) < teacher7["classifier_frechet"]
+assert max(emd_row["classifier_frechet"], di_row["classifier_frechet"]) < 2 * teacher35["classifier_frechet"]
+for e, d in ((emd_row, di_row), (s_emd, s_di)):
+    assert d["classifier_frechet"] < e["classifier_frechet"] and d["recall"] > e["recall"]      # DI ahead
+assert emd_row["precision"] > di_row["precision"] and di_row["class_accuracy"] > emd_row["class_accuracy"]
+assert s_emd["class_accuracy"] > s_di["class_accuracy"]
+table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"], r["precision"], r["recall"],
+        r["class_accuracy"]) for r in (s_emd, s_di)],
+      ["model", "updates", "minutes", "cls. Fréchet", "precision", "recall", "class acc."], fmt=FMT,
+      title="seed 1, not shipped")
 
 # %% [markdown]
-# What the shipped table says (500 samples; the shipped students are one seed each, and a second
-# pair, below, gives an idea of the spread; images per second depend on how loaded the shared CPU was):
+# What the shipped table says (500 samples; the shipped students are one seed each, and the second
+# pair gives an idea of the spread; images per second depend on how loaded the shared CPU was):
 #
-# * **Both one-step students work.** They start from the teacher's smooth class averages (the
-#   "generator at init" row: every class right, classifier Fréchet distance about 680, recall 0) and,
-#   after 14 minutes on one CPU thread each, reach a classifier Fréchet distance of about 40 to 42 with
-#   recall above 0.8, at 1 function evaluation instead of the teacher's 35, about 30 times more
-#   images per second. The teacher at 35 NFE (about 22) sits at the floor set by two sets of 500 real
-#   digits (about 25, itself noisy); the teacher at 7 NFE (about 72) is worse than either student.
+# * **Both one-step students work.** They start from the teacher's smooth class averages (the "generator at
+#   init" row: every class right, classifier Fréchet distance {glue:text}`ch07_fd_init`, recall
+#   {glue:text}`ch07_rec_init:.2f`) and, after about {glue:text}`ch07_emd_min` minutes on one CPU thread
+#   each, reach classifier Fréchet distances of {glue:text}`ch07_emd_fd` (EMD-4) and {glue:text}`ch07_di_fd`
+#   (Diff-Instruct) with recall {glue:text}`ch07_emd_rec:.3f` and {glue:text}`ch07_di_rec:.3f`, at 1
+#   function evaluation instead of the teacher's {glue:text}`ch07_nfe_teacher`, about
+#   {glue:text}`ch07_speedup` times more images per second. The teacher at {glue:text}`ch07_nfe_teacher` NFE
+#   ({glue:text}`ch07_fd_teacher`) sits at the floor set by two sets of 500 real digits
+#   ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
+#   worse than either student.
 # * **EMD did not beat Diff-Instruct here.** At equal wall time Diff-Instruct is slightly ahead on the
-#   classifier Fréchet distance (40.3 against 41.7), recall (0.858 against 0.832) and class accuracy
-#   (0.966 against 0.942); EMD-4 is slightly ahead on precision (0.962 against 0.946). An EMD-4 step
-#   makes 3 more teacher and 3 more student-score evaluations than a Diff-Instruct step (4 of each
-#   against 1) and took about 1.8 times as long, so it made 752 generator updates to
-#   Diff-Instruct's 1,342 in the same 14 minutes. Both cover all 10 classes, as they must when every
-#   sample is asked for its class by name; section 8 takes the label away and measures which digits
-#   each student then draws.
-# * **A second pair of students** (seed 1, `data/results/ch07_seed1.json`, not shipped; a more loaded
-#   machine cut their runs to about 9 minutes, EMD-4 229 updates, Diff-Instruct 460) points the same
-#   way, more clearly: Diff-Instruct 39.9 against EMD-4 59.5 in classifier Fréchet distance, recall
-#   0.868 against 0.728; EMD-4 had the better class accuracy (0.958 against 0.934). On this problem
-#   and budget, Diff-Instruct is the better use of CPU time. Whether EMD's mode covering pays off
-#   within a class, at equal numbers of updates, or over GPU-length runs is not something this CPU
-#   budget settles.
+#   classifier Fréchet distance ({glue:text}`ch07_di_fd` against {glue:text}`ch07_emd_fd`), recall
+#   ({glue:text}`ch07_di_rec:.3f` against {glue:text}`ch07_emd_rec:.3f`) and class accuracy
+#   ({glue:text}`ch07_di_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`); EMD-4 is slightly ahead on
+#   precision ({glue:text}`ch07_emd_prec:.3f` against {glue:text}`ch07_di_prec:.3f`). An EMD-4 step makes
+#   {glue:text}`ch07_ev_more` more teacher and {glue:text}`ch07_ev_more` more student-score evaluations than
+#   a Diff-Instruct step ({glue:text}`ch07_ev_emd` of each against {glue:text}`ch07_ev_di`) and took about
+#   {glue:text}`ch07_cost` times as long, so it made {glue:text}`ch07_emd_upd:,` generator updates to
+#   Diff-Instruct's {glue:text}`ch07_di_upd:,` in the same time. Both cover all 10 classes, as they must
+#   when every sample is asked for its class by name; section 8 takes the label away and measures which
+#   digits each student then draws.
+# * **The second pair of students** (seed 1; a more loaded machine cut their runs to about
+#   {glue:text}`ch07_s1_emd_min` and {glue:text}`ch07_s1_di_min` minutes, EMD-4
+#   {glue:text}`ch07_s1_emd_upd:,` updates, Diff-Instruct {glue:text}`ch07_s1_di_upd:,`) points the same
+#   way, more clearly: Diff-Instruct {glue:text}`ch07_s1_di_fd` against EMD-4 {glue:text}`ch07_s1_emd_fd` in
+#   classifier Fréchet distance, recall {glue:text}`ch07_s1_di_rec:.3f` against
+#   {glue:text}`ch07_s1_emd_rec:.3f`; EMD-4 had the better class accuracy ({glue:text}`ch07_s1_emd_acc:.3f`
+#   against {glue:text}`ch07_s1_di_acc:.3f`). On this problem and budget, Diff-Instruct is the better use of
+#   CPU time. Whether EMD's mode covering pays off within a class, at equal numbers of updates, or over
+#   GPU-length runs is not something this CPU budget settles.
 
 # %% [markdown]
 # ### 6.1 The joint chain on digits
@@ -426,31 +455,34 @@ print(f"\nper generator update: EMD-4 {ev['emd']['teacher']} teacher and {ev['em
 # The appendix (chapter 9, section 4.1) made the $(\epsilon, z)$ chain usable with network generators: a plain $z$ step whose
 # drift is limited to $0.1\sqrt{\dim z}$ per step, and no noise cancellation. One EMD-4 student was
 # distilled with such a chain (z step 0.05; the library's joint chain, `JOINT_CHAIN`, is now chapter 9's
-# Jacobian-scaled, Metropolis-adjusted step of section 4.2, not measured on images) on the
-# same teacher
+# Jacobian-scaled, Metropolis-adjusted step of section 4.2, measured below) on the same teacher
 # (`data/mnist_emd_z`, one seed) and measured the same way (`data/results/ch07_joint.json`). Its
 # `--minutes 14` sized a learning-rate horizon from the first step's time and ended at that horizon
-# after about half the time, so it had fewer updates than the shipped students, not equal time:
+# after {glue:text}`ch07_z_min` minutes, so it had fewer updates than the shipped students, not equal time:
 
 # %%
-joint = json.loads((DATA_DIR / "results" / "ch07_joint.json").read_text())
+joint = load_result("ch07_joint")
 card_z = json.loads((DATA_DIR / "mnist_emd_z.json").read_text())
 z_row = next(r for r in joint["rows"] if r["model"].startswith("EMD-4 (eps, z)"))
 lz = card_z["config"]["langevin"]
-print(f"{joint['command']}\n{joint['machine']}, {joint['date']}")
 print(f"chain: move_z {lz['move_z']}, gamma_z {lz['gamma_z']}, z_precondition {lz['z_precondition']}, "
       f"z_clip {lz['z_clip']}, cancel {lz['cancel']}, K {lz['K']}")
-print(f"{'model':<28}{'updates':>9}{'minutes':>9}{'cls. Fréchet':>14}{'precision':>11}{'recall':>8}{'class acc.':>12}")
-for row, card in ((emd_row, cards["emd"]), (di_row, cards["di"]), (z_row, card_z)):
-    print(f"{row['model']:<28}{card['steps']:>9}{card['wall_time_s'] / 60:>9.1f}{row['classifier_frechet']:>14.1f}"
-          f"{row['precision']:>11.3f}{row['recall']:>8.3f}{row['class_accuracy']:>12.3f}")
-print(f"updates: {card_z['steps']} against the shipped EMD-4's {cards['emd']['steps']} "
-      f"({card_z['steps'] / cards['emd']['steps']:.2f})")
+for k in ("classifier_frechet", "recall", "class_accuracy"):
+    glue(f"ch07_z_{SHORT[k][0]}", z_row[k], fmt=SHORT[k][1])
+glue("ch07_z_min", card_z["wall_time_s"] / 60, fmt=".1f")
+glue("ch07_z_share", card_z["steps"] / cards["emd"]["steps"])
+assert 0.6 < card_z["steps"] / cards["emd"]["steps"] < 0.75                             # about two thirds
+assert z_row["recall"] > max(emd_row["recall"], di_row["recall"])                       # the highest recall
+assert z_row["classifier_frechet"] > max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
+assert z_row["class_accuracy"] < min(emd_row["class_accuracy"], di_row["class_accuracy"])
+JOINT_COLS = ["model", "updates", "minutes", "cls. Fréchet", "precision", "recall", "class acc.", "classes"]
+table([row_with_card(emd_row, cards["emd"]), row_with_card(di_row, cards["di"]), row_with_card(z_row, card_z)], JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
-# With about two thirds of the shipped EMD-4's updates, the joint-chain student has the highest recall
-# of the three (more of the real digits lie near one of its samples) but the worst classifier Fréchet
-# distance and class accuracy: its digits cover more of the data's variety and are less often the
+# With {glue:text}`ch07_z_share:.2f` of the shipped EMD-4's updates, the joint-chain student has the
+# highest recall of the three ({glue:text}`ch07_z_rec:.3f`: more of the real digits lie near one of its
+# samples) but the worst classifier Fréchet distance ({glue:text}`ch07_z_fd`) and class accuracy
+# ({glue:text}`ch07_z_acc:.3f`): its digits cover more of the data's variety and are less often the
 # class they were asked for. One seed and an unequal budget: a first data point, not a verdict on
 # the chain, which chapter 9 found no better than $(\epsilon, -)$ in 2D.
 
@@ -463,22 +495,28 @@ print(f"updates: {card_z['steps']} against the shipped EMD-4's {cards['emd']['st
 # (`data/results/ch07_joint_mala.json`):
 
 # %%
-joint_m = json.loads((DATA_DIR / "results" / "ch07_joint_mala.json").read_text())
+joint_m = load_result("ch07_joint_mala")
 card_m = json.loads((DATA_DIR / "mnist_emd_mala.json").read_text())
 m_row = next(r for r in joint_m["rows"] if r["model"].startswith("EMD-4 (eps, z)"))
 lm, em = card_m["config"]["langevin"], card_m["estep_means"]
-print(f"{joint_m['command']}\n{card_m['command']}")
+print(f"student: `{card_m['command']}`")
 print(f"chain: z_precondition {lm['z_precondition']}, metropolis {lm['metropolis']}, gamma_eps {lm['gamma_eps']}, "
-      f"gamma_z {lm['gamma_z']}, cancel {lm['cancel']}, K {lm['K']}; over the run: acceptance {em['accept']:.2f}, "
-      f"z moved {em['moved_z']:.2f} and x_t {em['moved_data']:.2f} per chain")
-for row, card in ((emd_row, cards["emd"]), (z_row, card_z), (m_row, card_m)):
-    print(f"{row['model'] + (' MALA' if card is card_m else ''):<28}{card['steps']:>9}{card['wall_time_s'] / 60:>9.1f}"
-          f"{row['classifier_frechet']:>14.1f}{row['precision']:>11.3f}{row['recall']:>8.3f}{row['class_accuracy']:>12.3f}"
-          f"{row['classes_covered']:>4d} classes")
+      f"gamma_z {lm['gamma_z']}, cancel {lm['cancel']}, K {lm['K']}")
+glue("ch07_m_accept", em["accept"])
+glue("ch07_m_moved_z", em["moved_z"])
+glue("ch07_m_moved_x", em["moved_data"])
+glue("ch07_m_classes", m_row["classes_covered"])
+glue("ch07_m_prec", m_row["precision"])
+glue("ch07_m_rec", m_row["recall"])
+assert em["accept"] > 0.5 and m_row["classes_covered"] <= 2 and m_row["precision"] == m_row["recall"] == 0
+table([row_with_card(emd_row, cards["emd"]), row_with_card(z_row, card_z), row_with_card(m_row, card_m, z_row["model"] + " MALA")],
+      JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
-# This student collapsed: its samples cover two of the ten classes, with no precision or recall
-# against the real digits, though the chain accepted most of its moves (the line above). The 2D
+# This student collapsed: its samples cover {glue:text}`ch07_m_classes` of the ten classes, with
+# precision {glue:text}`ch07_m_prec:.3f` and recall {glue:text}`ch07_m_rec:.3f` against the real digits, though
+# the chain accepted most of its moves (a fraction {glue:text}`ch07_m_accept:.2f` over the run, moving $z$
+# by {glue:text}`ch07_m_moved_z:.2f` and $x_t$ by {glue:text}`ch07_m_moved_x:.2f` per chain). The 2D
 # result does not carry over as it is; why the generator collapses under this E-step on images
 # (the step sizes, the trapezoid rule's error in 784 dimensions, the student score lagging a
 # generator that the chain pulls further) we have not measured. One seed and 10 minutes: a failure
@@ -509,25 +547,31 @@ grid(to_unit(before), nrow=20, ax=axes[0], title="EMD, one step")
 grid(to_unit(after0), nrow=20, ax=axes[1], title="noised to lam = 0 and denoised by the teacher (0 Langevin steps)")
 grid(to_unit(after), nrow=20, ax=axes[2], title=f"after {steps_corr} Langevin steps on eps at lam = 0 and a teacher denoise")
 plt.show()
-corr_rows = [r for r in table["rows"] if r["model"].startswith("EMD") and "+" in r["model"]]
-if corr_rows:
-    print(f"measured on {table['n']} digits:")
-    for r in [emd_row] + corr_rows:
-        print(f"  {r['model']:<58} NFE {r['nfe']:>3}  cls. Fréchet {r['classifier_frechet']:.2f}  "
-              f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  class acc. {r['class_accuracy']:.3f}")
-    # the text's claims: neither the chain nor the bare noise-and-denoise beat the raw samples
-    assert all(r["classifier_frechet"] >= emd_row["classifier_frechet"] for r in corr_rows)
+c0_row, c20_row = (next(r for r in stored["rows"] if r["model"].startswith("EMD") and p in r["model"])
+                   for p in ("(0 steps)", "MCMC"))
+for pre, row in (("c0", c0_row), ("c20", c20_row)):
+    for k in ("classifier_frechet", "precision", "class_accuracy"):
+        glue(f"ch07_{pre}_{SHORT[k][0]}", row[k], fmt=SHORT[k][1])
+# the text's claims: neither the chain nor the bare noise-and-denoise beat the raw samples, and the two agree
+assert min(c0_row["classifier_frechet"], c20_row["classifier_frechet"]) >= emd_row["classifier_frechet"]
+assert abs(c0_row["classifier_frechet"] - c20_row["classifier_frechet"]) < 0.05
+assert c20_row["precision"] > emd_row["precision"] and c20_row["class_accuracy"] < emd_row["class_accuracy"]
+table([(r["model"], r["nfe"], r["classifier_frechet"], r["precision"], r["recall"], r["class_accuracy"])
+       for r in (emd_row, c0_row, c20_row)], ["model", "NFE", "cls. Fréchet", "precision", "recall", "class acc."],
+      fmt={**FMT, "cls. Fréchet": "{:.2f}"})
 
 # %% [markdown]
-# In these runs the correction did not help. After 20 Langevin steps on $\epsilon$ at $\lambda = 0$ and a teacher
-# denoise, the classifier Fréchet distance is 45.1 against 41.7 for the raw one-step samples, the
-# same as the zero-step baseline that only noises to $\lambda = 0$ and denoises (45.1): what changes the
-# numbers is the noise-and-denoise, not the chain. Precision rises a little (0.972 against 0.962) and
-# class accuracy falls (0.926 against 0.942). The paper shows the correction as long chains run jointly on
-# $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain here is 20 steps on $\epsilon$ alone
-# (with $z$ frozen), which is what a CPU affords for 500 digits. It
-# barely moves the samples, and the one-step digits here have few of the off-manifold defects the
-# correction is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
+# In these runs the correction did not help. The table is `eval_images`'s measurement on 500 digits
+# (`data/results/ch07_table.json`). After 20 Langevin steps on $\epsilon$ at $\lambda = 0$ and a teacher
+# denoise, the classifier Fréchet distance is {glue:text}`ch07_c20_fd` against {glue:text}`ch07_emd_fd` for
+# the raw one-step samples, the same as the zero-step baseline that only noises to $\lambda = 0$ and
+# denoises ({glue:text}`ch07_c0_fd`): what changes the numbers is the noise-and-denoise, not the chain.
+# Precision rises a little ({glue:text}`ch07_c20_prec:.3f` against {glue:text}`ch07_emd_prec:.3f`) and class
+# accuracy falls ({glue:text}`ch07_c20_acc:.3f` against {glue:text}`ch07_emd_acc:.3f`). The paper shows the
+# correction as long chains run jointly on $x$ and $z$ on ImageNet and Stable Diffusion latents; our chain
+# here is 20 steps on $\epsilon$ alone (with $z$ frozen), which is what a CPU affords for 500 digits. It
+# barely moves the samples, and the one-step digits here have few of the off-manifold defects the correction
+# is meant to repair. Exercise for a GPU: more steps, and moving $z$ too.
 
 # %% [markdown]
 # ## 8. Without labels: which digits does each student draw?
@@ -542,10 +586,11 @@ if corr_rows:
 # compared with the uniform one (the real digits are 10% a class) by its total variation (TV) and its
 # smallest class share.
 #
-# The runs, sized to one CPU thread each on a shared 2-core machine (57 minutes of training in
-# all): EMD-4 for 8 minutes, Diff-Instruct for the same number of generator updates and the same
+# The runs, sized to one CPU thread each on a shared 2-core machine ({glue:text}`ch07_u_minutes`
+# minutes of training in all): EMD-4 for 8 minutes, Diff-Instruct for the same number of generator updates and the same
 # learning-rate horizon (equal updates), and Diff-Instruct for 8 minutes (equal wall time), each
-# for seeds 0, 1 and 2, every other setting as in section 6's students (which ran 14 minutes). Then
+# for seeds 0, 1 and 2, every other setting as in section 6's students (which ran
+# {glue:text}`ch07_emd_min` minutes). Then
 # `python -m emd_lib experiment ch07` read 1,000 samples of each against the 500 held-out digits,
 # and 500 of the teacher's own unconditional samples (Heun, 18 steps). The file records every
 # command, the seconds per step of each run, and the checkpoints' sha256; the students' weights
@@ -569,50 +614,33 @@ assert all(np.isfinite(d_u.history["loss_g"])) and torch.isfinite(x_u).all()
 print(f"{cfg_u.steps} unconditional EMD-4 steps: generator loss {d_u.history['loss_g'][-1]:.3g}")
 
 # %%
-unc = json.loads((DATA_DIR / "results" / "ch07_unconditional.json").read_text())
-print(f"{unc['command']}\n{unc['machine']}, {unc['date']}; reference: {unc['reference']}\n")
-ref_u = {r["model"]: r for r in unc["rows"] if "method" not in r}
-runs_u = [r for r in unc["rows"] if "method" in r]
+unc = load_result("ch07_unconditional")
+ref_u, runs_u, groups = unconditional_runs(unc)
+U_FMT = {"seconds": "{:.0f}", "s/step": "{:.2f}", "TV": "{:.3f}", "min share": "{:.3f}", "cls. Fréchet": "{:.1f}",
+         "precision": "{:.3f}", "recall": "{:.3f}"}
+table([[name] + ["-" if r.get(k) is None else r[k] for k in ("seed", "updates", "seconds", "seconds_per_step")]
+       + [r[k] for k in ("tv_uniform", "min_share", "classifier_frechet", "precision", "recall")]
+       for name, r in list(ref_u.items()) + [(group_of(r), r) for r in runs_u]],
+      ["model", "seed", "updates", "seconds", "s/step", "TV", "min share", "cls. Fréchet", "precision", "recall"],
+      fmt=U_FMT, title=f"{unc['n']} samples a student against {unc['reference']}")
 
-
-def group_of(r):
-    """EMD-4, or Diff-Instruct at equal updates / at equal wall time."""
-    return r["model"] if r["method"] == "emd" else f"Diff-Instruct, equal {'time' if r['budget'] == 'wall time' else 'updates'}"
-
-
-groups = {}
-for r in runs_u:
-    groups.setdefault(group_of(r), []).append(r)
-heads = ["model", "seed", "updates", "seconds", "s/step", "TV", "min share", "cls. Fréchet", "precision", "recall"]
-print(f"{heads[0]:<40}" + "".join(f"{h:>13}" for h in heads[1:]))
-for name, r in [(m, r) for m, r in ref_u.items()] + [(group_of(r), r) for r in runs_u]:
-    vals = [r.get("seed"), r.get("updates"), r.get("seconds"), r.get("seconds_per_step"), r["tv_uniform"], r["min_share"],
-            round(r["classifier_frechet"], 1), r["precision"], r["recall"]]
-    print(f"{name[:39]:<40}" + "".join(f"{'-' if v is None else v:>13}" for v in vals))
+# %%
 # a live check: the real-digit row, measured again with the shipped classifier
 x_tr_u, _, _, _ = load_images("mnist")
 idx_u = torch.randperm(len(x_tr_u), generator=torch.Generator().manual_seed(0))[:500]
 live_real = class_balance(to_unit(x_tr_u[idx_u]), clf)
 assert live_real["class_counts"] == ref_u["real training digits"]["class_counts"]
-# sampling noise: the TV to uniform of n draws from the uniform histogram itself
-n_u = runs_u[0]["n"]
-torch.manual_seed(0)
-tv_noise = 0.5 * (torch.distributions.Multinomial(n_u, torch.full((10,), 0.1)).sample((2000,)) / n_u - 0.1).abs().sum(1)
-print(f"\nTV of {n_u} draws from the uniform histogram: mean {tv_noise.mean():.3f}, 95th percentile "
-      f"{tv_noise.quantile(0.95):.3f}")
+n_u = runs_u[0]["n"]                              # sampling noise: n draws from the uniform histogram itself
+glue("ch07_tv_noise95", float(tv_noise(n_u).quantile(0.95)))
+glue("ch07_u_n", n_u)
 teacher_u = next(r for m, r in ref_u.items() if m.startswith("teacher"))
-sh_teacher = np.array(teacher_u["class_shares"])
-for r in runs_u:                                  # the class balance the students could reach: the teacher's
-    r["tv_teacher"] = float(0.5 * np.abs(np.array(r["class_shares"]) - sh_teacher).sum())
-print(f"the teacher's own samples: TV to uniform {teacher_u['tv_uniform']:.3f}, smallest share "
-      f"{teacher_u['min_share']:.3f} ({teacher_u['n']} samples)\nmean [min, max] over seeds:")
-summary_u = {}
-for name, rs in groups.items():
-    summary_u[name] = {k: (float(np.mean([r[k] for r in rs])), float(np.min([r[k] for r in rs])),
-                           float(np.max([r[k] for r in rs])))
-                       for k in ("tv_uniform", "min_share", "tv_teacher", "classifier_frechet", "precision", "recall",
-                                 "updates", "seconds_per_step")}
-    print(f"  {name:<30} " + ", ".join(f"{k} {m:.3g} [{lo:.3g}, {hi:.3g}]" for k, (m, lo, hi) in summary_u[name].items()))
+init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
+assert init_u["class_counts"][8] == init_u["n"]                                        # the start: one class
+glue("ch07_init_u_n", init_u["n"])
+summary_u = seed_summary(groups, teacher_u)        # tv_teacher: to the teacher's histogram, what a student could reach
+table([[name] + [f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in su.values()] for name, su in summary_u.items()],
+      ["group", "TV", "min share", "TV to teacher", "cls. Fréchet", "precision", "recall", "updates", "s/step"],
+      title="mean [min, max] over the seeds")
 
 # %%
 fig, axes = plt.subplots(1, 1 + len(groups), figsize=(4 * (1 + len(groups)), 3.4), sharey=True)
@@ -640,85 +668,81 @@ for ax, (name, rs) in zip(axes[1:], groups.items()):
 plt.show()
 
 # %% [markdown]
-# **Which chain the shipped students use.** Every EMD student in this chapter but two, the shipped
-# one (`data/mnist_emd`), the seed-1 one of section 6 and the unconditional ones above, runs its
-# E-step on the $(\epsilon, -)$ chain: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation,
-# $K = 4$ and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains). The
-# exceptions are section 6.1's two joint-chain students (`data/mnist_emd_z` and the card
-# `data/mnist_emd_mala.json`, $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. Read from the cards and commands:
+# **Which chain the shipped students use.** Every EMD student in this chapter but {glue:text}`ch07_n_joint`
+# runs its E-step on the $(\epsilon, -)$ chain, the shipped one (`data/mnist_emd`), the seed-1 one of section 6
+# and the unconditional ones above: $\epsilon$ moves, $z$ stays frozen, with full noise cancellation, $K = 4$
+# and $\gamma_\epsilon = 0.3$ (the library's defaults; chapter 4 compares the chains). The exceptions are
+# section 6.1's joint-chain students (`data/mnist_emd_z` and the card `data/mnist_emd_mala.json`,
+# $(\epsilon, z)$ without cancellation). Diff-Instruct has no chain. From the cards and commands:
 
 # %%
-def chain_of_command(command):
-    """The Langevin chain a distill_images command runs with today's defaults."""
-    cfg = config_from_command(command)
-    if cfg.method == "di":
-        return "none", None, None
-    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
-
-
-chains = {"data/mnist_emd": (chain_name(cards["emd"]), cards["emd"]["config"]["langevin"]["cancel"],
-                             cards["emd"]["config"]["langevin"]["K"]),
-          "data/mnist_di": (chain_name(cards["di"]), None, None),
-          "data/mnist_emd_z": (chain_name(card_z), card_z["config"]["langevin"]["cancel"],
-                               card_z["config"]["langevin"]["K"]),
-          "data/mnist_emd_mala.json": chain_of_command(card_m["command"])}
+chains = {name: (chain_name(c), c["config"]["langevin"]["cancel"], c["config"]["langevin"]["K"])
+          for name, c in (("data/mnist_emd", cards["emd"]), ("data/mnist_emd_z", card_z))}
+chains.update({"data/mnist_di": ("none", None, None), "data/mnist_emd_mala.json": chain_of_command(card_m["command"])})
 for key, st in seed1["students"].items():
     chains[f"section 6, seed 1, {key}"] = chain_of_command(st["command"])
 for r in runs_u:
     chains[f"no class, {group_of(r)}, seed {r['seed']}"] = chain_of_command(r["command"])
-for name, ch in chains.items():
-    print(f"{name:<44} chain {ch[0]:<9} cancel {ch[1]}, K {ch[2]}")
+n_joint = sum(ch[0] not in ("none", "(eps, -)") for ch in chains.values())
+glue("ch07_n_joint", n_joint)
+assert {ch for ch in chains.values() if ch[0] not in ("none", "(eps, z)")} == {("(eps, -)", "full", 4)}
+table([(name, *("-" if v is None else str(v) for v in ch)) for name, ch in chains.items()], ["student", "chain", "cancel", "K"])
 
 # %%
-seeds_u = sorted({r["seed"] for r in runs_u})
-by = {(group_of(r), r["seed"]): r for r in runs_u}
-emd_name, di_upd, di_time = "EMD-4", "Diff-Instruct, equal updates", "Diff-Instruct, equal time"
-minutes_u = sum(r["seconds"] for r in runs_u) / 60
-init_u = next(r for m, r in ref_u.items() if m.startswith("generator at init"))
-tv_all = [r["tv_uniform"] for r in runs_u]
-ones = [r["class_shares"][1] for r in runs_u]
-top_class = {int(np.argmax(r["class_shares"])) for r in runs_u}
-print(f"{len(runs_u)} runs, {len(seeds_u)} seeds, {minutes_u:.0f} minutes of training in all")
-print(f"TV to uniform over the runs: {min(tv_all):.3f} to {max(tv_all):.3f}; the most drawn class in every run: "
-      f"{top_class}, with a share of {min(ones):.3f} to {max(ones):.3f} (the teacher's: "
-      f"{teacher_u['class_shares'][1]:.3f}); smallest share in any run {min(r['min_share'] for r in runs_u):.3f}")
-wins = {(g, k): sum(by[(emd_name, s)][k] < by[(g, s)][k] for s in seeds_u)
-        for g in (di_upd, di_time) for k in ("tv_uniform", "classifier_frechet")}
-for (g, k), w in wins.items():
-    print(f"EMD-4 lower {k} than {g}: {w} of {len(seeds_u)} seeds")
-more_updates = [by[(di_time, s)]["updates"] / by[(emd_name, s)]["updates"] for s in seeds_u]
-spd = [r["seconds_per_step"] for r in runs_u]
-capped = [r for r in runs_u if r["updates"] >= build_parser().get_default("steps")]
-print(f"equal time: Diff-Instruct made {min(more_updates):.1f} to {max(more_updates):.1f} times EMD-4's updates; "
-      f"seconds per step over the runs {min(spd):.2f} to {max(spd):.2f}; EMD-4's updates "
-      f"{sorted(by[(emd_name, s)]['updates'] for s in seeds_u)}; runs stopped by the 2000-update cap: "
-      f"{[(group_of(r), r['seed'], r['seconds']) for r in capped]}")
+for name, (value, f) in unconditional_numbers(runs_u, summary_u, teacher_u).items():
+    glue(f"ch07_{name}", value, fmt=f)                                # ch07_u_tv_lo, ch07_upd_emd_tv_wins, ...
+assert set(groups) == set(U_GROUPS.values()) and len(runs_u) == 9 and len({r["seed"] for r in runs_u}) == 3
+assert {int(np.argmax(r["class_shares"])) for r in runs_u} == {1}                       # "1" most often, every run
+assert min(r["min_share"] for r in runs_u) > 0                                         # no class dropped outright
+for g in ("upd", "time"):                  # the gap between the means is smaller than the spread between seeds
+    su, se = summary_u[U_GROUPS[g]]["tv_uniform"], summary_u[U_GROUPS["emd"]]["tv_uniform"]
+    assert abs(se[0] - su[0]) < su[2] - su[1]
+fd_u = [r["classifier_frechet"] for r in runs_u]
+assert min(fd_u) > 2 * teacher_u["classifier_frechet"]
+assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
+cap = build_parser().get_default("steps")
+capped = [r for r in runs_u if r["updates"] >= cap]
+assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
+glue("ch07_cap", cap)
+glue("ch07_cap_seed", capped[0]["seed"])
+glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 
 # %% [markdown]
-# What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks each number):
+# What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks them too):
 #
-# * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to
-#   uniform is 0.235 to 0.462; by chance alone, 1,000 draws from the uniform histogram stay below
-#   0.055 in 95% of trials, and the teacher's own unconditional samples give 0.098 (its smallest
-#   class share 0.066). Every run draws "1" most often, 23% to 48% of its samples against the
-#   teacher's 6.6%. No run drops a class outright (the smallest share in any run is 0.007, 7 digits
-#   in 1,000), and all start from one class: the generator at initialisation, the teacher's
-#   "no class" denoiser read at $\lambda^* = -6$, gives samples the classifier reads as 8, all 500 of them.
+# * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to uniform
+#   is {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f`; by chance alone,
+#   {glue:text}`ch07_u_n:,` draws from the uniform histogram stay below {glue:text}`ch07_tv_noise95:.3f` in
+#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f` (its smallest
+#   class share {glue:text}`ch07_t_min:.3f`). Every run draws "1" most often, {glue:text}`ch07_u_one_lo` to
+#   {glue:text}`ch07_u_one_hi` of its samples against the teacher's {glue:text}`ch07_t_one`. No run drops a
+#   class outright (the smallest share in any run is {glue:text}`ch07_u_min_lo:.3f`,
+#   {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n:,`), and all start from one class: the
+#   generator at initialisation, the teacher's "no class" denoiser read at $\lambda^* = -6$, gives samples
+#   the classifier reads as 8, all {glue:text}`ch07_init_u_n` of them.
 # * **EMD-4 did not cover the classes better than Diff-Instruct, in a way these runs can show.** At equal
-#   updates EMD-4 had the lower TV in 2 of 3 seeds (mean 0.364 against 0.381) and the lower classifier
-#   Fréchet distance in 2 of 3 (394 against 474); at equal wall time Diff-Instruct, with 1.2 to 3.6
-#   times as many updates, had the lower TV in 2 of 3 (mean 0.330) and the lower Fréchet distance in 2
-#   of 3 (292). Each gap between the means is smaller than the spread of Diff-Instruct's TV between
-#   seeds (0.303 to 0.462 at equal updates, 0.235 to 0.395 at equal time). Every EMD student here
-#   moves $\epsilon$ with $z$ frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run on images.
+#   updates EMD-4 had the lower TV in {glue:text}`ch07_upd_emd_tv_wins` of 3 seeds (mean
+#   {glue:text}`ch07_u_emd_tv:.3f` against {glue:text}`ch07_u_upd_tv:.3f`) and the lower classifier Fréchet
+#   distance in {glue:text}`ch07_upd_emd_fd_wins` of 3 ({glue:text}`ch07_u_emd_fd` against
+#   {glue:text}`ch07_u_upd_fd`); at equal wall time Diff-Instruct, with {glue:text}`ch07_more_lo` to
+#   {glue:text}`ch07_more_hi` times as many updates, had the lower TV in {glue:text}`ch07_time_di_tv_wins`
+#   of 3 (mean {glue:text}`ch07_u_time_tv:.3f`) and the lower Fréchet distance in
+#   {glue:text}`ch07_time_di_fd_wins` of 3 ({glue:text}`ch07_u_time_fd`). Each gap between the means is
+#   smaller than the spread of Diff-Instruct's TV between seeds ({glue:text}`ch07_u_upd_tv_lo:.3f` to
+#   {glue:text}`ch07_u_upd_tv_hi:.3f` at equal updates, {glue:text}`ch07_u_time_tv_lo:.3f` to
+#   {glue:text}`ch07_u_time_tv_hi:.3f` at equal time). Every EMD student here moves $\epsilon$ with $z$
+#   frozen, the $(\epsilon, -)$ chain; a chain that moves $z$ was not run without labels.
 # * **Without the label the students are far from the teacher.** Their classifier Fréchet distances
-#   (220 to 655) are more than twice the teacher's unconditional 101 and over five times the 40 to
-#   42 that section 6's class-conditional students reached.
-# * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from 0.21
-#   to 1.28 between runs as the machine's load changed; the `--minutes` horizon is sized from the
-#   first step's time, so EMD-4 made 339, 561 and 731 updates in its three runs, and Diff-Instruct's
-#   seed-2 run at equal time stopped at the command's cap of 2,000 updates after 425 of its 480
-#   seconds. The equal-update pairs share their updates and learning-rate horizon exactly.
+#   ({glue:text}`ch07_u_fd_lo` to {glue:text}`ch07_u_fd_hi`) are more than twice the teacher's
+#   unconditional {glue:text}`ch07_t_fd` and over five times the {glue:text}`ch07_di_fd` and
+#   {glue:text}`ch07_emd_fd` that section 6's class-conditional students reached.
+# * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from
+#   {glue:text}`ch07_u_spd_lo:.2f` to {glue:text}`ch07_u_spd_hi:.2f` between runs as the machine's load
+#   changed; the `--minutes` horizon is sized from the first step's time, so EMD-4 made
+#   {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's
+#   seed-{glue:text}`ch07_cap_seed` run at equal time stopped at the command's cap of
+#   {glue:text}`ch07_cap:,` updates after {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs
+#   share their updates and learning-rate horizon exactly.
 
 # %% [markdown]
 # ## Summary
@@ -732,12 +756,15 @@ print(f"equal time: Diff-Instruct made {min(more_updates):.1f} to {max(more_upda
 #   downloads: a classifier's Fréchet distance (not FID), k-NN precision and recall, class accuracy
 #   and coverage;
 # * compare EMD and Diff-Instruct honestly on images: at equal wall time Diff-Instruct was ahead of
-#   EMD-4 in our shipped runs (an EMD-4 step costs about 1.8 times as much), both within a factor of two
-#   of the teacher's Fréchet distance at one function evaluation instead of 35;
+#   EMD-4 in our shipped runs (an EMD-4 step costs about {glue:text}`ch07_cost` times as much), both
+#   within a factor of two of the teacher's Fréchet distance at one function evaluation instead of
+#   {glue:text}`ch07_nfe_teacher`;
 # * test whether a student covers the classes without labels: none drew the ten digits evenly (TV to
-#   uniform 0.235 to 0.462 against the teacher's 0.098), and the differences between EMD-4 and
-#   Diff-Instruct were smaller than the spread between seeds;
-# * read a checkpoint's card to tell which chain a student used: all but one ran $(\epsilon, -)$.
+#   uniform {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f` against the teacher's
+#   {glue:text}`ch07_t_tv:.3f`), and the differences between EMD-4 and Diff-Instruct were smaller than the
+#   spread between seeds;
+# * read a checkpoint's card to tell which chain a student used: all but the {glue:text}`ch07_n_joint`
+#   joint-chain students of section 6.1 ran $(\epsilon, -)$.
 #
 # ## Exercise 7.1: the teacher's training loss
 #

@@ -45,11 +45,13 @@ import time
 from pathlib import Path
 
 import torch
+from IPython.display import display
 
 from emd_lib import DATA_DIR, ROOT, fast_or
+from emd_lib.book import glue, table
 from emd_lib.nets import TeacherInitGenerator
 from emd_lib.scale import adapters as A
-from emd_lib.scale.bench import bench, format_table
+from emd_lib.scale.bench import bench
 from emd_lib.scale.evaluate import fid_from_features, inception_score
 from emd_lib.metrics import knn_precision_recall
 from emd_lib.scale.train import Trainer, load_config
@@ -57,6 +59,29 @@ from emd_lib.scale.train import Trainer, load_config
 torch.set_num_threads(1)
 t_start = time.perf_counter()
 TMP = Path(tempfile.mkdtemp(prefix="emd-ch08-"))
+
+
+def bench_table(info):
+    """A benchmark of ``python -m emd_lib bench`` as a table: its setting is the caption; the timings of
+    single passes and of sampling, where measured, are printed."""
+    pk = info.get("peak")
+    for name, v in info.get("pass_times", {}).items():
+        print(f"one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
+              + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else ""))
+    if info.get("note"):
+        print(f"note: {info['note']}")
+    if sm := info.get("sampling"):
+        print(f"sampling {sm['n']} images: one-step generator {sm['generator_img_per_s']:.4g} img/s; teacher Heun "
+              f"({sm['teacher_nfe']} NFE) {sm['teacher_img_per_s']:.4g} img/s")
+    title = (f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
+             f"{info['device_name']}, batch {info['batch']}, {info['precision']}"
+             + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else "")
+             + (f"; {pk['dtype']} matrix rate {pk['tflops']:.4g} TFLOP/s" if pk else ""))
+    keys = ["sec_per_step", "ratio_to_di", "img_per_s", "peak_mb", "tflop_per_step", "tflops", "pct_peak", "predicted_sec"]
+    cols = ["s/step", "x DI", "img/s", "peak MB", "TFLOP/step", "TFLOP/s", "% peak", "sum of passes (s)"]
+    fmt = dict(zip(cols, ["{:.4g}", "{:.2f}", "{:.4g}", "{:.0f}", "{:.4g}", "{:.3g}", "{:.1f}", "{:.4g}"]))
+    return table([[r["method"]] + ["-" if r.get(k) is None else r[k] for k in keys] for r in info["rows"]],
+                 ["method"] + cols, fmt=fmt, title=title)
 
 # %% [markdown]
 # ## 1. One teacher interface, three kinds of network
@@ -185,26 +210,24 @@ print("trainable generator parameters:", sum(p.numel() for p in gen.parameters()
 # teacher (`teacher.kind=random teacher.arch=tiny-edm`). The other overrides shrink the run to fit a
 # CPU: batch 8 instead of 256, K = 2 instead of 8, a few steps, and a uniform noise range of
 # $[-5, 5]$ with $\lambda^* = -4$ for the untrained stand-in in place of the config's EDM range (the
-# cell prints each override beside the config's value):
+# first table sets each override beside the config's value; the second is the run's log):
 
 # %%
 print("\n".join(ln for ln in (ROOT / "emd_lib" / "configs" / "imagenet64.yaml").read_text().splitlines()[:12]))
 shrunk = {"batch": 8, "steps": fast_or(6, 3), "lam_dist": "uniform", "lam_min": -5, "lam_max": 5, "lam_star": -4,
           "langevin.K": 2}                                  # what makes the run fit a CPU
 real_cfg = load_config("imagenet64")
-for key, val in shrunk.items():
-    real = functools.reduce(getattr, key.split("."), real_cfg)           # langevin.K -> real_cfg.langevin.K
-    print(f"  {key:>10}: {val!s:>8} here, {real} in the config")
+display(table([(key, str(val), str(functools.reduce(getattr, key.split("."), real_cfg)))   # langevin.K -> .langevin.K
+               for key, val in shrunk.items()], ["key", "here", "in the config"]))
 over = ["teacher.kind=random", "teacher.arch=tiny-edm", *(f"{k}={v}" for k, v in shrunk.items()), "progress=false",
         "tensorboard=false", "log_every=1", f"out={TMP / 'in64'}"]
 run = Trainer(load_config("imagenet64", over))
 hist = run.run()
-for line in (TMP / "in64" / "log.jsonl").read_text().splitlines():
-    rec = json.loads(line)
-    print({k: round(v, 6) if isinstance(v, float) else v for k, v in rec.items() if k in ("step", "loss_g", "loss_s",
-                                                                                            "grad_norm", "lr_g")})
 x_gen = run.sample(4, torch.tensor([0, 1, 2, 3]))
 print("one-step samples:", tuple(x_gen.shape))
+log_keys = ("step", "loss_g", "loss_s", "grad_norm", "lr_g")
+log = [json.loads(line) for line in (TMP / "in64" / "log.jsonl").read_text().splitlines()]
+table([[rec.get(k, "-") for k in log_keys] for rec in log], log_keys, fmt="{:.6g}", title="log.jsonl")
 
 # %% [markdown]
 # **Exact resume.** A checkpoint holds the generator, its EMA, the student score, both optimisers'
@@ -309,13 +332,13 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
 ks = fast_or((1, 2, 4, 8, 16), (1, 4))
 info = bench("imagenet64", methods=[("di", 1)] + [("emd", k) for k in ks], tiny=True, steps=fast_or(5, 1),
              warmup=1, sampler_steps=fast_or(40, 4), quiet=True)
-print(format_table(info))
 rows = {r["method"]: r for r in info["rows"]}
 assert rows[f"EMD-{ks[-1]}"]["tflop_per_step"] > rows["EMD-1"]["tflop_per_step"] > 0
+bench_table(info)
 
 # %% [markdown]
 # **On one GPU.** The same command on the full-size ImageNet-64 network (a diffusers `UNet2DModel` laid
-# out like EDM's ADM-64, 277M parameters per network, random weights) at batch 64 in bf16 autocast,
+# out like EDM's ADM-64, {glue:text}`ch08_params` parameters per network, random weights) at batch 64 in bf16 autocast,
 # eager and under `torch.compile` (`make bench-gpu` runs these and the CUDA-graph variant):
 #
 #     python -m emd_lib bench --config imagenet64 --batch 64 --steps 2 --warmup 1 --langevin-steps 1,2,4,8 \
@@ -323,73 +346,88 @@ assert rows[f"EMD-{ks[-1]}"]["tflop_per_step"] > rows["EMD-1"]["tflop_per_step"]
 #     python -m emd_lib bench --config imagenet64 --batch 64 --steps 3 --warmup 1 --langevin-steps 1,2,4,8 \
 #         --passes --compile --json data/results/bench_gpu_imagenet64_compile.json
 #
-# We ran them on one NVIDIA H200 with PyTorch 2.11 (the files hold the date and the command). The
+# We ran them on one {glue:text}`ch08_device` with PyTorch {glue:text}`ch08_torch` (the files hold the
+# date and the command). The
 # compiled run stopped at its time limit while timing EMD-8, so its table ends at EMD-4; the two tiny
 # tables show CUDA graphs (`--cuda-graphs`) on a network small enough to be bound by kernel launches.
 
 # %%
 gpu = {f.stem.removeprefix("bench_gpu_"): json.loads(f.read_text())
        for f in sorted((DATA_DIR / "results").glob("bench_gpu_*.json"))}
+assert {"imagenet64", "imagenet64_compile", "tiny", "tiny_graphs"} <= set(gpu), "run `make bench-gpu` on a CUDA GPU"
+glue("ch08_params", f"{gpu['imagenet64']['params_per_network'] / 1e6:.0f}M")
+glue("ch08_device", gpu["imagenet64"]["device_name"])
+glue("ch08_torch", gpu["imagenet64"]["torch"].split("+")[0])                      # 2.11.0+cu130 -> 2.11.0
 for info in gpu.values():
-    print(format_table(info), "\n")
-if not gpu:
-    print("no GPU benchmark in data/results/ (run `make bench-gpu` on a machine with a CUDA GPU)")
+    display(bench_table(info))
 
 # %% [markdown]
 # What the tables say, computed from them:
 
 # %%
-if {"imagenet64", "imagenet64_compile"} <= set(gpu):
-    eager = {r["method"]: r for r in gpu["imagenet64"]["rows"]}
-    comp = {r["method"]: r for r in gpu["imagenet64_compile"]["rows"]}
-    di, e8 = eager["Diff-Instruct"], eager["EMD-8"]
-    print(f"eager: EMD-8 costs {e8['ratio_to_di']:.2f}x a Diff-Instruct step; its FLOPs are "
-          f"{e8['tflop_per_step'] / di['tflop_per_step']:.2f}x; the sum of its separately timed passes predicts "
-          f"{e8['predicted_sec']:.2f} s against {e8['sec_per_step']:.2f} s measured")
-    # one more Langevin step (a generator forward + VJP, a teacher and a student forward), from EMD-2 -> EMD-4
-    step_s = (comp["EMD-4"]["sec_per_step"] - comp["EMD-2"]["sec_per_step"]) / 2
-    step_tf = (comp["EMD-4"]["tflop_per_step"] - comp["EMD-2"]["tflop_per_step"]) / 2
-    peak_c = gpu["imagenet64_compile"]["peak"]["tflops"]
-    emd8_c = comp["EMD-4"]["sec_per_step"] + 4 * step_s                 # extrapolated, not measured
-    print(f"compiled: {min(r['pct_peak'] for r in comp.values()):.1f}-{max(r['pct_peak'] for r in comp.values()):.1f}% "
-          f"of the measured matrix rate over whole steps (eager: {min(r['pct_peak'] for r in eager.values()):.1f}-"
-          f"{max(r['pct_peak'] for r in eager.values()):.1f}%); one more Langevin step costs {step_s:.3f} s = "
-          f"{100 * step_tf / step_s / peak_c:.1f}% of the rate")
-    print(f"compiled EMD-8, extrapolated from EMD-4 by four such steps: {emd8_c:.2f} s "
-          f"({emd8_c / comp['Diff-Instruct']['sec_per_step']:.2f}x Diff-Instruct, "
-          f"{100 * e8['tflop_per_step'] / emd8_c / peak_c:.1f}% of the rate); eager measured {e8['sec_per_step']:.2f} s")
-    print(f"passes per step: EMD-8 {e8['passes']}, Diff-Instruct {di['passes']}; peak memory "
-          f"{max(r['peak_mb'] for r in eager.values()) / 1024:.0f} GiB eager, "
-          f"{max(r['peak_mb'] for r in comp.values()) / 1024:.0f} GiB compiled")
-if {"tiny", "tiny_graphs"} <= set(gpu):
-    t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
-    t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
-    speed = {m: t0[m]["sec_per_step"] / t1[m]["sec_per_step"] for m in t0}
-    print("tiny network, CUDA graphs against eager: " + ", ".join(f"{m} {v:.1f}x" for m, v in speed.items()))
+eager = {r["method"]: r for r in gpu["imagenet64"]["rows"]}
+comp = {r["method"]: r for r in gpu["imagenet64_compile"]["rows"]}
+di, e8 = eager["Diff-Instruct"], eager["EMD-8"]
+glue("ch08_e8_ratio", e8["ratio_to_di"], fmt=".1f")
+for key, n in e8["passes"].items():
+    glue(f"ch08_e8_{key}", n)                                               # ch08_e8_forward, ch08_e8_vjp, ...
+    glue(f"ch08_di_{key}", di["passes"][key])
+glue("ch08_pred_err", max(abs(r["predicted_sec"] / r["sec_per_step"] - 1) for r in eager.values()), fmt=".0%")
+pct_e, pct_c = [r["pct_peak"] for r in eager.values()], [r["pct_peak"] for r in comp.values()]
+glue("ch08_pct_eager", sum(pct_e) / len(pct_e), fmt=".0f")
+glue("ch08_pct_comp_lo", min(pct_c), fmt=".0f")
+glue("ch08_pct_comp_hi", max(pct_c), fmt=".0f")
+glue("ch08_mem_eager", max(r["peak_mb"] for r in eager.values()) / 1024, fmt=".0f")
+glue("ch08_mem_comp", max(r["peak_mb"] for r in comp.values()) / 1024, fmt=".0f")
+# one more Langevin step (a generator forward + VJP, a teacher and a student forward), from EMD-2 -> EMD-4
+step_s = (comp["EMD-4"]["sec_per_step"] - comp["EMD-2"]["sec_per_step"]) / 2
+step_tf = (comp["EMD-4"]["tflop_per_step"] - comp["EMD-2"]["tflop_per_step"]) / 2
+peak_c = gpu["imagenet64_compile"]["peak"]["tflops"]
+glue("ch08_step_pct", 100 * step_tf / step_s / peak_c, fmt=".0f")
+emd8_c = comp["EMD-4"]["sec_per_step"] + 4 * step_s                 # extrapolated, not measured
+glue("ch08_e8_comp", emd8_c)
+glue("ch08_e8_gain", e8["sec_per_step"] / emd8_c, fmt=".1f")
+assert max(pct_c) < 100 * step_tf / step_s / peak_c                # no whole step reaches the marginal step's rate
+passes = gpu["imagenet64"]["pass_times"]
+glue("ch08_fwd_pct", passes["forward"]["pct_peak"], fmt=".0f")
+glue("ch08_train_pct", passes["train"]["pct_peak"], fmt=".0f")
+glue("ch08_fwd_ms", passes["forward"]["sec"] * 1e3, fmt=".0f")
+t0 = {r["method"]: r for r in gpu["tiny"]["rows"]}
+t1 = {r["method"]: r for r in gpu["tiny_graphs"]["rows"]}
+speed = [t0[m]["sec_per_step"] / t1[m]["sec_per_step"] for m in t0]
+glue("ch08_graphs_lo", min(speed), fmt=".0f")
+glue("ch08_graphs_hi", max(speed), fmt=".0f")
 
 # %% [markdown]
-# * **EMD-$K$ against Diff-Instruct.** Eager, EMD-8 costs about 4.4 Diff-Instruct steps, as counting its
-#   passes predicts: 17 forward passes (the student update's generator pass, a teacher and a student
-#   evaluation per Langevin step), 8 forward-and-VJP passes of the generator and 2 training passes,
-#   against Diff-Instruct's 3 forward and 2 training passes. The sum of the separately timed passes
-#   matches the measured step within a few per cent, so what a step does outside the networks (noise,
+# * **EMD-$K$ against Diff-Instruct.** Eager, EMD-8 costs about {glue:text}`ch08_e8_ratio`
+#   Diff-Instruct steps, as counting its passes predicts: {glue:text}`ch08_e8_forward` forward passes
+#   (the student update's generator pass, a teacher and a student evaluation per Langevin step),
+#   {glue:text}`ch08_e8_vjp` forward-and-VJP passes of the generator and {glue:text}`ch08_e8_train`
+#   training passes, against Diff-Instruct's {glue:text}`ch08_di_forward` forward and
+#   {glue:text}`ch08_di_train` training passes. The sum of the separately timed passes matches the
+#   measured step within {glue:text}`ch08_pred_err`, so what a step does outside the networks (noise,
 #   schedules, optimiser updates) costs little.
-# * **Compiling** raises every step from about 21% to 36-38% of the card's measured bf16 matrix rate
-#   and cuts peak memory from 38 to 22 GiB. The marginal Langevin step runs at about 40%; the fixed part
-#   of a step (the student update and the M-step's training pass, where the backward to the weights
-#   dominates) runs lower, so no whole step reaches 40%. The compiled EMD-8 step, extrapolated from
-#   EMD-4 and not measured, comes to about 1.67 s, 1.8 times faster than eager.
+# * **Compiling** raises every step from about {glue:text}`ch08_pct_eager`% to
+#   {glue:text}`ch08_pct_comp_lo`-{glue:text}`ch08_pct_comp_hi`% of the card's measured bf16 matrix
+#   rate and cuts peak memory from {glue:text}`ch08_mem_eager` to {glue:text}`ch08_mem_comp` GiB. The
+#   marginal Langevin step runs at about {glue:text}`ch08_step_pct`%; the fixed part of a step (the
+#   student update and the M-step's training pass, where the backward to the weights dominates) runs
+#   lower, so no whole step reaches that rate. The compiled EMD-8 step, extrapolated from EMD-4 and not
+#   measured, comes to about {glue:text}`ch08_e8_comp:.2f` s, {glue:text}`ch08_e8_gain` times faster
+#   than eager.
 # * **What is left of the gap.** Even the network's own passes leave most of the rate unused: eager,
-#   one forward pass reaches 20% and a training pass 24%. The matrix products of an ADM-64 network are
-#   small (192 to 768 channels, down to 8x8 pixels) and between them sit group norms, SiLUs and
-#   attention softmaxes that move data rather than multiply it; compiling fuses those, the likely
-#   source of its gain (we did not profile the kernels). CUDA graphs remove launch overhead: on the
-#   tiny network, which is bound by launches, they make every step 5-9x faster; on the full-size
-#   network a forward pass already keeps the GPU busy for about 80 ms (eager), so we expect little
-#   from them there, but that run did not finish within our time on the card and is not measured;
-#   nor is the channels-last layout (`--channels-last`). The E-step's chain makes no host
-#   synchronisation and no pass it does not need (the FLOPs of a step are exactly those of its passes,
-#   a test checks), and freezes the generator's weights for its VJPs, so that a compiled backward,
+#   one forward pass reaches {glue:text}`ch08_fwd_pct`% and a training pass
+#   {glue:text}`ch08_train_pct`%. The matrix products of an ADM-64 network are small (192 to 768
+#   channels, down to 8x8 pixels) and between them sit group norms, SiLUs and attention softmaxes
+#   that move data rather than multiply it; compiling fuses those, the likely source of its gain (we
+#   did not profile the kernels). CUDA graphs remove launch overhead: on the tiny network, which is
+#   bound by launches, they make every step {glue:text}`ch08_graphs_lo`-{glue:text}`ch08_graphs_hi`x
+#   faster; on the full-size network a forward pass already keeps the GPU busy for about
+#   {glue:text}`ch08_fwd_ms` ms (eager), so we expect little from them there, but that run did not
+#   finish within our time on the card and is not measured; nor is the channels-last layout
+#   (`--channels-last`). The E-step's chain makes no host synchronisation and no pass it does not
+#   need (the FLOPs of a step are exactly those of its passes, a test checks), and freezes the
+#   generator's weights for its VJPs, so that a compiled backward,
 #   traced for every input that requires grad, has no weight gradients to compute.
 
 # %% [markdown]
@@ -419,15 +457,25 @@ gf = torch.Generator().manual_seed(8)
 feats_real = torch.randn(2000, 16, generator=gf, dtype=torch.float64)
 feats_fake = 1.2 * torch.randn(2000, 16, generator=gf, dtype=torch.float64) + 0.1
 mu_r, cov_r = feats_real.mean(0), torch.cov(feats_real.T)
-print(f"Fréchet distance {fid_from_features(feats_fake, mu_r, cov_r):.3f} "
-      f"(two Gaussians: 16 (0.1^2 + (1.2 - 1)^2) = {16 * (0.01 + 0.04):.3f}, plus sampling error)")
+glue("ch08_fd", fid_from_features(feats_fake, mu_r, cov_r))                  # the prose formats it (.3f)
+glue("ch08_fd_exact", 16 * (0.1**2 + (1.2 - 1) ** 2))                         # two Gaussians, in closed form
 p, r = knn_precision_recall(feats_real, feats_fake, k=3)
-print(f"precision {p:.3f}, recall {r:.3f}")
+glue("ch08_prec", p)
+glue("ch08_rec", r)
 conf = 30 * torch.nn.functional.one_hot(torch.arange(1000) % 100, 100).double()
-print(f"Inception Score: confident and balanced over 100 classes {inception_score(conf)[0]:.1f}, "
-      f"uninformative {inception_score(torch.zeros(1000, 100))[0]:.1f}")
+glue("ch08_is_conf", inception_score(conf)[0], fmt=".1f")
+glue("ch08_is_flat", inception_score(torch.zeros(1000, 100))[0], fmt=".1f")
+assert p < r and abs(inception_score(conf)[0] - 100) < 0.5 and abs(inception_score(torch.zeros(1000, 100))[0] - 1) < 1e-6
 
 # %% [markdown]
+# The fake features are a Gaussian shifted by 0.1 and widened by 1.2 in each of 16 dimensions, so their
+# Fréchet distance to the real ones is $16\,(0.1^2 + (1.2 - 1)^2) =$ {glue:text}`ch08_fd_exact:.3f` in
+# closed form; measured on 2,000 samples of each it is {glue:text}`ch08_fd:.3f`, the difference being
+# sampling error. Their k-NN precision is {glue:text}`ch08_prec:.3f` and recall {glue:text}`ch08_rec:.3f`
+# (the wider fakes cover the real ones and stray beyond them). The Inception Score of confident
+# predictions spread evenly over 100 classes is {glue:text}`ch08_is_conf`, the number of classes; that
+# of uninformative predictions is {glue:text}`ch08_is_flat`.
+#
 # The paper's verified one-step results, for orientation: FID 2.20 on ImageNet 64x64
 # (class-conditional; the EDM teacher scores 2.44 with its 79-evaluation Heun sampler and 1.36 with
 # 511 stochastic evaluations) and zero-shot COCO FID 9.66 distilling Stable Diffusion v1.5: the
@@ -488,9 +536,13 @@ for name, (tch, cond) in prec_teachers.items():
         assert rel_rms(e16, e32) < BF16_RTOL
         rows.append((name, lv, float(sigma[0] / alpha[0]), rel_rms(e16, e32), float((e16 - e32).pow(2).mean().sqrt()),
                      float((d16 - d32).pow(2).mean().sqrt())))
-print(f"{'teacher':24s} {'lam':>5s} {'sigma/alpha':>11s} {'eps rel. err':>12s} {'eps rms err':>11s} {'D rms err':>9s}")
-for r in rows:
-    print(f"{r[0]:24s} {r[1]:5.1f} {r[2]:11.2f} {r[3]:12.4f} {r[4]:11.4f} {r[5]:9.4f}")
+for name, lv, ratio, _, e_err, d_err in rows:      # the text: a VP denoiser's error is sigma/alpha times eps's
+    if not name.startswith("EDM"):
+        assert abs(d_err - ratio * e_err) < 0.02 * ratio * e_err + 1e-6, (name, lv)
+d_edm = {lv: d_err for name, lv, *_, d_err in rows if name.startswith("EDM")}
+assert d_edm[-5.0] < 1.5 * d_edm[0.0]                 # EDM's denoiser error does not grow at low lambda
+table(rows, ["teacher", "lam", "sigma/alpha", "eps rel. err", "eps rms err", "D rms err"],
+      fmt={"lam": "{:.1f}", "sigma/alpha": "{:.2f}", "eps rel. err": "{:.4f}", "eps rms err": "{:.4f}", "D rms err": "{:.4f}"})
 
 # %% [markdown]
 # For the two VP teachers (ADM, Stable Diffusion) the denoiser's error is the eps error times
@@ -501,7 +553,7 @@ for r in rows:
 # float32; guidance with weight $w$ can multiply it by up to $2w - 1$, which is why the combination
 # itself is float32. To see the EDM fix at work: a network with the released code's dtype contract is
 # wrapped by `EDMTeacher` in `EDMNet`, which calls its inner model, so under autocast the result is
-# float32 and matches float32 within the tolerance:
+# float32 and matches float32 within the tolerance (a relative rms error of {glue:text}`ch08_edm_bf16:.4f`):
 
 # %%
 edm_prec = prec_teachers["EDM (tiny)"][0]
@@ -510,7 +562,8 @@ xe, le, ye = torch.randn(2, 3, 8, 8, generator=gp), torch.tensor([-6.0, 2.0]), t
 with torch.autocast("cpu", dtype=torch.bfloat16):
     d_bf16 = edm_prec.denoise(xe, le, ye)
 d_fp32 = edm_prec.denoise(xe, le, ye)
-print(f"bf16 denoiser: {d_bf16.dtype}; relative rms error against float32: {rel_rms(d_bf16, d_fp32):.4f}")
+print(f"bf16 denoiser: {d_bf16.dtype}")
+glue("ch08_edm_bf16", rel_rms(d_bf16, d_fp32))
 assert d_bf16.dtype == torch.float32 and rel_rms(d_bf16, d_fp32) < BF16_RTOL
 released_like = A.edm_unet("tiny", num_classes=4, seed=1).eval().requires_grad_(False)
 released_like.use_fp16 = True                       # as NVlabs' ImageNet-64 pickle says
@@ -530,8 +583,9 @@ assert released_like.use_fp16 and not gen_copy.copy.net.precond.use_fp16
 #   scale with `python -m emd_lib train --config NAME`, resuming bitwise from checkpoints;
 # * scale out with `torchrun` and DistributedDataParallel without changing the result (every process
 #   draws the whole batch's randomness and keeps its rows);
-# * predict and measure a step's cost: EMD-8 at batch 64 on an H200 took about 4.4 Diff-Instruct steps,
-#   as its pass count predicts, and compiled steps reached 36-38% of the card's bf16 matrix rate;
+# * predict and measure a step's cost: EMD-8 at batch 64 on one {glue:text}`ch08_device` took about {glue:text}`ch08_e8_ratio`
+#   Diff-Instruct steps, as its pass count predicts, and compiled steps reached
+#   {glue:text}`ch08_pct_comp_lo`-{glue:text}`ch08_pct_comp_hi`% of the card's bf16 matrix rate;
 # * evaluate at scale (FID, IS, precision/recall, CLIP score from features) and keep precision where it
 #   matters: bf16 bodies under autocast, float32 preconditioning, guidance and E-step.
 

@@ -30,7 +30,12 @@ from ..runs.checkpoint import CheckpointError, machine, output_path_problem, rea
 from ..distill import method_name
 from ..langevin import chain_label
 
-__all__ = ["class_balance", "chain_name", "budget_of", "student_row", "reference_rows", "decode_samples", "main"]
+__all__ = ["class_balance", "chain_name", "chain_of_command", "budget_of", "group_of", "student_row", "reference_rows",
+           "decode_samples", "unconditional_runs", "seed_summary", "unconditional_numbers", "tv_noise", "grid",
+           "card_line", "row_with_card", "U_GROUPS", "main"]
+
+#: the three groups of unconditional students, by the short name the chapter's numbers use
+U_GROUPS = {"emd": "EMD-4", "upd": "Diff-Instruct, equal updates", "time": "Diff-Instruct, equal time"}
 
 N_SHOWN = 8          # samples kept per row, as uint8 bytes
 
@@ -68,6 +73,122 @@ def chain_name(card: dict) -> str:
     """The E-step's Langevin chain of a student, from its card: ``"(eps, -)"`` and the like, or
     ``"none"`` for Diff-Instruct."""
     return "none" if card.get("method") == "di" else chain_label(card["config"]["langevin"])
+
+
+def chain_of_command(command: str):
+    """The Langevin chain, its noise cancellation and K that a distill_images ``command`` runs with
+    today's defaults: ``("none", None, None)`` for Diff-Instruct."""
+    from ..commands.distill_images import config_from_command
+
+    cfg = config_from_command(command)
+    if cfg.method == "di":
+        return "none", None, None
+    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+
+
+def group_of(row: dict) -> str:
+    """An unconditional student's group: EMD-4, or Diff-Instruct at equal updates / at equal wall time."""
+    if row["method"] == "emd":
+        return row["model"]
+    return f"Diff-Instruct, equal {'time' if row['budget'] == 'wall time' else 'updates'}"
+
+
+def unconditional_runs(rec: dict):
+    """The stored unconditional table ``rec`` split into its reference rows (by model), its student
+    runs, and the runs by group (:func:`group_of`)."""
+    ref = {r["model"]: r for r in rec["rows"] if "method" not in r}
+    runs = [r for r in rec["rows"] if "method" in r]
+    groups = {}
+    for r in runs:
+        groups.setdefault(group_of(r), []).append(r)
+    return ref, runs, groups
+
+
+def seed_summary(groups: dict, teacher: dict) -> dict:
+    """Mean, min and max over the seeds of each group's numbers; each run also gets ``tv_teacher``, the
+    total variation between its class histogram and the teacher's (the balance a student could reach)."""
+    import numpy as np
+
+    sh_teacher = np.array(teacher["class_shares"])
+    out = {}
+    for name, rs in groups.items():
+        for r in rs:
+            r["tv_teacher"] = float(0.5 * np.abs(np.array(r["class_shares"]) - sh_teacher).sum())
+        out[name] = {k: (float(np.mean([r[k] for r in rs])), float(np.min([r[k] for r in rs])),
+                         float(np.max([r[k] for r in rs])))
+                     for k in ("tv_uniform", "min_share", "tv_teacher", "classifier_frechet", "precision", "recall",
+                               "updates", "seconds_per_step")}
+    return out
+
+
+def tv_noise(n: int, trials: int = 2000, seed: int = 0, n_classes: int = 10) -> torch.Tensor:
+    """The total variation to uniform of ``n`` draws from the uniform histogram itself, ``trials`` times."""
+    torch.manual_seed(seed)
+    even = torch.full((n_classes,), 1 / n_classes)
+    return 0.5 * (torch.distributions.Multinomial(n, even).sample((trials,)) / n - 1 / n_classes).abs().sum(1)
+
+
+def unconditional_numbers(runs: list, summary: dict, teacher: dict) -> dict:
+    """The numbers chapter 7's text quotes about the unconditional students: ``{name: (value, format)}``
+    (ranges over the runs, the teacher's class balance, in how many seeds each side of a pair is lower,
+    the means and spreads over the seeds). A format of None leaves it to the prose (``name:.3f``), which
+    keeps trailing zeros: the book reads a glued text such as ``0.330`` back as the number 0.33."""
+    seeds = sorted({r["seed"] for r in runs})
+    by = {(group_of(r), r["seed"]): r for r in runs}
+    out = {"u_minutes": (sum(r["seconds"] for r in runs) / 60, ".0f")}
+    for name, key, f in (("tv", "tv_uniform", None), ("fd", "classifier_frechet", ".0f"),
+                         ("spd", "seconds_per_step", None), ("min", "min_share", None)):
+        v = [r[key] for r in runs]
+        out[f"u_{name}_lo"], out[f"u_{name}_hi"] = (min(v), f), (max(v), f)
+    ones = [r["class_shares"][1] for r in runs]
+    out["u_one_lo"], out["u_one_hi"] = (min(ones), ".0%"), (max(ones), ".0%")
+    out["u_min_n"] = (round(min(r["min_share"] for r in runs) * runs[0]["n"]), "d")
+    out.update(t_tv=(teacher["tv_uniform"], None), t_min=(teacher["min_share"], None),
+               t_one=(teacher["class_shares"][1], ".1%"), t_fd=(teacher["classifier_frechet"], ".0f"))
+    emd = U_GROUPS["emd"]
+    for g in ("upd", "time"):
+        for k, short in (("tv_uniform", "tv"), ("classifier_frechet", "fd")):
+            out[f"{g}_emd_{short}_wins"] = (sum(by[(emd, s)][k] < by[(U_GROUPS[g], s)][k] for s in seeds), "d")
+            out[f"{g}_di_{short}_wins"] = (sum(by[(U_GROUPS[g], s)][k] < by[(emd, s)][k] for s in seeds), "d")
+    for g, name in U_GROUPS.items():
+        tv, fd = summary[name]["tv_uniform"], summary[name]["classifier_frechet"]
+        out.update({f"u_{g}_tv": (tv[0], None), f"u_{g}_fd": (fd[0], ".0f"), f"u_{g}_tv_lo": (tv[1], None),
+                    f"u_{g}_tv_hi": (tv[2], None)})
+    more = [by[(U_GROUPS["time"], s)]["updates"] / by[(emd, s)]["updates"] for s in seeds]
+    out["more_lo"], out["more_hi"] = (min(more), ".1f"), (max(more), ".1f")
+    upd = sorted(by[(emd, s)]["updates"] for s in seeds)
+    out["emd_u_upd"] = (", ".join(map(str, upd[:-1])) + f" and {upd[-1]}", "s")
+    return out
+
+
+def grid(x, nrow=10, ax=None, title=None):
+    """Show images (n, 1, 28, 28) in [0, 1] as a grid with ``nrow`` columns."""
+    import matplotlib.pyplot as plt
+
+    x = torch.as_tensor(x).detach().float().clamp(0, 1)
+    rows = (len(x) + nrow - 1) // nrow
+    canvas = torch.ones(rows * 30, nrow * 30)
+    for i in range(len(x)):
+        r, c = divmod(i, nrow)
+        canvas[r * 30 + 1:r * 30 + 29, c * 30 + 1:c * 30 + 29] = x[i, 0]
+    ax = ax or plt.gca()
+    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def row_with_card(row: dict, card: dict, name: str | None = None) -> tuple:
+    """A measured row beside its student's card: model, updates, minutes, classifier Fréchet distance,
+    precision, recall, class accuracy and classes covered."""
+    return (name or row["model"], card["steps"], card["wall_time_s"] / 60, row["classifier_frechet"], row["precision"],
+            row["recall"], row["class_accuracy"], row["classes_covered"])
+
+
+def card_line(card: dict) -> str:
+    """A model card in two lines: its steps, minutes, machine and date, and the command that made it."""
+    return (f"{card['steps']} steps, {card['wall_time_s'] / 60:.0f} min on {card['machine']} ({card['date']})\n"
+            f"  made by: {card['command']}")
 
 
 def budget_of(card: dict) -> str:

@@ -252,6 +252,8 @@ def test_glue_tables_and_tags_on_the_page(built):
     ("import torch\nfrom emd_lib import fast_or", ["hide-input"]),
     ("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\ncheck('1.1', f)", ["hide-input"]),
     ("x = 1\nassert x == 1", []),
+    ("glue('a', 1)\nfor m in ms:\n    glue(f'b_{m}', 2)\nassert a", ["hide-input"]),
+    ("for m in ms:\n    print(m)", []),
     ("%matplotlib inline\nassert True", []),
 ])
 def test_auto_tags(source, tags):
@@ -266,6 +268,8 @@ def test_auto_tags(source, tags):
      ["x = f()\nprint(x)", "# the guard\nassert x > 0\nassert_close(x, 1)"]),
     ("x = f()\nassert x > 0\ny = 2\nassert y", ["x = f()\nassert x > 0\ny = 2", "assert y"]),
     ("x = f()\nx\nassert x > 0", None),            # the value of x would show: kept whole
+    ("x = f()\nplt.show()\nglue('ch_x', x)\nfor k in d:\n    glue(f'ch_{k}', d[k])\nassert x > 0",
+     ["x = f()\nplt.show()", "glue('ch_x', x)\nfor k in d:\n    glue(f'ch_{k}', d[k])\nassert x > 0"]),
     ("assert x\nassert y", None),                    # asserts only: tagged, not split
     ("x = 1", None),
 ])

@@ -114,8 +114,12 @@ def _call_name(node) -> str:
 
 
 def _is_guard(node) -> bool:
-    """``assert ...`` or a call such as ``torch.testing.assert_close(...)``."""
-    return isinstance(node, ast.Assert) or _call_name(node).startswith("assert")
+    """Bookkeeping the page need not show: ``assert ...``, a call such as
+    ``torch.testing.assert_close(...)``, ``glue(...)`` (its number shows in the prose), or a
+    ``for`` loop of nothing else."""
+    if isinstance(node, ast.For):
+        return not node.orelse and all(_is_guard(s) for s in node.body)
+    return isinstance(node, ast.Assert) or _call_name(node).startswith("assert") or _call_name(node) == "glue"
 
 
 def auto_tags(cell) -> list[str]:
@@ -125,8 +129,9 @@ def auto_tags(cell) -> list[str]:
       ``# hide-output``, ``# hide-cell``, ``# remove-input``, ``# remove-output``, ``# remove-cell``
       give that tag;
     * an exercise's solution (``### BEGIN SOLUTION``) gives ``hide-input``;
-    * a cell of asserts only (``assert``, ``torch.testing.assert_close(...)``, ...) gives
-      ``hide-input``: the checks that guard the numbers run, one click away;
+    * a cell of asserts and glue calls only (``assert``, ``torch.testing.assert_close(...)``,
+      ``glue(...)``, loops of them) gives ``hide-input``: the checks that guard the numbers and
+      the calls that hand them to the prose run, one click away;
     * a cell of imports only gives ``hide-input``.
 
     Tags set in the chapter (``# %% tags=["hide-output"]``) are kept, and a cell that already has
@@ -157,8 +162,8 @@ def auto_tags(cell) -> list[str]:
 
 
 def split_guards(cell) -> list:
-    """A code cell that ends with asserts becomes two cells: the computation, then the asserts
-    (with the comment lines just above them), which :func:`auto_tags` hides. The cell is kept
+    """A code cell that ends with asserts and glue calls becomes two cells: the computation,
+    then that tail (with the comment lines just above it), which :func:`auto_tags` hides. The cell is kept
     whole when its last other statement is an expression whose value the page would then show,
     when it has tags, or when it is nothing but asserts."""
     import nbformat

@@ -74,12 +74,13 @@ from emd_lib.book import glue, table
 glue("tiny_ratio", 3.14159)
 glue("tiny_e", 2.71828, fmt=".3f")
 glue("tiny_w", 0.15, fmt=".3f")
+glue("tiny_np", __import__("numpy").float64(0.25))
 glue("tiny_light", 0.1234, fmt=".3f", fast="20 updates")
 table([("EMD-8", 0.051234), ("Diff-Instruct", 0.2)], ["method", "MMD"], fmt="{:.3f}")
 
 # %% [markdown]
 # The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue:text}`tiny_e`. The light mass is
-# {glue:text}`tiny_light` of {glue:text}`tiny_w`.
+# {glue:text}`tiny_light` of {glue:text}`tiny_w`, a quarter is {glue:text}`tiny_np:.2f`.
 #
 # :::{admonition} Our convention
 # :class: note
@@ -226,6 +227,7 @@ def test_glue_tables_and_tags_on_the_page(built):
     assert re.search(r"The ratio is <span[^>]*>3\.14</span>", page), "the glued number in the prose"
     assert re.search(r"e is about <span[^>]*>2\.718</span>", page), "a glued formatted text, no quotes"
     assert re.search(r"of <span[^>]*>0\.150</span>", page), "a formatted text keeps its trailing zero"
+    assert re.search(r"a quarter is <span[^>]*>0\.25</span>", page), "a NumPy scalar glues as a number"
     assert re.search(r"light mass is\s+<span[^>]*>0\.123 \(fast mode: 20 updates\)</span>", page), \
         "a number that fast mode changes says so beside it"
     assert "tiny_ratio:" not in page, "in the book the glue cell prints nothing"
@@ -291,9 +293,9 @@ def test_glue_prints_name_and_text_outside_a_build(monkeypatch, capsys):
     monkeypatch.setattr(display, "_NOTED", set())
     monkeypatch.delenv("EMD_BOOK_BUILD", raising=False)
     monkeypatch.setenv("EMD_FAST", "0")
-    assert glue("x", 0.25, fmt=".1f") == 0.25
-    assert glue("n_kept", 3) == 3
-    assert glue("light", 0.1234, fmt=".3f", fast="200 updates") == 0.1234
+    assert glue("x", 0.25, fmt=".1f") is None, "a cell ending with glue shows no value"
+    glue("n_kept", __import__("numpy").int64(3))
+    glue("light", 0.1234, fmt=".3f", fast="200 updates")
     assert capsys.readouterr().out.splitlines() == ["x: 0.2", "n_kept: 3", "light: 0.123"]
     monkeypatch.setenv("EMD_FAST", "1")
     glue("light", 0.1234, fmt=".3f", fast="200 updates")

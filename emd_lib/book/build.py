@@ -191,10 +191,10 @@ def split_guards(cell) -> list:
 
 
 def ends_with_a_check(source: str) -> bool:
-    """The cell ends with a call such as ``check("1.1", f)`` or ``assert_close(...)``, whose
-    returned value (``True``, ``None``) is not worth a line on the page."""
+    """The cell ends with a call such as ``check("1.1", f)``, ``assert_close(...)`` or
+    ``glue(...)``, whose returned value (``True``, ``None``) is not worth a line on the page."""
     body = _statements(source)
-    return bool(body) and (_call_name(body[-1]) == "check" or _call_name(body[-1]).startswith(("assert", "check_")))
+    return bool(body) and (_call_name(body[-1]) in ("check", "glue") or _call_name(body[-1]).startswith(("assert", "check_")))
 
 
 def stage_notebook(path: Path):

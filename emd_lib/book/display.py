@@ -43,7 +43,8 @@ _NOTED: set[str] = set()
 
 
 def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: str | None = None):
-    """Make ``value`` available to the prose as ``{glue:text}`name``` and return it.
+    """Make ``value`` available to the prose as ``{glue:text}`name```. Returns None, so a cell
+    that ends with a glue call shows no stray value.
 
     ``fmt`` (a format spec such as ``".3f"``, ``","`` or ``".0%"``) glues the formatted text
     instead of the value. ``fast`` says what fast mode shortens; under ``EMD_FAST=1`` it is
@@ -54,6 +55,8 @@ def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"glue name {name!r}: use letters, digits and underscores, as the prose's "
                          "{glue:text}`name` role needs")
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()           # a NumPy or torch scalar glues as the Python number
     text = format(value, fmt) if fmt else (value if isinstance(value, str) else None)
     note = fast_note(fast) if fast else ""
     if note and fast in _NOTED:
@@ -70,9 +73,9 @@ def glue(name: str, value, fmt: str | None = None, display: bool = False, fast: 
             _glue = None
         if _glue is not None:
             _glue(name, shown, display=display)
-            return value
+            return None
     print(f"{name}: {shown}")
-    return value
+    return None
 
 
 def _cell(value, fmt) -> str:

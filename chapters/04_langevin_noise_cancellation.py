@@ -181,9 +181,9 @@ print("x-chain: scratch = library; with gamma_x = gamma_eps sigma^2 it is the ep
 # %% [markdown]
 # Now the experiment. With $z$ frozen, the chain's target is $z \sim \mathcal N(0, I)$,
 # $x_t \sim \rho(x_t \mid z)$, a Gaussian in closed form for the linear generator
-# (`emd_lib.em.frozen_z_moments`). Run $K = 32$ steps from the generator's joint sample at each
-# noise level and measure the KL divergence from the chain's (Gaussian-fitted) samples of
-# $(x_t, z)$ to that target. A good chain is near zero at every level; what remains for the
+# (`emd_lib.em.frozen_z_moments`). Run $K = 32$ steps (16 in fast mode) from the generator's
+# joint sample at each noise level and measure the KL divergence from the chain's
+# (Gaussian-fitted) samples of $(x_t, z)$ to that target. A good chain is near zero at every level; what remains for the
 # $\epsilon$-chain is the discretisation bias of unadjusted Langevin at $\gamma_\epsilon = 0.3$.
 
 # %%
@@ -310,10 +310,10 @@ start_hi = kl_rho["start (K = 0)"][hi]
 plain, snr_z = "(eps, z), gamma_z = 0.3, no preconditioning", "(eps, z), gamma_z = 0.3 / (1 + SNR)"
 xz_name = "(x, z), gamma_x = 0.3 sigma^2, gamma_z = 0.3 / (1 + SNR)"
 glue("ch04_frozen_hi", kl_rho["frozen-z target (exact)"][hi], fmt=".2f")       # exact: no sampling
-glue("ch04_plain_hi", kl_rho[plain][hi], fmt=".3f", fast=FAST_KL)
+glue("ch04_plain_max", max(kl_rho[plain]), fmt=".3f", fast=FAST_KL)
 for key, v in (("start_hi", start_hi), ("snr_hi", kl_rho[snr_z][hi]), ("xz_hi", kl_rho[xz_name][hi])):
     glue(f"ch04_{key}", v, fmt=".2f", fast=FAST_KL)
-assert kl_rho[plain][hi] < 0.1 * kl_rho["(eps, -)"][hi]                       # a plain z step closes the gap
+assert kl_rho[plain][hi] < 0.1 * kl_rho["(eps, -)"][hi] and max(kl_rho[plain]) < 0.1  # a plain z step closes the gap
 assert kl_rho[snr_z][hi] > 0.5 * start_hi                                    # the preconditioned z barely moves
 assert kl_rho[xz_name][hi] > 0.95 * start_hi and kl_rho[xz_name][i4] > 0.75 * kl_rho["start (K = 0)"][i4]
 assert kl_rho["frozen-z target (exact)"][hi] > 0.5 * start_hi                # freezing z costs most of the gap
@@ -321,10 +321,10 @@ assert kl_rho["frozen-z target (exact)"][hi] > 0.5 * start_hi                # f
 # %% [markdown]
 # At $\lambda = 6$ the chains start {glue:text}`ch04_start_hi` from $\rho$ and the frozen-$z$ target itself is
 # {glue:text}`ch04_frozen_hi:.2f` from it: for this Gaussian pair a frozen $z$ leaves most of the gap open at high
-# SNR. The $(\epsilon, z)$ chain with a plain $z$ step closes it at every level ({glue:text}`ch04_plain_hi`
-# at $\lambda = 6$), and the SNR-preconditioned $z$ step is so small at high SNR that $z$ hardly moves in
-# $K$ steps, in $\epsilon$ ({glue:text}`ch04_snr_hi`) or in $x$ ({glue:text}`ch04_xz_hi`): a stable
-# step need not make a fast chain. Whether a plain $z$ step stays stable for a multimodal teacher,
+# SNR. The $(\epsilon, z)$ chain with a plain $z$ step closes it: its KL to $\rho$ is at most
+# {glue:text}`ch04_plain_max` at every level. The SNR-preconditioned $z$ step is so small at high
+# SNR that $z$ hardly moves in $K$ steps, in $\epsilon$ ({glue:text}`ch04_snr_hi`) or in $x$
+# ({glue:text}`ch04_xz_hi`): a stable step need not make a fast chain. Whether a plain $z$ step stays stable for a multimodal teacher,
 # and how large it may be in training, is an ablation: the appendix (chapter 9, sections 1 and 4)
 # measures the curvature of $-\log\rho$ in $z$, which grows with the SNR for a mixture, and the
 # stable steps, and finds that with network generators moving $z$ did not beat the frozen-$z$
@@ -571,10 +571,10 @@ assert gstats["(eps, z) full"][-1][0] < 1e-3 * gstats["(eps, -) none"][-1][0]   
 
 # %% [markdown]
 # Near the fit ($\tau = 0.9$) the uncancelled gradient is {glue:text}`ch04_ratio9` times the fully cancelled
-# one in norm: mostly noise. With $z$ frozen it has the same mean as the cancelled one: the bracketed
-# norm of its average is larger only because $R$ batches leave noise in it, and the norm of the
-# difference of the two averages, {glue:text}`ch04_dmean`, is what the noise alone gives,
-# {glue:text}`ch04_dnoise` ($\sqrt{\operatorname{tr} \operatorname{Cov} / R}$, the same random numbers for both). Full
+# one in norm: mostly noise. With $z$ frozen it has the same mean as the cancelled one: the norm of
+# the difference of their averages over the $R$ batches, {glue:text}`ch04_dmean`, is about what the
+# noise left in an average of $R$ batches gives, {glue:text}`ch04_dnoise`
+# ($\sqrt{\operatorname{tr} \operatorname{Cov} / R}$, the same random numbers for both). Full
 # cancellation removes the noise exactly where it hurts most, at the end of training: at the fit the
 # cancelled gradient is zero, not zero *on average*. On the linear pair this removes the Monte Carlo
 # floor of chapter 3 altogether. The derivation assumed the $\epsilon$ coordinates; in $(x, z)$ the
@@ -607,9 +607,10 @@ fig.tight_layout()
 plt.show()
 nums = sweeps.cancel_numbers(cancel)                 # gradient norms, modes kept, the mode the cancelled runs lose
 assert nums.pop("lost") == 6                         # irregular's central mode, weight 0.08 at (0, 0.2)
-for key, v in nums.items():
-    glue(f"ch04_{key}", v, fmt=".1f" if "ratio" in key else "d" if "kept" in key else ".3f")
 glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left after K = 8 steps of 0.3
+assert nums["starved"] < nums["runs"] and 2 * nums["starved"] > nums["runs"]
+for key, v in nums.items():
+    glue(f"ch04_{key}", v, fmt=".1f" if "ratio" in key else "d" if isinstance(v, int) else ".3f")
 
 # %% [markdown]
 # What the 2D runs say (means over three seeds, from the stored sweep):
@@ -618,7 +619,7 @@ glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left aft
 #   for the whole run (for $(\epsilon, -)$: {glue:text}`ch04_gn_none_10:.3f` at step 10, {glue:text}`ch04_gn_none_20:.3f` at
 #   step 20, then between {glue:text}`ch04_gn_none_lo:.3f` and {glue:text}`ch04_gn_none_hi:.3f`). With full cancellation it
 #   drops over the first 20 generator steps, from {glue:text}`ch04_gn_full_10:.3f` to {glue:text}`ch04_gn_full_20:.3f`, and
-#   then stays flat within a band ({glue:text}`ch04_gn_full_lo:.3f` to {glue:text}`ch04_gn_full_hi:.3f`) to the end; over
+#   for the rest of the run stays between {glue:text}`ch04_gn_full_lo:.3f` and {glue:text}`ch04_gn_full_hi:.3f`; over
 #   the last 200 steps it is {glue:text}`ch04_gn_ratio_e:.1f` times lower than without cancellation for
 #   $(\epsilon, -)$ and {glue:text}`ch04_gn_ratio_z:.1f` times lower for $(\epsilon, z)$. Unlike on the linear pair,
 #   the cancelled norm does not keep falling towards zero. The fully cancelled gradient is the pure
@@ -634,10 +635,10 @@ glue("ch04_left", (1 - 0.3) ** 8, fmt=".2f")        # the initial noise left aft
 #   spread between seeds. Coverage did not gain from it: the runs without cancellation kept all 7
 #   modes (each at a fifth of its weight or more) in {glue:text}`ch04_kept_none` of 6 paired runs ($(\epsilon, -)$
 #   and $(\epsilon, z)$, three seeds each), the fully cancelled ones in {glue:text}`ch04_kept_full` of 6. The mode
-#   they lose is the central one (weight 0.08, at $(0, 0.2)$), which every run starves: on $(\epsilon, -)$
-#   it gets {glue:text}`ch04_lost_none:.3f` of the samples without cancellation and {glue:text}`ch04_lost_full:.3f`
-#   with. At this budget the noise costs precision,
-#   and cancelling it cost some coverage of that mode.
+#   they lose is the central one (weight 0.08, at $(0, 0.2)$), which {glue:text}`ch04_starved` of the
+#   {glue:text}`ch04_runs` runs of the sweep give less than its weight: on $(\epsilon, -)$ it gets
+#   {glue:text}`ch04_lost_none:.3f` of the samples without cancellation and {glue:text}`ch04_lost_full:.3f` with. At
+#   this budget the noise costs precision, and cancelling it cost some coverage of that mode.
 # * **Cancelling the $z$ noise hurt.** With `cancel_z=True` the M-step evaluates the generator at
 #   $z^K - \eta_z^K$, a latent the chain never visited, while the drift it regresses onto was
 #   measured along the chain's actual path; our reading is that this misplaces the teacher's

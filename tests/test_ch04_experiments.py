@@ -142,6 +142,7 @@ def test_the_cancel_sweeps_numbers_are_read_from_its_runs(capsys):
     assert nums["kept_none"] == 6 and nums["kept_full"] == 3 and nums["lost"] == 6       # irregular's central mode
     assert round(nums["lost_none"], 3) == 0.025 and round(nums["lost_full"], 3) == 0.015
     assert nums["gn_full_20"] < nums["gn_full_10"] and nums["gn_full_lo"] <= nums["gn_full_hi"]
+    assert nums["starved"] == 17 and nums["runs"] == 18       # one (eps, z) full seed gives it more than its weight
     kept = ch04.kept_all_modes(res)
     assert kept["(eps, -) none"] + kept["(eps, z) none"] == 6
     masses = ch04.mode_masses(res, 6)

@@ -530,7 +530,8 @@ def cancel_numbers(res: dict) -> dict:
     ``gn_ratio_z``: the uncancelled over the fully cancelled norm over the last 200 steps, for
     ``(eps, -)`` and ``(eps, z)``; ``kept_{none,full}``: runs of both chains that kept every mode;
     ``lost``: the mode the fully cancelled runs lose (below a fifth of its weight in some run);
-    ``lost_{none,full}``: the mean mass ``(eps, -)`` gives it."""
+    ``lost_{none,full}``: the mean mass ``(eps, -)`` gives it; ``starved`` of all ``runs`` of the sweep
+    give it less than its weight."""
     import numpy as np
 
     curves = grad_norm_curves(res)
@@ -555,6 +556,8 @@ def cancel_numbers(res: dict) -> dict:
         masses = mode_masses(res, out["lost"])
         for c in ("none", "full"):
             out[f"lost_{c}"] = float(np.mean(masses[f"(eps, -) {c}"]))
+        out["starved"] = sum(m < w[out["lost"]] for ms in masses.values() for m in ms)
+        out["runs"] = sum(len(runs) for runs in res["runs"].values())
     return out
 
 

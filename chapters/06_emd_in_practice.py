@@ -153,12 +153,12 @@ flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # no
 for name, mine, lib in (("generator", gen, d.generator), ("EMA", ema, d.ema), ("student", student, d.student)):
     torch.testing.assert_close(flat(mine), flat(lib), rtol=1e-5, atol=1e-6)
 glue("ch06_loop_gap", max(float((flat(m) - flat(lib)).abs().max())
-                          for m, lib in ((gen, d.generator), (ema, d.ema), (student, d.student))), fmt=".1e",
-     fast="a shorter initialisation and warm-up; the full run uses 400 and 300 updates")
+                          for m, lib in ((gen, d.generator), (ema, d.ema), (student, d.student))), fmt=".2g",
+     fast="a shorter initialisation and warm-up; the full run uses 400 and 300 updates");
 
 # %% [markdown]
 # After three iterations the scratch and the library weights (generator, EMA and student) differ
-# by at most {glue:text}`ch06_loop_gap`, float rounding.
+# by at most {glue:text}`ch06_loop_gap` (the check allows float rounding).
 # The thirty lines above are the whole method; the library adds the other chain variants of
 # chapters 4 and 9 (moving $z$, the $x$ coordinates, other cancellations), Diff-Instruct on the same
 # loop (`method="di"`), and bookkeeping.
@@ -256,7 +256,7 @@ for lab, key in (("lam* = -6", "ls6"), ("lam* = -10", "ls10"), ("lam* = 0", "ls0
 assert all(L["lam* = -10"][k] > best[k] for k in ("tv", "mmd")) and L["lam* = -10"]["recall"] < best["recall"]
 assert L["lam* = -6"]["tv"] <= best["tv"] + 0.01                     # -6 has caught up in the mode masses
 assert L["lam* = -6"]["mmd"] > best["mmd"] and L["lam* = -6"]["recall"] < best["recall"]   # but not in spread
-assert L["lam* = 0"]["recall"] > L["lam* = -2"]["recall"]
+assert L["lam* = 0"]["recall"] > L["lam* = -2"]["recall"] and f"{L['lam* = 0']['mmd']:.4f}" == f"{L['lam* = -2']['mmd']:.4f}"
 
 # %% [markdown]
 # The start matters. From the collapsed starts ($\lambda^* = -6, -10$) the generator first has to
@@ -266,7 +266,7 @@ assert L["lam* = 0"]["recall"] > L["lam* = -2"]["recall"]
 # ({glue:text}`ch06_ls6_mmd`) is higher and its recall ({glue:text}`ch06_ls6_recall`) lower than those of
 # $\lambda^* = 0$ and $-2$, so the modes are there but too narrow. Between $\lambda^* = 0$ and our default
 # $-2$ the sweep shows no clear winner in TV ({glue:text}`ch06_ls0_tv` against {glue:text}`ch06_ls2_tv`)
-# or MMD ({glue:text}`ch06_ls0_mmd` and {glue:text}`ch06_ls2_mmd`), and $\lambda^* = 0$ has the better
+# or MMD ({glue:text}`ch06_ls0_mmd` for both), and $\lambda^* = 0$ has the better
 # recall on the ring ({glue:text}`ch06_ls0_recall` against {glue:text}`ch06_ls2_recall`). We kept $-2$, the value our first prototype
 # used; on this 2D target $\lambda^* = 0$ is at least as good. (The paper shows iteration-0 samples
 # for $\lambda^* = 0, -6, -10$ on images; which value its runs train from is not known to us.)
@@ -319,8 +319,8 @@ for lab, key in (("w = 1", "one"), ("w = SNR", "snr")):
     assert all(Wt[lab][k]["mean"] - Wt[lab][k]["std"] > ref[k]["mean"] + ref[k]["std"] for k in ("tv", "mmd"))
 weights = ring8().weights.tolist()
 glue("ch06_w_min_share", min(m / w for rs in weighting["runs"].values() for r in rs
-                             for m, w in zip(r["metrics"]["masses"], weights)), fmt=".2f")
-glue("ch06_w_off", 1 - float(np.mean([s["within_3sd"]["mean"] for s in Wt.values()])), fmt=".2f")
+                             for m, w in zip(r["metrics"]["masses"], weights)), fmt=".0%")
+glue("ch06_w_off", 1 - float(np.mean([s["within_3sd"]["mean"] for s in Wt.values()])), fmt=".0%")
 sweep6.summary_table(weighting, sweep6.SUMMARY_METRICS + (("within_3sd", "within 3 sd", ".3f"),), first="weighting")
 
 # %% [markdown]
@@ -413,7 +413,7 @@ table([(k, r["within_3sd"], r["tv"], r["mmd"], r["precision"], r["recall"]) for 
 # {glue:text}`ch06_mc_w3_gen` of them lies within three standard deviations of a mode. The teacher's
 # denoiser alone, applied to $\alpha g(z) + \sigma\epsilon$, pulls samples towards the modes
 # ({glue:text}`ch06_mc_w3_den` within three standard deviations) but leaves many between them (middle).
-# After the Langevin steps, {glue:text}`ch06_mc_seconds` seconds for all the samples, a fraction
+# After the Langevin steps ({glue:text}`ch06_mc_seconds` seconds for all the samples), a fraction
 # {glue:text}`ch06_mc_w3_mc` sits on a mode (right) and the MMD to the teacher drops (table). A good part
 # of the work is done by the latent: $g(z_K)$, the generator at the chain's final latent, already has
 # {glue:text}`ch06_mc_w3_gz` of its samples on the modes. The mode masses (TV) stay about where they were: a chain at
@@ -437,7 +437,7 @@ def den(lab, k="within_3sd"):
 gen_w3, gen_mmd, gen_tv = (float(np.mean([r["generator"][k] for r in mc["runs"]])) for k in ("within_3sd", "mmd", "tv"))
 labels_mc = list(mc["runs"][0]["settings"])
 checks = {
-    "lam 6: the chain does the work": den("lam 6, 300 steps") > den("lam 6, denoise only") + 0.3,
+    "lam 6: the chain does the work": den("lam 6, denoise only") < 0.5 < den("lam 6, 300 steps") - 0.3,
     "lam 6: MMD below generator and denoiser": den("lam 6, 300 steps", "mmd") < min(gen_mmd, den("lam 6, denoise only", "mmd")),
     "lam 2: little repair": den("lam 2, 300 steps") < 0.6,
     "lam 4: the denoiser alone already snaps": den("lam 4, denoise only") > 0.8,
@@ -450,7 +450,7 @@ checks = {
         for lab in ("lam 6, 300 steps, gamma_z 0.2", "lam 6, 300 steps, gamma_eps 0.3")),
     "gamma_z = 1 breaks the masses": den("lam 6, 300 steps, gamma_z 1", "tv") > 0.5,
     "no sane setting fixes the masses": all(abs(den(lab, "tv") - gen_tv) < 0.05 for lab in labels_mc
-                                            if "gamma_z 1" not in lab and not lab.startswith("lam 2")),
+                                            if "gamma_z 1" not in lab),
 }
 assert all(checks.values()), [k for k, v in checks.items() if not v]
 glue("ch06_sw_gen", gen_w3, fmt=".2f")
@@ -461,7 +461,7 @@ for name, lab in (("l2", "lam 2, 300 steps"), ("l4_den", "lam 4, denoise only"),
 glue("ch06_sw_l4_rec", den("lam 4, 300 steps", "recall"), fmt=".2f")
 glue("ch06_sw_l6_rec", den("lam 6, 300 steps", "recall"), fmt=".2f")
 glue("ch06_sw_gz1_tv", den("lam 6, 300 steps, gamma_z 1", "tv"), fmt=".2f")
-glue("ch06_sw_gz_l6", sweep6.mcmc_mean(mc, "lam 6, 300 steps", "generator"), fmt=".2f")
+glue("ch06_sw_gz_l6", sweep6.mcmc_mean(mc, "lam 6, 300 steps", "generator"), fmt=".3f");
 
 # %% [markdown]
 # What the sweep shows (each claim is checked in code; "on the modes" is the fraction within three
@@ -564,7 +564,7 @@ fast_t = f"{fast_or(5, 2)} rounds of {fast_or(10, 3)} steps; the full run uses 5
 glue("ch06_cost_1", r1, fmt=".2f", fast=fast_t)
 glue("ch06_cost_16_8", timing["EMD-16"]["median"] / timing["EMD-8"]["median"], fmt=".2f", fast=fast_t)
 glue("ch06_cost_z", rz, fmt=".2f", fast=fast_t)
-assert r1 < 1.5 and rz > 1.2
+assert r1 < fast_or(1.5, 2.0) and rz > 1.2      # fast mode times too few steps for a tighter bound
 
 # %% [markdown]
 # The counts are exact: EMD-$K$ evaluates the teacher and the student $K$ times per generator step,
@@ -636,9 +636,7 @@ table(rows, ["setting", "default", "how we chose it"], title="DistillConfig and 
 hp = load_result("ch06_hparams")
 clip_by = sweep6.clip_fractions(hp, lamstar, weighting)
 clip_sigma2 = max(frac for (sw, lab), (frac, gn) in clip_by.items() if not lab.startswith("w = ") or lab == "w = sigma^2")
-glue("ch06_clip_sigma2", clip_sigma2, fmt=".3f")
-glue("ch06_clip_one", clip_by[("weighting", "w = 1")][0], fmt=".3f")
-glue("ch06_clip_snr", clip_by[("weighting", "w = SNR")][0], fmt=".3f")
+glue("ch06_clip_one", clip_by[("weighting", "w = 1")][0], fmt=".1%")
 glue("ch06_norm_snr", clip_by[("weighting", "w = SNR")][1], fmt=".0f")
 assert clip_sigma2 == 0 and 0 < clip_by[("weighting", "w = 1")][0] < 0.1 and clip_by[("weighting", "w = SNR")][0] == 1
 
@@ -652,7 +650,7 @@ for lab, key in (("defaults", "def"), ("lr_g = 5e-4", "slow"), ("lr_g = 5e-3", "
         glue(f"ch06_hp_{key}_{k}", H[lab][k]["mean"], fmt=f)
 assert H["lr_g = 5e-4"]["tv"]["mean"] > 2 * d0["tv"]["mean"]
 assert H["lr_g = 5e-3"]["mmd"]["mean"] > 2 * d0["mmd"]["mean"] and H["lr_g = 5e-3"]["recall"]["mean"] < d0["recall"]["mean"]
-assert H["no EMA"]["mmd"]["mean"] < d0["mmd"]["mean"] and H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"]
+assert H["no EMA"]["mmd"]["mean"] < d0["mmd"]["mean"] and H["no EMA"]["recall"]["mean"] > d0["recall"]["mean"] and close("no EMA", "tv")
 sweep6.summary_table(hp)
 
 # %% [markdown]
@@ -667,15 +665,15 @@ sweep6.summary_table(hp)
 #   $5\times 10^{-3}$ loses spread (MMD {glue:text}`ch06_hp_fast_mmd` against {glue:text}`ch06_hp_def_mmd`,
 #   recall {glue:text}`ch06_hp_fast_recall` against {glue:text}`ch06_hp_def_recall`);
 # * the EMA *costs* spread at this length: without it recall ({glue:text}`ch06_hp_noema_recall`) and MMD
-#   ({glue:text}`ch06_hp_noema_mmd`) are better after a few hundred steps, because an average with decay 0.995 spans the last couple of hundred steps of a generator
-#   that is still growing its modes. Over the library's 3000 steps that lag is a small part of the
-#   run; we kept the EMA from our first prototype, where it helped on long runs, but this sweep does
+#   ({glue:text}`ch06_hp_noema_mmd`) are better after a few hundred steps (its TV, {glue:text}`ch06_hp_noema_tv`
+#   against {glue:text}`ch06_hp_def_tv`, lies within the seeds' spread), because an average with decay
+#   0.995 spans the last couple of hundred steps of a generator that is still growing its modes. Over
+#   the library's 3000 steps that lag is a small part of the run; we kept the EMA from our first prototype, where it helped on long runs, but this sweep does
 #   not show a benefit.
 #
-# The gradient clip never acted in any run with our weighting $w = \sigma^2$ (in a fraction
-# {glue:text}`ch06_clip_sigma2` of their steps; `tests/test_chapter_claims.py` checks it). With
-# $w = 1$ it acted now and then (in up to {glue:text}`ch06_clip_one` of the steps), and with the SNR
-# weighting in a fraction {glue:text}`ch06_clip_snr` of them, with a mean gradient norm of
+# The gradient clip never acted, in any step of any run, with our weighting $w = \sigma^2$
+# (`tests/test_chapter_claims.py` checks it). With $w = 1$ it acted now and then (in up to
+# {glue:text}`ch06_clip_one` of the steps), and with the SNR weighting at every step, with a mean gradient norm of
 # {glue:text}`ch06_norm_snr`: under Adam, which normalises the scale anyway, that mostly rescales the step.
 #
 # ## Summary

@@ -384,8 +384,8 @@ table(list(zip(lams_is, ess_frac, rel_err)), ["lambda", "median ESS / draws", "m
 # At high noise the prior is a fine proposal: at $\lambda = -6$ the median effective sample size is
 # {glue:text}`ch03_ess_lo` of the draws and the score's median relative error
 # {glue:text}`ch03_relerr_lo`. At low noise the estimate rests on a handful of draws: at
-# $\lambda = 6$ the median effective sample size is {glue:text}`ch03_ess_hi_draws` draws,
-# {glue:text}`ch03_ess_drop` times fewer than at $\lambda = -6$, and the median relative error is
+# $\lambda = 6$ the median effective sample size is {glue:text}`ch03_ess_hi_draws`,
+# {glue:text}`ch03_ess_drop` times smaller than at $\lambda = -6$, and the median relative error is
 # {glue:text}`ch03_relerr_hi`: the error is larger than the score itself. And that is for a 2D linear
 # generator, the easiest case there is. So EMD learns
 # the student score $s_\psi \approx \nabla \log q_\theta^\lambda$ the way a diffusion model is trained:
@@ -560,19 +560,20 @@ table([(name, h["errors"][-1], tails[name], vec(h["A"] @ h["A"].T), vec(h["b"]))
       title=f"EM at lambda = {lam_em:.0f} after {iters} iterations")
 
 # %% [markdown]
-# Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
-# Exact EM gets there quickly (below $10^{-3}$ after {glue:text}`ch03_em_hit0` iterations at $\lambda = 0$,
-# an error of {glue:text}`ch03_exact_final` at the end) with no noise at all. The Langevin version stalls at a
-# Monte Carlo floor set by the batch and the decaying learning rate: over its last 10 iterations the
-# error averages {glue:text}`ch03_tail_z` with $z$ moving and {glue:text}`ch03_tail_frozen` with $z$
-# frozen (chapter 4 removes that floor by cancelling the chain's noise). Even the chain
-# that never moves $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score
-# gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
+# Both Langevin E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
+# Exact EM gets there quickly and with no noise at all: below $10^{-3}$ after
+# {glue:text}`ch03_em_hit0` iterations at $\lambda = 0$, and an error of
+# {glue:text}`ch03_exact_final` at the end. The Langevin version stalls at a Monte Carlo floor set
+# by the batch and the decaying learning rate: over its last 10 iterations the error averages
+# {glue:text}`ch03_tail_z` with $z$ moving and {glue:text}`ch03_tail_frozen` with $z$ frozen
+# (chapter 4 removes that floor by cancelling the chain's noise). Even the chain that never moves
+# $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score gap
+# is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
 # $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point
 # the chains differ (a frozen $z$ samples a different joint than $\rho$). Here that changes only the
-# path, because the linear family can match this Gaussian teacher exactly and at that match the score
-# gap vanishes for every chain. When the family cannot match the teacher there is no such common
-# point: each chain settles where its own gradient vanishes, and the destination differs too.
+# path, because the linear family can match this Gaussian teacher exactly and at that match the
+# score gap vanishes for every chain. When the family cannot match the teacher there is no such
+# common point: each chain settles where its own gradient vanishes, and the destination differs too.
 # Chapter 5 fits a linear generator to a two-mode mixture, where the frozen-$z$ chain stops less
 # than half of the way from Diff-Instruct's (reverse-KL) fit to the forward-KL fit. Chapter 4 shows
 # a choice of coordinates for which the destination changes even here.

@@ -292,7 +292,7 @@ torch.testing.assert_close(gb_reg, gb_kl, rtol=0, atol=0.03)
 design = torch.cat([zr, torch.ones(n_rho, 1)], 1).double()               # (n, 3)
 W = torch.linalg.lstsq(design, (xr / alpha).double()).solution.T          # (2, 3) = [A_new | b_new]
 A_new_lib, b_new_lib = exact_em_step(A, b, m, C, alpha, sigma)
-glue("ch03_em_step_err", max_diff([(W[:, :2], A_new_lib), (W[:, 2], b_new_lib)]), fmt=".3f", fast=fast_rho)
+glue("ch03_em_step_err", max_diff([(W[:, :2], A_new_lib), (W[:, 2], b_new_lib)]), fmt=".4f", fast=fast_rho)
 torch.testing.assert_close(W[:, :2], A_new_lib, rtol=0, atol=0.03)
 torch.testing.assert_close(W[:, 2], b_new_lib, rtol=0, atol=0.03)
 glue("ch03_fit_before", float(fit_error(A, b, m, C)), fmt=".3f")
@@ -306,8 +306,8 @@ table([("gradient of KL(p_t || q_t), closed form", vec(gA_kl), vec(gb_kl)),
 
 # %% [markdown]
 # The regression's gradient on samples of $\rho$ matches the closed-form gradient of the forward KL
-# to {glue:text}`ch03_reg_err`, and least squares on the same samples finds the exact EM step's
-# $(A, b)$ to {glue:text}`ch03_em_step_err`. That one step lowers the fit error
+# to within {glue:text}`ch03_reg_err`, and least squares on the same samples finds the exact EM step's
+# $(A, b)$ to within {glue:text}`ch03_em_step_err`. That one step lowers the fit error
 # $\|AA^\top - C\|_F + \|b - m\|$ from {glue:text}`ch03_fit_before` to {glue:text}`ch03_fit_after`.
 
 # %% [markdown]
@@ -360,13 +360,13 @@ for lam in lams_is:
 
 fast_is = f"{n_is} draws; the full run uses 4000"
 glue("ch03_ess_lo", ess_frac[0], fmt=".1%", fast=fast_is)
-glue("ch03_ess_hi", ess_frac[-1], fmt=".2%", fast=fast_is)
 glue("ch03_ess_hi_draws", ess_frac[-1] * n_is, fmt=".1f", fast=fast_is)
 glue("ch03_ess_drop", ess_frac[0] / ess_frac[-1], fmt=".0f", fast=fast_is)
-glue("ch03_relerr_lo", rel_err[0], fmt=".3f", fast=fast_is)
-glue("ch03_relerr_hi", rel_err[-1], fmt=".2f", fast=fast_is)
-# the estimator is right where it has samples (the noisiest level), and collapses at the cleanest
-assert rel_err[0] < 0.05 and ess_frac[-1] < 0.1 * ess_frac[0] and ess_frac[-1] * n_is < 10
+glue("ch03_relerr_lo", rel_err[0], fmt=".2g", fast=fast_is)
+glue("ch03_relerr_hi", rel_err[-1], fmt=".3g", fast=fast_is)
+# the estimator is right where it has samples (the noisiest level), and collapses at the cleanest:
+# a handful of effective draws, and an error larger than the score itself
+assert rel_err[0] < 0.05 and ess_frac[-1] < 0.1 * ess_frac[0] and ess_frac[-1] * n_is < 10 and rel_err[-1] > 1
 
 fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
 ax[0].semilogy(lams_is, ess_frac, "o-", color=COLORS["emd"])
@@ -377,16 +377,16 @@ ax[1].set_title(f"Monte Carlo student score ({n_is} draws)")
 fig.tight_layout()
 plt.show()
 table(list(zip(lams_is, ess_frac, rel_err)), ["lambda", "median ESS / draws", "median relative error"],
-      fmt={"lambda": "{:+.0f}", "median ESS / draws": "{:.2%}", "median relative error": "{:.3f}"},
+      fmt={"lambda": "{:+.0f}", "median ESS / draws": "{:.2%}", "median relative error": "{:.3g}"},
       title=f"Importance sampling of the student score, {n_is} draws from the prior")
 
 # %% [markdown]
 # At high noise the prior is a fine proposal: at $\lambda = -6$ the median effective sample size is
 # {glue:text}`ch03_ess_lo` of the draws and the score's median relative error
 # {glue:text}`ch03_relerr_lo`. At low noise the estimate rests on a handful of draws: at
-# $\lambda = 6$ the effective sample size is {glue:text}`ch03_ess_hi` of the draws
-# ({glue:text}`ch03_ess_hi_draws` draws, {glue:text}`ch03_ess_drop` times fewer than at
-# $\lambda = -6$) and the relative error {glue:text}`ch03_relerr_hi`. And that is for a 2D linear
+# $\lambda = 6$ the median effective sample size is {glue:text}`ch03_ess_hi_draws`,
+# {glue:text}`ch03_ess_drop` times smaller than at $\lambda = -6$, and the median relative error is
+# {glue:text}`ch03_relerr_hi`: the error is larger than the score itself. And that is for a 2D linear
 # generator, the easiest case there is. So EMD learns
 # the student score $s_\psi \approx \nabla \log q_\theta^\lambda$ the way a diffusion model is trained:
 # denoising score matching on the generator's own (detached) samples, updated as the generator
@@ -459,9 +459,9 @@ assert abs(u.mean()) < 0.02 and abs(u.var() - 1 / (1 - gamma_lg / 2)) < 0.03
 
 # %% [markdown]
 # After 40 steps of size 0.3 the chains' mean is {glue:text}`ch03_lg_mean`: the start 3 has decayed
-# by $(1 - \gamma)^K =$ {glue:text}`ch03_lg_decay`. Their variance is {glue:text}`ch03_lg_var`, the
-# chain's own stationary variance $1/(1 - \gamma/2) =$ {glue:text}`ch03_lg_stat_var`, not the
-# target's 1.
+# by $(1 - \gamma)^K =$ {glue:text}`ch03_lg_decay`. Their variance is {glue:text}`ch03_lg_var`:
+# close to the chain's own stationary variance $1/(1 - \gamma/2) =$ {glue:text}`ch03_lg_stat_var`,
+# not to the target's 1.
 
 # %% [markdown]
 # **EM with the Langevin E-step.** Now the E-step is what EMD does: start from the generator's
@@ -501,10 +501,10 @@ opt1.zero_grad(), loss1.backward(), opt1.step()
 g2 = LinearGenerator(A_init, b_init)
 opt2 = torch.optim.SGD(g2.parameters(), lr=0.5 * sig_em**2 / a_em**2)
 loss2 = langevin_em_step(g2, teacher, lam_em, lcfg, opt2, batch=batch, rng=torch.Generator().manual_seed(7))
+glue("ch03_em_loss", loss2, fmt=".4f", fast=f"a batch of {batch}; the full run uses 1024")
 torch.testing.assert_close(torch.tensor(loss1.item()), torch.tensor(loss2))
 torch.testing.assert_close(g1.A, g2.A)
 torch.testing.assert_close(g1.b, g2.b)
-glue("ch03_em_loss", loss2, fmt=".4f", fast=f"a batch of {batch}; the full run uses 1024")
 
 # %% [markdown]
 # The iteration from scratch and the library's agree: the same regression loss,
@@ -548,7 +548,10 @@ glue("ch03_tail_z", tails["Langevin E-step, (eps, z), K=8"], fmt=".3f", fast=fas
 glue("ch03_tail_frozen", tails["Langevin E-step, (eps, -), K=8"], fmt=".3f", fast=fast_em)
 glue("ch03_exact_final", exact_curve[-1], fmt=".0e", fast=f"{iters} iterations; the full run uses 300")
 for name, h in hist.items():
-    assert tails[name] < 0.2 * h["errors"][0]
+    assert tails[name] < 0.2 * h["errors"][0]                      # both reach the teacher's neighbourhood
+    mid = h["errors"][iters // 2 - 10:iters // 2]
+    assert tails[name] > sum(mid) / len(mid) / 3                   # and stall there: the second half gains little
+    assert tails[name] > 1e6 * exact_curve[-1]                     # far above exact EM
 table([(name, h["errors"][-1], tails[name], vec(h["A"] @ h["A"].T), vec(h["b"])) for name, h in hist.items()]
       + [("exact EM", exact_curve[-1], sum(exact_curve[-10:]) / 10, vec(A_ex @ A_ex.T), vec(b_ex)),
          ("the teacher: C and m", 0.0, 0.0, vec(C), vec(m))],
@@ -557,19 +560,20 @@ table([(name, h["errors"][-1], tails[name], vec(h["A"] @ h["A"].T), vec(h["b"]))
       title=f"EM at lambda = {lam_em:.0f} after {iters} iterations")
 
 # %% [markdown]
-# Both E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
-# Exact EM gets there quickly (below $10^{-3}$ after {glue:text}`ch03_em_hit0` iterations at $\lambda = 0$,
-# {glue:text}`ch03_exact_final` at the end) with no noise at all. The Langevin version stalls at a
-# Monte Carlo floor set by the batch and the decaying learning rate: over its last 10 iterations the
-# error averages {glue:text}`ch03_tail_z` with $z$ moving and {glue:text}`ch03_tail_frozen` with $z$
-# frozen (chapter 4 removes that floor by cancelling the chain's noise). Even the chain
-# that never moves $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score
-# gap is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
+# Both Langevin E-steps lead the generator to the teacher: $A A^\top$ and $b$ end near $C$ and $m$.
+# Exact EM gets there quickly and with no noise at all: below $10^{-3}$ after
+# {glue:text}`ch03_em_hit0` iterations at $\lambda = 0$, and an error of
+# {glue:text}`ch03_exact_final` at the end. The Langevin version stalls at a Monte Carlo floor set
+# by the batch and the decaying learning rate: over its last 10 iterations the error averages
+# {glue:text}`ch03_tail_z` with $z$ moving and {glue:text}`ch03_tail_frozen` with $z$ frozen
+# (chapter 4 removes that floor by cancelling the chain's noise). Even the chain that never moves
+# $z$ converges to the same place: at the fixed point $q_\theta^\lambda = p_\lambda$ the score gap
+# is zero and the generator's own joint sample already *is* a sample of $\rho$, so the
 # $\epsilon$-chain leaves it there for any $K$, with $z$ moving or not. Away from the fixed point
 # the chains differ (a frozen $z$ samples a different joint than $\rho$). Here that changes only the
-# path, because the linear family can match this Gaussian teacher exactly and at that match the score
-# gap vanishes for every chain. When the family cannot match the teacher there is no such common
-# point: each chain settles where its own gradient vanishes, and the destination differs too.
+# path, because the linear family can match this Gaussian teacher exactly and at that match the
+# score gap vanishes for every chain. When the family cannot match the teacher there is no such
+# common point: each chain settles where its own gradient vanishes, and the destination differs too.
 # Chapter 5 fits a linear generator to a two-mode mixture, where the frozen-$z$ chain stops less
 # than half of the way from Diff-Instruct's (reverse-KL) fit to the forward-KL fit. Chapter 4 shows
 # a choice of coordinates for which the destination changes even here.

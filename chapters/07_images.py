@@ -198,8 +198,8 @@ with torch.no_grad():
 mine = fd_from_scratch(f_train, f_eval)
 assert abs(mine - frechet_distance(*gaussian_stats(f_train), *gaussian_stats(f_eval))) < 1e-6 * max(mine, 1)
 stored = load_result("ch07_table", quiet=True)                         # section 6's shipped table
-assert abs(mine - next(r for r in stored["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
 glue("ch07_fd_floor", mine)
+assert abs(mine - next(r for r in stored["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
 
 # %% [markdown]
 # Between 500 real training digits and the 500 held-out ones the classifier Fréchet distance is
@@ -277,10 +277,10 @@ g_emd1 = flat_grad(emd_generator_loss(gen_c, teacher, student_c, z, eps, lam,
 # equal up to float32 rounding: the sums of 645k-entry gradients run in an order the CPU kernels do not
 # fix from run to run, so entries near zero differ by ~1e-7 of the largest one; the tolerance scales with it
 tol = 1e-6 * float(g_di.abs().max())
-torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
-torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
 glue("ch07_k1_gap", float((g_emd1 - g_di).abs().max()), fmt=".1e")
 glue("ch07_k1_norm", float(g_di.norm()), fmt=".3g")
+torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
+torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
 
 # %% [markdown]
 # On the MNIST teacher the two gradients differ by at most {glue:text}`ch07_k1_gap` in any entry, for
@@ -297,11 +297,11 @@ cfg_live = DistillConfig(**{**shipped, "steps": fast_or(40, 4), "batch": fast_or
 d_live = make_distiller(teacher, cfg_live)
 t0 = time.perf_counter()
 d_live.train(progress=False)
-assert all(np.isfinite(d_live.history["loss_g"]))
 live_fast = "4 steps of batch 8; the full run makes 40 of batch 16"
 glue("ch07_live_s", f"{(time.perf_counter() - t0) / cfg_live.steps:.3g} s", fast=live_fast)   # unit, then remark
 glue("ch07_live_loss0", d_live.history["loss_g"][0], fmt=".3g", fast=live_fast)
 glue("ch07_live_loss1", d_live.history["loss_g"][-1], fmt=".3g", fast=live_fast)
+assert all(np.isfinite(d_live.history["loss_g"]))
 
 # %% [markdown]
 # Each live step took {glue:text}`ch07_live_s`; the generator loss went from
@@ -702,10 +702,10 @@ assert min(fd_u) > 2 * teacher_u["classifier_frechet"]
 assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
 cap = build_parser().get_default("steps")
 capped = [r for r in runs_u if r["updates"] >= cap]
-assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
 glue("ch07_cap", cap)
 glue("ch07_cap_seed", capped[0]["seed"])
 glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
+assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
 
 # %% [markdown]
 # What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks them too):

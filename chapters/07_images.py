@@ -426,7 +426,7 @@ table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"
 #   function evaluation instead of the teacher's {glue:text}`ch07_nfe_teacher`, about
 #   {glue:text}`ch07_speedup` times more images per second. The teacher at {glue:text}`ch07_nfe_teacher` NFE
 #   (classifier Fréchet distance {glue:text}`ch07_fd_teacher`) reaches the floor set by two sets of 500 real digits
-#   ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
+#   ({glue:text}`ch07_fd_floor:.1f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
 #   worse than either student.
 # * **EMD did not beat Diff-Instruct here.** At equal wall time Diff-Instruct is slightly ahead on the
 #   classifier Fréchet distance ({glue:text}`ch07_di_fd` against {glue:text}`ch07_emd_fd`), recall

@@ -198,13 +198,13 @@ with torch.no_grad():
 mine = fd_from_scratch(f_train, f_eval)
 assert abs(mine - frechet_distance(*gaussian_stats(f_train), *gaussian_stats(f_eval))) < 1e-6 * max(mine, 1)
 stored = load_result("ch07_table", quiet=True)                         # section 6's shipped table
-assert abs(mine - next(r for r in stored["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
 glue("ch07_fd_floor", mine)
+assert abs(mine - next(r for r in stored["rows"] if r["model"] == "real training digits")["classifier_frechet"]) < 1e-3
 
 # %% [markdown]
 # Between 500 real training digits and the 500 held-out ones the classifier Fréchet distance is
-# {glue:text}`ch07_fd_floor:.2f`: the floor that this sample size allows, the best any generator can
-# score here.
+# {glue:text}`ch07_fd_floor:.1f`: two samples of real digits already differ this much at this sample size,
+# so a generator as good as the data would score about this, not zero.
 #
 # ## 4. Where the generator starts: $\lambda^*$ on images
 #
@@ -277,10 +277,10 @@ g_emd1 = flat_grad(emd_generator_loss(gen_c, teacher, student_c, z, eps, lam,
 # equal up to float32 rounding: the sums of 645k-entry gradients run in an order the CPU kernels do not
 # fix from run to run, so entries near zero differ by ~1e-7 of the largest one; the tolerance scales with it
 tol = 1e-6 * float(g_di.abs().max())
-torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
-torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
 glue("ch07_k1_gap", float((g_emd1 - g_di).abs().max()), fmt=".1e")
 glue("ch07_k1_norm", float(g_di.norm()), fmt=".3g")
+torch.testing.assert_close(g_di, g_scratch, rtol=1e-3, atol=tol)
+torch.testing.assert_close(g_emd1, g_di, rtol=1e-3, atol=tol)
 
 # %% [markdown]
 # On the MNIST teacher the two gradients differ by at most {glue:text}`ch07_k1_gap` in any entry, for
@@ -297,14 +297,14 @@ cfg_live = DistillConfig(**{**shipped, "steps": fast_or(40, 4), "batch": fast_or
 d_live = make_distiller(teacher, cfg_live)
 t0 = time.perf_counter()
 d_live.train(progress=False)
-assert all(np.isfinite(d_live.history["loss_g"]))
 live_fast = "4 steps of batch 8; the full run makes 40 of batch 16"
-glue("ch07_live_s", (time.perf_counter() - t0) / cfg_live.steps, fmt=".3g", fast=live_fast)
+glue("ch07_live_s", f"{(time.perf_counter() - t0) / cfg_live.steps:.3g} s", fast=live_fast)   # unit, then remark
 glue("ch07_live_loss0", d_live.history["loss_g"][0], fmt=".3g", fast=live_fast)
 glue("ch07_live_loss1", d_live.history["loss_g"][-1], fmt=".3g", fast=live_fast)
+assert all(np.isfinite(d_live.history["loss_g"]))
 
 # %% [markdown]
-# Each live step took {glue:text}`ch07_live_s` seconds; the generator loss went from
+# Each live step took {glue:text}`ch07_live_s`; the generator loss went from
 # {glue:text}`ch07_live_loss0` to {glue:text}`ch07_live_loss1`, finite throughout.
 #
 # ## 6. Teacher, EMD and Diff-Instruct
@@ -425,8 +425,8 @@ table([(r["model"], r["train_steps"], r["train_minutes"], r["classifier_frechet"
 #   (Diff-Instruct) with recall {glue:text}`ch07_emd_rec:.3f` and {glue:text}`ch07_di_rec:.3f`, at 1
 #   function evaluation instead of the teacher's {glue:text}`ch07_nfe_teacher`, about
 #   {glue:text}`ch07_speedup` times more images per second. The teacher at {glue:text}`ch07_nfe_teacher` NFE
-#   ({glue:text}`ch07_fd_teacher`) sits at the floor set by two sets of 500 real digits
-#   ({glue:text}`ch07_fd_floor:.0f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
+#   (classifier Fréchet distance {glue:text}`ch07_fd_teacher`) reaches the floor set by two sets of 500 real digits
+#   ({glue:text}`ch07_fd_floor:.1f`, itself noisy); the teacher at 7 NFE ({glue:text}`ch07_fd_teacher7`) is
 #   worse than either student.
 # * **EMD did not beat Diff-Instruct here.** At equal wall time Diff-Instruct is slightly ahead on the
 #   classifier Fréchet distance ({glue:text}`ch07_di_fd` against {glue:text}`ch07_emd_fd`), recall
@@ -479,7 +479,7 @@ JOINT_COLS = ["model", "updates", "minutes", "cls. Fréchet", "precision", "reca
 table([row_with_card(emd_row, cards["emd"]), row_with_card(di_row, cards["di"]), row_with_card(z_row, card_z)], JOINT_COLS, fmt=FMT)
 
 # %% [markdown]
-# With {glue:text}`ch07_z_share:.2f` of the shipped EMD-4's updates, the joint-chain student has the
+# With {glue:text}`ch07_z_share:.0%` of the shipped EMD-4's updates, the joint-chain student has the
 # highest recall of the three ({glue:text}`ch07_z_rec:.3f`: more of the real digits lie near one of its
 # samples) but the worst classifier Fréchet distance ({glue:text}`ch07_z_fd`) and class accuracy
 # ({glue:text}`ch07_z_acc:.3f`): its digits cover more of the data's variety and are less often the
@@ -515,12 +515,11 @@ table([row_with_card(emd_row, cards["emd"]), row_with_card(z_row, card_z), row_w
 # %% [markdown]
 # This student collapsed: its samples cover {glue:text}`ch07_m_classes` of the ten classes, with
 # precision {glue:text}`ch07_m_prec:.3f` and recall {glue:text}`ch07_m_rec:.3f` against the real digits, though
-# the chain accepted most of its moves (a fraction {glue:text}`ch07_m_accept:.2f` over the run, moving $z$
-# by {glue:text}`ch07_m_moved_z:.2f` and $x_t$ by {glue:text}`ch07_m_moved_x:.2f` per chain). The 2D
-# result does not carry over as it is; why the generator collapses under this E-step on images
-# (the step sizes, the trapezoid rule's error in 784 dimensions, the student score lagging a
-# generator that the chain pulls further) we have not measured. One seed and 10 minutes: a failure
-# to report, not a verdict on the chain.
+# the chain accepted most of its moves ({glue:text}`ch07_m_accept:.0%` over the run; on average a chain moved
+# $z$ an L2 distance of {glue:text}`ch07_m_moved_z:.2f` and $\epsilon$ one of {glue:text}`ch07_m_moved_x:.2f`). The 2D result
+# does not carry over as it is; why the generator collapses under this E-step on images (the step sizes,
+# the trapezoid rule's error in 784 dimensions, the student score lagging a generator that the chain
+# pulls further) we have not measured. One seed and 10 minutes: a failure to report, not a verdict on the chain.
 
 # %% [markdown]
 # ## 7. Test-time MCMC correction on images
@@ -694,6 +693,7 @@ for name, (value, f) in unconditional_numbers(runs_u, summary_u, teacher_u).item
 assert set(groups) == set(U_GROUPS.values()) and len(runs_u) == 9 and len({r["seed"] for r in runs_u}) == 3
 assert {int(np.argmax(r["class_shares"])) for r in runs_u} == {1}                       # "1" most often, every run
 assert min(r["min_share"] for r in runs_u) > 0                                         # no class dropped outright
+assert teacher_u["class_shares"][1] == teacher_u["class_shares"][0] == teacher_u["min_share"]  # the teacher's rarest
 for g in ("upd", "time"):                  # the gap between the means is smaller than the spread between seeds
     su, se = summary_u[U_GROUPS[g]]["tv_uniform"], summary_u[U_GROUPS["emd"]]["tv_uniform"]
     assert abs(se[0] - su[0]) < su[2] - su[1]
@@ -702,10 +702,10 @@ assert min(fd_u) > 2 * teacher_u["classifier_frechet"]
 assert min(fd_u) > 5 * max(emd_row["classifier_frechet"], di_row["classifier_frechet"])
 cap = build_parser().get_default("steps")
 capped = [r for r in runs_u if r["updates"] >= cap]
-assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
 glue("ch07_cap", cap)
 glue("ch07_cap_seed", capped[0]["seed"])
 glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
+assert len(capped) == 1 and group_of(capped[0]) == U_GROUPS["time"]
 
 # %% [markdown]
 # What the nine runs say (from the stored runs; `tests/test_chapter_claims.py` checks them too):
@@ -713,9 +713,9 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 # * **No student draws the ten digits in equal shares.** Over the nine runs the total variation to uniform
 #   is {glue:text}`ch07_u_tv_lo:.3f` to {glue:text}`ch07_u_tv_hi:.3f`; by chance alone,
 #   {glue:text}`ch07_u_n:,` draws from the uniform histogram stay below {glue:text}`ch07_tv_noise95:.3f` in
-#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f` (its smallest
-#   class share {glue:text}`ch07_t_min:.3f`). Every run draws "1" most often, {glue:text}`ch07_u_one_lo` to
-#   {glue:text}`ch07_u_one_hi` of its samples against the teacher's {glue:text}`ch07_t_one`. No run drops a
+#   95% of trials, and the teacher's own unconditional samples give {glue:text}`ch07_t_tv:.3f`. Every run
+#   draws "1" most often, {glue:text}`ch07_u_one_lo` to {glue:text}`ch07_u_one_hi` of its samples, against
+#   the teacher's {glue:text}`ch07_t_one`, its smallest class share (shared with "0"). No run drops a
 #   class outright (the smallest share in any run is {glue:text}`ch07_u_min_lo:.3f`,
 #   {glue:text}`ch07_u_min_n` digits in {glue:text}`ch07_u_n:,`), and all start from one class: the
 #   generator at initialisation, the teacher's "no class" denoiser read at $\lambda^* = -6$, gives samples
@@ -736,13 +736,13 @@ glue("ch07_cap_s", capped[0]["seconds"], fmt=".0f")
 #   ({glue:text}`ch07_u_fd_lo` to {glue:text}`ch07_u_fd_hi`) are more than twice the teacher's
 #   unconditional {glue:text}`ch07_t_fd` and over five times the {glue:text}`ch07_di_fd` and
 #   {glue:text}`ch07_emd_fd` that section 6's class-conditional students reached.
-# * **Equal wall time is a noisy budget on a shared machine.** The seconds per step ranged from
-#   {glue:text}`ch07_u_spd_lo:.2f` to {glue:text}`ch07_u_spd_hi:.2f` between runs as the machine's load
-#   changed; the `--minutes` horizon is sized from the first step's time, so EMD-4 made
-#   {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's
-#   seed-{glue:text}`ch07_cap_seed` run at equal time stopped at the command's cap of
-#   {glue:text}`ch07_cap:,` updates after {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs
-#   share their updates and learning-rate horizon exactly.
+# * **Equal wall time is a noisy budget on a shared machine.** As the machine's load changed, EMD-4's
+#   seconds per step ranged from {glue:text}`ch07_u_spd_emd_lo:.2f` to {glue:text}`ch07_u_spd_emd_hi:.2f`
+#   between its runs and Diff-Instruct's from {glue:text}`ch07_u_spd_di_lo:.2f` to
+#   {glue:text}`ch07_u_spd_di_hi:.2f`; the `--minutes` horizon is sized from the first step's time, so EMD-4
+#   made {glue:text}`ch07_emd_u_upd` updates in its three runs, and Diff-Instruct's seed-{glue:text}`ch07_cap_seed`
+#   run at equal time stopped at the command's cap of {glue:text}`ch07_cap:,` updates after
+#   {glue:text}`ch07_cap_s` of its 480 seconds. The equal-update pairs share their updates and horizon exactly.
 
 # %% [markdown]
 # ## Summary

@@ -78,9 +78,14 @@ glue("tiny_np", __import__("numpy").float64(0.25))
 glue("tiny_light", 0.1234, fmt=".3f", fast="20 updates")
 table([("EMD-8", 0.051234), ("Diff-Instruct", 0.2)], ["method", "MMD"], fmt="{:.3f}")
 
+# %%
+tiny_v = 1 / 1.0125
+glue("tiny_last", tiny_v, fmt=".2f")
+
 # %% [markdown]
 # The ratio is {glue:text}`tiny_ratio:.2f`, and e is about {glue:text}`tiny_e`. The light mass is
-# {glue:text}`tiny_light` of {glue:text}`tiny_w`, a quarter is {glue:text}`tiny_np:.2f`.
+# {glue:text}`tiny_light` of {glue:text}`tiny_w`, a quarter is {glue:text}`tiny_np:.2f`, the last
+# {glue:text}`tiny_last`.
 #
 # :::{admonition} Our convention
 # :class: note
@@ -231,6 +236,8 @@ def test_glue_tables_and_tags_on_the_page(built):
     assert re.search(r"light mass is\s+<span[^>]*>0\.123 \(fast mode: 20 updates\)</span>", page), \
         "a number that fast mode changes says so beside it"
     assert "tiny_ratio:" not in page, "in the book the glue cell prints nothing"
+    assert "0.98765" not in page and re.search(r"the last\s+<span[^>]*>0\.99</span>", page), \
+        "a cell that ends with glue shows no stray value"
     assert "Built with <code>EMD_FAST=1</code>" in page, "a fast build says its numbers are shortened runs'"
     assert '<table class="emd-table">' in page and "0.051" in page
     assert re.search(r'class="cell tag_hide-input[^"]*"[^>]*>(?:(?!class="cell ).)*the guarded number', page, re.S), \

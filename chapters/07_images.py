@@ -46,12 +46,12 @@ import torch
 from emd_lib import DATA_DIR, fast_or
 from emd_lib.images.data import MNIST_SHA256, load_images, mnist5k, split, to_model, to_unit
 from emd_lib.distill import DistillConfig, di_generator_loss, emd_generator_loss, evals_per_step
-from emd_lib.commands.distill_images import build_parser
+from emd_lib.commands.distill_images import build_parser, config_from_command
 from emd_lib.images.models import load_student, load_teacher, make_distiller
 from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.book import glue, table
 from emd_lib.experiments import load_result
-from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_command, class_balance, decode_samples,
+from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_config, class_balance, decode_samples,
                                       grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers,
                                       unconditional_runs)
 from emd_lib.images.metrics import frechet_distance, gaussian_stats, load_classifier
@@ -677,11 +677,11 @@ plt.show()
 # %%
 chains = {name: (chain_name(c), c["config"]["langevin"]["cancel"], c["config"]["langevin"]["K"])
           for name, c in (("data/mnist_emd", cards["emd"]), ("data/mnist_emd_z", card_z))}
-chains.update({"data/mnist_di": ("none", None, None), "data/mnist_emd_mala.json": chain_of_command(card_m["command"])})
+chains.update({"data/mnist_di": ("none", None, None), "data/mnist_emd_mala.json": chain_of_config(config_from_command(card_m["command"]))})
 for key, st in seed1["students"].items():
-    chains[f"section 6, seed 1, {key}"] = chain_of_command(st["command"])
+    chains[f"section 6, seed 1, {key}"] = chain_of_config(config_from_command(st["command"]))
 for r in runs_u:
-    chains[f"no class, {group_of(r)}, seed {r['seed']}"] = chain_of_command(r["command"])
+    chains[f"no class, {group_of(r)}, seed {r['seed']}"] = chain_of_config(config_from_command(r["command"]))
 n_joint = sum(ch[0] not in ("none", "(eps, -)") for ch in chains.values())
 glue("ch07_n_joint", n_joint)
 assert {ch for ch in chains.values() if ch[0] not in ("none", "(eps, z)")} == {("(eps, -)", "full", 4)}

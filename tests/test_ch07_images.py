@@ -356,3 +356,15 @@ def test_shipped_unconditional_table_pairs_its_runs_and_its_histograms_add_up():
         (e, _), (d, d_args) = by[("emd", "wall time", s)], by[("di", "updates", s)]
         assert d["updates"] == e["updates"] == d_args.steps and d_args.horizon == e["horizon"] == d["horizon"]
         assert by[("emd", "wall time", s)][1].minutes == by[("di", "wall time", s)][1].minutes
+
+
+def test_chain_of_config_reads_the_chain_of_a_recorded_command():
+    from emd_lib.commands.distill_images import config_from_command
+    from emd_lib.experiments.ch07 import chain_of_config
+
+    mala = json.loads((Path(__file__).resolve().parents[1] / "data" / "mnist_emd_mala.json").read_text())
+    name, cancel, K = chain_of_config(config_from_command(mala["command"]))
+    assert (cancel, K) == ("none", 4) and "z" in name
+    assert chain_of_config(config_from_command("python -m emd_lib distill_images --method di --out x")) == ("none", None, None)
+    name, cancel, K = chain_of_config(config_from_command("python -m emd_lib distill_images --method emd --K 8 --out x"))
+    assert K == 8 and "z" not in name

@@ -30,7 +30,7 @@ from ..runs.checkpoint import CheckpointError, machine, output_path_problem, rea
 from ..distill import method_name
 from ..langevin import chain_label
 
-__all__ = ["class_balance", "chain_name", "chain_of_command", "budget_of", "group_of", "student_row", "reference_rows",
+__all__ = ["class_balance", "chain_name", "chain_of_config", "budget_of", "group_of", "student_row", "reference_rows",
            "decode_samples", "unconditional_runs", "seed_summary", "unconditional_numbers", "tv_noise", "grid",
            "card_line", "row_with_card", "U_GROUPS", "main"]
 
@@ -75,12 +75,10 @@ def chain_name(card: dict) -> str:
     return "none" if card.get("method") == "di" else chain_label(card["config"]["langevin"])
 
 
-def chain_of_command(command: str):
-    """The Langevin chain, its noise cancellation and K that a distill_images ``command`` runs with
-    today's defaults: ``("none", None, None)`` for Diff-Instruct."""
-    from ..commands.distill_images import config_from_command
-
-    cfg = config_from_command(command)
+def chain_of_config(cfg):
+    """The Langevin chain, its noise cancellation and K of a :class:`~emd_lib.distill.DistillConfig`
+    (for a recorded command: ``emd_lib.commands.distill_images.config_from_command``):
+    ``("none", None, None)`` for Diff-Instruct."""
     if cfg.method == "di":
         return "none", None, None
     return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K

@@ -2,6 +2,7 @@
 equals the single-process step on the same global batch."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,9 @@ init_distributed()
 tr = Trainer(load_config("toy", sys.argv[1:]))
 tr.run()
 orphans = [name for name, t in seen if sys.getrefcount(t) <= 3]     # the record, the loop variable, the call
-print("collectives", len(seen), "on temporaries", len(orphans), flush=True)
+# one file per rank: the two processes' prints share one pipe and can interleave mid-line
+with open(f"record_rank{dist.get_rank()}.txt", "w") as f:
+    f.write(f"collectives {len(seen)} on temporaries {len(orphans)}")
 leave_process_group(tr)
 sys.exit(1 if orphans or not seen else 0)
 '''
@@ -111,12 +114,18 @@ def _torchrun(args, tmp_path, timeout=300):
                            *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
 
 
+def _records(folder):
+    """What each rank of the recording script wrote (one line per rank, in rank order)."""
+    return [p.read_text().strip() for p in sorted(folder.glob("record_rank*.txt"))]
+
+
 def test_collectives_never_run_on_tensors_that_python_has_let_go(tmp_path):
     script = tmp_path / "record.py"
     script.write_text(_RECORDING)
     r = _torchrun([str(script), *SMALL, "langevin.move_z=true", f"out={tmp_path / 'run'}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert r.stdout.count("on temporaries 0") == 2, r.stdout
+    records = _records(tmp_path)
+    assert len(records) == 2 and all(re.fullmatch(r"collectives [1-9]\d* on temporaries 0", x) for x in records), records
 
 
 def test_the_recording_sees_a_temporary(tmp_path):
@@ -124,7 +133,8 @@ def test_the_recording_sees_a_temporary(tmp_path):
     script = tmp_path / "record.py"
     script.write_text(_RECORDING.replace("tr.run()", "tr.run()\ndist.all_reduce(torch.ones(1))"))
     r = _torchrun([str(script), *SMALL, f"out={tmp_path / 'run'}"], tmp_path)
-    assert r.returncode != 0 and "on temporaries 1" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode != 0 and any(x.endswith("on temporaries 1") for x in _records(tmp_path)), \
+        r.stdout[-2000:] + r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("move_z", ["true"] * 6 + ["false"] * 2)

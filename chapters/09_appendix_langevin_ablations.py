@@ -55,19 +55,12 @@ use_style()
 t_start = time.perf_counter()
 
 # the linear-Gaussian pair of chapters 3 and 4: teacher N(m, C), generator g(z) = A z + b, exact student
-m = torch.tensor([1.0, -0.5])
-C = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
-A = torch.tensor([[0.5, 0.0], [0.2, 0.4]])
-b = torch.tensor([0.3, 0.2])
+m, C, A, b = sweeps.linear_pair()
 teacher, gen, student = gaussian_teacher(m, C), LinearGenerator(A, b), exact_student(A, b)
 lams = [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
 K_chain = fast_or(32, 16)
 
-
-def level(lam):
-    """(alpha, sigma) of the VP schedule at log-SNR lam, as floats."""
-    alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
-    return float(alpha), float(sigma)
+level = sweeps.level                      # (alpha, sigma) of the VP schedule at log-SNR lam, as floats
 
 
 # %% [markdown]

@@ -185,3 +185,19 @@ def test_seed_dots_draws_a_bar_and_the_seeds_per_variant(capsys):
     assert len(ax.patches) == len(res["runs"]) and len(ax.lines) == len(res["runs"])
     assert [t.get_text() for t in ax.get_xticklabels()] == list(res["runs"]) and ax.get_yscale() == "log"
     plt.close(fig)
+
+
+def test_the_linear_pair_is_chapter_3s_and_level_is_the_vp_schedule():
+    """Chapters 4 and 9 load the pair that chapter 3 writes out: the same four tensors."""
+    import re
+    from pathlib import Path
+
+    from emd_lib.experiments.ch04 import level, linear_pair
+    from emd_lib.schedules import VP
+
+    src = (Path(__file__).resolve().parents[1] / "chapters" / "03_em_derivation.py").read_text()
+    written = [eval(re.search(rf"^{name} = (torch\.tensor\(.*\))$", src, re.M).group(1), {"torch": torch})
+               for name in "mCAb"]
+    assert all(torch.equal(u, v) for u, v in zip(written, linear_pair()))
+    a, s = level(2.0)
+    assert isinstance(a, float) and (a, s) == tuple(float(x) for x in VP.alpha_sigma(torch.tensor(2.0)))

@@ -52,6 +52,21 @@ GAMMA_EPS = 0.3
 LAM_MAX = 6.0
 
 
+def linear_pair():
+    """Chapter 3's linear-Gaussian pair, as fresh tensors ``(m, C, A, b)``: the teacher
+    ``N(m, C)`` and a linear generator ``g(z) = A z + b`` that does not fit it yet."""
+    return (torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]]),
+            torch.tensor([[0.5, 0.0], [0.2, 0.4]]), torch.tensor([0.3, 0.2]))
+
+
+def level(lam) -> tuple[float, float]:
+    """``(alpha, sigma)`` of the VP schedule at log-SNR ``lam``, as floats."""
+    from ..schedules import VP
+
+    alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
+    return float(alpha), float(sigma)
+
+
 def gamma_x_fixed(gamma_eps: float = GAMMA_EPS, lam_max: float = LAM_MAX) -> float:
     """The fixed x-space step of our ablation: ``gamma_eps * sigma^2(lam_max)`` (VP schedule)."""
     _, sigma = VP.alpha_sigma(torch.tensor(float(lam_max)))

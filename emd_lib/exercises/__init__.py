@@ -94,6 +94,28 @@ def expect_close(name: str, got, want, tol: float = 1e-5, relative: bool = True)
         raise ExerciseFailed(f"{name} is off by up to {err:.3g}")
 
 
+def ring_networks(seed: int, batch: int, salt: int):
+    """A random MLP generator and eps-predicting student score (width 32) facing the exact
+    ``ring8`` teacher, with ``batch`` latents, noises and log-SNRs drawn from U[-6, 6]: the inputs
+    on which the checks run an answer. ``salt`` keeps each chapter's draws its own.
+    Returns ``(gen, teacher, student, z, eps, lam)``."""
+    import torch
+
+    from ..mixtures import ring8
+    from ..nets import MLPGenerator, MLPScore
+    from ..teachers import NetworkTeacher
+
+    teacher = ring8()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = MLPGenerator(2, 32, 2)
+        student = NetworkTeacher(MLPScore(2, 32, 2, schedule=teacher.schedule), teacher.schedule, predicts="eps")
+    g = torch.Generator().manual_seed(10 * seed + salt)
+    z, eps = torch.randn(batch, 2, generator=g), torch.randn(batch, 2, generator=g)
+    lam = -6 + 12 * torch.rand(batch, generator=g)
+    return gen, teacher, student, z, eps, lam
+
+
 def register(id: str, title: str = "", wrong: list | None = None, weight: float | None = None, *,
              points: float | None = None, minutes: int = 10, forbid=(), route: Callable | None = None,
              kind: str = "derivation"):

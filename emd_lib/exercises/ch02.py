@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from . import ExerciseFailed, expect_close, register
+from . import ExerciseFailed, expect_close, register, ring_networks
 from ..distill import di_generator_loss, student_loss
 
 
@@ -106,19 +106,7 @@ def check_reverse_kl(fn):
 # ---- shared: a random generator and student score facing the exact ring ---------------------------
 
 def _networks(seed):
-    from ..mixtures import ring8
-    from ..nets import MLPGenerator, MLPScore
-    from ..teachers import NetworkTeacher
-
-    teacher = ring8()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = MLPGenerator(2, 32, 2)
-        student = NetworkTeacher(MLPScore(2, 32, 2, schedule=teacher.schedule), teacher.schedule, predicts="eps")
-    g = torch.Generator().manual_seed(10 * seed + 1)
-    z, eps = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
-    lam = -6 + 12 * torch.rand(64, generator=g)
-    return gen, teacher, student, z, eps, lam
+    return ring_networks(seed, 64, 1)
 
 
 def _grads(loss, module):

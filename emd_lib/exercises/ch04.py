@@ -6,9 +6,8 @@ import math
 
 import torch
 
-from ..langevin import LangevinConfig, estep, log_rho_grads
-from ..schedules import VP
-from . import ExerciseFailed, expect_close, register
+from ..langevin import log_rho_grads
+from . import ExerciseFailed, expect_close, register, ring_networks
 
 
 _close = functools.partial(expect_close, relative=False)     # absolute tolerances here
@@ -16,20 +15,8 @@ _close = functools.partial(expect_close, relative=False)     # absolute toleranc
 
 # ---- shared: a random generator and student score facing the exact ring ---------------------------
 
-def _networks(seed, B=32):
-    from ..mixtures import ring8
-    from ..nets import MLPGenerator, MLPScore
-    from ..teachers import NetworkTeacher
-
-    teacher = ring8()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = MLPGenerator(2, 32, 2)
-        student = NetworkTeacher(MLPScore(2, 32, 2, schedule=teacher.schedule), teacher.schedule, predicts="eps")
-    g = torch.Generator().manual_seed(10 * seed + 7)
-    z, eps = torch.randn(B, 2, generator=g), torch.randn(B, 2, generator=g)
-    lam = -6 + 12 * torch.rand(B, generator=g)
-    return gen, teacher, student, z, eps, lam
+def _networks(seed):
+    return ring_networks(seed, 32, 7)
 
 
 _CHAIN = ["emd_lib.langevin:log_rho_grads", "emd_lib.langevin:estep", "emd_lib.langevin:mcmc_correct",

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from . import ExerciseFailed, expect_close, register
+from . import ExerciseFailed, expect_close, register, ring_networks
 from ..distill import di_generator_loss, emd_generator_loss
 from ..experiments.ch05 import eps0_gradient
 from ..langevin import LangevinConfig
@@ -15,20 +15,8 @@ _LOSSES = ["emd_lib.distill:emd_generator_loss", "emd_lib.distill:di_generator_l
            "emd_lib.experiments.ch05:eps0_gradient"]
 
 
-def _networks(seed, B=64):
-    from ..mixtures import ring8
-    from ..nets import MLPGenerator, MLPScore
-    from ..teachers import NetworkTeacher
-
-    teacher = ring8()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = MLPGenerator(2, 32, 2)
-        student = NetworkTeacher(MLPScore(2, 32, 2, schedule=teacher.schedule), teacher.schedule, predicts="eps")
-    g = torch.Generator().manual_seed(10 * seed + 3)
-    z, eps = torch.randn(B, 2, generator=g), torch.randn(B, 2, generator=g)
-    lam = -6 + 12 * torch.rand(B, generator=g)
-    return gen, teacher, student, z, eps, lam
+def _networks(seed):
+    return ring_networks(seed, 64, 3)
 
 
 def _flat_grad(loss, module):

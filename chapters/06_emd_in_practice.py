@@ -43,7 +43,7 @@ import torch
 import emd_lib
 from emd_lib import fast_or, is_fast
 from emd_lib.book import glue, table
-from emd_lib.distill import DistillConfig, Distiller
+from emd_lib.distill import DistillConfig, Distiller, evals_per_step
 from emd_lib.experiments import load_result
 from emd_lib.experiments import ch05 as sweep5
 from emd_lib.experiments import ch06 as sweep6
@@ -502,7 +502,7 @@ plt.show()
 # Each Langevin step of the E-step evaluates the teacher and the student once; when $z$ moves, it
 # also runs the generator forward and takes one vector-Jacobian product. Diff-Instruct evaluates
 # the teacher and the student once per generator step. We count the calls in one generator step
-# by wrapping the networks, compare with `emd_lib.experiments.ch06.evals_per_step`, and then time
+# by wrapping the networks, compare with `emd_lib.distill.evals_per_step`, and then time
 # a few generator steps of each method, round-robin so that the load of a shared machine hits all
 # alike (`emd_lib.experiments.ch05.time_per_step`). The student's own updates (two per iteration
 # in our defaults) cost the same for every method and are left out.
@@ -533,7 +533,7 @@ for lab, c in cost_cfgs.items():
     hook = dd.generator.register_forward_hook(lambda *a: fwd.append(1))
     dd.generator_step()
     hook.remove()
-    want = sweep6.evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
+    want = evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
     assert (dd.teacher.calls, dd.student.calls, len(fwd)) == (want["teacher"], want["student"], want["generator_fwd"])
     counts.append((lab, dd.teacher.calls, dd.student.calls, len(fwd)))
 table(counts, ["method", "teacher", "student", "generator forward"], title="network evaluations in one generator step")

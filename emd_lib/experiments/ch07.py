@@ -81,7 +81,7 @@ def chain_of_config(cfg):
     ``("none", None, None)`` for Diff-Instruct."""
     if cfg.method == "di":
         return "none", None, None
-    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+    return chain_label(cfg.langevin), cfg.langevin.cancel, cfg.langevin.K
 
 
 def group_of(row: dict) -> str:

@@ -43,7 +43,7 @@ import torch
 import emd_lib
 from emd_lib import fast_or, is_fast
 from emd_lib.book import glue, table
-from emd_lib.distill import DistillConfig, Distiller
+from emd_lib.distill import DistillConfig, Distiller, evals_per_step
 from emd_lib.experiments import load_result
 from emd_lib.experiments import ch05 as sweep5
 from emd_lib.experiments import ch06 as sweep6
@@ -367,7 +367,7 @@ d_grid = Distiller(mix, cfg_grid)
 d_grid.train(progress=False)
 n_mc = fast_or(2000, 400)
 z_mc = torch.randn(n_mc, 2, generator=torch.Generator().manual_seed(1))
-lam_mc, steps_mc = 6.0, 300
+lam_mc, steps_mc = 6.0, fast_or(300, 100)
 t0 = time.perf_counter()
 base_mc = sweep6.correct(d_grid.generator, mix, d_grid.student, z_mc, lam=lam_mc, steps=0)
 corr_mc = sweep6.correct(d_grid.generator, mix, d_grid.student, z_mc, lam=lam_mc, steps=steps_mc)
@@ -384,7 +384,7 @@ rep = {"generator": mixture_report(mix, base_mc["generator"], n_ref=n_mc),
        "MCMC, g(z_K)": mixture_report(mix, corr_mc["generator"], n_ref=n_mc)}
 w_gen, w_den, w_mc = (rep[k]["within_3sd"] for k in ("generator", "denoise only", f"MCMC, {steps_mc} steps"))
 assert w_mc > w_gen and w_mc > w_den, "the chain should put more samples on the modes than either baseline"
-fast_mc = f"{cfg_grid.steps} EMD steps and {n_mc} samples; the full run uses 400 and 2000"
+fast_mc = f"{cfg_grid.steps} EMD steps, {n_mc} samples, {steps_mc} Langevin steps; the full run uses 400, 2000 and 300"
 for name, v in (("gen", w_gen), ("den", w_den), ("mc", w_mc), ("gz", rep["MCMC, g(z_K)"]["within_3sd"])):
     glue(f"ch06_mc_w3_{name}", v, fmt=".2f", fast=fast_mc)
 glue("ch06_mc_seconds", t_mc, fmt=".1f", fast=fast_mc)
@@ -502,7 +502,7 @@ plt.show()
 # Each Langevin step of the E-step evaluates the teacher and the student once; when $z$ moves, it
 # also runs the generator forward and takes one vector-Jacobian product. Diff-Instruct evaluates
 # the teacher and the student once per generator step. We count the calls in one generator step
-# by wrapping the networks, compare with `emd_lib.experiments.ch06.evals_per_step`, and then time
+# by wrapping the networks, compare with `emd_lib.distill.evals_per_step`, and then time
 # a few generator steps of each method, round-robin so that the load of a shared machine hits all
 # alike (`emd_lib.experiments.ch05.time_per_step`). The student's own updates (two per iteration
 # in our defaults) cost the same for every method and are left out.
@@ -533,7 +533,7 @@ for lab, c in cost_cfgs.items():
     hook = dd.generator.register_forward_hook(lambda *a: fwd.append(1))
     dd.generator_step()
     hook.remove()
-    want = sweep6.evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
+    want = evals_per_step(c.method, c.langevin.K, c.langevin.move_z)
     assert (dd.teacher.calls, dd.student.calls, len(fwd)) == (want["teacher"], want["student"], want["generator_fwd"])
     counts.append((lab, dd.teacher.calls, dd.student.calls, len(fwd)))
 table(counts, ["method", "teacher", "student", "generator forward"], title="network evaluations in one generator step")

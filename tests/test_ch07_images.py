@@ -368,3 +368,13 @@ def test_chain_of_config_reads_the_chain_of_a_recorded_command():
     assert chain_of_config(config_from_command("python -m emd_lib distill_images --method di --out x")) == ("none", None, None)
     name, cancel, K = chain_of_config(config_from_command("python -m emd_lib distill_images --method emd --K 8 --out x"))
     assert K == 8 and "z" not in name
+
+
+def test_tv_noise_is_seeded_and_leaves_the_global_random_state():
+    from emd_lib.experiments.ch07 import tv_noise
+
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a = tv_noise(1000, trials=200)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a, tv_noise(1000, trials=200)) and a.shape == (200,) and (a >= 0).all() and (a <= 1).all()

@@ -81,7 +81,7 @@ def chain_of_config(cfg):
     ``("none", None, None)`` for Diff-Instruct."""
     if cfg.method == "di":
         return "none", None, None
-    return chain_name({"method": cfg.method, "config": cfg.to_dict()}), cfg.langevin.cancel, cfg.langevin.K
+    return chain_label(cfg.langevin), cfg.langevin.cancel, cfg.langevin.K
 
 
 def group_of(row: dict) -> str:
@@ -120,10 +120,12 @@ def seed_summary(groups: dict, teacher: dict) -> dict:
 
 
 def tv_noise(n: int, trials: int = 2000, seed: int = 0, n_classes: int = 10) -> torch.Tensor:
-    """The total variation to uniform of ``n`` draws from the uniform histogram itself, ``trials`` times."""
-    torch.manual_seed(seed)
+    """The total variation to uniform of ``n`` draws from the uniform histogram itself, ``trials`` times.
+    Seeded by ``seed``, leaving torch's global random state as it was."""
     even = torch.full((n_classes,), 1 / n_classes)
-    return 0.5 * (torch.distributions.Multinomial(n, even).sample((trials,)) / n - 1 / n_classes).abs().sum(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return 0.5 * (torch.distributions.Multinomial(n, even).sample((trials,)) / n - 1 / n_classes).abs().sum(1)
 
 
 def unconditional_numbers(runs: list, summary: dict, teacher: dict) -> dict:

@@ -294,8 +294,8 @@ print(f"batch {tr.cfg.batch}: each of 2 processes keeps {len(parts[0][0])} rows 
 #   temporary (`torch.tensor([loss])`, reduced and dropped), that release frees a Python object and
 #   must take the interpreter's lock; if it comes while the interpreter is shutting down, the worker
 #   is ended in the middle of C++ code and the process aborts ("terminate called without an active
-#   exception"). With gloo this hit about one two-process run in three with the joint chain, after the
-#   final checkpoint was written. The loss average and the stop-signal check now reduce two buffers
+#   exception"). With gloo this hit some of our two-process runs with the joint chain (how often, we
+#   did not measure), after the final checkpoint was written. The loss average and the stop-signal check now reduce two buffers
 #   the trainer owns (`_loss_sum`, `_stop_max`); `tests/test_ddp.py` records every tensor handed to a
 #   collective during a two-process run and fails if Python had let go of any, and runs the command
 #   itself eight times.

@@ -131,8 +131,8 @@ def tv_noise(n: int, trials: int = 2000, seed: int = 0, n_classes: int = 10) -> 
 def unconditional_numbers(runs: list, summary: dict, teacher: dict) -> dict:
     """The numbers chapter 7's text quotes about the unconditional students: ``{name: (value, format)}``
     (ranges over the runs, the teacher's class balance, in how many seeds each side of a pair is lower,
-    the means and spreads over the seeds). A format of None leaves it to the prose (``name:.3f``), which
-    keeps trailing zeros: the book reads a glued text such as ``0.330`` back as the number 0.33."""
+    the means and spreads over the seeds). A format of None leaves the format to the prose
+    (``{glue:text}`name:.3f```)."""
     seeds = sorted({r["seed"] for r in runs})
     by = {(group_of(r), r["seed"]): r for r in runs}
     out = {"u_minutes": (sum(r["seconds"] for r in runs) / 60, ".0f")}

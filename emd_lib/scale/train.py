@@ -303,9 +303,9 @@ class Trainer(Distiller):
         # several processes: DistributedDataParallel around what trains. The networks' buffers are
         # constants (frequencies, schedule tables), equal on every process: no broadcast before each
         # forward. close() takes the wrappers off again.
-        self.G = p.generator
+        self.train_net, self.langevin_rng = p.generator, self._noise
         if self.dist:
-            self.G = _parallel(p.generator, self.device)
+            self.train_net = _parallel(p.generator, self.device)
             p.student.net = _parallel(p.student.net, self.device)
         # The only tensors this class hands to a collective, held as long as the trainer. The backend
         # releases a finished collective's tensors on a worker thread of its own; were the tensor a
@@ -321,7 +321,7 @@ class Trainer(Distiller):
         group is destroyed). Checkpoints and samples work as before; training can go on afterwards
         only on one process."""
         p = self.prob
-        self.G = p.generator
+        self.train_net = p.generator
         p.student.net = unwrap_parallel(p.student.net)
 
     # ---- the hooks of Distiller's step: the global batch on every process, this process's rows kept,
@@ -329,14 +329,6 @@ class Trainer(Distiller):
     @property
     def step_count(self) -> int:                 # what Distiller's step reads (the learning-rate schedule)
         return self.step
-
-    @property
-    def train_net(self) -> nn.Module:
-        return self.G
-
-    @property
-    def langevin_rng(self):
-        return self._noise
 
     def _rows(self, t):
         if self.world == 1:

@@ -253,8 +253,8 @@ class Distiller:
 
     # ---- the hooks of one training step ---------------------------------------------------------
     # The scale trainer (emd_lib.scale.train.Trainer) subclasses Distiller and overrides these: it
-    # draws on the device and keeps its process's rows, runs under bf16 autocast, calls the
-    # DistributedDataParallel wrapper, averages losses over processes and raises its own fault.
+    # draws on the device and keeps its process's rows, runs under bf16 autocast, averages losses
+    # over processes and raises its own fault (its parallel wrapper and noise: train_net, langevin_rng).
     def _draw(self, n):
         cfg = self.cfg
         z = torch.randn(n, *self.shape, generator=self.rng)

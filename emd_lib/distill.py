@@ -238,6 +238,9 @@ class Distiller:
         self.generator = generator if generator is not None else gen_mlp
         self.student = student if student is not None else student_mlp
         self.rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        # the generator as the losses call it and the E-step's noise (a torch.Generator, or a function
+        # like -> noise); the scale trainer sets its DistributedDataParallel wrapper and its own noise
+        self.train_net, self.langevin_rng = self.generator, self.rng
         self.history: dict[str, list] = {}
         self.step_count = 0
         if cfg.init_steps > 0 and generator is None:
@@ -250,8 +253,8 @@ class Distiller:
 
     # ---- the hooks of one training step ---------------------------------------------------------
     # The scale trainer (emd_lib.scale.train.Trainer) subclasses Distiller and overrides these: it
-    # draws on the device and keeps its process's rows, runs under bf16 autocast, calls the
-    # DistributedDataParallel wrapper, averages losses over processes and raises its own fault.
+    # draws on the device and keeps its process's rows, runs under bf16 autocast, averages losses
+    # over processes and raises its own fault (its parallel wrapper and noise: train_net, langevin_rng).
     def _draw(self, n):
         cfg = self.cfg
         z = torch.randn(n, *self.shape, generator=self.rng)
@@ -273,16 +276,6 @@ class Distiller:
     def autocast(self):
         """The context the losses run in (the scale trainer: bf16 autocast)."""
         return contextlib.nullcontext()
-
-    @property
-    def train_net(self) -> nn.Module:
-        """The generator as the losses call it (the scale trainer: its DistributedDataParallel wrapper)."""
-        return self.generator
-
-    @property
-    def langevin_rng(self):
-        """The E-step's noise: a ``torch.Generator``, or a function ``like -> noise``."""
-        return self.rng
 
     def reduce_mean(self, value: float) -> float:
         """A loss averaged over processes (one process here)."""

@@ -201,11 +201,17 @@ def _power_iteration(xg, z, v, iters):
 def jacobian_norm(generator, z, iters: int = 20, cond=None, v=None) -> torch.Tensor:
     """Spectral norm of the generator's Jacobian ``dg/dz`` at each sample's ``z``, ``(B,)``, by power
     iteration (from ``v``, by default ``z`` itself); what ``z_precondition="jacobian"`` uses."""
+    return _forward_z(generator, z, cond, (z if v is None else v).detach(), iters)[2]
+
+
+def _forward_z(generator, z, cond, v, iters):
+    """``g(z)`` with its graph to a fresh leaf ``z``: ``(g(z), z, ||J||, v)``, the Jacobian's norm and the
+    power vector from ``iters`` power iterations from ``v`` (none when ``iters`` is 0: ``(None, v)``)."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         xg = call_generator(generator, z, cond)
-        norm, _ = _power_iteration(xg, z, (z if v is None else v).detach(), iters)
-    return norm
+        jn, v = _power_iteration(xg, z, v, iters) if iters else (None, v)
+    return xg, z, jn, v
 
 
 def _z_step(cfg, g_z0, a, s, jnorm):
@@ -263,17 +269,16 @@ def log_rho_grads(generator, teacher, student, z, lam, *, x_t=None, eps=None, co
     same joint (``grad_eps = sigma grad_x``, ``grad_z^(eps) = grad_z^(x) + alpha J^T grad_x``).
     """
     alpha, sigma = teacher.schedule.alpha_sigma(lam)
-    z = z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        x = call_generator(generator, z, cond)
-        a, s = bcast(alpha, x), bcast(sigma, x)
-        if eps is not None:
-            x_t = a * x.detach() + s * eps
-        sds = score_gap_eps(teacher, student, x_t, lam, cond).detach()
-        if eps is not None:
-            return sds - eps, _vjp(x, z, a / s * sds) - z.detach()
-        r = x_t - a * x.detach()
-        return sds / s - r / s**2, _vjp(x, z, a / s**2 * r) - z.detach()
+    x, z, _, _ = _forward_z(generator, z, cond, None, 0)
+    a, s = bcast(alpha, x), bcast(sigma, x)
+    if eps is not None:
+        x_t = a * x.detach() + s * eps
+    with torch.no_grad():
+        sds = score_gap_eps(teacher, student, x_t, lam, cond)
+    if eps is not None:
+        return sds - eps, _vjp(x, z, a / s * sds) - z.detach()
+    r = x_t - a * x.detach()
+    return sds / s - r / s**2, _vjp(x, z, a / s**2 * r) - z.detach()
 
 
 def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=None,
@@ -327,14 +332,11 @@ def estep(generator, teacher, student, z0, eps0, lam, cfg: LangevinConfig, cond=
     with frozen:                        # the chain differentiates the generator with respect to z only
         for _ in range(K):
             if cfg.move_z:
-                z = z.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    xg = call_generator(generator, z, cond)
-                    if use_jac:
-                        jn, v_jac = _power_iteration(xg, z, v_jac, cfg.jac_iters)
-                        g_z = _z_step(cfg, g_z0, a, s, jn)
-                        jac_norms.append(jn.mean())
-                        z_steps.append(g_z.mean())
+                xg, z, jn, v_jac = _forward_z(generator, z, cond, v_jac, cfg.jac_iters if use_jac else 0)
+                if use_jac:
+                    g_z = _z_step(cfg, g_z0, a, s, jn)
+                    jac_norms.append(jn.mean())
+                    z_steps.append(g_z.mean())
                 x = xg.detach()
             x_t = u if in_x else a * x + s * u
             with torch.no_grad():
@@ -406,11 +408,7 @@ def _mala(generator, teacher, student, z, u, lam, a, s, g_eps, g_z0, cfg, cond, 
         """gradients of log rho in (eps, z) at (u, z), the z step there, the score gap's norm, the power vector"""
         jn = None
         if cfg.move_z:
-            zr = z.detach().requires_grad_(True)
-            with torch.enable_grad():
-                xg = call_generator(generator, zr, cond)
-                if jac:
-                    jn, v_jac = _power_iteration(xg, zr, v_jac, cfg.jac_iters)
+            xg, zr, jn, v_jac = _forward_z(generator, z, cond, v_jac, cfg.jac_iters if jac else 0)
             x = xg.detach()
         else:
             with torch.no_grad():

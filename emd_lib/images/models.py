@@ -21,8 +21,7 @@ from .unet import unet_from_card
 __all__ = ["TEACHER_PATH", "SHAPES", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student",
            "generate"]
 
-_DATA = DATA_DIR
-TEACHER_PATH = _DATA / "mnist_teacher"
+TEACHER_PATH = DATA_DIR / "mnist_teacher"
 SHAPES = {"mnist": (1, 28, 28), "digits8": (1, 8, 8)}
 
 
@@ -104,7 +103,6 @@ def load_student(path, device="cpu"):
     return gen, student.requires_grad_(False), card
 
 
-
 @torch.no_grad()
 def generate(checkpoint, n: int, cls: int | None = None, steps: int = 18, sde: bool = False, seed: int = 0,
              batch: int = 500, device="cpu") -> tuple[torch.Tensor, int]:
@@ -112,7 +110,6 @@ def generate(checkpoint, n: int, cls: int | None = None, steps: int = 18, sde: b
     from a model already loaded (a teacher from ``load_teacher``, a generator from ``load_student``)."""
     from .data import to_unit
     from ..sampling import sample_ode, sample_sde
-    from ..teachers import NetworkTeacher
 
     model = checkpoint
     if not isinstance(checkpoint, torch.nn.Module):

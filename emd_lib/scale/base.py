@@ -47,10 +47,6 @@ def _fp32_bodies(net: nn.Module) -> nn.Module:
     return net
 
 
-def _unwrap_ddp(m):
-    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
-
-
 def perturb_weights(module: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
     """Add ``scale`` N(0, 1) noise to every weight and return ``module`` frozen in eval mode. diffusers
     and EDM start some output layers at zero, which would hide rounding in precision measurements;

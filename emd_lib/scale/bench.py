@@ -110,14 +110,7 @@ def matmul_peak(device=None, n: int | None = None, iters: int = 10) -> dict:
     g = torch.Generator(device=dev).manual_seed(0)
     a = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=dev, dtype=dtype, generator=g)
-    for _ in range(3):
-        a @ b
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    _sync(dev)
-    sec = (time.perf_counter() - t0) / iters
+    sec = _timed(lambda: a @ b, dev, iters, 3)
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "tflops": 2 * n**3 / sec / 1e12}
 
 

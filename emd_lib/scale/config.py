@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,11 +116,11 @@ class TrainConfig(DistillConfig):
         return p if p.is_absolute() else Path.cwd() / p
 
 
-# settings that may change between a run and its resumption (the device within its type: the random
-# stream is tied to it; a changed ``steps`` stretches the cosine learning-rate schedule from that step on)
 #: DistillConfig's settings of the 2D MLPs: a config with a network teacher may not set them.
 MIXTURE_ONLY = ("width", "depth", "init_steps")
 
+# settings that may change between a run and its resumption (the device within its type: the random
+# stream is tied to it; a changed ``steps`` stretches the cosine learning-rate schedule from that step on)
 RESUMABLE_CHANGES = {"steps", "out", "ckpt_every", "keep", "log_every", "progress", "resume", "device",
                      "tensorboard", "compile", "channels_last"}
 
@@ -131,7 +132,7 @@ def _fields(cls):
 def _coerce(key, value, typ):
     """Check (and gently convert) a YAML value against a field's type; raise ConfigError naming the key."""
     origin = typing.get_origin(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = typing.get_args(typ)
         if value is None and type(None) in args:
             return None

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..distill import unwrap_parallel
 from ..runs.checkpoint import load_pickle
 from ..schedules import EDM, Schedule
 from ..teachers import Teacher
-from .base import AdapterError, _is_edm_precond, _lam_batch, _out_dtype, _unwrap_ddp
+from .base import AdapterError, _is_edm_precond, _lam_batch, _out_dtype
 
 
 # ============================================================================================
@@ -119,7 +120,7 @@ class EDMTeacher(Teacher):
         # EDM: alpha = 1, sigma = exp(-lam / 2); the network is the denoiser D(x; sigma)
         dt = _out_dtype(x_t)
         sigma = torch.exp(-0.5 * _lam_batch(lam, x_t))
-        if isinstance(self.net, EDMNet) or isinstance(_unwrap_ddp(self.net), EDMNet):
+        if isinstance(unwrap_parallel(self.net), EDMNet):
             return self.net(x_t, sigma, self.class_labels(cond, x_t)).to(dt)
         with torch.autocast(x_t.device.type, enabled=False):    # a network of unknown dtype rules: float32
             return self.net(x_t.to(dt), sigma, self.class_labels(cond, x_t)).to(dt)

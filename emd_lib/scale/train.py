@@ -31,6 +31,7 @@ what a long run on real networks needs:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -287,13 +288,13 @@ class Trainer(Distiller):
             for net in networks(p):
                 net.to(memory_format=torch.channels_last)
         self.teacher, self.generator, self.student, self.shape = p.teacher, p.generator, p.student, p.shape
-        self.ema = _copy_frozen(p.generator) if cfg.ema > 0 else p.generator
+        self.ema = copy.deepcopy(p.generator).requires_grad_(False) if cfg.ema > 0 else p.generator
         self.opt_g = torch.optim.Adam(p.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_s = torch.optim.Adam(p.student.net.parameters(), lr=cfg.lr_s, betas=cfg.betas)
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.command = ""                   # the command line, recorded in checkpoints (set by main)
         self.step = 0
-        self.warm = False
+        self._warm = False
         self.last_good: Path | None = None
         self.history: list[dict] = []
         self._stop = 0
@@ -303,9 +304,9 @@ class Trainer(Distiller):
         # several processes: DistributedDataParallel around what trains. The networks' buffers are
         # constants (frequencies, schedule tables), equal on every process: no broadcast before each
         # forward. close() takes the wrappers off again.
-        self.G = p.generator
+        self.train_net, self.langevin_rng = p.generator, self._noise
         if self.dist:
-            self.G = _parallel(p.generator, self.device)
+            self.train_net = _parallel(p.generator, self.device)
             p.student.net = _parallel(p.student.net, self.device)
         # The only tensors this class hands to a collective, held as long as the trainer. The backend
         # releases a finished collective's tensors on a worker thread of its own; were the tensor a
@@ -321,7 +322,7 @@ class Trainer(Distiller):
         group is destroyed). Checkpoints and samples work as before; training can go on afterwards
         only on one process."""
         p = self.prob
-        self.G = p.generator
+        self.train_net = p.generator
         p.student.net = unwrap_parallel(p.student.net)
 
     # ---- the hooks of Distiller's step: the global batch on every process, this process's rows kept,
@@ -329,14 +330,6 @@ class Trainer(Distiller):
     @property
     def step_count(self) -> int:                 # what Distiller's step reads (the learning-rate schedule)
         return self.step
-
-    @property
-    def train_net(self) -> nn.Module:
-        return self.G
-
-    @property
-    def langevin_rng(self):
-        return self._noise
 
     def _rows(self, t):
         if self.world == 1:
@@ -394,7 +387,7 @@ class Trainer(Distiller):
         t["rng"] = self.rng.get_state()
         t["torch_rng"] = torch.get_rng_state()
         card = {"what": "emd_lib training state (generator, EMA, student score, optimisers, random generators)",
-                "step": self.step, "warm": self.warm, "config": config_dict(self.cfg), "opt_g": mg, "opt_s": ms,
+                "step": self.step, "warm": self._warm, "config": config_dict(self.cfg), "opt_g": mg, "opt_s": ms,
                 "world_size": self.world, "command": self.command, "rng_device": self.rng.device.type,
                 "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         return t, card
@@ -428,7 +421,7 @@ class Trainer(Distiller):
         _opt_load(self.opt_s, "opt_s", tensors, card["opt_s"])
         self.rng.set_state(tensors["rng"].cpu())
         torch.set_rng_state(tensors["torch_rng"].cpu())
-        self.step, self.warm = int(card["step"]), bool(card.get("warm", True))
+        self.step, self._warm = int(card["step"]), bool(card.get("warm", True))
 
     def try_resume(self) -> bool:
         """Load the newest complete checkpoint in ``OUT/checkpoints``; skip torn or corrupted ones."""
@@ -483,11 +476,6 @@ class Trainer(Distiller):
             s = int(self._stop_max)
         return s
 
-    def warmup(self):
-        for _ in range(self.cfg.student_warmup):
-            self.student_step()
-        self.warm = True
-
     def run(self, until: int | None = None) -> list[dict]:
         """Train to ``cfg.steps`` (or stop after step ``until``), resuming when a checkpoint exists."""
         cfg = self.cfg
@@ -496,7 +484,7 @@ class Trainer(Distiller):
         elif not cfg.resume and self.step == 0 and any(self.ckpt_dir.glob("step_*.json")):
             raise ConfigError(f"{self.ckpt_dir} already holds checkpoints and resume=false; resume them "
                               "(resume=true), or start the new run in another folder (out=...)")
-        if not self.warm:
+        if not self._warm:
             self.warmup()
         end = cfg.steps if until is None else min(until, cfg.steps)
         log = writer = None
@@ -598,12 +586,6 @@ def _parallel(net, device):
         else "broadcast_buffers"
     ids = [device.index] if device.type == "cuda" else None
     return DDP(net, device_ids=ids, **{quiet: False})
-
-
-def _copy_frozen(m):
-    import copy
-
-    return copy.deepcopy(m).requires_grad_(False)
 
 
 def _main_thread():

@@ -51,7 +51,7 @@ from emd_lib import DATA_DIR, ROOT, fast_or
 from emd_lib.book import glue, table
 from emd_lib.nets import TeacherInitGenerator
 from emd_lib.scale import adapters as A
-from emd_lib.scale.bench import bench
+from emd_lib.scale.bench import bench, bench_notes, bench_table
 from emd_lib.scale.evaluate import fid_from_features, inception_score
 from emd_lib.metrics import knn_precision_recall
 from emd_lib.scale.train import Trainer, load_config
@@ -61,27 +61,11 @@ t_start = time.perf_counter()
 TMP = Path(tempfile.mkdtemp(prefix="emd-ch08-"))
 
 
-def bench_table(info):
-    """A benchmark of ``python -m emd_lib bench`` as a table: its setting is the caption; the timings of
-    single passes and of sampling, where measured, are printed."""
-    pk = info.get("peak")
-    for name, v in info.get("pass_times", {}).items():
-        print(f"one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
-              + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else ""))
-    if info.get("note"):
-        print(f"note: {info['note']}")
-    if sm := info.get("sampling"):
-        print(f"sampling {sm['n']} images: one-step generator {sm['generator_img_per_s']:.4g} img/s; teacher Heun "
-              f"({sm['teacher_nfe']} NFE) {sm['teacher_img_per_s']:.4g} img/s")
-    title = (f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
-             f"{info['device_name']}, batch {info['batch']}, {info['precision']}"
-             + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else "")
-             + (f"; {pk['dtype']} matrix rate {pk['tflops']:.4g} TFLOP/s" if pk else ""))
-    keys = ["sec_per_step", "ratio_to_di", "img_per_s", "peak_mb", "tflop_per_step", "tflops", "pct_peak", "predicted_sec"]
-    cols = ["s/step", "x DI", "img/s", "peak MB", "TFLOP/step", "TFLOP/s", "% peak", "sum of passes (s)"]
-    fmt = dict(zip(cols, ["{:.4g}", "{:.2f}", "{:.4g}", "{:.0f}", "{:.4g}", "{:.3g}", "{:.1f}", "{:.4g}"]))
-    return table([[r["method"]] + ["-" if r.get(k) is None else r[k] for k in keys] for r in info["rows"]],
-                 ["method"] + cols, fmt=fmt, title=title)
+def show_bench(info):
+    """A benchmark as ``python -m emd_lib bench`` reports it: its lines, then its table."""
+    print("\n".join(bench_notes(info)))
+    return bench_table(info)
+
 
 # %% [markdown]
 # ## 1. One teacher interface, three kinds of network
@@ -334,7 +318,7 @@ info = bench("imagenet64", methods=[("di", 1)] + [("emd", k) for k in ks], tiny=
              warmup=1, sampler_steps=fast_or(40, 4), quiet=True)
 rows = {r["method"]: r for r in info["rows"]}
 assert rows[f"EMD-{ks[-1]}"]["tflop_per_step"] > rows["EMD-1"]["tflop_per_step"] > 0
-bench_table(info)
+show_bench(info)
 
 # %% [markdown]
 # **On one GPU.** The same command on the full-size ImageNet-64 network (a diffusers `UNet2DModel` laid
@@ -359,7 +343,7 @@ glue("ch08_params", f"{gpu['imagenet64']['params_per_network'] / 1e6:.0f}M")
 glue("ch08_device", gpu["imagenet64"]["device_name"])
 glue("ch08_torch", gpu["imagenet64"]["torch"].split("+")[0])                      # 2.11.0+cu130 -> 2.11.0
 for info in gpu.values():
-    display(bench_table(info))
+    display(show_bench(info))
 
 # %% [markdown]
 # What the tables say, computed from them:

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from emd_lib.commands.bench import main
 from emd_lib.runs.timing import time_round_robin
-from emd_lib.scale.bench import FlopCount, bench, format_table, matmul_peak, pass_counts
+from emd_lib.scale.bench import FlopCount, bench, bench_table, format_table, matmul_peak, pass_counts
 
 
 def test_flop_count_matches_torch_flop_counter():
@@ -95,7 +95,10 @@ def test_matmul_peak_and_table_extras():
                       "tflops": 1.0}]}
     table = format_table(info)
     assert "note: stopped early" in table and "matrix rate" in table
-    assert table.splitlines()[3].split()[2] == "-"           # no Diff-Instruct row: no ratio
+    row = next(line for line in table.splitlines() if line.startswith("EMD-1"))
+    assert row.split()[2] == "-"                              # no Diff-Instruct row: no ratio
+    html = bench_table(info)._repr_html_()
+    assert "<caption>" in html and "matrix rate" in html and html.count("<tr>") == 2
 
 
 def test_bench_command_takes_a_list_of_k_and_rejects_a_bad_one(tmp_path, capsys):

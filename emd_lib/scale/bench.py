@@ -355,31 +355,43 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     return info
 
 
-def _opt(row, key, fmt):
-    return format(row[key], fmt) if key in row else "-"
+#: (row key, column name, format) of a benchmark's table
+COLUMNS = [("sec_per_step", "s/step", "{:.4g}"), ("ratio_to_di", "x DI", "{:.2f}"), ("img_per_s", "img/s", "{:.4g}"),
+           ("peak_mb", "peak MB", "{:.0f}"), ("tflop_per_step", "TFLOP/step", "{:.4g}"), ("tflops", "TFLOP/s", "{:.3g}"),
+           ("pct_peak", "% peak", "{:.1f}"), ("predicted_sec", "sum of passes (s)", "{:.4g}")]
 
 
-def format_table(info: dict) -> str:
-    lines = [f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
+def bench_table(info: dict):
+    """The rows of :func:`bench`'s ``info`` as an :class:`emd_lib.book.Table` (HTML in a notebook,
+    aligned text when printed), its setting and measured matrix rate as the caption; "-" where a
+    row has no value (no Diff-Instruct row: no ratio)."""
+    from ..book.display import Table
+
+    pk = info.get("peak")
+    title = (f"{info['config']} ({info['arch']}, {info['params_per_network'] / 1e6:.1f}M parameters per network), "
              f"{info['device_name']} [{info['device']}], batch {info['batch']}, {info['precision']}"
              + (", torch.compile" if info["compile"] else "") + (" + CUDA graphs" if info["cuda_graphs"] else "")
-             + (", channels-last" if info.get("channels_last") else ""),
-             f"{'method':>14} {'s/step':>10} {'x DI':>6} {'img/s':>10} {'peak MB':>10} {'TFLOP/step':>11} "
-             f"{'TFLOP/s':>9} {'% peak':>7} {'sum of passes':>14}"]
-    pk = info.get("peak")
-    if pk:
-        lines.insert(1, f"measured {pk['dtype']} matrix rate ({pk['n']}^3 product): {pk['tflops']:.4g} TFLOP/s")
-    for r in info["rows"]:
-        lines.append(f"{r['method']:>14} {r['sec_per_step']:>10.4g} {_opt(r, 'ratio_to_di', '.2f'):>6} "
-                     f"{r['img_per_s']:>10.4g} {r['peak_mb']:>10.0f} {r['tflop_per_step']:>11.4g} {r['tflops']:>9.3g} "
-                     f"{_opt(r, 'pct_peak', '.1f'):>7} {_opt(r, 'predicted_sec', '.4g'):>14}")
-    for name, v in info.get("pass_times", {}).items():
-        lines.append(f"  one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
-                     + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else ""))
+             + (", channels-last" if info.get("channels_last") else "")
+             + (f"; measured {pk['dtype']} matrix rate ({pk['n']}^3 product) {pk['tflops']:.4g} TFLOP/s" if pk else ""))
+    rows = [[r["method"]] + [fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in COLUMNS]
+            for r in info["rows"]]
+    return Table(rows, ["method"] + [name for _, name, _ in COLUMNS], title=title)
+
+
+def bench_notes(info: dict) -> list[str]:
+    """The lines that go with :func:`bench_table`: single passes, a note, sampling, where measured."""
+    lines = [f"one {name} pass of the generator's network: {v['sec'] * 1e3:.4g} ms, {v['tflops']:.3g} TFLOP/s"
+             + (f" ({v['pct_peak']:.1f}% of the matrix rate)" if "pct_peak" in v else "")
+             for name, v in info.get("pass_times", {}).items()]
     if info.get("note"):
         lines.append(f"note: {info['note']}")
     s = info.get("sampling")
     if s:
         lines.append(f"sampling {s['n']} images: one-step generator {s['generator_img_per_s']:.4g} img/s; teacher "
                      f"Heun ({s['teacher_nfe']} NFE) {s['teacher_img_per_s']:.4g} img/s; {s['speedup']:.0f}x faster")
-    return "\n".join(lines)
+    return lines
+
+
+def format_table(info: dict) -> str:
+    """:func:`bench_table` and :func:`bench_notes` as text, for the terminal."""
+    return "\n".join([str(bench_table(info))] + bench_notes(info))

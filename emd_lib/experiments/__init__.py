@@ -1,6 +1,6 @@
 """The sweeps behind the chapters' stored results, one module per chapter.
 
-    python -m emd_lib experiment ch04 --sweep zstep     # = python -m emd_lib experiment ch04 --sweep zstep
+    python -m emd_lib experiment ch04 --sweep zstep     # = python -m emd_lib.experiments.ch04 --sweep zstep
 
 Each writes ``data/results/chNN_*.json`` with the command line, date, machine and wall time.
 """

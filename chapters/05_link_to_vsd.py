@@ -332,9 +332,7 @@ table([(lab, r["b"][0], r["std"][0]) for lab, r in live.items()], ["method", "b_
 # along the modes' axis; one mode alone has standard deviation 0.4. The stored sweeps:
 
 # %%
-lin, lin_z, lin_nc = (load_result(f"ch05_linear_bimodal{x}", quiet=True) for x in ("", "_z", "_z_nocancel"))
-for res in (lin, lin_z, lin_nc):
-    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+lin, lin_z, lin_nc = (load_result(f"ch05_linear_bimodal{x}") for x in ("", "_z", "_z_nocancel"))
 st = lin_nc["settings"]            # the first two files were made before the settings were recorded: the same defaults
 print(f"{lin['steps']} steps, batch {st['batch']}, seeds {lin['seeds']}, lambda ~ U[{st['lam_min']:g}, {st['lam_max']:g}], "
       f"w = sigma^2, gamma_eps = {st['gamma_eps']}; full cancellation except the last file (cancel = {st['cancel']!r})")
@@ -458,8 +456,7 @@ for c, v, e_ in (("full", P["full"], se["full"]), ("none", P["none"], se["none"]
 # One cell, rerun live and compared with the stored run:
 
 # %%
-mz = load_result("ch05_linear_moving_z", quiet=True)
-print("reproduce with:", mz["command"], f"({mz['wall_s'] / 60:.0f} min on {mz['machine']['cpus']} shared CPUs)")
+mz = load_result("ch05_linear_moving_z")
 cell = dict(method="DI", weighting="one", start="fit", seed=0)
 live_mz = sweep.moving_z_run(bi, cell["method"], cell["weighting"], cell["start"], cell["seed"], steps=mz["steps"])
 stored_mz = next(r for r in mz["runs"] if all(r[k] == v for k, v in cell.items()))
@@ -602,9 +599,7 @@ table([(lab, r["metrics"]["tv"], r["metrics"]["mmd"], r["metrics"]["recall"], f"
       title=f"live, {cfg_mini.steps} generator steps, seed 0")
 
 # %%
-ks, ks_z = load_result("ch05_ksweep_grid25", quiet=True), load_result("ch05_ksweep_grid25_z", quiet=True)
-for res in (ks, ks_z):
-    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+ks, ks_z = load_result("ch05_ksweep_grid25"), load_result("ch05_ksweep_grid25_z")
 S = {**ks["summary"], **ks_z["summary"]}
 # each file times its methods round-robin with DI; rescale the second file's times by the two DI times
 T = dict(ks["timing"])

@@ -106,7 +106,7 @@ t_start = time.perf_counter()
 teacher = ring8()
 
 
-def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2", seed=0):
+def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2"):
     """Generator gradients (flat) of EMD-1 (eps only, full cancellation) and of DI, from scratch."""
     a, s = VP.alpha_sigma(lam)
     a, s = a[:, None], s[:, None]                                          # (B, 1)
@@ -116,7 +116,7 @@ def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2", 
     with torch.no_grad():
         sds = student.eps(x_t0, lam) - teacher.eps(x_t0, lam)             # sigma ds = epshat_psi - epshat_phi
     # E-step: one Langevin step on eps, and the noise record started at eta_0 = eps_0
-    n = torch.randn(eps.shape, generator=torch.Generator().manual_seed(seed))
+    n = torch.randn(eps.shape, generator=torch.Generator().manual_seed(0))
     eps1 = eps + gamma * (sds - eps) + math.sqrt(2 * gamma) * n
     eta1 = (1 - gamma) * eps + math.sqrt(2 * gamma) * n
     eps_tilde = eps1 - eta1

@@ -51,7 +51,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "pm", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "pm", "k_curve", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]

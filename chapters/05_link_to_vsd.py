@@ -106,7 +106,7 @@ t_start = time.perf_counter()
 teacher = ring8()
 
 
-def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2", seed=0):
+def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2"):
     """Generator gradients (flat) of EMD-1 (eps only, full cancellation) and of DI, from scratch."""
     a, s = VP.alpha_sigma(lam)
     a, s = a[:, None], s[:, None]                                          # (B, 1)
@@ -116,7 +116,7 @@ def scratch_gradients(gen, student, z, eps, lam, gamma=1.0, weighting="sigma2", 
     with torch.no_grad():
         sds = student.eps(x_t0, lam) - teacher.eps(x_t0, lam)             # sigma ds = epshat_psi - epshat_phi
     # E-step: one Langevin step on eps, and the noise record started at eta_0 = eps_0
-    n = torch.randn(eps.shape, generator=torch.Generator().manual_seed(seed))
+    n = torch.randn(eps.shape, generator=torch.Generator().manual_seed(0))
     eps1 = eps + gamma * (sds - eps) + math.sqrt(2 * gamma) * n
     eta1 = (1 - gamma) * eps + math.sqrt(2 * gamma) * n
     eps_tilde = eps1 - eta1
@@ -332,9 +332,7 @@ table([(lab, r["b"][0], r["std"][0]) for lab, r in live.items()], ["method", "b_
 # along the modes' axis; one mode alone has standard deviation 0.4. The stored sweeps:
 
 # %%
-lin, lin_z, lin_nc = (load_result(f"ch05_linear_bimodal{x}", quiet=True) for x in ("", "_z", "_z_nocancel"))
-for res in (lin, lin_z, lin_nc):
-    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+lin, lin_z, lin_nc = (load_result(f"ch05_linear_bimodal{x}") for x in ("", "_z", "_z_nocancel"))
 st = lin_nc["settings"]            # the first two files were made before the settings were recorded: the same defaults
 print(f"{lin['steps']} steps, batch {st['batch']}, seeds {lin['seeds']}, lambda ~ U[{st['lam_min']:g}, {st['lam_max']:g}], "
       f"w = sigma^2, gamma_eps = {st['gamma_eps']}; full cancellation except the last file (cancel = {st['cancel']!r})")
@@ -346,16 +344,9 @@ lin_table = table([(lab, f"{s['b_mean'][0]:+.3f} ± {s['b_std'][0]:.3f}", f"{s['
                    for lab, s in summ.items()] + [("forward-KL fit", f"{lin['forward_kl_fit']['mean'][0]:+.3f}", f"{fwd_std:.3f}")],
                   ["method", "mean b_x", "std along the axis"], title="mean ± std over seeds")
 
-
-def ks_and_std(summary, suffix=""):
-    labs = [k for k in summary if k != "DI"]
-    return ([int(k.split("-")[1].split()[0]) for k in labs], [summary[k]["std_mean"][0] for k in labs],
-            [summary[k]["std_std"][0] for k in labs])
-
-
-K_e, std_e, err_e = ks_and_std(lin["summary"])
-K_z, std_z, err_z = ks_and_std(lin_z["summary"])
-K_n, std_n, err_n = ks_and_std(lin_nc["summary"])
+K_e, std_e, err_e = sweep.k_curve(lin["summary"])
+K_z, std_z, err_z = sweep.k_curve(lin_z["summary"])
+K_n, std_n, err_n = sweep.k_curve(lin_nc["summary"])
 way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)          # noqa: E731  percent of the way DI -> forward KL
 glue("ch05_way_best", way(max(std_e)), fmt=".0f")
 glue("ch05_way_last", way(std_e[-1]), fmt=".0f")
@@ -365,12 +356,6 @@ glue("ch05_way_z16", way(std_z[-1]), fmt=".0f")
 glue("ch05_nc16_std", std_n[-1], fmt=".3f")
 glue("ch05_nc16_sd", err_n[-1], fmt=".3f")
 glue("ch05_lin_fwd_std", fwd_std, fmt=".3f")
-assert way(max(std_e)) < 50 and abs(std_e[-1] - std_e[-2]) < 0.01       # eps only: part of the way, then flat
-assert K_e[int(np.argmax(std_e))] == 16 and std_e[-1] <= std_e[-2]       # the best at K = 16; K = 32 adds nothing
-assert 85 < way(summ["EMD-8 (eps, z)"]["std_mean"][0]) <= 100            # moving z: close to the forward-KL spread
-assert way(std_z[-1]) > 100 and abs(std_n[-1] - fwd_std) < err_n[-1]     # cancelled overshoots; uncancelled stops
-off_mean = {lab: abs(summ[lab]["b_mean"][0] - lin["forward_kl_fit"]["mean"][0]) for lab in ("DI", "EMD-16 (eps, z)")}
-assert off_mean["EMD-16 (eps, z)"] > off_mean["DI"]                      # its mean further from the mixture's
 display(lin_table)
 
 fig, ax = plt.subplots(figsize=(5.8, 3.3))
@@ -471,8 +456,7 @@ for c, v, e_ in (("full", P["full"], se["full"]), ("none", P["none"], se["none"]
 # One cell, rerun live and compared with the stored run:
 
 # %%
-mz = load_result("ch05_linear_moving_z", quiet=True)
-print("reproduce with:", mz["command"], f"({mz['wall_s'] / 60:.0f} min on {mz['machine']['cpus']} shared CPUs)")
+mz = load_result("ch05_linear_moving_z")
 cell = dict(method="DI", weighting="one", start="fit", seed=0)
 live_mz = sweep.moving_z_run(bi, cell["method"], cell["weighting"], cell["start"], cell["seed"], steps=mz["steps"])
 stored_mz = next(r for r in mz["runs"] if all(r[k] == v for k, v in cell.items()))
@@ -501,9 +485,6 @@ glue("ch05_mz_eps_wider", max(MZ[("one", st, EPS_)][2] - MZ[("one", st, "DI")][2
 glue("ch05_mz_z_wider", max(MZ[("one", st, Z_)][2] - fit_std for st in starts_), fmt=".2f")
 glue("ch05_mz_z_b", max(abs(MZ[("one", st, Z_)][0] - fit_b) for st in starts_), fmt=".2f")
 glue("ch05_mz_s2_z", max(abs(MZ[("sigma2", st, Z_)][2] - fit_std) for st in starts_), fmt=".3f")
-assert all(MZ[("one", st, "DI")][2] < 0.5 and MZ[("one", st, EPS_)][2] < MZ[("one", st, "DI")][2] + 0.1
-           and 0 < MZ[("one", st, Z_)][2] - fit_std < 0.15 for st in starts_)
-assert all(MZ[("sigma2", st, "DI")][2] < MZ[("sigma2", st, EPS_)][2] < MZ[("sigma2", st, Z_)][2] for st in starts_)
 table(mz_rows + [("", "", "forward-KL fit", f"{fit_b:+.3f}", f"{fit_std:.3f}", "")],
       ["w", "start", "method", "mean b_x", "std along the axis", "per seed (std)"], title="mean ± std over seeds")
 
@@ -615,9 +596,7 @@ table([(lab, r["metrics"]["tv"], r["metrics"]["mmd"], r["metrics"]["recall"], f"
       title=f"live, {cfg_mini.steps} generator steps, seed 0")
 
 # %%
-ks, ks_z = load_result("ch05_ksweep_grid25", quiet=True), load_result("ch05_ksweep_grid25_z", quiet=True)
-for res in (ks, ks_z):
-    print("reproduce with:", res["command"], f"({res['wall_s'] / 60:.0f} min on {res['machine']['cpus']} shared CPUs)")
+ks, ks_z = load_result("ch05_ksweep_grid25"), load_result("ch05_ksweep_grid25_z")
 S = {**ks["summary"], **ks_z["summary"]}
 # each file times its methods round-robin with DI; rescale the second file's times by the two DI times
 T = dict(ks["timing"])
@@ -625,8 +604,6 @@ for lab in ks_z["labels"]:
     T[lab] = {"median": ks_z["timing"][lab]["median"] * ks["timing"]["DI"]["median"] / ks_z["timing"]["DI"]["median"]}
 ks["labels"] = ks["labels"] + ks_z["labels"]
 ks["runs"] = {**ks["runs"], **ks_z["runs"]}
-clip = max(r["clipped_frac"] for rs in ks["runs"].values() for r in rs)
-assert clip == 0, "the gradient clip never acted in these sweeps"
 table([(lab, sweep.pm(S[lab], "tv", ".3f"), sweep.pm(S[lab], "mmd", ".4f"), sweep.pm(S[lab], "recall", ".2f"),
         sweep.pm(S[lab], "precision", ".2f"), S[lab]["modes_covered"]["mean"], 1e3 * T[lab]["median"])
        for lab in ks["labels"]],
@@ -638,8 +615,6 @@ tv_mean = {lab: S[lab]["tv"]["mean"] for lab in ks["labels"]}
 near = {lab: S[lab]["within_3sd"]["mean"] for lab in ks["labels"]}
 glue("ch05_near_min", min(near.values()), fmt=".0%")
 glue("ch05_near_max", max(near.values()), fmt=".0%")
-assert all(abs(S[lab]["tv"]["mean"] - S["DI"]["tv"]["mean"]) <= 2 * max(S[lab]["tv"]["std"], S["DI"]["tv"]["std"])
-           for lab in ks["labels"]), "every mean TV within two seed-stds of DI's"
 glue("ch05_tv_gap", max(tv_mean.values()) - min(tv_mean.values()), fmt=".3f")
 glue("ch05_tv_spread", float(np.mean([S[lab]["tv"]["std"] for lab in ks["labels"]])), fmt=".3f")
 cost_16 = T["EMD-16"]["median"] / T["DI"]["median"]

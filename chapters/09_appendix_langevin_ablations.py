@@ -503,7 +503,6 @@ glue("ch09_tv_lo", min(GS[n]["tv"][0] for n in ok), fmt=".3f")
 glue("ch09_tv_hi", max(GS[n]["tv"][0] for n in ok), fmt=".3f")
 glue("ch09_tv_sd", max(GS[n]["tv"][1] for n in ok), fmt=".3f")
 div_steps = [r["steps_done"] for runs in gz["runs"].values() for r in runs if r["diverged"]]
-assert all(GS[n]["diverged"] in (0, GS[n]["n"]) for n in gz["runs"])       # a step diverged in every seed or none
 glue("ch09_div_first", min(div_steps))
 glue("ch09_div_last", max(div_steps))
 # the quality of the plain step's stable settings, from the smallest step to the largest
@@ -511,12 +510,6 @@ plain_ok = sorted((n for n in ok if n.startswith("none")), key=lambda n: float(n
 for key in ("within_3sd", "precision"):
     glue(f"ch09_{key}_small", GS[plain_ok[0]][key][0], fmt=".3f")
     glue(f"ch09_{key}_large", GS[plain_ok[-1]][key][0], fmt=".3f")
-for sch in ("snr", "none"):                             # sharpness falls as the z step grows, beyond the seeds' spread
-    names = sorted((n for n in ok if n.startswith(sch)), key=lambda n: float(n.split()[-1]))
-    for key in ("within_3sd", "precision"):
-        lo, hi = GS[names[-1]][key], GS[names[0]][key]
-        assert hi[0] - lo[0] > max(hi[1], lo[1])
-    assert GS[names[-1]]["mmd"][0] > GS[names[0]]["mmd"][0]
 
 # %% [markdown]
 # The plain $z$ step is stable up to {glue:text}`ch09_stable_none` and diverged at {glue:text}`ch09_unstable_none`;
@@ -567,7 +560,7 @@ light = sweeps.light_masses(zstep["far"])              # per variant, the runs t
 display(table([[n, ", ".join(f"{v:.3f}" for v in ms) or "-"] for n, ms in light.items()],
               ["variant", "mass per seed"], title=f"far: the light mode's mass (weight {far_w:.2f})"))
 CLIP, CLIP2 = "(eps, z) none 0.05 clip 0.1", "(eps, z) none 0.02 clip 0.1"
-PLAIN, PLAIN2, OLD = "(eps, z) none 0.05", "(eps, z) none 0.02", "(eps, z) snr 0.1 full"
+PLAIN, OLD = "(eps, z) none 0.05", "(eps, z) snr 0.1 full"
 glue("ch09_div_plain", sum(res["summary"][PLAIN]["diverged"] for res in zstep.values()))
 glue("ch09_n_plain", sum(res["summary"][PLAIN]["n"] for res in zstep.values()))
 glue("ch09_div_clip", sum(res["summary"][c]["diverged"] for res in zstep.values() for c in (CLIP, CLIP2)))
@@ -575,7 +568,6 @@ glue("ch09_n_clip", sum(res["summary"][c]["n"] for res in zstep.values() for c i
 reached = [r["steps_done"] for res in zstep.values() for r in res["runs"][PLAIN]]
 glue("ch09_reach_lo", min(reached))
 glue("ch09_reach_hi", max(reached))
-assert {m: res["summary"][PLAIN2]["diverged"] for m, res in zstep.items()} == {"far": 0, "irregular": 0, "grid25": 3}
 off = {c: np.mean([abs(v - far_w) for v in light[c]]) for c in (CLIP, CLIP2)}   # the light mode's distance from its weight
 glue("ch09_off_clip", off[CLIP], fmt=".3f")
 glue("ch09_off_clip2", off[CLIP2], fmt=".3f")
@@ -585,10 +577,6 @@ glue("ch09_old_hi", max(light[OLD]) / far_w, fmt=".1f")
 ev = {n: emd_lib.distill.evals_per_step("emd", 8, move_z=mz) for n, mz in (("(eps, -)", False), (CLIP2, True))}
 print("network evaluations per generator update (K = 8): " + "; ".join(f"{n}: {e}" for n, e in ev.items()))
 glue("ch09_more_fwd", ev[CLIP2]["generator_fwd"] - ev["(eps, -)"]["generator_fwd"])
-assert off[CLIP2] < off[CLIP]
-T = {m: {n: res["summary"][n]["tv"] for n in (CLIP, CLIP2, "(eps, -)")} for m, res in zstep.items()}
-assert all(abs(T["far"][c][0] - T["far"]["(eps, -)"][0]) < T["far"][c][1] + T["far"]["(eps, -)"][1] for c in (CLIP, CLIP2))
-assert all(T[m][c][0] > T[m]["(eps, -)"][0] for m in ("irregular", "grid25") for c in (CLIP, CLIP2))  # no gain over (eps, -)
 
 fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
 for a, (m, res) in zip(ax, zstep.items()):

@@ -193,3 +193,9 @@ def test_pm_formats_mean_and_std():
     s = ch05.summarise({"a": [{"metrics": {**m, "masses": [0.5, 0.5]}, "seconds_train": 1.0}
                               for m in ({k: 1.0 for k in ch05._METRICS}, {k: 3.0 for k in ch05._METRICS})]})
     assert ch05.pm(s["a"], "tv", ".1f") == "2.0 ± 1.4"
+
+
+def test_k_curve_reads_the_emd_rows_of_a_linear_summary():
+    row = lambda s, e: {"std_mean": [s, 0.4], "std_std": [e, 0.01]}  # noqa: E731
+    summary = {"DI": row(0.5, 0.0), "EMD-4 (eps, z)": row(0.7, 0.02), "EMD-16 (eps, z)": row(0.9, 0.03)}
+    assert ch05.k_curve(summary) == ([4, 16], [0.7, 0.9], [0.02, 0.03])

@@ -517,30 +517,27 @@ def test_ch06_weighting_rerun():
 
 def test_ch05_linear_claims():
     """Chapter 5, section 4: how far along the path from DI to the forward-KL fit each chain takes a linear fit."""
+    from emd_lib.experiments.ch05 import k_curve
+
     lin, lin_z, lin_nc = load("ch05_linear_bimodal.json"), load("ch05_linear_bimodal_z.json"), load("ch05_linear_bimodal_z_nocancel.json")
     st = lin_nc["settings"]
     assert st["cancel"] == "none" and lin_nc["steps"] == lin["steps"] == lin_z["steps"] and lin_nc["seeds"] == lin_z["seeds"]
     summ = {**lin["summary"], **lin_z["summary"]}
     fwd_std, di_std = lin["forward_kl_fit"]["std"][0], summ["DI"]["std_mean"][0]
-
-    def ks_and_std(summary):
-        labs = [k for k in summary if k != "DI"]
-        return ([int(k.split("-")[1].split()[0]) for k in labs], [summary[k]["std_mean"][0] for k in labs],
-                [summary[k]["std_std"][0] for k in labs])
-
-    K_e, std_e, err_e = ks_and_std(lin["summary"])
-    K_z, std_z, err_z = ks_and_std(lin_z["summary"])
-    K_n, std_n, err_n = ks_and_std(lin_nc["summary"])
+    K_e, std_e, err_e = k_curve(lin["summary"])
+    K_z, std_z, err_z = k_curve(lin_z["summary"])
+    K_n, std_n, err_n = k_curve(lin_nc["summary"])
     way = lambda v: 100 * (v - di_std) / (fwd_std - di_std)  # noqa: E731
     assert max(std_e) > di_std and way(max(std_e)) < 50          # eps only: towards covering, but not far
-    assert way(summ["EMD-8 (eps, z)"]["std_mean"][0]) > 75        # the joint chain gets (nearly) there
-    assert abs(std_e[-1] - std_e[-2]) < 0.02                        # eps only: the last doubling of K adds ~nothing
-    assert summ["EMD-16 (eps, z)"]["std_mean"][0] > fwd_std         # the joint chain overshoots at K = 16 ...
-    assert K_n == K_z and all(a < b for a, b in zip(std_n, std_n[1:])) and std_n[-1] < fwd_std + 2 * err_n[-1]
+    assert abs(std_e[-1] - std_e[-2]) < 0.01                        # eps only: the last doubling of K adds ~nothing
+    assert K_e[int(np.argmax(std_e))] == 16 and std_e[-1] <= std_e[-2]  # the best at K = 16 (the prose names it)
+    assert 85 < way(summ["EMD-8 (eps, z)"]["std_mean"][0]) <= 100  # the joint chain gets close to the forward-KL spread
+    assert way(std_z[-1]) > 100                                     # the joint chain overshoots at K = 16 ...
+    assert K_n == K_z and all(a < b for a, b in zip(std_n, std_n[1:])) and abs(std_n[-1] - fwd_std) < err_n[-1]
     assert abs(std_n[-1] - fwd_std) < abs(std_z[-1] - fwd_std) / 2  # ... and without cancellation it does not
     assert sum(err_n) > 2 * sum(err_z)                               # the price: more spread between seeds
     m_fwd0 = lin["forward_kl_fit"]["mean"][0]
-    assert abs(summ["EMD-8 (eps, z)"]["b_mean"][0] - m_fwd0) > abs(summ["DI"]["b_mean"][0] - m_fwd0)
+    assert abs(summ["EMD-16 (eps, z)"]["b_mean"][0] - m_fwd0) > abs(summ["DI"]["b_mean"][0] - m_fwd0)
 
 
 def test_ch05_moving_z_claims():

@@ -1,6 +1,6 @@
 """The sweeps behind the chapters' stored results, one module per chapter.
 
-    python -m emd_lib experiment ch04 --sweep zstep     # = python -m emd_lib experiment ch04 --sweep zstep
+    python -m emd_lib experiment ch04 --sweep zstep     # = python -m emd_lib.experiments.ch04 --sweep zstep
 
 Each writes ``data/results/chNN_*.json`` with the command line, date, machine and wall time.
 """
@@ -29,7 +29,8 @@ def load_result(name: str, quiet: bool = False) -> dict:
         machine = meta.get("machine")
         if isinstance(machine, dict):
             machine = f"{machine.get('cpu_count', machine.get('cpus', '?'))} CPUs"
-        minutes = f"{meta['wall_seconds'] / 60:.1f} min" if meta.get("wall_seconds") is not None else None
+        wall = meta.get("wall_seconds", meta.get("wall_s"))     # the sweeps of chapters 5 and 6 write wall_s
+        minutes = f"{wall / 60:.1f} min" if wall is not None else None
         where = " on ".join(str(x) for x in (minutes, machine) if x)
         print(f"{path.name}: `{meta.get('command', '?')}`, {meta.get('date', '?')}" + (f", {where}" if where else ""))
     return rec

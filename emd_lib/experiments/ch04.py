@@ -61,8 +61,6 @@ def linear_pair():
 
 def level(lam) -> tuple[float, float]:
     """``(alpha, sigma)`` of the VP schedule at log-SNR ``lam``, as floats."""
-    from ..schedules import VP
-
     alpha, sigma = VP.alpha_sigma(torch.tensor(float(lam)))
     return float(alpha), float(sigma)
 

@@ -51,7 +51,7 @@ from ..schedules import bcast, sample_lam, weight
 from ..teachers import NetworkTeacher
 
 __all__ = ["flat_grad", "random_pair", "prepare", "k1_gradients", "eps0_gradient", "label_config", "run_one",
-           "time_per_step", "summarise", "pm", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
+           "time_per_step", "summarise", "pm", "k_curve", "linear_knob", "linear_start", "moving_z_run", "MOVING_Z", "run_info", "write_json", "main", "LABELS"]
 
 #: the methods of the sweep, in the order the chapter plots them
 LABELS = ["DI", "EMD-1", "EMD-2", "EMD-4", "EMD-8", "EMD-16"]
@@ -232,8 +232,15 @@ def pm(entry: dict, key: str, fmt: str = ".3f") -> str:
     return f"{entry[key]['mean']:{fmt}} ± {entry[key]['std']:{fmt}}"
 
 
-
 # ---- the knob with an exact student: a linear generator -----------------------------------------------
+
+def k_curve(summary: dict) -> tuple[list[int], list[float], list[float]]:
+    """The EMD-K rows of a linear sweep's summary (``--sweep linear``, DI left out) as
+    ``(Ks, mean std along the axis, its spread over seeds)``: one curve of the K sweep."""
+    labs = [k for k in summary if k != "DI"]
+    return ([int(k.split("-")[1].split()[0]) for k in labs], [summary[k]["std_mean"][0] for k in labs],
+            [summary[k]["std_std"][0] for k in labs])
+
 
 def linear_knob(teacher, label: str, steps: int = 1000, batch: int = 256, lr: float = 1e-2, seed: int = 0,
                 lam_min: float = -6.0, lam_max: float = 6.0, gamma_eps: float = 0.3, A0=None, b0=None,

@@ -8,18 +8,10 @@ from emd_lib.em import (LinearGenerator, exact_em, exact_student, fisher_grad, f
                         gaussian_kl, gaussian_teacher, langevin_em, latent_posterior, marginal_log_prob,
                         rho_moments)
 from emd_lib.exercises import ExerciseFailed, registry
+from emd_lib.experiments.ch04 import level, linear_pair
 from emd_lib.langevin import LangevinConfig, log_rho_grads
-from emd_lib.schedules import VP
 
-M = torch.tensor([1.0, -0.5])
-C = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
-A = torch.tensor([[0.5, 0.0], [0.2, 0.4]])
-B = torch.tensor([0.3, 0.2])
-
-
-def level(lam):
-    a, s = VP.alpha_sigma(torch.tensor(float(lam)))
-    return float(a), float(s)
+M, C, A, B = linear_pair()                   # chapter 3's linear-Gaussian pair
 
 
 @pytest.mark.parametrize("lam", [-3.0, 0.0, 3.0])

@@ -28,8 +28,9 @@ def run_steps(step: Callable[[int, int], None], *, steps: int, horizon: int | No
     when the time is up. ``save(complete=..., horizon=..., **extra)`` writes the checkpoint ``out``
     and returns its card (with ``steps``, ``horizon`` and ``wall_time_s``); it is called every
     ``save_every`` seconds, on Ctrl-C (``interrupted=True``, then exit with status 130; a Ctrl-C
-    before the first step propagates) and at the end (``complete=True``). ``t0``: when the wall clock started (default: now; a warm-up before the steps
-    counts when the caller passes its start). ``status()`` gives the progress bar's numbers.
+    before the first step propagates) and at the end (``complete=True``). ``t0``: when the wall
+    clock started (default: now; a warm-up before the steps counts when the caller passes its
+    start). ``status()`` gives the progress bar's numbers.
     """
     t0 = time.perf_counter() if t0 is None else t0
     budget = 60.0 * minutes

@@ -42,7 +42,7 @@ from ..langevin import LangevinConfig
 
 __all__ = ["args_from_command", "config_from_command", "TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student", "main"]
 
-from ..images.models import (SHAPES, TEACHER_PATH, load_student, load_teacher, make_distiller,  # noqa: F401
+from ..images.models import (TEACHER_PATH, load_student, load_teacher, make_distiller,  # noqa: F401
                              save_student, unconditional_problem)
 
 

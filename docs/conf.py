@@ -15,7 +15,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-FAST = os.environ.get("EMD_FAST", "0").strip().lower() not in ("", "0", "false", "no")
+from emd_lib import is_fast  # noqa: E402  (this clone's emd_lib, which the extension below imports too)
+
+FAST = is_fast()
 BUILD = Path(os.environ.get("EMD_BOOK_OUT", ROOT / "_build"))
 
 project = "EM Distillation, a runnable textbook"

@@ -368,7 +368,8 @@ class Grades:
         return {k: (r.passed, r.message) for k, r in self.results.items()}
 
 
-def _id_key(ex_id: str):
+def exercise_order(ex_id: str):
+    """The sort key of an exercise id: ``"4.10"`` after ``"4.9"``."""
     return tuple(int(p) if p.isdigit() else p for p in ex_id.split("."))
 
 
@@ -450,7 +451,7 @@ def grade(path: Path, timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = 
         res.error = (f"cannot grade: cannot tell which chapter {path.name} is: name it NN_*.py or "
                      "NN_*.ipynb, or keep its '# Chapter N' title")
         return res
-    expected = sorted((k for k in reg if k.split(".")[0] == chapter), key=_id_key)
+    expected = sorted((k for k in reg if k.split(".")[0] == chapter), key=exercise_order)
     if not expected:
         res.error = f"cannot grade: chapter {chapter} has no exercises"
         return res
@@ -495,7 +496,7 @@ def grade(path: Path, timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = 
         error = _describe_error(err) if isinstance(err, dict) else None
         from_check = isinstance(err, dict) and err.get("from_check") is True
         ids = intended | {v[0] for v in verdicts}
-        for ex_id in sorted(ids, key=_id_key):
+        for ex_id in sorted(ids, key=exercise_order):
             mine = [v for v in verdicts if v[0] == ex_id]
             if ex_id not in runs:
                 if mine:
@@ -587,7 +588,7 @@ def print_grades(g: Grades, out=None) -> None:
 
 def table(all_grades: list[Grades]) -> str:
     """Every submission in one table: a row per file, a column per exercise, and the score."""
-    ids = sorted({k for g in all_grades for k in g.results}, key=_id_key)
+    ids = sorted({k for g in all_grades for k in g.results}, key=exercise_order)
     head = ["file"] + ids + ["score"]
     rows = []
     for g in all_grades:

@@ -7,6 +7,8 @@ checks that the page and the registry agree. Regenerate the block with::
 """
 from __future__ import annotations
 
+from .grading import exercise_order
+
 BEGIN, END = "<!-- BEGIN GENERATED: python -m emd_lib.book.instructors -->", "<!-- END GENERATED -->"
 
 #: sessions of the two courses (as docs/teaching.md plans them): (name, chapters or exercise ids it assigns)
@@ -26,17 +28,13 @@ ONE_TERM = [("Weeks 1-2: diffusion in 2D (ch. 1)", (1,)),
             ("Week 13: scaling up (ch. 8), and the project", (8,))]
 
 
-def _key(ex_id: str):
-    return tuple(int(p) for p in ex_id.split("."))
-
-
 def exercises_of(selector) -> list:
     """The registered exercises of some chapters (ints) or with some ids (strings), in course order."""
     from ..exercises import registry
 
     reg = registry()
     chosen = [k for k in reg if k in selector or int(k.split(".")[0]) in selector]
-    return [reg[k] for k in sorted(chosen, key=_key)]
+    return [reg[k] for k in sorted(chosen, key=exercise_order)]
 
 
 def plan_table(plan) -> str:
@@ -57,7 +55,7 @@ def exercise_table() -> str:
 
     reg = registry()
     rows = ["| id | title | kind | points | minutes |", "|---|---|---|---|---|"]
-    for k in sorted(reg, key=_key):
+    for k in sorted(reg, key=exercise_order):
         e = reg[k]
         rows.append(f"| {k} | {e.title} | {e.kind} | {e.points:g} | {e.minutes} |")
     return "\n".join(rows)

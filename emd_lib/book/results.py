@@ -17,7 +17,7 @@ import sys
 
 from .. import DATA_DIR, ROOT
 
-__all__ = ["toy_table", "bench_toy_table", "TABLES", "render", "main"]
+__all__ = ["toy_table", "bench_toy_rows", "bench_toy_table", "TABLES", "render", "main"]
 
 PAGE = ROOT / "docs" / "results.md"
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -60,12 +60,19 @@ def toy_table() -> str:
     return "\n".join(out)
 
 
-def bench_toy_table(name: str) -> str:
-    """One ``bench_toy`` JSON as a table: ms per step, ratio to Diff-Instruct, the ratio the pieces predict."""
-    d = _load(name)
+def bench_toy_rows(d: dict) -> list[str]:
+    """A ``bench_toy`` record's timings (``seconds_per_step``, ``ratio_to_di``, ``predicted_ratio``)
+    as the lines of a table: ms per step, ratio to Diff-Instruct, the ratio the pieces predict."""
     out = ["| method | ms / step | ratio to DI | predicted ratio |", "|---|---:|---:|---:|"]
     for m, sec in d["seconds_per_step"].items():
         out.append(f"| {m} | {1000 * sec:.1f} | {d['ratio_to_di'][m]:.2f} | {d['predicted_ratio'][m]:.2f} |")
+    return out
+
+
+def bench_toy_table(name: str) -> str:
+    """One ``bench_toy`` JSON as a table (:func:`bench_toy_rows`), its pieces and where it was measured."""
+    d = _load(name)
+    out = bench_toy_rows(d)
     pieces = ", ".join(f"{k} {1000 * v:.1f}" for k, v in d["pieces_s"].items() if v)
     out.append("")
     out.append(f"Pieces (ms): {pieces}. Measured {d['date']} on a {d['machine']}: `{d['command']}`.")

@@ -8,9 +8,10 @@
 """
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timezone
+
+from .. import is_fast
 
 CHAPTER = re.compile(r"^(\d\d)([a-z]?)_")
 
@@ -70,7 +71,7 @@ def run_time_note(app, pagename, templatename, context, doctree):
     data = exec_data(app.env, pagename)
     if "body" not in context or not (data or chapter_label(pagename)):
         return
-    mode = "fast" if os.environ.get("EMD_FAST", "0").strip().lower() not in ("", "0", "false", "no") else "full"
+    mode = "fast" if is_fast() else "full"
     if not data or data.get("runtime") is None:
         note = ("<p class=\"emd-run-time not-run\">Not executed in this build: the page shows "
                 "the chapter's code without its outputs.</p>")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import ROOT
 from ..exercises import STUB_MESSAGE
-from .grading import ALONE, CHECK, EXERCISE_HEADING  # noqa: F401  (the edition and the grader agree)
+from .grading import CHECK, EXERCISE_HEADING  # noqa: F401  (the edition and the grader agree)
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = f'raise NotImplementedError("{STUB_MESSAGE}")'

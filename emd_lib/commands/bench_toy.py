@@ -106,22 +106,20 @@ def main(argv=None):
         if why := output_path_problem(args.json, make_folders=True):
             ap.error(f"--json {args.json}: {why}")
     rows, parts = bench(args.steps, args.batch, args.ks, args.move_z, args.threads)
+    timings = dict(seconds_per_step={n: t for n, t, _, _ in rows}, ratio_to_di={n: r for n, _, r, _ in rows},
+                   predicted_ratio={n: p for n, _, _, p in rows}, pieces_s=parts)
     if args.json:
         from ..runs.checkpoint import machine, run_card, write_json
 
         write_json(args.json, run_card(argv, module="emd_lib.commands.bench_toy", machine=machine(), batch=args.batch,
-                                       move_z=args.move_z, seconds_per_step={n: t for n, t, _, _ in rows},
-                                       ratio_to_di={n: r for n, _, r, _ in rows},
-                                       predicted_ratio={n: p for n, _, _, p in rows}, pieces_s=parts))
+                                       move_z=args.move_z, **timings))
+    from ..book.results import bench_toy_rows
+
     print(f"# 2D toy (ring8), batch {args.batch}, {'(eps, z)' if args.move_z else '(eps, -)'} E-step, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}")
-    print("| method | ms / step | ratio to DI | predicted ratio |")
-    print("|---|---:|---:|---:|")
-    for name, t, r, p in rows:
-        print(f"| {name} | {1000 * t:.1f} | {r:.2f} | {p:.2f} |")
+    print("\n".join(bench_toy_rows(timings)))
     print("\npieces (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in parts.items()))
-
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,7 @@ from ..langevin import LangevinConfig
 
 __all__ = ["args_from_command", "config_from_command", "TEACHER_PATH", "load_teacher", "load_student", "make_distiller", "unconditional_problem", "save_student", "main"]
 
-from ..images.models import (SHAPES, TEACHER_PATH, load_student, load_teacher, make_distiller,  # noqa: F401
+from ..images.models import (TEACHER_PATH, load_student, load_teacher, make_distiller,  # noqa: F401
                              save_student, unconditional_problem)
 
 
@@ -175,32 +175,28 @@ def _distil(parser, args, cfg: DistillConfig, argv) -> dict:
                     teacher_sha256=teacher.card.get("sha256"), machine=machine(dev))
     cfg.steps = args.horizon or args.steps       # the learning-rate horizon (Distiller reads cfg.steps)
 
-    def card(**extra):
-        # the config as used: its "steps" is the horizon of the learning-rate decay
-        return dict(base, config=cfg.to_dict(), horizon=cfg.steps, steps=d.step_count,
-                    wall_time_s=round(time.perf_counter() - t0, 1), **extra)
+    def card(complete, horizon, **extra):
+        cfg.steps = horizon                      # the config as used: its "steps" is the learning-rate horizon
+        wall = time.perf_counter() - t0
+        if complete:
+            hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
+            # the E-step's diagnostics (z and x moved, Metropolis acceptance, ...), averaged over the run
+            extra.update(seconds_per_step=round(wall / max(d.step_count, 1), 3),
+                         estep_means={k[len("estep_"):]: round(sum(v) / len(v), 5)
+                                      for k, v in d.history.items() if k.startswith("estep_") and v},
+                         curves={k: [round(v, 5) for v in vs[::5]] for k, vs in hist.items()})
+        return save_student(args.out, d, dict(base, config=cfg.to_dict(), horizon=horizon, steps=d.step_count,
+                                              wall_time_s=round(wall, 1), complete=complete, **extra))
 
     def step(i, horizon):
-        cfg.steps = horizon
+        cfg.steps = horizon                      # Distiller reads cfg.steps
         d.train(steps=1, progress=False)
 
     t0 = time.perf_counter()
     d.warmup()
-    _, cfg.steps = run_steps(step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0,
-                             save=lambda **kw: save_student(args.out, d, card(**kw)), save_every=args.save_every,
-                             out=args.out, desc=name, quiet=args.quiet,
-                             status=lambda: {"loss_g": d.history["loss_g"][-1], "loss_s": d.history["loss_s"][-1]})
-    hist = {k: d.history[k] for k in ("loss_g", "loss_s", "grad_norm")}
-    # the E-step's diagnostics (z and x moved, Metropolis acceptance, ...), averaged over the run
-    estep = {k[len("estep_"):]: round(sum(v) / len(v), 5) for k, v in d.history.items() if k.startswith("estep_") and v}
-    out = save_student(args.out, d, card(seconds_per_step=round((time.perf_counter() - t0) / max(d.step_count, 1), 3),
-                                         complete=True, estep_means=estep,
-                                         curves={k: [round(v, 5) for v in vs[::5]] for k, vs in hist.items()}))
-    if not args.quiet:
-        print(f"saved {args.out}.safetensors after {d.step_count} steps of a {cfg.steps}-step horizon "
-              f"({out['wall_time_s']:.0f} s)")
-    return out
-
+    return run_steps(step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0, save=card,
+                     save_every=args.save_every, out=args.out, desc=name, quiet=args.quiet,
+                     status=lambda: {"loss_g": d.history["loss_g"][-1], "loss_s": d.history["loss_s"][-1]})
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import DATA_DIR
-from ..runs.checkpoint import CheckpointError, atomic_write_bytes, read_card
+from ..runs.checkpoint import CheckpointError, atomic_write_bytes, read_card, write_json
 from ..images.metrics import image_report, load_classifier
 
 __all__ = ["evaluate_images", "evaluate_rows", "correct_images", "main"]
@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2) from None
     out = run_card(argv, module=__spec__.name, machine=machine(), wall_time_s=round(time.perf_counter() - t0, 1), n=args.n,
                    reference="the 500 held-out MNIST digits (50 a class)", checkpoints=checkpoints, rows=rows)
-    atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
+    write_json(args.out, out)
     print(f"wrote {args.out}")
     if args.annotate:
         try:

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 import torch
+from ..images.data import to_unit
 from ..scale.adapters import AdapterError
 from ..runs.checkpoint import CheckpointError
 from ..scale.evaluate import _extractor, _load_run, check_inputs, coco_eval, imagenet_eval, load_clip
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
 
             def sample(labels):
                 x = tr.sample(len(labels), labels.to(tr.device) if tr.prob.cond == "class" else None)
-                return ((x.float() + 1) / 2).clamp(0, 1)                  # model pixels [-1, 1] -> [0, 1]
+                return to_unit(x.float())                                 # model pixels [-1, 1] -> [0, 1]
             res = imagenet_eval(sample, args.n, args.batch, got.get("ref"), extractor=extractor,
                                 num_classes=tr.prob.num_classes or 1000, real_features=got.get("real_features"),
                                 device=tr.device)

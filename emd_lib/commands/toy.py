@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The command's networks have one hidden layer more than the library default (3): on the
-#: book's mixtures a 4-layer generator draws thinner bridges between modes (ring8, K = 8:
-#: 91.7% of samples within 3 sd against 88.2%) for about 1.3x the time per step.
+#: book's mixtures a 4-layer generator draws thinner bridges between modes, for more CPU time per
+#: step (ring8: data/results/toy_ring8_emd.json against toy_ring8_emd_depth3.json, the same command
+#: with --depth 3; docs/results.md quotes both).
 TOY_DEPTH = 4
 
 

@@ -23,7 +23,7 @@ from .. import device as pick_device
 from ..runs.checkpoint import save_checkpoint
 from ..images.metrics import DigitClassifier
 from ..runs.checkpoint import machine, run_card
-from ..images.data import load_images
+from ..images.data import load_images, to_unit
 
 
 def shift(x, max_shift: int, g: torch.Generator):
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     x_tr, y_tr, x_ev, y_ev = load_images("mnist")
     if args.batch > len(x_tr):
         p.error(f"--batch {args.batch} is larger than the {len(x_tr)} training digits; use at most {len(x_tr)}")
-    x_tr, x_ev = ((x + 1) / 2 for x in (x_tr, x_ev))                       # pixels in [0, 1]
+    x_tr, x_ev = to_unit(x_tr), to_unit(x_ev)                              # pixels in [0, 1]
     clf = DigitClassifier(width=args.width).to(dev)
     opt = torch.optim.Adam(clf.parameters(), lr=args.lr)
     steps = args.epochs * (len(x_tr) // args.batch)

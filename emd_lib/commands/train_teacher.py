@@ -128,17 +128,14 @@ def _train(args, argv) -> dict:
                     arch=net.config, schedule="vp", predicts="x0", n_params=n_params, data=args.data,
                     n_train=len(x_tr), n_heldout=len(x_ev), machine=machine(dev), settings=vars(args))
 
-    horizon = args.horizon or args.steps          # steps of the learning-rate decay
-
-    def save(step, wall, losses, complete, **extra):
-        card = dict(base, steps=step, horizon=horizon, wall_time_s=round(wall, 1), complete=complete, **extra,
+    def save(complete, horizon, **extra):
+        card = dict(base, steps=len(losses), horizon=horizon, wall_time_s=round(time.perf_counter() - t0, 1),
+                    complete=complete, **extra,
                     metrics={"train_loss_last200": sum(losses[-200:]) / max(len(losses[-200:]), 1),
                              **heldout_loss(ema, x_ev, y_ev)})
         return save_checkpoint(args.out, ema.state_dict(), card)
 
-    def train_step(step, h):
-        nonlocal horizon
-        horizon = h                                                     # sized by the runner under --minutes
+    def train_step(step, horizon):
         idx = torch.randint(0, len(x_tr), (args.batch,), generator=g).to(dev)
         x, y = x_tr[idx], y_tr[idx].clone()
         drop = torch.rand(args.batch, generator=g).to(dev) < args.label_dropout
@@ -159,16 +156,12 @@ def _train(args, argv) -> dict:
 
     t0 = time.perf_counter()
     losses = []
-    _, horizon = run_steps(train_step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0,
-                           save=lambda **kw: save(len(losses), time.perf_counter() - t0, losses, **kw),
-                           save_every=args.save_every, out=args.out, desc="teacher", quiet=args.quiet,
-                           status=lambda: {"loss": sum(losses[-50:]) / len(losses[-50:])})
-    card = save(len(losses), time.perf_counter() - t0, losses, complete=True)
+    card = run_steps(train_step, steps=args.steps, horizon=args.horizon, minutes=args.minutes, t0=t0, save=save,
+                     save_every=args.save_every, out=args.out, desc="teacher", quiet=args.quiet,
+                     status=lambda: {"loss": sum(losses[-50:]) / len(losses[-50:])})
     if not args.quiet:
-        print(f"saved {args.out}.safetensors ({n_params} parameters, {len(losses)} steps of a {horizon}-step "
-              f"horizon, {card['wall_time_s']:.0f} s): {card['metrics']}")
+        print(f"{n_params} parameters; {card['metrics']}")
     return card
-
 
 if __name__ == "__main__":
     main()

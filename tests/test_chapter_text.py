@@ -103,3 +103,37 @@ def test_load_result_names_its_source_and_refuses_an_unknown_name(capsys):
     assert capsys.readouterr().out == ""
     with pytest.raises(FileNotFoundError, match="no stored result nope.json.*ch02_far"):
         load_result("nope")
+
+
+def full_values(source: str) -> set[float]:
+    """The numbers in the first argument of every ``fast_or(full, fast)`` call of a chapter."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "fast_or" and node.args:
+            out |= {float(c.value) for c in ast.walk(node.args[0])
+                    if isinstance(c, ast.Constant) and isinstance(c.value, (int, float)) and not isinstance(c.value, bool)}
+    return out
+
+
+def unbacked_full_values(source: str) -> list[tuple[int, float]]:
+    """``(line, number)`` for each number a fast-mode remark says the full run uses ("the full run
+    uses 400 and 3000") that is not the full value of any ``fast_or`` call in the chapter."""
+    full = full_values(source)
+    out = []
+    for m in re.finditer(r"the full run uses ([^\"')]*)", source):
+        line = source[:m.start()].count("\n") + 1
+        out += [(line, v) for v in (float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*(?:\.\d+)?", m.group(1)))
+                if v not in full]
+    return out
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem[:2])
+def test_what_a_fast_remark_says_of_the_full_run_is_what_the_full_run_uses(path):
+    wrong = unbacked_full_values(path.read_text())
+    assert not wrong, (f"{path.name}: a fast-mode remark names a full-run value that no fast_or(full, fast) "
+                       f"call of the chapter uses (line, value): {wrong}")
+
+
+def test_an_unbacked_full_value_is_found():
+    src = 'N = fast_or(4000, 1000)\nB = fast_or(2 ** 8, 64)\nnote = f"{N} samples; the full run uses 4,000 and 500"\n'
+    assert unbacked_full_values(src) == [(3, 500.0)]

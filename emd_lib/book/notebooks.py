@@ -126,12 +126,14 @@ def to_notebook(text: str, repo: str, extra: str = "", student: bool = False):
     import jupytext
     import nbformat
 
+    from .build import KERNELSPEC
+
     nb = add_nbgrader(jupytext.reads(text, fmt="py:percent"))
     cell = nbformat.v4.new_code_cell(install_cell(repo, extra, student).rstrip("\n"))
     cell.metadata["tags"] = [INSTALL_TAG]
     nb.cells.insert(0, cell)
     nb.metadata = {
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "kernelspec": dict(KERNELSPEC),
         "language_info": {"name": "python"},
         "colab": {"provenance": []},
     }

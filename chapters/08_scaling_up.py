@@ -207,7 +207,7 @@ over = ["teacher.kind=random", "teacher.arch=tiny-edm", *(f"{k}={v}" for k, v in
         "tensorboard=false", "log_every=1", f"out={TMP / 'in64'}"]
 run = Trainer(load_config("imagenet64", over))
 hist = run.run()
-x_gen = run.sample(4, torch.tensor([0, 1, 2, 3]))
+x_gen = run.sample(4, cond=torch.tensor([0, 1, 2, 3]))
 print("one-step samples:", tuple(x_gen.shape))
 log_keys = ("step", "loss_g", "loss_s", "grad_norm", "lr_g")
 log = [json.loads(line) for line in (TMP / "in64" / "log.jsonl").read_text().splitlines()]

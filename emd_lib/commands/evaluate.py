@@ -33,7 +33,7 @@ def main(argv=None) -> int:
             tr = _load_run(args.run)
 
             def sample(labels):
-                x = tr.sample(len(labels), labels.to(tr.device) if tr.prob.cond == "class" else None)
+                x = tr.sample(len(labels), cond=labels.to(tr.device) if tr.prob.cond == "class" else None)
                 return to_unit(x.float())                                 # model pixels [-1, 1] -> [0, 1]
             res = imagenet_eval(sample, args.n, args.batch, got.get("ref"), extractor=extractor,
                                 num_classes=tr.prob.num_classes or 1000, real_features=got.get("real_features"),
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
             tr = _load_run(args.run)
 
             def sample(c):
-                return tr.prob.teacher.decode(tr.sample(len(c), tr.prob.teacher.encode_prompts(c, tr.device)))
+                return tr.prob.teacher.decode(tr.sample(len(c), cond=tr.prob.teacher.encode_prompts(c, tr.device)))
             res = coco_eval(sample, got["captions"], got["ref"], extractor=extractor, clip=clip,
                             batch=min(args.batch, 50), device=tr.device)
     except (ImportError, FileNotFoundError, ValueError, AdapterError, CheckpointError) as e:

@@ -339,10 +339,10 @@ def bench(config: str = "imagenet64", methods=None, batch: int | None = None, st
     cond = _cond(tr, n)
     g = torch.Generator(device=dev).manual_seed(0)
     with torch.no_grad(), tr.autocast():
-        tr.sample(n, cond, generator=g)
+        tr.sample(n, generator=g, cond=cond)
         _sync(dev)
         t0 = time.perf_counter()
-        tr.sample(n, cond, generator=g)
+        tr.sample(n, generator=g, cond=cond)
         _sync(dev)
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()

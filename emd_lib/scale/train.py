@@ -542,8 +542,9 @@ class Trainer(Distiller):
         return self.history
 
     @torch.no_grad()
-    def sample(self, n: int, cond=None, ema: bool = True, generator: torch.Generator | None = None):
-        """``n`` one-step samples of the (EMA) generator; ``cond``: class labels or text embeddings."""
+    def sample(self, n: int, ema: bool = True, generator: torch.Generator | None = None, cond=None):
+        """``n`` one-step samples of the (EMA) generator, drawn on the trainer's device;
+        ``cond``: class labels or text embeddings. The arguments are :meth:`Distiller.sample`'s."""
         z = randn((n, *self.prob.shape), generator, self.device)
         return call_generator(self.ema if ema else self.prob.generator, z, cond)
 

@@ -1,12 +1,14 @@
 """Checks for the exercises of chapter 2 (mode seeking vs mode covering)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from . import ExerciseFailed, expect_close, register, ring_networks
 from ..distill import di_generator_loss, student_loss
+from ..experiments.ch05 import flat_grad
+from . import ExerciseFailed, expect_close, register, ring_networks
 
 
 # ---- 2.1: the forward-KL fit of a mixture by an isotropic Gaussian -------------------------------------
@@ -109,11 +111,7 @@ def _networks(seed):
     return ring_networks(seed, 64, 1)
 
 
-def _grads(loss, module):
-    """The flat gradient of ``loss`` with respect to ``module``'s weights (zeros where unused)."""
-    ps = list(module.parameters())
-    gs = torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(ps, gs)])
+_grads = functools.partial(flat_grad, retain_graph=True)     # the flat gradient of a loss in a module's weights
 
 
 def _scalar_loss(out, what):

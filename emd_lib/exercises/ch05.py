@@ -1,14 +1,15 @@
 """Checks for chapter 5 (the link to VSD)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from . import ExerciseFailed, expect_close, register, ring_networks
 from ..distill import di_generator_loss, emd_generator_loss
-from ..experiments.ch05 import eps0_gradient
+from ..experiments.ch05 import eps0_gradient, flat_grad
 from ..langevin import LangevinConfig
+from . import ExerciseFailed, expect_close, register, ring_networks
 
 _LOSSES = ["emd_lib.distill:emd_generator_loss", "emd_lib.distill:di_generator_loss", "emd_lib.langevin:estep",
            "emd_lib.langevin:log_rho_grads", "emd_lib.distill:Distiller", "emd_lib.experiments.ch05:k1_gradients",
@@ -19,10 +20,7 @@ def _networks(seed):
     return ring_networks(seed, 64, 3)
 
 
-def _flat_grad(loss, module):
-    ps = list(module.parameters())
-    gs = torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(ps, gs)])
+_flat_grad = functools.partial(flat_grad, retain_graph=True)     # the flat gradient of a loss in a module's weights
 
 
 def _emd_ref(gen, teacher, student, z, eps, lam, K, gamma, cancel, noises):

@@ -51,6 +51,7 @@ from emd_lib.images.models import load_student, load_teacher, make_distiller
 from emd_lib.commands.eval_images import correct_images, evaluate_images
 from emd_lib.book import glue, table
 from emd_lib.experiments import load_result
+from emd_lib.experiments.ch05 import flat_grad
 from emd_lib.experiments.ch07 import (U_GROUPS, card_line, chain_name, chain_of_config, class_balance, decode_samples,
                                       grid, group_of, row_with_card, seed_summary, tv_noise, unconditional_numbers,
                                       unconditional_runs)
@@ -259,21 +260,15 @@ with torch.no_grad():                         # make the student differ from the
         p.add_(0.01 * torch.randn(p.shape, generator=g))
 
 
-def flat_grad(loss):
-    gen_c.zero_grad()
-    loss.backward()
-    return torch.cat([p.grad.flatten() for p in gen_c.parameters()])
-
-
 a, s = (v[:, None, None, None] for v in teacher.schedule.alpha_sigma(lam))
 x = gen_c(z, c)
 x_t = a * x.detach() + s * eps
 with torch.no_grad():
     ds = (teacher.score(x_t, lam, c) - student_c.score(x_t, lam, c))     # s_phi - s_psi
-g_scratch = flat_grad(-(s**2 * a * ds * x).flatten(1).sum(1).mean())   # w = sigma^2
-g_di = flat_grad(di_generator_loss(gen_c, teacher, student_c, z, eps, lam, "sigma2", cond=c)[0])
+g_scratch = flat_grad(-(s**2 * a * ds * x).flatten(1).sum(1).mean(), gen_c)   # w = sigma^2
+g_di = flat_grad(di_generator_loss(gen_c, teacher, student_c, z, eps, lam, "sigma2", cond=c)[0], gen_c)
 g_emd1 = flat_grad(emd_generator_loss(gen_c, teacher, student_c, z, eps, lam,
-                                      LangevinConfig(K=1, gamma_eps=1.0, cancel="full"), "sigma2", cond=c)[0])
+                                      LangevinConfig(K=1, gamma_eps=1.0, cancel="full"), "sigma2", cond=c)[0], gen_c)
 # equal up to float32 rounding: the sums of 645k-entry gradients run in an order the CPU kernels do not
 # fix from run to run, so entries near zero differ by ~1e-7 of the largest one; the tolerance scales with it
 tol = 1e-6 * float(g_di.abs().max())

@@ -50,6 +50,7 @@ from emd_lib.book.plotting import use_style
 from emd_lib.distill import emd_generator_loss
 from emd_lib.em import LinearGenerator, exact_student, frozen_z_moments, gaussian_kl, gaussian_teacher, rho_moments
 from emd_lib.experiments import ch04 as sweeps
+from emd_lib.experiments.ch05 import flat_grad
 from emd_lib.langevin import LangevinConfig, estep, log_rho_grads, score_gap_eps
 from emd_lib.schedules import VP
 
@@ -512,17 +513,18 @@ for setting in list(z_settings)[1:]:
 # average over batches estimates the signal.
 
 # %%
-def gradient_stats(generator, teacher, student, lcfg, R, batch=fast_or(256, 128), seed=0):
+B_R = fast_or(256, 128)
+
+
+def gradient_stats(generator, teacher, student, lcfg, R, batch=B_R):
     """EMD generator gradients on R batches: (mean per-batch norm, norm of the mean over batches, the (R, p) gradients)."""
-    params = list(generator.parameters())
     grads = []
     for r in range(R):
-        gr = torch.Generator().manual_seed(seed + r)
+        gr = torch.Generator().manual_seed(r)
         z = torch.randn(batch, generator.dim, generator=gr)
         e = torch.randn(batch, generator.dim, generator=gr)
         lam = -6 + 12 * torch.rand(batch, generator=gr)
-        loss, _ = emd_generator_loss(generator, teacher, student, z, e, lam, lcfg, rng=gr)
-        grads.append(torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)]))
+        grads.append(flat_grad(emd_generator_loss(generator, teacher, student, z, e, lam, lcfg, rng=gr)[0], generator))
     G = torch.stack(grads)
     return float(G.norm(dim=1).mean()), float(G.mean(0).norm()), G
 
@@ -552,7 +554,7 @@ ratio9 = gstats["(eps, -) none"][i9][0] / gstats["(eps, -) full"][i9][0]
 # the same random numbers for both, so compare the means batch by batch: the difference is the cancelled noise
 G_diff = gstats["(eps, -) none"][i9][2] - gstats["(eps, -) full"][i9][2]
 d_mean, d_noise = float(G_diff.mean(0).norm()), float((G_diff.var(0).sum() / R).sqrt())
-FAST_R = f"R = {R} batches of 128; the full run uses 64 of 256"
+FAST_R = f"R = {R} batches of {B_R}; the full run uses 64 of 256"
 glue("ch04_ratio9", ratio9, fmt=".1f", fast=FAST_R)
 for key, v in (("dmean", d_mean), ("dnoise", d_noise)):
     glue(f"ch04_{key}", v, fmt=".4f", fast=FAST_R)
